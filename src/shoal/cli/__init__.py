@@ -1,0 +1,1 @@
+"""The ``shoal`` command: one subcommand per component, plus demo and cluster install."""

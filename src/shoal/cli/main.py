@@ -1,0 +1,56 @@
+"""Entry point: ``shoal <command>``. Each command lives in its own module under ``shoal.cli``."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+
+import click
+
+from shoal import __version__
+
+# command name -> "module:attribute"; modules are imported only when their command runs, so
+# ``shoal agent`` never pays for the Kubernetes client and the Helm engine.
+COMMANDS: dict[str, str] = {
+    "agent": "shoal.cli.agent:agent",
+    "scheduler": "shoal.cli.scheduler:scheduler",
+    "webhook": "shoal.cli.webhook:webhook",
+    "demo": "shoal.cli.demo:demo",
+    "install": "shoal.cli.install:install",
+    "upgrade": "shoal.cli.install:upgrade",
+    "uninstall": "shoal.cli.install:uninstall",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module_name, attr = target.split(":")
+        command = getattr(importlib.import_module(module_name), attr)
+        assert isinstance(command, click.Command)
+        return command
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="shoal")
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    help="Logging verbosity.",
+)
+def cli(log_level: str) -> None:
+    """Shoal: peer-to-peer container image distribution for Kubernetes."""
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+def main() -> None:
+    cli()
