@@ -47,9 +47,7 @@ class LazyGroup(click.Group):
 )
 def cli(log_level: str) -> None:
     """Shoal: peer-to-peer container image distribution for Kubernetes."""
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def main() -> None:

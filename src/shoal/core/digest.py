@@ -28,9 +28,7 @@ class Digest:
             raise DigestError(f"invalid digest {text[:80]!r}: want sha256:<64 hex> or sha512:<128 hex>")
         algorithm, hexpart = match.groups()
         if len(hexpart) != _HEX_LENGTH[algorithm]:
-            raise DigestError(
-                f"invalid digest {text[:80]!r}: {algorithm} needs {_HEX_LENGTH[algorithm]} hex digits"
-            )
+            raise DigestError(f"invalid digest {text[:80]!r}: {algorithm} needs {_HEX_LENGTH[algorithm]} hex digits")
         return cls(algorithm, hexpart)
 
     @classmethod

@@ -51,9 +51,7 @@ class DistributionPath:
         return self.kind.value
 
 
-def parse_distribution_path(
-    raw_path: str, ns: str | None, registries: Collection[str]
-) -> DistributionPath:
+def parse_distribution_path(raw_path: str, ns: str | None, registries: Collection[str]) -> DistributionPath:
     """Split a raw request path into registry, repository and reference.
 
     Raises:
@@ -90,9 +88,7 @@ def parse_distribution_path(
     return DistributionPath(kind, registry, repository, reference, digest)
 
 
-def _split_name(
-    name_parts: list[str], ns: str | None, registries: Collection[str]
-) -> tuple[str, str]:
+def _split_name(name_parts: list[str], ns: str | None, registries: Collection[str]) -> tuple[str, str]:
     if ns is not None:
         try:
             registry = canonical_registry(validate_registry(ns))

@@ -1,0 +1,137 @@
+"""Agent configuration: flags and ``--config agent.yaml`` share these keys."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from shoal.core.reference import DOCKER_HUB, ReferenceError, canonical_registry, validate_registry
+from shoal.core.units import parse_duration, parse_size
+
+DEFAULT_PORT = 65001
+DOCKER_HUB_URL = "https://registry-1.docker.io"
+DOWNLOAD_PATTERNS = ("p2p", "source")
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used, with the key it came from."""
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    """Everything ``shoal agent`` needs; defaults follow the brief (port 65001, 24h, 512M)."""
+
+    listen: str = f"127.0.0.1:{DEFAULT_PORT}"
+    """host:port the mirror (and the peer endpoints) listen on."""
+    advertise: str | None = None
+    """host:port peers use to reach this agent; default: the listen address."""
+    registries: dict[str, str] = field(default_factory=dict)
+    """registry name as written in image references -> base URL to fetch it from."""
+    cache_dir: Path = Path("/var/lib/shoal")
+    cache_ttl: float = 24 * 3600.0
+    """seconds since last access after which a cached blob is deleted."""
+    cache_max_size: int | None = None
+    """bytes; least recently used blobs are evicted beyond it. None: only the disk limits it."""
+    schedulers: tuple[str, ...] = ()
+    ratelimit: int = 512 << 20
+    """total upload+download bytes per second for peer traffic and origin fetches."""
+    download_pattern: str = "p2p"
+    peer_token_file: Path | None = None
+    auth_cache_ttl: float = 60.0
+    """seconds a registry's yes/no on (credentials, repository) is reused for cached blobs."""
+
+    def __post_init__(self) -> None:
+        if self.download_pattern not in DOWNLOAD_PATTERNS:
+            raise ConfigError(
+                f"download_pattern must be one of {', '.join(DOWNLOAD_PATTERNS)}, not {self.download_pattern!r}"
+            )
+        split_hostport(self.listen, "listen")
+        if self.advertise is not None:
+            split_hostport(self.advertise, "advertise")
+        if not self.registries:
+            raise ConfigError("at least one --registry NAME[=URL] is required")
+
+    @property
+    def advertise_address(self) -> str:
+        return self.advertise or self.listen
+
+    @property
+    def p2p_enabled(self) -> bool:
+        return self.download_pattern == "p2p" and bool(self.schedulers)
+
+
+def split_hostport(value: str, key: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ConfigError(f"{key}: want HOST:PORT, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+def parse_registry(spec: str) -> tuple[str, str]:
+    """``NAME`` or ``NAME=URL`` -> (canonical name, base URL)."""
+    name, sep, url = spec.partition("=")
+    name = name.strip()
+    try:
+        name = canonical_registry(validate_registry(name))
+    except ReferenceError as exc:
+        raise ConfigError(f"registry: {exc}") from None
+    if not sep or not url.strip():
+        url = DOCKER_HUB_URL if name == DOCKER_HUB else f"https://{name}"
+    url = url.strip().rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError(f"registry {name}: URL must start with http:// or https://, got {url!r}")
+    return name, url
+
+
+def _registries(value: Any) -> dict[str, str]:
+    if isinstance(value, dict):
+        specs = [f"{k}={v}" if v else str(k) for k, v in value.items()]
+    elif isinstance(value, list):
+        specs = [str(v) for v in value]
+    elif isinstance(value, str):
+        specs = [s for s in value.split(",") if s.strip()]
+    else:
+        raise ConfigError("registries: want a mapping NAME: URL, a list or a comma-separated string")
+    return dict(parse_registry(spec) for spec in specs)
+
+
+def load_config(values: dict[str, Any]) -> AgentConfig:
+    """Build a config from YAML-style keys (units as strings allowed), rejecting unknown keys."""
+    known = set(AgentConfig.__dataclass_fields__)
+    unknown = set(values) - known - {"registry", "scheduler"}
+    if unknown:
+        raise ConfigError(f"unknown configuration keys: {', '.join(sorted(unknown))}")
+    kwargs: dict[str, Any] = {}
+    try:
+        for key, value in values.items():
+            if value is None:
+                continue
+            if key in ("registries", "registry"):
+                kwargs["registries"] = {**kwargs.get("registries", {}), **_registries(value)}
+            elif key in ("schedulers", "scheduler"):
+                items = [value] if isinstance(value, str) else list(value)
+                kwargs["schedulers"] = tuple(str(s).rstrip("/") for s in items)
+            elif key == "cache_ttl" or key == "auth_cache_ttl":
+                kwargs[key] = parse_duration(value)
+            elif key in ("cache_max_size", "ratelimit"):
+                kwargs[key] = parse_size(value)
+            elif key in ("cache_dir", "peer_token_file"):
+                kwargs[key] = Path(value)
+            else:
+                kwargs[key] = value
+    except ValueError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+    return AgentConfig(**kwargs)
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: want a mapping of keys")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}

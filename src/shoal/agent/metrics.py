@@ -1,0 +1,81 @@
+"""Prometheus metrics of one agent, on a registry of its own (several agents share a test process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class AgentMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "shoal_agent_requests",
+            "Mirror requests by route, method and status",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.request_seconds = Histogram(
+            "shoal_agent_request_duration_seconds",
+            "Time to response headers by route",
+            ["route"],
+            registry=r,
+        )
+        self.bytes_served = Counter(
+            "shoal_agent_blob_bytes_served",
+            "Blob bytes sent to clients, by where they came from "
+            "(cache: complete cached blob; stream: a blob still arriving; passthrough: uncached)",
+            ["source"],
+            registry=r,
+        )
+        self.origin_bytes = Counter(
+            "shoal_agent_origin_bytes",
+            "Blob bytes fetched from upstream registries",
+            ["registry"],
+            registry=r,
+        )
+        self.peer_bytes = Counter(
+            "shoal_agent_peer_bytes",
+            "Piece bytes exchanged with peers",
+            ["direction"],
+            registry=r,
+        )
+        self.cache_hits = Counter(
+            "shoal_agent_cache_hits",
+            "Requests answered from the local cache",
+            ["kind"],
+            registry=r,
+        )
+        self.cache_misses = Counter(
+            "shoal_agent_cache_misses",
+            "Requests that needed a download",
+            ["kind"],
+            registry=r,
+        )
+        self.cache_bytes = Gauge("shoal_agent_cache_bytes", "Bytes in the blob cache", registry=r)
+        self.cache_entries = Gauge("shoal_agent_cache_entries", "Blobs and manifests cached", registry=r)
+        self.evictions = Counter(
+            "shoal_agent_cache_evictions",
+            "Cache entries deleted",
+            ["reason"],
+            registry=r,
+        )
+        self.upstream_seconds = Histogram(
+            "shoal_agent_upstream_latency_seconds",
+            "Upstream time to response headers",
+            ["registry", "kind"],
+            registry=r,
+        )
+        self.upstream_errors = Counter(
+            "shoal_agent_upstream_errors",
+            "Failed upstream fetches by reason",
+            ["registry", "reason"],
+            registry=r,
+        )
+        self.inflight = Gauge("shoal_agent_downloads_inflight", "Blobs being downloaded", registry=r)
+        self.digest_mismatches = Counter(
+            "shoal_agent_digest_mismatches",
+            "Blobs or pieces whose content did not match",
+            ["source"],
+            registry=r,
+        )

@@ -1,0 +1,179 @@
+"""The agent's HTTP server: routes, error rendering, request metrics, start and stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from shoal import __version__
+from shoal.agent.access import AccessCache
+from shoal.agent.blobs import BlobService, BlobSource
+from shoal.agent.config import AgentConfig, split_hostport
+from shoal.agent.manifests import ManifestService
+from shoal.agent.metrics import AgentMetrics
+from shoal.agent.origin import OriginSource
+from shoal.agent.upstreams import Upstreams, challenge_error, map_upstream_error
+from shoal.oci.auth import Credentials
+from shoal.oci.client import UpstreamError, new_session
+from shoal.oci.distribution import DistributionPath, PathKind, parse_distribution_path
+from shoal.oci.errors import DistributionError, ErrorCode
+from shoal.store.blobstore import BlobStore
+
+log = logging.getLogger(__name__)
+
+API_HEADERS = {"Docker-Distribution-API-Version": "registry/2.0"}
+EVICTION_INTERVAL = 300.0
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class Agent:
+    """One node's mirror. ``await agent.start()``; ``await agent.stop()``."""
+
+    def __init__(self, config: AgentConfig, source: BlobSource | None = None) -> None:
+        self.config = config
+        self.metrics = AgentMetrics()
+        self.store = BlobStore(config.cache_dir, ttl=config.cache_ttl, max_size=config.cache_max_size)
+        self._source_override = source
+        self._runner: web.AppRunner | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._janitor: asyncio.Task[None] | None = None
+        self.url = ""
+
+    async def start(self) -> str:
+        self.store.open()
+        self.metrics.cache_bytes.set(self.store.total_size)
+        self.metrics.cache_entries.set(self.store.count)
+        self._session = new_session()
+        self.upstreams = Upstreams(
+            self.config.registries, self._session, self.metrics, AccessCache(ttl=self.config.auth_cache_ttl)
+        )
+        source = self._source_override or OriginSource(self.upstreams, self.store, self.metrics)
+        self.blobs = BlobService(self.store, self.upstreams, source, self.metrics)
+        self.manifests = ManifestService(self.store, self.upstreams, self.metrics)
+        app = self.build_app()
+        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=False)
+        await self._runner.setup()
+        host, port = split_hostport(self.config.listen, "listen")
+        site = web.TCPSite(self._runner, host, port, backlog=1024, reuse_address=True)
+        await site.start()
+        server = site._server
+        assert isinstance(server, asyncio.base_events.Server)
+        bound = server.sockets[0].getsockname()
+        self.url = f"http://{host}:{bound[1]}"
+        self._janitor = asyncio.create_task(self._evict_periodically())
+        log.info(
+            "shoal agent %s listening on %s, registries: %s",
+            __version__,
+            self.url,
+            ", ".join(f"{k}={v}" for k, v in self.config.registries.items()),
+        )
+        return self.url
+
+    async def stop(self) -> None:
+        if self._janitor is not None:
+            self._janitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._janitor
+        if self._runner is not None:
+            await self._runner.cleanup()
+        with contextlib.suppress(AttributeError):
+            await self.blobs.close()
+        if self._session is not None:
+            await self._session.close()
+
+    async def _evict_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(EVICTION_INTERVAL)
+            self.store.evict_expired()
+            self.metrics.cache_bytes.set(self.store.total_size)
+            self.metrics.cache_entries.set(self.store.count)
+
+    def build_app(self) -> web.Application:
+        app = web.Application(middlewares=[self._middleware], client_max_size=1 << 20)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_route("*", "/v2{tail:.*}", self._distribution)
+        return app
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.monotonic()
+        route = "other"
+        status = 500
+        try:
+            response = await handler(request)
+            route = request.get("route", "other")
+            status = response.status
+        except DistributionError as exc:
+            route = request.get("route", "other")
+            status = exc.status
+            response = web.Response(
+                status=exc.status,
+                body=exc.body(),
+                content_type="application/json",
+                headers={**exc.headers, **API_HEADERS},
+            )
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            if request.path.startswith("/v2"):
+                self.metrics.requests.labels(route, request.method, str(status)).inc()
+                self.metrics.request_seconds.labels(route).observe(time.monotonic() - started)
+        return response
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "version": __version__})
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        self.metrics.cache_bytes.set(self.store.total_size)
+        self.metrics.cache_entries.set(self.store.count)
+        return web.Response(body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _distribution(self, request: web.Request) -> web.StreamResponse:
+        raw_path = request.raw_path.split("?", 1)[0]
+        ns = request.query.get("ns")
+        dist = parse_distribution_path(raw_path, ns, self.upstreams.clients)
+        request["route"] = dist.route
+        if request.method not in ("GET", "HEAD"):
+            raise DistributionError(
+                ErrorCode.UNSUPPORTED,
+                f"{request.method} is not supported: Shoal is a pull-only mirror; push to the registry itself",
+                headers={"Allow": "GET, HEAD"},
+            )
+        try:
+            creds = Credentials.from_header(request.headers.get("Authorization"))
+        except ValueError as exc:
+            raise challenge_error(dist.registry or "shoal", str(exc)) from None
+        if dist.kind is PathKind.BASE:
+            if request.headers.get("Authorization") is None and request.query.get("ns") is None:
+                # Clients such as skopeo decide whether to send credentials from this ping.
+                raise challenge_error("shoal", "send credentials if the registry needs them")
+            return web.json_response({}, headers=API_HEADERS)
+        if dist.kind is PathKind.BLOB:
+            return await self.blobs.serve(request, dist, creds)
+        if dist.kind is PathKind.MANIFEST:
+            return await self.manifests.serve(request, dist, creds)
+        return await self._tags(request, dist, creds)
+
+    async def _tags(self, request: web.Request, dist: DistributionPath, creds: Credentials | None) -> web.Response:
+        query = request.query_string
+        path = f"/v2/{dist.repository}/tags/list" + (f"?{query}" if query and "ns=" not in query else "")
+        try:
+            resp = await self.upstreams.client(dist.registry).open(
+                "GET", path, repository=dist.repository, creds=creds, kind="tags"
+            )
+            async with resp:
+                body = await resp.content.read(4 << 20)
+                ctype = resp.headers.get("Content-Type", "application/json")
+        except UpstreamError as exc:
+            raise map_upstream_error(exc, dist) from None
+        return web.Response(body=body, headers={"Content-Type": ctype, **API_HEADERS})

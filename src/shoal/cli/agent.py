@@ -1,0 +1,81 @@
+"""``shoal agent``: run the node's mirror (and swarm peer)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from shoal.agent.config import DEFAULT_PORT, ConfigError, load_config, load_yaml
+from shoal.cli.runtime import run, run_until_signalled
+
+
+@click.command()
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="YAML file with the same keys as the flags (snake_case); flags override it.",
+)
+@click.option("--listen", help=f"HOST:PORT to serve on.  [default: 127.0.0.1:{DEFAULT_PORT}]")
+@click.option("--advertise", help="HOST:PORT peers use to reach this agent.  [default: --listen]")
+@click.option(
+    "--registry",
+    "registries",
+    multiple=True,
+    metavar="NAME[=URL]",
+    help="A registry to mirror, as named in image references; URL is where to fetch it "
+    "(default https://NAME; docker.io means Docker Hub). Repeatable.",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Cache directory (content-addressed, survives restarts).  [default: /var/lib/shoal]",
+)
+@click.option("--cache-ttl", help="Delete cached data not read for this long.  [default: 24h]")
+@click.option(
+    "--cache-max-size",
+    help="Evict least recently used blobs beyond this size, e.g. 50G.  [default: no cap but the disk]",
+)
+@click.option(
+    "--scheduler",
+    "schedulers",
+    multiple=True,
+    metavar="URL",
+    help="Scheduler URL (repeatable; blobs are spread over them by rendezvous hashing).",
+)
+@click.option("--ratelimit", help="Total upload+download bytes per second.  [default: 512M]")
+@click.option(
+    "--download-pattern",
+    type=click.Choice(["p2p", "source"]),
+    help="p2p: share pieces with peers; source: plain caching mirror.  [default: p2p]",
+)
+@click.option(
+    "--peer-token-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="File holding the shared secret that peers and the scheduler require.",
+)
+def agent(config_file: Path | None, **flags: Any) -> None:
+    """Run the node agent: an OCI pull-through mirror with a disk cache on every node."""
+    values: dict[str, Any] = load_yaml(config_file) if config_file else {}
+    for key, value in flags.items():
+        if value is None or value == ():
+            continue
+        values[key] = list(value) if isinstance(value, tuple) else value
+    try:
+        config = load_config(values)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+
+    from shoal.agent.server import Agent
+
+    async def main() -> None:
+        node = Agent(config)
+        await node.start()
+        try:
+            await run_until_signalled()
+        finally:
+            await node.stop()
+
+    run(main())

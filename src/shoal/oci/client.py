@@ -1,0 +1,199 @@
+"""A client for one upstream OCI registry: requests with the client's own credentials.
+
+Runs the registry's auth flow on a 401 (Bearer token from the realm, or Basic), caches
+tokens per credential and scope, and follows redirects to object storage *without* the
+``Authorization`` header. Errors come out as the small ``Upstream*`` hierarchy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import aiohttp
+from yarl import URL
+
+from shoal.oci.auth import Credentials, TokenCache, fingerprint, parse_challenge, pull_scope
+
+log = logging.getLogger(__name__)
+
+MAX_REDIRECTS = 5
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+
+
+class UpstreamError(Exception):
+    """The upstream registry did not give us what we asked for."""
+
+
+class UpstreamUnauthorized(UpstreamError):
+    """The registry wants credentials the client did not give, or refused the ones it gave."""
+
+
+class UpstreamDenied(UpstreamError):
+    """The registry understood the credentials and refused access (403)."""
+
+
+class UpstreamUnavailable(UpstreamError):
+    """The registry could not be reached, timed out or answered 5xx."""
+
+
+class UpstreamStatus(UpstreamError):
+    """Any other non-success answer (404 and friends), kept to pass through to the client."""
+
+    def __init__(self, status: int, body: bytes, content_type: str) -> None:
+        super().__init__(f"upstream answered {status}")
+        self.status = status
+        self.body = body
+        self.content_type = content_type
+
+
+LatencyObserver = Callable[[str, float], None]
+
+
+class RegistryClient:
+    """Talks to one registry (``name`` as written in image references) at ``base_url``."""
+
+    def __init__(
+        self,
+        name: str,
+        base_url: str,
+        session: aiohttp.ClientSession,
+        tokens: TokenCache,
+        observe: LatencyObserver | None = None,
+    ) -> None:
+        self.name = name
+        self.base_url = base_url.rstrip("/")
+        self._session = session
+        self._tokens = tokens
+        self._observe = observe
+        self._token_locks: dict[tuple[str, str, str, str], asyncio.Lock] = {}
+
+    async def open(
+        self,
+        method: str,
+        path: str,
+        *,
+        repository: str,
+        creds: Credentials | None,
+        headers: Mapping[str, str] | None = None,
+        kind: str = "other",
+    ) -> aiohttp.ClientResponse:
+        """Send a request and return the (successful or 404-ish) response, unread.
+
+        The caller must release the response. 2xx and 206 are returned; 401/403/5xx and
+        connection errors raise; other statuses raise UpstreamStatus with the body.
+        """
+        url = f"{self.base_url}{path}"
+        scope = pull_scope(repository)
+        fp = fingerprint(creds)
+        auth_key = (fp, self.name, scope, "auth")
+        auth = self._tokens.get(auth_key)
+        started = time.monotonic()
+        for attempt in range(2):
+            req_headers = dict(headers or {})
+            if auth is not None:
+                req_headers["Authorization"] = auth
+            resp = await self._send(method, url, req_headers)
+            if resp.status != 401:
+                break
+            challenge = parse_challenge(resp.headers.get("WWW-Authenticate", ""))
+            resp.release()
+            if attempt == 1 or challenge is None:
+                raise UpstreamUnauthorized(f"{self.name} refused the credentials for {repository}")
+            if challenge.scheme == "bearer":
+                auth = await self._bearer(challenge.params, creds, scope, auth_key)
+            elif challenge.scheme == "basic" and creds is not None:
+                auth = creds.basic_header()
+                self._tokens.put(auth_key, auth, 3600.0)
+            else:
+                raise UpstreamUnauthorized(f"{self.name} requires credentials for {repository}")
+        resp = await self._follow_redirects(method, resp)
+        if self._observe is not None:
+            self._observe(kind, time.monotonic() - started)
+        if resp.status < 300:
+            return resp
+        body = await _read_small(resp)
+        status = resp.status
+        content_type = resp.headers.get("Content-Type", "application/json")
+        resp.release()
+        if status == 401:
+            raise UpstreamUnauthorized(f"{self.name} refused the credentials for {repository}")
+        if status == 403:
+            raise UpstreamDenied(f"{self.name} denied access to {repository}")
+        if status == 429 or status >= 500:
+            raise UpstreamUnavailable(f"{self.name} answered {status} for {path}")
+        raise UpstreamStatus(status, body, content_type)
+
+    async def _send(self, method: str, url: str, headers: dict[str, str]) -> aiohttp.ClientResponse:
+        try:
+            return await self._session.request(method, url, headers=headers, allow_redirects=False)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise UpstreamUnavailable(f"cannot reach {self.name} at {url}: {exc!r}") from exc
+
+    async def _follow_redirects(self, method: str, resp: aiohttp.ClientResponse) -> aiohttp.ClientResponse:
+        for _ in range(MAX_REDIRECTS):
+            if resp.status not in REDIRECT_STATUSES or "Location" not in resp.headers:
+                return resp
+            target = resp.url.join(URL(resp.headers["Location"]))
+            resp.release()
+            # object storage has its own signature in the URL: never send our credentials there
+            resp = await self._send(method, str(target), {})
+        raise UpstreamUnavailable(f"{self.name}: too many redirects")
+
+    async def _bearer(
+        self,
+        params: Mapping[str, str],
+        creds: Credentials | None,
+        scope: str,
+        auth_key: tuple[str, str, str, str],
+    ) -> str:
+        lock = self._token_locks.setdefault(auth_key, asyncio.Lock())
+        async with lock:
+            cached = self._tokens.get(auth_key)
+            if cached is not None:
+                return cached
+            realm = params.get("realm", "")
+            if not realm.startswith(("http://", "https://")):
+                raise UpstreamUnavailable(f"{self.name} sent a bad token realm {realm!r}")
+            query = {"scope": params.get("scope", scope)}
+            if "service" in params:
+                query["service"] = params["service"]
+            headers = {} if creds is None else {"Authorization": creds.basic_header()}
+            try:
+                async with self._session.get(realm, params=query, headers=headers) as resp:
+                    if resp.status in (401, 403):
+                        raise UpstreamUnauthorized(f"{self.name} token service refused the credentials")
+                    if resp.status != 200:
+                        raise UpstreamUnavailable(f"{self.name} token service answered {resp.status}")
+                    body: Any = await resp.json(content_type=None)
+            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                raise UpstreamUnavailable(f"{self.name} token service failed: {exc!r}") from exc
+            token = body.get("token") or body.get("access_token") if isinstance(body, dict) else None
+            if not isinstance(token, str) or not token:
+                raise UpstreamUnavailable(f"{self.name} token service sent no token")
+            expires_in = body.get("expires_in", 60)
+            expires = float(expires_in) if isinstance(expires_in, int | float) else 60.0
+            value = f"Bearer {token}"
+            self._tokens.put(auth_key, value, expires)
+            self._token_locks.pop(auth_key, None)
+            return value
+
+
+async def _read_small(resp: aiohttp.ClientResponse, limit: int = 64 << 10) -> bytes:
+    try:
+        return await resp.content.read(limit)
+    except (aiohttp.ClientError, TimeoutError):
+        return b""
+
+
+def new_session(*, connect_timeout: float = 10.0, read_timeout: float = 60.0) -> aiohttp.ClientSession:
+    """One session for every upstream: no decompression, big read buffers, no total timeout."""
+    return aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_read=read_timeout),
+        auto_decompress=False,
+        read_bufsize=1 << 20,
+        connector=aiohttp.TCPConnector(limit=256, limit_per_host=64, ttl_dns_cache=60),
+    )

@@ -1,0 +1,190 @@
+"""A blob being written: readers stream its verified prefix while the writer is still going.
+
+Writers (the origin fetcher, or the swarm's piece downloader) put bytes at offsets; readers
+wait for the contiguous prefix to cover what they need. The blob's last byte is held back
+until the whole digest checks out, so a client can never finish reading a wrong blob: on a
+digest mismatch it sees a truncated body and an aborted connection instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Callable
+from enum import Enum
+from pathlib import Path
+
+from shoal.core.digest import Digest
+
+READ_CHUNK = 1 << 20
+
+
+class PartialState(Enum):
+    RUNNING = "running"
+    VERIFIED = "verified"
+    FAILED = "failed"
+
+
+class DigestMismatchError(Exception):
+    """The bytes received do not hash to the digest that was asked for."""
+
+
+class PartialBlob:
+    """Temporary file of one blob plus the bookkeeping that lets readers follow the writer."""
+
+    def __init__(
+        self,
+        digest: Digest,
+        path: Path,
+        size: int | None,
+        on_close: Callable[[PartialBlob], None] | None = None,
+    ) -> None:
+        self.digest = digest
+        self.path = path
+        self.size = size
+        self.state = PartialState.RUNNING
+        self.error: BaseException | None = None
+        self.contiguous = 0
+        self._extents: dict[int, int] = {}
+        self._hasher = digest.hasher()
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        self._changed = asyncio.Event()
+        self._on_close = on_close
+        self.size_known: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        if size is not None:
+            self.size_known.set_result(size)
+
+    # -- writer side -------------------------------------------------------------------------
+    def set_size(self, size: int) -> None:
+        if self.size is not None and self.size != size:
+            raise ValueError(f"blob {self.digest} size changed from {self.size} to {size}")
+        self.size = size
+        if not self.size_known.done():
+            self.size_known.set_result(size)
+
+    def write(self, offset: int, data: bytes | memoryview) -> None:
+        """Write bytes at ``offset``; raises OSError (e.g. ENOSPC) to the writer."""
+        if self.state is not PartialState.RUNNING:
+            raise RuntimeError(f"write to a {self.state.value} blob")
+        length = len(data)
+        if self.size is not None and offset + length > self.size:
+            raise ValueError(f"write past the end of blob {self.digest}")
+        written = 0
+        while written < length:
+            written += os.pwrite(self._fd, data[written:], offset + written)
+        if offset == self.contiguous:
+            self._hasher.update(data)
+            self.contiguous += length
+            self._absorb_extents()
+        elif offset > self.contiguous:
+            self._extents[offset] = max(self._extents.get(offset, 0), offset + length)
+        self._notify()
+
+    def has(self, offset: int, length: int) -> bool:
+        """Whether ``[offset, offset+length)`` is written (the swarm serves such ranges)."""
+        if offset + length <= self.contiguous:
+            return True
+        end = self._extents.get(offset)
+        return end is not None and end >= offset + length
+
+    def _absorb_extents(self) -> None:
+        while self.contiguous in self._extents:
+            start = self.contiguous
+            end = self._extents.pop(start)
+            pos = start
+            while pos < end:
+                chunk = os.pread(self._fd, min(READ_CHUNK, end - pos), pos)
+                if not chunk:
+                    raise OSError(f"short read from {self.path}")
+                self._hasher.update(chunk)
+                pos += len(chunk)
+            self.contiguous = end
+        # drop extents now wholly inside the prefix
+        for start in [s for s, e in self._extents.items() if e <= self.contiguous]:
+            del self._extents[start]
+
+    def finish(self) -> None:
+        """All bytes are written: check the digest. Raises DigestMismatchError and fails."""
+        if self.size is None:
+            self.set_size(self.contiguous)
+        if self.contiguous != self.size:
+            exc: Exception = ValueError(f"blob {self.digest} incomplete: {self.contiguous} of {self.size} bytes")
+            self.fail(exc)
+            raise exc
+        actual = self._hasher.hexdigest()
+        if actual != self.digest.hex:
+            mismatch = DigestMismatchError(
+                f"blob {self.digest} has wrong content: got {self.digest.algorithm}:{actual}"
+            )
+            self.fail(mismatch)
+            raise mismatch
+        self.state = PartialState.VERIFIED
+        self._notify()
+
+    def fail(self, exc: BaseException) -> None:
+        if self.state is PartialState.FAILED:
+            return
+        self.state = PartialState.FAILED
+        self.error = exc
+        if not self.size_known.done():
+            self.size_known.set_exception(exc)
+            self.size_known.exception()  # mark retrieved: nobody may be waiting
+        self._notify()
+        self.close()
+        self.path.unlink(missing_ok=True)
+
+    def fsync(self) -> None:
+        os.fsync(self._fd)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+            if self._on_close is not None:
+                self._on_close(self)
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    # -- reader side -------------------------------------------------------------------------
+    def readable_limit(self) -> int:
+        """How far readers may read now: the last byte waits for verification."""
+        if self.state is PartialState.VERIFIED:
+            return self.contiguous
+        if self.state is PartialState.FAILED:
+            assert self.error is not None
+            raise self.error
+        return max(0, self.contiguous - 1)
+
+    async def wait_readable(self, pos: int) -> int:
+        """Block until bytes beyond ``pos`` may be read; returns the limit (== pos at the end)."""
+        while True:
+            limit = self.readable_limit()
+            if limit > pos or (self.state is PartialState.VERIFIED and limit == pos):
+                return limit
+            await self._changed.wait()
+
+    def open_reader(self) -> int:
+        """A private fd: survives the rename into the cache and the writer closing its own."""
+        return os.open(self.path, os.O_RDONLY)
+
+    async def iter_range(self, start: int, end: int) -> AsyncIterator[bytes]:
+        """Yield bytes ``[start, end)`` as they become readable."""
+        fd = self.open_reader()
+        try:
+            pos = start
+            while pos < end:
+                limit = await self.wait_readable(pos)
+                if limit <= pos:
+                    raise EOFError(f"blob {self.digest} ended at {pos}, wanted {end}")
+                want = min(limit, end) - pos
+                while want > 0:
+                    chunk = os.pread(fd, min(READ_CHUNK, want), pos)
+                    if not chunk:
+                        raise OSError(f"short read from partial blob {self.digest}")
+                    pos += len(chunk)
+                    want -= len(chunk)
+                    yield chunk
+        finally:
+            os.close(fd)
