@@ -122,6 +122,7 @@ class BlobService:
             await self.source.fill(partial, dist, creds)
             partial.finish()
             await self.store.commit(partial)
+            await self.source.cached(partial.digest, partial.size or 0)
             log.info("cached %s (%d bytes)", partial.digest, partial.size or 0)
         except DigestMismatchError as exc:
             log.error("%s", exc)

@@ -58,6 +58,18 @@ class AgentConfig:
     def advertise_address(self) -> str:
         return self.advertise or self.listen
 
+    def peer_token(self) -> str | None:
+        """The shared peer secret, read from ``peer_token_file`` (None: peers are not checked)."""
+        if self.peer_token_file is None:
+            return None
+        try:
+            token = self.peer_token_file.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"peer_token_file: {exc}") from None
+        if not token:
+            raise ConfigError(f"peer_token_file: {self.peer_token_file} is empty")
+        return token
+
     @property
     def p2p_enabled(self) -> bool:
         return self.download_pattern == "p2p" and bool(self.schedulers)

@@ -40,6 +40,20 @@ class AgentMetrics:
             ["direction"],
             registry=r,
         )
+        self.pieces_served = Counter("shoal_agent_pieces_served", "Pieces uploaded to peers", registry=r)
+        self.pieces_received = Counter(
+            "shoal_agent_pieces_received", "Verified pieces downloaded from peers", registry=r
+        )
+        self.parents = Gauge("shoal_agent_parents", "Parents currently used, over all downloads", registry=r)
+        self.swarm_fallbacks = Counter(
+            "shoal_agent_swarm_fallbacks",
+            "Downloads that left the swarm for the origin, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.lease_acquired = Counter(
+            "shoal_agent_fetcher_leases", "Times this agent became a blob's origin fetcher", registry=r
+        )
         self.cache_hits = Counter(
             "shoal_agent_cache_hits",
             "Requests answered from the local cache",

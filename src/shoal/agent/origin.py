@@ -9,9 +9,11 @@ import aiohttp
 
 from shoal.agent.metrics import AgentMetrics
 from shoal.agent.upstreams import Upstreams
+from shoal.core.digest import Digest
 from shoal.oci.auth import Credentials
 from shoal.oci.client import UpstreamUnavailable
 from shoal.oci.distribution import DistributionPath
+from shoal.p2p.ratelimit import TokenBucket
 from shoal.store.blobstore import BlobStore, StoreError, StoreFullError, is_disk_full
 from shoal.store.partial import PartialBlob
 
@@ -24,10 +26,16 @@ RETRIES = 3
 class OriginSource:
     """The plain mirror's way to get a blob: one GET to the registry, resumed on errors."""
 
-    def __init__(self, upstreams: Upstreams, store: BlobStore, metrics: AgentMetrics) -> None:
+    def __init__(
+        self, upstreams: Upstreams, store: BlobStore, metrics: AgentMetrics, bucket: TokenBucket | None = None
+    ) -> None:
         self._upstreams = upstreams
         self._store = store
         self._metrics = metrics
+        self._bucket = bucket
+
+    async def cached(self, digest: Digest, size: int) -> None:
+        """Nothing to tell anyone: a plain mirror keeps its cache to itself."""
 
     async def fill(self, partial: PartialBlob, dist: DistributionPath, creds: Credentials | None) -> None:
         """Write the whole blob into ``partial`` or raise (UpstreamError, StoreError)."""
@@ -76,6 +84,8 @@ class OriginSource:
                             raise StoreError(f"cannot write {dist.digest}: {exc}") from exc
                         pos += len(chunk)
                         counter.inc(len(chunk))
+                        if self._bucket is not None:
+                            await self._bucket.consume(len(chunk))
                 if partial.size is not None and partial.contiguous < partial.size:
                     raise aiohttp.ClientPayloadError(f"upstream closed at {partial.contiguous} of {partial.size} bytes")
                 return

@@ -19,11 +19,15 @@ from shoal.agent.config import AgentConfig, split_hostport
 from shoal.agent.manifests import ManifestService
 from shoal.agent.metrics import AgentMetrics
 from shoal.agent.origin import OriginSource
+from shoal.agent.peer_endpoints import PeerEndpoints
+from shoal.agent.swarm import SwarmConfig, SwarmSource
 from shoal.agent.upstreams import Upstreams, challenge_error, map_upstream_error
 from shoal.oci.auth import Credentials
 from shoal.oci.client import UpstreamError, new_session
 from shoal.oci.distribution import DistributionPath, PathKind, parse_distribution_path
 from shoal.oci.errors import DistributionError, ErrorCode
+from shoal.p2p.ratelimit import TokenBucket
+from shoal.p2p.scheduler_client import SchedulerClient
 from shoal.store.blobstore import BlobStore
 
 log = logging.getLogger(__name__)
@@ -45,6 +49,7 @@ class Agent:
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
         self._janitor: asyncio.Task[None] | None = None
+        self.swarm: SwarmSource | None = None
         self.url = ""
 
     async def start(self) -> str:
@@ -55,7 +60,14 @@ class Agent:
         self.upstreams = Upstreams(
             self.config.registries, self._session, self.metrics, AccessCache(ttl=self.config.auth_cache_ttl)
         )
-        source = self._source_override or OriginSource(self.upstreams, self.store, self.metrics)
+        self.bucket = TokenBucket(self.config.ratelimit)
+        origin = OriginSource(self.upstreams, self.store, self.metrics, self.bucket)
+        source: BlobSource = origin
+        if self._source_override is not None:
+            source = self._source_override
+        elif self.config.p2p_enabled:
+            self.swarm = self._build_swarm(origin)
+            source = self.swarm
         self.blobs = BlobService(self.store, self.upstreams, source, self.metrics)
         self.manifests = ManifestService(self.store, self.upstreams, self.metrics)
         app = self.build_app()
@@ -77,7 +89,27 @@ class Agent:
         )
         return self.url
 
+    def _build_swarm(self, origin: OriginSource) -> SwarmSource:
+        assert self._session is not None
+        token = self.config.peer_token()
+        scheduler = SchedulerClient(self._session, list(self.config.schedulers), token)
+        address = self.config.advertise_address
+        swarm = SwarmSource(
+            SwarmConfig(peer_id=address, address=address, token=token),
+            origin,
+            scheduler,
+            self.upstreams,
+            self.store,
+            self._session,
+            self.bucket,
+            self.metrics,
+        )
+        swarm.start()
+        return swarm
+
     async def stop(self) -> None:
+        if self.swarm is not None:
+            await self.swarm.close()
         if self._janitor is not None:
             self._janitor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -101,6 +133,9 @@ class Agent:
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_route("*", "/v2{tail:.*}", self._distribution)
+        PeerEndpoints(self.store, self.blobs.partials, self.metrics, self.bucket, self.config.peer_token()).add_routes(
+            app
+        )
         return app
 
     @web.middleware

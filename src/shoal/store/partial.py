@@ -9,6 +9,7 @@ digest mismatch it sees a truncated body and an aborted connection instead.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 from collections.abc import AsyncIterator, Callable
 from enum import Enum
@@ -47,6 +48,10 @@ class PartialBlob:
         self.contiguous = 0
         self._extents: dict[int, int] = {}
         self._hasher = digest.hasher()
+        self.piece_size = 0
+        self.piece_hashes: dict[int, str] = {}
+        """sha256 of each piece of the verified prefix, once ``piece_size`` is set (swarm)."""
+        self._piece_hasher = hashlib.sha256()
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         self._changed = asyncio.Event()
         self._on_close = on_close
@@ -72,13 +77,22 @@ class PartialBlob:
         written = 0
         while written < length:
             written += os.pwrite(self._fd, data[written:], offset + written)
-        if offset == self.contiguous:
-            self._hasher.update(data)
-            self.contiguous += length
+        if offset <= self.contiguous < offset + length:
+            self._feed(memoryview(data)[self.contiguous - offset :])
             self._absorb_extents()
         elif offset > self.contiguous:
             self._extents[offset] = max(self._extents.get(offset, 0), offset + length)
         self._notify()
+
+    def set_piece_size(self, piece_size: int) -> None:
+        """Hash pieces as the prefix grows (the origin fetcher publishes these hashes)."""
+        if self.contiguous % piece_size:
+            raise RuntimeError("piece hashing must start at a piece boundary")
+        self.piece_size = piece_size
+
+    def changed(self) -> asyncio.Event:
+        """An event set at the next write or state change (for peers long-polling progress)."""
+        return self._changed
 
     def has(self, offset: int, length: int) -> bool:
         """Whether ``[offset, offset+length)`` is written (the swarm serves such ranges)."""
@@ -87,19 +101,34 @@ class PartialBlob:
         end = self._extents.get(offset)
         return end is not None and end >= offset + length
 
+    def _feed(self, data: bytes | memoryview) -> None:
+        """Advance the verified prefix over ``data`` (the bytes at ``contiguous``)."""
+        self._hasher.update(data)
+        if self.piece_size:
+            view = memoryview(data)
+            while view:
+                room = self.piece_size - (self.contiguous % self.piece_size)
+                part, view = view[:room], view[room:]
+                self._piece_hasher.update(part)
+                self.contiguous += len(part)
+                if self.contiguous % self.piece_size == 0 or self.contiguous == self.size:
+                    index = (self.contiguous - 1) // self.piece_size
+                    self.piece_hashes[index] = self._piece_hasher.hexdigest()
+                    self._piece_hasher = hashlib.sha256()
+        else:
+            self.contiguous += len(data)
+
     def _absorb_extents(self) -> None:
-        while self.contiguous in self._extents:
-            start = self.contiguous
-            end = self._extents.pop(start)
-            pos = start
-            while pos < end:
-                chunk = os.pread(self._fd, min(READ_CHUNK, end - pos), pos)
+        """Extend the prefix over extents written earlier out of order (re-reading them)."""
+        while True:
+            end = max((e for s, e in self._extents.items() if s <= self.contiguous < e), default=None)
+            if end is None:
+                break
+            while self.contiguous < end:
+                chunk = os.pread(self._fd, min(READ_CHUNK, end - self.contiguous), self.contiguous)
                 if not chunk:
                     raise OSError(f"short read from {self.path}")
-                self._hasher.update(chunk)
-                pos += len(chunk)
-            self.contiguous = end
-        # drop extents now wholly inside the prefix
+                self._feed(chunk)
         for start in [s for s, e in self._extents.items() if e <= self.contiguous]:
             del self._extents[start]
 

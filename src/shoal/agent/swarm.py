@@ -1,0 +1,482 @@
+"""Get a blob from the swarm: join its task, take verified pieces from parents, or fetch from
+the origin when the scheduler makes this agent the blob's origin fetcher.
+
+Whatever goes wrong in the swarm (no scheduler, no parents, a stalled lease, bad peers) ends
+in the same place: the rest of the blob comes from the origin, from where the swarm left
+off. A pull through Shoal never fails where a direct pull would succeed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import aiohttp
+
+from shoal.agent.metrics import AgentMetrics
+from shoal.agent.origin import OriginSource
+from shoal.agent.upstreams import Upstreams
+from shoal.core.digest import Digest
+from shoal.oci.auth import Credentials
+from shoal.oci.client import UpstreamError
+from shoal.oci.distribution import DistributionPath
+from shoal.p2p.pieces import choose_piece_size, piece_count, piece_span
+from shoal.p2p.policy.piece_selection import next_piece
+from shoal.p2p.protocol import JoinRequest, PeerInfo, PeerStatus, Report, TaskView, bearer, decode_bitfield, from_json
+from shoal.p2p.ratelimit import TokenBucket
+from shoal.p2p.scheduler_client import SchedulerClient, SchedulerUnavailable
+from shoal.store.blobstore import BlobStore, StoreError, StoreFullError, is_disk_full
+from shoal.store.partial import PartialBlob
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class SwarmConfig:
+    peer_id: str
+    address: str
+    token: str | None
+    report_interval: float = 0.5
+    stall_timeout: float = 10.0
+    """seconds without progress (and no origin fetch of our own) before going to the origin"""
+    max_parents: int = 6
+    lanes_per_parent: int = 2
+    piece_timeout: float = 30.0
+    status_wait: float = 5.0
+    seed_announce_interval: float = 10.0
+    max_seeding: int = 512
+
+
+class SwarmGaveUpError(Exception):
+    """The swarm cannot finish this blob; the origin will."""
+
+
+class SwarmSource:
+    """The agent's BlobSource in ``p2p`` mode."""
+
+    def __init__(
+        self,
+        config: SwarmConfig,
+        origin: OriginSource,
+        scheduler: SchedulerClient,
+        upstreams: Upstreams,
+        store: BlobStore,
+        session: aiohttp.ClientSession,
+        bucket: TokenBucket,
+        metrics: AgentMetrics,
+    ) -> None:
+        self.config = config
+        self.origin = origin
+        self.scheduler = scheduler
+        self.upstreams = upstreams
+        self.store = store
+        self.session = session
+        self.bucket = bucket
+        self.metrics = metrics
+        self.seeding: OrderedDict[Digest, int] = OrderedDict()
+        self._announcer: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._announcer = asyncio.create_task(self._announce_seeds(), name="seed announcer")
+
+    async def close(self) -> None:
+        if self._announcer is not None:
+            self._announcer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._announcer
+
+    async def fill(self, partial: PartialBlob, dist: DistributionPath, creds: Credentials | None) -> None:
+        if partial.size is None:
+            size = await self._head_size(dist, creds)
+            self.store.reserve(partial, size)
+            partial.set_size(size)
+        assert partial.size is not None
+        download = SwarmDownload(self, partial, dist, creds)
+        try:
+            await download.run()
+            return
+        except SwarmGaveUpError as exc:
+            reason = str(exc)
+        except (StoreError, UpstreamError):
+            raise
+        except Exception as exc:  # a bug in the swarm must not fail the pull
+            log.exception("swarm download of %s crashed", dist.digest)
+            reason = f"crash: {type(exc).__name__}"
+        self.metrics.swarm_fallbacks.labels(reason.split(":")[0]).inc()
+        log.warning(
+            "swarm gave up on %s (%s) at %d bytes: fetching the rest from the origin",
+            dist.digest,
+            reason,
+            partial.contiguous,
+        )
+        await self.origin.fill(partial, dist, creds)
+
+    async def cached(self, digest: Digest, size: int) -> None:
+        """The blob is complete and verified: tell the scheduler, and keep saying so."""
+        self.seeding[digest] = size
+        self.seeding.move_to_end(digest)
+        while len(self.seeding) > self.config.max_seeding:
+            self.seeding.popitem(last=False)
+        await self._announce(digest, size)
+
+    async def _announce(self, digest: Digest, size: int) -> None:
+        pieces = piece_count(size, choose_piece_size(size))
+        report = Report(
+            self.config.peer_id,
+            self.config.address,
+            pieces=pieces,
+            contiguous=size,
+            complete=True,
+            size=size,
+            piece_size=choose_piece_size(size),
+        )
+        with contextlib.suppress(SchedulerUnavailable):
+            await self.scheduler.report(str(digest), report)
+
+    async def _announce_seeds(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.seed_announce_interval)
+            for digest, size in list(self.seeding.items()):
+                if self.store.blob_size(digest) is None:
+                    self.seeding.pop(digest, None)
+                    continue
+                await self._announce(digest, size)
+
+    async def _head_size(self, dist: DistributionPath, creds: Credentials | None) -> int:
+        """The blob's size from the registry; also proves these credentials may read it."""
+        resp = await self.upstreams.client(dist.registry).open(
+            "HEAD",
+            f"/v2/{dist.repository}/blobs/{dist.digest}",
+            repository=dist.repository,
+            creds=creds,
+            kind="blob_head",
+        )
+        resp.release()
+        self.upstreams.record_allowed(creds, dist)
+        if resp.content_length is None:
+            raise StoreError(f"{dist.registry} gave no size for {dist.digest}: not using the swarm")
+        return resp.content_length
+
+
+class ParentLink:
+    """What we know of one parent for one blob: its pieces, and the lanes asking it for them."""
+
+    def __init__(self, info: PeerInfo, count: int) -> None:
+        self.info = info
+        self.have = [False] * count
+        self.known = -1
+        self.updated = asyncio.Event()
+        self.tasks: list[asyncio.Task[None]] = []
+        self.failed: str | None = None
+
+
+class SwarmDownload:
+    """One blob's download through the swarm (single use)."""
+
+    def __init__(
+        self, source: SwarmSource, partial: PartialBlob, dist: DistributionPath, creds: Credentials | None
+    ) -> None:
+        assert partial.size is not None
+        assert dist.digest is not None
+        self.s = source
+        self.cfg = source.config
+        self.partial = partial
+        self.dist = dist
+        self.creds = creds
+        self.digest = dist.digest
+        self.size = partial.size
+        self.piece_size = choose_piece_size(self.size)
+        self.count = piece_count(self.size, self.piece_size)
+        self.missing = set(range(self.count))
+        self.in_flight: set[int] = set()
+        self.availability = [0] * self.count
+        self.hashes: dict[int, str] = {}
+        self.hashes_changed = asyncio.Event()
+        self.links: dict[str, ParentLink] = {}
+        self.banned: set[str] = set()
+        self.unreported_failures: set[str] = set()
+        self.fetching: asyncio.Task[None] | None = None
+        self.error: BaseException | None = None
+        self.sched_failures = 0
+        self.tasks: list[asyncio.Task[None]] = []
+        self.wake = asyncio.Event()
+
+    # -- supervisor --------------------------------------------------------------------------
+    async def run(self) -> None:
+        join = JoinRequest(self.cfg.peer_id, self.cfg.address, self.size, self.piece_size)
+        try:
+            view = await self.s.scheduler.join(str(self.digest), join)
+        except SchedulerUnavailable as exc:
+            raise SwarmGaveUpError(f"scheduler: {exc}") from None
+        try:
+            self._apply(view)
+            self._spawn(self._report_loop(), "reports")
+            self._spawn(self._hash_loop(), "hashes")
+            await self._supervise()
+        finally:
+            await self._stop_all()
+
+    async def _supervise(self) -> None:
+        last_progress, last_state = time.monotonic(), self._progress()
+        while self.partial.contiguous < self.size:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.partial.changed().wait(), 1.0)
+            if self.error is not None:
+                raise self.error
+            now, state = time.monotonic(), self._progress()
+            if state != last_state:
+                last_progress, last_state = now, state
+            if self.fetching is not None:
+                continue
+            if self.sched_failures >= 3:
+                raise SwarmGaveUpError("scheduler: lost")
+            if now - last_progress > self.cfg.stall_timeout:
+                raise SwarmGaveUpError(f"stalled: no progress for {self.cfg.stall_timeout:.0f}s")
+
+    def _progress(self) -> tuple[int, int]:
+        return self.partial.contiguous, len(self.missing)
+
+    def _prune(self) -> None:
+        """Forget pieces that arrived by another way (the origin fetch writes in order)."""
+        done = self.partial.contiguous // self.piece_size
+        if self.partial.contiguous == self.size:
+            done = self.count
+        for index in [i for i in self.missing if i < done]:
+            self.missing.discard(index)
+
+    def _held(self) -> int:
+        self._prune()
+        return self.count - len(self.missing)
+
+    def _spawn(self, coro: object, name: str) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.create_task(coro, name=f"{name} {self.digest}")  # type: ignore[arg-type]
+        self.tasks.append(task)
+        return task
+
+    async def _stop_all(self) -> None:
+        tasks = list(self.tasks)
+        for link in self.links.values():
+            tasks.extend(link.tasks)
+        if self.fetching is not None:
+            tasks.append(self.fetching)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.s.metrics.parents.dec(len(self.links))
+        self.links.clear()
+
+    def _apply(self, view: TaskView) -> None:
+        if view.role == "fetcher" and self.fetching is None:
+            self.s.metrics.lease_acquired.inc()
+            log.info("origin fetcher for %s", self.digest)
+            self.fetching = self._spawn(self._fetch_origin(), "origin fetch")
+        for parent in view.parents:
+            if len(self.links) >= self.cfg.max_parents:
+                break
+            if parent.peer_id in self.links or parent.peer_id in self.banned or parent.peer_id == self.cfg.peer_id:
+                continue
+            link = ParentLink(parent, self.count)
+            self.links[parent.peer_id] = link
+            self.s.metrics.parents.inc()
+            link.tasks.append(asyncio.create_task(self._watch_parent(link)))
+            for _ in range(self.cfg.lanes_per_parent):
+                link.tasks.append(asyncio.create_task(self._lane(link)))
+
+    def _drop(self, link: ParentLink, reason: str) -> None:
+        if link.failed is not None:
+            return
+        link.failed = reason
+        log.warning("dropping parent %s for %s: %s", link.info.address, self.digest, reason)
+        self.banned.add(link.info.peer_id)
+        self.unreported_failures.add(link.info.peer_id)
+        if self.links.pop(link.info.peer_id, None) is not None:
+            self.s.metrics.parents.dec()
+        for i, bit in enumerate(link.have):
+            if bit:
+                self.availability[i] -= 1
+        current = asyncio.current_task()
+        for task in link.tasks:
+            if task is not current:
+                task.cancel()
+
+    # -- origin ------------------------------------------------------------------------------
+    async def _fetch_origin(self) -> None:
+        try:
+            if self.partial.contiguous % self.piece_size == 0 and not self.partial.piece_size:
+                self.partial.set_piece_size(self.piece_size)
+            await self.s.origin.fill(self.partial, self.dist, self.creds)
+            self._prune()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            self.error = exc
+            self.partial.changed().set()
+
+    # -- scheduler ---------------------------------------------------------------------------
+    async def _report_loop(self) -> None:
+        sent: set[int] = set()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.partial.changed().wait(), self.cfg.report_interval)
+            new = {i: h for i, h in self.partial.piece_hashes.items() if i not in sent}
+            failed = sorted(self.unreported_failures)
+            report = Report(
+                self.cfg.peer_id,
+                self.cfg.address,
+                pieces=self._held(),
+                contiguous=self.partial.contiguous,
+                hashes=new,
+                failed_parents=failed,
+                size=self.size,
+                piece_size=self.piece_size,
+            )
+            try:
+                view = await self.s.scheduler.report(str(self.digest), report)
+            except SchedulerUnavailable as exc:
+                self.sched_failures += 1
+                log.warning("report for %s failed (%d): %s", self.digest, self.sched_failures, exc)
+                await asyncio.sleep(self.cfg.report_interval)
+                continue
+            self.sched_failures = 0
+            sent.update(new)
+            self.unreported_failures.difference_update(failed)
+            self._apply(view)
+            # the fetcher reports again as soon as a piece is hashed; others on the interval
+            await asyncio.sleep(0.05 if self.fetching is not None else self.cfg.report_interval)
+
+    async def _hash_loop(self) -> None:
+        while len(self.hashes) < self.count:
+            start = 0
+            while start in self.hashes:
+                start += 1
+            try:
+                view = await self.s.scheduler.hashes(str(self.digest), start, self.cfg.status_wait)
+            except SchedulerUnavailable:
+                await asyncio.sleep(self.cfg.report_interval)
+                continue
+            for offset, value in enumerate(view.hashes):
+                self.hashes[view.start + offset] = value
+            if view.hashes:
+                self.hashes_changed.set()
+                self.hashes_changed = asyncio.Event()
+
+    async def _hash_of(self, index: int) -> str:
+        deadline = time.monotonic() + self.cfg.stall_timeout
+        while index not in self.hashes:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"no hash for piece {index}")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.hashes_changed.wait(), remaining)
+        return self.hashes[index]
+
+    # -- parents -----------------------------------------------------------------------------
+    def _url(self, link: ParentLink, tail: str) -> str:
+        return f"http://{link.info.address}/p2p/v1/blobs/{self.digest}/{tail}"
+
+    async def _watch_parent(self, link: ParentLink) -> None:
+        """Long-poll the parent's piece map; lanes wait on ``link.updated``."""
+        timeout = aiohttp.ClientTimeout(total=self.cfg.status_wait + 5, connect=2)
+        errors = 0
+        while link.failed is None:
+            try:
+                async with self.s.session.get(
+                    self._url(link, "status"),
+                    params={"have": str(link.known), "wait": str(self.cfg.status_wait)},
+                    headers=bearer(self.cfg.token),
+                    timeout=timeout,
+                ) as resp:
+                    if resp.status == 404:
+                        await asyncio.sleep(0.5)  # it has not started this blob yet
+                        continue
+                    if resp.status != 200:
+                        raise ValueError(f"status answered {resp.status}")
+                    status: PeerStatus = from_json(PeerStatus, await resp.json())
+                bits = decode_bitfield(status.bitfield, self.count)
+                if status.size != self.size:
+                    raise ValueError(f"parent says the blob has {status.size} bytes, not {self.size}")
+                errors = 0
+            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                errors += 1
+                if errors >= 3:
+                    self._drop(link, f"status failed: {exc!r}")
+                    return
+                await asyncio.sleep(0.2 * errors)
+                continue
+            for i, bit in enumerate(bits):
+                if bit and not link.have[i]:
+                    self.availability[i] += 1
+            link.have = bits
+            link.known = status.count
+            link.updated.set()
+            link.updated = asyncio.Event()
+            if status.complete:
+                return
+
+    async def _lane(self, link: ParentLink) -> None:
+        while link.failed is None and self.missing:
+            self._prune()
+            index = next_piece(
+                parent_has=link.have,
+                missing=self.missing,
+                in_flight=self.in_flight,
+                availability=self.availability,
+                read_piece=self.partial.contiguous // self.piece_size,
+            )
+            if index is None:
+                await link.updated.wait()
+                continue
+            self.in_flight.add(index)
+            try:
+                await self._fetch_piece(link, index)
+            finally:
+                self.in_flight.discard(index)
+
+    async def _fetch_piece(self, link: ParentLink, index: int) -> None:
+        offset, length = piece_span(index, self.size, self.piece_size)
+        timeout = aiohttp.ClientTimeout(total=self.cfg.piece_timeout, connect=2)
+        await self.s.bucket.consume(length)
+        try:
+            async with self.s.session.get(
+                self._url(link, f"pieces/{index}"), headers=bearer(self.cfg.token), timeout=timeout
+            ) as resp:
+                if resp.status in (404, 503):
+                    if resp.status == 404:
+                        link.have[index] = False
+                    await asyncio.sleep(0.05)
+                    return
+                if resp.status != 200:
+                    self._drop(link, f"piece answered {resp.status}")
+                    return
+                data = await resp.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self._drop(link, f"piece {index} failed: {exc!r}")
+            return
+        if len(data) != length:
+            self._drop(link, f"piece {index} has {len(data)} bytes, want {length}")
+            return
+        try:
+            expected = await self._hash_of(index)
+        except TimeoutError:
+            return  # no hash to check it against (yet): drop the data, the stall logic decides
+        actual = await asyncio.to_thread(lambda: hashlib.sha256(data).hexdigest())
+        if actual != expected:
+            self.s.metrics.digest_mismatches.labels("peer").inc()
+            self._drop(link, f"piece {index} is corrupt")
+            return
+        if index not in self.missing:
+            return
+        try:
+            self.partial.write(offset, data)
+        except OSError as exc:
+            self.error = StoreFullError(str(exc)) if is_disk_full(exc) else StoreError(str(exc))
+            self.partial.changed().set()
+            return
+        self.missing.discard(index)
+        self.s.metrics.peer_bytes.labels("download").inc(length)
+        self.s.metrics.pieces_received.inc()

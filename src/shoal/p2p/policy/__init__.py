@@ -1,0 +1,1 @@
+"""Swarm policies as plain functions: which piece to ask for next, from whom."""
