@@ -1,0 +1,346 @@
+"""Admission decisions for Pods built from kubectl-generated workloads, checked field by field."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+from typing import Any
+
+import pytest
+
+from shoal.webhook.config import ConfigError, WebhookConfig
+from shoal.webhook.mutate import Decision, Scope, decide, review_response, rewrite_image
+
+from .k8s_fixtures import (
+    BRIEF_IMAGE,
+    BRIEF_REGISTRY,
+    COMMANDS,
+    DIGEST,
+    Json,
+    admission_review,
+    apply_json_patch,
+    load,
+    merge_patch,
+    pod_from_template,
+    run_kubectl,
+    with_namespace,
+)
+
+MODE = "k8s.aliyun.com/image-accelerate-mode"
+P2P_CONFIG = "k8s.aliyun.com/p2p-config"
+CONFIG = WebhookConfig.build([BRIEF_REGISTRY, "registry.example.com", "index.docker.io"])
+
+
+def brief_pod(namespace: str = "default", *, label: bool = True) -> Json:
+    """The brief's Step 4 Deployment, as the Pod its ReplicaSet creates."""
+    template_patch: Json = {
+        "spec": {
+            "template": {
+                "metadata": {"labels": {MODE: "p2p"} if label else {}},
+                "spec": {
+                    "imagePullSecrets": [{"name": "test-registry"}],
+                    "containers": [
+                        {"name": "test", "image": BRIEF_IMAGE, "command": ["sleep", "3600"]}
+                    ],
+                },
+            }
+        }
+    }
+    return pod_from_template(merge_patch(load("deployment-test"), template_patch), namespace)
+
+
+def secrets(namespace: str = "default", *names: str) -> dict[str, Json]:
+    chosen = names or ("secret-test-registry", "secret-regcred", "secret-dockerhub", "secret-quay")
+    out = {}
+    for fixture in chosen:
+        secret = with_namespace(load(fixture), namespace, uid=f"uid-{fixture}")
+        out[secret["metadata"]["name"]] = secret
+    return out
+
+
+def admit(
+    pod: Json, scope: Scope, available: dict[str, Json] | None, config: WebhookConfig = CONFIG
+) -> tuple[Decision, Json]:
+    """Run the decision and return the Pod as the API server would store it."""
+    namespace = pod["metadata"].get("namespace", "default")
+    decision = decide(admission_review(pod, namespace)["request"], scope, config, available)
+    return decision, apply_json_patch(pod, list(decision.patch))
+
+
+def dockerconfig(secret: Json) -> Json:
+    loaded: Json = json.loads(base64.b64decode(secret["data"][".dockerconfigjson"]))
+    return loaded
+
+
+class TestFixtures:
+    """The stored objects are what kubectl really produces."""
+
+    @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")
+    @pytest.mark.parametrize("name", sorted(COMMANDS))
+    def test_fixture_matches_kubectl(self, name: str) -> None:
+        assert run_kubectl(name) == load(name)
+
+
+class TestBriefExpectedOutput:
+    """Step 5 of the brief: annotations, rewritten image and the injected pull credential."""
+
+    def test_label_on_pod_template(self) -> None:
+        decision, pod = admit(brief_pod(), Scope.POD, secrets())
+        assert decision.mutated
+        annotations = pod["metadata"]["annotations"]
+        assert annotations[MODE] == "p2p"
+        p2p_config = json.loads(annotations[P2P_CONFIG])
+        assert p2p_config["endpoint"] == "127.0.0.1:65001"
+        assert p2p_config["images"] == [
+            {
+                "container": "test",
+                "original": BRIEF_IMAGE,
+                "image": f"127.0.0.1:65001/{BRIEF_IMAGE}",
+            }
+        ]
+        assert p2p_config["version"]
+        assert pod["spec"]["containers"][0]["image"] == f"127.0.0.1:65001/{BRIEF_IMAGE}"
+        assert pod["spec"]["containers"][0]["command"] == ["sleep", "3600"]
+        assert pod["spec"]["imagePullSecrets"] == [
+            {"name": "test-registry"},
+            {"name": "acr-credential-test-registry-p2p"},
+        ]
+
+    def test_derived_secret_differs_only_in_registry_key(self) -> None:
+        decision, _ = admit(brief_pod(), Scope.POD, secrets())
+        (derived,) = decision.secrets
+        original = secrets()["test-registry"]
+        assert derived["metadata"]["name"] == "acr-credential-test-registry-p2p"
+        assert derived["metadata"]["namespace"] == "default"
+        assert derived["type"] == "kubernetes.io/dockerconfigjson"
+        assert derived["metadata"]["ownerReferences"] == [
+            {"apiVersion": "v1", "kind": "Secret", "name": "test-registry",
+             "uid": "uid-secret-test-registry"}
+        ]
+        before = dockerconfig(original)["auths"][BRIEF_REGISTRY]
+        assert dockerconfig(derived) == {"auths": {f"127.0.0.1:65001/{BRIEF_REGISTRY}": before}}
+        assert before["username"] == "builder"
+        assert before["password"] == "s3cret"
+
+    def test_label_on_namespace(self) -> None:
+        pod = brief_pod("team-a", label=False)
+        assert MODE not in pod["metadata"]["labels"]
+        decision, patched = admit(pod, Scope.NAMESPACE, secrets("team-a"))
+        assert decision.mutated
+        assert patched["spec"]["containers"][0]["image"] == f"127.0.0.1:65001/{BRIEF_IMAGE}"
+        assert decision.secrets[0]["metadata"]["namespace"] == "team-a"
+
+    def test_label_on_both_is_idempotent(self) -> None:
+        first, pod = admit(brief_pod(), Scope.POD, secrets())
+        second, again = admit(pod, Scope.NAMESPACE, secrets())
+        assert first.mutated
+        assert not second.mutated
+        assert second.reason == "already injected"
+        assert again == pod
+
+    def test_label_on_neither(self) -> None:
+        pod = brief_pod(label=False)
+        decision, patched = admit(pod, Scope.POD, secrets())
+        assert not decision.mutated
+        assert patched == pod
+
+    def test_pod_label_opts_out_of_labelled_namespace(self) -> None:
+        pod = merge_patch(brief_pod(), {"metadata": {"labels": {MODE: "none"}}})
+        decision, _ = admit(pod, Scope.NAMESPACE, secrets())
+        assert not decision.mutated
+
+
+class TestImages:
+    """Which images move behind the endpoint, and how they are spelled."""
+
+    def test_foreign_registry_image_left_alone(self) -> None:
+        pod = pod_from_template(
+            merge_patch(
+                load("deployment-app"),
+                {"spec": {"template": {"metadata": {"labels": {MODE: "p2p"}}}}},
+            ),
+            "default",
+        )
+        decision, patched = admit(pod, Scope.POD, secrets())
+        app, sidecar = patched["spec"]["containers"]
+        assert app["image"] == "127.0.0.1:65001/registry.example.com/team/app:v1"
+        assert sidecar["image"] == "quay.io/org/sidecar:2"
+        assert len(json.loads(patched["metadata"]["annotations"][P2P_CONFIG])["images"]) == 1
+        assert decision.secrets == ()
+
+    def test_only_foreign_images_is_not_injected(self) -> None:
+        config = WebhookConfig.build(["ghcr.io"])
+        decision, _ = admit(brief_pod(), Scope.POD, secrets(), config)
+        assert not decision.mutated
+        assert decision.reason == "no image from an accelerated registry"
+
+    def test_digest_pinned_image(self) -> None:
+        pod = pod_from_template(
+            merge_patch(
+                load("job-digest"),
+                {"spec": {"template": {"metadata": {"labels": {MODE: "p2p"}}}}},
+            ),
+            "default",
+        )
+        _, patched = admit(pod, Scope.POD, {})
+        assert patched["spec"]["containers"][0]["image"] == (
+            f"127.0.0.1:65001/registry.example.com/team/migrate@{DIGEST}"
+        )
+        assert "imagePullSecrets" not in patched["spec"]
+
+    def test_docker_hub_short_name_and_hub_credentials(self) -> None:
+        pod = pod_from_template(
+            merge_patch(
+                load("deployment-web"),
+                {"spec": {"template": {"metadata": {"labels": {MODE: "p2p"}},
+                                       "spec": {"imagePullSecrets": [{"name": "hub"}]}}}},
+            ),
+            "default",
+        )
+        decision, patched = admit(pod, Scope.POD, secrets())
+        assert patched["spec"]["containers"][0]["image"] == (
+            "127.0.0.1:65001/docker.io/library/nginx:1.27"
+        )
+        (derived,) = decision.secrets
+        assert list(dockerconfig(derived)["auths"]) == ["127.0.0.1:65001/docker.io"]
+
+    def test_init_containers(self) -> None:
+        pod = merge_patch(
+            brief_pod(),
+            {"spec": {"initContainers": [
+                {"name": "fetch", "image": "busybox:1.36"},
+                {"name": "other", "image": "quay.io/org/tool:1"},
+            ]}},
+        )
+        _, patched = admit(pod, Scope.POD, secrets())
+        init = patched["spec"]["initContainers"]
+        assert init[0]["image"] == "127.0.0.1:65001/docker.io/library/busybox:1.36"
+        assert init[1]["image"] == "quay.io/org/tool:1"
+        recorded = json.loads(patched["metadata"]["annotations"][P2P_CONFIG])["images"]
+        assert [r["container"] for r in recorded] == ["fetch", "test"]
+
+    def test_ephemeral_container_added_to_injected_pod(self) -> None:
+        _, pod = admit(brief_pod(), Scope.POD, secrets())
+        pod["spec"]["ephemeralContainers"] = [
+            {"name": "debugger", "image": "busybox"},
+            {"name": "shell", "image": "quay.io/org/shell:1"},
+        ]
+        request = admission_review(
+            pod, "default", operation="UPDATE", sub_resource="ephemeralcontainers"
+        )["request"]
+        decision = decide(request, Scope.POD, CONFIG, secrets())
+        patched = apply_json_patch(pod, list(decision.patch))
+        ephemeral = patched["spec"]["ephemeralContainers"]
+        assert ephemeral[0]["image"] == "127.0.0.1:65001/docker.io/library/busybox:latest"
+        assert ephemeral[1]["image"] == "quay.io/org/shell:1"
+        assert patched["spec"]["containers"] == pod["spec"]["containers"]
+        assert decision.secrets == ()
+
+    def test_ephemeral_container_in_pod_not_injected(self) -> None:
+        pod = brief_pod(label=False)
+        pod["spec"]["ephemeralContainers"] = [{"name": "debugger", "image": "busybox"}]
+        request = admission_review(
+            pod, "default", operation="UPDATE", sub_resource="ephemeralcontainers"
+        )["request"]
+        assert not decide(request, Scope.NAMESPACE, CONFIG, secrets()).mutated
+
+    @pytest.mark.parametrize(
+        ("image", "expected"),
+        [
+            ("nginx", "127.0.0.1:65001/docker.io/library/nginx:latest"),
+            ("index.docker.io/team/app:v1", "127.0.0.1:65001/docker.io/team/app:v1"),
+            ("registry.example.com/a/b:1@" + DIGEST,
+             "127.0.0.1:65001/registry.example.com/a/b:1@" + DIGEST),
+            ("registry.example.com:5000/a:1", None),
+            ("127.0.0.1:65001/registry.example.com/a:1", None),
+            ("quay.io/a/b", None),
+            ("Not A Reference", None),
+        ],
+    )
+    def test_rewrite_image(self, image: str, expected: str | None) -> None:
+        assert rewrite_image(image, CONFIG) == expected
+
+
+class TestSkipRules:
+    """The brief's skip rules: when in doubt, the Pod is left exactly as it was."""
+
+    def test_missing_pull_secret_means_no_injection(self) -> None:
+        decision, patched = admit(brief_pod(), Scope.POD, secrets("default", "secret-regcred"))
+        assert not decision.mutated
+        assert decision.reason == "pull secret 'test-registry' is missing"
+        assert patched == brief_pod()
+
+    def test_cache_not_ready_means_no_injection(self) -> None:
+        decision, _ = admit(brief_pod(), Scope.POD, None)
+        assert not decision.mutated
+
+    def test_already_injected(self) -> None:
+        pod = merge_patch(brief_pod(), {"metadata": {"annotations": {P2P_CONFIG: "{}"}}})
+        decision, _ = admit(pod, Scope.POD, secrets())
+        assert not decision.mutated
+
+    def test_secret_for_other_registry_is_not_derived(self) -> None:
+        pod = merge_patch(brief_pod(), {"spec": {"imagePullSecrets": None}})
+        pod["spec"]["imagePullSecrets"] = [{"name": "test-registry"}, {"name": "quay"}]
+        decision, patched = admit(pod, Scope.POD, secrets())
+        assert [s["metadata"]["name"] for s in decision.secrets] == [
+            "acr-credential-test-registry-p2p"
+        ]
+        assert patched["spec"]["imagePullSecrets"][-1] == {
+            "name": "acr-credential-test-registry-p2p"
+        }
+
+    def test_not_a_create(self) -> None:
+        request = admission_review(brief_pod(), "default", operation="UPDATE")["request"]
+        assert not decide(request, Scope.POD, CONFIG, secrets()).mutated
+
+
+class TestConfig:
+    """Prefixes, names and bad settings."""
+
+    def test_custom_label_prefix_and_names(self) -> None:
+        config = WebhookConfig.build(
+            [BRIEF_REGISTRY], endpoint="127.0.0.1:7000", label_prefix="shoal.io",
+            secret_prefix="", secret_suffix="-shoal",
+        )
+        pod = brief_pod(label=False)
+        pod["metadata"]["labels"]["shoal.io/image-accelerate-mode"] = "p2p"
+        pod["metadata"]["annotations"] = {"team": "x"}
+        decision, patched = admit(pod, Scope.POD, secrets(), config)
+        annotations = patched["metadata"]["annotations"]
+        assert annotations["team"] == "x"
+        assert annotations["shoal.io/image-accelerate-mode"] == "p2p"
+        assert "shoal.io/p2p-config" in annotations
+        assert patched["spec"]["containers"][0]["image"] == f"127.0.0.1:7000/{BRIEF_IMAGE}"
+        assert patched["spec"]["imagePullSecrets"][-1] == {"name": "test-registry-shoal"}
+        assert MODE not in annotations
+        assert decision.secrets[0]["metadata"]["name"] == "test-registry-shoal"
+
+    @pytest.mark.parametrize(
+        ("registries", "kwargs"),
+        [([], {}), (["not a host"], {}), (["a.io"], {"endpoint": "127.0.0.1"}),
+         (["a.io"], {"label_prefix": "a/b"})],
+    )
+    def test_bad_settings(self, registries: list[str], kwargs: dict[str, Any]) -> None:
+        with pytest.raises(ConfigError):
+            WebhookConfig.build(registries, **kwargs)
+
+
+class TestReviewResponse:
+    """The AdmissionReview answer carries the uid and a base64 JSONPatch."""
+
+    def test_response(self) -> None:
+        review = admission_review(brief_pod(), "default", uid="abc")
+        decision = decide(review["request"], Scope.POD, CONFIG, secrets())
+        response = review_response(review, decision)
+        assert response["apiVersion"] == "admission.k8s.io/v1"
+        assert response["response"]["uid"] == "abc"
+        assert response["response"]["allowed"] is True
+        assert response["response"]["patchType"] == "JSONPatch"
+        assert json.loads(base64.b64decode(response["response"]["patch"])) == list(decision.patch)
+
+    def test_unchanged_response_has_no_patch(self) -> None:
+        review = admission_review(brief_pod(label=False), "default")
+        response = review_response(review, decide(review["request"], Scope.POD, CONFIG, {}))
+        assert response["response"] == {"uid": review["request"]["uid"], "allowed": True}

@@ -1,0 +1,82 @@
+"""Derivation of P2P pull secrets from docker config JSON."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+
+from shoal.webhook.config import WebhookConfig
+from shoal.webhook.pullsecrets import (
+    derive_dockerconfig,
+    derive_secret,
+    needs_update,
+    read_dockerconfig,
+    split_auth_key,
+)
+
+CONFIG = WebhookConfig.build(["registry.example.com", "docker.io"], endpoint="127.0.0.1:65001")
+
+
+def secret(auths: object, *, type_: str = "kubernetes.io/dockerconfigjson") -> dict[str, object]:
+    raw = base64.b64encode(json.dumps({"auths": auths}).encode()).decode()
+    return {
+        "type": type_,
+        "metadata": {"name": "orig", "namespace": "ns", "uid": "u1"},
+        "data": {".dockerconfigjson": raw},
+    }
+
+
+class TestSplitAuthKey:
+    """Docker config keys come with schemes, paths and Docker Hub's legacy spelling."""
+
+    @pytest.mark.parametrize(
+        ("key", "expected"),
+        [
+            ("https://index.docker.io/v1/", ("docker.io", "")),
+            ("registry.example.com", ("registry.example.com", "")),
+            ("http://registry.example.com/team/", ("registry.example.com", "team")),
+            ("Registry.Example.com:5000", ("registry.example.com:5000", "")),
+        ],
+    )
+    def test_split(self, key: str, expected: tuple[str, str]) -> None:
+        assert split_auth_key(key) == expected
+
+
+class TestDerive:
+    """Only accelerated registries are re-keyed; credentials are copied untouched."""
+
+    def test_path_scoped_key_keeps_its_path(self) -> None:
+        entry = {"auth": "dTpw", "email": "a@b"}
+        derived = derive_dockerconfig(
+            {"auths": {"registry.example.com/team": entry, "quay.io": {"auth": "x"}}}, CONFIG
+        )
+        assert derived == {"auths": {"127.0.0.1:65001/registry.example.com/team": entry}}
+
+    def test_nothing_to_derive(self) -> None:
+        assert derive_secret(secret({"quay.io": {"auth": "x"}}), CONFIG) is None
+
+    @pytest.mark.parametrize(
+        "bad",
+        [
+            {"type": "Opaque", "data": {}},
+            {"type": "kubernetes.io/dockerconfigjson", "data": {".dockerconfigjson": "!!"}},
+            {"type": "kubernetes.io/dockerconfigjson", "data": None},
+            {"type": "kubernetes.io/dockerconfigjson",
+             "data": {".dockerconfigjson": base64.b64encode(b"[1]").decode()}},
+        ],
+    )
+    def test_unreadable_secrets_are_ignored(self, bad: dict[str, object]) -> None:
+        assert read_dockerconfig(bad) is None
+        assert derive_secret({**bad, "metadata": {"name": "x"}}, CONFIG) is None
+
+    def test_needs_update_tracks_credentials(self) -> None:
+        first = derive_secret(secret({"registry.example.com": {"auth": "old"}}), CONFIG)
+        second = derive_secret(secret({"registry.example.com": {"auth": "new"}}), CONFIG)
+        assert first is not None
+        assert second is not None
+        assert needs_update(first, second)
+        assert not needs_update(first, first)
+        assert first["metadata"]["labels"]["shoal.io/derived-pull-secret"] == "true"
+        assert first["metadata"]["annotations"]["shoal.io/derived-from"] == "orig"
