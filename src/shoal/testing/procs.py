@@ -152,8 +152,7 @@ def wait_until(
             return
         if process is not None and not process.alive():
             raise StartupError(
-                f"{what}: {process.argv[0]} exited with status {process.returncode}; "
-                f"log tail:\n{process.log_tail()}"
+                f"{what}: {process.argv[0]} exited with status {process.returncode}; log tail:\n{process.log_tail()}"
             )
         if time.monotonic() > deadline:
             log = process.log_tail() if process is not None else "(no process)"

@@ -69,9 +69,7 @@ class LoggedRequest:
     @property
     def is_blob_get(self) -> bool:
         """A blob download: the only requests that count as origin egress."""
-        return (
-            self.method == "GET" and "/blobs/" in self.path and "/blobs/uploads/" not in self.path
-        )
+        return self.method == "GET" and "/blobs/" in self.path and "/blobs/uploads/" not in self.path
 
     @property
     def digest(self) -> str | None:
@@ -109,14 +107,11 @@ def htpasswd_line(user: str, password: str) -> str:
             bcrypt: Any = importlib.import_module("bcrypt")
         except ImportError:
             raise ProgramMissingError(
-                "'htpasswd' is not on PATH and Python bcrypt is not installed: "
-                "apt-get install -y apache2-utils"
+                "'htpasswd' is not on PATH and Python bcrypt is not installed: apt-get install -y apache2-utils"
             ) from None
         hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt()).decode()
         return f"{user}:{hashed}"
-    out = subprocess.run(
-        [exe, "-Bbn", user, password], check=True, capture_output=True, text=True, timeout=30
-    )
+    out = subprocess.run([exe, "-Bbn", user, password], check=True, capture_output=True, text=True, timeout=30)
     return out.stdout.strip()
 
 
@@ -141,7 +136,7 @@ class DistributionRegistry:
         addr: str | None = None,
         start_timeout: float = 15.0,
     ) -> None:
-        self.workdir = Path(workdir)
+        self.workdir = Path(workdir).resolve()
         self.users = dict(users or {})
         self._fixed_addr = addr
         self.start_timeout = start_timeout

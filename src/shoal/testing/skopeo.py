@@ -87,13 +87,9 @@ def skopeo_run(
 ) -> subprocess.CompletedProcess[str]:
     """Run ``skopeo ARGS`` isolated under ``workdir``; raise with stderr if ``check`` fails."""
     with private_skopeo(workdir) as (prefix, env):
-        result = subprocess.run(
-            [*prefix, *args], capture_output=True, text=True, timeout=timeout, env=env
-        )
+        result = subprocess.run([*prefix, *args], capture_output=True, text=True, timeout=timeout, env=env)
     if check and result.returncode != 0:
-        raise RuntimeError(
-            f"skopeo {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()[-2000:]}"
-        )
+        raise RuntimeError(f"skopeo {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()[-2000:]}")
     return result
 
 
