@@ -163,10 +163,7 @@ def _write_platform(
             "Labels": {"dev.shoal.generated": "true", "dev.shoal.seed": str(seed)},
         },
         "rootfs": {"type": "layers", "diff_ids": [b.digest for b in layer_infos]},
-        "history": [
-            {"created": _CREATED, "created_by": f"shoal imagegen layer {j}"}
-            for j in range(len(layer_infos))
-        ],
+        "history": [{"created": _CREATED, "created_by": f"shoal imagegen layer {j}"} for j in range(len(layer_infos))],
     }
     config_info = writer.write_json(config, OCI_CONFIG)
     manifest = {
@@ -185,11 +182,7 @@ def _update_layout_index(layout: Path, top: BlobInfo, tag: str) -> None:
     entries: list[dict[str, Any]] = []
     if index_path.exists():
         old = json.loads(index_path.read_text())
-        entries = [
-            e
-            for e in old.get("manifests", [])
-            if e.get("annotations", {}).get(REF_NAME_ANNOTATION) != tag
-        ]
+        entries = [e for e in old.get("manifests", []) if e.get("annotations", {}).get(REF_NAME_ANNOTATION) != tag]
     entries.append({**top.descriptor(), "annotations": {REF_NAME_ANNOTATION: tag}})
     doc = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}
     index_path.write_text(json.dumps(doc, indent=2))
@@ -229,9 +222,7 @@ def generate_image(
         )
         manifests.append(manifest_info)
         blobs.update({b.digest: b for b in platform_blobs})
-        platform_manifests.append(
-            {**manifest_info.descriptor(), "platform": parse_platform(platform)}
-        )
+        platform_manifests.append({**manifest_info.descriptor(), "platform": parse_platform(platform)})
     if len(platforms) == 1:
         top = manifests[0]
     else:
