@@ -240,7 +240,7 @@ class Containerd:
 
     def unpacked(self, ref: str) -> bool:
         """Whether ``ref`` is unpacked into the snapshotter (``ctr image check``)."""
-        out = self.ctr("image", "check", f"name=={ref}").stdout
+        out = self.ctr("image", "check", "--snapshotter", self.snapshotter, f"name=={ref}").stdout
         rows = [line for line in out.splitlines()[1:] if line.split()[:1] == [ref]]
         return bool(rows) and rows[0].split()[-1] == "true"
 

@@ -242,6 +242,7 @@ class DistributionRegistry:
                 status: int = response.status
                 return status
         except urllib.error.HTTPError as exc:
+            exc.close()
             return exc.code
 
     def _answers(self) -> bool:

@@ -1,0 +1,64 @@
+"""Shared fixtures for integration tests: real registries, real clients, generated images.
+
+Images are generated once per session (read-only afterwards); registries and containerd
+daemons are per test, so byte counters start from zero.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from shoal.demo.imagegen import GeneratedImage, generate_image
+from shoal.testing.containerd import Containerd
+from shoal.testing.registry import DistributionRegistry
+
+MiB = 1 << 20
+PRIVATE_USERS = {"alice": "s3cret"}
+
+
+# -- images ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def small_image(tmp_path_factory: pytest.TempPathFactory) -> GeneratedImage:
+    """One platform (linux/amd64), 3 layers, 6 MiB of layer data."""
+    return generate_image(tmp_path_factory.mktemp("images") / "small", size=6 * MiB, layers=3, seed=1)
+
+
+@pytest.fixture(scope="session")
+def multiarch_image(tmp_path_factory: pytest.TempPathFactory) -> GeneratedImage:
+    """An OCI index over linux/amd64 and linux/arm64, 2 layers and 4 MiB per platform."""
+    return generate_image(
+        tmp_path_factory.mktemp("images") / "multiarch",
+        size=4 * MiB,
+        layers=2,
+        seed=2,
+        platforms=("linux/amd64", "linux/arm64"),
+    )
+
+
+# -- real programs -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[DistributionRegistry]:
+    """A fresh, anonymous docker-registry (CNCF distribution 2.8) on 127.0.0.1."""
+    with DistributionRegistry(tmp_path / "registry") as reg:
+        yield reg
+
+
+@pytest.fixture
+def private_registry(tmp_path: Path) -> Iterator[DistributionRegistry]:
+    """A docker-registry that requires basic auth as alice:s3cret (``reg.creds``)."""
+    with DistributionRegistry(tmp_path / "private-registry", users=PRIVATE_USERS) as reg:
+        yield reg
+
+
+@pytest.fixture
+def containerd(tmp_path: Path) -> Iterator[Containerd]:
+    """A private containerd daemon; pull with ``containerd.pull_direct`` / ``pull_via_mirror``."""
+    with Containerd(tmp_path / "containerd") as daemon:
+        yield daemon
