@@ -1,0 +1,75 @@
+"""parse_range: one byte range or a clear refusal (400 malformed/multi, 416 unsatisfiable)."""
+
+from __future__ import annotations
+
+import pytest
+
+from shoal.oci.errors import DistributionError, ErrorCode
+from shoal.oci.ranges import ByteRange, parse_range
+
+SIZE = 100
+
+
+class TestParseRange:
+    """Single ranges resolve against the blob size; everything else is refused."""
+
+    @pytest.mark.parametrize(
+        ("header", "expected"),
+        [
+            (None, None),
+            ("bytes=0-9", ByteRange(0, 9, SIZE)),
+            ("bytes=0-0", ByteRange(0, 0, SIZE)),
+            ("bytes=90-99", ByteRange(90, 99, SIZE)),
+            ("bytes=50-", ByteRange(50, 99, SIZE)),  # open-ended
+            ("bytes=0-", ByteRange(0, 99, SIZE)),
+            ("bytes=-10", ByteRange(90, 99, SIZE)),  # suffix
+            ("bytes=-1000", ByteRange(0, 99, SIZE)),  # suffix longer than the blob
+            ("bytes=90-1000", ByteRange(90, 99, SIZE)),  # end beyond size clamps
+            ("bytes=99-99", ByteRange(99, 99, SIZE)),
+            (" bytes = 1 - 2 ", ByteRange(1, 2, SIZE)),
+        ],
+    )
+    def test_resolves(self, header: str | None, expected: ByteRange | None) -> None:
+        assert parse_range(header, SIZE) == expected
+
+    @pytest.mark.parametrize(
+        "header",
+        [
+            "bytes=0-9,20-29",  # multi-range
+            "bytes=0-9, 20-29",
+            "bytes=-",
+            "bytes=",
+            "bytes=a-b",
+            "bytes=5",
+            "items=0-9",
+            "0-9",
+            "bytes=9-0",  # end before start
+            "bytes=--5",
+            "bytes=0x1-2",
+        ],
+    )
+    def test_malformed_is_400(self, header: str) -> None:
+        with pytest.raises(DistributionError) as info:
+            parse_range(header, SIZE)
+        assert info.value.code is ErrorCode.RANGE_INVALID
+        assert info.value.status == 400
+
+    @pytest.mark.parametrize(("header", "size"), [("bytes=100-", SIZE), ("bytes=100-200", SIZE), ("bytes=-0", SIZE)])
+    def test_unsatisfiable_is_416(self, header: str, size: int) -> None:
+        with pytest.raises(DistributionError) as info:
+            parse_range(header, size)
+        assert info.value.code is ErrorCode.RANGE_NOT_SATISFIABLE
+        assert info.value.status == 416
+        assert info.value.headers == {"Content-Range": f"bytes */{size}"}
+
+    def test_empty_blob_has_no_satisfiable_range(self) -> None:
+        for header in ("bytes=0-", "bytes=-1", "bytes=0-0"):
+            with pytest.raises(DistributionError) as info:
+                parse_range(header, 0)
+            assert info.value.status == 416
+
+    def test_content_range_and_length(self) -> None:
+        rng = parse_range("bytes=10-19", SIZE)
+        assert rng is not None
+        assert rng.length == 10
+        assert rng.content_range() == "bytes 10-19/100"
