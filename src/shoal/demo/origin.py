@@ -10,7 +10,6 @@ the demo can show an origin bottleneck.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import defaultdict
 from pathlib import Path
 from typing import BinaryIO
@@ -21,38 +20,12 @@ from aiohttp.typedefs import Handler
 from shoal.demo.imagegen import BlobInfo, GeneratedImage
 from shoal.oci.errors import DistributionError, ErrorCode
 from shoal.oci.ranges import parse_range
+from shoal.p2p.ratelimit import TokenBucket
 
-__all__ = ["DemoOrigin", "TokenBucket"]
+__all__ = ["DemoOrigin"]
 
 API_VERSION_HEADER = {"Docker-Distribution-API-Version": "registry/2.0"}
 _CHUNK = 256 * 1024
-
-
-class TokenBucket:
-    """Bytes-per-second limiter: ``await take(n)`` returns once ``n`` bytes may be sent.
-
-    Parameters:
-        rate: sustained bytes per second.
-        burst: bucket depth in bytes (default: a tenth of a second of ``rate``, at least 64 KiB).
-    """
-
-    def __init__(self, rate: float, burst: float | None = None) -> None:
-        if rate <= 0:
-            raise ValueError("rate must be positive")
-        self.rate = rate
-        self.burst = burst if burst is not None else max(rate / 10, 64 * 1024)
-        self._tokens = self.burst
-        self._stamp = time.monotonic()
-        self._lock = asyncio.Lock()
-
-    async def take(self, n: int) -> None:
-        async with self._lock:  # first come, first served
-            now = time.monotonic()
-            self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
-            self._stamp = now
-            self._tokens -= n
-            if self._tokens < 0:
-                await asyncio.sleep(-self._tokens / self.rate)
 
 
 class DemoOrigin:
@@ -70,7 +43,7 @@ class DemoOrigin:
         self.blob_bytes_by_digest: defaultdict[str, int] = defaultdict(int)
         self.blob_requests = 0
         self.manifest_requests = 0
-        self._bucket = TokenBucket(upload_rate) if upload_rate else None
+        self._bucket = TokenBucket(upload_rate, burst=max(upload_rate / 10, 64 * 1024)) if upload_rate else None
         self._runner: web.AppRunner | None = None
         self.url = ""
 
@@ -171,7 +144,7 @@ class DemoOrigin:
                 if not chunk:
                     raise ConnectionResetError(f"{path} is shorter than expected")
                 if self._bucket is not None:
-                    await self._bucket.take(len(chunk))
+                    await self._bucket.consume(len(chunk))
                 await response.write(chunk)
                 remaining -= len(chunk)
                 self.blob_bytes_served += len(chunk)

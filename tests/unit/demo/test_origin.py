@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from shoal.demo.imagegen import GeneratedImage, generate_image
-from shoal.demo.origin import DemoOrigin, TokenBucket
+from shoal.demo.origin import DemoOrigin
 from shoal.oci.mediatypes import OCI_INDEX, OCI_LAYER
 
 MiB = 1 << 20
@@ -153,14 +153,3 @@ class TestUploadRate:
         # 512 KiB minus a 102 KiB burst at 1 MiB/s needs at least ~0.39 s
         assert elapsed >= 0.35
         assert origin.blob_bytes_served == len(body)
-
-    async def test_bucket_shared_by_concurrent_takers(self) -> None:
-        bucket = TokenBucket(rate=1_000_000, burst=100_000)
-        start = time.monotonic()
-        await asyncio.gather(*(bucket.take(100_000) for _ in range(4)))
-        elapsed = time.monotonic() - start
-        assert 0.25 <= elapsed < 1.0  # 400 kB with a 100 kB burst at 1 MB/s: 0.3 s
-
-    def test_rate_must_be_positive(self) -> None:
-        with pytest.raises(ValueError, match="rate"):
-            TokenBucket(0)

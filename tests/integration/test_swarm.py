@@ -1,0 +1,284 @@
+"""The swarm, end to end: separate agent processes on 127.0.0.x, a real scheduler process,
+a real registry (or the built-in origin when a test needs a slow one), real clients."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from shoal.demo.fleet import LocalFleet, scrape
+from shoal.demo.imagegen import GeneratedImage, generate_image
+from shoal.demo.origin import DemoOrigin
+from shoal.demo.puller import pull_image
+from shoal.testing.registry import DistributionRegistry
+from shoal.testing.skopeo import layout_digests, skopeo_pull
+
+pytestmark = pytest.mark.real
+
+MiB = 1 << 20
+REGISTRY = "registry.test"
+
+
+def metric(url: str, prefix: str) -> float:
+    return sum(v for k, v in scrape(url).items() if k.startswith(prefix))
+
+
+@pytest.fixture(scope="module")
+def rollout_image(tmp_path_factory: pytest.TempPathFactory) -> GeneratedImage:
+    """4 layers, 24 MiB: several pieces per layer (pieces are 1 MiB at this size)."""
+    return generate_image(tmp_path_factory.mktemp("images") / "rollout", size=24 * MiB, layers=4, seed=7)
+
+
+@pytest.fixture(scope="module")
+def slow_image(tmp_path_factory: pytest.TempPathFactory) -> GeneratedImage:
+    """One 16 MiB layer: served at 4 MiB/s by the slow origin, it takes the fetcher ~4 s."""
+    return generate_image(tmp_path_factory.mktemp("images") / "slow", size=16 * MiB, layers=1, seed=8)
+
+
+def _rollout_through_fleet(tmp_path: Path, image: GeneratedImage, nodes: int) -> None:
+    with DistributionRegistry(tmp_path / "registry") as reg:
+        reg.push(image, "team/app", "v1")
+        mark = reg.mark()
+        with LocalFleet(tmp_path / "fleet", nodes=nodes, registries={REGISTRY: reg.url}) as fleet:
+
+            async def pull_all() -> list[object]:
+                return await asyncio.gather(
+                    *(
+                        asyncio.to_thread(
+                            skopeo_pull,
+                            f"{node.address}/{REGISTRY}/team/app:v1",
+                            tmp_path / f"out-{node.index}",
+                            timeout=600,
+                        )
+                        for node in fleet.nodes
+                    )
+                )
+
+            results = asyncio.run(pull_all())
+            for node, result in zip(fleet.nodes, results, strict=True):
+                assert getattr(result, "returncode", 1) == 0, f"node {node.index}: {getattr(result, 'stderr', '')}"
+                assert layout_digests(tmp_path / f"out-{node.index}") >= {b.digest for b in image.blobs}
+            peer_bytes = sum(metric(n.url, "shoal_agent_peer_bytes_total{direction=download") for n in fleet.nodes)
+        served = reg.blob_bytes_served(mark)
+    assert served == image.blob_bytes, f"origin served {served / image.blob_bytes:.2f}x the image"
+    if nodes > 1:
+        assert peer_bytes >= (nodes - 1) * image.blob_bytes * 0.5
+
+
+class TestRollout:
+    """N simultaneous pulls through N agents cost the registry exactly one copy of the image."""
+
+    def test_ten_nodes(self, tmp_path: Path, rollout_image: GeneratedImage) -> None:
+        _rollout_through_fleet(tmp_path, rollout_image, 10)
+
+    def test_two_nodes(self, tmp_path: Path, rollout_image: GeneratedImage) -> None:
+        _rollout_through_fleet(tmp_path, rollout_image, 2)
+
+    @pytest.mark.slow
+    def test_twenty_five_nodes(self, tmp_path: Path, rollout_image: GeneratedImage) -> None:
+        _rollout_through_fleet(tmp_path, rollout_image, 25)
+
+
+@pytest.fixture
+def slow_origin_fleet(tmp_path: Path, slow_image: GeneratedImage) -> Iterator[tuple[DemoOrigin, str, Path]]:
+    """The built-in origin capped at 4 MiB/s (so a blob takes seconds), started per test."""
+    origin = DemoOrigin({"team/slow": slow_image}, upload_rate=4 * MiB)
+    loop = asyncio.new_event_loop()
+    url = loop.run_until_complete(origin.start())
+    import threading
+
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        yield origin, url, tmp_path
+    finally:
+        asyncio.run_coroutine_threadsafe(origin.stop(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+class TestPipelining:
+    """A child streams pieces of a blob its parent is still fetching from the origin."""
+
+    async def test_child_gets_bytes_before_the_fetcher_is_done(
+        self, slow_origin_fleet: tuple[DemoOrigin, str, Path], slow_image: GeneratedImage
+    ) -> None:
+        origin, url, tmp = slow_origin_fleet
+        fleet = LocalFleet(tmp / "fleet", nodes=2, registries={REGISTRY: url})
+        await asyncio.to_thread(fleet.start)
+        try:
+            first_byte: dict[int, float] = {}
+            done: dict[int, float] = {}
+            t0 = time.monotonic()
+
+            async def pull(i: int, delay: float) -> None:
+                await asyncio.sleep(delay)
+
+                def seen(_: int) -> None:
+                    first_byte.setdefault(i, time.monotonic() - t0)
+
+                await pull_image(fleet.nodes[i].url, f"{REGISTRY}/team/slow", "latest", progress=seen)
+                done[i] = time.monotonic() - t0
+
+            await asyncio.gather(pull(0, 0.0), pull(1, 0.5))
+        finally:
+            await asyncio.to_thread(fleet.stop)
+        # node 1 got its first bytes while node 0 (the fetcher) was still downloading
+        assert first_byte[1] < done[0] - 1.0, (first_byte, done)
+        # and finished right behind it, not a whole origin download later
+        assert done[1] - done[0] < 2.0, done
+        assert origin.blob_bytes_served == slow_image.blob_bytes
+
+
+class TestFailures:
+    """Dead fetchers, dead schedulers and lying peers cost time, never a pull."""
+
+    async def test_fetcher_killed_mid_blob(
+        self, slow_origin_fleet: tuple[DemoOrigin, str, Path], slow_image: GeneratedImage
+    ) -> None:
+        origin, url, tmp = slow_origin_fleet
+        fleet = LocalFleet(tmp / "fleet", nodes=4, registries={REGISTRY: url})
+        await asyncio.to_thread(fleet.start)
+        try:
+            first = asyncio.create_task(pull_image(fleet.nodes[0].url, f"{REGISTRY}/team/slow", "latest"))
+            await asyncio.sleep(0.5)
+            others = [
+                asyncio.create_task(pull_image(n.url, f"{REGISTRY}/team/slow", "latest")) for n in fleet.nodes[1:]
+            ]
+            # node 0 asked first, so it holds the origin lease; kill it a third of the way in
+            while origin.blob_bytes_served < slow_image.blob_bytes // 3:
+                await asyncio.sleep(0.05)
+            await asyncio.to_thread(fleet.kill, 0)
+            with pytest.raises(Exception):  # noqa: B017,PT011 - the killed node's client just sees a broken pull
+                await first
+            results = await asyncio.gather(*others)
+            assert all(r.blob_bytes == slow_image.blob_bytes for r in results)
+        finally:
+            await asyncio.to_thread(fleet.stop)
+        assert origin.blob_bytes_served < 2 * slow_image.blob_bytes, origin.blob_bytes_served
+
+    async def test_scheduler_killed_mid_rollout(
+        self, slow_origin_fleet: tuple[DemoOrigin, str, Path], slow_image: GeneratedImage
+    ) -> None:
+        _, url, tmp = slow_origin_fleet
+        fleet = LocalFleet(tmp / "fleet", nodes=3, registries={REGISTRY: url})
+        await asyncio.to_thread(fleet.start)
+        try:
+            pulls = [asyncio.create_task(pull_image(n.url, f"{REGISTRY}/team/slow", "latest")) for n in fleet.nodes]
+            await asyncio.sleep(1.0)
+            await asyncio.to_thread(fleet.kill_scheduler)
+            results = await asyncio.gather(*pulls)
+        finally:
+            await asyncio.to_thread(fleet.stop)
+        assert all(r.blob_bytes == slow_image.blob_bytes for r in results)
+
+    def test_source_mode_needs_no_scheduler(self, tmp_path: Path, rollout_image: GeneratedImage) -> None:
+        with DistributionRegistry(tmp_path / "registry") as reg:
+            reg.push(rollout_image, "team/app", "v1")
+            mark = reg.mark()
+            with LocalFleet(
+                tmp_path / "fleet", nodes=2, registries={REGISTRY: reg.url}, download_pattern="source"
+            ) as fleet:
+                assert fleet.schedulers == []
+                for node in fleet.nodes:
+                    result = skopeo_pull(f"{node.address}/{REGISTRY}/team/app:v1", tmp_path / f"o{node.index}")
+                    assert result.returncode == 0, result.stderr
+            # each node is a plain mirror: each fetched the image once
+            assert reg.blob_bytes_served(mark) == 2 * rollout_image.blob_bytes
+
+
+class TestPeerSecret:
+    """Peer endpoints and the scheduler refuse calls without the shared token."""
+
+    def test_unauthenticated_calls_are_refused(self, tmp_path: Path) -> None:
+        with LocalFleet(tmp_path / "fleet", nodes=1, registries={REGISTRY: "http://127.0.0.1:9"}) as fleet:
+            digest = "sha256:" + "a" * 64
+            targets = [
+                ("GET", f"{fleet.nodes[0].url}/p2p/v1/blobs/{digest}/status"),
+                ("GET", f"{fleet.nodes[0].url}/p2p/v1/blobs/{digest}/pieces/0"),
+                ("POST", f"{fleet.schedulers[0][0]}/v1/tasks/{digest}/join"),
+                ("GET", f"{fleet.schedulers[0][0]}/v1/tasks/{digest}/hashes"),
+            ]
+            for method, target in targets:
+                request = urllib.request.Request(target, method=method, data=b"{}" if method == "POST" else None)
+                with pytest.raises(urllib.error.HTTPError) as info:
+                    urllib.request.urlopen(request, timeout=5)
+                info.value.close()
+                assert info.value.code == 401, target
+
+
+class TestLyingPeer:
+    """A peer that sends corrupted pieces is caught by the piece hashes, dropped, and avoided."""
+
+    async def test_corrupt_pieces_are_detected_and_avoided(self, tmp_path: Path, rollout_image: GeneratedImage) -> None:
+        import os
+
+        import aiohttp
+        from aiohttp import web
+
+        from shoal.p2p.pieces import choose_piece_size, piece_count, piece_span
+        from shoal.p2p.protocol import PeerStatus, Report, bearer, encode_bitfield, to_json
+
+        origin = DemoOrigin({"team/app": rollout_image})
+        url = await origin.start()
+        fleet = LocalFleet(tmp_path / "fleet", nodes=3, registries={REGISTRY: url})
+        await asyncio.to_thread(fleet.start)
+        token = fleet.token_file.read_text()
+        sizes = {b.digest: b.size for b in rollout_image.blobs}
+        lies: list[str] = []
+
+        async def status(request: web.Request) -> web.Response:
+            size = sizes[request.match_info["digest"]]
+            count = piece_count(size, choose_piece_size(size))
+            body = PeerStatus(size, choose_piece_size(size), encode_bitfield([True] * count), True, count)
+            return web.json_response(to_json(body))
+
+        async def piece(request: web.Request) -> web.Response:
+            size = sizes[request.match_info["digest"]]
+            _, length = piece_span(int(request.match_info["index"]), size, choose_piece_size(size))
+            lies.append(request.match_info["index"])
+            return web.Response(body=os.urandom(length))
+
+        app = web.Application()
+        app.router.add_get("/p2p/v1/blobs/{digest}/status", status)
+        app.router.add_get("/p2p/v1/blobs/{digest}/pieces/{index}", piece)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.90", 0)
+        await site.start()
+        liar = f"127.0.0.90:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+        try:
+            # node 0 fetches from the origin and publishes every piece hash
+            await pull_image(fleet.nodes[0].url, f"{REGISTRY}/team/app", "latest")
+            # the liar claims to hold every blob, complete
+            async with aiohttp.ClientSession() as session:
+                for digest, size in sizes.items():
+                    ps = choose_piece_size(size)
+                    report = Report(liar, liar, piece_count(size, ps), size, complete=True, size=size, piece_size=ps)
+                    async with session.post(
+                        f"{fleet.schedulers[0][0]}/v1/tasks/{digest}/report",
+                        json=to_json(report),
+                        headers=bearer(token),
+                    ) as resp:
+                        assert resp.status == 200, await resp.text()
+            results = await asyncio.gather(
+                *(pull_image(n.url, f"{REGISTRY}/team/app", "latest") for n in fleet.nodes[1:])
+            )
+            assert all(r.blob_bytes == rollout_image.blob_bytes for r in results)
+            mismatches = sum(metric(n.url, "shoal_agent_digest_mismatches_total{source=peer") for n in fleet.nodes[1:])
+        finally:
+            await asyncio.to_thread(fleet.stop)
+            await runner.cleanup()
+            await origin.stop()
+        assert lies, "the liar was never asked for a piece"
+        assert mismatches >= 1
+        # each node drops the liar after its first bad piece: at most a piece or two per node and lane
+        assert len(lies) <= 2 * 2 * 2
+        assert origin.blob_bytes_served == rollout_image.blob_bytes
