@@ -1,0 +1,81 @@
+"""Piece size rule, piece arithmetic, and the wire protocol's bitfields and JSON shapes."""
+
+from __future__ import annotations
+
+import pytest
+
+from shoal.p2p.pieces import MAX_PIECE, MIN_PIECE, choose_piece_size, piece_count, piece_span
+from shoal.p2p.protocol import PeerInfo, Report, TaskView, decode_bitfield, encode_bitfield, from_json, to_json
+
+MiB = 1 << 20
+
+
+class TestPieceSize:
+    """Powers of two near size/128, between 1 and 16 MiB."""
+
+    @pytest.mark.parametrize(
+        ("size", "expected"),
+        [
+            (0, MIN_PIECE),
+            (1, MIN_PIECE),
+            (10 * MiB, MIN_PIECE),
+            (128 * MiB, MIN_PIECE),
+            (129 * MiB, 2 * MiB),
+            (512 * MiB, 4 * MiB),
+            (1024 * MiB, 8 * MiB),
+            (100 * 1024 * MiB, MAX_PIECE),
+        ],
+    )
+    def test_table(self, size: int, expected: int) -> None:
+        assert choose_piece_size(size) == expected
+
+    def test_power_of_two_and_bounded(self) -> None:
+        for size in range(1, 1 << 40, 987_654_321):
+            ps = choose_piece_size(size)
+            assert ps & (ps - 1) == 0
+            assert MIN_PIECE <= ps <= MAX_PIECE
+
+
+class TestSpans:
+    """Pieces tile the blob exactly; the last one is short."""
+
+    def test_last_piece_is_short(self) -> None:
+        size = 5 * MiB + 3
+        assert piece_count(size, MiB) == 6
+        assert piece_span(5, size, MiB) == (5 * MiB, 3)
+        total = sum(piece_span(i, size, MiB)[1] for i in range(6))
+        assert total == size
+
+    @pytest.mark.parametrize("index", [-1, 6, 100])
+    def test_out_of_range(self, index: int) -> None:
+        with pytest.raises(ValueError, match="outside"):
+            piece_span(index, 5 * MiB + 3, MiB)
+
+
+class TestProtocol:
+    """Bitfields round-trip; JSON bodies with unknown or missing fields are refused."""
+
+    @pytest.mark.parametrize("count", [1, 7, 8, 9, 130])
+    def test_bitfield_round_trip(self, count: int) -> None:
+        bits = [i % 3 == 0 for i in range(count)]
+        assert decode_bitfield(encode_bitfield(bits), count) == bits
+
+    def test_bitfield_of_wrong_length_is_refused(self) -> None:
+        with pytest.raises(ValueError, match="bitfield"):
+            decode_bitfield(encode_bitfield([True] * 16), 24)
+
+    def test_report_round_trip_keeps_int_piece_indexes(self) -> None:
+        report = Report("p", "127.0.0.2:1", 3, 100, hashes={2: "ab"}, failed_parents=["x"])
+        import json
+
+        back = from_json(Report, json.loads(json.dumps(to_json(report))))
+        assert back == report
+
+    def test_task_view_parents_are_typed(self) -> None:
+        view = TaskView("peer", [PeerInfo("a", "127.0.0.2:1")], 10, 1, 5.0)
+        assert from_json(TaskView, to_json(view)).parents[0] == PeerInfo("a", "127.0.0.2:1")
+
+    @pytest.mark.parametrize("body", [[], "x", {"peer_id": "p"}, {"bogus": 1}])
+    def test_malformed_bodies(self, body: object) -> None:
+        with pytest.raises(ValueError, match="Report"):
+            from_json(Report, body)
