@@ -1,0 +1,165 @@
+"""PartialBlob: readers stream the verified prefix while the writer is still writing."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from shoal.core.digest import Digest
+from shoal.store.partial import DigestMismatchError, PartialBlob, PartialState
+
+DATA = bytes(range(256)) * 40  # 10 KiB
+
+
+def new_partial(
+    tmp_path: Path, data: bytes = DATA, *, size: int | None = None, digest: Digest | None = None
+) -> PartialBlob:
+    return PartialBlob(digest or Digest.of(data), tmp_path / "blob.tmp", size)
+
+
+async def read_all(partial: PartialBlob, start: int, end: int, into: bytearray) -> None:
+    async for chunk in partial.iter_range(start, end):
+        into += chunk
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+class TestReadersFollowTheWriter:
+    """A reader gets each byte as soon as it is written, except the last one."""
+
+    async def test_stream_then_last_byte_after_verification(self, tmp_path: Path) -> None:
+        partial = new_partial(tmp_path, size=len(DATA))
+        got = bytearray()
+        reader = asyncio.create_task(read_all(partial, 0, len(DATA), got))
+        partial.write(0, DATA[:4096])
+        await settle()
+        assert bytes(got) == DATA[:4095]  # the prefix, minus the byte held back
+        partial.write(4096, DATA[4096:])
+        await settle()
+        assert bytes(got) == DATA[:-1]  # the last byte waits for the digest check
+        assert partial.readable_limit() == len(DATA) - 1
+        assert not reader.done()
+        partial.finish()
+        await asyncio.wait_for(reader, 5)
+        assert bytes(got) == DATA
+        assert partial.state is PartialState.VERIFIED
+        partial.close()
+
+    async def test_ranged_reader(self, tmp_path: Path) -> None:
+        partial = new_partial(tmp_path, size=len(DATA))
+        got = bytearray()
+        reader = asyncio.create_task(read_all(partial, 100, 200, got))
+        partial.write(0, DATA[:150])
+        await settle()
+        assert bytes(got) == DATA[100:149]
+        partial.write(150, DATA[150:])
+        await asyncio.wait_for(reader, 5)  # ends before the held-back last byte
+        assert bytes(got) == DATA[100:200]
+        partial.finish()
+        partial.close()
+
+    async def test_size_learned_later(self, tmp_path: Path) -> None:
+        partial = new_partial(tmp_path)
+        assert not partial.size_known.done()
+        partial.set_size(len(DATA))
+        assert await partial.size_known == len(DATA)
+        with pytest.raises(ValueError, match="size changed"):
+            partial.set_size(len(DATA) + 1)
+        partial.close()
+
+
+class TestOutOfOrderWrites:
+    """Extents written ahead of the prefix are absorbed (and hashed) once the gap fills."""
+
+    async def test_absorb(self, tmp_path: Path) -> None:
+        partial = new_partial(tmp_path, size=len(DATA))
+        partial.write(8192, DATA[8192:])
+        partial.write(2048, DATA[2048:4096])
+        assert partial.contiguous == 0
+        assert partial.has(8192, len(DATA) - 8192)
+        assert partial.has(2048, 1024)
+        assert not partial.has(0, 1)
+        partial.write(0, DATA[:2048])
+        assert partial.contiguous == 4096
+        partial.write(4096, DATA[4096:8192])
+        assert partial.contiguous == len(DATA)
+        partial.finish()
+        assert partial.state is PartialState.VERIFIED
+        assert partial.path.read_bytes() == DATA
+        partial.close()
+
+    async def test_piece_hashes(self, tmp_path: Path) -> None:
+        partial = new_partial(tmp_path, size=len(DATA))
+        partial.set_piece_size(4096)
+        partial.write(4096, DATA[4096:])
+        partial.write(0, DATA[:4096])
+        pieces = [DATA[i : i + 4096] for i in range(0, len(DATA), 4096)]
+        assert partial.piece_hashes == {i: hashlib.sha256(p).hexdigest() for i, p in enumerate(pieces)}
+        partial.finish()
+        partial.close()
+
+    async def test_write_past_end_refused(self, tmp_path: Path) -> None:
+        partial = new_partial(tmp_path, size=10)
+        with pytest.raises(ValueError, match="past the end"):
+            partial.write(5, b"123456")
+        partial.close()
+
+
+class TestFailures:
+    """A wrong or short blob fails every reader and leaves no file behind."""
+
+    async def test_digest_mismatch_fails_readers(self, tmp_path: Path) -> None:
+        wrong = bytearray(DATA)
+        wrong[-10] ^= 0xFF
+        partial = new_partial(tmp_path, size=len(DATA), digest=Digest.of(DATA))
+        got = bytearray()
+        reader = asyncio.create_task(read_all(partial, 0, len(DATA), got))
+        partial.write(0, bytes(wrong))
+        await settle()
+        with pytest.raises(DigestMismatchError):
+            partial.finish()
+        with pytest.raises(DigestMismatchError):
+            await asyncio.wait_for(reader, 5)
+        assert len(got) < len(DATA)  # the reader never saw a complete (wrong) blob
+        assert partial.state is PartialState.FAILED
+        assert not partial.path.exists()
+        with pytest.raises(RuntimeError, match="failed"):
+            partial.write(0, b"x")
+
+    async def test_incomplete_finish(self, tmp_path: Path) -> None:
+        partial = new_partial(tmp_path, size=len(DATA))
+        partial.write(0, DATA[:100])
+        with pytest.raises(ValueError, match="incomplete"):
+            partial.finish()
+        assert partial.state is PartialState.FAILED
+        assert not partial.path.exists()
+
+    async def test_fail_before_size_known(self, tmp_path: Path) -> None:
+        partial = new_partial(tmp_path)
+        partial.fail(ConnectionError("upstream died"))
+        with pytest.raises(ConnectionError):
+            await partial.size_known
+        with pytest.raises(ConnectionError):
+            partial.readable_limit()
+        assert not partial.path.exists()
+
+    async def test_reader_fd_survives_rename(self, tmp_path: Path) -> None:
+        partial = new_partial(tmp_path, size=len(DATA))
+        partial.write(0, DATA)
+        got = bytearray()
+        reader = asyncio.create_task(read_all(partial, 0, len(DATA), got))
+        await settle()
+        final = tmp_path / "final"
+        os.replace(partial.path, final)
+        partial.path = final
+        partial.finish()
+        partial.close()
+        await asyncio.wait_for(reader, 5)
+        assert bytes(got) == DATA
