@@ -1,0 +1,131 @@
+"""Agent configuration: YAML-style keys, units, registries, and clear refusals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shoal.agent.config import AgentConfig, ConfigError, load_config, load_yaml, parse_registry, split_hostport
+
+
+class TestLoadConfig:
+    """Keys from flags or YAML become a typed config; units are parsed."""
+
+    def test_defaults(self) -> None:
+        config = load_config({"registries": {"registry.test": "http://127.0.0.1:5000"}})
+        assert config.listen == "127.0.0.1:65001"
+        assert config.advertise_address == "127.0.0.1:65001"
+        assert config.cache_ttl == 24 * 3600.0
+        assert config.ratelimit == 512 << 20
+        assert config.cache_max_size is None
+        assert config.download_pattern == "p2p"
+        assert not config.p2p_enabled  # no scheduler: a plain mirror
+        assert config.peer_token() is None
+
+    def test_units_and_lists(self, tmp_path: Path) -> None:
+        config = load_config(
+            {
+                "registry": ["docker.io", "ghcr.io=http://127.0.0.1:9000/"],
+                "registries": "index.docker.io, quay.io",
+                "cache_dir": str(tmp_path),
+                "cache_ttl": "1h30m",
+                "cache_max_size": "50G",
+                "ratelimit": "100M",
+                "scheduler": "http://sched:8080/",
+                "listen": "0.0.0.0:65001",
+                "advertise": "10.0.0.5:65001",
+                "auth_cache_ttl": 30,
+                "peer_token_file": None,
+            }
+        )
+        assert config.registries == {
+            "docker.io": "https://registry-1.docker.io",
+            "ghcr.io": "http://127.0.0.1:9000",
+            "quay.io": "https://quay.io",
+        }
+        assert config.cache_dir == tmp_path
+        assert config.cache_ttl == 5400.0
+        assert config.cache_max_size == 50 << 30
+        assert config.ratelimit == 100 << 20
+        assert config.schedulers == ("http://sched:8080",)
+        assert config.advertise_address == "10.0.0.5:65001"
+        assert config.auth_cache_ttl == 30.0
+        assert config.p2p_enabled
+
+    def test_peer_token_file(self, tmp_path: Path) -> None:
+        token = tmp_path / "token"
+        token.write_text("  secret\n")
+        config = load_config({"registries": ["r.test"], "peer_token_file": str(token)})
+        assert config.peer_token() == "secret"
+        token.write_text("\n")
+        with pytest.raises(ConfigError, match="empty"):
+            config.peer_token()
+        token.unlink()
+        with pytest.raises(ConfigError, match="peer_token_file"):
+            config.peer_token()
+
+    @pytest.mark.parametrize(
+        ("values", "match"),
+        [
+            ({}, "at least one"),
+            ({"registries": ["r.test"], "colour": "blue"}, "unknown configuration keys: colour"),
+            ({"registries": ["r.test"], "cache_ttl": "soon"}, "cache_ttl"),
+            ({"registries": ["r.test"], "cache_max_size": "lots"}, "cache_max_size"),
+            ({"registries": ["r.test"], "ratelimit": "-5"}, "ratelimit"),
+            ({"registries": ["r.test"], "download_pattern": "torrent"}, "download_pattern"),
+            ({"registries": ["r.test"], "listen": "65001"}, "listen"),
+            ({"registries": ["r.test"], "listen": "host:99999"}, "listen"),
+            ({"registries": ["r.test"], "advertise": "host:"}, "advertise"),
+            ({"registries": ["bad_host!"]}, "registry"),
+            ({"registries": ["r.test=ftp://x"]}, "http"),
+            ({"registries": 5}, "registries"),
+        ],
+    )
+    def test_refused(self, values: dict[str, Any], match: str) -> None:
+        with pytest.raises(ConfigError, match=match):
+            load_config(values)
+
+    def test_frozen(self) -> None:
+        config = load_config({"registries": ["r.test"]})
+        with pytest.raises(AttributeError):
+            config.listen = "x:1"  # type: ignore[misc]
+        assert isinstance(config, AgentConfig)
+
+
+class TestHelpers:
+    """Host:port splitting, registry specs and YAML files."""
+
+    @pytest.mark.parametrize(
+        ("value", "expected"),
+        [("127.0.0.1:65001", ("127.0.0.1", 65001)), ("[::1]:80", ("::1", 80)), ("node:0", ("node", 0))],
+    )
+    def test_split_hostport(self, value: str, expected: tuple[str, int]) -> None:
+        assert split_hostport(value, "listen") == expected
+
+    @pytest.mark.parametrize(
+        ("spec", "expected"),
+        [
+            ("docker.io", ("docker.io", "https://registry-1.docker.io")),
+            ("registry-1.docker.io", ("docker.io", "https://registry-1.docker.io")),
+            ("registry.test=http://127.0.0.1:5000/", ("registry.test", "http://127.0.0.1:5000")),
+            ("localhost:5000", ("localhost:5000", "https://localhost:5000")),
+            ("ghcr.io=", ("ghcr.io", "https://ghcr.io")),
+        ],
+    )
+    def test_parse_registry(self, spec: str, expected: tuple[str, str]) -> None:
+        assert parse_registry(spec) == expected
+
+    def test_load_yaml(self, tmp_path: Path) -> None:
+        path = tmp_path / "agent.yaml"
+        path.write_text("cache-ttl: 2h\nregistries:\n  registry.test: http://127.0.0.1:5000\n")
+        values = load_yaml(path)
+        assert values == {"cache_ttl": "2h", "registries": {"registry.test": "http://127.0.0.1:5000"}}
+        assert load_config(values).cache_ttl == 7200.0
+        path.write_text("- a\n- b\n")
+        with pytest.raises(ConfigError, match="mapping"):
+            load_yaml(path)
+        path.write_text("a: [\n")
+        with pytest.raises(ConfigError, match="cannot read"):
+            load_yaml(path)
