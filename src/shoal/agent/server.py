@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 API_HEADERS = {"Docker-Distribution-API-Version": "registry/2.0"}
 EVICTION_INTERVAL = 300.0
+ROUTE = web.RequestKey("route", str)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -145,10 +146,10 @@ class Agent:
         status = 500
         try:
             response = await handler(request)
-            route = request.get("route", "other")
+            route = request.get(ROUTE, "other")
             status = response.status
         except DistributionError as exc:
-            route = request.get("route", "other")
+            route = request.get(ROUTE, "other")
             status = exc.status
             response = web.Response(
                 status=exc.status,
@@ -177,7 +178,7 @@ class Agent:
         raw_path = request.raw_path.split("?", 1)[0]
         ns = request.query.get("ns")
         dist = parse_distribution_path(raw_path, ns, self.upstreams.clients)
-        request["route"] = dist.route
+        request[ROUTE] = dist.route
         if request.method not in ("GET", "HEAD"):
             raise DistributionError(
                 ErrorCode.UNSUPPORTED,
