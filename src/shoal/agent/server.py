@@ -175,16 +175,17 @@ class Agent:
         return web.Response(body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _distribution(self, request: web.Request) -> web.StreamResponse:
-        raw_path = request.raw_path.split("?", 1)[0]
-        ns = request.query.get("ns")
-        dist = parse_distribution_path(raw_path, ns, self.upstreams.clients)
-        request[ROUTE] = dist.route
         if request.method not in ("GET", "HEAD"):
+            # before parsing: a push's POST .../blobs/uploads/ is not a pull path at all
             raise DistributionError(
                 ErrorCode.UNSUPPORTED,
                 f"{request.method} is not supported: Shoal is a pull-only mirror; push to the registry itself",
                 headers={"Allow": "GET, HEAD"},
             )
+        raw_path = request.raw_path.split("?", 1)[0]
+        ns = request.query.get("ns")
+        dist = parse_distribution_path(raw_path, ns, self.upstreams.clients)
+        request[ROUTE] = dist.route
         try:
             creds = Credentials.from_header(request.headers.get("Authorization"))
         except ValueError as exc:
