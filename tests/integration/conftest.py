@@ -6,14 +6,18 @@ daemons are per test, so byte counters start from zero.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from shoal.demo.imagegen import GeneratedImage, generate_image
 from shoal.testing.containerd import Containerd
 from shoal.testing.registry import DistributionRegistry
+
+if TYPE_CHECKING:
+    from shoal.agent.server import Agent
 
 MiB = 1 << 20
 PRIVATE_USERS = {"alice": "s3cret"}
@@ -62,3 +66,37 @@ def containerd(tmp_path: Path) -> Iterator[Containerd]:
     """A private containerd daemon; pull with ``containerd.pull_direct`` / ``pull_via_mirror``."""
     with Containerd(tmp_path / "containerd") as daemon:
         yield daemon
+
+
+# -- the node agent (issue 2) ------------------------------------------------------------
+
+AgentStarter = Callable[..., Awaitable["Agent"]]
+
+
+@pytest.fixture
+async def start_agent(tmp_path: Path) -> AsyncIterator[AgentStarter]:
+    """``await start_agent({"registry.test": url}, cache_dir=..., **config)``: an in-process
+    plain-mirror Agent on a free port (download_pattern ``source``), stopped at teardown."""
+    from shoal.agent.config import load_config
+    from shoal.agent.server import Agent
+
+    agents: list[Agent] = []
+
+    async def start(registries: dict[str, str], *, cache_dir: Path | None = None, **values: object) -> Agent:
+        config = load_config(
+            {
+                "registries": registries,
+                "cache_dir": str(cache_dir or tmp_path / "agent-cache"),
+                "listen": "127.0.0.1:0",
+                "download_pattern": "source",
+                **values,
+            }
+        )
+        agent = Agent(config)
+        await agent.start()
+        agents.append(agent)
+        return agent
+
+    yield start
+    for agent in agents:
+        await agent.stop()
