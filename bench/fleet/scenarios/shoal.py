@@ -1,0 +1,162 @@
+"""Scenarios 2 and 3: a Shoal agent on every node, as a per-node mirror or with P2P.
+
+Each node runs ``shoal agent`` on 0.0.0.0:65001 in its namespace (its own 127.0.0.1 for
+the client, its node address for peers); the scheduler runs in the svc namespace. The
+client is skopeo through the agent, path form:
+``docker://127.0.0.1:65001/<upstream-name>/bench/app:TAG``, where ``<upstream-name>`` is a
+host name (a ``host:port`` is not a valid path component of an image reference) that each
+agent maps to the origin with ``--registry <name>=http://<origin-ip>:5000``.
+
+``source`` (``--download-pattern source``): every agent fetches from the origin itself.
+``p2p``: agents share pieces through the scheduler.
+With ``Fleet.kill_fraction`` > 0, that share of agents is SIGKILLed (by PID) at
+``kill_after`` seconds (default: 30% of the lower bound); the rest must still finish.
+"""
+
+from __future__ import annotations
+
+import random
+import secrets
+import signal
+import sys
+import time
+from pathlib import Path
+
+from bench.fleet.netns import Host
+from bench.fleet.origin import netns_run
+from bench.fleet.procs import Proc
+from bench.fleet.scenarios.base import (
+    Fleet,
+    Rollout,
+    ScenarioResult,
+    collect,
+    layout_files,
+    new_result,
+    skopeo_pull_argv,
+    wait_for_nodes,
+)
+
+__all__ = ["run_p2p", "run_source"]
+
+AGENT_PORT = 65001
+SCHEDULER_PORT = 8002
+_HEALTH_TIMEOUT = 60.0
+
+
+def _shoal() -> str:
+    return str(Path(sys.executable).with_name("shoal"))
+
+
+def _healthy(host: Host, port: int, ip: str = "127.0.0.1") -> bool:
+    return netns_run(
+        host.netns, ["curl", "-sf", "-o", "/dev/null", f"http://{ip}:{port}/healthz"], timeout=5
+    ).returncode == 0
+
+
+def _wait_healthy(hosts: list[tuple[Host, int]], procs: dict[str, Proc]) -> str | None:
+    deadline = time.monotonic() + _HEALTH_TIMEOUT
+    pending = list(hosts)
+    while pending and time.monotonic() < deadline:
+        for host, port in list(pending):
+            proc = procs[host.role]
+            if proc.poll() is not None:
+                return f"{host.role}: shoal exited with {proc.returncode}"
+            if _healthy(host, port):
+                pending.remove((host, port))
+        time.sleep(0.2)
+    if pending:
+        return f"not healthy after {_HEALTH_TIMEOUT:.0f} s: {', '.join(h.role for h, _ in pending)}"
+    return None
+
+
+def _run_shoal(fleet: Fleet, name: str, pattern: str) -> ScenarioResult:
+    result = new_result(fleet, name)
+    work = fleet.scenario_dir(name)
+    plan = fleet.plan
+    token = work / "peer-token"
+    token.write_text(secrets.token_hex(16) + "\n")
+    token.chmod(0o600)
+    scheduler_url = f"http://{plan.svc.ip}:{SCHEDULER_PORT}"
+    daemons: dict[str, Proc] = {}
+    clients: dict[str, Proc] = {}
+    killed: frozenset[str] = frozenset()
+    try:
+        if pattern == "p2p":
+            daemons[plan.svc.role] = fleet.procs.spawn(
+                plan.svc.netns,
+                [_shoal(), "scheduler", "--listen", f"0.0.0.0:{SCHEDULER_PORT}",
+                 "--peer-token-file", str(token)],
+                log=work / "scheduler.log",
+            )
+            problem = _wait_healthy([(plan.svc, SCHEDULER_PORT)], daemons)
+            if problem:
+                result.error = f"scheduler: {problem}"
+                return result
+        p2p_args: list[str] = []
+        if pattern == "p2p":
+            p2p_args = ["--scheduler", scheduler_url, "--peer-token-file", str(token)]
+        for host in plan.nodes:
+            daemons[host.role] = fleet.procs.spawn(
+                host.netns,
+                [_shoal(), "agent", "--listen", f"0.0.0.0:{AGENT_PORT}",
+                 "--advertise", f"{host.ip}:{AGENT_PORT}",
+                 "--registry", f"{fleet.upstream_name}=http://{fleet.origin.address}",
+                 "--cache-dir", str(work / host.role / "cache"),
+                 "--download-pattern", pattern,
+                 *p2p_args],
+                log=work / host.role / "agent.log",
+            )
+        problem = _wait_healthy([(h, AGENT_PORT) for h in plan.nodes], daemons)
+        if problem:
+            result.error = f"agents: {problem}"
+            return result
+
+        victims: list[str] = []
+        if fleet.kill_fraction > 0:
+            count = max(1, round(len(plan.nodes) * fleet.kill_fraction))
+            rng = random.Random(fleet.seed)
+            victims = sorted(rng.sample([h.role for h in plan.nodes], count))
+            killed = frozenset(victims)
+        kill_at = fleet.kill_after
+        if kill_at is None:
+            kill_at = 0.3 * result.bound.seconds
+
+        def kill_victims() -> None:
+            for role in victims:
+                fleet.procs.signal(daemons[role], signal.SIGKILL)
+
+        ticks: list[tuple[float, object]] = [(kill_at, kill_victims)] if victims else []
+        ref = f"127.0.0.1:{AGENT_PORT}/{fleet.upstream_name}/bench/app:{fleet.tag}"
+        offset = fleet.origin.mark()
+        rollout = Rollout(fleet, result)
+        logs: dict[str, Path] = {}
+        t0 = rollout.start()
+        for host in plan.nodes:
+            logs[host.role] = work / host.role / "client.log"
+            clients[host.role] = fleet.procs.spawn(
+                host.netns, skopeo_pull_argv(ref, work / host.role / "oci", fleet.tag),
+                log=logs[host.role],
+            )
+        finished = wait_for_nodes(clients, t0, fleet.timeout, on_tick=ticks)
+        rollout.finish()
+        result.origin_egress_bytes = fleet.origin.egress_since(offset)
+        if victims:
+            result.notes.append(
+                f"killed {len(victims)} agents at {kill_at:.1f} s: {', '.join(victims)}; "
+                "times are for the remaining nodes"
+            )
+    finally:
+        fleet.procs.stop([*clients.values(), *daemons.values()])
+    files = {h.role: layout_files(work / h.role / "oci", fleet.blobs) for h in plan.nodes}
+    collect(fleet, result, finished, files, killed=killed, logs=logs)
+    return result
+
+
+def run_source(fleet: Fleet) -> ScenarioResult:
+    """Scenario 2: a mirror per node without P2P (``--download-pattern source``)."""
+    return _run_shoal(fleet, "source", "source")
+
+
+def run_p2p(fleet: Fleet) -> ScenarioResult:
+    """Scenario 3: Shoal P2P."""
+    return _run_shoal(fleet, "p2p", "p2p")
