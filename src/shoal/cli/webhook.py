@@ -1,0 +1,90 @@
+"""``shoal webhook``: the admission webhook plus the pull-secret controller, in one process."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from shoal.webhook.config import (
+    DEFAULT_ENDPOINT,
+    DEFAULT_LABEL_PREFIX,
+    DEFAULT_SECRET_PREFIX,
+    DEFAULT_SECRET_SUFFIX,
+    ConfigError,
+    WebhookConfig,
+)
+
+
+def _split_listen(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    if not port.isdigit():
+        raise click.BadParameter(f"{listen!r}: want HOST:PORT", param_hint="--listen")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+@click.command()
+@click.option("--listen", default="0.0.0.0:8443", show_default=True, help="HOST:PORT to serve.")
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), help="PEM certificate.")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), help="PEM private key.")
+@click.option(
+    "--registry", "registries", multiple=True, required=True, metavar="HOST",
+    help="Registry to accelerate (repeatable).",
+)
+@click.option("--p2p-endpoint", default=DEFAULT_ENDPOINT, show_default=True,
+              help="The node-local agent, as the container runtime reaches it.")
+@click.option("--label-prefix", default=DEFAULT_LABEL_PREFIX, show_default=True,
+              help="Prefix of the image-accelerate-mode label and the annotations.")
+@click.option("--secret-prefix", default=DEFAULT_SECRET_PREFIX, show_default=True)
+@click.option("--secret-suffix", default=DEFAULT_SECRET_SUFFIX, show_default=True)
+@click.option("--kubeconfig", type=click.Path(dir_okay=False), default=None,
+              help="Outside a cluster: kubeconfig for the Secret controller.")
+@click.option("--insecure", is_flag=True, help="Serve plain HTTP (tests and local runs only).")
+def webhook(
+    listen: str,
+    tls_cert: str | None,
+    tls_key: str | None,
+    registries: tuple[str, ...],
+    p2p_endpoint: str,
+    label_prefix: str,
+    secret_prefix: str,
+    secret_suffix: str,
+    kubeconfig: str | None,
+    insecure: bool,
+) -> None:
+    """Rewrite images of accelerated registries in Pods to the node-local P2P agent."""
+    from aiohttp import web
+    from kubernetes import client
+    from kubernetes import config as _kube_config
+
+    from shoal.webhook.controller import SecretSync
+    from shoal.webhook.server import create_app, tls_context
+
+    try:
+        config = WebhookConfig.build(
+            list(registries), endpoint=p2p_endpoint, label_prefix=label_prefix,
+            secret_prefix=secret_prefix, secret_suffix=secret_suffix,
+        )
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    if not insecure and not (tls_cert and tls_key):
+        raise click.UsageError("--tls-cert and --tls-key are required (the API server speaks HTTPS)")
+    host, port = _split_listen(listen)
+    kube_config: Any = _kube_config  # the client library ships no type hints
+    if kubeconfig:
+        kube_config.load_kube_config(config_file=kubeconfig)
+    else:
+        try:
+            kube_config.load_incluster_config()
+        except kube_config.ConfigException:
+            kube_config.load_kube_config()
+    sync = SecretSync(client.CoreV1Api(), config)
+    sync.start()
+    ssl_context = None if insecure else tls_context(str(tls_cert), str(tls_key))
+    try:
+        web.run_app(
+            create_app(config, sync), host=host, port=port, ssl_context=ssl_context,
+            print=None, access_log=None,
+        )
+    finally:
+        sync.stop()

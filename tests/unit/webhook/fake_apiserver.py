@@ -1,0 +1,266 @@
+"""A local HTTP server speaking the subset of the Kubernetes API the Secret controller uses.
+
+Core v1 Secrets only: list and watch across namespaces (chunked JSON event stream, the way
+the API server sends it), create, read, replace, delete. Every write bumps a resourceVersion
+and is delivered to open watches, so the real ``kubernetes`` client sees real semantics
+(409 on create of an existing name, 404 on a missing one, 410 for an expired version).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+Json = dict[str, Any]
+_ITEM = re.compile(r"^/api/v1/namespaces/([^/]+)/secrets(?:/([^/]+))?$")
+
+
+class FakeApiServer:
+    def __init__(self) -> None:
+        self.secrets: dict[tuple[str, str], Json] = {}
+        self.events: list[tuple[int, str, Json]] = []
+        self.requests: list[tuple[str, str]] = []
+        self.version = 100
+        self.changed = threading.Condition()
+        self.closing = False
+        self.generation = 0
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def start(self) -> FakeApiServer:
+        self._thread.start()
+        return self
+
+    def end_watches(self) -> None:
+        """End every open watch stream, as an API server does at its timeout."""
+        with self.changed:
+            self.generation += 1
+            self.changed.notify_all()
+
+    def close(self) -> None:
+        with self.changed:
+            self.closing = True
+            self.changed.notify_all()
+        self._server.shutdown()
+        self._server.server_close()
+
+    # -- state changes, as kubectl would make them --------------------------------------
+
+    def put(self, secret: Json) -> Json:
+        with self.changed:
+            secret = copy.deepcopy(secret)
+            meta = secret.setdefault("metadata", {})
+            key = (meta["namespace"], meta["name"])
+            kind = "MODIFIED" if key in self.secrets else "ADDED"
+            meta.setdefault("uid", self.secrets.get(key, {}).get("metadata", {}).get("uid")
+                            or str(uuid.uuid4()))
+            self.version += 1
+            meta["resourceVersion"] = str(self.version)
+            secret.setdefault("apiVersion", "v1")
+            secret.setdefault("kind", "Secret")
+            self.secrets[key] = secret
+            self.events.append((self.version, kind, copy.deepcopy(secret)))
+            self.changed.notify_all()
+            return copy.deepcopy(secret)
+
+    def remove(self, namespace: str, name: str) -> Json | None:
+        with self.changed:
+            secret = self.secrets.pop((namespace, name), None)
+            if secret is None:
+                return None
+            self.version += 1
+            secret["metadata"]["resourceVersion"] = str(self.version)
+            self.events.append((self.version, "DELETED", copy.deepcopy(secret)))
+            self.changed.notify_all()
+            return secret
+
+    def get(self, namespace: str, name: str) -> Json | None:
+        with self.changed:
+            found = self.secrets.get((namespace, name))
+            return copy.deepcopy(found) if found else None
+
+    def wait_for(self, predicate: Any, timeout: float = 10.0) -> bool:
+        """Poll ``predicate(self)``: it may also look at state outside this server."""
+        deadline = time.monotonic() + timeout
+        while not predicate(self):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
+    # -- HTTP ------------------------------------------------------------------------------
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def _send(self, status: int, body: Json) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _status(self, code: int, reason: str, message: str) -> None:
+                self._send(code, {"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                  "reason": reason, "message": message, "code": code})
+
+            def _body(self) -> Json:
+                length = int(self.headers.get("Content-Length") or 0)
+                loaded: Json = json.loads(self.rfile.read(length))
+                return loaded
+
+            def do_GET(self) -> None:
+                parsed = urlparse(self.path)
+                query = parse_qs(parsed.query)
+                fake.requests.append(("GET", self.path))
+                if parsed.path == "/api/v1/secrets":
+                    selector = query.get("fieldSelector", [""])[0]
+                    if query.get("watch", ["false"])[0] == "true":
+                        timeout = float(query.get("timeoutSeconds", ["300"])[0])
+                        since = int(query.get("resourceVersion", ["0"])[0])
+                        self._watch(since, selector, time.monotonic() + timeout)
+                    else:
+                        self._list(selector)
+                    return
+                match = _ITEM.match(parsed.path)
+                if match and match.group(2):
+                    found = fake.get(match.group(1), match.group(2))
+                    if found is None:
+                        self._status(404, "NotFound", "secret not found")
+                    else:
+                        self._send(200, found)
+                    return
+                self._status(404, "NotFound", parsed.path)
+
+            def _matches(self, secret: Json, selector: str) -> bool:
+                if not selector:
+                    return True
+                field, _, value = selector.partition("=")
+                return field == "type" and secret.get("type") == value
+
+            def _list(self, selector: str) -> None:
+                with fake.changed:
+                    items = [copy.deepcopy(s) for s in fake.secrets.values()
+                             if self._matches(s, selector)]
+                    version = fake.version
+                self._send(200, {"kind": "SecretList", "apiVersion": "v1",
+                                 "metadata": {"resourceVersion": str(version)}, "items": items})
+
+            def _watch(self, since: int, selector: str, deadline: float) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                with fake.changed:
+                    oldest = fake.events[0][0] if fake.events else fake.version + 1
+                    expired = since < oldest - 1 and since < fake.version
+                sent = since
+                generation = fake.generation
+                if expired:
+                    self._chunk({"type": "ERROR", "object": {
+                        "kind": "Status", "apiVersion": "v1", "status": "Failure",
+                        "message": "too old resource version", "reason": "Expired",
+                        "code": 410}})
+                    self._end()
+                    return
+                while True:
+                    with fake.changed:
+                        fake.changed.wait_for(
+                            lambda: fake.closing
+                            or fake.generation != generation
+                            or (fake.events and fake.events[-1][0] > sent),  # noqa: B023
+                            timeout=1.0,
+                        )
+                        if (
+                            fake.closing
+                            or fake.generation != generation
+                            or time.monotonic() > deadline
+                        ):
+                            break
+                        pending = [e for e in fake.events if e[0] > sent]
+                    for version, kind, obj in pending:
+                        sent = version
+                        if self._matches(obj, selector):
+                            try:
+                                self._chunk({"type": kind, "object": obj})
+                            except OSError:
+                                return
+                self._end()
+
+            def _chunk(self, event: Json) -> None:
+                data = json.dumps(event).encode() + b"\n"
+                self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+                self.wfile.flush()
+
+            def _end(self) -> None:
+                try:
+                    self.wfile.write(b"0\r\n\r\n")
+                    self.wfile.flush()
+                except OSError:
+                    pass
+
+            def do_POST(self) -> None:
+                fake.requests.append(("POST", self.path))
+                match = _ITEM.match(urlparse(self.path).path)
+                if not match or match.group(2):
+                    self._status(404, "NotFound", self.path)
+                    return
+                body = self._body()
+                body["metadata"]["namespace"] = match.group(1)
+                if fake.get(match.group(1), body["metadata"]["name"]) is not None:
+                    self._status(409, "AlreadyExists", "secret already exists")
+                    return
+                self._send(201, fake.put(body))
+
+            def do_PUT(self) -> None:
+                fake.requests.append(("PUT", self.path))
+                match = _ITEM.match(urlparse(self.path).path)
+                if not match or not match.group(2):
+                    self._status(404, "NotFound", self.path)
+                    return
+                body = self._body()
+                current = fake.get(match.group(1), match.group(2))
+                if current is None:
+                    self._status(404, "NotFound", "secret not found")
+                    return
+                sent_version = body["metadata"].get("resourceVersion")
+                if sent_version and sent_version != current["metadata"]["resourceVersion"]:
+                    self._status(409, "Conflict", "the object has been modified")
+                    return
+                body["metadata"]["namespace"] = match.group(1)
+                body["metadata"]["uid"] = current["metadata"]["uid"]
+                self._send(200, fake.put(body))
+
+            def do_DELETE(self) -> None:
+                fake.requests.append(("DELETE", self.path))
+                match = _ITEM.match(urlparse(self.path).path)
+                if not match or not match.group(2):
+                    self._status(404, "NotFound", self.path)
+                    return
+                removed = fake.remove(match.group(1), match.group(2))
+                if removed is None:
+                    self._status(404, "NotFound", "secret not found")
+                else:
+                    self._send(200, {"kind": "Status", "apiVersion": "v1", "status": "Success"})
+
+        return Handler

@@ -1,0 +1,179 @@
+"""The Secret controller, through the real kubernetes client, against a local fake API server."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+
+import pytest
+from kubernetes import client
+
+from shoal.webhook.config import WebhookConfig
+from shoal.webhook.controller import SecretSync
+from shoal.webhook.mutate import Scope, decide
+
+from .fake_apiserver import FakeApiServer
+from .k8s_fixtures import BRIEF_REGISTRY, Json, admission_review, load, with_namespace
+from .test_webhook_mutate import brief_pod
+
+CONFIG = WebhookConfig.build([BRIEF_REGISTRY])
+DERIVED = "acr-credential-test-registry-p2p"
+
+
+def creds(secret: Json | None) -> Json:
+    assert secret is not None
+    loaded: Json = json.loads(base64.b64decode(secret["data"][".dockerconfigjson"]))
+    return loaded
+
+
+def original(password: str = "s3cret") -> Json:
+    secret = with_namespace(load("secret-test-registry"), "default")
+    auth = {"username": "builder", "password": password}
+    config = {"auths": {BRIEF_REGISTRY: auth}}
+    secret["data"][".dockerconfigjson"] = base64.b64encode(json.dumps(config).encode()).decode()
+    return secret
+
+
+@pytest.fixture
+def apiserver() -> Iterator[FakeApiServer]:
+    server = FakeApiServer().start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def core(apiserver: FakeApiServer) -> Iterator[client.CoreV1Api]:
+    configuration = client.Configuration()
+    configuration.host = apiserver.url
+    with client.ApiClient(configuration) as api_client:
+        yield client.CoreV1Api(api_client)
+
+
+def start(core: client.CoreV1Api, apiserver: FakeApiServer) -> Iterator[SecretSync]:
+    sync = SecretSync(core, CONFIG, watch_timeout=1, retry_delay=0.05)
+    thread = sync.start()
+    assert sync.wait_synced(10)
+    yield sync
+    sync.stop()
+    apiserver.end_watches()
+    thread.join(10)
+    assert not thread.is_alive()
+
+
+@pytest.fixture
+def sync(apiserver: FakeApiServer, core: client.CoreV1Api) -> Iterator[SecretSync]:
+    apiserver.put(original())
+    apiserver.put(with_namespace(load("secret-quay"), "default"))
+    yield from start(core, apiserver)
+
+
+def derived_in_default(pod: Json, sync: SecretSync) -> list[Json]:
+    request = admission_review(pod, "default")["request"]
+    return list(decide(request, Scope.POD, CONFIG, sync.secrets_in("default")).secrets)
+
+
+class TestSecretSync:
+    """List+watch feeds the cache; derived secrets are created, followed and removed."""
+
+    def test_cache_after_list(self, sync: SecretSync, apiserver: FakeApiServer) -> None:
+        cached = sync.secrets_in("default")
+        assert cached is not None
+        assert set(cached) == {"test-registry", "quay"}
+        assert sync.secrets_in("elsewhere") == {}
+        assert ("GET", "/api/v1/secrets?fieldSelector=type%3Dkubernetes.io/dockerconfigjson") in (
+            apiserver.requests
+        )
+
+    def test_watch_updates_cache(self, sync: SecretSync, apiserver: FakeApiServer) -> None:
+        apiserver.put(with_namespace(load("secret-regcred"), "team-a"))
+        assert apiserver.wait_for(lambda _: "regcred" in (sync.secrets_in("team-a") or {}))
+
+    def test_ensure_creates_then_follows_and_deletes(
+        self, sync: SecretSync, apiserver: FakeApiServer
+    ) -> None:
+        secrets = derived_in_default(brief_pod(), sync)
+        sync.ensure_sync(secrets)
+        derived = apiserver.get("default", DERIVED)
+        assert creds(derived) == {
+            "auths": {f"127.0.0.1:65001/{BRIEF_REGISTRY}": {"username": "builder",
+                                                            "password": "s3cret"}}
+        }
+        assert derived is not None
+        owner = derived["metadata"]["ownerReferences"][0]
+        assert owner["name"] == "test-registry"
+        assert owner["uid"] == apiserver.get("default", "test-registry")["metadata"]["uid"]  # type: ignore[index]
+        assert apiserver.wait_for(lambda _: DERIVED in (sync.secrets_in("default") or {}))
+
+        apiserver.put(original(password="rotated"))
+        assert apiserver.wait_for(
+            lambda s: (s.get("default", DERIVED) or {}).get("data") is not None
+            and "rotated" in json.dumps(creds(s.get("default", DERIVED)))
+        )
+
+        apiserver.remove("default", "test-registry")
+        assert apiserver.wait_for(lambda s: s.get("default", DERIVED) is None)
+
+    def test_ensure_is_idempotent_and_repairs(
+        self, sync: SecretSync, apiserver: FakeApiServer
+    ) -> None:
+        secrets = derived_in_default(brief_pod(), sync)
+        sync.ensure_sync(secrets)
+        version = apiserver.get("default", DERIVED)["metadata"]["resourceVersion"]  # type: ignore[index]
+        sync.ensure_sync(secrets)
+        assert apiserver.get("default", DERIVED)["metadata"]["resourceVersion"] == version  # type: ignore[index]
+        tampered = apiserver.get("default", DERIVED)
+        assert tampered is not None
+        tampered["data"][".dockerconfigjson"] = base64.b64encode(b'{"auths":{}}').decode()
+        apiserver.put(tampered)
+        apiserver.wait_for(lambda _: True, timeout=0.2)
+        sync.ensure_sync(secrets)
+        assert "s3cret" in json.dumps(creds(apiserver.get("default", DERIVED)))
+
+    def test_unrelated_secret_changes_touch_nothing(
+        self, sync: SecretSync, apiserver: FakeApiServer
+    ) -> None:
+        apiserver.put(original(password="changed"))
+        assert apiserver.wait_for(
+            lambda _: "changed" in json.dumps(creds((sync.secrets_in("default") or {})
+                                                    .get("test-registry")))
+        )
+        assert apiserver.get("default", DERIVED) is None
+        assert not [r for r in apiserver.requests if r[0] in ("POST", "PUT", "DELETE")]
+
+    async def test_async_ensure(self, sync: SecretSync, apiserver: FakeApiServer) -> None:
+        await sync.ensure(derived_in_default(brief_pod(), sync))
+        assert apiserver.get("default", DERIVED) is not None
+
+
+class TestStartup:
+    """A derived secret left behind by an original deleted while the webhook was down."""
+
+    def test_orphan_is_removed_on_first_list(
+        self, apiserver: FakeApiServer, core: client.CoreV1Api
+    ) -> None:
+        stored = apiserver.put(original())
+        request = admission_review(brief_pod(), "default")["request"]
+        (derived,) = decide(request, Scope.POD, CONFIG, {"test-registry": stored}).secrets
+        apiserver.put(derived)
+        apiserver.remove("default", "test-registry")
+        assert apiserver.get("default", DERIVED) is not None
+        for running in start(core, apiserver):
+            assert apiserver.wait_for(lambda s: s.get("default", DERIVED) is None)
+            assert "test-registry" not in (running.secrets_in("default") or {})
+
+    def test_relists_after_expired_watch(
+        self, apiserver: FakeApiServer, core: client.CoreV1Api
+    ) -> None:
+        apiserver.put(original())
+        for sync in start(core, apiserver):
+            lists_before = sum(1 for m, p in apiserver.requests if "watch" not in p)
+            with apiserver.changed:
+                apiserver.events.clear()  # history compacted: the next watch gets 410 Gone
+                apiserver.version += 10
+            apiserver.end_watches()
+            apiserver.put(with_namespace(load("secret-regcred"), "team-b"))
+            assert apiserver.wait_for(
+                lambda _, s=sync: "regcred" in (s.secrets_in("team-b") or {})  # type: ignore[misc]
+            )
+            assert sum(1 for m, p in apiserver.requests if "watch" not in p) > lists_before

@@ -1,0 +1,163 @@
+"""The HTTPS AdmissionReview endpoint: patches, dry runs, failures that admit unchanged."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import ssl
+import subprocess
+from collections.abc import AsyncIterator, Mapping, Sequence
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from shoal.webhook.config import WebhookConfig
+from shoal.webhook.server import create_app, tls_context
+
+from .k8s_fixtures import BRIEF_REGISTRY, Json, admission_review, apply_json_patch
+from .test_webhook_mutate import brief_pod, secrets
+
+CONFIG = WebhookConfig.build([BRIEF_REGISTRY])
+
+
+class RecordingSource:
+    """A SecretSource that remembers what it was asked to create."""
+
+    def __init__(self, *, fail: Exception | None = None, delay: float = 0.0) -> None:
+        self.ensured: list[Json] = []
+        self.fail = fail
+        self.delay = delay
+        self.synced = True
+
+    def secrets_in(self, namespace: str) -> Mapping[str, Json] | None:
+        return secrets(namespace) if self.synced else None
+
+    async def ensure(self, items: Sequence[Json]) -> None:
+        await asyncio.sleep(self.delay)
+        if self.fail is not None:
+            raise self.fail
+        self.ensured.extend(items)
+
+
+@pytest.fixture
+def source() -> RecordingSource:
+    return RecordingSource()
+
+
+@pytest.fixture
+async def http(source: RecordingSource) -> AsyncIterator[TestClient[web.Request, web.Application]]:
+    async with TestClient(TestServer(create_app(CONFIG, source, ensure_timeout=0.2))) as client:
+        yield client
+
+
+async def post(client: TestClient[web.Request, web.Application], path: str, review: Json) -> Json:
+    response = await client.post(path, json=review)
+    assert response.status == 200
+    body: Json = await response.json()
+    return body
+
+
+def patched(review: Json, answer: Json) -> Json:
+    patch = answer["response"].get("patch")
+    operations = json.loads(base64.b64decode(patch)) if patch else []
+    return apply_json_patch(review["request"]["object"], operations)
+
+
+class TestAdmission:
+    """What the API server gets back for each kind of request."""
+
+    async def test_pod_label_entry(self, http: TestClient, source: RecordingSource) -> None:  # type: ignore[type-arg]
+        review = admission_review(brief_pod(), "default", uid="u-1")
+        answer = await post(http, "/mutate", review)
+        assert answer["response"]["uid"] == "u-1"
+        assert answer["response"]["allowed"] is True
+        pod = patched(review, answer)
+        assert pod["spec"]["imagePullSecrets"][-1] == {"name": "acr-credential-test-registry-p2p"}
+        assert [s["metadata"]["name"] for s in source.ensured] == [
+            "acr-credential-test-registry-p2p"
+        ]
+
+    async def test_namespace_entry(self, http: TestClient, source: RecordingSource) -> None:  # type: ignore[type-arg]
+        review = admission_review(brief_pod("team-a", label=False), "team-a")
+        pod = patched(review, await post(http, "/mutate/namespace", review))
+        assert pod["spec"]["containers"][0]["image"].startswith("127.0.0.1:65001/")
+        assert source.ensured[0]["metadata"]["namespace"] == "team-a"
+
+    async def test_pod_entry_without_label(self, http: TestClient, source: RecordingSource) -> None:  # type: ignore[type-arg]
+        review = admission_review(brief_pod(label=False), "default")
+        answer = await post(http, "/mutate", review)
+        assert "patch" not in answer["response"]
+        assert source.ensured == []
+
+    async def test_dry_run_has_no_side_effects(
+        self, http: TestClient, source: RecordingSource  # type: ignore[type-arg]
+    ) -> None:
+        review = admission_review(brief_pod(), "default", dry_run=True)
+        pod = patched(review, await post(http, "/mutate", review))
+        assert pod["metadata"]["annotations"]["k8s.aliyun.com/image-accelerate-mode"] == "p2p"
+        assert source.ensured == []
+
+    @pytest.mark.parametrize(
+        "bad_source",
+        [RecordingSource(fail=RuntimeError("forbidden")), RecordingSource(delay=5.0)],
+        ids=["api-error", "timeout"],
+    )
+    async def test_secret_failure_admits_unchanged(self, bad_source: RecordingSource) -> None:
+        app = create_app(CONFIG, bad_source, ensure_timeout=0.2)
+        async with TestClient(TestServer(app)) as client:
+            review = admission_review(brief_pod(), "default")
+            answer = await post(client, "/mutate", review)
+        assert answer["response"] == {"uid": review["request"]["uid"], "allowed": True}
+
+    async def test_unsynced_cache_admits_unchanged(
+        self, http: TestClient, source: RecordingSource  # type: ignore[type-arg]
+    ) -> None:
+        source.synced = False
+        answer = await post(http, "/mutate", admission_review(brief_pod(), "default"))
+        assert "patch" not in answer["response"]
+
+    async def test_not_a_review(self, http: TestClient) -> None:  # type: ignore[type-arg]
+        response = await http.post("/mutate", data=b"{not json")
+        assert response.status == 400
+        response = await http.post("/mutate", json={"request": "x"})
+        assert response.status == 400
+
+    async def test_healthz(self, http: TestClient) -> None:  # type: ignore[type-arg]
+        response = await http.get("/healthz")
+        assert response.status == 200
+
+
+class TestTLS:
+    """The server speaks HTTPS with the given certificate, as the API server requires."""
+
+    async def test_https(self, tmp_path: Path, source: RecordingSource) -> None:
+        cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+        await asyncio.to_thread(
+            subprocess.run,
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+             "-subj", "/CN=shoal-webhook.shoal-system.svc",
+             "-addext", "subjectAltName=DNS:shoal-webhook.shoal-system.svc",
+             "-keyout", str(key), "-out", str(cert)],
+            check=True, capture_output=True,
+        )
+        runner = web.AppRunner(create_app(CONFIG, source))
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls_context(str(cert), str(key)))
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        client_ctx = ssl.create_default_context(cafile=str(cert))
+        client_ctx.check_hostname = False  # the name is checked by the chart test
+        try:
+            async with aiohttp.ClientSession() as session:
+                review = admission_review(brief_pod(), "default")
+                async with session.post(
+                    f"https://127.0.0.1:{port}/mutate", json=review, ssl=client_ctx
+                ) as response:
+                    answer = await response.json()
+        finally:
+            await runner.cleanup()
+        assert answer["response"]["patchType"] == "JSONPatch"
