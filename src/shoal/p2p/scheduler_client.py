@@ -1,0 +1,134 @@
+"""The agent's client for the scheduler API (``shoal.p2p.protocol``), with failover.
+
+Each digest has its own order of schedulers (:func:`rank_schedulers`); a call goes to the
+first one and moves down the list on connection errors, timeouts and 5xx answers. A
+scheduler that failed is tried last for a short while, so a dead one costs one failed
+attempt, not one per call. When every scheduler fails the call raises
+:class:`SchedulerUnavailable`; the swarm then falls back to the origin.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import aiohttp
+
+from shoal.p2p.protocol import HashesView, JoinRequest, Report, TaskView, bearer, from_json, to_json
+from shoal.p2p.rendezvous import rank_schedulers
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+CONNECT_TIMEOUT = 2.0
+TOTAL_TIMEOUT = 5.0
+DOWN_FOR = 10.0
+"""seconds a failed scheduler goes to the end of every ranking."""
+
+
+class SchedulerUnavailable(Exception):
+    """No scheduler answered the call (or one refused it: see :class:`SchedulerRejected`)."""
+
+
+class SchedulerRejected(SchedulerUnavailable):
+    """A scheduler answered 4xx: the request (or the peer token) is wrong; other schedulers are not tried."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"scheduler answered {status}: {message}")
+        self.status = status
+
+
+def _task_view(data: Any) -> TaskView:
+    view: TaskView = from_json(TaskView, data)
+    return view
+
+
+def _hashes_view(data: Any) -> HashesView:
+    view: HashesView = from_json(HashesView, data)
+    return view
+
+
+class SchedulerClient:
+    """Calls the scheduler that owns each digest.
+
+    Parameters:
+        session: the agent's HTTP session (not closed here).
+        schedulers: base URLs such as ``http://10.0.0.5:8002``.
+        token: the shared peer secret, sent as ``Authorization: Bearer``.
+        clock: monotonic seconds, for the failed-scheduler cool-down.
+    """
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        schedulers: Sequence[str],
+        token: str | None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not schedulers:
+            raise ValueError("SchedulerClient needs at least one scheduler URL")
+        self.session = session
+        self.schedulers = [url.rstrip("/") for url in schedulers]
+        self.headers = bearer(token)
+        self.clock = clock
+        self._down_until: dict[str, float] = {}
+
+    def ranked(self, digest: str) -> list[str]:
+        """The schedulers to try for ``digest``, in order (recently failed ones last)."""
+        now = self.clock()
+        ranked = rank_schedulers(digest, self.schedulers)
+        return sorted(ranked, key=lambda url: self._down_until.get(url, 0.0) > now)
+
+    async def join(self, digest: str, request: JoinRequest) -> TaskView:
+        return await self._call("POST", digest, "join", _task_view, json=to_json(request))
+
+    async def report(self, digest: str, report: Report) -> TaskView:
+        body = to_json(report)
+        body["hashes"] = {str(k): v for k, v in report.hashes.items()}
+        return await self._call("POST", digest, "report", _task_view, json=body)
+
+    async def hashes(self, digest: str, start: int, wait: float = 0.0) -> HashesView:
+        params = {"from": str(start), "wait": str(wait)}
+        timeout = aiohttp.ClientTimeout(total=wait + TOTAL_TIMEOUT, connect=CONNECT_TIMEOUT)
+        return await self._call("GET", digest, "hashes", _hashes_view, params=params, timeout=timeout)
+
+    async def leave(self, digest: str, peer_id: str) -> None:
+        await self._call("POST", digest, "leave", lambda data: None, json={"peer_id": peer_id})
+
+    async def _call(
+        self,
+        method: str,
+        digest: str,
+        action: str,
+        parse: Callable[[Any], T],
+        *,
+        json: Any = None,
+        params: dict[str, str] | None = None,
+        timeout: aiohttp.ClientTimeout | None = None,
+    ) -> T:
+        timeout = timeout or aiohttp.ClientTimeout(total=TOTAL_TIMEOUT, connect=CONNECT_TIMEOUT)
+        errors: list[str] = []
+        for base in self.ranked(digest):
+            url = f"{base}/v1/tasks/{digest}/{action}"
+            try:
+                async with self.session.request(
+                    method, url, json=json, params=params, headers=self.headers, timeout=timeout
+                ) as resp:
+                    if resp.status >= 500:
+                        raise aiohttp.ClientResponseError(
+                            resp.request_info, resp.history, status=resp.status, message=resp.reason or ""
+                        )
+                    if resp.status >= 400:
+                        text = (await resp.text()).strip()
+                        raise SchedulerRejected(resp.status, text[:500])
+                    result = parse(await resp.json())
+            except (aiohttp.ClientError, TimeoutError, ValueError, TypeError) as exc:
+                errors.append(f"{base}: {type(exc).__name__}: {exc}")
+                self._down_until[base] = self.clock() + DOWN_FOR
+                log.debug("scheduler %s failed on %s %s: %r", base, action, digest, exc)
+                continue
+            self._down_until.pop(base, None)
+            return result
+        raise SchedulerUnavailable("; ".join(errors) or "no scheduler")

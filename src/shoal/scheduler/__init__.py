@@ -1,0 +1,1 @@
+"""The scheduler: per blob (task), which agents hold which pieces; parents for joiners; the origin lease."""

@@ -1,0 +1,71 @@
+"""Scheduler configuration: ``shoal scheduler`` flags map 1:1 onto these fields."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shoal.scheduler.policy import PARENT_POLICIES
+
+DEFAULT_PORT = 8002
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used, with the field it came from."""
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerConfig:
+    """Everything ``shoal scheduler`` needs. Durations are seconds."""
+
+    listen: str = f"0.0.0.0:{DEFAULT_PORT}"
+    """host:port to serve the API on."""
+    peer_token: str | None = None
+    """shared secret every call must carry as ``Authorization: Bearer``; None: calls are not checked."""
+    lease_ttl: float = 5.0
+    """the origin fetcher loses its lease after this long without a report."""
+    stall_timeout: float = 10.0
+    """the origin fetcher loses its lease when its ``contiguous`` has not grown for this long."""
+    peer_ttl: float = 30.0
+    """peers not heard from (join or report) for this long are dropped from their tasks."""
+    max_parents: int = 6
+    """parents handed to one downloader."""
+    max_children: int = 8
+    """children a parent takes (assigned within ``child_window``) before others are preferred."""
+    child_window: float = 30.0
+    """a child assignment counts against its parent's load for this long."""
+    suspect_ttl: float = 60.0
+    """a peer named in ``failed_parents`` is not handed out (nor made fetcher) for this long."""
+    task_ttl: float = 3600.0
+    """tasks (and their piece hashes) without any join or report for this long are dropped."""
+    parent_policy: str = "least-loaded"
+    """name of the parent selection policy (see ``shoal.scheduler.policy.PARENT_POLICIES``)."""
+    expire_interval: float = 5.0
+    """how often dead peers and idle tasks are swept."""
+    max_wait: float = 30.0
+    """upper bound on the ``wait`` of the hashes long-poll."""
+
+    def __post_init__(self) -> None:
+        split_hostport(self.listen)
+        if self.peer_token is not None and not self.peer_token:
+            raise ConfigError("peer_token: empty (use None for no token)")
+        for name in ("lease_ttl", "stall_timeout", "peer_ttl", "child_window", "suspect_ttl", "task_ttl"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0, not {getattr(self, name)!r}")
+        for name in ("expire_interval", "max_wait"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0, not {getattr(self, name)!r}")
+        if self.max_parents < 1:
+            raise ConfigError(f"max_parents must be >= 1, not {self.max_parents}")
+        if self.max_children < 1:
+            raise ConfigError(f"max_children must be >= 1, not {self.max_children}")
+        if self.parent_policy not in PARENT_POLICIES:
+            raise ConfigError(
+                f"parent_policy must be one of {', '.join(sorted(PARENT_POLICIES))}, not {self.parent_policy!r}"
+            )
+
+
+def split_hostport(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ConfigError(f"listen: want HOST:PORT, not {value!r}")
+    return host.strip("[]"), int(port)

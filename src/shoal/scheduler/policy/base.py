@@ -1,0 +1,28 @@
+"""What a parent policy sees of each candidate, and the shape every policy has."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A peer that could serve a downloader, as the scheduler sees it right now."""
+
+    peer_id: str
+    pieces: int
+    """pieces it holds (as last reported)."""
+    complete: bool
+    children: int
+    """children assigned to it (any blob) within the scheduler's child window: its upload load."""
+
+
+class ParentPolicy(Protocol):
+    def __call__(
+        self, candidates: Sequence[Candidate], *, limit: int, max_children: int, rng: random.Random
+    ) -> list[str]:
+        """Up to ``limit`` peer ids from ``candidates``, best first."""
+        ...

@@ -1,0 +1,27 @@
+"""The default parent policy, ``least-loaded``: lightly loaded parents first, children spread.
+
+A parent's load is the number of children the scheduler handed it recently (over all blobs:
+upload bandwidth belongs to the node, not the blob). Among equally loaded parents, complete
+ones come first, then those holding more pieces; remaining ties are broken at random so that
+a wave of joiners does not all land on the same peer. A parent already at ``max_children``
+is only handed out when no parent below the cap is left (a downloader with a loaded parent
+still beats one with none: it can pipeline from the origin fetcher).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+from shoal.scheduler.policy.base import Candidate
+
+
+def choose_parents(candidates: Sequence[Candidate], *, limit: int, max_children: int, rng: random.Random) -> list[str]:
+    if limit <= 0:
+        return []
+    tiebreak = {c.peer_id: rng.random() for c in candidates}
+    ranked = sorted(
+        candidates,
+        key=lambda c: (c.children >= max_children, c.children, not c.complete, -c.pieces, tiebreak[c.peer_id]),
+    )
+    return [c.peer_id for c in ranked[:limit]]

@@ -1,0 +1,223 @@
+"""The scheduler's HTTP server: the API of ``shoal.p2p.protocol`` over :class:`SchedulerState`.
+
+Handlers parse, call one synchronous state method, and render: the event loop is the single
+owner of the state (no state method awaits, so each call is atomic). The hashes long-poll
+waits on one ``asyncio.Event`` per task, set when new hashes arrive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from shoal import __version__
+from shoal.core.digest import Digest, DigestError
+from shoal.p2p.protocol import to_json
+from shoal.scheduler.config import SchedulerConfig, split_hostport
+from shoal.scheduler.metrics import SchedulerMetrics
+from shoal.scheduler.requests import BadRequest, parse_join, parse_leave, parse_report
+from shoal.scheduler.state import ConflictError, SchedulerState, StateError, UnknownTaskError
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Clock = Callable[[], float]
+
+
+class _Waiters:
+    """One event per task with hashes long-polls waiting on it."""
+
+    def __init__(self) -> None:
+        self.events: dict[str, tuple[asyncio.Event, int]] = {}
+
+    @contextlib.contextmanager
+    def watch(self, digest: str) -> Iterator[asyncio.Event]:
+        event, count = self.events.get(digest, (asyncio.Event(), 0))
+        self.events[digest] = (event, count + 1)
+        try:
+            yield event
+        finally:
+            current = self.events.get(digest)
+            if current is not None and current[0] is event:
+                if current[1] <= 1:
+                    del self.events[digest]
+                else:
+                    self.events[digest] = (event, current[1] - 1)
+
+    def wake(self, digest: str) -> None:
+        entry = self.events.pop(digest, None)
+        if entry is not None:
+            entry[0].set()
+
+    def wake_all(self) -> None:
+        for digest in list(self.events):
+            self.wake(digest)
+
+
+class Scheduler:
+    """One scheduler. ``url = await scheduler.start()``; ``await scheduler.stop()``.
+
+    Parameters:
+        config: what to listen on, the peer token, lease and policy settings.
+        clock: seconds on a monotonic clock (tests pass a fake).
+    """
+
+    def __init__(self, config: SchedulerConfig, clock: Clock = time.monotonic) -> None:
+        self.config = config
+        self.clock = clock
+        self.state = SchedulerState(config)
+        self.metrics = SchedulerMetrics(self.state)
+        self._waiters = _Waiters()
+        self._runner: web.AppRunner | None = None
+        self._janitor: asyncio.Task[None] | None = None
+        self._closing = False
+        self.url = ""
+
+    async def start(self) -> str:
+        self._closing = False
+        self._runner = web.AppRunner(self.build_app(), access_log=None, shutdown_timeout=1.0)
+        await self._runner.setup()
+        host, port = split_hostport(self.config.listen)
+        site = web.TCPSite(self._runner, host, port, backlog=1024, reuse_address=True)
+        await site.start()
+        bound = self._runner.addresses[-1]  # (host, port, ...) of the socket just bound; works under uvloop too
+        shown = f"[{host}]" if ":" in host else host
+        self.url = f"http://{shown}:{bound[1]}"
+        self._janitor = asyncio.create_task(self._expire_periodically(), name="scheduler expiry")
+        log.info(
+            "shoal scheduler %s listening on %s (policy %s, peer token %s)",
+            __version__,
+            self.url,
+            self.config.parent_policy,
+            "required" if self.config.peer_token else "not required",
+        )
+        return self.url
+
+    async def stop(self) -> None:
+        self._closing = True
+        self._waiters.wake_all()
+        if self._janitor is not None:
+            self._janitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._janitor
+            self._janitor = None
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _expire_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.expire_interval)
+            self.state.expire(self.clock())
+
+    def build_app(self) -> web.Application:
+        app = web.Application(middlewares=[self._middleware], client_max_size=1 << 20)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_post("/v1/tasks/{digest}/join", self._join)
+        app.router.add_post("/v1/tasks/{digest}/report", self._report)
+        app.router.add_get("/v1/tasks/{digest}/hashes", self._hashes)
+        app.router.add_post("/v1/tasks/{digest}/leave", self._leave)
+        app.router.add_get("/v1/stats", self._stats)
+        return app
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path.startswith("/v1/"):
+            self._check_token(request)
+        started = time.monotonic()
+        try:
+            response = await handler(request)
+        except BadRequest as exc:
+            raise web.HTTPBadRequest(text=f"{exc}\n") from None
+        except UnknownTaskError as exc:
+            raise web.HTTPNotFound(text=f"{exc}\n") from None
+        except ConflictError as exc:
+            raise web.HTTPConflict(text=f"{exc}\n") from None
+        except StateError as exc:
+            raise web.HTTPBadRequest(text=f"{exc}\n") from None
+        if request.method == "POST":
+            self.metrics.request_seconds.observe(time.monotonic() - started)
+        return response
+
+    def _check_token(self, request: web.Request) -> None:
+        if self.config.peer_token is None:
+            return
+        given = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {self.config.peer_token}".encode()):
+            raise web.HTTPUnauthorized(text="peer token required\n", headers={"WWW-Authenticate": "Bearer"})
+
+    @staticmethod
+    def _digest(request: web.Request) -> str:
+        try:
+            return str(Digest.parse(request.match_info["digest"]))
+        except DigestError as exc:
+            raise BadRequest(str(exc)) from None
+
+    @staticmethod
+    async def _body(request: web.Request) -> Any:
+        try:
+            return await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise BadRequest(f"body: want JSON ({exc})") from None
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "version": __version__})
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _join(self, request: web.Request) -> web.Response:
+        digest = self._digest(request)
+        req = parse_join(await self._body(request))
+        view = self.state.join(digest, req, self.clock())
+        self.metrics.parents_per_join.observe(len(view.parents))
+        return web.json_response(to_json(view))
+
+    async def _report(self, request: web.Request) -> web.Response:
+        digest = self._digest(request)
+        rep = parse_report(await self._body(request))
+        known = self._known(digest)
+        view = self.state.report(digest, rep, self.clock())
+        if view.hashes_known != known:
+            self._waiters.wake(digest)
+        return web.json_response(to_json(view))
+
+    def _known(self, digest: str) -> int:
+        task = self.state.tasks.get(digest)
+        return task.hashes_known if task is not None else 0
+
+    async def _hashes(self, request: web.Request) -> web.Response:
+        digest = self._digest(request)
+        try:
+            start = int(request.query.get("from", "0"))
+            wait = min(self.config.max_wait, max(0.0, float(request.query.get("wait", "0"))))
+        except ValueError:
+            raise BadRequest("from: want an integer; wait: want seconds") from None
+        view = self.state.hashes(digest, start)
+        deadline = time.monotonic() + wait
+        while not view.hashes and not self._closing:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            with self._waiters.watch(digest) as event, contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), remaining)
+            view = self.state.hashes(digest, start)
+        return web.json_response(to_json(view))
+
+    async def _leave(self, request: web.Request) -> web.Response:
+        digest = self._digest(request)
+        self.state.leave(digest, parse_leave(await self._body(request)))
+        return web.json_response({})
+
+    async def _stats(self, request: web.Request) -> web.Response:
+        return web.json_response(to_json(self.state.stats()))

@@ -1,0 +1,445 @@
+"""The scheduler's state machine: tasks, their peers, parents, the origin lease, piece hashes.
+
+Pure: no I/O, no clock of its own (every call takes ``now``, seconds on a monotonic clock
+that never goes back). The server calls these methods from its event loop only, and none of
+them awaits, so each call is atomic: the loop is the single owner of this state.
+
+State is soft. Agents re-join and re-report, so a scheduler that restarts (or an agent that
+fails over to another scheduler) rebuilds it within a report interval; only the piece
+hashes of blobs in flight are lost, and the lease rules below get them published again.
+
+The origin lease:
+    * at most one holder per task; it is the only peer whose piece hashes are accepted;
+    * given to a joiner (or reporter) when nobody holds it;
+    * lost when the holder sends no report for ``lease_ttl``, when its ``contiguous`` has not
+      grown for ``stall_timeout``, when it leaves or expires, or when it is complete;
+    * an open lease goes to the live (heard from within ``lease_ttl``), non-complete,
+      non-suspect peer with the most ``contiguous`` bytes, on that peer's next join or report
+      (ties: whoever asks first); a stalled holder keeps it while no one else qualifies;
+    * not needed while some live, non-suspect peer is complete *and* every piece hash is
+      known; needed again when that stops being true.
+
+Parents of a downloader: live peers of the task that hold pieces, are complete, or hold the
+lease; never the downloader itself, never a peer some downloader reported in
+``failed_parents`` within ``suspect_ttl``. Parents handed out before are handed again while
+they stay usable; only the missing places are filled by the parent policy, which sees a
+random sample of the candidates when there are many (bounded work per call however large
+the task).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass, field
+
+from shoal.p2p.pieces import piece_count
+from shoal.p2p.protocol import HashesView, JoinRequest, PeerInfo, Report, Stats, TaskView
+from shoal.scheduler.config import SchedulerConfig
+from shoal.scheduler.policy import PARENT_POLICIES, Candidate, ParentPolicy
+
+HASH_RE = re.compile(r"[0-9a-f]{64}")
+MAX_SUSPECTS = 1024
+"""per task; more names than this in ``failed_parents`` are ignored."""
+BEST_CACHE_SECONDS = 0.5
+"""how long the "who should take the open lease" answer is reused (it scans the whole task)."""
+
+
+class StateError(ValueError):
+    """A request the state cannot apply (rendered as a 4xx)."""
+
+
+class UnknownTaskError(StateError):
+    """A report for a task this scheduler does not know, without the blob's size to start it."""
+
+
+class ConflictError(StateError):
+    """A request whose blob size or piece size disagrees with the task's."""
+
+
+class PeerRecord:
+    """One agent, shared by all its tasks."""
+
+    __slots__ = ("address", "assigned", "peer_id", "tasks")
+
+    def __init__(self, peer_id: str, address: str) -> None:
+        self.peer_id = peer_id
+        self.address = address
+        self.tasks = 0
+        self.assigned: list[float] = []
+        """times it was handed to a child (its upload load), oldest first."""
+
+    def children(self, since: float) -> int:
+        assigned = self.assigned
+        if assigned and assigned[0] < since:
+            keep = 0
+            while keep < len(assigned) and assigned[keep] < since:
+                keep += 1
+            del assigned[:keep]
+        return len(assigned)
+
+
+NONE, PARTIAL, SEEDER = 0, 1, 2
+
+
+class Member:
+    """One peer in one task."""
+
+    __slots__ = ("complete", "contiguous", "handed", "kind", "last_seen", "peer", "pieces")
+
+    def __init__(self, peer: PeerRecord, now: float) -> None:
+        self.peer = peer
+        self.pieces = 0
+        self.contiguous = 0
+        self.complete = False
+        self.last_seen = now
+        self.handed: tuple[str, ...] = ()
+        self.kind = NONE
+
+
+class Bag:
+    """A set of peer ids with O(1) add, discard and random sampling."""
+
+    __slots__ = ("index", "items")
+
+    def __init__(self) -> None:
+        self.items: list[str] = []
+        self.index: dict[str, int] = {}
+
+    def add(self, item: str) -> None:
+        if item not in self.index:
+            self.index[item] = len(self.items)
+            self.items.append(item)
+
+    def discard(self, item: str) -> None:
+        pos = self.index.pop(item, None)
+        if pos is None:
+            return
+        last = self.items.pop()
+        if pos < len(self.items):
+            self.items[pos] = last
+            self.index[last] = pos
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def sample(self, k: int, rng: random.Random) -> list[str]:
+        return list(self.items) if len(self.items) <= k else rng.sample(self.items, k)
+
+
+@dataclass(slots=True)
+class Task:
+    size: int
+    piece_size: int
+    total: int
+    last_active: float
+    members: dict[str, Member] = field(default_factory=dict)
+    """ordered by last contact, oldest first (each contact moves a member to the end)."""
+    seeders: Bag = field(default_factory=Bag)
+    partials: Bag = field(default_factory=Bag)
+    holder: str | None = None
+    holder_seen: float = 0.0
+    holder_progress_at: float = 0.0
+    holder_contiguous: int = 0
+    best: tuple[float, str | None] | None = None
+    hashes: list[str | None] = field(default_factory=list)
+    hashes_known: int = 0
+    suspects: dict[str, float] = field(default_factory=dict)
+    """peer id -> until when it is not handed out."""
+
+
+class SchedulerState:
+    """All tasks of one scheduler. See the module docstring for the rules."""
+
+    def __init__(self, config: SchedulerConfig, rng: random.Random | None = None) -> None:
+        self.config = config
+        self.policy: ParentPolicy = PARENT_POLICIES[config.parent_policy]
+        self.rng = rng or random.Random()
+        self.tasks: dict[str, Task] = {}
+        self.peers: dict[str, PeerRecord] = {}
+        self.sample_size = max(32, 4 * config.max_parents)
+        self.joins = 0
+        self.reports = 0
+        self.lease_changes = 0
+        self.hash_conflicts = 0
+        """hashes that disagreed with one already known (the first is kept): a bad or buggy peer."""
+        self.hashes_ignored = 0
+        """hashes sent by peers that did not hold the lease."""
+
+    # -- calls -------------------------------------------------------------------------------
+    def join(self, digest: str, req: JoinRequest, now: float) -> TaskView:
+        task = self._task(digest, req.size, req.piece_size, now)
+        if req.pieces > task.total:
+            raise StateError(f"pieces {req.pieces} > {task.total} pieces in the blob")
+        member = self._touch(task, req.peer_id, req.address, now)
+        member.pieces = task.total if req.complete else req.pieces
+        member.complete = req.complete
+        if req.complete:
+            member.contiguous = task.size
+        self._after_update(task, member, now)
+        self.joins += 1
+        return self._answer(task, member, now)
+
+    def report(self, digest: str, rep: Report, now: float) -> TaskView:
+        task = self.tasks.get(digest)
+        if task is None and (rep.size <= 0 or rep.piece_size <= 0):
+            raise UnknownTaskError(f"unknown task {digest}: report its size and piece_size, or join it")
+        task = self._task(digest, rep.size, rep.piece_size, now) if rep.size else task
+        assert task is not None
+        if rep.pieces > task.total or rep.contiguous > task.size:
+            raise StateError(f"pieces {rep.pieces} / contiguous {rep.contiguous} outside a blob of {task.size} bytes")
+        for index, value in rep.hashes.items():
+            if not 0 <= index < task.total or not HASH_RE.fullmatch(value):
+                raise StateError(f"hash of piece {index}: want 0 <= index < {task.total} and 64 lowercase hex")
+        member = self._touch(task, rep.peer_id, rep.address, now)
+        member.pieces = task.total if rep.complete else rep.pieces
+        member.contiguous = task.size if rep.complete else rep.contiguous
+        member.complete = rep.complete
+        if rep.hashes:
+            if task.holder == rep.peer_id:
+                self._add_hashes(task, rep.hashes)
+            else:
+                self.hashes_ignored += len(rep.hashes)
+        for suspect in rep.failed_parents:
+            if suspect != rep.peer_id and (suspect in task.suspects or len(task.suspects) < MAX_SUSPECTS):
+                task.suspects[suspect] = now + self.config.suspect_ttl
+        self._after_update(task, member, now)
+        self.reports += 1
+        return self._answer(task, member, now)
+
+    def hashes(self, digest: str, start: int) -> HashesView:
+        """Known piece hashes from ``start`` on, up to the first unknown one."""
+        if start < 0:
+            raise StateError(f"from={start}: want >= 0")
+        task = self.tasks.get(digest)
+        if task is None:
+            return HashesView(start, [], 0)
+        run: list[str] = []
+        for value in task.hashes[start:]:
+            if value is None:
+                break
+            run.append(value)
+        return HashesView(start, run, task.total)
+
+    def leave(self, digest: str, peer_id: str) -> None:
+        task = self.tasks.get(digest)
+        if task is not None and peer_id in task.members:
+            self._remove(task, peer_id)
+            if not task.members and not task.hashes_known:
+                del self.tasks[digest]
+
+    def expire(self, now: float) -> None:
+        """Drop peers not heard from for ``peer_ttl``, stale suspects, and idle tasks."""
+        cutoff = now - self.config.peer_ttl
+        for digest, task in list(self.tasks.items()):
+            if now - task.last_active > self.config.task_ttl:
+                for peer_id in list(task.members):
+                    self._remove(task, peer_id)
+                del self.tasks[digest]
+                continue
+            dead: list[str] = []
+            for peer_id, member in task.members.items():
+                if member.last_seen >= cutoff:
+                    break
+                dead.append(peer_id)
+            for peer_id in dead:
+                self._remove(task, peer_id)
+            if task.suspects:
+                task.suspects = {p: until for p, until in task.suspects.items() if until > now}
+            if not task.members and not task.hashes_known:
+                del self.tasks[digest]
+
+    def stats(self) -> Stats:
+        return Stats(
+            tasks=len(self.tasks),
+            peers=len(self.peers),
+            lease_changes=self.lease_changes,
+            joins=self.joins,
+            reports=self.reports,
+        )
+
+    # -- bookkeeping -------------------------------------------------------------------------
+    def _task(self, digest: str, size: int, piece_size: int, now: float) -> Task:
+        task = self.tasks.get(digest)
+        if task is None:
+            if size < 0 or piece_size <= 0:
+                raise StateError(f"size {size} / piece_size {piece_size}: want size >= 0, piece_size > 0")
+            total = piece_count(size, piece_size)
+            task = Task(size=size, piece_size=piece_size, total=total, last_active=now, hashes=[None] * total)
+            self.tasks[digest] = task
+        elif (size, piece_size) != (task.size, task.piece_size):
+            raise ConflictError(
+                f"task {digest} has size {task.size} and piece_size {task.piece_size}, not {size} and {piece_size}"
+            )
+        task.last_active = now
+        return task
+
+    def _touch(self, task: Task, peer_id: str, address: str, now: float) -> Member:
+        member = task.members.pop(peer_id, None)
+        if member is None:
+            peer = self.peers.get(peer_id)
+            if peer is None:
+                peer = self.peers[peer_id] = PeerRecord(peer_id, address)
+            peer.tasks += 1
+            member = Member(peer, now)
+        member.peer.address = address
+        member.last_seen = now
+        task.members[peer_id] = member
+        return member
+
+    def _after_update(self, task: Task, member: Member, now: float) -> None:
+        kind = SEEDER if member.complete else PARTIAL if member.pieces > 0 else NONE
+        if kind != member.kind:
+            peer_id = member.peer.peer_id
+            (task.seeders if member.kind == SEEDER else task.partials).discard(peer_id)
+            if kind == SEEDER:
+                task.seeders.add(peer_id)
+            elif kind == PARTIAL:
+                task.partials.add(peer_id)
+            member.kind = kind
+        if task.holder == member.peer.peer_id:
+            task.holder_seen = now
+            if member.contiguous > task.holder_contiguous:
+                task.holder_contiguous = member.contiguous
+                task.holder_progress_at = now
+
+    def _remove(self, task: Task, peer_id: str) -> None:
+        member = task.members.pop(peer_id)
+        task.seeders.discard(peer_id)
+        task.partials.discard(peer_id)
+        if task.holder == peer_id:
+            task.holder = None
+        peer = member.peer
+        peer.tasks -= 1
+        if peer.tasks <= 0:
+            self.peers.pop(peer_id, None)
+
+    def _add_hashes(self, task: Task, hashes: dict[int, str]) -> None:
+        for index, value in hashes.items():
+            known = task.hashes[index]
+            if known is None:
+                task.hashes[index] = value
+                task.hashes_known += 1
+            elif known != value:
+                self.hash_conflicts += 1
+
+    # -- answers -----------------------------------------------------------------------------
+    def _answer(self, task: Task, member: Member, now: float) -> TaskView:
+        self._settle_lease(task, member, now)
+        peer_id = member.peer.peer_id
+        parents = [] if member.complete else self._parents(task, member, now)
+        return TaskView(
+            role="fetcher" if task.holder == peer_id else "peer",
+            parents=parents,
+            size=task.size,
+            piece_size=task.piece_size,
+            lease_ttl=self.config.lease_ttl,
+            fetcher=task.holder,
+            hashes_known=task.hashes_known,
+        )
+
+    def _suspect(self, task: Task, peer_id: str, now: float) -> bool:
+        until = task.suspects.get(peer_id)
+        return until is not None and until > now
+
+    def _lease_needed(self, task: Task, now: float) -> bool:
+        if task.hashes_known < task.total:
+            return True
+        cutoff = now - self.config.peer_ttl
+        for peer_id in task.seeders.items:
+            if task.members[peer_id].last_seen >= cutoff and not self._suspect(task, peer_id, now):
+                return False
+        return True
+
+    def _settle_lease(self, task: Task, requester: Member, now: float) -> None:
+        if not self._lease_needed(task, now):
+            task.holder = None
+            return
+        stale: str | None = None
+        if task.holder is not None:
+            holder = task.members.get(task.holder)
+            if holder is None or holder.complete:
+                task.holder = None
+            elif (
+                now - task.holder_seen <= self.config.lease_ttl
+                and now - task.holder_progress_at <= self.config.stall_timeout
+            ):
+                return
+            else:
+                stale = task.holder
+        peer_id = requester.peer.peer_id
+        if not self._may_fetch(task, requester, now) or peer_id == stale:
+            return
+        best = self._best_candidate(task, stale, now)
+        if best is not None and best != peer_id and task.members[best].contiguous > requester.contiguous:
+            return
+        task.holder = peer_id
+        task.holder_seen = task.holder_progress_at = now
+        task.holder_contiguous = requester.contiguous
+        task.best = None
+        self.lease_changes += 1
+
+    def _may_fetch(self, task: Task, member: Member, now: float) -> bool:
+        return (
+            not member.complete
+            and now - member.last_seen <= self.config.lease_ttl
+            and not self._suspect(task, member.peer.peer_id, now)
+        )
+
+    def _best_candidate(self, task: Task, stale: str | None, now: float) -> str | None:
+        """The peer that should take the open lease (cached briefly: it scans the task)."""
+        if task.best is not None:
+            computed_at, best = task.best
+            member = task.members.get(best) if best is not None else None
+            still_good = best is None or (member is not None and self._may_fetch(task, member, now))
+            if now - computed_at <= BEST_CACHE_SECONDS and still_good:
+                return best
+        best = None
+        most = -1
+        for peer_id, member in task.members.items():
+            if peer_id != stale and member.contiguous > most and self._may_fetch(task, member, now):
+                best, most = peer_id, member.contiguous
+        task.best = (now, best)
+        return best
+
+    def _usable_parent(self, task: Task, peer_id: str, now: float) -> Member | None:
+        member = task.members.get(peer_id)
+        if (
+            member is None
+            or now - member.last_seen > self.config.peer_ttl
+            or (member.kind == NONE and task.holder != peer_id)
+            or self._suspect(task, peer_id, now)
+        ):
+            return None
+        return member
+
+    def _parents(self, task: Task, member: Member, now: float) -> list[PeerInfo]:
+        limit = self.config.max_parents
+        me = member.peer.peer_id
+        chosen: dict[str, Member] = {}
+        for peer_id in member.handed:
+            parent = self._usable_parent(task, peer_id, now)
+            if parent is not None and len(chosen) < limit:
+                chosen[peer_id] = parent
+        if len(chosen) < limit:
+            pool = task.seeders.sample(self.sample_size, self.rng) + task.partials.sample(self.sample_size, self.rng)
+            if task.holder is not None:
+                pool.append(task.holder)
+            since = now - self.config.child_window
+            candidates: list[Candidate] = []
+            found: dict[str, Member] = {}
+            for peer_id in pool:
+                if peer_id == me or peer_id in chosen or peer_id in found:
+                    continue
+                parent = self._usable_parent(task, peer_id, now)
+                if parent is None:
+                    continue
+                found[peer_id] = parent
+                candidates.append(Candidate(peer_id, parent.pieces, parent.complete, parent.peer.children(since)))
+            for peer_id in self.policy(
+                candidates, limit=limit - len(chosen), max_children=self.config.max_children, rng=self.rng
+            ):
+                chosen[peer_id] = found[peer_id]
+                found[peer_id].peer.assigned.append(now)
+        member.handed = tuple(chosen)
+        return [PeerInfo(p.peer.peer_id, p.peer.address, p.complete, p.pieces) for p in chosen.values()]

@@ -1,0 +1,198 @@
+"""The scheduler's HTTP API, served for real on 127.0.0.1 and driven with the agent's SchedulerClient."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+
+from shoal.p2p.protocol import JoinRequest, Report, Stats, from_json
+from shoal.p2p.rendezvous import rank_schedulers
+from shoal.p2p.scheduler_client import SchedulerClient, SchedulerRejected, SchedulerUnavailable
+from shoal.scheduler.config import SchedulerConfig
+from shoal.scheduler.server import Scheduler
+
+TOKEN = "s3cret-peer-token"
+MiB = 1 << 20
+D = "sha256:" + "c" * 64
+
+
+def digest(i: int) -> str:
+    return f"sha256:{i:064x}"
+
+
+def join_req(peer: str, size: int = 4 * MiB) -> JoinRequest:
+    return JoinRequest(peer, f"127.0.0.1:{1000 + len(peer)}", size, MiB)
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+@pytest.fixture
+async def scheduler() -> AsyncIterator[Scheduler]:
+    node = Scheduler(SchedulerConfig(listen="127.0.0.1:0", peer_token=TOKEN))
+    await node.start()
+    yield node
+    await node.stop()
+
+
+@pytest.fixture
+def client(scheduler: Scheduler, session: aiohttp.ClientSession) -> SchedulerClient:
+    return SchedulerClient(session, [scheduler.url], TOKEN)
+
+
+class TestCalls:
+    """join, report, hashes and leave round-trip through HTTP."""
+
+    async def test_join_report_hashes(self, client: SchedulerClient, scheduler: Scheduler) -> None:
+        first = await client.join(D, join_req("a"))
+        assert (first.role, first.fetcher, first.size, first.piece_size) == ("fetcher", "a", 4 * MiB, MiB)
+        second = await client.join(D, join_req("bb"))
+        assert second.role == "peer"
+        assert [(p.peer_id, p.address) for p in second.parents] == [("a", "127.0.0.1:1001")]
+        view = await client.report(D, Report("a", "127.0.0.1:1001", 2, 2 * MiB, hashes={0: "0" * 64, 1: "1" * 64}))
+        assert view.hashes_known == 2
+        hashes = await client.hashes(D, 0)
+        assert (hashes.start, hashes.hashes, hashes.total) == (0, ["0" * 64, "1" * 64], 4)
+        await client.leave(D, "bb")
+        assert set(scheduler.state.tasks[D].members) == {"a"}
+
+    async def test_hashes_long_poll_wakes_on_report(self, client: SchedulerClient) -> None:
+        await client.join(D, join_req("a"))
+        started = time.monotonic()
+        poll = asyncio.create_task(client.hashes(D, 0, wait=10))
+        await asyncio.sleep(0.2)
+        assert not poll.done()
+        await client.report(D, Report("a", "127.0.0.1:1001", 1, MiB, hashes={0: "a" * 64}))
+        view = await asyncio.wait_for(poll, 3)
+        assert view.hashes == ["a" * 64]
+        assert time.monotonic() - started < 3
+
+    async def test_hashes_long_poll_times_out_empty(self, client: SchedulerClient) -> None:
+        started = time.monotonic()
+        view = await client.hashes(D, 0, wait=0.3)
+        assert view.hashes == []
+        assert 0.25 < time.monotonic() - started < 3
+
+    async def test_stats_metrics_and_health(self, client: SchedulerClient, scheduler: Scheduler) -> None:
+        await client.join(D, join_req("a"))
+        await client.join(D, join_req("bb"))
+        async with aiohttp.ClientSession() as raw:
+            async with raw.get(f"{scheduler.url}/v1/stats", headers={"Authorization": f"Bearer {TOKEN}"}) as resp:
+                stats: Stats = from_json(Stats, await resp.json())
+            assert (stats.tasks, stats.peers, stats.joins, stats.lease_changes) == (1, 2, 2, 1)
+            async with raw.get(f"{scheduler.url}/metrics") as resp:
+                text = await resp.text()
+            async with raw.get(f"{scheduler.url}/healthz") as resp:
+                assert resp.status == 200
+        assert "shoal_scheduler_tasks 1.0" in text
+        assert "shoal_scheduler_peers 2.0" in text
+        assert "shoal_scheduler_joins_total 2.0" in text
+        assert "shoal_scheduler_lease_changes_total 1.0" in text
+        assert 'shoal_scheduler_parents_per_join_bucket{le="1.0"} 2.0' in text
+
+
+class TestRefusals:
+    """Missing token: 401. Malformed input: 400 saying why. Size mismatch: 409."""
+
+    async def test_no_token_is_401(self, scheduler: Scheduler, session: aiohttp.ClientSession) -> None:
+        async with session.post(f"{scheduler.url}/v1/tasks/{D}/join", json={}) as resp:
+            assert resp.status == 401
+        async with session.get(f"{scheduler.url}/v1/stats", headers={"Authorization": "Bearer wrong"}) as resp:
+            assert resp.status == 401
+
+    async def test_wrong_token_through_client(self, scheduler: Scheduler, session: aiohttp.ClientSession) -> None:
+        bad = SchedulerClient(session, [scheduler.url], "wrong")
+        with pytest.raises(SchedulerRejected) as info:
+            await bad.join(D, join_req("a"))
+        assert info.value.status == 401
+        assert scheduler.state.stats().joins == 0
+
+    @pytest.mark.parametrize(
+        ("path", "body", "message"),
+        [
+            (f"/v1/tasks/sha256:{'c' * 10}/join", "{}", "invalid digest"),
+            (f"/v1/tasks/{D}/join", "not json", "want JSON"),
+            (f"/v1/tasks/{D}/join", '{"peer_id": "a"}', "missing"),
+            (
+                f"/v1/tasks/{D}/join",
+                '{"peer_id": "a", "address": "h:1", "size": 1, "piece_size": 1, "x": 1}',
+                "unknown",
+            ),
+            (f"/v1/tasks/{D}/join", '{"peer_id": "a", "address": "h:1", "size": "big", "piece_size": 1}', "size"),
+            (f"/v1/tasks/{D}/join", '{"peer_id": "a", "address": "nohost", "size": 1, "piece_size": 1}', "address"),
+            (
+                f"/v1/tasks/{D}/report",
+                '{"peer_id": "a", "address": "h:1", "pieces": 0, "contiguous": 0}',
+                "unknown task",
+            ),
+            (
+                f"/v1/tasks/{D}/report",
+                '{"peer_id": "a", "address": "h:1", "pieces": 0, "contiguous": 0, "hashes": []}',
+                "hashes",
+            ),
+            (f"/v1/tasks/{D}/leave", "[]", "peer_id"),
+        ],
+    )
+    async def test_garbage_is_400(
+        self, scheduler: Scheduler, session: aiohttp.ClientSession, path: str, body: str, message: str
+    ) -> None:
+        headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+        async with session.post(f"{scheduler.url}{path}", data=body, headers=headers) as resp:
+            text = await resp.text()
+            assert resp.status in (400, 404), text
+            assert message in text
+
+    async def test_bad_hashes_query_is_400(self, scheduler: Scheduler, session: aiohttp.ClientSession) -> None:
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        async with session.get(f"{scheduler.url}/v1/tasks/{D}/hashes?from=x", headers=headers) as resp:
+            assert resp.status == 400
+
+    async def test_size_conflict_is_409(self, client: SchedulerClient) -> None:
+        await client.join(D, join_req("a"))
+        with pytest.raises(SchedulerRejected) as info:
+            await client.join(D, join_req("bb", size=5 * MiB))
+        assert info.value.status == 409
+
+
+class TestFailover:
+    """A client moves to the next scheduler in its rendezvous order when one is gone."""
+
+    async def test_moves_to_the_next_and_fails_when_none_left(self, session: aiohttp.ClientSession) -> None:
+        nodes = [Scheduler(SchedulerConfig(listen="127.0.0.1:0", peer_token=TOKEN)) for _ in range(2)]
+        urls = [await node.start() for node in nodes]
+        try:
+            by_url = dict(zip(urls, nodes, strict=True))
+            client = SchedulerClient(session, urls, TOKEN)
+            blob = next(digest(i) for i in range(100) if rank_schedulers(digest(i), urls)[0] == urls[0])
+            await client.join(blob, join_req("a"))
+            assert blob in by_url[urls[0]].state.tasks
+            await by_url[urls[0]].stop()
+            view = await client.report(blob, Report("a", "127.0.0.1:1001", 1, MiB, size=4 * MiB, piece_size=MiB))
+            assert view.role == "fetcher"  # the survivor rebuilt the task from the report
+            assert blob in by_url[urls[1]].state.tasks
+            await by_url[urls[1]].stop()
+            with pytest.raises(SchedulerUnavailable):
+                await client.join(blob, join_req("a"))
+        finally:
+            for node in nodes:
+                await node.stop()
+
+    async def test_failed_scheduler_is_tried_last_for_a_while(self, session: aiohttp.ClientSession) -> None:
+        now = [0.0]
+        client = SchedulerClient(session, ["http://127.0.0.1:1", "http://127.0.0.1:2"], None, clock=lambda: now[0])
+        blob = next(digest(i) for i in range(100) if client.ranked(digest(i))[0] == "http://127.0.0.1:1")
+        with pytest.raises(SchedulerUnavailable):
+            await client.join(blob, join_req("a"))
+        now[0] = 1.0
+        assert client.ranked(blob)[0] == "http://127.0.0.1:1"  # both failed: rendezvous order again
+        client._down_until.pop("http://127.0.0.1:2")
+        assert client.ranked(blob) == ["http://127.0.0.1:2", "http://127.0.0.1:1"]
+        now[0] = 100.0
+        assert client.ranked(blob)[0] == "http://127.0.0.1:1"

@@ -1,0 +1,388 @@
+"""The scheduler's state machine, driven with an explicit clock."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from shoal.p2p.protocol import JoinRequest, Report, TaskView
+from shoal.scheduler.config import SchedulerConfig
+from shoal.scheduler.state import ConflictError, SchedulerState, StateError, UnknownTaskError
+
+D = "sha256:" + "a" * 64
+E = "sha256:" + "b" * 64
+MiB = 1 << 20
+SIZE = 10 * MiB  # 10 pieces of 1 MiB
+
+
+def h(i: int) -> str:
+    return f"{i:064x}"
+
+
+def state(**kw: object) -> SchedulerState:
+    return SchedulerState(SchedulerConfig(**kw), rng=random.Random(7))  # type: ignore[arg-type]
+
+
+def join(
+    s: SchedulerState, peer: str, now: float, *, digest: str = D, pieces: int = 0, complete: bool = False
+) -> TaskView:
+    return s.join(digest, JoinRequest(peer, f"{peer}:1", SIZE, MiB, pieces=pieces, complete=complete), now)
+
+
+def report(
+    s: SchedulerState,
+    peer: str,
+    now: float,
+    *,
+    pieces: int = 0,
+    contiguous: int | None = None,
+    complete: bool = False,
+    hashes: dict[int, str] | None = None,
+    failed: list[str] | None = None,
+    digest: str = D,
+) -> TaskView:
+    rep = Report(
+        peer,
+        f"{peer}:1",
+        pieces=pieces,
+        contiguous=pieces * MiB if contiguous is None else contiguous,
+        complete=complete,
+        hashes=hashes or {},
+        failed_parents=failed or [],
+        size=SIZE,
+        piece_size=MiB,
+    )
+    return s.report(digest, rep, now)
+
+
+def all_hashes() -> dict[int, str]:
+    return {i: h(i) for i in range(10)}
+
+
+class TestLease:
+    """Exactly one origin fetcher per task, moved when it dies or stalls."""
+
+    def test_first_joiner_gets_it_and_only_it(self) -> None:
+        s = state()
+        assert join(s, "a", 0).role == "fetcher"
+        for i, peer in enumerate("bcdef"):
+            view = join(s, peer, 0.1 * i)
+            assert view.role == "peer"
+            assert view.fetcher == "a"
+        assert s.lease_changes == 1
+
+    def test_holder_keeps_it_while_reporting_progress(self) -> None:
+        s = state()
+        join(s, "a", 0)
+        join(s, "b", 0)
+        for t in range(1, 30):
+            assert report(s, "a", t, pieces=t // 3).role == "fetcher"
+            assert report(s, "b", t).role == "peer"
+        assert s.lease_changes == 1
+
+    def test_moves_when_holder_stops_reporting(self) -> None:
+        s = state(lease_ttl=5.0)
+        join(s, "a", 0)
+        join(s, "b", 0)
+        assert report(s, "b", 4.9).role == "peer"
+        view = report(s, "b", 5.2)
+        assert view.role == "fetcher"
+        assert view.fetcher == "b"
+        assert s.lease_changes == 2
+        # the old holder coming back does not take it back
+        assert report(s, "a", 5.3, pieces=3).role == "peer"
+
+    def test_holder_reporting_late_keeps_it_if_nobody_took_it(self) -> None:
+        s = state(lease_ttl=5.0)
+        join(s, "a", 0)
+        assert report(s, "a", 7.0, pieces=1).role == "fetcher"
+        assert s.lease_changes == 1
+
+    def test_moves_when_holder_stalls(self) -> None:
+        s = state(lease_ttl=5.0, stall_timeout=10.0)
+        join(s, "a", 0)
+        join(s, "b", 0)
+        for t in range(1, 10):
+            report(s, "a", t, pieces=2)  # no progress after the first report
+            assert report(s, "b", t + 0.5, pieces=1).role == "peer"
+        for t in range(10, 12):
+            report(s, "a", t, pieces=2)
+        view = report(s, "b", 12.5, pieces=1)
+        assert view.role == "fetcher"
+        assert report(s, "a", 13, pieces=2).role == "peer"
+
+    def test_stalled_holder_keeps_it_when_nobody_else_can_fetch(self) -> None:
+        s = state(stall_timeout=10.0)
+        join(s, "a", 0)
+        for t in range(1, 30):
+            assert report(s, "a", t, pieces=2).role == "fetcher"
+        assert s.lease_changes == 1
+
+    def test_goes_to_the_peer_with_the_most_contiguous_bytes(self) -> None:
+        s = state(lease_ttl=5.0)
+        join(s, "a", 0)
+        for peer in "bcd":
+            join(s, peer, 0)
+        report(s, "b", 4, contiguous=1 * MiB, pieces=1)
+        report(s, "c", 4, contiguous=3 * MiB, pieces=3)
+        report(s, "d", 4, contiguous=2 * MiB, pieces=2)
+        # the holder "a" is silent; b and d ask first but c holds the most
+        assert report(s, "b", 6, contiguous=1 * MiB, pieces=1).role == "peer"
+        assert report(s, "d", 6.1, contiguous=2 * MiB, pieces=2).role == "peer"
+        assert report(s, "c", 6.2, contiguous=3 * MiB, pieces=3).role == "fetcher"
+        assert report(s, "b", 6.3, contiguous=1 * MiB, pieces=1).fetcher == "c"
+
+    def test_a_silent_best_candidate_does_not_block_the_lease(self) -> None:
+        s = state(lease_ttl=5.0)
+        join(s, "a", 0)
+        join(s, "c", 0)
+        join(s, "b", 0)
+        report(s, "c", 1, pieces=5)  # c has most but then goes quiet
+        for t in (3, 5, 7):
+            report(s, "b", t, pieces=1)
+        assert report(s, "b", 7.5, pieces=1).role == "fetcher"
+
+    def test_leave_frees_it_for_the_next_peer(self) -> None:
+        s = state()
+        join(s, "a", 0)
+        join(s, "b", 0)
+        s.leave(D, "a")
+        assert report(s, "b", 1).role == "fetcher"
+
+    def test_not_needed_once_a_peer_is_complete_with_all_hashes(self) -> None:
+        s = state()
+        join(s, "a", 0)
+        report(s, "a", 1, pieces=10, complete=True, hashes=all_hashes())
+        view = join(s, "b", 2)
+        assert view.role == "peer"
+        assert view.fetcher is None
+        assert [p.peer_id for p in view.parents] == ["a"]
+
+    def test_needed_again_when_complete_peers_vanish(self) -> None:
+        s = state(peer_ttl=30.0)
+        join(s, "a", 0)
+        report(s, "a", 1, pieces=10, complete=True, hashes=all_hashes())
+        assert join(s, "b", 2).role == "peer"
+        s.leave(D, "a")
+        assert report(s, "b", 3).role == "fetcher"
+
+    def test_needed_when_complete_peer_is_suspect(self) -> None:
+        s = state()
+        join(s, "a", 0)
+        report(s, "a", 1, pieces=10, complete=True, hashes=all_hashes())
+        join(s, "b", 2)
+        assert report(s, "b", 3, failed=["a"]).role == "fetcher"
+
+    def test_needed_when_hashes_are_missing_despite_a_complete_peer(self) -> None:
+        # e.g. after failing over to this scheduler: seeders re-announce, hashes are gone
+        s = state()
+        report(s, "seed", 0, pieces=10, complete=True)
+        view = join(s, "b", 1)
+        assert view.role == "fetcher"
+        assert [p.peer_id for p in view.parents] == ["seed"]
+
+    def test_complete_peers_are_never_made_fetcher(self) -> None:
+        s = state()
+        assert join(s, "a", 0, complete=True).role == "peer"
+        assert join(s, "b", 1).role == "fetcher"
+
+    def test_suspect_peers_are_not_made_fetcher(self) -> None:
+        s = state(lease_ttl=5.0)
+        join(s, "a", 0)
+        join(s, "b", 0)
+        join(s, "c", 0)
+        report(s, "c", 1, failed=["b"])
+        assert report(s, "b", 6).role == "peer"
+        assert report(s, "c", 6.1).role == "fetcher"
+
+
+class TestHashes:
+    """Piece hashes come from the lease holder only, first value wins."""
+
+    def test_accepted_from_holder(self) -> None:
+        s = state()
+        join(s, "a", 0)
+        view = report(s, "a", 1, pieces=3, hashes={0: h(0), 1: h(1), 2: h(2)})
+        assert view.hashes_known == 3
+        got = s.hashes(D, 1)
+        assert (got.start, got.hashes, got.total) == (1, [h(1), h(2)], 10)
+
+    def test_ignored_from_others(self) -> None:
+        s = state()
+        join(s, "a", 0)
+        join(s, "b", 0)
+        report(s, "b", 1, pieces=1, hashes={0: h(99)})
+        assert s.hashes(D, 0).hashes == []
+        assert s.hashes_ignored == 1
+
+    def test_run_stops_at_first_unknown(self) -> None:
+        s = state()
+        join(s, "a", 0)
+        report(s, "a", 1, hashes={0: h(0), 2: h(2)})
+        assert s.hashes(D, 0).hashes == [h(0)]
+        assert s.hashes(D, 1).hashes == []
+        assert s.hashes(D, 2).hashes == [h(2)]
+
+    def test_conflicting_hash_rejected_and_counted(self) -> None:
+        s = state(lease_ttl=5.0)
+        join(s, "a", 0)
+        join(s, "b", 0)
+        report(s, "a", 1, pieces=1, hashes={0: h(0)})
+        assert report(s, "b", 7, pieces=1).role == "fetcher"
+        report(s, "b", 7.5, pieces=2, hashes={0: h(50), 1: h(1)})
+        assert s.hashes(D, 0).hashes == [h(0), h(1)]
+        assert s.hash_conflicts == 1
+
+    def test_earlier_holders_hashes_stay_valid(self) -> None:
+        s = state()
+        join(s, "a", 0)
+        report(s, "a", 1, pieces=2, hashes={0: h(0), 1: h(1)})
+        s.leave(D, "a")
+        assert s.hashes(D, 0).hashes == [h(0), h(1)]
+
+    def test_unknown_task_is_empty(self) -> None:
+        assert state().hashes(E, 0).total == 0
+
+    @pytest.mark.parametrize("hashes", [{10: h(10)}, {-1: h(0)}, {0: "xyz"}, {0: h(0xABC).upper()}])
+    def test_bad_hashes_are_errors(self, hashes: dict[int, str]) -> None:
+        s = state()
+        join(s, "a", 0)
+        with pytest.raises(StateError):
+            report(s, "a", 1, hashes=hashes)
+
+
+class TestParents:
+    """Who is handed out as a parent."""
+
+    def test_fetcher_is_a_parent_before_anyone_has_pieces(self) -> None:
+        s = state()
+        join(s, "a", 0)
+        view = join(s, "b", 0)
+        assert [p.peer_id for p in view.parents] == ["a"]
+        assert view.parents[0].address == "a:1"
+
+    def test_never_yourself_nor_empty_peers(self) -> None:
+        s = state()
+        join(s, "a", 0)
+        join(s, "b", 0)
+        view = join(s, "c", 0)
+        assert [p.peer_id for p in view.parents] == ["a"]
+        assert [p.peer_id for p in report(s, "a", 1).parents] == []
+
+    def test_complete_peers_come_first(self) -> None:
+        s = state(max_parents=2)
+        join(s, "a", 0)
+        join(s, "p", 0)
+        report(s, "p", 1, pieces=9)
+        join(s, "seed", 1, complete=True)
+        view = join(s, "new", 2)
+        assert view.parents[0].peer_id == "seed"
+        assert len(view.parents) == 2
+
+    def test_failed_parents_are_avoided_until_suspect_ttl(self) -> None:
+        s = state(suspect_ttl=60.0)
+        join(s, "a", 0)
+        for peer in "bc":
+            join(s, peer, 0)
+            report(s, peer, 1, pieces=3)
+        report(s, "c", 2, pieces=3, failed=["b"])
+        assert "b" not in [p.peer_id for p in join(s, "d", 3).parents]
+        s.expire(70)
+        for peer in "ac":
+            report(s, peer, 70, pieces=4)
+        report(s, "b", 70, pieces=4)
+        assert "b" in [p.peer_id for p in join(s, "e", 71).parents]
+
+    def test_a_reported_parent_is_dropped_from_the_next_answer(self) -> None:
+        s = state()
+        join(s, "a", 0)
+        join(s, "b", 0)
+        report(s, "b", 0.5, pieces=2)
+        assert {p.peer_id for p in join(s, "c", 1).parents} == {"a", "b"}
+        assert {p.peer_id for p in report(s, "c", 1.5, failed=["b"]).parents} == {"a"}
+
+    def test_children_are_spread_over_parents(self) -> None:
+        s = state(max_parents=1, max_children=2)
+        join(s, "a", 0)
+        report(s, "a", 0, pieces=10, complete=True, hashes=all_hashes())
+        for peer in "bcd":
+            join(s, peer, 0, complete=True)
+        counts: dict[str, int] = {}
+        for i in range(8):
+            (parent,) = join(s, f"child{i}", 1).parents
+            counts[parent.peer_id] = counts.get(parent.peer_id, 0) + 1
+        assert counts == {"a": 2, "b": 2, "c": 2, "d": 2}
+
+    def test_parents_are_kept_across_reports_and_not_recounted(self) -> None:
+        s = state(max_parents=2)
+        for peer in "abc":
+            join(s, peer, 0, complete=True)
+        first = [p.peer_id for p in join(s, "x", 1).parents]
+        for t in range(2, 10):
+            assert [p.peer_id for p in report(s, "x", t).parents] == first
+        assert sum(len(s.peers[p].assigned) for p in "abc") == 2
+
+    def test_complete_requesters_get_no_parents(self) -> None:
+        s = state()
+        join(s, "a", 0, complete=True)
+        assert join(s, "b", 0, complete=True).parents == []
+
+    def test_large_task_answers_stay_bounded(self) -> None:
+        s = state(max_parents=6)
+        for i in range(2000):
+            join(s, f"p{i}", 0)
+            report(s, f"p{i}", 0, pieces=1 + i % 9)
+        view = join(s, "late", 1)
+        assert len(view.parents) == 6
+        assert len({p.peer_id for p in view.parents}) == 6
+
+
+class TestLifecycle:
+    """Soft state: peers and tasks expire; bad requests are refused."""
+
+    def test_expire_drops_dead_peers_and_their_lease(self) -> None:
+        s = state(peer_ttl=30.0)
+        join(s, "a", 0)
+        join(s, "b", 0)
+        report(s, "b", 4)
+        s.expire(31)
+        assert set(s.tasks[D].members) == {"b"}
+        assert s.tasks[D].holder is None
+        assert s.stats().peers == 1
+        assert report(s, "b", 32).role == "fetcher"
+
+    def test_expire_drops_idle_tasks_and_empty_ones(self) -> None:
+        s = state(peer_ttl=30.0, task_ttl=100.0)
+        join(s, "a", 0)
+        report(s, "a", 1, hashes={0: h(0)})
+        join(s, "b", 0, digest=E)
+        s.expire(50)
+        assert set(s.tasks) == {D}  # E had no hashes; D's hashes are kept
+        s.expire(102)
+        assert s.tasks == {}
+        assert s.peers == {}
+
+    def test_report_creates_task_for_an_announcing_seed(self) -> None:
+        s = state()
+        report(s, "seed", 0, pieces=10, complete=True)
+        assert s.stats().tasks == 1
+
+    def test_report_for_unknown_task_without_size_is_refused(self) -> None:
+        s = state()
+        with pytest.raises(UnknownTaskError):
+            s.report(D, Report("a", "a:1", pieces=0, contiguous=0), 0)
+
+    def test_size_conflict_is_refused(self) -> None:
+        s = state()
+        join(s, "a", 0)
+        with pytest.raises(ConflictError):
+            s.join(D, JoinRequest("b", "b:1", SIZE + 1, MiB), 1)
+
+    def test_stats_count_calls(self) -> None:
+        s = state()
+        join(s, "a", 0)
+        join(s, "b", 0, digest=E)
+        report(s, "a", 1)
+        st = s.stats()
+        assert (st.tasks, st.peers, st.joins, st.reports, st.lease_changes) == (2, 2, 2, 1, 2)
