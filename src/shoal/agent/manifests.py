@@ -46,7 +46,8 @@ class ManifestService:
 
     async def serve(self, request: web.Request, dist: DistributionPath, creds: Credentials | None) -> web.Response:
         head = request.method == "HEAD"
-        accept = request.headers.get("Accept") or DEFAULT_ACCEPT
+        # Go clients (skopeo, containerd) send one Accept header per media type: pass them all
+        accept = ", ".join(request.headers.getall("Accept", [])) or DEFAULT_ACCEPT
         if dist.digest is not None:
             cached = self.store.get_manifest(dist.digest)
             if cached is not None:
