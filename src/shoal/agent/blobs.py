@@ -32,7 +32,11 @@ OCTET_STREAM = "application/octet-stream"
 class BlobSource(Protocol):
     """Where a missing blob comes from: the origin registry, or the swarm."""
 
-    async def fill(self, partial: PartialBlob, dist: DistributionPath, creds: Credentials | None) -> None: ...
+    async def fill(self, partial: PartialBlob, dist: DistributionPath, creds: Credentials | None) -> None:
+        """Write every byte of the blob into ``partial`` (or raise)."""
+
+    async def cached(self, digest: Digest, size: int) -> None:
+        """The blob is now complete in the cache."""
 
 
 def blob_headers(digest: Digest, size: int, rng: ByteRange | None) -> dict[str, str]:

@@ -77,9 +77,7 @@ class Agent:
         host, port = split_hostport(self.config.listen, "listen")
         site = web.TCPSite(self._runner, host, port, backlog=1024, reuse_address=True)
         await site.start()
-        server = site._server
-        assert isinstance(server, asyncio.base_events.Server)
-        bound = server.sockets[0].getsockname()
+        bound = self._runner.addresses[0]
         self.url = f"http://{host}:{bound[1]}"
         self._janitor = asyncio.create_task(self._evict_periodically())
         log.info(

@@ -200,6 +200,7 @@ class SwarmDownload:
         self.links: dict[str, ParentLink] = {}
         self.banned: set[str] = set()
         self.unreported_failures: set[str] = set()
+        self.hashes_sent: set[int] = set()
         self.fetching: asyncio.Task[None] | None = None
         self.error: BaseException | None = None
         self.sched_failures = 0
@@ -220,6 +221,10 @@ class SwarmDownload:
             await self._supervise()
         finally:
             await self._stop_all()
+        if self.fetching is not None:
+            # publish the last pieces' hashes: the reporter may not have sent them yet
+            with contextlib.suppress(SchedulerUnavailable):
+                await self._report_once()
 
     async def _supervise(self) -> None:
         last_progress, last_state = time.monotonic(), self._progress()
@@ -319,35 +324,38 @@ class SwarmDownload:
 
     # -- scheduler ---------------------------------------------------------------------------
     async def _report_loop(self) -> None:
-        sent: set[int] = set()
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.partial.changed().wait(), self.cfg.report_interval)
-            new = {i: h for i, h in self.partial.piece_hashes.items() if i not in sent}
-            failed = sorted(self.unreported_failures)
-            report = Report(
-                self.cfg.peer_id,
-                self.cfg.address,
-                pieces=self._held(),
-                contiguous=self.partial.contiguous,
-                hashes=new,
-                failed_parents=failed,
-                size=self.size,
-                piece_size=self.piece_size,
-            )
             try:
-                view = await self.s.scheduler.report(str(self.digest), report)
+                view = await self._report_once()
             except SchedulerUnavailable as exc:
                 self.sched_failures += 1
                 log.warning("report for %s failed (%d): %s", self.digest, self.sched_failures, exc)
                 await asyncio.sleep(self.cfg.report_interval)
                 continue
             self.sched_failures = 0
-            sent.update(new)
-            self.unreported_failures.difference_update(failed)
             self._apply(view)
             # the fetcher reports again as soon as a piece is hashed; others on the interval
             await asyncio.sleep(0.05 if self.fetching is not None else self.cfg.report_interval)
+
+    async def _report_once(self) -> TaskView:
+        new = {i: h for i, h in self.partial.piece_hashes.items() if i not in self.hashes_sent}
+        failed = sorted(self.unreported_failures)
+        report = Report(
+            self.cfg.peer_id,
+            self.cfg.address,
+            pieces=self._held(),
+            contiguous=self.partial.contiguous,
+            hashes=new,
+            failed_parents=failed,
+            size=self.size,
+            piece_size=self.piece_size,
+        )
+        view = await self.s.scheduler.report(str(self.digest), report)
+        self.hashes_sent.update(new)
+        self.unreported_failures.difference_update(failed)
+        return view
 
     async def _hash_loop(self) -> None:
         while len(self.hashes) < self.count:
