@@ -50,6 +50,8 @@ class SwarmConfig:
     status_wait: float = 5.0
     seed_announce_interval: float = 10.0
     max_seeding: int = 512
+    avoid_corrupt_for: float = 600.0
+    """seconds a peer that sent a corrupt piece is avoided for every blob"""
 
 
 class SwarmGaveUpError(Exception):
@@ -79,6 +81,8 @@ class SwarmSource:
         self.bucket = bucket
         self.metrics = metrics
         self.seeding: OrderedDict[Digest, int] = OrderedDict()
+        self.avoid: dict[str, float] = {}
+        """peer id -> monotonic time until which it is not used, after it sent corrupt data"""
         self._announcer: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -285,6 +289,9 @@ class SwarmDownload:
                 break
             if parent.peer_id in self.links or parent.peer_id in self.banned or parent.peer_id == self.cfg.peer_id:
                 continue
+            if self.s.avoid.get(parent.peer_id, 0.0) > time.monotonic():
+                self.banned.add(parent.peer_id)
+                continue
             link = ParentLink(parent, self.count)
             self.links[parent.peer_id] = link
             self.s.metrics.parents.inc()
@@ -475,6 +482,7 @@ class SwarmDownload:
         actual = await asyncio.to_thread(lambda: hashlib.sha256(data).hexdigest())
         if actual != expected:
             self.s.metrics.digest_mismatches.labels("peer").inc()
+            self.s.avoid[link.info.peer_id] = time.monotonic() + self.cfg.avoid_corrupt_for
             self._drop(link, f"piece {index} is corrupt")
             return
         if index not in self.missing:
