@@ -105,20 +105,22 @@ def _common(func: Any) -> Any:
 
 
 def _values_options(func: Any) -> Any:
+    func = click.option("--set", "sets", multiple=True, metavar="K=V,...", help="Helm --set expression.")(func)
     func = click.option(
-        "--set", "sets", multiple=True, metavar="K=V,...", help="Helm --set expression."
-    )(func)
-    func = click.option(
-        "-f", "--values", "values_files", multiple=True, type=click.Path(exists=True),
+        "-f",
+        "--values",
+        "values_files",
+        multiple=True,
+        type=click.Path(exists=True),
         help="Values YAML file.",
     )(func)
     func = click.option(
-        "--chart", type=click.Path(exists=True, file_okay=True), default=None,
+        "--chart",
+        type=click.Path(exists=True, file_okay=True),
+        default=None,
         help="Chart directory or .tgz (default: the bundled chart).",
     )(func)
-    func = click.option("--dry-run", is_flag=True, help="Print the manifests; touch no cluster.")(
-        func
-    )
+    func = click.option("--dry-run", is_flag=True, help="Print the manifests; touch no cluster.")(func)
     func = click.option("--timeout", default=300, show_default=True, help="Seconds to wait.")(func)
     return func
 
@@ -168,8 +170,13 @@ def install(
     release = _helm_call(
         "install",
         lambda: config.install(
-            str(chart_path), release_name, values, namespace=namespace,
-            create_namespace=True, timeout=timeout, wait="watcher",
+            str(chart_path),
+            release_name,
+            values,
+            namespace=namespace,
+            create_namespace=True,
+            timeout=timeout,
+            wait="watcher",
         ),
     )
     click.echo(f"Addon {release_name}, version {_release_version(release)} installed.")
@@ -178,9 +185,7 @@ def install(
 @click.command()
 @_common
 @_values_options
-@click.option(
-    "--reset-values", is_flag=True, help="Start from chart defaults, not the release's values."
-)
+@click.option("--reset-values", is_flag=True, help="Start from chart defaults, not the release's values.")
 def upgrade(
     namespace: str,
     release_name: str,
@@ -204,9 +209,7 @@ def upgrade(
     if dry_run:
         rendered = _helm_call(
             "rendering",
-            lambda: render(
-                values, chart=chart_path, release=release_name, namespace=namespace, upgrade=True
-            ),
+            lambda: render(values, chart=chart_path, release=release_name, namespace=namespace, upgrade=True),
         )
         click.echo(manifests_text(rendered), nl=False)
         return
@@ -214,8 +217,14 @@ def upgrade(
     release = _helm_call(
         "upgrade",
         lambda: config.upgrade(
-            str(chart_path), release_name, values, namespace=namespace, timeout=timeout,
-            wait="watcher", reuse_values=not reset_values, reset_values=reset_values,
+            str(chart_path),
+            release_name,
+            values,
+            namespace=namespace,
+            timeout=timeout,
+            wait="watcher",
+            reuse_values=not reset_values,
+            reset_values=reset_values,
         ),
     )
     click.echo(f"Addon {release_name}, version {_release_version(release)} upgraded.")
@@ -225,7 +234,10 @@ def upgrade(
 @_common
 @click.option("--timeout", default=300, show_default=True, help="Seconds to wait.")
 def uninstall(
-    namespace: str, release_name: str, kubeconfig: str | None, kube_context: str | None,
+    namespace: str,
+    release_name: str,
+    kubeconfig: str | None,
+    kube_context: str | None,
     timeout: int,
 ) -> None:
     """Remove Shoal (like ``onectl addon uninstall``); derived pull secrets go with their owners."""

@@ -28,17 +28,33 @@ def _split_listen(listen: str) -> tuple[str, int]:
 @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), help="PEM certificate.")
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), help="PEM private key.")
 @click.option(
-    "--registry", "registries", multiple=True, required=True, metavar="HOST",
+    "--registry",
+    "registries",
+    multiple=True,
+    required=True,
+    metavar="HOST",
     help="Registry to accelerate (repeatable).",
 )
-@click.option("--p2p-endpoint", default=DEFAULT_ENDPOINT, show_default=True,
-              help="The node-local agent, as the container runtime reaches it.")
-@click.option("--label-prefix", default=DEFAULT_LABEL_PREFIX, show_default=True,
-              help="Prefix of the image-accelerate-mode label and the annotations.")
+@click.option(
+    "--p2p-endpoint",
+    default=DEFAULT_ENDPOINT,
+    show_default=True,
+    help="The node-local agent, as the container runtime reaches it.",
+)
+@click.option(
+    "--label-prefix",
+    default=DEFAULT_LABEL_PREFIX,
+    show_default=True,
+    help="Prefix of the image-accelerate-mode label and the annotations.",
+)
 @click.option("--secret-prefix", default=DEFAULT_SECRET_PREFIX, show_default=True)
 @click.option("--secret-suffix", default=DEFAULT_SECRET_SUFFIX, show_default=True)
-@click.option("--kubeconfig", type=click.Path(dir_okay=False), default=None,
-              help="Outside a cluster: kubeconfig for the Secret controller.")
+@click.option(
+    "--kubeconfig",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Outside a cluster: kubeconfig for the Secret controller.",
+)
 @click.option("--insecure", is_flag=True, help="Serve plain HTTP (tests and local runs only).")
 def webhook(
     listen: str,
@@ -62,8 +78,11 @@ def webhook(
 
     try:
         config = WebhookConfig.build(
-            list(registries), endpoint=p2p_endpoint, label_prefix=label_prefix,
-            secret_prefix=secret_prefix, secret_suffix=secret_suffix,
+            list(registries),
+            endpoint=p2p_endpoint,
+            label_prefix=label_prefix,
+            secret_prefix=secret_prefix,
+            secret_suffix=secret_suffix,
         )
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
@@ -83,8 +102,12 @@ def webhook(
     ssl_context = None if insecure else tls_context(str(tls_cert), str(tls_key))
     try:
         web.run_app(
-            create_app(config, sync), host=host, port=port, ssl_context=ssl_context,
-            print=None, access_log=None,
+            create_app(config, sync),
+            host=host,
+            port=port,
+            ssl_context=ssl_context,
+            print=None,
+            access_log=None,
         )
     finally:
         sync.stop()

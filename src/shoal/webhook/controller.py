@@ -194,9 +194,7 @@ class SecretSync:
             self.reconcile(event_type, secret)
         except ApiException as exc:
             meta = _meta(secret)
-            log.warning(
-                "reconcile of %s/%s failed: %s", meta.get("namespace"), meta.get("name"), exc
-            )
+            log.warning("reconcile of %s/%s failed: %s", meta.get("namespace"), meta.get("name"), exc)
 
     def run(self) -> None:
         """List, then watch, forever; relist after errors (410 Gone included)."""

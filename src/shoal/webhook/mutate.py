@@ -79,9 +79,7 @@ def rewrite_image(image: str, config: WebhookConfig) -> str | None:
     return f"{config.endpoint}/{ref}"
 
 
-def plan_rewrites(
-    spec: Json, config: WebhookConfig, lists: tuple[str, ...] = CONTAINER_LISTS
-) -> list[Rewrite]:
+def plan_rewrites(spec: Json, config: WebhookConfig, lists: tuple[str, ...] = CONTAINER_LISTS) -> list[Rewrite]:
     rewrites: list[Rewrite] = []
     for list_name in lists:
         for index, container in enumerate(spec.get(list_name) or []):
@@ -101,10 +99,7 @@ def p2p_config(rewrites: list[Rewrite], config: WebhookConfig) -> str:
         {
             "version": __version__,
             "endpoint": config.endpoint,
-            "images": [
-                {"container": r.container, "original": r.original, "image": r.image}
-                for r in rewrites
-            ],
+            "images": [{"container": r.container, "original": r.original, "image": r.image} for r in rewrites],
         },
         separators=(",", ":"),
         sort_keys=True,
@@ -120,9 +115,7 @@ def enabled(pod: Json, scope: Scope, config: WebhookConfig) -> bool:
     return scope is Scope.NAMESPACE
 
 
-def decide(
-    request: Json, scope: Scope, config: WebhookConfig, secrets: Mapping[str, Json] | None
-) -> Decision:
+def decide(request: Json, scope: Scope, config: WebhookConfig, secrets: Mapping[str, Json] | None) -> Decision:
     """Decide for one AdmissionRequest; ``secrets`` are the Secrets of its namespace by name.
 
     ``secrets`` is None while the Secret cache is not synced; a Pod that references pull
@@ -149,9 +142,7 @@ def decide(
     if not rewrites:
         return unchanged("no image from an accelerated registry")
 
-    names = [
-        str(ref.get("name", "")) for ref in pod["spec"].get("imagePullSecrets") or [] if ref
-    ]
+    names = [str(ref.get("name", "")) for ref in pod["spec"].get("imagePullSecrets") or [] if ref]
     derived: list[Json] = []
     if names and secrets is None:
         return unchanged("pull secret cache not ready")
