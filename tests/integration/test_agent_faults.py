@@ -12,16 +12,18 @@ import base64
 import hashlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
 import pytest
-from conftest import AgentStarter
 from fakes import Script, ScriptedRegistry, sha256
 
 from shoal.agent.server import Agent
 from shoal.core.digest import Digest
+
+AgentStarter = Callable[..., Awaitable[Agent]]
+"""the ``start_agent`` fixture: ``await start_agent(registries={...}, **config)``"""
 
 MiB = 1 << 20
 REG = "registry.test"

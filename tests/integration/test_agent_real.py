@@ -10,12 +10,11 @@ import signal
 import subprocess
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import aiohttp
 import pytest
-from conftest import AgentStarter
 
 from shoal.agent.server import Agent
 from shoal.core.digest import Digest
@@ -24,6 +23,9 @@ from shoal.oci.mediatypes import OCI_INDEX
 from shoal.testing.containerd import Containerd, write_hosts_toml
 from shoal.testing.registry import DistributionRegistry
 from shoal.testing.skopeo import inspect_raw, layout_digests, skopeo_pull
+
+AgentStarter = Callable[..., Awaitable[Agent]]
+"""the ``start_agent`` fixture: ``await start_agent(registries={...}, **config)``"""
 
 pytestmark = pytest.mark.real
 

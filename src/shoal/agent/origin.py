@@ -6,6 +6,7 @@ import asyncio
 import logging
 
 import aiohttp
+from prometheus_client import Counter
 
 from shoal.agent.metrics import AgentMetrics
 from shoal.agent.upstreams import Upstreams
@@ -20,6 +21,8 @@ from shoal.store.partial import PartialBlob
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
+WRITE_AHEAD = 4
+"""chunks received but not yet written: receive and hash+write overlap by this much"""
 RETRIES = 3
 
 
@@ -33,6 +36,56 @@ class OriginSource:
         self._store = store
         self._metrics = metrics
         self._bucket = bucket
+
+    async def _copy(
+        self,
+        resp: aiohttp.ClientResponse,
+        partial: PartialBlob,
+        pos: int,
+        skip: int,
+        dist: DistributionPath,
+        counter: Counter,
+    ) -> None:
+        """Stream the body into ``partial``: receiving the next chunk overlaps with hashing and
+        writing the previous ones in a worker thread (a few MiB in flight at most)."""
+        queue: asyncio.Queue[tuple[int, bytes] | None] = asyncio.Queue(maxsize=WRITE_AHEAD)
+        failure: list[BaseException] = []
+
+        async def writer() -> None:
+            while (item := await queue.get()) is not None:
+                if failure:
+                    continue  # keep draining so the reader never blocks on a dead writer
+                try:
+                    await partial.write(*item)
+                except (OSError, RuntimeError, ValueError) as exc:
+                    failure.append(exc)
+
+        task = asyncio.create_task(writer())
+        try:
+            async for chunk in resp.content.iter_chunked(CHUNK):
+                if skip:
+                    cut = min(skip, len(chunk))
+                    chunk, skip = chunk[cut:], skip - cut
+                    if not chunk:
+                        continue
+                if failure:
+                    break
+                await queue.put((pos, chunk))
+                pos += len(chunk)
+                counter.inc(len(chunk))
+                if self._bucket is not None:
+                    await self._bucket.consume(len(chunk))
+            await queue.put(None)
+            await task
+        finally:
+            if not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        if failure:
+            exc = failure[0]
+            if is_disk_full(exc):
+                raise StoreFullError(f"disk full while caching {dist.digest}") from exc
+            raise StoreError(f"cannot write {dist.digest}: {exc}") from exc
 
     async def cached(self, digest: Digest, size: int) -> None:
         """Nothing to tell anyone: a plain mirror keeps its cache to itself."""
@@ -69,23 +122,7 @@ class OriginSource:
                         if size is not None:
                             self._store.reserve(partial, size)
                             partial.set_size(size)
-                    pos = offset
-                    async for chunk in resp.content.iter_chunked(CHUNK):
-                        if skip:
-                            cut = min(skip, len(chunk))
-                            chunk, skip = chunk[cut:], skip - cut
-                            if not chunk:
-                                continue
-                        try:
-                            partial.write(pos, chunk)
-                        except OSError as exc:
-                            if is_disk_full(exc):
-                                raise StoreFullError(f"disk full while caching {dist.digest}") from exc
-                            raise StoreError(f"cannot write {dist.digest}: {exc}") from exc
-                        pos += len(chunk)
-                        counter.inc(len(chunk))
-                        if self._bucket is not None:
-                            await self._bucket.consume(len(chunk))
+                    await self._copy(resp, partial, offset, skip, dist, counter)
                 if partial.size is not None and partial.contiguous < partial.size:
                     raise aiohttp.ClientPayloadError(f"upstream closed at {partial.contiguous} of {partial.size} bytes")
                 return

@@ -488,7 +488,7 @@ class SwarmDownload:
         if index not in self.missing:
             return
         try:
-            self.partial.write(offset, data)
+            await self.partial.write(offset, data)
         except OSError as exc:
             self.error = StoreFullError(str(exc)) if is_disk_full(exc) else StoreError(str(exc))
             self.partial.changed().set()

@@ -194,6 +194,6 @@ def new_session(*, connect_timeout: float = 10.0, read_timeout: float = 60.0) ->
     return aiohttp.ClientSession(
         timeout=aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_read=read_timeout),
         auto_decompress=False,
-        read_bufsize=1 << 20,
+        read_bufsize=4 << 20,
         connector=aiohttp.TCPConnector(limit=256, limit_per_host=64, ttl_dns_cache=60),
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from enum import Enum
 from pathlib import Path
@@ -18,6 +19,10 @@ from pathlib import Path
 from shoal.core.digest import Digest
 
 READ_CHUNK = 1 << 20
+THREAD_MIN = 64 << 10
+"""writes at least this big are hashed and written in a worker thread"""
+TAIL_BYTES = 16 << 20
+"""the newest bytes kept in memory for readers following the writer"""
 
 
 class PartialState(Enum):
@@ -54,6 +59,9 @@ class PartialBlob:
         self._piece_hasher = hashlib.sha256()
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         self._changed = asyncio.Event()
+        self._write_lock = asyncio.Lock()
+        self._tail: deque[tuple[int, bytes]] = deque()
+        self._tail_bytes = 0
         self._on_close = on_close
         self.size_known: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         if size is not None:
@@ -67,22 +75,49 @@ class PartialBlob:
         if not self.size_known.done():
             self.size_known.set_result(size)
 
-    def write(self, offset: int, data: bytes | memoryview) -> None:
-        """Write bytes at ``offset``; raises OSError (e.g. ENOSPC) to the writer."""
-        if self.state is not PartialState.RUNNING:
-            raise RuntimeError(f"write to a {self.state.value} blob")
+    async def write(self, offset: int, data: bytes) -> None:
+        """Write bytes at ``offset``; raises OSError (e.g. ENOSPC) to the writer.
+
+        The file write and the hashing run in a worker thread (both release the GIL), so the
+        event loop keeps receiving the next bytes meanwhile. Writers are serialised; readers
+        only ever look at ``contiguous``, which moves after the bytes are on file.
+        """
+        async with self._write_lock:
+            if self.state is not PartialState.RUNNING:
+                raise RuntimeError(f"write to a {self.state.value} blob")
+            if self.size is not None and offset + len(data) > self.size:
+                raise ValueError(f"write past the end of blob {self.digest}")
+            if len(data) >= THREAD_MIN:
+                await asyncio.to_thread(self._write_locked, offset, data)
+            else:
+                self._write_locked(offset, data)
+            self._remember(offset, data)
+            self._notify()
+
+    def _write_locked(self, offset: int, data: bytes) -> None:
         length = len(data)
-        if self.size is not None and offset + length > self.size:
-            raise ValueError(f"write past the end of blob {self.digest}")
         written = 0
+        view = memoryview(data)
         while written < length:
-            written += os.pwrite(self._fd, data[written:], offset + written)
+            written += os.pwrite(self._fd, view[written:], offset + written)
         if offset <= self.contiguous < offset + length:
-            self._feed(memoryview(data)[self.contiguous - offset :])
+            self._feed(view[self.contiguous - offset :])
             self._absorb_extents()
         elif offset > self.contiguous:
             self._extents[offset] = max(self._extents.get(offset, 0), offset + length)
-        self._notify()
+
+    def _remember(self, offset: int, data: bytes) -> None:
+        """Keep the newest bytes in memory: readers right behind the writer skip the file."""
+        self._tail.append((offset, data))
+        self._tail_bytes += len(data)
+        while self._tail_bytes > TAIL_BYTES and len(self._tail) > 1:
+            self._tail_bytes -= len(self._tail.popleft()[1])
+
+    def _from_tail(self, pos: int, end: int) -> memoryview | None:
+        for start, data in reversed(self._tail):
+            if start <= pos < start + len(data):
+                return memoryview(data)[pos - start : min(len(data), end - start)]
+        return None
 
     def set_piece_size(self, piece_size: int) -> None:
         """Hash pieces as the prefix grows (the origin fetcher publishes these hashes)."""
@@ -159,6 +194,7 @@ class PartialBlob:
             self.size_known.set_exception(exc)
             self.size_known.exception()  # mark retrieved: nobody may be waiting
         self._notify()
+        self._tail.clear()
         self.close()
         self.path.unlink(missing_ok=True)
 
@@ -198,7 +234,7 @@ class PartialBlob:
         """A private fd: survives the rename into the cache and the writer closing its own."""
         return os.open(self.path, os.O_RDONLY)
 
-    async def iter_range(self, start: int, end: int) -> AsyncIterator[bytes]:
+    async def iter_range(self, start: int, end: int) -> AsyncIterator[bytes | memoryview]:
         """Yield bytes ``[start, end)`` as they become readable."""
         fd = self.open_reader()
         try:
@@ -207,13 +243,14 @@ class PartialBlob:
                 limit = await self.wait_readable(pos)
                 if limit <= pos:
                     raise EOFError(f"blob {self.digest} ended at {pos}, wanted {end}")
-                want = min(limit, end) - pos
-                while want > 0:
-                    chunk = os.pread(fd, min(READ_CHUNK, want), pos)
-                    if not chunk:
-                        raise OSError(f"short read from partial blob {self.digest}")
+                stop = min(limit, end)
+                while pos < stop:
+                    chunk: bytes | memoryview | None = self._from_tail(pos, stop)
+                    if chunk is None:
+                        chunk = os.pread(fd, min(READ_CHUNK, stop - pos), pos)
+                        if not chunk:
+                            raise OSError(f"short read from partial blob {self.digest}")
                     pos += len(chunk)
-                    want -= len(chunk)
                     yield chunk
         finally:
             os.close(fd)

@@ -36,7 +36,7 @@ async def put(store: BlobStore, data: bytes, *, known_size: bool = True) -> Dige
     if not known_size:
         store.reserve(partial, len(data))
         partial.set_size(len(data))
-    partial.write(0, data)
+    await partial.write(0, data)
     partial.finish()
     await store.commit(partial)
     return digest
@@ -69,7 +69,7 @@ class TestWriteAndCommit:
     async def test_mismatch_leaves_nothing(self, tmp_path: Path) -> None:
         store = new_store(tmp_path, Clock(), max_size=100)
         partial = store.begin(Digest.of(blob(1, 80)), 80)
-        partial.write(0, blob(2, 80))
+        await partial.write(0, blob(2, 80))
         with pytest.raises(DigestMismatchError):
             partial.finish()
         assert files_under(tmp_path) == []

@@ -38,10 +38,10 @@ class TestReadersFollowTheWriter:
         partial = new_partial(tmp_path, size=len(DATA))
         got = bytearray()
         reader = asyncio.create_task(read_all(partial, 0, len(DATA), got))
-        partial.write(0, DATA[:4096])
+        await partial.write(0, DATA[:4096])
         await settle()
         assert bytes(got) == DATA[:4095]  # the prefix, minus the byte held back
-        partial.write(4096, DATA[4096:])
+        await partial.write(4096, DATA[4096:])
         await settle()
         assert bytes(got) == DATA[:-1]  # the last byte waits for the digest check
         assert partial.readable_limit() == len(DATA) - 1
@@ -56,10 +56,10 @@ class TestReadersFollowTheWriter:
         partial = new_partial(tmp_path, size=len(DATA))
         got = bytearray()
         reader = asyncio.create_task(read_all(partial, 100, 200, got))
-        partial.write(0, DATA[:150])
+        await partial.write(0, DATA[:150])
         await settle()
         assert bytes(got) == DATA[100:149]
-        partial.write(150, DATA[150:])
+        await partial.write(150, DATA[150:])
         await asyncio.wait_for(reader, 5)  # ends before the held-back last byte
         assert bytes(got) == DATA[100:200]
         partial.finish()
@@ -80,15 +80,15 @@ class TestOutOfOrderWrites:
 
     async def test_absorb(self, tmp_path: Path) -> None:
         partial = new_partial(tmp_path, size=len(DATA))
-        partial.write(8192, DATA[8192:])
-        partial.write(2048, DATA[2048:4096])
+        await partial.write(8192, DATA[8192:])
+        await partial.write(2048, DATA[2048:4096])
         assert partial.contiguous == 0
         assert partial.has(8192, len(DATA) - 8192)
         assert partial.has(2048, 1024)
         assert not partial.has(0, 1)
-        partial.write(0, DATA[:2048])
+        await partial.write(0, DATA[:2048])
         assert partial.contiguous == 4096
-        partial.write(4096, DATA[4096:8192])
+        await partial.write(4096, DATA[4096:8192])
         assert partial.contiguous == len(DATA)
         partial.finish()
         assert partial.state is PartialState.VERIFIED
@@ -98,8 +98,8 @@ class TestOutOfOrderWrites:
     async def test_piece_hashes(self, tmp_path: Path) -> None:
         partial = new_partial(tmp_path, size=len(DATA))
         partial.set_piece_size(4096)
-        partial.write(4096, DATA[4096:])
-        partial.write(0, DATA[:4096])
+        await partial.write(4096, DATA[4096:])
+        await partial.write(0, DATA[:4096])
         pieces = [DATA[i : i + 4096] for i in range(0, len(DATA), 4096)]
         assert partial.piece_hashes == {i: hashlib.sha256(p).hexdigest() for i, p in enumerate(pieces)}
         partial.finish()
@@ -108,7 +108,7 @@ class TestOutOfOrderWrites:
     async def test_write_past_end_refused(self, tmp_path: Path) -> None:
         partial = new_partial(tmp_path, size=10)
         with pytest.raises(ValueError, match="past the end"):
-            partial.write(5, b"123456")
+            await partial.write(5, b"123456")
         partial.close()
 
 
@@ -121,7 +121,7 @@ class TestFailures:
         partial = new_partial(tmp_path, size=len(DATA), digest=Digest.of(DATA))
         got = bytearray()
         reader = asyncio.create_task(read_all(partial, 0, len(DATA), got))
-        partial.write(0, bytes(wrong))
+        await partial.write(0, bytes(wrong))
         await settle()
         with pytest.raises(DigestMismatchError):
             partial.finish()
@@ -131,11 +131,11 @@ class TestFailures:
         assert partial.state is PartialState.FAILED
         assert not partial.path.exists()
         with pytest.raises(RuntimeError, match="failed"):
-            partial.write(0, b"x")
+            await partial.write(0, b"x")
 
     async def test_incomplete_finish(self, tmp_path: Path) -> None:
         partial = new_partial(tmp_path, size=len(DATA))
-        partial.write(0, DATA[:100])
+        await partial.write(0, DATA[:100])
         with pytest.raises(ValueError, match="incomplete"):
             partial.finish()
         assert partial.state is PartialState.FAILED
@@ -152,7 +152,7 @@ class TestFailures:
 
     async def test_reader_fd_survives_rename(self, tmp_path: Path) -> None:
         partial = new_partial(tmp_path, size=len(DATA))
-        partial.write(0, DATA)
+        await partial.write(0, DATA)
         got = bytearray()
         reader = asyncio.create_task(read_all(partial, 0, len(DATA), got))
         await settle()
