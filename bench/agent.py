@@ -2,8 +2,9 @@
 
 1. Cache-hit throughput: the same 1 GiB blob served by docker-registry and by the agent
    (warm cache) to the same client (curl, discarding bytes); 3 rounds each, median MB/s.
-   The agent runs on uvloop (what ``shoal agent`` uses), which has no ``loop.sendfile`` (so
-   aiohttp's FileResponse falls back to chunked reads and writes), and on asyncio's own loop.
+   The agent runs on asyncio's own loop (what ``shoal agent`` uses: it has ``loop.sendfile``)
+   and, for comparison, on uvloop (``SHOAL_EVENT_LOOP=uvloop``), which has no sendfile, so
+   aiohttp's FileResponse falls back to chunked reads and writes.
 2. Cache miss: a raw GET of a 512 MiB blob directly from the registry vs through a cold
    agent (fresh cache each round); ratio of median times.
 3. Peak RSS (VmHWM) of the ``shoal agent`` process serving a 2 GiB blob cold, then warm.
@@ -40,8 +41,6 @@ GiB = 1 << 30
 REG = "registry.test"
 REPO = "bench/blob"
 
-# ``shoal agent`` on asyncio's default loop: uvloop made unimportable for this process only
-ASYNCIO_AGENT = "import sys; sys.modules['uvloop'] = None; from shoal.cli.main import main; main()"
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +93,7 @@ async def upload_blob(registry_url: str, size: int, seed: int) -> Blob:
 
 
 class AgentProcess:
-    """``shoal agent`` as a subprocess (uvloop, as ``shoal agent`` runs, or asyncio's loop)."""
+    """``shoal agent`` as a subprocess, on asyncio's loop (the default) or on uvloop."""
 
     def __init__(self, workdir: Path, registry_url: str, cache_dir: Path, *, loop: str = "uvloop") -> None:
         cache_dir.mkdir(parents=True, exist_ok=True)
@@ -103,8 +102,11 @@ class AgentProcess:
         self.port = free_port()
         args = ["agent", "--listen", f"127.0.0.1:{self.port}", "--registry", f"{REG}={registry_url}"]
         args += ["--cache-dir", str(cache_dir), "--download-pattern", "source", "--ratelimit", "0"]
-        prefix = [sys.executable, "-m", "shoal"] if loop == "uvloop" else [sys.executable, "-c", ASYNCIO_AGENT]
-        self.process = ManagedProcess([*prefix, *args], stdout=workdir / f"agent-{self.port}.log")
+        self.process = ManagedProcess(
+            [sys.executable, "-m", "shoal", *args],
+            stdout=workdir / f"agent-{self.port}.log",
+            env={"SHOAL_EVENT_LOOP": loop},
+        )
         self.url = f"http://127.0.0.1:{self.port}"
         wait_until(self._ready, what="shoal agent", timeout=30, process=self.process)
 

@@ -78,4 +78,4 @@ def agent(config_file: Path | None, **flags: Any) -> None:
         finally:
             await node.stop()
 
-    run(main())
+    run(main(), uvloop_ok=False)
