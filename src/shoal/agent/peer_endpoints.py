@@ -26,6 +26,11 @@ from shoal.store.blobstore import BlobStore
 from shoal.store.partial import PartialBlob, PartialState
 
 MAX_WAIT = 10.0
+SUPERSEED_COPIES = 2
+"""While a blob is still downloading here, a piece already sent to this many children is no
+longer advertised: children get it from those children, and this node's upload link (the
+origin fetcher's, above all) carries new pieces instead of the same ones again. Once the
+blob is complete every piece is advertised again, so nobody can be left without a source."""
 UPLOAD_CHUNK = 256 << 10
 
 
@@ -45,6 +50,8 @@ class PeerEndpoints:
         self._bucket = bucket
         self._token = token
         self._uploads = asyncio.Semaphore(max_uploads)
+        self._uploads_of: dict[Digest, dict[int, int]] = {}
+        """pieces of blobs still downloading -> how often each went to a child"""
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/p2p/v1/blobs/{digest}/status", self.status)
@@ -69,7 +76,11 @@ class PeerEndpoints:
             return None
         size = partial.size
         piece_size = choose_piece_size(size)
-        bits = [partial.has(*piece_span(i, size, piece_size)) for i in range(piece_count(size, piece_size))]
+        sent = self._uploads_of.get(digest, {})
+        bits = [
+            partial.has(*piece_span(i, size, piece_size)) and sent.get(i, 0) < SUPERSEED_COPIES
+            for i in range(piece_count(size, piece_size))
+        ]
         return size, bits, False
 
     async def status(self, request: web.Request) -> web.Response:
@@ -137,6 +148,11 @@ class PeerEndpoints:
             finally:
                 os.close(fd)
         self._metrics.pieces_served.inc()
+        if partial is not None and self._store.blob_size(digest) is None:
+            counts = self._uploads_of.setdefault(digest, {})
+            counts[index] = counts.get(index, 0) + 1
+        else:
+            self._uploads_of.pop(digest, None)
         return response
 
     def _source(self, digest: Digest) -> tuple[Path | None, int | None]:

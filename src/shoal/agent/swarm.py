@@ -177,6 +177,8 @@ class ParentLink:
         self.updated = asyncio.Event()
         self.tasks: list[asyncio.Task[None]] = []
         self.failed: str | None = None
+        self.received = 0
+        """pieces taken from this parent"""
 
 
 class SwarmDownload:
@@ -205,6 +207,9 @@ class SwarmDownload:
         self.banned: set[str] = set()
         self.unreported_failures: set[str] = set()
         self.hashes_sent: set[int] = set()
+        self.salt = f"{self.cfg.peer_id}/{self.digest}"
+        self.from_parents: dict[str, int] = {}
+        self.started = time.monotonic()
         self.fetching: asyncio.Task[None] | None = None
         self.error: BaseException | None = None
         self.sched_failures = 0
@@ -225,6 +230,14 @@ class SwarmDownload:
             await self._supervise()
         finally:
             await self._stop_all()
+        log.info(
+            "swarm %s: %d pieces in %.2fs, %s; from parents: %s",
+            self.digest,
+            self.count,
+            time.monotonic() - self.started,
+            "origin fetcher" if self.fetching is not None else "no origin fetch",
+            ", ".join(f"{a}={n}" for a, n in sorted(self.from_parents.items())) or "none",
+        )
         if self.fetching is not None:
             # publish the last pieces' hashes: the reporter may not have sent them yet
             with contextlib.suppress(SchedulerUnavailable):
@@ -442,6 +455,7 @@ class SwarmDownload:
                 in_flight=self.in_flight,
                 availability=self.availability,
                 read_piece=self.partial.contiguous // self.piece_size,
+                salt=self.salt,
             )
             if index is None:
                 await link.updated.wait()
@@ -494,5 +508,7 @@ class SwarmDownload:
             self.partial.changed().set()
             return
         self.missing.discard(index)
+        link.received += 1
+        self.from_parents[link.info.address] = link.received
         self.s.metrics.peer_bytes.labels("download").inc(length)
         self.s.metrics.pieces_received.inc()
