@@ -60,23 +60,34 @@ class ConflictError(StateError):
 class PeerRecord:
     """One agent, shared by all its tasks."""
 
-    __slots__ = ("address", "assigned", "peer_id", "tasks")
+    __slots__ = ("address", "bucket_start", "current", "peer_id", "previous", "tasks")
 
     def __init__(self, peer_id: str, address: str) -> None:
         self.peer_id = peer_id
         self.address = address
         self.tasks = 0
-        self.assigned: list[float] = []
-        """times it was handed to a child (its upload load), oldest first."""
+        # Children handed this peer (its upload load) in a sliding window approximated by two
+        # fixed buckets: O(1) memory however many children a popular parent gets.
+        self.bucket_start = 0.0
+        self.current = 0
+        self.previous = 0
 
-    def children(self, since: float) -> int:
-        assigned = self.assigned
-        if assigned and assigned[0] < since:
-            keep = 0
-            while keep < len(assigned) and assigned[keep] < since:
-                keep += 1
-            del assigned[:keep]
-        return len(assigned)
+    def _roll(self, now: float, window: float) -> None:
+        elapsed = now - self.bucket_start
+        if elapsed >= window:
+            self.previous = self.current if elapsed < 2 * window else 0
+            self.current = 0
+            self.bucket_start = now - elapsed % window if elapsed < 2 * window else now
+
+    def children(self, now: float, window: float) -> int:
+        """About how many children were handed this peer in the last ``window`` seconds."""
+        self._roll(now, window)
+        left = 1.0 - (now - self.bucket_start) / window
+        return self.current + int(self.previous * left + 0.5)
+
+    def assign(self, now: float, window: float) -> None:
+        self._roll(now, window)
+        self.current += 1
 
 
 NONE, PARTIAL, SEEDER = 0, 1, 2
@@ -85,7 +96,7 @@ NONE, PARTIAL, SEEDER = 0, 1, 2
 class Member:
     """One peer in one task."""
 
-    __slots__ = ("complete", "contiguous", "handed", "kind", "last_seen", "peer", "pieces")
+    __slots__ = ("complete", "contiguous", "handed", "info", "kind", "last_seen", "peer", "pieces")
 
     def __init__(self, peer: PeerRecord, now: float) -> None:
         self.peer = peer
@@ -95,6 +106,14 @@ class Member:
         self.last_seen = now
         self.handed: tuple[str, ...] = ()
         self.kind = NONE
+        self.info: PeerInfo | None = None
+        """this member as a parent in answers (built on first use, dropped on every update)."""
+
+    def as_parent(self) -> PeerInfo:
+        info = self.info
+        if info is None:
+            info = self.info = PeerInfo(self.peer.peer_id, self.peer.address, self.complete, self.pieces)
+        return info
 
 
 class Bag:
@@ -124,7 +143,8 @@ class Bag:
         return len(self.items)
 
     def sample(self, k: int, rng: random.Random) -> list[str]:
-        return list(self.items) if len(self.items) <= k else rng.sample(self.items, k)
+        """Up to ``k`` items (all of them when there are no more than ``k``; else drawn with replacement)."""
+        return list(self.items) if len(self.items) <= k else rng.choices(self.items, k=k)
 
 
 @dataclass(slots=True)
@@ -157,7 +177,8 @@ class SchedulerState:
         self.rng = rng or random.Random()
         self.tasks: dict[str, Task] = {}
         self.peers: dict[str, PeerRecord] = {}
-        self.sample_size = max(32, 4 * config.max_parents)
+        self.sample_size = max(16, 2 * config.max_parents)
+        """candidates drawn from each of a task's seeders and partial holders when it has more."""
         self.joins = 0
         self.reports = 0
         self.lease_changes = 0
@@ -282,8 +303,13 @@ class SchedulerState:
                 peer = self.peers[peer_id] = PeerRecord(peer_id, address)
             peer.tasks += 1
             member = Member(peer, now)
-        member.peer.address = address
+        if member.peer.address != address:
+            member.peer.address = address
+            for other in self.tasks.values():
+                if (stale := other.members.get(peer_id)) is not None:
+                    stale.info = None
         member.last_seen = now
+        member.info = None
         task.members[peer_id] = member
         return member
 
@@ -339,6 +365,8 @@ class SchedulerState:
         )
 
     def _suspect(self, task: Task, peer_id: str, now: float) -> bool:
+        if not task.suspects:
+            return False
         until = task.suspects.get(peer_id)
         return until is not None and until > now
 
@@ -425,7 +453,7 @@ class SchedulerState:
             pool = task.seeders.sample(self.sample_size, self.rng) + task.partials.sample(self.sample_size, self.rng)
             if task.holder is not None:
                 pool.append(task.holder)
-            since = now - self.config.child_window
+            window = self.config.child_window
             candidates: list[Candidate] = []
             found: dict[str, Member] = {}
             for peer_id in pool:
@@ -435,11 +463,14 @@ class SchedulerState:
                 if parent is None:
                     continue
                 found[peer_id] = parent
-                candidates.append(Candidate(peer_id, parent.pieces, parent.complete, parent.peer.children(since)))
-            for peer_id in self.policy(
-                candidates, limit=limit - len(chosen), max_children=self.config.max_children, rng=self.rng
-            ):
+                candidates.append(Candidate(peer_id, parent.pieces, parent.complete, parent.peer.children(now, window)))
+            picked = (
+                self.policy(candidates, limit=limit - len(chosen), max_children=self.config.max_children, rng=self.rng)
+                if candidates
+                else []
+            )
+            for peer_id in picked:
                 chosen[peer_id] = found[peer_id]
-                found[peer_id].peer.assigned.append(now)
+                found[peer_id].peer.assign(now, window)
         member.handed = tuple(chosen)
-        return [PeerInfo(p.peer.peer_id, p.peer.address, p.complete, p.pieces) for p in chosen.values()]
+        return [p.as_parent() for p in chosen.values()]

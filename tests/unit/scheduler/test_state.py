@@ -321,7 +321,7 @@ class TestParents:
         first = [p.peer_id for p in join(s, "x", 1).parents]
         for t in range(2, 10):
             assert [p.peer_id for p in report(s, "x", t).parents] == first
-        assert sum(len(s.peers[p].assigned) for p in "abc") == 2
+        assert sum(s.peers[p].children(10, 30.0) for p in "abc") == 2
 
     def test_complete_requesters_get_no_parents(self) -> None:
         s = state()
@@ -336,6 +336,24 @@ class TestParents:
         view = join(s, "late", 1)
         assert len(view.parents) == 6
         assert len({p.peer_id for p in view.parents}) == 6
+
+
+class TestLoad:
+    """A parent's load counts the children handed to it recently, over all tasks."""
+
+    def test_counts_decay_over_the_window(self) -> None:
+        s = state(child_window=30.0, max_parents=1)
+        join(s, "p", 0)
+        report(s, "p", 0, pieces=10, complete=True, hashes=all_hashes())
+        for i in range(4):
+            join(s, f"c{i}", 1)
+        join(s, "q", 1, digest=E, complete=True)
+        join(s, "c9", 2, digest=E)
+        load = s.peers["p"]
+        assert load.children(2, 30.0) == 4
+        assert s.peers["q"].children(2, 30.0) == 1
+        assert load.children(45, 30.0) == 2  # half of the last window still counts
+        assert load.children(61, 30.0) == 0
 
 
 class TestLifecycle:
