@@ -77,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("needs root (network namespaces, tc)", file=sys.stderr)
         return 2
+    # Ctrl-C raises KeyboardInterrupt even if we were started with SIGINT ignored (``cmd &``).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _raise_exit)  # unwinds through every finally: teardown runs
     if args.cleanup:

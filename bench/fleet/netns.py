@@ -22,6 +22,7 @@ import json
 import os
 import re
 import secrets
+import signal
 import subprocess
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ __all__ = [
     "Lab",
     "LabPlan",
     "cleanup_leftovers",
+    "deferred_signals",
     "plan_lab",
 ]
 
@@ -169,7 +171,8 @@ class Lab:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.destroy()
+        with deferred_signals():
+            self.destroy()
 
     def create(self) -> None:
         plan = self.plan
@@ -221,6 +224,17 @@ class Lab:
         if self.plan.bridge in links:
             _run(["ip", "link", "del", self.plan.bridge], check=False)
         self.state_file.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def deferred_signals() -> Iterator[None]:
+    """Hold Ctrl-C/SIGTERM/SIGHUP until the block is done (a teardown is not interrupted)."""
+    sigs = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _links() -> set[str]:

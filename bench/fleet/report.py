@@ -122,6 +122,9 @@ def draw_png(path: Path, results: Sequence[ScenarioResult], cdf_nodes: int,
         ax.step([0.0, *times], [0.0, *fractions], where="post", label=r.scenario)
     if bound is not None:
         ax.axvline(bound, color="black", linestyle="--", linewidth=1, label="lower bound")
+    _lo, hi = ax.get_xlim()
+    if bound is not None and hi > 8 * bound:
+        ax.set_xscale("symlog", linthresh=max(1.0, bound / 2))
     ax.set_xlabel("seconds since rollout start")
     ax.set_ylabel("share of nodes done")
     ax.set_title(f"Per-node completion, N={cdf_nodes}")

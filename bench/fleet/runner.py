@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from bench.fleet.netns import Lab, plan_lab
+from bench.fleet.netns import Lab, deferred_signals, plan_lab
 from bench.fleet.origin import Origin
 from bench.fleet.procs import ProcessSet
 from bench.fleet.scenarios import SCENARIOS, Fleet, ScenarioResult
@@ -111,9 +111,10 @@ def run_fleet(
                 if not cfg.keep:
                     shutil.rmtree(work / name, ignore_errors=True)
         finally:
-            procs.stop_all()
-            if not cfg.keep:
-                shutil.rmtree(work, ignore_errors=True)
+            with deferred_signals():
+                procs.stop_all()
+                if not cfg.keep:
+                    shutil.rmtree(work, ignore_errors=True)
     return results
 
 
