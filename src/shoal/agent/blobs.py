@@ -173,25 +173,19 @@ class BlobService:
         await response.write_eof()
         return response
 
-    async def _head_upstream(self, dist: DistributionPath, creds: Credentials | None) -> web.Response:
-        digest = dist.digest
-        assert digest is not None
+    async def _upstream_size(self, dist: DistributionPath, creds: Credentials | None) -> int:
         try:
-            resp = await self.upstreams.client(dist.registry).open(
-                "HEAD",
-                f"/v2/{dist.repository}/blobs/{digest}",
-                repository=dist.repository,
-                creds=creds,
-                kind="blob_head",
-            )
+            size = await self.upstreams.blob_size(creds, dist)
         except UpstreamError as exc:
             raise map_upstream_error(exc, dist) from None
-        size = resp.content_length
-        resp.release()
-        self.upstreams.record_allowed(creds, dist)
         if size is None:
             raise DistributionError(ErrorCode.UPSTREAM_INVALID, f"{dist.registry} sent no blob size")
-        return web.Response(status=200, headers=blob_headers(digest, size, None))
+        return size
+
+    async def _head_upstream(self, dist: DistributionPath, creds: Credentials | None) -> web.Response:
+        assert dist.digest is not None
+        size = await self._upstream_size(dist, creds)
+        return web.Response(status=200, headers=blob_headers(dist.digest, size, None))
 
     async def _passthrough(
         self, request: web.Request, dist: DistributionPath, creds: Credentials | None
@@ -199,20 +193,7 @@ class BlobService:
         """Serve without caching (disk full or cache unusable): a pull must still succeed."""
         digest = dist.digest
         assert digest is not None
-        try:
-            resp = await self.upstreams.client(dist.registry).open(
-                "HEAD",
-                f"/v2/{dist.repository}/blobs/{digest}",
-                repository=dist.repository,
-                creds=creds,
-                kind="blob_head",
-            )
-        except UpstreamError as exc:
-            raise map_upstream_error(exc, dist) from None
-        size = resp.content_length
-        resp.release()
-        if size is None:
-            raise DistributionError(ErrorCode.UPSTREAM_INVALID, f"{dist.registry} sent no blob size")
+        size = await self._upstream_size(dist, creds)
         rng = parse_range(request.headers.get("Range"), size)
         if request.method == "HEAD":
             return web.Response(status=200, headers=blob_headers(digest, size, None))

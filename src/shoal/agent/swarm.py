@@ -153,18 +153,10 @@ class SwarmSource:
 
     async def _head_size(self, dist: DistributionPath, creds: Credentials | None) -> int:
         """The blob's size from the registry; also proves these credentials may read it."""
-        resp = await self.upstreams.client(dist.registry).open(
-            "HEAD",
-            f"/v2/{dist.repository}/blobs/{dist.digest}",
-            repository=dist.repository,
-            creds=creds,
-            kind="blob_head",
-        )
-        resp.release()
-        self.upstreams.record_allowed(creds, dist)
-        if resp.content_length is None:
+        size = await self.upstreams.blob_size(creds, dist)
+        if size is None:
             raise StoreError(f"{dist.registry} gave no size for {dist.digest}: not using the swarm")
-        return resp.content_length
+        return size
 
 
 class ParentLink:

@@ -83,6 +83,20 @@ class Upstreams:
     def record_allowed(self, creds: Credentials | None, dist: DistributionPath) -> None:
         self.access.record((fingerprint(creds), dist.registry, dist.repository), True)
 
+    async def blob_size(self, creds: Credentials | None, dist: DistributionPath) -> int | None:
+        """HEAD the blob upstream: its size (None if the registry gave none). Proves that
+        ``creds`` may read it, and remembers that; raises UpstreamError otherwise."""
+        resp = await self.client(dist.registry).open(
+            "HEAD",
+            f"/v2/{dist.repository}/blobs/{dist.digest}",
+            repository=dist.repository,
+            creds=creds,
+            kind="blob_head",
+        )
+        resp.release()
+        self.record_allowed(creds, dist)
+        return resp.content_length
+
     async def authorize(self, creds: Credentials | None, dist: DistributionPath) -> None:
         """Raise unless the registry lets ``creds`` read ``dist`` (for content we already hold)."""
         key = (fingerprint(creds), dist.registry, dist.repository)
