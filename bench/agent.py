@@ -7,6 +7,8 @@
    aiohttp's FileResponse falls back to chunked reads and writes.
 2. Cache miss: a raw GET of a 512 MiB blob directly from the registry vs through a cold
    agent (fresh cache each round); ratio of median times.
+   2b. The same as a whole image pull with a real client: skopeo pulls a 512 MiB, 4-layer
+   image directly vs through a cold agent.
 3. Peak RSS (VmHWM) of the ``shoal agent`` process serving a 2 GiB blob cold, then warm.
 
 The registry's storage and the agent's cache sit on tmpfs when we may mount one (root), so
@@ -33,14 +35,15 @@ from pathlib import Path
 
 import aiohttp
 
+from shoal.demo.imagegen import generate_image
 from shoal.testing.procs import ManagedProcess, free_port, wait_until
 from shoal.testing.registry import DistributionRegistry
+from shoal.testing.skopeo import skopeo_pull
 
 MiB = 1 << 20
 GiB = 1 << 30
 REG = "registry.test"
 REPO = "bench/blob"
-
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +192,38 @@ def cache_miss(work: Path, registry: DistributionRegistry, cache: Path, blob: Bl
         print(f"    {name:<18} {t:6.2f} s  ({blob.size / t / 1e6:5.0f} MB/s)   {t / base:5.2f}x the direct time")
 
 
+def image_pull(work: Path, registry: DistributionRegistry, cache: Path, size_mib: int, rounds: int) -> None:
+    """A whole image pull with a real client (skopeo into an OCI layout), direct vs via a cold agent."""
+    image = generate_image(work / "pull-image", size=size_mib * MiB, layers=4, tag="v1", seed=9)
+    registry.push(image, "bench/app", "v1")
+    print(
+        f"\n(2b) cache miss, skopeo pull of a {size_mib} MiB 4-layer image: direct vs via a cold agent, "
+        f"median of {rounds}"
+    )
+    times: dict[str, list[float]] = {"direct": [], "agent": []}
+    for i in range(rounds):
+        for name in ("direct", "agent"):
+            dest = work / f"pulled-{name}-{i}"
+            agent = AgentProcess(work, registry.url, cache, loop="asyncio") if name == "agent" else None
+            ref = (
+                f"{registry.host}/bench/app:v1"
+                if agent is None
+                else f"{agent.url.removeprefix('http://')}/{REG}/bench/app:v1"
+            )
+            try:
+                started = time.monotonic()
+                skopeo_pull(ref, dest, check=True, timeout=600)
+                times[name].append(time.monotonic() - started)
+            finally:
+                if agent is not None:
+                    agent.stop()
+                shutil.rmtree(dest, ignore_errors=True)
+    base = statistics.median(times["direct"])
+    for name, values in times.items():
+        t = statistics.median(values)
+        print(f"    {name:<18} {t:6.2f} s   {t / base:5.2f}x the direct time")
+
+
 def peak_rss(work: Path, registry: DistributionRegistry, cache: Path, blob: Blob) -> None:
     print(f"\n(3) agent peak RSS (VmHWM) serving a {blob.size // MiB} MiB blob")
     agent = AgentProcess(work, registry.url, cache)
@@ -215,7 +250,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="shoal-bench-agent-") as tmp, ExitStack() as stack:
         work = Path(tmp)
         total = opts.hit_size + opts.miss_size + opts.rss_size
-        on_tmpfs = stack.enter_context(tmpfs(work / "registry" / "storage", f"{total + 256}m"))
+        on_tmpfs = stack.enter_context(tmpfs(work / "registry" / "storage", f"{total + opts.miss_size + 256}m"))
         stack.enter_context(tmpfs(work / "cache", f"{max(opts.hit_size, opts.miss_size, opts.rss_size) + 256}m"))
         print(f"registry storage and agent cache on {'tmpfs' if on_tmpfs else 'disk'}; {os.cpu_count()} CPUs")
         registry = stack.enter_context(DistributionRegistry(work / "registry"))
@@ -223,6 +258,7 @@ def main() -> None:
         print(f"uploaded {total} MiB in {time.monotonic() - started:.0f} s")
         cache_hit(work, registry, work / "cache", hit, opts.rounds)
         cache_miss(work, registry, work / "cache", miss, opts.rounds)
+        image_pull(work, registry, work / "cache", opts.miss_size, opts.rounds)
         peak_rss(work, registry, work / "cache", rss)
     print(f"\ntotal {time.monotonic() - started:.0f} s")
 
