@@ -27,6 +27,7 @@ from shoal.store.blobstore import BlobStore
 from shoal.store.partial import PartialBlob, PartialState
 
 MAX_WAIT = 10.0
+STATUS_BATCH = 0.05
 SUPERSEED_COPIES = 2
 """While a blob is still downloading here, a piece already sent to this many children is no
 longer advertised: children get it from those children, and this node's upload link (the
@@ -105,6 +106,9 @@ class PeerEndpoints:
                 return web.json_response(to_json(status))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(partial.changed().wait(), remaining)
+            # a downloading blob changes with every write: answer with a batch of new pieces,
+            # not once per write, so long-polls cost the parent (and child) little CPU
+            await asyncio.sleep(min(STATUS_BATCH, max(0.0, deadline - asyncio.get_running_loop().time())))
 
     async def piece(self, request: web.Request) -> web.StreamResponse:
         digest = self._check(request)
