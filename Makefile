@@ -3,7 +3,7 @@ PYTHON ?= python3.12
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install test lint unit integration fleet-small bench demo
+.PHONY: install test quick lint fleet-small bench demo
 
 install:
 	$(PYTHON) -m venv $(VENV)
@@ -17,10 +17,10 @@ lint:
 	$(BIN)/mypy --strict bench
 
 test: lint
-	$(BIN)/pytest -q -m "not slow" tests
-
-test-all: lint
 	$(BIN)/pytest -q tests
+
+quick: lint
+	$(BIN)/pytest -q -m "not slow" tests
 
 fleet-small:
 	$(BIN)/python -m bench.fleet --small
