@@ -21,7 +21,7 @@ from aiohttp import web
 from shoal.agent.metrics import AgentMetrics
 from shoal.core.digest import Digest, DigestError
 from shoal.p2p.pieces import choose_piece_size, piece_count, piece_span
-from shoal.p2p.protocol import PeerStatus, encode_bitfield, to_json
+from shoal.p2p.protocol import PeerStatus, decode_bitfield, encode_bitfield, to_json
 from shoal.p2p.ratelimit import TokenBucket
 from shoal.store.blobstore import BlobStore
 from shoal.store.partial import PartialBlob, PartialState
@@ -92,6 +92,7 @@ class PeerEndpoints:
             wait = min(MAX_WAIT, max(0.0, float(request.query.get("wait", "0"))))
         except ValueError:
             raise web.HTTPBadRequest(text="have and wait must be numbers\n") from None
+        want_text = request.query.get("want")
         deadline = asyncio.get_running_loop().time() + wait
         while True:
             bits = self._bits(digest)
@@ -99,9 +100,16 @@ class PeerEndpoints:
                 raise web.HTTPNotFound(text=f"{digest} not held here\n")
             size, flags, complete = bits
             count = sum(flags)
+            relevant = count
+            if want_text is not None:
+                try:
+                    want = decode_bitfield(want_text, len(flags))
+                except ValueError as exc:
+                    raise web.HTTPBadRequest(text=f"want: {exc}\n") from None
+                relevant = sum(1 for f, w in zip(flags, want, strict=True) if f and w)
             remaining = deadline - asyncio.get_running_loop().time()
             partial = self._partials.get(digest)
-            if count > have or complete or remaining <= 0 or partial is None:
+            if relevant > have or complete or remaining <= 0 or partial is None:
                 status = PeerStatus(size, choose_piece_size(size), encode_bitfield(flags), complete, count)
                 return web.json_response(to_json(status))
             with contextlib.suppress(TimeoutError):

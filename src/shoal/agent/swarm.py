@@ -27,7 +27,17 @@ from shoal.oci.client import UpstreamError
 from shoal.oci.distribution import DistributionPath
 from shoal.p2p.pieces import choose_piece_size, piece_count, piece_span
 from shoal.p2p.policy.piece_selection import next_piece
-from shoal.p2p.protocol import JoinRequest, PeerInfo, PeerStatus, Report, TaskView, bearer, decode_bitfield, from_json
+from shoal.p2p.protocol import (
+    JoinRequest,
+    PeerInfo,
+    PeerStatus,
+    Report,
+    TaskView,
+    bearer,
+    decode_bitfield,
+    encode_bitfield,
+    from_json,
+)
 from shoal.p2p.ratelimit import TokenBucket
 from shoal.p2p.scheduler_client import SchedulerClient, SchedulerUnavailable
 from shoal.store.blobstore import BlobStore, StoreError, StoreFullError, is_disk_full
@@ -165,7 +175,6 @@ class ParentLink:
     def __init__(self, info: PeerInfo, count: int) -> None:
         self.info = info
         self.have = [False] * count
-        self.known = -1
         self.updated = asyncio.Event()
         self.tasks: list[asyncio.Task[None]] = []
         self.failed: str | None = None
@@ -404,10 +413,17 @@ class SwarmDownload:
         timeout = aiohttp.ClientTimeout(total=self.cfg.status_wait + 5, connect=2)
         errors = 0
         while link.failed is None:
+            # ask only about pieces we still need: the parent answers when it holds more of them
+            want = [i in self.missing and i not in self.in_flight for i in range(self.count)]
+            known = sum(1 for h, w in zip(link.have, want, strict=True) if h and w)
             try:
                 async with self.s.session.get(
                     self._url(link, "status"),
-                    params={"have": str(link.known), "wait": str(self.cfg.status_wait)},
+                    params={
+                        "have": str(known),
+                        "want": encode_bitfield(want),
+                        "wait": str(self.cfg.status_wait),
+                    },
                     headers=bearer(self.cfg.token),
                     timeout=timeout,
                 ) as resp:
@@ -432,7 +448,6 @@ class SwarmDownload:
                 if bit and not link.have[i]:
                     self.availability[i] += 1
             link.have = bits
-            link.known = status.count
             link.updated.set()
             link.updated = asyncio.Event()
             if status.complete:
@@ -457,6 +472,13 @@ class SwarmDownload:
                 await self._fetch_piece(link, index)
             finally:
                 self.in_flight.discard(index)
+                if index in self.missing:  # not fetched: lanes of other parents may take it
+                    self._wake_lanes()
+
+    def _wake_lanes(self) -> None:
+        for other in self.links.values():
+            other.updated.set()
+            other.updated = asyncio.Event()
 
     async def _fetch_piece(self, link: ParentLink, index: int) -> None:
         offset, length = piece_span(index, self.size, self.piece_size)

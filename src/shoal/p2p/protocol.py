@@ -25,8 +25,10 @@ Scheduler (``shoal scheduler``), one *task* per blob digest:
 
 Peers (every agent, on its own listen address):
 
-``GET /p2p/v1/blobs/{digest}/status?have=N&wait=S`` — answer :class:`PeerStatus`.
-    Which pieces this peer holds; long-polls up to S seconds until it holds more than N.
+``GET /p2p/v1/blobs/{digest}/status?have=N&want=B&wait=S`` — answer :class:`PeerStatus`.
+    Which pieces this peer holds; long-polls up to S seconds until it holds more than N of
+    the pieces in bitfield B (the asker's missing pieces; without B: of all pieces), so a
+    child is woken only by pieces it can use.
 
 ``GET /p2p/v1/blobs/{digest}/pieces/{index}`` — the piece's bytes (404 when not held).
 """
