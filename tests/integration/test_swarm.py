@@ -179,6 +179,27 @@ class TestFailures:
             await asyncio.to_thread(fleet.stop)
         assert all(r.blob_bytes == slow_image.blob_bytes for r in results)
 
+    async def test_restarted_scheduler_learns_hashes_from_seeds(
+        self, tmp_path: Path, rollout_image: GeneratedImage
+    ) -> None:
+        """State is soft: after a scheduler restart, complete peers re-announce with their piece
+        hashes, so the next node pulls from them and the origin still serves the image once."""
+        origin = DemoOrigin({"team/app": rollout_image})
+        url = await origin.start()
+        fleet = LocalFleet(tmp_path / "fleet", nodes=2, registries={REGISTRY: url})
+        await asyncio.to_thread(fleet.start)
+        try:
+            await pull_image(fleet.nodes[0].url, f"{REGISTRY}/team/app", "latest")
+            await asyncio.to_thread(fleet.restart_scheduler)
+            await asyncio.sleep(12)  # one seed announcement round (every 10 s)
+            await pull_image(fleet.nodes[1].url, f"{REGISTRY}/team/app", "latest")
+            from_peers = metric(fleet.nodes[1].url, "shoal_agent_peer_bytes_total{direction=download")
+        finally:
+            await asyncio.to_thread(fleet.stop)
+            await origin.stop()
+        assert origin.blob_bytes_served == rollout_image.blob_bytes
+        assert from_peers >= rollout_image.blob_bytes - 2 * MiB  # all but the tiny config blob
+
     def test_source_mode_needs_no_scheduler(self, tmp_path: Path, rollout_image: GeneratedImage) -> None:
         with DistributionRegistry(tmp_path / "registry") as reg:
             reg.push(rollout_image, "team/app", "v1")

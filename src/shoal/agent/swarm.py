@@ -14,7 +14,8 @@ import hashlib
 import logging
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import aiohttp
 
@@ -62,6 +63,15 @@ class SwarmConfig:
     max_seeding: int = 512
     avoid_corrupt_for: float = 600.0
     """seconds a peer that sent a corrupt piece is avoided for every blob"""
+
+
+def piece_hashes(path: Path, size: int, piece_size: int) -> dict[int, str]:
+    """sha256 of every piece of a complete file (run in a thread)."""
+    out: dict[int, str] = {}
+    with path.open("rb") as fobj:
+        for index in range(piece_count(size, piece_size)):
+            out[index] = hashlib.sha256(fobj.read(piece_size)).hexdigest()
+    return out
 
 
 class SwarmGaveUpError(Exception):
@@ -139,7 +149,8 @@ class SwarmSource:
         await self._announce(digest, size)
 
     async def _announce(self, digest: Digest, size: int) -> None:
-        pieces = piece_count(size, choose_piece_size(size))
+        piece_size = choose_piece_size(size)
+        pieces = piece_count(size, piece_size)
         report = Report(
             self.config.peer_id,
             self.config.address,
@@ -147,10 +158,17 @@ class SwarmSource:
             contiguous=size,
             complete=True,
             size=size,
-            piece_size=choose_piece_size(size),
+            piece_size=piece_size,
         )
         with contextlib.suppress(SchedulerUnavailable):
-            await self.scheduler.report(str(digest), report)
+            view = await self.scheduler.report(str(digest), report)
+            if view.hashes_known < pieces:
+                # a scheduler that came up after the download (a restart, a failover) has no
+                # piece hashes: ours are checked against the blob's digest, publish them
+                path = self.store.blob_path(digest)
+                if path is not None:
+                    hashes = await asyncio.to_thread(piece_hashes, path, size, piece_size)
+                    await self.scheduler.report(str(digest), replace(report, hashes=hashes))
 
     async def _announce_seeds(self) -> None:
         while True:

@@ -104,12 +104,7 @@ class LocalFleet:
         try:
             for i in range(self.scheduler_count):
                 port = free_port()
-                url = f"http://127.0.0.1:{port}"
-                proc = ManagedProcess(
-                    shoal_argv("scheduler", "--listen", f"127.0.0.1:{port}", "--peer-token-file", str(self.token_file)),
-                    stdout=self.workdir / f"scheduler-{i}.log",
-                )
-                self.schedulers.append((url, proc))
+                self.schedulers.append((f"http://127.0.0.1:{port}", self._scheduler_process(i, port)))
             port = free_port()
             for i in range(self.count):
                 self._start_agent(i, port)
@@ -121,6 +116,21 @@ class LocalFleet:
             self.stop()
             raise
         return self
+
+    def _scheduler_process(self, i: int, port: int) -> ManagedProcess:
+        return ManagedProcess(
+            shoal_argv("scheduler", "--listen", f"127.0.0.1:{port}", "--peer-token-file", str(self.token_file)),
+            stdout=self.workdir / f"scheduler-{i}.log",
+        )
+
+    def restart_scheduler(self, index: int = 0) -> None:
+        """Kill a scheduler and start a fresh one (empty state) on the same address."""
+        url = self.schedulers[index][0]
+        self.kill_scheduler(index)
+        port = int(url.rsplit(":", 1)[1])
+        fresh = self._scheduler_process(index, port)
+        self.schedulers[index] = (url, fresh)
+        wait_healthy(url, fresh)
 
     def _start_agent(self, i: int, port: int) -> None:
         address = f"127.0.0.{i + 2}:{port}"

@@ -217,7 +217,9 @@ class SchedulerState:
         member.contiguous = task.size if rep.complete else rep.contiguous
         member.complete = rep.complete
         if rep.hashes:
-            if task.holder == rep.peer_id:
+            # the lease holder publishes hashes as it fetches; a complete peer has checked the
+            # whole blob against its digest, so it may fill in hashes a new scheduler lacks
+            if task.holder == rep.peer_id or rep.complete:
                 self._add_hashes(task, rep.hashes)
             else:
                 self.hashes_ignored += len(rep.hashes)

@@ -198,7 +198,7 @@ class TestLease:
 
 
 class TestHashes:
-    """Piece hashes come from the lease holder only, first value wins."""
+    """Piece hashes come from the lease holder (or a complete peer), first value wins."""
 
     def test_accepted_from_holder(self) -> None:
         s = state()
@@ -215,6 +215,25 @@ class TestHashes:
         report(s, "b", 1, pieces=1, hashes={0: h(99)})
         assert s.hashes(D, 0).hashes == []
         assert s.hashes_ignored == 1
+
+    def test_complete_peer_fills_in_after_a_scheduler_restart(self) -> None:
+        """A fresh scheduler has no hashes; a seed that verified the blob may publish them,
+        and then no origin fetch (lease) is needed for the blob any more."""
+        s = state()
+        everything = {i: h(i) for i in range(10)}
+        view = report(s, "seed", 0, pieces=10, complete=True)
+        assert view.hashes_known == 0
+        view = report(s, "seed", 0.1, pieces=10, complete=True, hashes=everything)
+        assert view.hashes_known == 10
+        assert join(s, "newcomer", 0.2).role == "peer"
+
+    def test_complete_peer_cannot_overwrite_known_hashes(self) -> None:
+        s = state()
+        join(s, "a", 0)
+        report(s, "a", 1, pieces=1, hashes={0: h(0)})
+        report(s, "seed", 2, pieces=10, complete=True, hashes={0: h(77), 1: h(1)})
+        assert s.hashes(D, 0).hashes[:2] == [h(0), h(1)]
+        assert s.hash_conflicts == 1
 
     def test_run_stops_at_first_unknown(self) -> None:
         s = state()
