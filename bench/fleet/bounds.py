@@ -76,8 +76,6 @@ def kumar_ross(
     )
 
 
-def kumar_ross_uniform(
-    size_bytes: int, nodes: int, origin_upload_bps: float, node_bps: float
-) -> LowerBound:
+def kumar_ross_uniform(size_bytes: int, nodes: int, origin_upload_bps: float, node_bps: float) -> LowerBound:
     """The bound when every node uploads and downloads at ``node_bps``."""
     return kumar_ross(size_bytes, origin_upload_bps, [node_bps] * nodes, [node_bps] * nodes)

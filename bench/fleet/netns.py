@@ -113,17 +113,12 @@ def plan_lab(
         bridge=f"shoalbr{rid}",
         origin=host("origin", f"{SUBNET_PREFIX}.0.1", origin_bps),
         svc=host("svc", f"{SUBNET_PREFIX}.0.2", 0),
-        nodes=tuple(
-            host(f"n{i}", node_ip(i), node_bps // 4 if i in slow else node_bps)
-            for i in range(nodes)
-        ),
+        nodes=tuple(host(f"n{i}", node_ip(i), node_bps // 4 if i in slow else node_bps) for i in range(nodes)),
     )
 
 
 def _run(argv: Sequence[str], *, stdin: str | None = None, check: bool = True) -> str:
-    proc = subprocess.run(
-        list(argv), input=stdin, capture_output=True, text=True, check=False, timeout=600
-    )
+    proc = subprocess.run(list(argv), input=stdin, capture_output=True, text=True, check=False, timeout=600)
     if check and proc.returncode != 0:
         raise RuntimeError(f"{' '.join(argv[:6])} ... failed: {proc.stderr.strip()[:2000]}")
     return proc.stdout
@@ -181,9 +176,7 @@ class Lab:
         self.state_file.write_text(json.dumps({**state, "bridge": plan.bridge}))
         if plan.bridge in _links():
             raise RuntimeError(f"bridge {plan.bridge} exists already: another run uses this id")
-        ip_batch(
-            [f"link add {plan.bridge} type bridge", *(f"netns add {h.netns}" for h in plan.hosts)]
-        )
+        ip_batch([f"link add {plan.bridge} type bridge", *(f"netns add {h.netns}" for h in plan.hosts)])
         _write_sysctl(f"/proc/sys/net/ipv6/conf/{plan.bridge}/disable_ipv6", "1")
         links = []
         for h in plan.hosts:
@@ -206,8 +199,16 @@ class Lab:
             )
             # No IPv6 chatter (router solicitations, MLD) on the shaped links.
             _run(
-                ["ip", "netns", "exec", h.netns, "sysctl", "-qw",
-                 "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"],
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    h.netns,
+                    "sysctl",
+                    "-qw",
+                    "net.ipv6.conf.all.disable_ipv6=1",
+                    "net.ipv6.conf.default.disable_ipv6=1",
+                ],
                 check=False,
             )
 

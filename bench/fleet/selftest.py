@@ -38,16 +38,31 @@ def _flows(procs: ProcessSet, pairs: list[tuple[Host, Host]], seconds: float) ->
     receivers = {r.netns: r for _, r in pairs}
     recv_procs = {
         ns: subprocess.Popen(
-            ["ip", "netns", "exec", ns, sys.executable, "-m", "bench.fleet.tcpprobe",
-             "recv", str(_PORT), str(seconds + 1)],
-            stdout=subprocess.PIPE, cwd=_REPO, start_new_session=True,
+            [
+                "ip",
+                "netns",
+                "exec",
+                ns,
+                sys.executable,
+                "-m",
+                "bench.fleet.tcpprobe",
+                "recv",
+                str(_PORT),
+                str(seconds + 1),
+            ],
+            stdout=subprocess.PIPE,
+            cwd=_REPO,
+            start_new_session=True,
         )
         for ns in receivers
     }
     time.sleep(0.5)
     senders = [
-        procs.spawn(s.netns, [sys.executable, "-m", "bench.fleet.tcpprobe", "send", r.ip,
-                              str(_PORT), str(seconds)], cwd=Path(_REPO))
+        procs.spawn(
+            s.netns,
+            [sys.executable, "-m", "bench.fleet.tcpprobe", "send", r.ip, str(_PORT), str(seconds)],
+            cwd=Path(_REPO),
+        )
         for s, r in pairs
     ]
     results: dict[str, dict[str, float]] = {}
@@ -67,14 +82,17 @@ def run_selftest(node_bps: int, seconds: float = 5.0) -> list[SelftestResult]:
         try:
             apply_shaping(plan)
             n = plan.nodes
-            out.append(SelftestResult("1 flow n0->n1", _flows(procs, [(n[0], n[1])], seconds),
-                                      node_bps * 0.955))
+            out.append(SelftestResult("1 flow n0->n1", _flows(procs, [(n[0], n[1])], seconds), node_bps * 0.955))
             fan_in = [(n[i], n[0]) for i in range(1, 5)]
-            out.append(SelftestResult("4 senders -> n0 (download split)",
-                                      _flows(procs, fan_in, seconds), node_bps * 0.955 / 4))
+            out.append(
+                SelftestResult("4 senders -> n0 (download split)", _flows(procs, fan_in, seconds), node_bps * 0.955 / 4)
+            )
             fan_out = [(n[0], n[i]) for i in range(1, 5)]
-            out.append(SelftestResult("n0 -> 4 receivers (upload split)",
-                                      _flows(procs, fan_out, seconds), node_bps * 0.955 / 4))
+            out.append(
+                SelftestResult(
+                    "n0 -> 4 receivers (upload split)", _flows(procs, fan_out, seconds), node_bps * 0.955 / 4
+                )
+            )
         finally:
             procs.stop_all()
     return out

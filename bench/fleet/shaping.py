@@ -22,8 +22,7 @@ from bench.fleet.netns import Host, LabPlan
 __all__ = ["apply_shaping", "format_rate", "htb_commands", "parse_rate"]
 
 _RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(bit|kbit|mbit|gbit|k|m|g)?\s*$", re.IGNORECASE)
-_RATE_UNITS = {"": 1, "bit": 1, "k": 10**3, "kbit": 10**3, "m": 10**6, "mbit": 10**6,
-               "g": 10**9, "gbit": 10**9}
+_RATE_UNITS = {"": 1, "bit": 1, "k": 10**3, "kbit": 10**3, "m": 10**6, "mbit": 10**6, "g": 10**9, "gbit": 10**9}
 _QUANTUM = 60000
 DEFAULT_CLASS = 0xFFFF
 FIRST_PEER_CLASS = 0x10
@@ -81,8 +80,7 @@ def htb_commands(dev: str, cap_bps: int, peers: Sequence[str], *, match: str) ->
         lines += [
             f"class add dev {dev} parent 1:1 classid {classid} htb rate {share}bit"
             f" ceil {cap_bps}bit burst {burst} cburst {burst} quantum {_QUANTUM}",
-            f"filter add dev {dev} parent 1: protocol ip prio 1 u32"
-            f" match ip {match} {peer}/32 flowid {classid}",
+            f"filter add dev {dev} parent 1: protocol ip prio 1 u32 match ip {match} {peer}/32 flowid {classid}",
         ]
     return lines
 
@@ -117,7 +115,10 @@ def class_bytes(host: Host) -> int:
     """Bytes this host has sent through its upload cap (root class counter)."""
     out = subprocess.run(
         ["tc", "-n", host.netns, "-s", "class", "show", "dev", "eth0", "classid", "1:1"],
-        capture_output=True, text=True, check=False, timeout=30,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
     ).stdout
     match = re.search(r"Sent (\d+) bytes", out)
     return int(match.group(1)) if match else 0
