@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 
+import aiohttp
 from aiohttp import web
 
 from shoal.agent.metrics import AgentMetrics
@@ -76,14 +77,7 @@ class ManifestService:
     async def _head_tag(self, dist: DistributionPath, creds: Credentials | None, accept: str) -> web.Response:
         """HEAD a tag upstream: registries such as Docker Hub do not count HEADs as pulls."""
         try:
-            resp = await self.upstreams.client(dist.registry).open(
-                "HEAD",
-                f"/v2/{dist.repository}/manifests/{dist.reference}",
-                repository=dist.repository,
-                creds=creds,
-                headers={"Accept": accept},
-                kind="manifest",
-            )
+            resp = await self._open("HEAD", dist, creds, accept)
         except UpstreamError as exc:
             raise map_upstream_error(exc, dist) from None
         resp.release()
@@ -104,15 +98,20 @@ class ManifestService:
         cached = self.store.get_manifest(digest)
         return None if cached is None else (cached[0], digest, cached[1])
 
-    async def _fetch(self, dist: DistributionPath, creds: Credentials | None, accept: str) -> tuple[bytes, Digest, str]:
-        resp = await self.upstreams.client(dist.registry).open(
-            "GET",
+    async def _open(
+        self, method: str, dist: DistributionPath, creds: Credentials | None, accept: str
+    ) -> aiohttp.ClientResponse:
+        return await self.upstreams.client(dist.registry).open(
+            method,
             f"/v2/{dist.repository}/manifests/{dist.reference}",
             repository=dist.repository,
             creds=creds,
             headers={"Accept": accept},
             kind="manifest",
         )
+
+    async def _fetch(self, dist: DistributionPath, creds: Credentials | None, accept: str) -> tuple[bytes, Digest, str]:
+        resp = await self._open("GET", dist, creds, accept)
         async with resp:
             if (resp.content_length or 0) > MAX_MANIFEST_BYTES:
                 raise DistributionError(ErrorCode.MANIFEST_INVALID, "manifest larger than 4 MiB")
