@@ -46,6 +46,7 @@ class Agent:
         self.config = config
         self.metrics = AgentMetrics()
         self.store = BlobStore(config.cache_dir, ttl=config.cache_ttl, max_size=config.cache_max_size)
+        self.store.on_evict = lambda reason: self.metrics.evictions.labels(reason).inc()
         self._source_override = source
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None

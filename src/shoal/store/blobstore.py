@@ -65,6 +65,8 @@ class BlobStore:
         self._reserved: dict[str, int] = {}
         self._readers: dict[str, int] = {}
         self.evictions: dict[str, int] = {"ttl": 0, "size": 0}
+        self.on_evict: Callable[[str], None] | None = None
+        """called with the reason ("ttl" or "size") of every eviction (the agent's metrics)"""
 
     # -- lifecycle ---------------------------------------------------------------------------
     def open(self) -> None:
@@ -224,6 +226,8 @@ class BlobStore:
         path.with_suffix(".type").unlink(missing_ok=True)
         self._index.pop(key, None)
         self.evictions[reason] += 1
+        if self.on_evict is not None:
+            self.on_evict(reason)
         log.info("evicted %s (%s)", digest_text, reason)
 
     # -- manifests ---------------------------------------------------------------------------

@@ -137,6 +137,8 @@ class TestEviction:
     async def test_lru_cap(self, tmp_path: Path) -> None:
         clock = Clock()
         store = new_store(tmp_path, clock, max_size=100)
+        reasons: list[str] = []
+        store.on_evict = reasons.append
         a = await put(store, blob(1))
         clock.now += 1
         b = await put(store, blob(2))
@@ -149,11 +151,14 @@ class TestEviction:
         assert store.blob_path(c) is not None
         assert store.total_size == 80
         assert store.evictions == {"ttl": 0, "size": 1}
+        assert reasons == ["size"]
         assert sorted(p.name for p in files_under(tmp_path / "blobs")) == sorted([a.hex, c.hex])
 
     async def test_pinned_blob_survives(self, tmp_path: Path) -> None:
         clock = Clock()
         store = new_store(tmp_path, clock, max_size=100)
+        reasons: list[str] = []
+        store.on_evict = reasons.append
         a = await put(store, blob(1))
         clock.now += 1
         b = await put(store, blob(2))
