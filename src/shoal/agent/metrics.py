@@ -66,7 +66,7 @@ class AgentMetrics:
             ["kind"],
             registry=r,
         )
-        self.cache_bytes = Gauge("shoal_agent_cache_bytes", "Bytes in the blob cache", registry=r)
+        self.cache_bytes = Gauge("shoal_agent_cache_bytes", "Bytes in the cache (blobs and manifests)", registry=r)
         self.cache_entries = Gauge("shoal_agent_cache_entries", "Blobs and manifests cached", registry=r)
         self.evictions = Counter(
             "shoal_agent_cache_evictions",
