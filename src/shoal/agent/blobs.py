@@ -260,7 +260,8 @@ class BlobService:
                 kind="blob",
             )
         except UpstreamError as exc:
-            raise map_upstream_error(exc, dist) from None
+            # the response has started: no error body can follow, only a cut connection
+            raise ConnectionError(f"cannot pass {digest} through: {exc}") from exc
         skip = start if resp.status == 200 else 0
         pos = start
         held: bytes | None = None
