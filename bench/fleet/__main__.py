@@ -15,6 +15,7 @@ from bench.fleet.netns import cleanup_leftovers
 from bench.fleet.report import draw_png, print_table, to_json, write_json
 from bench.fleet.runner import RunConfig, check_results, estimate_seconds, make_image, run_fleet
 from bench.fleet.scenarios import SCENARIOS, ScenarioResult
+from bench.fleet.scenarios.clients import CLIENTS
 from bench.fleet.selftest import print_selftest, run_selftest
 from bench.fleet.shaping import format_rate, parse_rate
 from shoal.core.units import format_bytes, parse_size
@@ -34,36 +35,49 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--nodes", type=int, default=20, help="fleet size N (default 20)")
     p.add_argument("--size", default="512M", help="image layer bytes (default 512M)")
     p.add_argument("--layers", type=int, default=4, help="number of layers (default 4)")
-    p.add_argument("--bandwidth", default="200mbit",
-                   help="each node's upload and download cap (default 200mbit)")
-    p.add_argument("--origin-bandwidth", default=None,
-                   help="the origin's cap (default: the node cap)")
-    p.add_argument("--scenarios", default="direct,source,p2p,bittorrent",
-                   help=f"comma-separated, from {','.join(SCENARIOS)}")
-    p.add_argument("--heterogeneous", action="store_true",
-                   help="a quarter of the nodes at a quarter of the bandwidth")
-    p.add_argument("--kill-fraction", type=float, default=0.0,
-                   help="SIGKILL this share of Shoal agents mid-rollout (e.g. 0.2)")
-    p.add_argument("--kill-after", type=float, default=None,
-                   help="seconds into the rollout to kill agents (default 30%% of the bound)")
-    p.add_argument("--sweep", default=None,
-                   help="run at each N of this list, e.g. 5,10,20,40 (time vs N plot)")
-    p.add_argument("--aggregate-budget", default="4gbit",
-                   help="in a sweep, lower caps so that N x cap stays within this "
-                   "(2 cores cannot move more; default 4gbit)")
-    p.add_argument("--small", action="store_true",
-                   help=f"CI variant: N={SMALL_NODES}, {SMALL_SIZE >> 20} MiB; checks origin "
-                   "egress and per-node digests, exits non-zero on any wrong result")
+    p.add_argument("--bandwidth", default="200mbit", help="each node's upload and download cap (default 200mbit)")
+    p.add_argument("--origin-bandwidth", default=None, help="the origin's cap (default: the node cap)")
+    p.add_argument(
+        "--scenarios", default="direct,source,p2p,bittorrent", help=f"comma-separated, from {','.join(SCENARIOS)}"
+    )
+    p.add_argument(
+        "--client",
+        choices=CLIENTS,
+        default="skopeo",
+        help="container client on every node (direct, source, p2p): skopeo into an OCI "
+        "layout, or ctr image pull through a containerd per node with hosts.toml "
+        "(default skopeo)",
+    )
+    p.add_argument("--heterogeneous", action="store_true", help="a quarter of the nodes at a quarter of the bandwidth")
+    p.add_argument(
+        "--kill-fraction", type=float, default=0.0, help="SIGKILL this share of Shoal agents mid-rollout (e.g. 0.2)"
+    )
+    p.add_argument(
+        "--kill-after",
+        type=float,
+        default=None,
+        help="seconds into the rollout to kill agents (default 30%% of the bound)",
+    )
+    p.add_argument("--sweep", default=None, help="run at each N of this list, e.g. 5,10,20,40 (time vs N plot)")
+    p.add_argument(
+        "--aggregate-budget",
+        default="4gbit",
+        help="in a sweep, lower caps so that N x cap stays within this (2 cores cannot move more; default 4gbit)",
+    )
+    p.add_argument(
+        "--small",
+        action="store_true",
+        help=f"CI variant: N={SMALL_NODES}, {SMALL_SIZE >> 20} MiB; checks origin "
+        "egress and per-node digests, exits non-zero on any wrong result",
+    )
     p.add_argument("--timeout", type=float, default=3600.0, help="per scenario, seconds")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="JSON path (default bench/results/)")
     p.add_argument("--png", type=Path, default=None, help="PNG path (default bench/results/)")
     p.add_argument("--workdir", type=Path, default=Path("/var/tmp/shoal-fleet"))
     p.add_argument("--keep", action="store_true", help="keep pulled files and logs")
-    p.add_argument("--selftest", action="store_true",
-                   help="only measure that caps hold and are shared fairly")
-    p.add_argument("--cleanup", action="store_true",
-                   help="only remove leftovers of runs whose process is gone")
+    p.add_argument("--selftest", action="store_true", help="only measure that caps hold and are shared fairly")
+    p.add_argument("--cleanup", action="store_true", help="only remove leftovers of runs whose process is gone")
     p.add_argument("--force", action="store_true", help="with --cleanup: every run's leftovers")
     return p
 
@@ -100,10 +114,20 @@ def main(argv: list[str] | None = None) -> int:
     origin_bps = parse_rate(args.origin_bandwidth) if args.origin_bandwidth else node_bps
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     cfg = RunConfig(
-        nodes=nodes, size=size, layers=args.layers, node_bps=node_bps, origin_bps=origin_bps,
-        scenarios=scenarios, heterogeneous=args.heterogeneous,
-        kill_fraction=args.kill_fraction, kill_after=args.kill_after, timeout=args.timeout,
-        seed=args.seed, workdir=args.workdir / f"run-{stamp}-{os.getpid()}", keep=args.keep,
+        nodes=nodes,
+        size=size,
+        layers=args.layers,
+        node_bps=node_bps,
+        origin_bps=origin_bps,
+        scenarios=scenarios,
+        heterogeneous=args.heterogeneous,
+        kill_fraction=args.kill_fraction,
+        kill_after=args.kill_after,
+        timeout=args.timeout,
+        seed=args.seed,
+        workdir=args.workdir / f"run-{stamp}-{os.getpid()}",
+        keep=args.keep,
+        client=args.client,
     )
     sizes = [int(x) for x in args.sweep.split(",")] if args.sweep else [nodes]
     budget = parse_rate(args.aggregate_budget)
@@ -114,15 +138,22 @@ def main(argv: list[str] | None = None) -> int:
         if args.sweep and n * nb > budget:
             scale = budget / (n * nb)
             nb, ob = int(nb * scale), int(ob * scale)
-            notes.append(f"N={n}: caps lowered to {format_rate(nb)} node / {format_rate(ob)} "
-                         f"origin so that N x cap <= {format_rate(budget)} fits 2 cores")
+            notes.append(
+                f"N={n}: caps lowered to {format_rate(nb)} node / {format_rate(ob)} "
+                f"origin so that N x cap <= {format_rate(budget)} fits 2 cores"
+            )
         plans.append(cfg.at(n, nb, ob))
     total = sum(estimate_seconds(p, s) for p in plans for s in scenarios)
-    print(f"image {format_bytes(size)} in {args.layers} layers; N={sizes}; caps "
-          f"{format_rate(node_bps)} node / {format_rate(origin_bps)} origin"
-          + ("; heterogeneous" if args.heterogeneous else ""))
-    print(f"estimated wall time ~{total / 60:.0f} min (direct pulls alone take about "
-          f"N x image / origin cap: the issue's defaults are kept, choose --scenarios to shorten)")
+    print(
+        f"image {format_bytes(size)} in {args.layers} layers; N={sizes}; caps "
+        f"{format_rate(node_bps)} node / {format_rate(origin_bps)} origin"
+        + ("; heterogeneous" if args.heterogeneous else "")
+        + f"; client {args.client}"
+    )
+    print(
+        f"estimated wall time ~{total / 60:.0f} min (direct pulls alone take about "
+        f"N x image / origin cap: the issue's defaults are kept, choose --scenarios to shorten)"
+    )
     for note in notes:
         print(note)
 
@@ -155,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         "image_bytes": results[0].image_bytes if results else None,
         "layers": args.layers,
         "heterogeneous": args.heterogeneous,
+        "client": args.client,
         "kill_fraction": args.kill_fraction,
         "notes": notes,
         "problems": problems,

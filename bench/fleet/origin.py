@@ -29,7 +29,10 @@ REPOSITORY = "bench/app"
 def netns_run(netns: str, argv: list[str], *, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["ip", "netns", "exec", netns, *argv],
-        capture_output=True, text=True, check=False, timeout=timeout,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout,
     )
 
 
@@ -71,29 +74,29 @@ class Origin:
     def blob_file(self, digest: str) -> Path:
         """Where the registry's filesystem storage keeps a blob's bytes."""
         algorithm, _, hexpart = digest.partition(":")
-        return (self.workdir / "storage/docker/registry/v2/blobs" / algorithm / hexpart[:2]
-                / hexpart / "data")
+        return self.workdir / "storage/docker/registry/v2/blobs" / algorithm / hexpart[:2] / hexpart / "data"
 
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = {
             "version": 0.1,
             "log": {"formatter": "json", "level": "info", "accesslog": {"disabled": True}},
-            "storage": {"filesystem": {"rootdirectory": str(self.workdir / "storage")},
-                        "delete": {"enabled": True}},
+            "storage": {"filesystem": {"rootdirectory": str(self.workdir / "storage")}, "delete": {"enabled": True}},
             "http": {"addr": self.address},
         }
         cfg = self.workdir / "config.yml"
         cfg.write_text(yaml.safe_dump(config))
-        self.proc = self.procs.spawn(
-            self.host.netns, ["docker-registry", "serve", str(cfg)], log=self.log_path
-        )
+        self.proc = self.procs.spawn(self.host.netns, ["docker-registry", "serve", str(cfg)], log=self.log_path)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"docker-registry exited: {self.log_path.read_text()[-2000:]}")
-            if netns_run(self.host.netns, ["curl", "-sf", "-o", "/dev/null",
-                                           f"http://{self.address}/v2/"], timeout=10).returncode == 0:
+            if (
+                netns_run(
+                    self.host.netns, ["curl", "-sf", "-o", "/dev/null", f"http://{self.address}/v2/"], timeout=10
+                ).returncode
+                == 0
+            ):
                 return
             time.sleep(0.2)
         raise RuntimeError("docker-registry did not become ready in 30 s")
@@ -101,8 +104,10 @@ class Origin:
     def push(self, layout_ref: str, tag: str) -> str:
         """Push an OCI layout from inside the origin namespace (loopback, no shaping)."""
         dest = f"docker://{self.address}/{REPOSITORY}:{tag}"
-        proc = netns_run(self.host.netns, ["skopeo", "copy", "--quiet", "--preserve-digests", "--dest-tls-verify=false",
-                                           layout_ref, dest])
+        proc = netns_run(
+            self.host.netns,
+            ["skopeo", "copy", "--quiet", "--preserve-digests", "--dest-tls-verify=false", layout_ref, dest],
+        )
         if proc.returncode != 0:
             raise RuntimeError(f"skopeo push failed: {proc.stderr.strip()[-2000:]}")
         return dest
@@ -110,8 +115,11 @@ class Origin:
     def mark(self) -> int:
         """Byte offset of the log after every earlier request's line was written."""
         token = uuid.uuid4().hex
-        netns_run(self.host.netns, ["curl", "-s", "-o", "/dev/null",
-                                    f"http://{self.address}/v2/?shoalmark={token}"], timeout=10)
+        netns_run(
+            self.host.netns,
+            ["curl", "-s", "-o", "/dev/null", f"http://{self.address}/v2/?shoalmark={token}"],
+            timeout=10,
+        )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             data = self.log_path.read_bytes()
@@ -122,10 +130,14 @@ class Origin:
             time.sleep(0.05)
         return self.log_path.stat().st_size
 
-    def egress_since(self, offset: int) -> int:
-        """Blob bytes served between ``offset`` and now (after a fresh mark)."""
+    def lines_since(self, offset: int) -> list[str]:
+        """Log lines between ``offset`` and now (after a fresh mark)."""
         end = self.mark()
         with open(self.log_path, "rb") as f:
             f.seek(offset)
             chunk = f.read(end - offset)
-        return blob_bytes_served(chunk.decode(errors="replace").splitlines())
+        return chunk.decode(errors="replace").splitlines()
+
+    def egress_since(self, offset: int) -> int:
+        """Blob bytes served between ``offset`` and now (after a fresh mark)."""
+        return blob_bytes_served(self.lines_since(offset))

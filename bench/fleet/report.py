@@ -25,15 +25,29 @@ def _s(value: float | None) -> str:
 def print_table(results: Sequence[ScenarioResult], console: Console | None = None) -> None:
     console = console or Console(width=None if sys.stdout.isatty() else 180)
     table = Table(title="Fleet rollout (times in seconds from the start of the rollout)")
-    for col in ("N", "scenario", "caps node/origin", "slowest", "p50", "p90", "lower bound",
-                "x bound", "origin egress", "x image", "CPU busy", "failed"):
-        table.add_column(col, justify="left" if col == "scenario" else "right")
+    for col in (
+        "N",
+        "scenario",
+        "client",
+        "caps node/origin",
+        "slowest",
+        "p50",
+        "p90",
+        "lower bound",
+        "x bound",
+        "origin egress",
+        "x image",
+        "CPU busy",
+        "failed",
+    ):
+        table.add_column(col, justify="left" if col in ("scenario", "client") else "right")
     for r in results:
         ratio = r.ratio
         egress = r.egress_ratio
         table.add_row(
             str(r.nodes),
             r.scenario + (" (het.)" if r.heterogeneous else ""),
+            r.client,
             f"{format_rate(r.node_bps)}/{format_rate(r.origin_bps)}",
             _s(r.slowest),
             _s(r.percentile(0.5)),
@@ -60,6 +74,7 @@ def result_dict(r: ScenarioResult) -> dict[str, Any]:
     return {
         "scenario": r.scenario,
         "nodes": r.nodes,
+        "client": r.client,
         "image_bytes": r.image_bytes,
         "node_bps": r.node_bps,
         "origin_bps": r.origin_bps,
@@ -82,9 +97,7 @@ def result_dict(r: ScenarioResult) -> dict[str, Any]:
         "error": r.error,
         "notes": r.notes,
         "nodes_detail": [
-            {"node": o.node, "seconds": o.seconds, "ok": o.ok, "error": o.error,
-             "killed": o.killed}
-            for o in r.outcomes
+            {"node": o.node, "seconds": o.seconds, "ok": o.ok, "error": o.error, "killed": o.killed} for o in r.outcomes
         ],
     }
 
@@ -98,8 +111,7 @@ def write_json(path: Path, doc: dict[str, Any]) -> None:
     path.write_text(json.dumps(doc, indent=2) + "\n")
 
 
-def draw_png(path: Path, results: Sequence[ScenarioResult], cdf_nodes: int,
-             notes: Sequence[str] = ()) -> None:
+def draw_png(path: Path, results: Sequence[ScenarioResult], cdf_nodes: int, notes: Sequence[str] = ()) -> None:
     """Completion CDF per scenario at ``cdf_nodes``; time vs N if several N were run."""
     import matplotlib
 

@@ -38,6 +38,8 @@ class RunConfig:
     seed: int = 0
     workdir: Path = Path("/var/tmp/shoal-fleet")
     keep: bool = False
+    client: str = "skopeo"
+    """Container client on the nodes (direct, source, p2p): ``skopeo`` or ``ctr``."""
 
     def at(self, nodes: int, node_bps: int, origin_bps: int) -> RunConfig:
         return replace(self, nodes=nodes, node_bps=node_bps, origin_bps=origin_bps)
@@ -74,8 +76,7 @@ def run_fleet(
     with Lab(plan):
         try:
             apply_shaping(plan)
-            progress(f"lab {plan.run_id}: {cfg.nodes} nodes shaped in "
-                     f"{time.monotonic() - started:.1f} s")
+            progress(f"lab {plan.run_id}: {cfg.nodes} nodes shaped in {time.monotonic() - started:.1f} s")
             origin = Origin(plan.origin, work / "origin", procs)
             origin.start()
             origin.push(image.layout_ref, image.tag)
@@ -90,10 +91,10 @@ def run_fleet(
                 kill_fraction=cfg.kill_fraction,
                 kill_after=cfg.kill_after,
                 seed=cfg.seed,
+                client=cfg.client,
             )
             for name in cfg.scenarios:
-                progress(f"N={cfg.nodes} {name}: running (estimate "
-                         f"{estimate_seconds(cfg, name):.0f} s)")
+                progress(f"N={cfg.nodes} {name}: running (estimate {estimate_seconds(cfg, name):.0f} s)")
                 try:
                     result = SCENARIOS[name](fleet)
                 except Exception as exc:  # one broken scenario must not hide the others
@@ -104,9 +105,11 @@ def run_fleet(
                 slowest = result.slowest
                 progress(
                     f"N={cfg.nodes} {name}: "
-                    + (f"slowest {slowest:.1f} s, {result.ratio:.2f}x bound"
-                       if slowest is not None and result.ratio is not None
-                       else f"FAILED ({result.error or f'{len(result.failures)} nodes failed'})")
+                    + (
+                        f"slowest {slowest:.1f} s, {result.ratio:.2f}x bound"
+                        if slowest is not None and result.ratio is not None
+                        else f"FAILED ({result.error or f'{len(result.failures)} nodes failed'})"
+                    )
                 )
                 if not cfg.keep:
                     shutil.rmtree(work / name, ignore_errors=True)

@@ -46,6 +46,8 @@ class Fleet:
     seed: int = 0
     upstream_name: str = "registry.bench"
     """The registry name Shoal's agents know the origin by (image refs use it as host)."""
+    client: str = "skopeo"
+    """The container client every node pulls with: ``skopeo`` or ``ctr`` (see ``clients.py``)."""
 
     @property
     def image_bytes(self) -> int:
@@ -90,6 +92,8 @@ class ScenarioResult:
     origin_bps: int
     heterogeneous: bool
     bound: LowerBound
+    client: str = "skopeo"
+    """What pulled on the nodes: ``skopeo``, ``ctr`` (a containerd per node) or ``aria2c``."""
     outcomes: list[NodeOutcome] = field(default_factory=list)
     origin_egress_bytes: int | None = None
     """Payload bytes the origin served (registry log / seeder's own count)."""
@@ -153,6 +157,7 @@ def new_result(fleet: Fleet, name: str) -> ScenarioResult:
         origin_bps=plan.origin.upload_bps,
         heterogeneous=len({h.upload_bps for h in plan.nodes}) > 1,
         bound=fleet.lower_bound(),
+        client=fleet.client,
     )
 
 
@@ -252,9 +257,14 @@ def layout_files(layout: Path, blobs: list[BlobInfo]) -> dict[str, Path]:
 def skopeo_pull_argv(src: str, dest: Path, tag: str) -> list[str]:
     """A plain skopeo pull into an OCI layout that keeps the blobs byte-identical."""
     return [
-        "skopeo", "copy", "--quiet", "--src-tls-verify=false",
-        "--dest-oci-accept-uncompressed-layers", "--preserve-digests",
-        f"docker://{src}", f"oci:{dest}:{tag}",
+        "skopeo",
+        "copy",
+        "--quiet",
+        "--src-tls-verify=false",
+        "--dest-oci-accept-uncompressed-layers",
+        "--preserve-digests",
+        f"docker://{src}",
+        f"oci:{dest}:{tag}",
     ]
 
 
@@ -266,10 +276,17 @@ def collect(
     *,
     killed: frozenset[str] = frozenset(),
     logs: Mapping[str, Path] | None = None,
+    extra: Mapping[str, str | None] | None = None,
 ) -> None:
-    """Turn completion times and on-disk blobs into NodeOutcomes (killed nodes not hashed)."""
+    """Turn completion times and on-disk blobs into NodeOutcomes (killed nodes not hashed).
+
+    ``extra``: node -> a client-side problem found besides the hashes (``ctr image check``).
+    """
     alive = {n: f for n, f in files.items() if n not in killed and finished[n][0] is not None}
     problems = verify_blobs(alive)
+    for node, problem in (extra or {}).items():
+        if node in alive and problem is not None and problems.get(node) is None:
+            problems[node] = problem
     for host in fleet.plan.nodes:
         node = host.role
         seconds, rc = finished[node]

@@ -65,9 +65,7 @@ def _aria2_common(dir_: Path) -> list[str]:
 
 
 def _seeder_upload(fleet: Fleet) -> int | None:
-    body = json.dumps(
-        {"jsonrpc": "2.0", "id": "q", "method": "aria2.tellActive", "params": [["uploadLength"]]}
-    )
+    body = json.dumps({"jsonrpc": "2.0", "id": "q", "method": "aria2.tellActive", "params": [["uploadLength"]]})
     proc = netns_run(
         fleet.plan.origin.netns,
         ["curl", "-s", "-d", body, f"http://127.0.0.1:{RPC_PORT}/jsonrpc"],
@@ -81,6 +79,7 @@ def _seeder_upload(fleet: Fleet) -> int | None:
 
 def run_bittorrent(fleet: Fleet) -> ScenarioResult:
     result = new_result(fleet, "bittorrent")
+    result.client = "aria2c"  # not a container client: --client does not apply
     work = fleet.scenario_dir("bittorrent")
     plan = fleet.plan
     seed_root = work / "seed"
@@ -92,8 +91,19 @@ def run_bittorrent(fleet: Fleet) -> ScenarioResult:
     tracker_url = f"http://{plan.svc.ip}:{TRACKER_PORT}/announce"
     made = netns_run(
         plan.origin.netns,
-        ["mktorrent", "-d", "-a", tracker_url, "-l", str(_piece_exponent(fleet.image_bytes)),
-         "-n", NAME, "-o", str(torrent), str(content)],
+        [
+            "mktorrent",
+            "-d",
+            "-a",
+            tracker_url,
+            "-l",
+            str(_piece_exponent(fleet.image_bytes)),
+            "-n",
+            NAME,
+            "-o",
+            str(torrent),
+            str(content),
+        ],
     )
     if made.returncode != 0:
         result.error = f"mktorrent failed: {made.stderr.strip()[-500:]}"
@@ -104,18 +114,39 @@ def run_bittorrent(fleet: Fleet) -> ScenarioResult:
     os.chmod(chroot, 0o755)
     started: list[Proc] = []
     try:
-        started.append(fleet.procs.spawn(
-            plan.svc.netns,
-            ["opentracker", "-i", plan.svc.ip, "-p", str(TRACKER_PORT), "-P", str(TRACKER_PORT),
-             "-d", str(chroot), "-w", "whitelist"],
-            log=work / "tracker.log",
-        ))
-        started.append(fleet.procs.spawn(
-            plan.origin.netns,
-            [*_aria2_common(seed_root), "--bt-seed-unverified=true", "--enable-rpc=true",
-             f"--rpc-listen-port={RPC_PORT}", "--rpc-listen-all=false", str(torrent)],
-            log=work / "seeder.log",
-        ))
+        started.append(
+            fleet.procs.spawn(
+                plan.svc.netns,
+                [
+                    "opentracker",
+                    "-i",
+                    plan.svc.ip,
+                    "-p",
+                    str(TRACKER_PORT),
+                    "-P",
+                    str(TRACKER_PORT),
+                    "-d",
+                    str(chroot),
+                    "-w",
+                    "whitelist",
+                ],
+                log=work / "tracker.log",
+            )
+        )
+        started.append(
+            fleet.procs.spawn(
+                plan.origin.netns,
+                [
+                    *_aria2_common(seed_root),
+                    "--bt-seed-unverified=true",
+                    "--enable-rpc=true",
+                    f"--rpc-listen-port={RPC_PORT}",
+                    "--rpc-listen-all=false",
+                    str(torrent),
+                ],
+                log=work / "seeder.log",
+            )
+        )
         time.sleep(2.0)  # tracker up, seeder announced: leechers learn of it on first announce
         rollout = Rollout(fleet, result)
         upload0 = _seeder_upload(fleet) or 0
@@ -144,8 +175,7 @@ def run_bittorrent(fleet: Fleet) -> ScenarioResult:
     finally:
         fleet.procs.stop(started)
     files = {
-        h.role: {b.digest: work / h.role / NAME / b.digest.split(":", 1)[1] for b in fleet.blobs}
-        for h in plan.nodes
+        h.role: {b.digest: work / h.role / NAME / b.digest.split(":", 1)[1] for b in fleet.blobs} for h in plan.nodes
     }
     collect(fleet, result, finished, files, logs=logs)
     result.notes.append("origin egress = the seeder's payload upload (aria2 RPC uploadLength)")

@@ -1,17 +1,19 @@
-"""Scenario 1, direct: every node pulls the image from the origin registry with skopeo."""
+"""Scenario 1, direct: every node pulls the image from the origin registry (skopeo or ctr)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from bench.fleet.procs import Proc
 from bench.fleet.scenarios.base import (
     Fleet,
     Rollout,
     ScenarioResult,
     collect,
-    layout_files,
     new_result,
-    skopeo_pull_argv,
     wait_for_nodes,
 )
+from bench.fleet.scenarios.clients import make_client
 
 __all__ = ["run_direct"]
 
@@ -19,22 +21,30 @@ __all__ = ["run_direct"]
 def run_direct(fleet: Fleet) -> ScenarioResult:
     result = new_result(fleet, "direct")
     work = fleet.scenario_dir("direct")
-    offset = fleet.origin.mark()
-    rollout = Rollout(fleet, result)
-    clients = {}
-    logs = {}
-    t0 = rollout.start()
-    for host in fleet.plan.nodes:
-        logs[host.role] = work / f"{host.role}.log"
-        clients[host.role] = fleet.procs.spawn(
-            host.netns,
-            skopeo_pull_argv(fleet.origin_ref, work / host.role, fleet.tag),
-            log=logs[host.role],
-        )
-    finished = wait_for_nodes(clients, t0, fleet.timeout)
-    rollout.finish()
-    fleet.procs.stop(list(clients.values()))
-    result.origin_egress_bytes = fleet.origin.egress_since(offset)
-    files = {h.role: layout_files(work / h.role, fleet.blobs) for h in fleet.plan.nodes}
-    collect(fleet, result, finished, files, logs=logs)
+    client = make_client(fleet, work)
+    clients: dict[str, Proc] = {}
+    logs: dict[str, Path] = {}
+    checks: dict[str, str | None] = {}
+    try:
+        problem = client.start()
+        if problem:
+            result.error = f"{client.name}: {problem}"
+            return result
+        offset = fleet.origin.mark()
+        rollout = Rollout(fleet, result)
+        t0 = rollout.start()
+        for host in fleet.plan.nodes:
+            logs[host.role] = work / f"{host.role}.log"
+            clients[host.role] = fleet.procs.spawn(host.netns, client.pull_argv(host, None), log=logs[host.role])
+        finished = wait_for_nodes(clients, t0, fleet.timeout)
+        rollout.finish()
+        fleet.procs.stop(list(clients.values()))
+        result.origin_egress_bytes = fleet.origin.egress_since(offset)
+        checks = {h.role: client.check(h) for h in fleet.plan.nodes if finished[h.role][0] is not None}
+        result.notes += client.notes(logs)
+    finally:
+        fleet.procs.stop(list(clients.values()))
+        client.stop()
+    files = {h.role: client.files(h) for h in fleet.plan.nodes}
+    collect(fleet, result, finished, files, logs=logs, extra=checks)
     return result

@@ -6,6 +6,9 @@ client is skopeo through the agent, path form:
 ``docker://127.0.0.1:65001/<upstream-name>/bench/app:TAG``, where ``<upstream-name>`` is a
 host name (a ``host:port`` is not a valid path component of an image reference) that each
 agent maps to the origin with ``--registry <name>=http://<origin-ip>:5000``.
+With ``--client ctr`` each node's containerd uses the agent as the origin's mirror
+(``hosts.toml``) and asks for ``...?ns=<origin-ip>:5000``, so the agents also get
+``--registry <origin-ip>:5000=http://<origin-ip>:5000`` (see ``clients.py``).
 
 ``source`` (``--download-pattern source``): every agent fetches from the origin itself.
 ``p2p``: agents share pieces through the scheduler.
@@ -23,18 +26,17 @@ import time
 from pathlib import Path
 
 from bench.fleet.netns import Host
-from bench.fleet.origin import netns_run
+from bench.fleet.origin import blob_bytes_served, netns_run
 from bench.fleet.procs import Proc
 from bench.fleet.scenarios.base import (
     Fleet,
     Rollout,
     ScenarioResult,
     collect,
-    layout_files,
     new_result,
-    skopeo_pull_argv,
     wait_for_nodes,
 )
+from bench.fleet.scenarios.clients import make_client
 
 __all__ = ["run_p2p", "run_source"]
 
@@ -48,9 +50,10 @@ def _shoal() -> str:
 
 
 def _healthy(host: Host, port: int, ip: str = "127.0.0.1") -> bool:
-    return netns_run(
-        host.netns, ["curl", "-sf", "-o", "/dev/null", f"http://{ip}:{port}/healthz"], timeout=5
-    ).returncode == 0
+    return (
+        netns_run(host.netns, ["curl", "-sf", "-o", "/dev/null", f"http://{ip}:{port}/healthz"], timeout=5).returncode
+        == 0
+    )
 
 
 def _wait_healthy(hosts: list[tuple[Host, int]], procs: dict[str, Proc]) -> str | None:
@@ -80,12 +83,13 @@ def _run_shoal(fleet: Fleet, name: str, pattern: str) -> ScenarioResult:
     daemons: dict[str, Proc] = {}
     clients: dict[str, Proc] = {}
     killed: frozenset[str] = frozenset()
+    client = make_client(fleet, work)
+    checks: dict[str, str | None] = {}
     try:
         if pattern == "p2p":
             daemons[plan.svc.role] = fleet.procs.spawn(
                 plan.svc.netns,
-                [_shoal(), "scheduler", "--listen", f"0.0.0.0:{SCHEDULER_PORT}",
-                 "--peer-token-file", str(token)],
+                [_shoal(), "scheduler", "--listen", f"0.0.0.0:{SCHEDULER_PORT}", "--peer-token-file", str(token)],
                 log=work / "scheduler.log",
             )
             problem = _wait_healthy([(plan.svc, SCHEDULER_PORT)], daemons)
@@ -95,20 +99,36 @@ def _run_shoal(fleet: Fleet, name: str, pattern: str) -> ScenarioResult:
         p2p_args: list[str] = []
         if pattern == "p2p":
             p2p_args = ["--scheduler", scheduler_url, "--peer-token-file", str(token)]
+        upstream = f"http://{fleet.origin.address}"
+        registry_args = ["--registry", f"{fleet.upstream_name}={upstream}"]
+        for name in client.agent_registry_names():
+            registry_args += ["--registry", f"{name}={upstream}"]
         for host in plan.nodes:
             daemons[host.role] = fleet.procs.spawn(
                 host.netns,
-                [_shoal(), "agent", "--listen", f"0.0.0.0:{AGENT_PORT}",
-                 "--advertise", f"{host.ip}:{AGENT_PORT}",
-                 "--registry", f"{fleet.upstream_name}=http://{fleet.origin.address}",
-                 "--cache-dir", str(work / host.role / "cache"),
-                 "--download-pattern", pattern,
-                 *p2p_args],
+                [
+                    _shoal(),
+                    "agent",
+                    "--listen",
+                    f"0.0.0.0:{AGENT_PORT}",
+                    "--advertise",
+                    f"{host.ip}:{AGENT_PORT}",
+                    *registry_args,
+                    "--cache-dir",
+                    str(work / host.role / "cache"),
+                    "--download-pattern",
+                    pattern,
+                    *p2p_args,
+                ],
                 log=work / host.role / "agent.log",
             )
         problem = _wait_healthy([(h, AGENT_PORT) for h in plan.nodes], daemons)
         if problem:
             result.error = f"agents: {problem}"
+            return result
+        problem = client.start()
+        if problem:
+            result.error = f"{client.name}: {problem}"
             return result
 
         victims: list[str] = []
@@ -126,7 +146,6 @@ def _run_shoal(fleet: Fleet, name: str, pattern: str) -> ScenarioResult:
                 fleet.procs.signal(daemons[role], signal.SIGKILL)
 
         ticks: list[tuple[float, object]] = [(kill_at, kill_victims)] if victims else []
-        ref = f"127.0.0.1:{AGENT_PORT}/{fleet.upstream_name}/bench/app:{fleet.tag}"
         offset = fleet.origin.mark()
         rollout = Rollout(fleet, result)
         logs: dict[str, Path] = {}
@@ -134,21 +153,31 @@ def _run_shoal(fleet: Fleet, name: str, pattern: str) -> ScenarioResult:
         for host in plan.nodes:
             logs[host.role] = work / host.role / "client.log"
             clients[host.role] = fleet.procs.spawn(
-                host.netns, skopeo_pull_argv(ref, work / host.role / "oci", fleet.tag),
+                host.netns,
+                client.pull_argv(host, f"127.0.0.1:{AGENT_PORT}"),
                 log=logs[host.role],
             )
         finished = wait_for_nodes(clients, t0, fleet.timeout, on_tick=ticks)
         rollout.finish()
-        result.origin_egress_bytes = fleet.origin.egress_since(offset)
+        lines = fleet.origin.lines_since(offset)
+        result.origin_egress_bytes = blob_bytes_served(lines)
+        bypass = client.bypassed_mirror(lines)
+        if bypass:
+            result.error = f"{client.name} bypassed the agent: {bypass}"
         if victims:
             result.notes.append(
                 f"killed {len(victims)} agents at {kill_at:.1f} s: {', '.join(victims)}; "
                 "times are for the remaining nodes"
             )
+        result.notes += client.notes(logs)
+        checks = {
+            h.role: client.check(h) for h in plan.nodes if h.role not in killed and finished[h.role][0] is not None
+        }
     finally:
         fleet.procs.stop([*clients.values(), *daemons.values()])
-    files = {h.role: layout_files(work / h.role / "oci", fleet.blobs) for h in plan.nodes}
-    collect(fleet, result, finished, files, killed=killed, logs=logs)
+        client.stop()
+    files = {h.role: client.files(h) for h in plan.nodes}
+    collect(fleet, result, finished, files, killed=killed, logs=logs, extra=checks)
     return result
 
 
