@@ -58,6 +58,8 @@ class SwarmConfig:
     max_parents: int = 6
     lanes_per_parent: int = 2
     piece_timeout: float = 30.0
+    connect_timeout: float = 10.0
+    """a parent whose CPU is busy serving others can take seconds to accept a connection"""
     status_wait: float = 5.0
     seed_announce_interval: float = 10.0
     max_seeding: int = 512
@@ -72,6 +74,10 @@ def piece_hashes(path: Path, size: int, piece_size: int) -> dict[int, str]:
         for index in range(piece_count(size, piece_size)):
             out[index] = hashlib.sha256(fobj.read(piece_size)).hexdigest()
     return out
+
+
+PARENT_ERRORS = 3
+"""failed piece requests in a row after which a parent is dropped for this blob"""
 
 
 class SwarmGaveUpError(Exception):
@@ -198,6 +204,8 @@ class ParentLink:
         self.failed: str | None = None
         self.received = 0
         """pieces taken from this parent"""
+        self.errors = 0
+        """failed requests in a row"""
 
 
 class SwarmDownload:
@@ -228,6 +236,7 @@ class SwarmDownload:
         self.hashes_sent: set[int] = set()
         self.salt = f"{self.cfg.peer_id}/{self.digest}"
         self.from_parents: dict[str, int] = {}
+        self.bytes_received = 0
         self.started = time.monotonic()
         self.fetching: asyncio.Task[None] | None = None
         self.error: BaseException | None = None
@@ -279,8 +288,10 @@ class SwarmDownload:
             if now - last_progress > self.cfg.stall_timeout:
                 raise SwarmGaveUpError(f"stalled: no progress for {self.cfg.stall_timeout:.0f}s")
 
-    def _progress(self) -> tuple[int, int]:
-        return self.partial.contiguous, len(self.missing)
+    def _progress(self) -> tuple[int, int, int]:
+        """Anything that moved: the verified prefix, pieces held, or bytes still arriving from
+        parents (a loaded swarm can take seconds per piece; that is slow, not stalled)."""
+        return self.partial.contiguous, len(self.missing), self.bytes_received
 
     def _prune(self) -> None:
         """Forget pieces that arrived by another way (the origin fetch writes in order)."""
@@ -428,7 +439,7 @@ class SwarmDownload:
 
     async def _watch_parent(self, link: ParentLink) -> None:
         """Long-poll the parent's piece map; lanes wait on ``link.updated``."""
-        timeout = aiohttp.ClientTimeout(total=self.cfg.status_wait + 5, connect=2)
+        timeout = aiohttp.ClientTimeout(total=self.cfg.status_wait + 5, connect=self.cfg.connect_timeout)
         errors = 0
         while link.failed is None:
             # ask only about pieces we still need: the parent answers when it holds more of them
@@ -500,7 +511,7 @@ class SwarmDownload:
 
     async def _fetch_piece(self, link: ParentLink, index: int) -> None:
         offset, length = piece_span(index, self.size, self.piece_size)
-        timeout = aiohttp.ClientTimeout(total=self.cfg.piece_timeout, connect=2)
+        timeout = aiohttp.ClientTimeout(total=self.cfg.piece_timeout, connect=self.cfg.connect_timeout)
         await self.s.bucket.consume(length)
         try:
             async with self.s.session.get(
@@ -514,10 +525,20 @@ class SwarmDownload:
                 if resp.status != 200:
                     self._drop(link, f"piece answered {resp.status}")
                     return
-                data = await resp.read()
+                buf = bytearray()
+                async for chunk in resp.content.iter_chunked(256 << 10):
+                    buf += chunk
+                    self.bytes_received += len(chunk)
+                data = bytes(buf)
         except (aiohttp.ClientError, TimeoutError) as exc:
-            self._drop(link, f"piece {index} failed: {exc!r}")
+            # a busy parent is slow to accept or answer: back off, drop it only if it keeps failing
+            link.errors += 1
+            if link.errors >= PARENT_ERRORS:
+                self._drop(link, f"piece {index} failed {link.errors} times in a row: {exc!r}")
+            else:
+                await asyncio.sleep(0.5 * link.errors)
             return
+        link.errors = 0
         if len(data) != length:
             self._drop(link, f"piece {index} has {len(data)} bytes, want {length}")
             return
