@@ -172,10 +172,11 @@ class BlobService:
                         counter.inc(sent)
                 except NotImplementedError:  # uvloop: no sendfile, copy through Python instead
                     self._no_sendfile = True
-            async for chunk in partial.iter_range(pos, end):
-                await response.write(chunk)
-                pos += len(chunk)
-                counter.inc(len(chunk))
+            if pos < end:  # no sendfile here (or it stopped early): copy the rest through Python
+                async for chunk in partial.iter_range(pos, end):
+                    await response.write(chunk)
+                    pos += len(chunk)
+                    counter.inc(len(chunk))
         except StoreError as exc:
             log.warning("cache failed under %s at %d (%s): streaming the rest from origin", partial.digest, pos, exc)
             await self._pipe_upstream(response, dist, creds, pos, end, verify=False)
