@@ -1,11 +1,16 @@
 # The README's quick start: `make install`, then `make test`.
-PYTHON ?= python3.12
+# the first Python >= 3.12 on this machine (pyenv's versions included); override with PYTHON=...
+PYTHON ?= $(shell for c in python3.12 python3.13 /root/.pyenv/versions/3.12.*/bin/python3.12 \
+	/root/.pyenv/versions/3.13.*/bin/python3.13 python3; do \
+	command -v $$c >/dev/null 2>&1 && $$c -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null \
+	&& { command -v $$c; break; }; done)
 VENV ?= .venv
 BIN := $(VENV)/bin
 
 .PHONY: install test quick lint fleet-small bench demo
 
 install:
+	@test -n "$(PYTHON)" || { echo 'make install: no Python >= 3.12 found; pass PYTHON=/path/to/python3.12' >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
