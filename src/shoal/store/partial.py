@@ -60,7 +60,7 @@ class PartialBlob:
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         self._changed = asyncio.Event()
         self._write_lock = asyncio.Lock()
-        self._tail: deque[tuple[int, bytes]] = deque()
+        self._tail: deque[tuple[int, bytes | bytearray]] = deque()
         self._tail_bytes = 0
         self._on_close = on_close
         self.size_known: asyncio.Future[int] = asyncio.get_running_loop().create_future()
@@ -75,7 +75,7 @@ class PartialBlob:
         if not self.size_known.done():
             self.size_known.set_result(size)
 
-    async def write(self, offset: int, data: bytes) -> None:
+    async def write(self, offset: int, data: bytes | bytearray) -> None:
         """Write bytes at ``offset``; raises OSError (e.g. ENOSPC) to the writer.
 
         The file write and the hashing run in a worker thread (both release the GIL), so the
@@ -94,7 +94,7 @@ class PartialBlob:
             self._remember(offset, data)
             self._notify()
 
-    def _write_locked(self, offset: int, data: bytes) -> None:
+    def _write_locked(self, offset: int, data: bytes | bytearray) -> None:
         length = len(data)
         written = 0
         view = memoryview(data)
@@ -106,7 +106,7 @@ class PartialBlob:
         elif offset > self.contiguous:
             self._extents[offset] = max(self._extents.get(offset, 0), offset + length)
 
-    def _remember(self, offset: int, data: bytes) -> None:
+    def _remember(self, offset: int, data: bytes | bytearray) -> None:
         """Keep the newest bytes in memory: readers right behind the writer skip the file."""
         self._tail.append((offset, data))
         self._tail_bytes += len(data)
