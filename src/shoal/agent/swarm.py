@@ -21,6 +21,7 @@ import aiohttp
 
 from shoal.agent.metrics import AgentMetrics
 from shoal.agent.origin import OriginSource
+from shoal.agent.piece_client import PieceClient, PieceTransferError
 from shoal.agent.upstreams import Upstreams
 from shoal.core.digest import Digest
 from shoal.oci.auth import Credentials
@@ -110,6 +111,9 @@ class SwarmSource:
         self.avoid: dict[str, float] = {}
         """peer id -> monotonic time until which it is not used, after it sent corrupt data"""
         self._announcer: asyncio.Task[None] | None = None
+        self.pieces = PieceClient(
+            config.token, connect_timeout=config.connect_timeout, read_timeout=config.piece_timeout
+        )
 
     def start(self) -> None:
         self._announcer = asyncio.create_task(self._announce_seeds(), name="seed announcer")
@@ -119,6 +123,7 @@ class SwarmSource:
             self._announcer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._announcer
+        self.pieces.close()
 
     async def fill(self, partial: PartialBlob, dist: DistributionPath, creds: Credentials | None) -> None:
         if partial.size is None:
@@ -288,10 +293,13 @@ class SwarmDownload:
             if now - last_progress > self.cfg.stall_timeout:
                 raise SwarmGaveUpError(f"stalled: no progress for {self.cfg.stall_timeout:.0f}s")
 
-    def _progress(self) -> tuple[int, int, int]:
-        """Anything that moved: the verified prefix, pieces held, or bytes still arriving from
-        parents (a loaded swarm can take seconds per piece; that is slow, not stalled)."""
-        return self.partial.contiguous, len(self.missing), self.bytes_received
+    def _progress(self) -> tuple[int, int, int, int]:
+        """Anything that moved: the verified prefix, pieces held, bytes still arriving from
+        parents (a loaded swarm can take seconds per piece; that is slow, not stalled), or the
+        swarm itself: new piece hashes mean the origin fetcher is getting further, and a child
+        that holds every piece its parents have is waiting for the fetch, not stuck. Going to
+        the origin then would only add a second copy of bytes the swarm is about to have."""
+        return self.partial.contiguous, len(self.missing), self.bytes_received, len(self.hashes)
 
     def _prune(self) -> None:
         """Forget pieces that arrived by another way (the origin fetch writes in order)."""
@@ -374,9 +382,14 @@ class SwarmDownload:
 
     # -- scheduler ---------------------------------------------------------------------------
     async def _report_loop(self) -> None:
+        last = time.monotonic()  # the join was a report
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.partial.changed().wait(), self.cfg.report_interval)
+            fresh = len(self.partial.piece_hashes) > len(self.hashes_sent)
+            if self.fetching is not None and not fresh and time.monotonic() - last < self.cfg.report_interval:
+                continue  # the fetcher wrote inside a piece: nothing new to publish yet
+            last = time.monotonic()
             try:
                 view = await self._report_once()
             except SchedulerUnavailable as exc:
@@ -386,7 +399,8 @@ class SwarmDownload:
                 continue
             self.sched_failures = 0
             self._apply(view)
-            # the fetcher reports again as soon as a piece is hashed; others on the interval
+            # the fetcher reports as soon as a piece is hashed (children wait for its hash), and
+            # on the interval otherwise; others on the interval
             await asyncio.sleep(0.05 if self.fetching is not None else self.cfg.report_interval)
 
     async def _report_once(self) -> TaskView:
@@ -504,6 +518,11 @@ class SwarmDownload:
                 if index in self.missing:  # not fetched: lanes of other parents may take it
                     self._wake_lanes()
 
+    def _count_bytes(self, n: int) -> None:
+        """Progress from the piece client's worker threads (a plain counter: a lost update
+        under a race only makes progress look a little slower)."""
+        self.bytes_received += n
+
     def _wake_lanes(self) -> None:
         for other in self.links.values():
             other.updated.set()
@@ -511,26 +530,16 @@ class SwarmDownload:
 
     async def _fetch_piece(self, link: ParentLink, index: int) -> None:
         offset, length = piece_span(index, self.size, self.piece_size)
-        timeout = aiohttp.ClientTimeout(total=self.cfg.piece_timeout, connect=self.cfg.connect_timeout)
         await self.s.bucket.consume(length)
         try:
-            async with self.s.session.get(
-                self._url(link, f"pieces/{index}"), headers=bearer(self.cfg.token), timeout=timeout
-            ) as resp:
-                if resp.status in (404, 503):
-                    if resp.status == 404:
-                        link.have[index] = False
-                    await asyncio.sleep(0.05)
-                    return
-                if resp.status != 200:
-                    self._drop(link, f"piece answered {resp.status}")
-                    return
-                buf = bytearray()
-                async for chunk in resp.content.iter_chunked(256 << 10):
-                    buf += chunk
-                    self.bytes_received += len(chunk)
-                data = bytes(buf)
-        except (aiohttp.ClientError, TimeoutError) as exc:
+            reply = await self.s.pieces.fetch(
+                link.info.address,
+                f"/p2p/v1/blobs/{self.digest}/pieces/{index}",
+                length,
+                timeout=self.cfg.piece_timeout,
+                progress=self._count_bytes,
+            )
+        except (PieceTransferError, TimeoutError) as exc:
             # a busy parent is slow to accept or answer: back off, drop it only if it keeps failing
             link.errors += 1
             if link.errors >= PARENT_ERRORS:
@@ -538,16 +547,21 @@ class SwarmDownload:
             else:
                 await asyncio.sleep(0.5 * link.errors)
             return
-        link.errors = 0
-        if len(data) != length:
-            self._drop(link, f"piece {index} has {len(data)} bytes, want {length}")
+        if reply.status in (404, 503):
+            if reply.status == 404:
+                link.have[index] = False
+            await asyncio.sleep(0.05)
             return
+        if reply.status != 200 or reply.data is None:
+            self._drop(link, f"piece answered {reply.status}")
+            return
+        link.errors = 0
+        data = reply.data
         try:
             expected = await self._hash_of(index)
         except TimeoutError:
             return  # no hash to check it against (yet): drop the data, the stall logic decides
-        actual = await asyncio.to_thread(lambda: hashlib.sha256(data).hexdigest())
-        if actual != expected:
+        if reply.sha256 != expected:
             self.s.metrics.digest_mismatches.labels("peer").inc()
             self.s.avoid[link.info.peer_id] = time.monotonic() + self.cfg.avoid_corrupt_for
             self._drop(link, f"piece {index} is corrupt")
