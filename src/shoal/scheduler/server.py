@@ -180,6 +180,7 @@ class Scheduler:
         digest = self._digest(request)
         req = parse_join(await self._body(request))
         view = self.state.join(digest, req, self.clock())
+        self._log_lease_moves()
         self.metrics.parents_per_join.observe(len(view.parents))
         return web.json_response(to_json(view))
 
@@ -190,7 +191,15 @@ class Scheduler:
         view = self.state.report(digest, rep, self.clock())
         if view.hashes_known != known:
             self._waiters.wake(digest)
+        self._log_lease_moves()
         return web.json_response(to_json(view))
+
+    def _log_lease_moves(self) -> None:
+        for move in self.state.lease_moves:
+            log.warning(
+                "origin lease of %s moved from %s to %s: %s", move.digest, move.old_holder, move.new_holder, move.reason
+            )
+        self.state.lease_moves.clear()
 
     def _known(self, digest: str) -> int:
         task = self.state.tasks.get(digest)

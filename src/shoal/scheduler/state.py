@@ -147,8 +147,17 @@ class Bag:
         return list(self.items) if len(self.items) <= k else rng.choices(self.items, k=k)
 
 
+@dataclass(frozen=True, slots=True)
+class LeaseMove:
+    digest: str
+    old_holder: str
+    new_holder: str
+    reason: str
+
+
 @dataclass(slots=True)
 class Task:
+    digest: str
     size: int
     piece_size: int
     total: int
@@ -186,6 +195,8 @@ class SchedulerState:
         """hashes that disagreed with one already known (the first is kept): a bad or buggy peer."""
         self.hashes_ignored = 0
         """hashes sent by peers that did not hold the lease."""
+        self.lease_moves: list[LeaseMove] = []
+        """leases taken from a live-but-late holder since the caller last cleared this (to log)."""
 
     # -- calls -------------------------------------------------------------------------------
     def join(self, digest: str, req: JoinRequest, now: float) -> TaskView:
@@ -288,7 +299,9 @@ class SchedulerState:
             if size < 0 or piece_size <= 0:
                 raise StateError(f"size {size} / piece_size {piece_size}: want size >= 0, piece_size > 0")
             total = piece_count(size, piece_size)
-            task = Task(size=size, piece_size=piece_size, total=total, last_active=now, hashes=[None] * total)
+            task = Task(
+                digest=digest, size=size, piece_size=piece_size, total=total, last_active=now, hashes=[None] * total
+            )
             self.tasks[digest] = task
         elif (size, piece_size) != (task.size, task.piece_size):
             raise ConflictError(
@@ -386,6 +399,7 @@ class SchedulerState:
             task.holder = None
             return
         stale: str | None = None
+        why = ""
         if task.holder is not None:
             holder = task.members.get(task.holder)
             if holder is None or holder.complete:
@@ -397,12 +411,18 @@ class SchedulerState:
                 return
             else:
                 stale = task.holder
+                if now - task.holder_seen > self.config.lease_ttl:
+                    why = f"no report for {now - task.holder_seen:.1f}s"
+                else:
+                    why = f"no progress for {now - task.holder_progress_at:.1f}s"
         peer_id = requester.peer.peer_id
         if not self._may_fetch(task, requester, now) or peer_id == stale:
             return
         best = self._best_candidate(task, stale, now)
         if best is not None and best != peer_id and task.members[best].contiguous > requester.contiguous:
             return
+        if stale is not None:
+            self.lease_moves.append(LeaseMove(task.digest, stale, peer_id, why))
         task.holder = peer_id
         task.holder_seen = task.holder_progress_at = now
         task.holder_contiguous = requester.contiguous

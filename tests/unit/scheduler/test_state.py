@@ -90,6 +90,7 @@ class TestLease:
         assert view.role == "fetcher"
         assert view.fetcher == "b"
         assert s.lease_changes == 2
+        assert [(m.old_holder, m.new_holder, m.reason) for m in s.lease_moves] == [("a", "b", "no report for 5.2s")]
         # the old holder coming back does not take it back
         assert report(s, "a", 5.3, pieces=3).role == "peer"
 
@@ -110,6 +111,7 @@ class TestLease:
             report(s, "a", t, pieces=2)
         view = report(s, "b", 12.5, pieces=1)
         assert view.role == "fetcher"
+        assert [(m.old_holder, m.new_holder, m.reason) for m in s.lease_moves] == [("a", "b", "no progress for 11.5s")]
         assert report(s, "a", 13, pieces=2).role == "peer"
 
     def test_stalled_holder_keeps_it_when_nobody_else_can_fetch(self) -> None:
