@@ -21,6 +21,7 @@ from fakes import Script, ScriptedRegistry, sha256
 
 from shoal.agent.server import Agent
 from shoal.core.digest import Digest
+from shoal.store.partial import PartialBlob
 
 AgentStarter = Callable[..., Awaitable[Agent]]
 """the ``start_agent`` fixture: ``await start_agent(registries={...}, **config)``"""
@@ -103,6 +104,32 @@ class TestStreaming:
         assert bytes(got) == data
         await settled(agent)
         assert [p.name for p in cache_files(agent, "blobs")] == [digest.partition(":")[2]]
+
+
+    async def test_trickled_body_is_written_in_batches(
+        self,
+        fake: ScriptedRegistry,
+        start_agent: AgentStarter,
+        client: aiohttp.ClientSession,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """A body arriving 4 KiB at a time is not written (hashed, announced) 4 KiB at a time."""
+        writes: list[int] = []
+        original = PartialBlob.write
+
+        async def counting(self: PartialBlob, offset: int, data: bytes | bytearray) -> None:
+            writes.append(len(data))
+            await original(self, offset, data)
+
+        monkeypatch.setattr(PartialBlob, "write", counting)
+        data = blob_data(2 * MiB, 3)
+        digest = fake.add_blob(data)
+        fake.script = Script(chunk_size=4 << 10, chunk_delay=0.001)
+        agent = await start_agent({REG: fake.url})
+        status, body = await get(client, f"{agent.url}/v2/{REG}/team/app/blobs/{digest}")
+        assert (status, body) == (200, data)
+        assert sum(writes) == len(data)
+        assert len(writes) <= len(data) // (256 << 10) + 1, writes
 
 
 class TestUpstreamDiesMidBlob:

@@ -21,6 +21,10 @@ from shoal.store.partial import PartialBlob
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
+WRITE_BATCH = 256 << 10
+"""received bytes gathered into one write: on a slow or shaped link the body arrives a few KiB
+at a time, and a write (thread hop, hashing, waking readers, peers and the reporter) for
+each was most of a fetcher's work"""
 WRITE_AHEAD = 4
 """chunks received but not yet written: receive and hash+write overlap by this much"""
 RETRIES = 3
@@ -61,6 +65,8 @@ class OriginSource:
                     failure.append(exc)
 
         task = asyncio.create_task(writer())
+        batch: list[bytes] = []
+        batched = 0
         try:
             async for chunk in resp.content.iter_chunked(CHUNK):
                 if skip:
@@ -70,11 +76,17 @@ class OriginSource:
                         continue
                 if failure:
                     break
-                await queue.put((pos, chunk))
-                pos += len(chunk)
+                batch.append(chunk)
+                batched += len(chunk)
                 counter.inc(len(chunk))
+                if batched >= WRITE_BATCH:
+                    await queue.put((pos, batch[0] if len(batch) == 1 else b"".join(batch)))
+                    pos += batched
+                    batch, batched = [], 0
                 if self._bucket is not None:
                     await self._bucket.consume(len(chunk))
+            if batch and not failure:
+                await queue.put((pos, b"".join(batch)))
             await queue.put(None)
             await task
         finally:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +73,11 @@ def agent(config_file: Path | None, **flags: Any) -> None:
     from shoal.agent.server import Agent
 
     async def main() -> None:
+        # file writes, hashing and fsyncs of every blob in flight run in worker threads; the
+        # default pool (cores + 4) let a few slow fsyncs hold up everyone's writes
+        asyncio.get_running_loop().set_default_executor(
+            concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="shoal-io")
+        )
         node = Agent(config)
         await node.start()
         try:

@@ -19,8 +19,6 @@ from pathlib import Path
 from shoal.core.digest import Digest
 
 READ_CHUNK = 1 << 20
-THREAD_MIN = 64 << 10
-"""writes at least this big are hashed and written in a worker thread"""
 TAIL_BYTES = 16 << 20
 """the newest bytes kept in memory for readers following the writer"""
 
@@ -79,18 +77,26 @@ class PartialBlob:
         """Write bytes at ``offset``; raises OSError (e.g. ENOSPC) to the writer.
 
         The file write and the hashing run in a worker thread (both release the GIL), so the
-        event loop keeps receiving the next bytes meanwhile. Writers are serialised; readers
-        only ever look at ``contiguous``, which moves after the bytes are on file.
+        event loop keeps receiving the next bytes meanwhile, and a write that blocks (the
+        kernel throttles writers when dirty pages pile up on a slow disk) never stalls it.
+        Writers are serialised; readers only ever look at ``contiguous``, which moves after the
+        bytes are on file.
         """
         async with self._write_lock:
             if self.state is not PartialState.RUNNING:
                 raise RuntimeError(f"write to a {self.state.value} blob")
             if self.size is not None and offset + len(data) > self.size:
                 raise ValueError(f"write past the end of blob {self.digest}")
-            if len(data) >= THREAD_MIN:
-                await asyncio.to_thread(self._write_locked, offset, data)
-            else:
-                self._write_locked(offset, data)
+            done = asyncio.ensure_future(asyncio.to_thread(self._write_locked, offset, data))
+            try:
+                await asyncio.shield(done)
+            except asyncio.CancelledError:
+                # the thread keeps writing; hold the lock until it is done, or the next writer
+                # would update the bookkeeping from a second thread at the same time
+                await asyncio.wait([done])
+                if not done.cancelled():
+                    done.exception()  # retrieved: the cancelled writer will not look at it
+                raise
             self._remember(offset, data)
             self._notify()
 
