@@ -16,6 +16,9 @@ The origin lease:
     * an open lease goes to the live (heard from within ``lease_ttl``), non-complete,
       non-suspect peer with the most ``contiguous`` bytes, on that peer's next join or report
       (ties: whoever asks first); a stalled holder keeps it while no one else qualifies;
+    * leases are spread: a peer that holds the lease of another task comes after every
+      candidate that holds none, and does not take the lease of a task younger than
+      ``LEASE_SPREAD_WAIT`` (a lease-free peer is likely to join it within that time);
     * not needed while some live, non-suspect peer is complete *and* every piece hash is
       known; needed again when that stops being true.
 
@@ -43,6 +46,10 @@ MAX_SUSPECTS = 1024
 """per task; more names than this in ``failed_parents`` are ignored."""
 BEST_CACHE_SECONDS = 0.5
 """how long the "who should take the open lease" answer is reused (it scans the whole task)."""
+LEASE_SPREAD_WAIT = 1.0
+"""seconds a new task's lease waits for a peer that holds no other lease: the first node of a
+rollout joins every layer's task first, and holding them all put every layer's origin fetch
+and first uploads on one node's links and CPU."""
 
 
 class StateError(ValueError):
@@ -60,12 +67,14 @@ class ConflictError(StateError):
 class PeerRecord:
     """One agent, shared by all its tasks."""
 
-    __slots__ = ("address", "bucket_start", "current", "peer_id", "previous", "tasks")
+    __slots__ = ("address", "bucket_start", "current", "leases", "peer_id", "previous", "tasks")
 
     def __init__(self, peer_id: str, address: str) -> None:
         self.peer_id = peer_id
         self.address = address
         self.tasks = 0
+        self.leases = 0
+        """origin leases this peer holds, over all tasks"""
         # Children handed this peer (its upload load) in a sliding window approximated by two
         # fixed buckets: O(1) memory however many children a popular parent gets.
         self.bucket_start = 0.0
@@ -162,6 +171,7 @@ class Task:
     piece_size: int
     total: int
     last_active: float
+    created: float = 0.0
     members: dict[str, Member] = field(default_factory=dict)
     """ordered by last contact, oldest first (each contact moves a member to the end)."""
     seeders: Bag = field(default_factory=Bag)
@@ -299,9 +309,7 @@ class SchedulerState:
             if size < 0 or piece_size <= 0:
                 raise StateError(f"size {size} / piece_size {piece_size}: want size >= 0, piece_size > 0")
             total = piece_count(size, piece_size)
-            task = Task(
-                digest=digest, size=size, piece_size=piece_size, total=total, last_active=now, hashes=[None] * total
-            )
+            task = Task(digest, size, piece_size, total, last_active=now, created=now, hashes=[None] * total)
             self.tasks[digest] = task
         elif (size, piece_size) != (task.size, task.piece_size):
             raise ConflictError(
@@ -349,7 +357,7 @@ class SchedulerState:
         task.seeders.discard(peer_id)
         task.partials.discard(peer_id)
         if task.holder == peer_id:
-            task.holder = None
+            self._set_holder(task, None)
         peer = member.peer
         peer.tasks -= 1
         if peer.tasks <= 0:
@@ -396,14 +404,14 @@ class SchedulerState:
 
     def _settle_lease(self, task: Task, requester: Member, now: float) -> None:
         if not self._lease_needed(task, now):
-            task.holder = None
+            self._set_holder(task, None)
             return
         stale: str | None = None
         why = ""
         if task.holder is not None:
             holder = task.members.get(task.holder)
             if holder is None or holder.complete:
-                task.holder = None
+                self._set_holder(task, None)
             elif (
                 now - task.holder_seen <= self.config.lease_ttl
                 and now - task.holder_progress_at <= self.config.stall_timeout
@@ -418,16 +426,31 @@ class SchedulerState:
         peer_id = requester.peer.peer_id
         if not self._may_fetch(task, requester, now) or peer_id == stale:
             return
+        if requester.peer.leases > 0 and now - task.created < LEASE_SPREAD_WAIT:
+            return
         best = self._best_candidate(task, stale, now)
-        if best is not None and best != peer_id and task.members[best].contiguous > requester.contiguous:
+        if best is not None and best != peer_id and self._lease_rank(task.members[best]) > self._lease_rank(requester):
             return
         if stale is not None:
             self.lease_moves.append(LeaseMove(task.digest, stale, peer_id, why))
-        task.holder = peer_id
+        self._set_holder(task, peer_id)
         task.holder_seen = task.holder_progress_at = now
         task.holder_contiguous = requester.contiguous
         task.best = None
         self.lease_changes += 1
+
+    def _set_holder(self, task: Task, peer_id: str | None) -> None:
+        if task.holder is not None and (old := self.peers.get(task.holder)) is not None:
+            old.leases -= 1
+        task.holder = peer_id
+        if peer_id is not None:
+            self.peers[peer_id].leases += 1
+
+    @staticmethod
+    def _lease_rank(member: Member) -> tuple[bool, int]:
+        """Who should fetch from the origin: peers without another lease first, then the one
+        holding the most contiguous bytes."""
+        return member.peer.leases == 0, member.contiguous
 
     def _may_fetch(self, task: Task, member: Member, now: float) -> bool:
         return (
@@ -445,10 +468,11 @@ class SchedulerState:
             if now - computed_at <= BEST_CACHE_SECONDS and still_good:
                 return best
         best = None
-        most = -1
+        most = (False, -1)
         for peer_id, member in task.members.items():
-            if peer_id != stale and member.contiguous > most and self._may_fetch(task, member, now):
-                best, most = peer_id, member.contiguous
+            rank = self._lease_rank(member)
+            if peer_id != stale and rank > most and self._may_fetch(task, member, now):
+                best, most = peer_id, rank
         task.best = (now, best)
         return best
 

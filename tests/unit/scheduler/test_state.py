@@ -100,6 +100,36 @@ class TestLease:
         assert report(s, "a", 7.0, pieces=1).role == "fetcher"
         assert s.lease_changes == 1
 
+    def test_leases_spread_over_peers(self) -> None:
+        """The first node joins every layer first; the second layer's lease waits for another."""
+        s = state()
+        assert join(s, "a", 0).role == "fetcher"
+        assert join(s, "a", 0.01, digest=E).role == "peer"
+        assert join(s, "b", 0.2, digest=E).role == "fetcher"
+        assert report(s, "a", 0.5, digest=E).fetcher == "b"
+
+    def test_a_lone_peer_still_gets_every_lease(self) -> None:
+        s = state()
+        join(s, "a", 0)
+        assert join(s, "a", 0.01, digest=E).role == "peer"
+        assert report(s, "a", 0.5, digest=E).role == "peer"
+        assert report(s, "a", 1.1, digest=E).role == "fetcher"
+
+    def test_open_lease_prefers_a_peer_without_one(self) -> None:
+        s = state(lease_ttl=5.0)
+        join(s, "a", 0)  # a holds D's lease
+        join(s, "a", 0, digest=E)
+        assert join(s, "c", 0.05, digest=E).role == "fetcher"
+        join(s, "b", 0.1, digest=E)
+        for t in (2.0, 4.0):
+            report(s, "a", t)
+            report(s, "a", t, pieces=5, digest=E)
+            report(s, "b", t, pieces=1, digest=E)
+        # c went silent: a holds the most of E, but b holds no other lease
+        assert report(s, "a", 5.5, pieces=5, digest=E).role == "peer"
+        assert report(s, "b", 5.6, pieces=1, digest=E).role == "fetcher"
+        assert [(m.old_holder, m.new_holder) for m in s.lease_moves] == [("c", "b")]
+
     def test_moves_when_holder_stalls(self) -> None:
         s = state(lease_ttl=5.0, stall_timeout=10.0)
         join(s, "a", 0)
