@@ -41,6 +41,9 @@ class AgentMetrics:
             registry=r,
         )
         self.pieces_served = Counter("shoal_agent_pieces_served", "Pieces uploaded to peers", registry=r)
+        self.peer_uploads_aborted = Counter(
+            "shoal_agent_peer_uploads_aborted", "Piece uploads the child broke off mid-piece", registry=r
+        )
         self.pieces_received = Counter(
             "shoal_agent_pieces_received", "Verified pieces downloaded from peers", registry=r
         )

@@ -147,6 +147,10 @@ class PeerEndpoints:
                     headers={"Content-Type": "application/octet-stream", "Content-Length": str(length)}
                 )
                 await self._send(request, response, fobj, offset, length)
+            except ConnectionError:
+                # the child went away mid-piece (it gave up, or was cancelled): nothing to answer
+                self._metrics.peer_uploads_aborted.inc()
+                return response
             finally:
                 fobj.close()
         self._metrics.peer_bytes.labels("upload").inc(length)
