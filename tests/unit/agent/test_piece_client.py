@@ -45,7 +45,7 @@ class Parent:
         await site.start()
         server = site._server
         assert isinstance(server, asyncio.base_events.Server)
-        self.address = "127.0.0.1:{}".format(server.sockets[0].getsockname()[1])
+        self.address = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
         return self.address
 
     async def stop(self) -> None:
@@ -131,7 +131,7 @@ class TestBadParents:
 
         server = await asyncio.start_server(garbage, "127.0.0.1", 0)
         try:
-            address = "127.0.0.1:{}".format(server.sockets[0].getsockname()[1])
+            address = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
             with pytest.raises(PieceTransferError):
                 await client.fetch(address, PATH, len(PIECE), timeout=5)
         finally:
