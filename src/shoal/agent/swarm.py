@@ -58,8 +58,10 @@ class SwarmConfig:
     """how often a child that already has ``max_parents`` parents reports: the scheduler only
     learns its piece count from it, and at 0.5 s a 20-node rollout of 4 layers was 160
     reports a second, enough to slow a scheduler sharing two cores until leases expired"""
-    stall_timeout: float = 10.0
-    """seconds without progress (and no origin fetch of our own) before going to the origin"""
+    stall_timeout: float = 25.0
+    """seconds without progress (and no origin fetch of our own) before going to the origin;
+    longer than the scheduler's lease TTL (15 s), so that a dead fetcher's successor can take
+    over before every child goes to the registry on its own"""
     max_parents: int = 6
     lanes_per_parent: int = 2
     piece_timeout: float = 30.0

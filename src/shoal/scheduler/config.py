@@ -21,9 +21,12 @@ class SchedulerConfig:
     """host:port to serve the API on."""
     peer_token: str | None = None
     """shared secret every call must carry as ``Authorization: Bearer``; None: calls are not checked."""
-    lease_ttl: float = 5.0
-    """the origin fetcher loses its lease after this long without a report."""
-    stall_timeout: float = 10.0
+    lease_ttl: float = 15.0
+    """the origin fetcher loses its lease after this long without a report. A fetcher busy
+    serving a whole swarm (or throttled by its CPU limit), or a scheduler with a backlog, can
+    miss several seconds of reports while still fetching; at 5 s, a saturated 20-node fleet
+    moved leases from live fetchers and the registry served those layers twice."""
+    stall_timeout: float = 20.0
     """the origin fetcher loses its lease when its ``contiguous`` has not grown for this long."""
     peer_ttl: float = 30.0
     """peers not heard from (join or report) for this long are dropped from their tasks."""
