@@ -113,7 +113,7 @@ class PeerEndpoints:
                 status = PeerStatus(size, choose_piece_size(size), encode_bitfield(flags), complete, count)
                 return web.json_response(to_json(status))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(partial.changed().wait(), remaining)
+                await asyncio.wait_for(partial.pieces_changed().wait(), remaining)
             # a downloading blob changes with every write: answer with a batch of new pieces,
             # not once per write, so long-polls cost the parent (and child) little CPU
             await asyncio.sleep(min(STATUS_BATCH, max(0.0, deadline - asyncio.get_running_loop().time())))

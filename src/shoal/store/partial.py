@@ -57,6 +57,7 @@ class PartialBlob:
         self._piece_hasher = hashlib.sha256()
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         self._changed = asyncio.Event()
+        self._pieces_changed = asyncio.Event()
         self._write_lock = asyncio.Lock()
         self._tail: deque[tuple[int, bytes | bytearray]] = deque()
         self._tail_bytes = 0
@@ -87,6 +88,7 @@ class PartialBlob:
                 raise RuntimeError(f"write to a {self.state.value} blob")
             if self.size is not None and offset + len(data) > self.size:
                 raise ValueError(f"write past the end of blob {self.digest}")
+            before = self.contiguous
             done = asyncio.ensure_future(asyncio.to_thread(self._write_locked, offset, data))
             try:
                 await asyncio.shield(done)
@@ -98,7 +100,7 @@ class PartialBlob:
                     done.exception()  # retrieved: the cancelled writer will not look at it
                 raise
             self._remember(offset, data)
-            self._notify()
+            self._notify(pieces=self._piece_done(before, offset))
 
     def _write_locked(self, offset: int, data: bytes | bytearray) -> None:
         length = len(data)
@@ -132,8 +134,21 @@ class PartialBlob:
         self.piece_size = piece_size
 
     def changed(self) -> asyncio.Event:
-        """An event set at the next write or state change (for peers long-polling progress)."""
+        """An event set at the next write or state change."""
         return self._changed
+
+    def pieces_changed(self) -> asyncio.Event:
+        """An event set when a piece may have become complete, or at a state change: what
+        peers long-polling the piece map wait for. The origin fetcher writes a piece in many
+        small writes; waking every child's long-poll at each of them cost the busiest node of
+        a swarm more CPU than its share."""
+        return self._pieces_changed
+
+    def _piece_done(self, before: int, offset: int) -> bool:
+        if not self.piece_size or offset > before:
+            return True  # whole pieces (the swarm's writes), or an extent out of order
+        ps = self.piece_size
+        return self.contiguous // ps != before // ps or self.contiguous == self.size
 
     def has(self, offset: int, length: int) -> bool:
         """Whether ``[offset, offset+length)`` is written (the swarm serves such ranges)."""
@@ -214,9 +229,12 @@ class PartialBlob:
             if self._on_close is not None:
                 self._on_close(self)
 
-    def _notify(self) -> None:
+    def _notify(self, *, pieces: bool = True) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
+        if pieces:
+            self._pieces_changed.set()
+            self._pieces_changed = asyncio.Event()
 
     # -- reader side -------------------------------------------------------------------------
     def readable_limit(self) -> int:

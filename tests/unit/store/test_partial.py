@@ -105,6 +105,26 @@ class TestOutOfOrderWrites:
         partial.finish()
         partial.close()
 
+    async def test_piece_watchers_wake_per_piece_not_per_write(self, tmp_path: Path) -> None:
+        partial = new_partial(tmp_path, size=len(DATA))
+        partial.set_piece_size(4096)
+        woken: list[int] = []
+
+        async def watch() -> None:
+            while partial.state is PartialState.RUNNING:
+                await partial.pieces_changed().wait()
+                woken.append(partial.contiguous)
+
+        watcher = asyncio.create_task(watch())
+        for offset in range(0, len(DATA), 1024):  # ten 1 KiB writes: pieces end at 4 and 8 KiB
+            await partial.write(offset, DATA[offset : offset + 1024])
+            await settle()
+        partial.finish()
+        await settle()
+        assert woken == [4096, 8192, len(DATA), len(DATA)]  # two pieces, the short last one, verified
+        await watcher
+        partial.close()
+
     async def test_write_past_end_refused(self, tmp_path: Path) -> None:
         partial = new_partial(tmp_path, size=10)
         with pytest.raises(ValueError, match="past the end"):
