@@ -4,6 +4,8 @@ a real registry (or the built-in origin when a test needs a slow one), real clie
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 import urllib.error
 import urllib.request
@@ -162,6 +164,48 @@ class TestFailures:
             assert all(r.blob_bytes == slow_image.blob_bytes for r in results)
         finally:
             await asyncio.to_thread(fleet.stop)
+        assert origin.blob_bytes_served < 2 * slow_image.blob_bytes, origin.blob_bytes_served
+
+    async def test_fetcher_that_lost_its_lease_stops_fetching(
+        self, slow_origin_fleet: tuple[DemoOrigin, str, Path], slow_image: GeneratedImage
+    ) -> None:
+        """A fetcher frozen past the lease TTL (a CPU-starved node) loses the lease; when it
+        thaws it learns of the new holder and stops its own origin fetch: the registry does
+        not serve the rest of the blob twice."""
+        origin, url, tmp = slow_origin_fleet
+        fleet = LocalFleet(
+            tmp / "fleet",
+            nodes=2,
+            registries={REGISTRY: url},
+            scheduler_args=("--lease-ttl", "1", "--stall-timeout", "2"),
+        )
+        layer = max(slow_image.blobs, key=lambda b: b.size).digest
+        await asyncio.to_thread(fleet.start)
+        try:
+            pulls = [
+                asyncio.create_task(pull_image(fleet.nodes[0].url, f"{REGISTRY}/team/slow", "latest")),
+                asyncio.create_task(pull_image(fleet.nodes[1].url, f"{REGISTRY}/team/slow", "latest")),
+            ]
+            while origin.blob_bytes_served < slow_image.blob_bytes // 4:
+                await asyncio.sleep(0.05)
+            logs = [tmp / "fleet" / f"node-{i}.log" for i in (0, 1)]
+            fetcher = next(i for i in (0, 1) if f"origin fetcher for {layer}" in logs[i].read_text())
+            frozen = fleet.nodes[fetcher].process.pid
+            assert frozen is not None
+            os.kill(frozen, signal.SIGSTOP)
+            await asyncio.sleep(2.5)  # the other node reports meanwhile and takes the lease
+            os.kill(frozen, signal.SIGCONT)
+            results = await asyncio.gather(*pulls)
+            assert all(r.blob_bytes == slow_image.blob_bytes for r in results)
+        finally:
+            await asyncio.to_thread(fleet.stop)
+        thawed = logs[fetcher].read_text()
+        assert "stopping our origin fetch" in thawed
+        assert f"origin fetcher for {layer}" in logs[1 - fetcher].read_text()
+        # the thawed node finished the layer from its new parent, not from the registry
+        summary = next(line for line in thawed.splitlines() if f"swarm {layer}:" in line)
+        assert "no origin fetch; from parents: 127.0.0." in summary, summary
+        # (the registry counts bytes it wrote into the frozen node's socket buffers, hence < 2x)
         assert origin.blob_bytes_served < 2 * slow_image.blob_bytes, origin.blob_bytes_served
 
     async def test_scheduler_killed_mid_rollout(

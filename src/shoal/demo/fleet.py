@@ -76,6 +76,7 @@ class LocalFleet:
         registries: NAME -> URL, as ``shoal agent --registry``.
         download_pattern: ``p2p`` (with a scheduler) or ``source`` (no scheduler at all).
         agent_args: extra flags for every agent.
+        scheduler_args: extra flags for every scheduler.
     """
 
     def __init__(
@@ -87,12 +88,14 @@ class LocalFleet:
         download_pattern: str = "p2p",
         agent_args: tuple[str, ...] = (),
         schedulers: int = 1,
+        scheduler_args: tuple[str, ...] = (),
     ) -> None:
         self.workdir = workdir
         self.count = nodes
         self.registries = registries
         self.download_pattern = download_pattern
         self.agent_args = agent_args
+        self.scheduler_args = scheduler_args
         self.scheduler_count = schedulers if download_pattern == "p2p" else 0
         self.nodes: list[FleetNode] = []
         self.schedulers: list[tuple[str, ManagedProcess]] = []
@@ -119,7 +122,14 @@ class LocalFleet:
 
     def _scheduler_process(self, i: int, port: int) -> ManagedProcess:
         return ManagedProcess(
-            shoal_argv("scheduler", "--listen", f"127.0.0.1:{port}", "--peer-token-file", str(self.token_file)),
+            shoal_argv(
+                "scheduler",
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--peer-token-file",
+                str(self.token_file),
+                *self.scheduler_args,
+            ),
             stdout=self.workdir / f"scheduler-{i}.log",
         )
 

@@ -115,6 +115,12 @@ class TestLease:
         assert report(s, "a", 0.5, digest=E).role == "peer"
         assert report(s, "a", 1.1, digest=E).role == "fetcher"
 
+    def test_a_finished_fetch_frees_the_peer_for_the_next_lease(self) -> None:
+        s = state()
+        assert join(s, "a", 0).role == "fetcher"
+        report(s, "a", 0.5, pieces=10, complete=True, hashes=all_hashes())
+        assert join(s, "a", 0.6, digest=E).role == "fetcher"
+
     def test_open_lease_prefers_a_peer_without_one(self) -> None:
         s = state(lease_ttl=5.0)
         join(s, "a", 0)  # a holds D's lease
