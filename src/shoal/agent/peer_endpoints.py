@@ -178,7 +178,7 @@ class PeerEndpoints:
             while sent < length:
                 chunk = os.pread(fobj.fileno(), min(UPLOAD_CHUNK, length - sent), offset + sent)
                 if not chunk:
-                    raise ConnectionError("short read serving a piece") from None
+                    raise OSError(f"short read serving a piece of {fobj.name}") from None
                 await response.write(chunk)
                 sent += len(chunk)
         await response.write_eof()

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 from shoal.p2p.protocol import bearer
 
+IDLE_FOR = 30.0
+"""seconds an idle keep-alive connection is kept (peers close theirs after 75 s)"""
 READ_SLICE = 1 << 20
 """bytes read per ``readinto`` call: progress (for stall detection) moves at least this often"""
 ERROR_BODY_LIMIT = 64 << 10
@@ -59,6 +61,12 @@ class _Transfer:
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
         self.aborted = False
+
+    def detach(self) -> bool:
+        """Forget the socket (its connection goes back to the pool); False if aborted."""
+        with self._lock:
+            self._sock = None
+            return not self.aborted
 
     def attach(self, sock: socket.socket | None) -> None:
         with self._lock:
@@ -94,7 +102,7 @@ class PieceClient:
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
         self._idle_per_parent = idle_per_parent
-        self._idle: dict[tuple[str, int], list[http.client.HTTPConnection]] = {}
+        self._idle: dict[tuple[str, int], list[tuple[float, http.client.HTTPConnection]]] = {}
         self._idle_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="shoal-piece")
         self._closed = False
@@ -116,8 +124,10 @@ class PieceClient:
         deadline = time.monotonic() + timeout
         future = self._pool.submit(self._get, transfer, split_address(address), path, length, deadline, progress)
         try:
-            return await asyncio.wrap_future(future)
-        except asyncio.CancelledError:
+            # the worker checks the deadline between reads; a parent trickling bytes inside
+            # one read is cut off here (the abort makes the worker's read return)
+            return await asyncio.wait_for(asyncio.wrap_future(future), timeout + 1.0)
+        except (asyncio.CancelledError, TimeoutError):
             transfer.abort()
             raise
 
@@ -126,7 +136,7 @@ class PieceClient:
         self._pool.shutdown(wait=False, cancel_futures=True)
         with self._idle_lock:
             for conns in self._idle.values():
-                for conn in conns:
+                for _, conn in conns:
                     conn.close()
             self._idle.clear()
 
@@ -162,7 +172,10 @@ class PieceClient:
         except BaseException:
             conn.close()
             raise
-        self._checkin(peer, conn)
+        if transfer.detach():
+            self._checkin(peer, conn)
+        else:
+            conn.close()
         return reply
 
     def _exchange(
@@ -205,10 +218,22 @@ class PieceClient:
 
     def _checkout(self, peer: tuple[str, int]) -> tuple[http.client.HTTPConnection, bool]:
         """An idle keep-alive connection to ``peer`` (reused: True), or a new one."""
+        stale: list[http.client.HTTPConnection] = []
+        found: http.client.HTTPConnection | None = None
         with self._idle_lock:
-            idle = self._idle.get(peer)
-            if idle:
-                return idle.pop(), True
+            idle = self._idle.get(peer, [])
+            while idle and found is None:
+                since, conn = idle.pop()
+                if time.monotonic() - since > IDLE_FOR:
+                    stale.append(conn)
+                else:
+                    found = conn
+            if not idle:
+                self._idle.pop(peer, None)
+        for conn in stale:
+            conn.close()
+        if found is not None:
+            return found, True
         return self._connection(peer), False
 
     def _connection(self, peer: tuple[str, int]) -> http.client.HTTPConnection:
@@ -220,7 +245,7 @@ class PieceClient:
             return
         with self._idle_lock:
             idle = self._idle.setdefault(peer, [])
-            if len(idle) < self._idle_per_parent:
-                idle.append(conn)
+            if len(idle) < self._idle_per_parent and not self._closed:
+                idle.append((time.monotonic(), conn))
                 return
         conn.close()

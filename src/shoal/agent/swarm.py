@@ -47,6 +47,15 @@ from shoal.store.partial import PartialBlob
 
 log = logging.getLogger(__name__)
 
+JOIN_RETRY_PAUSES = (0.5, 1.0, 2.0, 0.0)
+"""pauses between join attempts (the last attempt's is unused)"""
+SCHEDULER_FAILURES = 3
+"""reports failed in a row after which a download that also stopped moving gives up on the
+swarm; while pieces keep coming from parents it carries on without the scheduler"""
+SCHEDULER_LOST_GRACE = 10.0
+"""seconds without progress that, with the scheduler failing, end the swarm download (a
+rollout's start can keep a scheduler on shared cores from answering for a few seconds)"""
+
 
 @dataclass(frozen=True, slots=True)
 class SwarmConfig:
@@ -257,11 +266,7 @@ class SwarmDownload:
 
     # -- supervisor --------------------------------------------------------------------------
     async def run(self) -> None:
-        join = JoinRequest(self.cfg.peer_id, self.cfg.address, self.size, self.piece_size)
-        try:
-            view = await self.s.scheduler.join(str(self.digest), join)
-        except SchedulerUnavailable as exc:
-            raise SwarmGaveUpError(f"scheduler: {exc}") from None
+        view = await self._join()
         try:
             self._apply(view)
             self._spawn(self._report_loop(), "reports")
@@ -282,6 +287,20 @@ class SwarmDownload:
             with contextlib.suppress(SchedulerUnavailable):
                 await self._report_once()
 
+    async def _join(self) -> TaskView:
+        """Join the task; a scheduler that is slow to answer (a rollout's first second sends
+        it every node's joins at once) is asked again before the blob goes to the origin."""
+        join = JoinRequest(self.cfg.peer_id, self.cfg.address, self.size, self.piece_size)
+        for attempt, pause in enumerate(JOIN_RETRY_PAUSES, start=1):
+            try:
+                return await self.s.scheduler.join(str(self.digest), join)
+            except SchedulerUnavailable as exc:
+                if attempt > len(JOIN_RETRY_PAUSES) - 1:
+                    raise SwarmGaveUpError(f"scheduler: {exc}") from None
+                log.warning("join for %s failed (%d): %s", self.digest, attempt, exc)
+                await asyncio.sleep(pause)
+        raise AssertionError("unreachable")
+
     async def _supervise(self) -> None:
         last_progress, last_state = time.monotonic(), self._progress()
         while self.partial.contiguous < self.size:
@@ -294,7 +313,8 @@ class SwarmDownload:
                 last_progress, last_state = now, state
             if self.fetching is not None:
                 continue
-            if self.sched_failures >= 3:
+            if self.sched_failures >= SCHEDULER_FAILURES and now - last_progress > SCHEDULER_LOST_GRACE:
+                # the scheduler is gone and the swarm is not moving without it either
                 raise SwarmGaveUpError("scheduler: lost")
             if now - last_progress > self.cfg.stall_timeout:
                 raise SwarmGaveUpError(f"stalled: no progress for {self.cfg.stall_timeout:.0f}s")
@@ -429,7 +449,8 @@ class SwarmDownload:
         return self.cfg.settled_report_interval
 
     async def _report_once(self) -> TaskView:
-        new = {i: h for i, h in self.partial.piece_hashes.items() if i not in self.hashes_sent}
+        # dict() copies in one step: the write thread adds hashes while we look
+        new = {i: h for i, h in dict(self.partial.piece_hashes).items() if i not in self.hashes_sent}
         failed = sorted(self.unreported_failures)
         report = Report(
             self.cfg.peer_id,

@@ -22,8 +22,8 @@ from shoal.p2p.rendezvous import rank_schedulers
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-CONNECT_TIMEOUT = 2.0
-TOTAL_TIMEOUT = 5.0
+CONNECT_TIMEOUT = 3.0
+TOTAL_TIMEOUT = 8.0
 DOWN_FOR = 10.0
 """seconds a failed scheduler goes to the end of every ranking."""
 

@@ -90,15 +90,21 @@ class PartialBlob:
                 raise ValueError(f"write past the end of blob {self.digest}")
             before = self.contiguous
             done = asyncio.ensure_future(asyncio.to_thread(self._write_locked, offset, data))
-            try:
-                await asyncio.shield(done)
-            except asyncio.CancelledError:
-                # the thread keeps writing; hold the lock until it is done, or the next writer
-                # would update the bookkeeping from a second thread at the same time
-                await asyncio.wait([done])
-                if not done.cancelled():
-                    done.exception()  # retrieved: the cancelled writer will not look at it
-                raise
+            cancelled = False
+            while not done.done():
+                # the thread keeps writing when we are cancelled (once or more): hold the lock
+                # until it is done, or the next writer would update the bookkeeping from a
+                # second thread at the same time
+                try:
+                    await asyncio.shield(done)
+                except asyncio.CancelledError:
+                    cancelled = True
+            if cancelled:
+                if not done.cancelled() and done.exception() is None:
+                    self._remember(offset, data)
+                    self._notify(pieces=self._piece_done(before, offset))
+                raise asyncio.CancelledError
+            done.result()
             self._remember(offset, data)
             self._notify(pieces=self._piece_done(before, offset))
 

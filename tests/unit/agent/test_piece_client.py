@@ -160,6 +160,24 @@ class TestBadParents:
             assert asyncio.get_running_loop().time() - started < 4  # read_timeout=1 s
 
 
+    async def test_trickling_parent_is_cut_off_at_the_piece_timeout(self, client: PieceClient) -> None:
+        """Bytes keep arriving (each read inside the socket timeout), but the piece is late."""
+
+        async def trickle(request: web.Request) -> web.StreamResponse:
+            response = web.StreamResponse(headers={"Content-Length": str(len(PIECE))})
+            await response.prepare(request)
+            for _ in range(100):
+                await response.write(b"x" * 1024)
+                await asyncio.sleep(0.3)
+            return response
+
+        async for parent in serve(trickle):
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(TimeoutError):
+                await client.fetch(parent.address, PATH, len(PIECE), timeout=2)
+            assert asyncio.get_running_loop().time() - started < 5
+
+
 class TestCancel:
     async def test_cancel_aborts_the_transfer(self, client: PieceClient) -> None:
         async def stall(request: web.Request) -> web.StreamResponse:
