@@ -47,8 +47,8 @@ from shoal.store.partial import PartialBlob
 
 log = logging.getLogger(__name__)
 
-JOIN_RETRY_PAUSES = (0.5, 1.0, 2.0, 0.0)
-"""pauses between join attempts (the last attempt's is unused)"""
+JOIN_RETRY_PAUSES = (0.5, 1.0, 2.0)
+"""pauses between join attempts: four attempts in all"""
 SCHEDULER_FAILURES = 3
 """reports failed in a row after which a download that also stopped moving gives up on the
 swarm; while pieces keep coming from parents it carries on without the scheduler"""
@@ -295,11 +295,12 @@ class SwarmDownload:
             try:
                 return await self.s.scheduler.join(str(self.digest), join)
             except SchedulerUnavailable as exc:
-                if attempt > len(JOIN_RETRY_PAUSES) - 1:
-                    raise SwarmGaveUpError(f"scheduler: {exc}") from None
                 log.warning("join for %s failed (%d): %s", self.digest, attempt, exc)
                 await asyncio.sleep(pause)
-        raise AssertionError("unreachable")
+        try:
+            return await self.s.scheduler.join(str(self.digest), join)
+        except SchedulerUnavailable as exc:
+            raise SwarmGaveUpError(f"scheduler: {exc}") from None
 
     async def _supervise(self) -> None:
         last_progress, last_state = time.monotonic(), self._progress()
@@ -494,8 +495,11 @@ class SwarmDownload:
         return self.hashes[index]
 
     # -- parents -----------------------------------------------------------------------------
+    def _path(self, tail: str) -> str:
+        return f"/p2p/v1/blobs/{self.digest}/{tail}"
+
     def _url(self, link: ParentLink, tail: str) -> str:
-        return f"http://{link.info.address}/p2p/v1/blobs/{self.digest}/{tail}"
+        return f"http://{link.info.address}{self._path(tail)}"
 
     async def _watch_parent(self, link: ParentLink) -> None:
         """Long-poll the parent's piece map; lanes wait on ``link.updated``."""
@@ -580,7 +584,7 @@ class SwarmDownload:
         try:
             reply = await self.s.pieces.fetch(
                 link.info.address,
-                f"/p2p/v1/blobs/{self.digest}/pieces/{index}",
+                self._path(f"pieces/{index}"),
                 length,
                 timeout=self.cfg.piece_timeout,
                 progress=self._count_bytes,

@@ -99,14 +99,12 @@ class PartialBlob:
                     await asyncio.shield(done)
                 except asyncio.CancelledError:
                     cancelled = True
+            if not done.cancelled() and done.exception() is None:
+                self._remember(offset, data)
+                self._notify(pieces=self._piece_done(before, offset))
             if cancelled:
-                if not done.cancelled() and done.exception() is None:
-                    self._remember(offset, data)
-                    self._notify(pieces=self._piece_done(before, offset))
                 raise asyncio.CancelledError
-            done.result()
-            self._remember(offset, data)
-            self._notify(pieces=self._piece_done(before, offset))
+            done.result()  # the write's own error, if any
 
     def _write_locked(self, offset: int, data: bytes | bytearray) -> None:
         length = len(data)

@@ -73,6 +73,15 @@ async def good(request: web.Request) -> web.StreamResponse:
     return web.Response(body=PIECE, content_type="application/octet-stream")
 
 
+async def stalled(request: web.Request) -> web.StreamResponse:
+    """Headers and the first KiB of the piece, then nothing."""
+    response = web.StreamResponse(headers={"Content-Length": str(len(PIECE))})
+    await response.prepare(request)
+    await response.write(PIECE[:1000])
+    await asyncio.sleep(30)
+    return response
+
+
 class TestGoodPieces:
     async def test_body_hash_token_and_keepalive(self, client: PieceClient) -> None:
         async for parent in serve(good):
@@ -146,14 +155,7 @@ class TestBadParents:
             await client.fetch(f"127.0.0.1:{port}", PATH, len(PIECE), timeout=5)
 
     async def test_stalled_body_times_out(self, client: PieceClient) -> None:
-        async def stall(request: web.Request) -> web.StreamResponse:
-            response = web.StreamResponse(headers={"Content-Length": str(len(PIECE))})
-            await response.prepare(request)
-            await response.write(PIECE[:1000])
-            await asyncio.sleep(30)
-            return response
-
-        async for parent in serve(stall):
+        async for parent in serve(stalled):
             started = asyncio.get_running_loop().time()
             with pytest.raises(TimeoutError):
                 await client.fetch(parent.address, PATH, len(PIECE), timeout=5)
@@ -180,16 +182,9 @@ class TestBadParents:
 
 class TestCancel:
     async def test_cancel_aborts_the_transfer(self, client: PieceClient) -> None:
-        async def stall(request: web.Request) -> web.StreamResponse:
-            response = web.StreamResponse(headers={"Content-Length": str(len(PIECE))})
-            await response.prepare(request)
-            await response.write(PIECE[:1000])
-            await asyncio.sleep(30)
-            return response
-
         slow = PieceClient(None, read_timeout=30.0, workers=1)
         try:
-            async for parent in serve(stall):
+            async for parent in serve(stalled):
                 task = asyncio.create_task(slow.fetch(parent.address, PATH, len(PIECE), timeout=60))
                 await asyncio.sleep(0.3)
                 task.cancel()
