@@ -26,7 +26,9 @@ class TestParseRange:
             ("bytes=-1000", ByteRange(0, 99, SIZE)),  # suffix longer than the blob
             ("bytes=90-1000", ByteRange(90, 99, SIZE)),  # end beyond size clamps
             ("bytes=99-99", ByteRange(99, 99, SIZE)),
-            (" bytes = 1 - 2 ", ByteRange(1, 2, SIZE)),
+            (" bytes=1-2 ", ByteRange(1, 2, SIZE)),  # OWS around the field value
+            ("Bytes=1-2", ByteRange(1, 2, SIZE)),  # the unit is case-insensitive
+            ("bytes=0000000000000000001-2", ByteRange(1, 2, SIZE)),  # 19 digits
         ],
     )
     def test_resolves(self, header: str | None, expected: ByteRange | None) -> None:
@@ -46,6 +48,14 @@ class TestParseRange:
             "bytes=9-0",  # end before start
             "bytes=--5",
             "bytes=0x1-2",
+            "bytes = 0 - 9",  # no whitespace inside the range (aiohttp refuses it too)
+            "bytes=0 -9",
+            "bytes=\u0661-\u0669",  # Arabic-Indic digits: str.isdigit says yes, HTTP says no
+            "bytes=\uff10-\uff19",  # fullwidth digits
+            "bytes=1" + "0" * 19 + "-",  # 20 digits
+            "bytes=" + "9" * 5000 + "-",  # int() would refuse this many digits (a 500 before)
+            "bytes=-" + "9" * 5000,
+            "bytes=0-9" + " " * 200,
         ],
     )
     def test_malformed_is_400(self, header: str) -> None:
