@@ -13,17 +13,21 @@ descriptors, is taken down by a few hundred idle sockets. So:
       busy with a request is it refused, with a 503 and ``Connection: close``;
     * refusals and closes are counted in metrics and logged at most once per ``LOG_EVERY``.
 
-``ConnectionGuard`` wraps the protocol factory of the listening socket. Whether a connection
-is busy is told by the server's middleware (``busy`` / ``idle`` around each request), so the
-guard needs nothing from aiohttp's internals.
+``ConnectionGuard`` runs the accept loop itself, one connection at a time: asyncio's own loop
+accepts up to ``backlog`` sockets per wake-up before any of them is counted, and past the
+descriptor limit logs a traceback for every failed accept. Whether a connection is busy is
+told by the server's middleware (``busy`` / ``idle`` around each request), so the guard needs
+nothing from aiohttp's internals.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import resource
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -81,41 +85,32 @@ class _Conn:
 
 
 class _GuardedProtocol(asyncio.Protocol):
-    """Passes everything to the server's protocol, after the guard has admitted it."""
+    """Passes everything to the server's protocol; tells the guard when the connection ends."""
 
     def __init__(self, guard: ConnectionGuard, inner: asyncio.Protocol) -> None:
         self._guard = guard
         self._inner = inner
-        self._admitted = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
-        self._admitted = self._guard.admit(self._inner, transport)
-        if self._admitted:
-            self._inner.connection_made(transport)
-        else:
-            transport.write(REFUSAL)
-            transport.close()
+        self._guard.admit(self._inner, transport)
+        self._inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
-        if self._admitted:
-            self._inner.data_received(data)
+        self._inner.data_received(data)
 
     def eof_received(self) -> bool | None:
-        return self._inner.eof_received() if self._admitted else None
+        return self._inner.eof_received()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._admitted:
-            self._guard.release(self._inner)
-            self._inner.connection_lost(exc)
+        self._guard.release(self._inner)
+        self._inner.connection_lost(exc)
 
     def pause_writing(self) -> None:
-        if self._admitted:
-            self._inner.pause_writing()
+        self._inner.pause_writing()
 
     def resume_writing(self) -> None:
-        if self._admitted:
-            self._inner.resume_writing()
+        self._inner.resume_writing()
 
 
 class ConnectionGuard:
@@ -137,33 +132,52 @@ class ConnectionGuard:
         self._conns: dict[asyncio.Protocol, _Conn] = {}
         """oldest first; a connection moves to the end whenever it becomes idle"""
         self._sweeper: asyncio.Task[None] | None = None
+        self._accepter: asyncio.Task[None] | None = None
         self._suppressed: dict[str, int] = {}
         self._last_log = 0.0
 
-    def factory(self, inner: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
-        return lambda: _GuardedProtocol(self, inner())
-
-    def start(self) -> None:
+    def serve(self, sock: socket.socket, factory: Callable[[], asyncio.Protocol]) -> None:
+        """Accept connections on the listening ``sock`` for ``factory``'s protocol."""
+        sock.setblocking(False)
+        self._accepter = asyncio.create_task(self._accept_forever(sock, factory), name="accept loop")
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="connection sweeper")
 
     async def stop(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+        for task in (self._accepter, self._sweeper):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def _accept_forever(self, sock: socket.socket, factory: Callable[[], asyncio.Protocol]) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, _ = await loop.sock_accept(sock)
+            except OSError as exc:
+                if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    raise
+                self._note("refused", f"accept failed: {exc.strerror}")
+                await asyncio.sleep(0.1)  # descriptors run out elsewhere: let them come back
+                continue
+            if len(self._conns) >= self.max_connections and not self._evict_idlest():
+                self._note("refused", f"{len(self._conns)} connections, all busy")
+                with contextlib.suppress(OSError):
+                    conn.send(REFUSAL)
+                conn.close()
+                continue
+            try:
+                await loop.connect_accepted_socket(lambda: _GuardedProtocol(self, factory()), conn)
+            except OSError:
+                conn.close()
 
     def __len__(self) -> int:
         return len(self._conns)
 
     # -- events ------------------------------------------------------------------------------
-    def admit(self, inner: asyncio.Protocol, transport: asyncio.Transport) -> bool:
-        now = self._clock()
-        if len(self._conns) >= self.max_connections and not self._evict_idlest():
-            self._note("refused", f"{len(self._conns)} connections, all busy")
-            return False
-        self._conns[inner] = _Conn(inner, transport, now, self.limits.header_timeout)
+    def admit(self, inner: asyncio.Protocol, transport: asyncio.Transport) -> None:
+        self._conns[inner] = _Conn(inner, transport, self._clock(), self.limits.header_timeout)
         self._gauge.set(len(self._conns))
-        return True
 
     def release(self, inner: asyncio.Protocol) -> None:
         self._conns.pop(inner, None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from collections.abc import Awaitable, Callable
 
@@ -51,7 +52,7 @@ class Agent:
         self.store.on_evict = lambda reason: self.metrics.evictions.labels(reason).inc()
         self._source_override = source
         self._runner: web.AppRunner | None = None
-        self._listener: asyncio.Server | None = None
+        self._listener: socket.socket | None = None
         self.guard = ConnectionGuard(
             config.connection_limits, self.metrics.connections, self.metrics.connections_closed
         )
@@ -86,11 +87,9 @@ class Agent:
         await self._runner.setup()
         assert self._runner.server is not None
         host, port = split_hostport(self.config.listen, "listen")
-        self._listener = await asyncio.get_running_loop().create_server(
-            self.guard.factory(self._runner.server), host, port, backlog=1024, reuse_address=True
-        )
-        self.guard.start()
-        bound = self._listener.sockets[0].getsockname()
+        self._listener = socket.create_server((host, port), backlog=1024)
+        self.guard.serve(self._listener, self._runner.server)
+        bound = self._listener.getsockname()
         self.url = f"http://{host}:{bound[1]}"
         self._janitor = asyncio.create_task(self._evict_periodically())
         log.info(
@@ -120,9 +119,9 @@ class Agent:
         return swarm
 
     async def stop(self) -> None:
+        await self.guard.stop()
         if self._listener is not None:
             self._listener.close()
-        await self.guard.stop()
         if self.swarm is not None:
             await self.swarm.close()
         if self._janitor is not None:
@@ -131,8 +130,6 @@ class Agent:
                 await self._janitor
         if self._runner is not None:
             await self._runner.cleanup()
-        if self._listener is not None:
-            await self._listener.wait_closed()
         with contextlib.suppress(AttributeError):
             await self.blobs.close()
         if self._session is not None:
