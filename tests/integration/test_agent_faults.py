@@ -105,6 +105,7 @@ class TestStreaming:
         await settled(agent)
         assert [p.name for p in cache_files(agent, "blobs")] == [digest.partition(":")[2]]
 
+
     async def test_trickled_body_is_written_in_batches(
         self,
         fake: ScriptedRegistry,

@@ -65,7 +65,8 @@ class FakeApiServer:
             meta = secret.setdefault("metadata", {})
             key = (meta["namespace"], meta["name"])
             kind = "MODIFIED" if key in self.secrets else "ADDED"
-            meta.setdefault("uid", self.secrets.get(key, {}).get("metadata", {}).get("uid") or str(uuid.uuid4()))
+            meta.setdefault("uid", self.secrets.get(key, {}).get("metadata", {}).get("uid")
+                            or str(uuid.uuid4()))
             self.version += 1
             meta["resourceVersion"] = str(self.version)
             secret.setdefault("apiVersion", "v1")
@@ -120,17 +121,8 @@ class FakeApiServer:
                 self.wfile.write(data)
 
             def _status(self, code: int, reason: str, message: str) -> None:
-                self._send(
-                    code,
-                    {
-                        "kind": "Status",
-                        "apiVersion": "v1",
-                        "status": "Failure",
-                        "reason": reason,
-                        "message": message,
-                        "code": code,
-                    },
-                )
+                self._send(code, {"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                  "reason": reason, "message": message, "code": code})
 
             def _body(self) -> Json:
                 length = int(self.headers.get("Content-Length") or 0)
@@ -168,17 +160,11 @@ class FakeApiServer:
 
             def _list(self, selector: str) -> None:
                 with fake.changed:
-                    items = [copy.deepcopy(s) for s in fake.secrets.values() if self._matches(s, selector)]
+                    items = [copy.deepcopy(s) for s in fake.secrets.values()
+                             if self._matches(s, selector)]
                     version = fake.version
-                self._send(
-                    200,
-                    {
-                        "kind": "SecretList",
-                        "apiVersion": "v1",
-                        "metadata": {"resourceVersion": str(version)},
-                        "items": items,
-                    },
-                )
+                self._send(200, {"kind": "SecretList", "apiVersion": "v1",
+                                 "metadata": {"resourceVersion": str(version)}, "items": items})
 
             def _watch(self, since: int, selector: str, deadline: float) -> None:
                 self.send_response(200)
@@ -191,32 +177,25 @@ class FakeApiServer:
                 sent = since
                 generation = fake.generation
                 if expired:
-                    self._chunk(
-                        {
-                            "type": "ERROR",
-                            "object": {
-                                "kind": "Status",
-                                "apiVersion": "v1",
-                                "status": "Failure",
-                                "message": "too old resource version",
-                                "reason": "Expired",
-                                "code": 410,
-                            },
-                        }
-                    )
+                    self._chunk({"type": "ERROR", "object": {
+                        "kind": "Status", "apiVersion": "v1", "status": "Failure",
+                        "message": "too old resource version", "reason": "Expired",
+                        "code": 410}})
                     self._end()
                     return
                 while True:
                     with fake.changed:
                         fake.changed.wait_for(
-                            lambda: (
-                                fake.closing
-                                or fake.generation != generation
-                                or (fake.events and fake.events[-1][0] > sent)
-                            ),  # noqa: B023
+                            lambda: fake.closing
+                            or fake.generation != generation
+                            or (fake.events and fake.events[-1][0] > sent),  # noqa: B023
                             timeout=1.0,
                         )
-                        if fake.closing or fake.generation != generation or time.monotonic() > deadline:
+                        if (
+                            fake.closing
+                            or fake.generation != generation
+                            or time.monotonic() > deadline
+                        ):
                             break
                         pending = [e for e in fake.events if e[0] > sent]
                     for version, kind, obj in pending:

@@ -81,18 +81,23 @@ class TestSecretSync:
         assert cached is not None
         assert set(cached) == {"test-registry", "quay"}
         assert sync.secrets_in("elsewhere") == {}
-        assert ("GET", "/api/v1/secrets?fieldSelector=type%3Dkubernetes.io/dockerconfigjson") in (apiserver.requests)
+        assert ("GET", "/api/v1/secrets?fieldSelector=type%3Dkubernetes.io/dockerconfigjson") in (
+            apiserver.requests
+        )
 
     def test_watch_updates_cache(self, sync: SecretSync, apiserver: FakeApiServer) -> None:
         apiserver.put(with_namespace(load("secret-regcred"), "team-a"))
         assert apiserver.wait_for(lambda _: "regcred" in (sync.secrets_in("team-a") or {}))
 
-    def test_ensure_creates_then_follows_and_deletes(self, sync: SecretSync, apiserver: FakeApiServer) -> None:
+    def test_ensure_creates_then_follows_and_deletes(
+        self, sync: SecretSync, apiserver: FakeApiServer
+    ) -> None:
         secrets = derived_in_default(brief_pod(), sync)
         sync.ensure_sync(secrets)
         derived = apiserver.get("default", DERIVED)
         assert creds(derived) == {
-            "auths": {f"127.0.0.1:65001/{BRIEF_REGISTRY}": {"username": "builder", "password": "s3cret"}}
+            "auths": {f"127.0.0.1:65001/{BRIEF_REGISTRY}": {"username": "builder",
+                                                            "password": "s3cret"}}
         }
         assert derived is not None
         owner = derived["metadata"]["ownerReferences"][0]
@@ -102,16 +107,16 @@ class TestSecretSync:
 
         apiserver.put(original(password="rotated"))
         assert apiserver.wait_for(
-            lambda s: (
-                (s.get("default", DERIVED) or {}).get("data") is not None
-                and "rotated" in json.dumps(creds(s.get("default", DERIVED)))
-            )
+            lambda s: (s.get("default", DERIVED) or {}).get("data") is not None
+            and "rotated" in json.dumps(creds(s.get("default", DERIVED)))
         )
 
         apiserver.remove("default", "test-registry")
         assert apiserver.wait_for(lambda s: s.get("default", DERIVED) is None)
 
-    def test_ensure_is_idempotent_and_repairs(self, sync: SecretSync, apiserver: FakeApiServer) -> None:
+    def test_ensure_is_idempotent_and_repairs(
+        self, sync: SecretSync, apiserver: FakeApiServer
+    ) -> None:
         secrets = derived_in_default(brief_pod(), sync)
         sync.ensure_sync(secrets)
         version = apiserver.get("default", DERIVED)["metadata"]["resourceVersion"]  # type: ignore[index]
@@ -125,10 +130,13 @@ class TestSecretSync:
         sync.ensure_sync(secrets)
         assert "s3cret" in json.dumps(creds(apiserver.get("default", DERIVED)))
 
-    def test_unrelated_secret_changes_touch_nothing(self, sync: SecretSync, apiserver: FakeApiServer) -> None:
+    def test_unrelated_secret_changes_touch_nothing(
+        self, sync: SecretSync, apiserver: FakeApiServer
+    ) -> None:
         apiserver.put(original(password="changed"))
         assert apiserver.wait_for(
-            lambda _: "changed" in json.dumps(creds((sync.secrets_in("default") or {}).get("test-registry")))
+            lambda _: "changed" in json.dumps(creds((sync.secrets_in("default") or {})
+                                                    .get("test-registry")))
         )
         assert apiserver.get("default", DERIVED) is None
         assert not [r for r in apiserver.requests if r[0] in ("POST", "PUT", "DELETE")]
@@ -141,7 +149,9 @@ class TestSecretSync:
 class TestStartup:
     """A derived secret left behind by an original deleted while the webhook was down."""
 
-    def test_orphan_is_removed_on_first_list(self, apiserver: FakeApiServer, core: client.CoreV1Api) -> None:
+    def test_orphan_is_removed_on_first_list(
+        self, apiserver: FakeApiServer, core: client.CoreV1Api
+    ) -> None:
         stored = apiserver.put(original())
         request = admission_review(brief_pod(), "default")["request"]
         (derived,) = decide(request, Scope.POD, CONFIG, {"test-registry": stored}).secrets
@@ -152,7 +162,9 @@ class TestStartup:
             assert apiserver.wait_for(lambda s: s.get("default", DERIVED) is None)
             assert "test-registry" not in (running.secrets_in("default") or {})
 
-    def test_relists_after_expired_watch(self, apiserver: FakeApiServer, core: client.CoreV1Api) -> None:
+    def test_relists_after_expired_watch(
+        self, apiserver: FakeApiServer, core: client.CoreV1Api
+    ) -> None:
         apiserver.put(original())
         for sync in start(core, apiserver):
             lists_before = sum(1 for m, p in apiserver.requests if "watch" not in p)

@@ -40,7 +40,9 @@ def brief_pod(namespace: str = "default", *, label: bool = True) -> Json:
                 "metadata": {"labels": {MODE: "p2p"} if label else {}},
                 "spec": {
                     "imagePullSecrets": [{"name": "test-registry"}],
-                    "containers": [{"name": "test", "image": BRIEF_IMAGE, "command": ["sleep", "3600"]}],
+                    "containers": [
+                        {"name": "test", "image": BRIEF_IMAGE, "command": ["sleep", "3600"]}
+                    ],
                 },
             }
         }
@@ -113,7 +115,8 @@ class TestBriefExpectedOutput:
         assert derived["metadata"]["namespace"] == "default"
         assert derived["type"] == "kubernetes.io/dockerconfigjson"
         assert derived["metadata"]["ownerReferences"] == [
-            {"apiVersion": "v1", "kind": "Secret", "name": "test-registry", "uid": "uid-secret-test-registry"}
+            {"apiVersion": "v1", "kind": "Secret", "name": "test-registry",
+             "uid": "uid-secret-test-registry"}
         ]
         before = dockerconfig(original)["auths"][BRIEF_REGISTRY]
         assert dockerconfig(derived) == {"auths": {f"127.0.0.1:65001/{BRIEF_REGISTRY}": before}}
@@ -190,33 +193,25 @@ class TestImages:
         pod = pod_from_template(
             merge_patch(
                 load("deployment-web"),
-                {
-                    "spec": {
-                        "template": {
-                            "metadata": {"labels": {MODE: "p2p"}},
-                            "spec": {"imagePullSecrets": [{"name": "hub"}]},
-                        }
-                    }
-                },
+                {"spec": {"template": {"metadata": {"labels": {MODE: "p2p"}},
+                                       "spec": {"imagePullSecrets": [{"name": "hub"}]}}}},
             ),
             "default",
         )
         decision, patched = admit(pod, Scope.POD, secrets())
-        assert patched["spec"]["containers"][0]["image"] == ("127.0.0.1:65001/docker.io/library/nginx:1.27")
+        assert patched["spec"]["containers"][0]["image"] == (
+            "127.0.0.1:65001/docker.io/library/nginx:1.27"
+        )
         (derived,) = decision.secrets
         assert list(dockerconfig(derived)["auths"]) == ["127.0.0.1:65001/docker.io"]
 
     def test_init_containers(self) -> None:
         pod = merge_patch(
             brief_pod(),
-            {
-                "spec": {
-                    "initContainers": [
-                        {"name": "fetch", "image": "busybox:1.36"},
-                        {"name": "other", "image": "quay.io/org/tool:1"},
-                    ]
-                }
-            },
+            {"spec": {"initContainers": [
+                {"name": "fetch", "image": "busybox:1.36"},
+                {"name": "other", "image": "quay.io/org/tool:1"},
+            ]}},
         )
         _, patched = admit(pod, Scope.POD, secrets())
         init = patched["spec"]["initContainers"]
@@ -231,7 +226,9 @@ class TestImages:
             {"name": "debugger", "image": "busybox"},
             {"name": "shell", "image": "quay.io/org/shell:1"},
         ]
-        request = admission_review(pod, "default", operation="UPDATE", sub_resource="ephemeralcontainers")["request"]
+        request = admission_review(
+            pod, "default", operation="UPDATE", sub_resource="ephemeralcontainers"
+        )["request"]
         decision = decide(request, Scope.POD, CONFIG, secrets())
         patched = apply_json_patch(pod, list(decision.patch))
         ephemeral = patched["spec"]["ephemeralContainers"]
@@ -243,7 +240,9 @@ class TestImages:
     def test_ephemeral_container_in_pod_not_injected(self) -> None:
         pod = brief_pod(label=False)
         pod["spec"]["ephemeralContainers"] = [{"name": "debugger", "image": "busybox"}]
-        request = admission_review(pod, "default", operation="UPDATE", sub_resource="ephemeralcontainers")["request"]
+        request = admission_review(
+            pod, "default", operation="UPDATE", sub_resource="ephemeralcontainers"
+        )["request"]
         assert not decide(request, Scope.NAMESPACE, CONFIG, secrets()).mutated
 
     @pytest.mark.parametrize(
@@ -251,7 +250,8 @@ class TestImages:
         [
             ("nginx", "127.0.0.1:65001/docker.io/library/nginx:latest"),
             ("index.docker.io/team/app:v1", "127.0.0.1:65001/docker.io/team/app:v1"),
-            ("registry.example.com/a/b:1@" + DIGEST, "127.0.0.1:65001/registry.example.com/a/b:1@" + DIGEST),
+            ("registry.example.com/a/b:1@" + DIGEST,
+             "127.0.0.1:65001/registry.example.com/a/b:1@" + DIGEST),
             ("registry.example.com:5000/a:1", None),
             ("127.0.0.1:65001/registry.example.com/a:1", None),
             ("quay.io/a/b", None),
@@ -284,8 +284,12 @@ class TestSkipRules:
         pod = merge_patch(brief_pod(), {"spec": {"imagePullSecrets": None}})
         pod["spec"]["imagePullSecrets"] = [{"name": "test-registry"}, {"name": "quay"}]
         decision, patched = admit(pod, Scope.POD, secrets())
-        assert [s["metadata"]["name"] for s in decision.secrets] == ["acr-credential-test-registry-p2p"]
-        assert patched["spec"]["imagePullSecrets"][-1] == {"name": "acr-credential-test-registry-p2p"}
+        assert [s["metadata"]["name"] for s in decision.secrets] == [
+            "acr-credential-test-registry-p2p"
+        ]
+        assert patched["spec"]["imagePullSecrets"][-1] == {
+            "name": "acr-credential-test-registry-p2p"
+        }
 
     def test_not_a_create(self) -> None:
         request = admission_review(brief_pod(), "default", operation="UPDATE")["request"]
@@ -297,11 +301,8 @@ class TestConfig:
 
     def test_custom_label_prefix_and_names(self) -> None:
         config = WebhookConfig.build(
-            [BRIEF_REGISTRY],
-            endpoint="127.0.0.1:7000",
-            label_prefix="shoal.io",
-            secret_prefix="",
-            secret_suffix="-shoal",
+            [BRIEF_REGISTRY], endpoint="127.0.0.1:7000", label_prefix="shoal.io",
+            secret_prefix="", secret_suffix="-shoal",
         )
         pod = brief_pod(label=False)
         pod["metadata"]["labels"]["shoal.io/image-accelerate-mode"] = "p2p"
@@ -318,7 +319,8 @@ class TestConfig:
 
     @pytest.mark.parametrize(
         ("registries", "kwargs"),
-        [([], {}), (["not a host"], {}), (["a.io"], {"endpoint": "127.0.0.1"}), (["a.io"], {"label_prefix": "a/b"})],
+        [([], {}), (["not a host"], {}), (["a.io"], {"endpoint": "127.0.0.1"}),
+         (["a.io"], {"label_prefix": "a/b"})],
     )
     def test_bad_settings(self, registries: list[str], kwargs: dict[str, Any]) -> None:
         with pytest.raises(ConfigError):

@@ -49,7 +49,9 @@ class TestDerive:
 
     def test_path_scoped_key_keeps_its_path(self) -> None:
         entry = {"auth": "dTpw", "email": "a@b"}
-        derived = derive_dockerconfig({"auths": {"registry.example.com/team": entry, "quay.io": {"auth": "x"}}}, CONFIG)
+        derived = derive_dockerconfig(
+            {"auths": {"registry.example.com/team": entry, "quay.io": {"auth": "x"}}}, CONFIG
+        )
         assert derived == {"auths": {"127.0.0.1:65001/registry.example.com/team": entry}}
 
     def test_nothing_to_derive(self) -> None:
@@ -61,10 +63,8 @@ class TestDerive:
             {"type": "Opaque", "data": {}},
             {"type": "kubernetes.io/dockerconfigjson", "data": {".dockerconfigjson": "!!"}},
             {"type": "kubernetes.io/dockerconfigjson", "data": None},
-            {
-                "type": "kubernetes.io/dockerconfigjson",
-                "data": {".dockerconfigjson": base64.b64encode(b"[1]").decode()},
-            },
+            {"type": "kubernetes.io/dockerconfigjson",
+             "data": {".dockerconfigjson": base64.b64encode(b"[1]").decode()}},
         ],
     )
     def test_unreadable_secrets_are_ignored(self, bad: dict[str, object]) -> None:
