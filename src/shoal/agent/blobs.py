@@ -56,7 +56,7 @@ class BlobSource(Protocol):
     async def cached(self, digest: Digest, size: int) -> None:
         """The blob is now complete in the cache."""
 
-    async def rejected(self, digest: Digest) -> bool:
+    def rejected(self, digest: Digest) -> bool:
         """The bytes this source wrote do not match the digest. True: the origin may still
         have it right (the swarm's pieces were bad), so fetch it again from there."""
 
@@ -137,17 +137,24 @@ class BlobService:
             return await self._passthrough(request, dist, creds)
         if partial is not None:
             await self.upstreams.authorize(creds, dist)
-        else:
-            partial = self._start(dist, creds, self.source)
+        for _ in range(2):
             if partial is None:
-                return await self._passthrough(request, dist, creds)
-        try:
-            size = await asyncio.shield(partial.size_known)
-        except StoreError:
-            return await self._passthrough(request, dist, creds)
-        if head:
-            return web.Response(status=200, headers=blob_headers(digest, size, None))
-        return await self._stream_partial(request, dist, creds, partial, size)
+                partial = self._start(dist, creds, self.source)
+                if partial is None:
+                    break
+            try:
+                size = await asyncio.shield(partial.size_known)
+            except StoreError:
+                break
+            if head:
+                return web.Response(status=200, headers=blob_headers(digest, size, None))
+            try:
+                reader = partial.open_reader()
+            except FileNotFoundError:  # it failed meanwhile: follow the one fetching it again
+                partial = self.partials.get(digest)
+                continue
+            return await self._stream_partial(request, dist, creds, partial, size, reader)
+        return await self._passthrough(request, dist, creds)
 
     # -- downloads ---------------------------------------------------------------------------
     def _start(self, dist: DistributionPath, creds: Credentials | None, source: BlobSource) -> PartialBlob | None:
@@ -177,7 +184,7 @@ class BlobService:
             log.info("cached %s (%d bytes)", partial.digest, partial.size or 0)
         except DigestMismatchError as exc:
             self.metrics.digest_mismatches.labels("origin" if source is self.origin else "swarm").inc()
-            refetch = source is not self.origin and await source.rejected(partial.digest)
+            refetch = source is not self.origin and source.rejected(partial.digest)
             log.error("%s%s", exc, ": fetching it again from the origin" if refetch else "")
         except (UpstreamError, StoreError) as exc:
             log.warning("download of %s failed: %s", partial.digest, exc)
@@ -195,8 +202,8 @@ class BlobService:
             self.metrics.cache_entries.set(self.store.count)
             if self.partials.get(partial.digest) is partial:
                 del self.partials[partial.digest]
-        if refetch:
-            self._start(dist, creds, self.origin)
+            if refetch:
+                self._start(dist, creds, self.origin)
 
     # -- responses ---------------------------------------------------------------------------
     async def _send_file(
@@ -250,13 +257,15 @@ class BlobService:
         creds: Credentials | None,
         partial: PartialBlob,
         size: int,
+        reader: int,
     ) -> web.StreamResponse:
-        """The whole blob while it arrives; its last byte waits for the digest."""
+        """The whole blob while it arrives (``reader``: our own fd of its file); its last byte
+        waits for the digest."""
         response = web.StreamResponse(status=200, headers=blob_headers(partial.digest, size, None))
-        await response.prepare(request)
         counter = self.metrics.bytes_served.labels("stream")
         pos = 0
-        with os.fdopen(partial.open_reader(), "rb") as fobj:
+        with os.fdopen(reader, "rb") as fobj:
+            await response.prepare(request)
             try:
                 try:
                     while pos < size:

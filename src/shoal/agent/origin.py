@@ -102,7 +102,7 @@ class OriginSource:
     async def cached(self, digest: Digest, size: int) -> None:
         """Nothing to tell anyone: a plain mirror keeps its cache to itself."""
 
-    async def rejected(self, digest: Digest) -> bool:
+    def rejected(self, digest: Digest) -> bool:
         """The registry itself sent wrong bytes: asking it again would not help."""
         return False
 

@@ -128,6 +128,7 @@ class SwarmSource:
         self.avoid: dict[str, float] = {}
         """peer id -> monotonic time until which it is not used, after it sent corrupt data"""
         self._announcer: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
         self.pieces = PieceClient(
             config.token, connect_timeout=config.connect_timeout, read_timeout=config.piece_timeout
         )
@@ -140,6 +141,9 @@ class SwarmSource:
             self._announcer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._announcer
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
         self.pieces.close()
 
     async def fill(self, partial: PartialBlob, dist: DistributionPath, creds: Credentials | None) -> None:
@@ -170,7 +174,7 @@ class SwarmSource:
         )
         await self.origin.fill(partial, dist, creds)
 
-    async def rejected(self, digest: Digest) -> bool:
+    def rejected(self, digest: Digest) -> bool:
         """Verified pieces made a blob that does not match its digest: the piece hashes were
         wrong, so the lease holder that published them (or a parent) lied. Avoid them all,
         report them to the scheduler, and have the blob fetched again from the origin. A blob
@@ -193,9 +197,14 @@ class SwarmSource:
             size=size,
             piece_size=piece_size,
         )
-        with contextlib.suppress(SchedulerUnavailable):
-            await self.scheduler.report(str(digest), report)
+        task = asyncio.create_task(self._report_quietly(str(digest), report), name=f"report liars of {digest}")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
         return True
+
+    async def _report_quietly(self, digest: str, report: Report) -> None:
+        with contextlib.suppress(SchedulerUnavailable):
+            await self.scheduler.report(digest, report)
 
     async def cached(self, digest: Digest, size: int) -> None:
         """The blob is complete and verified: tell the scheduler, and keep saying so."""
