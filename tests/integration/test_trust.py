@@ -96,6 +96,11 @@ class TestCachedContentNeedsTheRegistrysYes:
             for digest in secret:
                 assert agent.store.blob_path(Digest.parse(digest)) or agent.store.get_manifest(Digest.parse(digest))
             layer, _ = largest_layer(small_image)
+            public, _ = largest_layer(multiarch_image)
+            for prime in (f"/v2/{REG}/pub/app/blobs/{public}", f"/v2/{OTHER}/pub/app/blobs/{public}"):
+                async with client.get(agent.url + prime) as resp:  # the client may read pub/app
+                    assert resp.status == 200
+                    await resp.read()
             probes = [
                 ("GET", f"/v2/{REG}/pub/app/blobs/{layer}", {}),
                 ("HEAD", f"/v2/{REG}/pub/app/blobs/{layer}", {}),
