@@ -160,7 +160,7 @@ class ConnectionGuard:
                 self._note("refused", f"accept failed: {exc.strerror}")
                 await asyncio.sleep(0.1)  # descriptors run out elsewhere: let them come back
                 continue
-            if len(self._conns) >= self.max_connections and not self._evict_idlest():
+            if len(self._conns) >= self.max_connections and not self.evict_idlest():
                 self._note("refused", f"{len(self._conns)} connections, all busy")
                 with contextlib.suppress(OSError):
                     conn.send(REFUSAL)
@@ -200,7 +200,7 @@ class ConnectionGuard:
         self._conns[inner] = conn  # type: ignore[index]
 
     # -- policy ------------------------------------------------------------------------------
-    def _evict_idlest(self) -> bool:
+    def evict_idlest(self) -> bool:
         for conn in self._conns.values():  # oldest idle first
             if not conn.busy:
                 self._close(conn, "evicted", "at the connection limit")
