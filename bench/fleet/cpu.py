@@ -5,7 +5,7 @@ The figure compares systems fairly (Shoal agents against aria2 leechers in the s
 every per-node data-plane process, taken when the rollout starts and again when it ends (before
 any of them is stopped), and divide the difference by N x image MiB. ``ip netns exec`` execs,
 so the PID the harness started is the program itself. Counting from the rollout start leaves
-out what happened before the clock: the agents' Python start-up (about half a CPU-second
+out what happened before the clock: the agents' Python start-up (about 0.3 CPU-seconds
 each), which is not a cost per byte; it is kept apart as :attr:`DataPlaneCpu.before_s`.
 """
 
