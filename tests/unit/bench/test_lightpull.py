@@ -10,13 +10,9 @@ from pathlib import Path
 
 import pytest
 from bench.fleet.lightpull import PullError, blob_path, pull
-from bench.fleet.netns import plan_lab
-from bench.fleet.origin import Origin
-from bench.fleet.procs import ProcessSet
-from bench.fleet.scenarios.base import Fleet
-from bench.fleet.scenarios.clients import LIGHTPULL, LightClient, make_client
+from bench.fleet.scenarios.clients import LIGHTPULL
 
-from shoal.demo.imagegen import BlobInfo, GeneratedImage, generate_image
+from shoal.demo.imagegen import GeneratedImage, generate_image
 from shoal.testing.registry import DistributionRegistry
 
 MIB = 1 << 20
@@ -30,6 +26,13 @@ def registry(tmp_path: Path) -> Iterator[DistributionRegistry]:
 
 def sha256(path: Path) -> str:
     return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def run_lightpull(*args: str) -> subprocess.CompletedProcess[str]:
+    """As a fleet node runs it: the script by path, in a process of its own."""
+    return subprocess.run(
+        [sys.executable, str(LIGHTPULL), *args], capture_output=True, text=True, timeout=60, check=False
+    )
 
 
 def assert_pulled(dest: Path, image: GeneratedImage) -> None:
@@ -62,24 +65,12 @@ class TestAgainstDistribution:
     def test_as_the_fleet_runs_it(self, tmp_path: Path, registry: DistributionRegistry) -> None:
         image = generate_image(tmp_path / "img", size=2 * MIB, layers=2, tag="v1")
         registry.push(image, "bench/app")
-        proc = subprocess.run(
-            [sys.executable, str(LIGHTPULL), registry.url, "bench/app", "v1", str(tmp_path / "out")],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        proc = run_lightpull(registry.url, "bench/app", "v1", str(tmp_path / "out"))
         assert proc.returncode == 0, proc.stderr
         assert_pulled(tmp_path / "out", image)
 
     def test_an_unknown_tag_fails_with_one_line(self, tmp_path: Path, registry: DistributionRegistry) -> None:
-        proc = subprocess.run(
-            [sys.executable, str(LIGHTPULL), registry.url, "bench/app", "nope", str(tmp_path / "out")],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        proc = run_lightpull(registry.url, "bench/app", "nope", str(tmp_path / "out"))
         assert proc.returncode == 1
         assert proc.stderr.strip().startswith("lightpull: GET ")
         assert "HTTP 404" in proc.stderr
@@ -93,31 +84,3 @@ def test_a_digest_with_a_path_in_it_is_refused(tmp_path: Path) -> None:
 def test_nothing_listening_is_a_pull_error(tmp_path: Path) -> None:
     with pytest.raises(PullError, match=r"GET http://127\.0\.0\.1:9/v2/"):
         pull("http://127.0.0.1:9", "bench/app", "v1", tmp_path)
-
-
-class TestFleetClient:
-    """--client light: which URL it asks, where the files land."""
-
-    def fleet(self, tmp_path: Path) -> Fleet:
-        plan = plan_lab(2, node_bps=100_000_000, origin_bps=100_000_000, run_id="beef")
-        digest = "sha256:" + "cd" * 32
-        return Fleet(
-            plan=plan,
-            procs=ProcessSet(),
-            origin=Origin(plan.origin, tmp_path / "origin", ProcessSet()),
-            tag="v1",
-            blobs=[BlobInfo(digest=digest, size=10, media_type="application/vnd.oci.image.layer.v1.tar")],
-            workdir=tmp_path,
-            client="light",
-        )
-
-    def test_direct_and_through_the_agent(self, tmp_path: Path) -> None:
-        f = self.fleet(tmp_path)
-        c = make_client(f, tmp_path / "p2p")
-        assert isinstance(c, LightClient)
-        node = f.plan.nodes[0]
-        dest = str(tmp_path / "p2p" / "n0" / "pull")
-        assert c.pull_argv(node, None)[1:] == [str(LIGHTPULL), "http://10.77.0.1:5000", "bench/app", "v1", dest]
-        assert c.pull_argv(node, "127.0.0.1:65001")[2:4] == ["http://127.0.0.1:65001", "registry.bench/bench/app"]
-        assert c.files(node) == {f.blobs[0].digest: Path(dest) / "blobs" / "sha256" / ("cd" * 32)}
-        assert c.agent_registry_names() == []
