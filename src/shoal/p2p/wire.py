@@ -16,9 +16,10 @@ Frame format (all integers unsigned, big-endian)::
     0x01 HELLO       version:u8 (2)  nonce:32  id                  client -> server, first
     0x02 WELCOME     version:u8 (2)  nonce:32  proof:32  id        server -> client
     0x03 AUTH        proof:32                                      client -> server
-    0x10 INTERESTED      digest         "tell me what you hold of this blob"
+    0x10 INTERESTED      digest  pieces:u32   "tell me what you hold of this blob"
     0x11 NOT_INTERESTED  digest         "stop telling me"
-    0x12 BITFIELD    digest  pieces:u32  bits[ceil(pieces / 8)]    answer to INTERESTED, once
+    0x12 BITFIELD    digest  pieces:u32  bits[ceil(pieces / 8)]    answer to INTERESTED, once,
+                                                                   with the same piece count
     0x13 HAVE        digest  index:u32     one per piece verified after the BITFIELD
     0x20 REQUEST     digest  index:u32
     0x21 PIECE       digest  index:u32  length:u32, then `length` raw body bytes (not in the frame)
@@ -28,6 +29,9 @@ Frame format (all integers unsigned, big-endian)::
     0x31 CLOSE       reason: utf-8, <= 255 bytes
 
 Bitfield bits are most significant first (piece 0 is ``0x80`` of byte 0); spare bits are zero.
+INTERESTED carries the blob's piece count (a downloader knows the blob's size from the registry
+before it asks), so a peer that holds nothing of the blob yet still answers at once, with an
+empty bitfield, and every index after it is checked against that count.
 
 Handshake: the client sends HELLO with a fresh 32-byte nonce; the server answers WELCOME with
 its own nonce and ``proof = HMAC-SHA256(secret, "shoal-p2p-v2" 0 "server" 0 nc ns id_c id_s)``
@@ -173,6 +177,7 @@ class Auth:
 @dataclass(frozen=True, slots=True)
 class Interested:
     digest: str
+    pieces: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -392,6 +397,15 @@ class NonceLog:
         return True
 
 
+@dataclass(slots=True)
+class _Interest:
+    """One side's interest in a blob on this connection."""
+
+    pieces: int
+    bitfield: bool = False
+    """the answering BITFIELD went out (their interest) or came in (ours)"""
+
+
 class _Hs(enum.Enum):
     START = 0
     SENT_HELLO = 1  # client
@@ -464,11 +478,10 @@ class Connection:
         self._last_received = now
         self._keepalive_tokens = _KEEPALIVE_BURST
         self._keepalive_at = now
-        # what we asked about: digest -> its piece count once the peer's BITFIELD came
-        self._we_want: dict[str, int | None] = {}
+        self._we_want: dict[str, _Interest] = {}
         self._retracted: dict[str, None] = {}
-        # what the peer asked about: digest -> piece count of the BITFIELD we sent (None: not yet)
-        self._they_want: dict[str, int | None] = {}
+        """blobs we said NOT_INTERESTED in: their BITFIELD and HAVE may still be on the way"""
+        self._they_want: dict[str, _Interest] = {}
         self._our_requests: dict[tuple[str, int], bool] = {}  # -> cancelled
         self._their_requests: set[tuple[str, int]] = set()
 
@@ -569,8 +582,9 @@ class Connection:
             return KeepAlive()
         digest = r.digest()
         if kind is _T.INTERESTED:
+            pieces = r.u32()
             r.end()
-            return self._on_interested(digest)
+            return self._on_interested(Interested(digest, pieces))
         if kind is _T.NOT_INTERESTED:
             r.end()
             if digest not in self._they_want:
@@ -644,48 +658,53 @@ class Connection:
             raise RemoteProtocolError("keepalive flood")
         self._keepalive_tokens -= 1.0
 
-    def _on_interested(self, digest: str) -> Event:
-        if digest in self._they_want:
-            raise RemoteProtocolError(f"INTERESTED in {digest[:19]} twice")
+    def _on_interested(self, event: Interested) -> Event:
+        if event.digest in self._they_want:
+            raise RemoteProtocolError(f"INTERESTED in {event.digest[:19]} twice")
         if len(self._they_want) >= MAX_BLOBS:
             raise RemoteProtocolError(f"INTERESTED in more than {MAX_BLOBS} blobs")
-        self._they_want[digest] = None
-        return Interested(digest)
+        if event.pieces < 1:
+            raise RemoteProtocolError("INTERESTED in a blob of 0 pieces")
+        self._they_want[event.digest] = _Interest(event.pieces)
+        return event
 
     def _on_bitfield(self, event: Bitfield) -> Event | None:
         _check_bits(event.pieces, event.bits, RemoteProtocolError)
         if event.digest in self._retracted:
             return None
-        if event.digest not in self._we_want:
+        ours = self._we_want.get(event.digest)
+        if ours is None:
             raise RemoteProtocolError(f"BITFIELD of {event.digest[:19]} we did not ask about")
-        if self._we_want[event.digest] is not None:
+        if ours.bitfield:
             raise RemoteProtocolError(f"second BITFIELD of {event.digest[:19]}")
-        self._we_want[event.digest] = event.pieces
+        if event.pieces != ours.pieces:
+            raise RemoteProtocolError(f"BITFIELD of {event.pieces} pieces, we asked about {ours.pieces}")
+        ours.bitfield = True
         return event
 
     def _on_have(self, event: Have) -> Event | None:
         if event.digest in self._retracted:
             return None
-        if event.digest not in self._we_want:
+        ours = self._we_want.get(event.digest)
+        if ours is None:
             raise RemoteProtocolError(f"HAVE of {event.digest[:19]} we did not ask about")
-        pieces = self._we_want[event.digest]
-        if pieces is None:
+        if not ours.bitfield:
             raise RemoteProtocolError(f"HAVE of {event.digest[:19]} before its BITFIELD")
-        if event.index >= pieces:
-            raise RemoteProtocolError(f"HAVE of piece {event.index} of a {pieces}-piece blob")
+        if event.index >= ours.pieces:
+            raise RemoteProtocolError(f"HAVE of piece {event.index} of a {ours.pieces}-piece blob")
         return event
 
     def _on_request(self, event: Request) -> Event:
         key = (event.digest, event.index)
-        if event.digest not in self._they_want:
+        theirs = self._they_want.get(event.digest)
+        if theirs is None:
             raise RemoteProtocolError(f"REQUEST for {event.digest[:19]} without INTERESTED")
         if key in self._their_requests:
             raise RemoteProtocolError(f"REQUEST for piece {event.index} twice")
         if len(self._their_requests) >= self.max_requests:
             raise RemoteProtocolError(f"more than {self.max_requests} requests in flight")
-        pieces = self._they_want[event.digest]
-        if pieces is not None and event.index >= pieces:
-            raise RemoteProtocolError(f"REQUEST for piece {event.index} of a {pieces}-piece blob")
+        if event.index >= theirs.pieces:
+            raise RemoteProtocolError(f"REQUEST for piece {event.index} of a {theirs.pieces}-piece blob")
         self._their_requests.add(key)
         return event
 
@@ -765,9 +784,12 @@ class Connection:
         if isinstance(event, Interested):
             if event.digest in self._we_want:
                 raise LocalProtocolError(f"already interested in {event.digest[:19]}")
-            self._we_want[event.digest] = None
+            if event.pieces < 1:
+                raise LocalProtocolError("interest in a blob of 0 pieces")
+            frame = _frame(_T.INTERESTED, d + _u32(event.pieces, "pieces"))
+            self._we_want[event.digest] = _Interest(event.pieces)
             self._retracted.pop(event.digest, None)
-            return _frame(_T.INTERESTED, d)
+            return frame
         if isinstance(event, NotInterested):
             if event.digest not in self._we_want:
                 raise LocalProtocolError(f"not interested in {event.digest[:19]}")
@@ -778,23 +800,31 @@ class Connection:
             return _frame(_T.NOT_INTERESTED, d)
         if isinstance(event, Bitfield):
             _check_bits(event.pieces, event.bits, LocalProtocolError)
-            if event.digest not in self._they_want or self._they_want[event.digest] is not None:
+            theirs = self._they_want.get(event.digest)
+            if theirs is None or theirs.bitfield:
                 raise LocalProtocolError(f"BITFIELD of {event.digest[:19]} answers no INTERESTED")
+            if event.pieces != theirs.pieces:
+                raise LocalProtocolError(f"BITFIELD of {event.pieces} pieces, the peer asked about {theirs.pieces}")
             frame = _frame(_T.BITFIELD, d + _u32(event.pieces, "pieces") + event.bits)
-            self._they_want[event.digest] = event.pieces
+            theirs.bitfield = True
             return frame
         index = _u32(event.index, "piece index")
         key = (event.digest, event.index)
         if isinstance(event, Have):
-            pieces = self._they_want.get(event.digest)
-            if pieces is None:
+            theirs = self._they_want.get(event.digest)
+            if theirs is None:
+                raise LocalProtocolError(f"HAVE of {event.digest[:19]}: the peer is not interested in it")
+            if not theirs.bitfield:
                 raise LocalProtocolError(f"HAVE of {event.digest[:19]} before a BITFIELD of it")
-            if event.index >= pieces:
-                raise LocalProtocolError(f"HAVE of piece {event.index} of a {pieces}-piece blob")
+            if event.index >= theirs.pieces:
+                raise LocalProtocolError(f"HAVE of piece {event.index} of a {theirs.pieces}-piece blob")
             return _frame(_T.HAVE, d + index)
         if isinstance(event, Request):
-            if event.digest not in self._we_want:
+            ours = self._we_want.get(event.digest)
+            if ours is None:
                 raise LocalProtocolError(f"REQUEST for {event.digest[:19]} without INTERESTED")
+            if event.index >= ours.pieces:
+                raise LocalProtocolError(f"REQUEST for piece {event.index} of a {ours.pieces}-piece blob")
             if key in self._our_requests:
                 raise LocalProtocolError(f"piece {event.index} already requested")
             self._our_requests[key] = False

@@ -226,7 +226,7 @@ class TestHandshake:
         with pytest.raises(RemoteProtocolError, match="HELLO frame during handshake"):
             client.next_event()
 
-    @pytest.mark.parametrize("event", [Interested(D1), KeepAlive(), Auth(), Welcome("b")])
+    @pytest.mark.parametrize("event", [Interested(D1, 10), KeepAlive(), Auth(), Welcome("b")])
     def test_sending_out_of_order_is_a_local_error(self, event: Event) -> None:
         client = conn(Role.CLIENT)
         with pytest.raises(LocalProtocolError):
@@ -249,7 +249,7 @@ class TestHandshake:
 
 
 STEPS: list[tuple[str, Event, bytes]] = [
-    ("c", Interested(D1), b""),
+    ("c", Interested(D1, 10), b""),
     ("s", Bitfield.of(D1, 10, [0, 3, 9]), b""),
     ("s", Have(D1, 4), b""),
     ("c", Request(D1, 3), b""),
@@ -258,7 +258,7 @@ STEPS: list[tuple[str, Event, bytes]] = [
     ("s", Piece(D1, 3, 5), b"hello"),
     ("s", Reject(D1, 4), b""),
     ("c", Cancel(D1, 9), b""),
-    ("s", Interested(D2), b""),
+    ("s", Interested(D2, 3), b""),
     ("c", Bitfield.of(D2, 3, []), b""),
     ("c", NotInterested(D1), b""),
     ("s", NotInterested(D2), b""),
@@ -327,8 +327,8 @@ class TestFrames:
 
     def test_the_wire_format(self) -> None:
         client, server = established()
-        interested = client.send(Interested(D1))
-        assert interested == struct.pack(">IB", 34, 0x10) + raw_digest()
+        interested = client.send(Interested(D1, 10))
+        assert interested == struct.pack(">IB", 38, 0x10) + raw_digest() + struct.pack(">I", 10)
         deliver(interested, server)
         assert server.send(Bitfield.of(D1, 10, [0, 9])) == frame(
             0x12, raw_digest() + struct.pack(">I", 10) + b"\x80\x40"
@@ -337,7 +337,7 @@ class TestFrames:
 
     def test_the_body_is_left_to_the_io_layer(self) -> None:
         client, server = established()
-        deliver(client.send(Interested(D1)), server)
+        deliver(client.send(Interested(D1, 10)), server)
         deliver(client.send(Request(D1, 0)), server)
         header = server.send(Piece(D1, 0, 1 << 20))
         assert len(header) == 4 + 1 + 33 + 8  # a header, never the body
@@ -393,21 +393,21 @@ class TestMalformed:
 
     def test_a_partial_frame_waits_for_more(self) -> None:
         client, server = established()
-        data = client.send(Interested(D1))
+        data = client.send(Interested(D1, 10))
         assert deliver(data[:-1], server) == [NEED_DATA]
-        assert deliver(data[-1:], server) == [Interested(D1), NEED_DATA]
+        assert deliver(data[-1:], server) == [Interested(D1, 10), NEED_DATA]
 
     @pytest.mark.parametrize("cut", [1, 3, 4, 20])
     def test_a_truncated_frame_then_eof(self, cut: int) -> None:
         client, server = established()
-        server.receive_data(client.send(Interested(D1))[:cut])
+        server.receive_data(client.send(Interested(D1, 10))[:cut])
         server.receive_data(b"")
         with pytest.raises(RemoteProtocolError, match="truncated"):
             server.next_event()
 
     def test_eof_inside_a_body(self) -> None:
         client, server = established()
-        deliver(client.send(Interested(D1)), server)
+        deliver(client.send(Interested(D1, 10)), server)
         deliver(client.send(Request(D1, 0)), server)
         client.receive_data(server.send(Piece(D1, 0, 100)) + b"x" * 40)
         client.receive_data(b"")
@@ -418,9 +418,9 @@ class TestMalformed:
 
     def test_eof_at_a_frame_boundary_is_a_clean_close(self) -> None:
         client, server = established()
-        server.receive_data(client.send(Interested(D1)))
+        server.receive_data(client.send(Interested(D1, 10)))
         server.receive_data(b"")
-        assert drain(server) == [Interested(D1), ConnectionClosed()]
+        assert drain(server) == [Interested(D1, 10), ConnectionClosed()]
         assert server.state is State.CLOSED
         with pytest.raises(LocalProtocolError, match="after end of stream"):
             server.receive_data(b"more")
@@ -429,7 +429,7 @@ class TestMalformed:
         ("data", "needle"),
         [
             (frame(0x7F, b""), "unknown frame type 0x7f"),
-            (frame(0x10, raw_digest() + b"\0"), "1 trailing bytes"),
+            (frame(0x10, raw_digest() + struct.pack(">I", 10) + b"\0"), "1 trailing bytes"),
             (frame(0x10, raw_digest()[:20]), "INTERESTED frame too short"),
             (frame(0x10, b"\x09" + b"\0" * 32), "unknown digest algorithm 9"),
             (frame(0x30, b"\0"), "KEEPALIVE frame has 1 trailing bytes"),
@@ -450,7 +450,7 @@ class TestMalformed:
     )
     def test_malformed_bitfields(self, pieces: int, bits: bytes, needle: str) -> None:
         client, _server = established()
-        client.send(Interested(D1))
+        client.send(Interested(D1, 10))
         client.receive_data(frame(0x12, raw_digest() + struct.pack(">I", pieces) + bits))
         with pytest.raises(RemoteProtocolError, match=needle):
             client.next_event()
@@ -458,7 +458,7 @@ class TestMalformed:
     def test_a_malformed_digest_is_not_sent(self) -> None:
         client, _server = established()
         with pytest.raises(LocalProtocolError, match="invalid digest"):
-            client.send(Interested("sha256:nothex"))
+            client.send(Interested("sha256:nothex", 1))
 
 
 class TestRules:
@@ -466,7 +466,7 @@ class TestRules:
 
     def test_have_before_bitfield(self) -> None:
         client, server = established()
-        deliver(client.send(Interested(D1)), server)
+        deliver(client.send(Interested(D1, 10)), server)
         client.receive_data(frame(0x13, raw_digest() + struct.pack(">I", 0)))
         with pytest.raises(RemoteProtocolError, match="before its BITFIELD"):
             client.next_event()
@@ -475,12 +475,12 @@ class TestRules:
 
     def test_have_outside_the_blob(self) -> None:
         client, server = established()
-        deliver(client.send(Interested(D1)), server)
-        deliver(server.send(Bitfield.of(D1, 4, [])), client)
-        with pytest.raises(LocalProtocolError, match="piece 4 of a 4-piece"):
-            server.send(Have(D1, 4))
-        client.receive_data(frame(0x13, raw_digest() + struct.pack(">I", 4)))
-        with pytest.raises(RemoteProtocolError, match="piece 4 of a 4-piece"):
+        deliver(client.send(Interested(D1, 10)), server)
+        deliver(server.send(Bitfield.of(D1, 10, [])), client)
+        with pytest.raises(LocalProtocolError, match="piece 10 of a 10-piece"):
+            server.send(Have(D1, 10))
+        client.receive_data(frame(0x13, raw_digest() + struct.pack(">I", 10)))
+        with pytest.raises(RemoteProtocolError, match="piece 10 of a 10-piece"):
             client.next_event()
 
     def test_availability_we_did_not_ask_for(self) -> None:
@@ -493,19 +493,19 @@ class TestRules:
 
     def test_a_second_bitfield(self) -> None:
         client, server = established()
-        deliver(client.send(Interested(D1)), server)
-        bitfield = server.send(Bitfield.of(D1, 8, [1]))
+        deliver(client.send(Interested(D1, 10)), server)
+        bitfield = server.send(Bitfield.of(D1, 10, [1]))
         with pytest.raises(LocalProtocolError, match="answers no INTERESTED"):
-            server.send(Bitfield.of(D1, 8, [1]))
+            server.send(Bitfield.of(D1, 10, [1]))
         client.receive_data(bitfield + bitfield)
-        assert client.next_event() == Bitfield.of(D1, 8, [1])
+        assert client.next_event() == Bitfield.of(D1, 10, [1])
         with pytest.raises(RemoteProtocolError, match="second BITFIELD"):
             client.next_event()
 
     def test_availability_racing_not_interested_is_dropped(self) -> None:
         client, server = established()
-        deliver(client.send(Interested(D1)), server)
-        bitfield = server.send(Bitfield.of(D1, 8, [1]))
+        deliver(client.send(Interested(D1, 10)), server)
+        bitfield = server.send(Bitfield.of(D1, 10, [1]))
         deliver(bitfield, client)
         have = server.send(Have(D1, 2))  # on its way while the client loses interest
         client.send(NotInterested(D1))
@@ -513,13 +513,13 @@ class TestRules:
 
     def test_interest_twice_and_retraction_without_interest(self) -> None:
         client, server = established()
-        data = client.send(Interested(D1))
+        data = client.send(Interested(D1, 10))
         with pytest.raises(LocalProtocolError, match="already interested"):
-            client.send(Interested(D1))
+            client.send(Interested(D1, 10))
         with pytest.raises(LocalProtocolError, match="not interested"):
             client.send(NotInterested(D2))
         server.receive_data(data + data)
-        assert server.next_event() == Interested(D1)
+        assert server.next_event() == Interested(D1, 10)
         with pytest.raises(RemoteProtocolError, match="INTERESTED in sha256:111111111111 twice"):
             server.next_event()
 
@@ -539,7 +539,7 @@ class TestRules:
 
     def test_request_twice(self) -> None:
         client, server = established()
-        deliver(client.send(Interested(D1)), server)
+        deliver(client.send(Interested(D1, 10)), server)
         request = client.send(Request(D1, 0))
         with pytest.raises(LocalProtocolError, match="already requested"):
             client.send(Request(D1, 0))
@@ -550,7 +550,7 @@ class TestRules:
 
     def test_requests_in_flight_are_bounded(self) -> None:
         client, server = established(max_requests=3)
-        deliver(client.send(Interested(D1)), server)
+        deliver(client.send(Interested(D1, 10)), server)
         for i in range(3):
             assert deliver(client.send(Request(D1, i)), server) == [Request(D1, i), NEED_DATA]
         server.receive_data(client.send(Request(D1, 3)))
@@ -559,22 +559,53 @@ class TestRules:
 
     def test_answers_free_request_slots(self) -> None:
         client, server = established(max_requests=1)
-        deliver(client.send(Interested(D1)), server)
+        deliver(client.send(Interested(D1, 10)), server)
         for i in range(3):
             deliver(client.send(Request(D1, i)), server)
             deliver(server.send(Reject(D1, i)), client)
 
-    def test_a_request_beyond_our_bitfield(self) -> None:
+    def test_a_request_beyond_the_blob(self) -> None:
         client, server = established()
-        deliver(client.send(Interested(D1)), server)
-        deliver(server.send(Bitfield.of(D1, 2, [0, 1])), client)
-        server.receive_data(client.send(Request(D1, 2)))
-        with pytest.raises(RemoteProtocolError, match="piece 2 of a 2-piece"):
+        deliver(client.send(Interested(D1, 10)), server)
+        with pytest.raises(LocalProtocolError, match="piece 10 of a 10-piece"):
+            client.send(Request(D1, 10))
+        server.receive_data(frame(0x20, raw_digest() + struct.pack(">I", 10)))
+        with pytest.raises(RemoteProtocolError, match="piece 10 of a 10-piece"):
             server.next_event()
+
+    def test_the_bitfield_answers_with_the_count_asked_about(self) -> None:
+        client, server = established()
+        deliver(client.send(Interested(D1, 10)), server)
+        with pytest.raises(LocalProtocolError, match="9 pieces, the peer asked about 10"):
+            server.send(Bitfield.of(D1, 9, []))
+        client.receive_data(frame(0x12, raw_digest() + struct.pack(">I", 9) + b"\0\0"))
+        with pytest.raises(RemoteProtocolError, match="9 pieces, we asked about 10"):
+            client.next_event()
+
+    def test_a_peer_holding_nothing_answers_at_once(self) -> None:
+        client, server = established()
+        assert deliver(client.send(Interested(D1, 10)), server) == [Interested(D1, 10), NEED_DATA]
+        assert deliver(server.send(Bitfield.of(D1, 10, [])), client) == [Bitfield(D1, 10, b"\0\0"), NEED_DATA]
+
+    def test_interest_in_no_pieces(self) -> None:
+        client, server = established()
+        with pytest.raises(LocalProtocolError, match="0 pieces"):
+            client.send(Interested(D1, 0))
+        server.receive_data(frame(0x10, raw_digest() + struct.pack(">I", 0)))
+        with pytest.raises(RemoteProtocolError, match="0 pieces"):
+            server.next_event()
+
+    def test_have_to_a_peer_not_interested(self) -> None:
+        client, server = established()
+        deliver(client.send(Interested(D1, 10)), server)
+        deliver(server.send(Bitfield.of(D1, 10, [])), client)
+        deliver(client.send(NotInterested(D1)), server)
+        with pytest.raises(LocalProtocolError, match="the peer is not interested"):
+            server.send(Have(D1, 1))
 
     def test_a_piece_or_reject_nobody_asked_for(self) -> None:
         client, server = established()
-        deliver(client.send(Interested(D1)), server)
+        deliver(client.send(Interested(D1, 10)), server)
         with pytest.raises(LocalProtocolError, match="answers no request"):
             server.send(Piece(D1, 0, 10))
         with pytest.raises(LocalProtocolError, match="answers no request"):
@@ -591,7 +622,7 @@ class TestRules:
 
     def test_a_piece_too_big(self) -> None:
         client, server = established(max_piece=1000)
-        deliver(client.send(Interested(D1)), server)
+        deliver(client.send(Interested(D1, 10)), server)
         deliver(client.send(Request(D1, 0)), server)
         client.receive_data(frame(0x21, raw_digest() + struct.pack(">II", 0, 1001)))
         with pytest.raises(RemoteProtocolError, match="1001 bytes"):
@@ -601,7 +632,7 @@ class TestRules:
 
     def test_a_cancel_racing_the_piece_is_dropped(self) -> None:
         client, server = established()
-        deliver(client.send(Interested(D1)), server)
+        deliver(client.send(Interested(D1, 10)), server)
         deliver(client.send(Request(D1, 0)), server)
         piece = server.send(Piece(D1, 0, 3))
         server.body_sent(3)
@@ -612,7 +643,7 @@ class TestRules:
 
     def test_a_cancel_in_time_reaches_the_sender(self) -> None:
         client, server = established()
-        deliver(client.send(Interested(D1)), server)
+        deliver(client.send(Interested(D1, 10)), server)
         deliver(client.send(Request(D1, 0)), server)
         assert deliver(client.send(Cancel(D1, 0)), server) == [Cancel(D1, 0), NEED_DATA]
         with pytest.raises(LocalProtocolError, match="answers no request"):
@@ -630,10 +661,10 @@ class TestRules:
 
     def test_after_our_close_what_was_in_flight_is_dropped(self) -> None:
         client, server = established()
-        interested = client.send(Interested(D1))
+        interested = client.send(Interested(D1, 10))
         server.send(Close("bye"))
         with pytest.raises(LocalProtocolError, match="closed"):
-            server.send(Interested(D2))
+            server.send(Interested(D2, 3))
         server.receive_data(interested)
         server.receive_data(b"")
         assert drain(server) == [ConnectionClosed()]
@@ -663,7 +694,7 @@ class TestKeepalive:
     def test_body_bytes_count_as_traffic(self) -> None:
         clock = Clock()
         client, server = established(clock)
-        deliver(client.send(Interested(D1)), server)
+        deliver(client.send(Interested(D1, 10)), server)
         deliver(client.send(Request(D1, 0)), server)
         server.send(Piece(D1, 0, 10))
         clock.now += 20
@@ -695,5 +726,5 @@ class TestKeepalive:
         client, server = established(clock)
         clock.now += 44
         assert server.silent_for() == pytest.approx(44)
-        server.receive_data(client.send(Interested(D1))[:3])
+        server.receive_data(client.send(Interested(D1, 10))[:3])
         assert server.silent_for() == 0

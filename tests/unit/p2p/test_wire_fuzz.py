@@ -95,11 +95,11 @@ def test_any_chunking_gives_the_same_events(
 ) -> None:
     pieces, held, haves, requests, cancelled, bodies = conv
     client, server = pair()
-    up = client.send(Interested(DIGEST))
+    up = client.send(Interested(DIGEST, pieces))
     up += b"".join(client.send(Request(DIGEST, i)) for i in requests)
     up += b"".join(client.send(Cancel(DIGEST, i)) for i in requests if i in cancelled)
     got_up, _ = feed(server, split(up, cuts_up))
-    want_up: list[Event] = [Interested(DIGEST), *(Request(DIGEST, i) for i in requests)]
+    want_up: list[Event] = [Interested(DIGEST, pieces), *(Request(DIGEST, i) for i in requests)]
     want_up += [Cancel(DIGEST, i) for i in requests if i in cancelled]
     assert got_up == want_up
 
@@ -147,7 +147,7 @@ def test_random_bytes_at_a_fresh_server(data: bytes) -> None:
 @given(st.binary(max_size=300))
 def test_random_bytes_at_an_established_connection(data: bytes) -> None:
     client, _server = pair()
-    client.send(Interested(DIGEST))
+    client.send(Interested(DIGEST, 9))
     client.send(Request(DIGEST, 0))
     survive(client, data)
 
@@ -156,8 +156,8 @@ def test_random_bytes_at_an_established_connection(data: bytes) -> None:
 @given(st.data())
 def test_a_corrupted_stream(data: st.DataObject) -> None:
     client, server = pair()
-    server.receive_data(client.send(Interested(DIGEST)) + client.send(Request(DIGEST, 1)))
-    assert [server.next_event(), server.next_event()] == [Interested(DIGEST), Request(DIGEST, 1)]
+    server.receive_data(client.send(Interested(DIGEST, 9)) + client.send(Request(DIGEST, 1)))
+    assert [server.next_event(), server.next_event()] == [Interested(DIGEST, 9), Request(DIGEST, 1)]
     stream = bytearray(server.send(Bitfield.of(DIGEST, 9, [1, 2])) + server.send(Have(DIGEST, 5)))
     stream += server.send(Piece(DIGEST, 1, 4)) + b"body"
     for _ in range(data.draw(st.integers(1, 4))):
