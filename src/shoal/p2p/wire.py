@@ -16,8 +16,8 @@ Frame format (all integers unsigned, big-endian)::
     0x01 HELLO       version:u8 (2)  nonce:32  id                  client -> server, first
     0x02 WELCOME     version:u8 (2)  nonce:32  proof:32  id        server -> client
     0x03 AUTH        proof:32                                      client -> server
-    0x10 INTERESTED      digest  pieces:u32   "tell me what you hold of this blob"
-    0x11 NOT_INTERESTED  digest         "stop telling me"
+    0x10 INTERESTED  digest  pieces:u32    "tell me what you hold of this blob"
+    0x11 NOT_INTERESTED  digest            "stop telling me"
     0x12 BITFIELD    digest  pieces:u32  bits[ceil(pieces / 8)]    answer to INTERESTED, once,
                                                                    with the same piece count
     0x13 HAVE        digest  index:u32     one per piece verified after the BITFIELD
