@@ -31,6 +31,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 from prometheus_client import Counter, Gauge
 
@@ -92,8 +93,8 @@ class _GuardedProtocol(asyncio.Protocol):
         self._inner = inner
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._guard.admit(self._inner, transport)
+        # uvloop's transports have every Transport method but are not its subclass
+        self._guard.admit(self._inner, cast(asyncio.Transport, transport))
         self._inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
