@@ -129,12 +129,10 @@ class BlobService:
             return await self._passthrough(request, dist, creds)
         if range_header is not None:
             # the range from the registry now; the whole blob into the cache meanwhile, once
+            size = await self._upstream_size(dist, creds)  # also the access check for a partial
             if partial is None:
-                await self.upstreams.blob_size(creds, dist)  # before a download for these creds
                 self._start(dist, creds, self.source)
-            else:
-                await self.upstreams.authorize(creds, dist)
-            return await self._passthrough(request, dist, creds)
+            return await self._passthrough(request, dist, creds, size)
         if partial is not None:
             await self.upstreams.authorize(creds, dist)
         for _ in range(2):
@@ -311,13 +309,14 @@ class BlobService:
         return size
 
     async def _passthrough(
-        self, request: web.Request, dist: DistributionPath, creds: Credentials | None
+        self, request: web.Request, dist: DistributionPath, creds: Credentials | None, size: int | None = None
     ) -> web.StreamResponse:
         """Straight from the registry, not cached: a range of a blob not cached yet, or any
         request when the disk is full. A whole blob is checked against its digest."""
         digest = dist.digest
         assert digest is not None
-        size = await self._upstream_size(dist, creds)
+        if size is None:
+            size = await self._upstream_size(dist, creds)
         if request.method == "HEAD":
             return web.Response(status=200, headers=blob_headers(digest, size, None))
         rng = parse_range(request.headers.get("Range"), size)

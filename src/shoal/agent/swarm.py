@@ -155,8 +155,6 @@ class SwarmSource:
         download = SwarmDownload(self, partial, dist, creds)
         try:
             await download.run()
-            if download.suppliers:
-                self.suppliers[dist.digest] = (partial.size, download.suppliers)  # type: ignore[index]
             return
         except SwarmGaveUpError as exc:
             reason = str(exc)
@@ -165,6 +163,10 @@ class SwarmSource:
         except Exception as exc:  # a bug in the swarm must not fail the pull
             log.exception("swarm download of %s crashed", dist.digest)
             reason = f"crash: {type(exc).__name__}"
+        finally:
+            # whoever gave us pieces (also before a fallback) answers for the blob's digest
+            if download.suppliers:
+                self.suppliers[dist.digest] = (partial.size, download.suppliers)  # type: ignore[index]
         self.metrics.swarm_fallbacks.labels(reason.split(":")[0]).inc()
         log.warning(
             "swarm gave up on %s (%s) at %d bytes: fetching the rest from the origin",
