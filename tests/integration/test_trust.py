@@ -14,11 +14,12 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
 import pytest
+from agent_helpers import REG, basic, cache_files, largest_layer, pull, settled
 from gateway import Gateway, Rules
 
 from shoal.agent.server import Agent
@@ -34,42 +35,10 @@ AgentStarter = Callable[..., Awaitable[Agent]]
 pytestmark = pytest.mark.real
 
 MiB = 1 << 20
-REG = "registry.test"
 OTHER = "mirror.test"
 ALICE = ("alice", "s3cret")
 DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 ACCEPT = {"Accept": ", ".join(MANIFEST_TYPES)}
-
-
-def basic(user: str, password: str) -> dict[str, str]:
-    return {"Authorization": aiohttp.encode_basic_auth(user, password)}
-
-
-def largest_layer(image: GeneratedImage) -> tuple[str, int]:
-    blob = max(image.blobs, key=lambda b: b.size)
-    return blob.digest, blob.size
-
-
-def cache_files(agent: Agent, sub: str) -> list[Path]:
-    root = agent.config.cache_dir / sub
-    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
-
-
-async def settled(agent: Agent, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while agent.blobs.partials:
-        assert time.monotonic() < deadline, "downloads still running"
-        await asyncio.sleep(0.02)
-
-
-async def pull(agent: Agent, ref: str, dest: Path, creds: str | None = None) -> subprocess.CompletedProcess[str]:
-    return await asyncio.to_thread(skopeo_pull, f"{agent.url.removeprefix('http://')}/{REG}/{ref}", dest, creds=creds)
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(auto_decompress=False) as session:
-        yield session
 
 
 class TestCachedContentNeedsTheRegistrysYes:
