@@ -50,3 +50,15 @@ def host(agent: Agent) -> str:
 async def pull(agent: Agent, repo_tag: str, dest: Path, creds: str | None = None) -> subprocess.CompletedProcess[str]:
     """skopeo-pull ``registry.test/REPO:TAG`` through the agent (skopeo runs in a thread)."""
     return await asyncio.to_thread(skopeo_pull, f"{host(agent)}/{REG}/{repo_tag}", dest, creds=creds)
+
+
+def fill_disk(path: Path) -> None:
+    """Write zeros to ``path`` until the disk is full (someone else takes the cache's disk)."""
+    chunk = b"\0" * (1 << 20)
+    with open(path, "wb") as f:
+        try:
+            while True:
+                f.write(chunk)
+                f.flush()
+        except OSError:
+            pass

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from agent_helpers import REG, basic, cache_files, host, largest_layer, metric, pull, settled
+from agent_helpers import REG, basic, cache_files, fill_disk, host, largest_layer, metric, pull, settled
 
 from shoal.agent.server import Agent
 from shoal.core.digest import Digest
@@ -431,7 +431,7 @@ class TestFullDisk:
                 assert resp.status == 200
                 head = await resp.content.readexactly(1 * MiB)
                 assert agent.blobs.partials[Digest.parse(digest)].contiguous < size
-                await asyncio.to_thread(_fill, disk / "filler")  # someone else takes the disk
+                await asyncio.to_thread(fill_disk, disk / "filler")  # someone else takes the disk
                 rest = await resp.read()
             assert head + rest == data
             await settled(agent)
@@ -441,17 +441,6 @@ class TestFullDisk:
             result = await pull(agent, "team/big:v1", tmp_path / "after")
             assert result.returncode == 0, result.stderr
             assert layout_digests(tmp_path / "after") == digests_of(big_layer_image)
-
-
-def _fill(path: Path) -> None:
-    chunk = b"\0" * MiB
-    with open(path, "wb") as f:
-        try:
-            while True:
-                f.write(chunk)
-                f.flush()
-        except OSError:
-            pass
 
 
 class TestContainerd:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from agent_helpers import REG, basic, cache_files, largest_layer, pull, settled
+from agent_helpers import REG, basic, cache_files, fill_disk, largest_layer, pull, settled
 from gateway import Gateway, Rules
 
 from shoal.agent.server import Agent
@@ -218,7 +218,7 @@ class TestDiskFullWithACorruptOrigin:
                 async with client.get(f"{agent.url}/v2/{REG}/team/big/blobs/{digest}") as resp:
                     assert resp.status == 200
                     await resp.content.readexactly(1 * MiB)
-                    await asyncio.to_thread(_fill, disk / "filler")
+                    await asyncio.to_thread(fill_disk, disk / "filler")
                     with pytest.raises(aiohttp.ClientPayloadError):
                         await resp.read()
                 await settled(agent)
@@ -226,17 +226,6 @@ class TestDiskFullWithACorruptOrigin:
                 assert agent.metrics.registry.get_sample_value(
                     "shoal_agent_digest_mismatches_total", {"source": "origin"}
                 )
-
-
-def _fill(path: Path) -> None:
-    chunk = b"\0" * MiB
-    with open(path, "wb") as f:
-        try:
-            while True:
-                f.write(chunk)
-                f.flush()
-        except OSError:
-            pass
 
 
 class TestRangeOfADownloadInFlight:
