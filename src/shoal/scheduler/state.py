@@ -9,18 +9,29 @@ fails over to another scheduler) rebuilds it within a report interval; only the 
 hashes of blobs in flight are lost, and the lease rules below get them published again.
 
 The origin lease:
-    * at most one holder per task; it is the only peer whose piece hashes are accepted;
+    * at most one holder per task; it is the only peer whose piece hashes are accepted (a
+      report's hashes count when its sender holds the lease as the report arrives: a peer
+      that claims ``complete`` gets no say over hashes while someone else holds it);
     * given to a joiner (or reporter) when nobody holds it;
     * lost when the holder sends no report for ``lease_ttl``, when its ``contiguous`` has not
-      grown for ``stall_timeout``, when it leaves or expires, or when it is complete;
-    * an open lease goes to the live (heard from within ``lease_ttl``), non-complete,
-      non-suspect peer with the most ``contiguous`` bytes, on that peer's next join or report
-      (ties: whoever asks first); a stalled holder keeps it while no one else qualifies;
+      grown for ``stall_timeout``, when it leaves or expires, or when it is complete and every
+      piece hash is known;
+    * an open lease goes to the live (heard from within ``lease_ttl``), non-suspect peer with
+      the most ``contiguous`` bytes, on that peer's next join or report (ties: whoever asks
+      first); a stalled holder keeps it while no one else qualifies. A complete peer
+      qualifies only while some piece hash is unknown: that is how a restarted scheduler
+      gets the hashes back (a seed re-announces, takes the open lease, and its next report's
+      hashes are the holder's);
     * leases are spread: a peer that holds the lease of another task comes after every
-      candidate that holds none, and does not take the lease of a task younger than
-      ``LEASE_SPREAD_WAIT`` (a lease-free peer is likely to join it within that time);
+      candidate that holds none, and (unless complete: a seed's lease costs no origin fetch)
+      does not take the lease of a task younger than ``LEASE_SPREAD_WAIT`` (a lease-free peer
+      is likely to join it within that time);
     * not needed while some live, non-suspect peer is complete *and* every piece hash is
       known; needed again when that stops being true.
+
+Bounds: a task's size is at most ``max_blob_size`` and its piece size is the agents' rule
+(``choose_piece_size``), so a task holds at most ``piece_count`` hashes, allocated only when
+the first one is published; at most ``max_tasks`` tasks exist at once.
 
 Parents of a downloader: live peers of the task that hold pieces, are complete, or hold the
 lease; never the downloader itself, never a peer some downloader reported in
@@ -36,7 +47,7 @@ import random
 import re
 from dataclasses import dataclass, field
 
-from shoal.p2p.pieces import piece_count
+from shoal.p2p.pieces import choose_piece_size, piece_count
 from shoal.p2p.protocol import HashesView, JoinRequest, PeerInfo, Report, Stats, TaskView
 from shoal.scheduler.config import SchedulerConfig
 from shoal.scheduler.policy import PARENT_POLICIES, Candidate, ParentPolicy
@@ -62,6 +73,10 @@ class UnknownTaskError(StateError):
 
 class ConflictError(StateError):
     """A request whose blob size or piece size disagrees with the task's."""
+
+
+class FullError(StateError):
+    """A request that would start a task beyond ``max_tasks`` (rendered as 503: try later or the origin)."""
 
 
 class PeerRecord:
@@ -182,6 +197,7 @@ class Task:
     holder_contiguous: int = 0
     best: tuple[float, str | None] | None = None
     hashes: list[str | None] = field(default_factory=list)
+    """empty until the first hash is published, then one entry per piece."""
     hashes_known: int = 0
     suspects: dict[str, float] = field(default_factory=dict)
     """peer id -> until when it is not handed out."""
@@ -210,9 +226,7 @@ class SchedulerState:
 
     # -- calls -------------------------------------------------------------------------------
     def join(self, digest: str, req: JoinRequest, now: float) -> TaskView:
-        task = self._task(digest, req.size, req.piece_size, now)
-        if req.pieces > task.total:
-            raise StateError(f"pieces {req.pieces} > {task.total} pieces in the blob")
+        task = self._task(digest, req.size, req.piece_size, now, req.pieces, 0)
         member = self._touch(task, req.peer_id, req.address, now)
         member.pieces = task.total if req.complete else req.pieces
         member.complete = req.complete
@@ -226,10 +240,10 @@ class SchedulerState:
         task = self.tasks.get(digest)
         if task is None and (rep.size <= 0 or rep.piece_size <= 0):
             raise UnknownTaskError(f"unknown task {digest}: report its size and piece_size, or join it")
-        task = self._task(digest, rep.size, rep.piece_size, now) if rep.size else task
+        if rep.size:
+            task = self._task(digest, rep.size, rep.piece_size, now, rep.pieces, rep.contiguous)
         assert task is not None
-        if rep.pieces > task.total or rep.contiguous > task.size:
-            raise StateError(f"pieces {rep.pieces} / contiguous {rep.contiguous} outside a blob of {task.size} bytes")
+        self._check_progress(task.size, task.total, rep.pieces, rep.contiguous)
         for index, value in rep.hashes.items():
             if not 0 <= index < task.total or not HASH_RE.fullmatch(value):
                 raise StateError(f"hash of piece {index}: want 0 <= index < {task.total} and 64 lowercase hex")
@@ -238,9 +252,9 @@ class SchedulerState:
         member.contiguous = task.size if rep.complete else rep.contiguous
         member.complete = rep.complete
         if rep.hashes:
-            # the lease holder publishes hashes as it fetches; a complete peer has checked the
-            # whole blob against its digest, so it may fill in hashes a new scheduler lacks
-            if task.holder == rep.peer_id or rep.complete:
+            # only the holder as the report arrives: a complete seed that finds a scheduler
+            # without hashes takes the open lease in this answer and sends them in its next
+            if task.holder == rep.peer_id:
                 self._add_hashes(task, rep.hashes)
             else:
                 self.hashes_ignored += len(rep.hashes)
@@ -303,13 +317,19 @@ class SchedulerState:
         )
 
     # -- bookkeeping -------------------------------------------------------------------------
-    def _task(self, digest: str, size: int, piece_size: int, now: float) -> Task:
+    def _task(self, digest: str, size: int, piece_size: int, now: float, pieces: int, contiguous: int) -> Task:
+        """The task of ``digest``, started if new; every check comes first, so a refused call leaves no task."""
+        if not 0 <= size <= self.config.max_blob_size:
+            raise StateError(f"size {size}: want 0..{self.config.max_blob_size} bytes")
+        if piece_size != choose_piece_size(size):
+            raise StateError(f"piece_size {piece_size}: a blob of {size} bytes has pieces of {choose_piece_size(size)}")
+        total = piece_count(size, piece_size)
+        self._check_progress(size, total, pieces, contiguous)
         task = self.tasks.get(digest)
         if task is None:
-            if size < 0 or piece_size <= 0:
-                raise StateError(f"size {size} / piece_size {piece_size}: want size >= 0, piece_size > 0")
-            total = piece_count(size, piece_size)
-            task = Task(digest, size, piece_size, total, last_active=now, created=now, hashes=[None] * total)
+            if len(self.tasks) >= self.config.max_tasks:
+                raise FullError(f"scheduler full: {len(self.tasks)} tasks; fetch {digest} from the origin")
+            task = Task(digest, size, piece_size, total, last_active=now, created=now)
             self.tasks[digest] = task
         elif (size, piece_size) != (task.size, task.piece_size):
             raise ConflictError(
@@ -317,6 +337,13 @@ class SchedulerState:
             )
         task.last_active = now
         return task
+
+    @staticmethod
+    def _check_progress(size: int, total: int, pieces: int, contiguous: int) -> None:
+        if not 0 <= pieces <= total or not 0 <= contiguous <= size:
+            raise StateError(
+                f"pieces {pieces} / contiguous {contiguous} outside a blob of {size} bytes ({total} pieces)"
+            )
 
     def _touch(self, task: Task, peer_id: str, address: str, now: float) -> Member:
         member = task.members.pop(peer_id, None)
@@ -364,6 +391,8 @@ class SchedulerState:
             self.peers.pop(peer_id, None)
 
     def _add_hashes(self, task: Task, hashes: dict[int, str]) -> None:
+        if not task.hashes:
+            task.hashes = [None] * task.total
         for index, value in hashes.items():
             known = task.hashes[index]
             if known is None:
@@ -410,7 +439,7 @@ class SchedulerState:
         why = ""
         if task.holder is not None:
             holder = task.members.get(task.holder)
-            if holder is None or holder.complete:
+            if holder is None or (holder.complete and task.hashes_known >= task.total):
                 self._set_holder(task, None)
             elif (
                 now - task.holder_seen <= self.config.lease_ttl
@@ -426,7 +455,7 @@ class SchedulerState:
         peer_id = requester.peer.peer_id
         if not self._may_fetch(task, requester, now) or peer_id == stale:
             return
-        if requester.peer.leases > 0 and now - task.created < LEASE_SPREAD_WAIT:
+        if requester.peer.leases > 0 and not requester.complete and now - task.created < LEASE_SPREAD_WAIT:
             return
         best = self._best_candidate(task, stale, now)
         if best is not None and best != peer_id and self._lease_rank(task.members[best]) > self._lease_rank(requester):
@@ -453,8 +482,9 @@ class SchedulerState:
         return member.peer.leases == 0, member.contiguous
 
     def _may_fetch(self, task: Task, member: Member, now: float) -> bool:
+        """May hold the lease: live, not suspect, and not complete unless hashes are missing."""
         return (
-            not member.complete
+            (not member.complete or task.hashes_known < task.total)
             and now - member.last_seen <= self.config.lease_ttl
             and not self._suspect(task, member.peer.peer_id, now)
         )
