@@ -260,6 +260,8 @@ def decode_bitfield(text: str, count: int) -> list[bool]:
     """The ``count`` bits of ``text``; ``ValueError`` for anything but base64 of that many bits."""
     if not isinstance(text, str) or not text.isascii():
         raise ValueError("bitfield: want base64 text")
+    if count < 0:
+        raise ValueError(f"bitfield of {count} pieces")
     raw = base64.b64decode(text, validate=True)
     if len(raw) != (count + 7) // 8:
         raise ValueError(f"bitfield of {len(raw)} bytes for {count} pieces")
