@@ -1,7 +1,9 @@
 """Wire protocol between agents and schedulers, and between agents (JSON over HTTP).
 
-Every call carries ``Authorization: Bearer <peer token>`` when a token is configured; the
-scheduler and the peer endpoints answer 401 without it.
+Every call carries ``Authorization: Bearer <peer token>``; the scheduler and the peer
+endpoints answer 401 without it (they serve without a token only under the explicit lab
+opt-out ``--insecure-no-peer-auth``). Decoders (:func:`from_json`, :func:`decode_bitfield`)
+raise only ``ValueError`` on malformed input: these bodies come from the network.
 
 Scheduler (``shoal scheduler``), one *task* per blob digest:
 
@@ -12,8 +14,10 @@ Scheduler (``shoal scheduler``), one *task* per blob digest:
 
 ``POST /v1/tasks/{digest}/report`` — body :class:`Report`, answer :class:`TaskView`.
     Every ~0.5 s while downloading, and once when complete: progress, newly verified piece
-    hashes (only the lease holder's are accepted), and whether the peer is done. The answer
-    may move the lease to this peer (``role == "fetcher"``) and refreshes its parents.
+    hashes (accepted only from the peer holding the lease when the report arrives), and
+    whether the peer is done. The answer may move the lease to this peer (``role ==
+    "fetcher"``; a complete peer gets it only to republish hashes a scheduler lacks) and
+    refreshes its parents. ``piece_size`` must be ``choose_piece_size(size)``.
 
 ``GET /v1/tasks/{digest}/hashes?from=N&wait=S`` — answer :class:`HashesView`.
     Piece hashes published by the fetcher, from index N on; long-polls up to S seconds
