@@ -242,8 +242,9 @@ class SchedulerState:
             raise UnknownTaskError(f"unknown task {digest}: report its size and piece_size, or join it")
         if rep.size:
             task = self._task(digest, rep.size, rep.piece_size, now, rep.pieces, rep.contiguous)
-        assert task is not None
-        self._check_progress(task.size, task.total, rep.pieces, rep.contiguous)
+        else:
+            assert task is not None
+            self._check_progress(task.size, task.total, rep.pieces, rep.contiguous)
         for index, value in rep.hashes.items():
             if not 0 <= index < task.total or not HASH_RE.fullmatch(value):
                 raise StateError(f"hash of piece {index}: want 0 <= index < {task.total} and 64 lowercase hex")
