@@ -44,6 +44,7 @@ REPORT = {
     "failed_parents": ["b"],
     "size": SIZE,
     "piece_size": MiB,
+    "bad_hashes": False,
 }
 DIGESTS = [f"sha256:{i:064x}" for i in range(3)]
 PEERS = ["a", "b", "c"]

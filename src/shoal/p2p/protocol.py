@@ -92,6 +92,9 @@ class Report:
     """peer ids that sent bad data or failed: the scheduler stops handing them out."""
     size: int = 0
     piece_size: int = 0
+    bad_hashes: bool = False
+    """the blob built from pieces that all matched the published hashes failed its digest: the
+    hashes are wrong. The scheduler drops them if a peer in ``failed_parents`` published them."""
 
 
 @dataclass(frozen=True, slots=True)

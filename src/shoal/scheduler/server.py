@@ -184,7 +184,7 @@ class Scheduler:
         digest = self._digest(request)
         req = parse_join(await self._body(request))
         view = self.state.join(digest, req, self.clock())
-        self._log_lease_moves()
+        self._log_state_events()
         self.metrics.parents_per_join.observe(len(view.parents))
         return web.json_response(to_json(view))
 
@@ -195,15 +195,23 @@ class Scheduler:
         view = self.state.report(digest, rep, self.clock())
         if view.hashes_known != known:
             self._waiters.wake(digest)
-        self._log_lease_moves()
+        self._log_state_events()
         return web.json_response(to_json(view))
 
-    def _log_lease_moves(self) -> None:
+    def _log_state_events(self) -> None:
         for move in self.state.lease_moves:
             log.warning(
                 "origin lease of %s moved from %s to %s: %s", move.digest, move.old_holder, move.new_holder, move.reason
             )
         self.state.lease_moves.clear()
+        for reset in self.state.resets:
+            log.warning(
+                "piece hashes of %s dropped: %s's blob matched them but not its digest; published by %s",
+                reset.digest,
+                reset.reporter,
+                ", ".join(reset.blamed),
+            )
+        self.state.resets.clear()
 
     def _known(self, digest: str) -> int:
         task = self.state.tasks.get(digest)

@@ -29,6 +29,12 @@ The origin lease:
     * not needed while some live, non-suspect peer is complete *and* every piece hash is
       known; needed again when that stops being true.
 
+Wrong hashes: a report with ``bad_hashes`` (a downloader's blob matched every published
+hash but not its digest) that names in ``failed_parents`` a peer whose hashes were accepted
+drops all of the task's hashes (at most once per ``lease_ttl``), and takes the lease from
+that peer; the named peers are suspects, so the next holder is someone else, and the
+hashes are published again (by a fetcher, or a seed that fetched the blob from the origin).
+
 Bounds: a task's size is at most ``max_blob_size`` and its piece size is the agents' rule
 (``choose_piece_size``), so a task holds at most ``piece_count`` hashes, allocated only when
 the first one is published; at most ``max_tasks`` tasks exist at once.
@@ -55,6 +61,8 @@ from shoal.scheduler.policy import PARENT_POLICIES, Candidate, ParentPolicy
 HASH_RE = re.compile(r"[0-9a-f]{64}")
 MAX_SUSPECTS = 1024
 """per task; more names than this in ``failed_parents`` are ignored."""
+MAX_PUBLISHERS = 64
+"""per task: the most recent lease holders whose hashes were accepted (who a ``bad_hashes`` report can blame)."""
 BEST_CACHE_SECONDS = 0.5
 """how long the "who should take the open lease" answer is reused (it scans the whole task)."""
 LEASE_SPREAD_WAIT = 1.0
@@ -179,6 +187,13 @@ class LeaseMove:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class HashReset:
+    digest: str
+    reporter: str
+    blamed: tuple[str, ...]
+
+
 @dataclass(slots=True)
 class Task:
     digest: str
@@ -201,6 +216,9 @@ class Task:
     hashes_known: int = 0
     suspects: dict[str, float] = field(default_factory=dict)
     """peer id -> until when it is not handed out."""
+    publishers: dict[str, None] = field(default_factory=dict)
+    """lease holders whose hashes were accepted, oldest first (an ordered set)."""
+    hashes_reset_at: float = float("-inf")
 
 
 class SchedulerState:
@@ -223,6 +241,10 @@ class SchedulerState:
         """hashes sent by peers that did not hold the lease."""
         self.lease_moves: list[LeaseMove] = []
         """leases taken from a live-but-late holder since the caller last cleared this (to log)."""
+        self.hash_resets = 0
+        """tasks whose hashes were dropped after a ``bad_hashes`` report blamed their publisher."""
+        self.resets: list[HashReset] = []
+        """hash resets since the caller last cleared this (to log)."""
 
     # -- calls -------------------------------------------------------------------------------
     def join(self, digest: str, req: JoinRequest, now: float) -> TaskView:
@@ -256,15 +278,18 @@ class SchedulerState:
             # only the holder as the report arrives: a complete seed that finds a scheduler
             # without hashes takes the open lease in this answer and sends them in its next
             if task.holder == rep.peer_id:
-                self._add_hashes(task, rep.hashes)
+                self._add_hashes(task, rep.hashes, rep.peer_id)
             else:
                 self.hashes_ignored += len(rep.hashes)
+        if rep.bad_hashes and not self._suspect(task, rep.peer_id, now):
+            self._distrust(task, rep.peer_id, rep.failed_parents, now)
         for suspect in rep.failed_parents:
             if suspect != rep.peer_id and (suspect in task.suspects or len(task.suspects) < MAX_SUSPECTS):
                 task.suspects[suspect] = now + self.config.suspect_ttl
         self._after_update(task, member, now)
         self.reports += 1
-        return self._answer(task, member, now)
+        # a peer reporting bad hashes refetches from the origin on its own: not as holder
+        return self._answer(task, member, now, may_take=not rep.bad_hashes)
 
     def hashes(self, digest: str, start: int) -> HashesView:
         """Known piece hashes from ``start`` on, up to the first unknown one."""
@@ -391,9 +416,13 @@ class SchedulerState:
         if peer.tasks <= 0:
             self.peers.pop(peer_id, None)
 
-    def _add_hashes(self, task: Task, hashes: dict[int, str]) -> None:
+    def _add_hashes(self, task: Task, hashes: dict[int, str], publisher: str) -> None:
         if not task.hashes:
             task.hashes = [None] * task.total
+        task.publishers.pop(publisher, None)
+        task.publishers[publisher] = None
+        if len(task.publishers) > MAX_PUBLISHERS:
+            del task.publishers[next(iter(task.publishers))]
         for index, value in hashes.items():
             known = task.hashes[index]
             if known is None:
@@ -402,9 +431,22 @@ class SchedulerState:
             elif known != value:
                 self.hash_conflicts += 1
 
+    def _distrust(self, task: Task, reporter: str, named: list[str], now: float) -> None:
+        """Drop the task's hashes when ``named`` includes a peer that published some."""
+        blamed = tuple(p for p in named if p in task.publishers and p != reporter)
+        if not blamed or not task.hashes_known or now - task.hashes_reset_at < self.config.lease_ttl:
+            return
+        task.hashes, task.hashes_known, task.hashes_reset_at = [], 0, now
+        task.publishers.clear()
+        if task.holder in blamed:
+            self._set_holder(task, None)
+        task.best = None
+        self.hash_resets += 1
+        self.resets.append(HashReset(task.digest, reporter, blamed))
+
     # -- answers -----------------------------------------------------------------------------
-    def _answer(self, task: Task, member: Member, now: float) -> TaskView:
-        self._settle_lease(task, member, now)
+    def _answer(self, task: Task, member: Member, now: float, may_take: bool = True) -> TaskView:
+        self._settle_lease(task, member, now, may_take)
         peer_id = member.peer.peer_id
         parents = [] if member.complete else self._parents(task, member, now)
         return TaskView(
@@ -432,7 +474,7 @@ class SchedulerState:
                 return False
         return True
 
-    def _settle_lease(self, task: Task, requester: Member, now: float) -> None:
+    def _settle_lease(self, task: Task, requester: Member, now: float, may_take: bool) -> None:
         if not self._lease_needed(task, now):
             self._set_holder(task, None)
             return
@@ -454,7 +496,7 @@ class SchedulerState:
                 else:
                     why = f"no progress for {now - task.holder_progress_at:.1f}s"
         peer_id = requester.peer.peer_id
-        if not self._may_fetch(task, requester, now) or peer_id == stale:
+        if not may_take or not self._may_fetch(task, requester, now) or peer_id == stale:
             return
         if requester.peer.leases > 0 and not requester.complete and now - task.created < LEASE_SPREAD_WAIT:
             return

@@ -62,6 +62,12 @@ def all_hashes() -> dict[int, str]:
     return {i: h(i) for i in range(10)}
 
 
+def bad_hashes(s: SchedulerState, peer: str, now: float, blamed: list[str]) -> TaskView:
+    """What an agent sends when verified pieces made a blob that fails its digest."""
+    rep = Report(peer, f"{peer}:1", 0, 0, failed_parents=blamed, size=SIZE, piece_size=MiB, bad_hashes=True)
+    return s.report(D, rep, now)
+
+
 class TestLease:
     """Exactly one origin fetcher per task, moved when it dies or stalls."""
 
@@ -560,3 +566,68 @@ class TestBounds:
         s = state()
         view = s.join(D, JoinRequest("a", "a:1", 0, choose_piece_size(0)), 0)
         assert (view.size, s.tasks[D].total) == (0, 0)
+
+
+class TestWrongHashes:
+    """A holder that published wrong hashes loses them once a downloader's blob proves them wrong."""
+
+    def poisoned(self) -> SchedulerState:
+        s = state(lease_ttl=5.0)
+        assert report(s, "liar", 0, pieces=10, complete=True).role == "fetcher"
+        report(s, "liar", 0.1, pieces=10, complete=True, hashes={i: h(100 + i) for i in range(10)})
+        assert len(s.hashes(D, 0).hashes) == 10
+        join(s, "child", 1)
+        return s
+
+    def test_blamed_publisher_loses_its_hashes_and_a_seed_republishes(self) -> None:
+        s = self.poisoned()
+        view = bad_hashes(s, "child", 2, ["liar"])
+        assert (view.hashes_known, view.role) == (0, "peer")  # the reporter refetches on its own
+        assert s.hashes(D, 0).hashes == []
+        assert [(r.reporter, r.blamed) for r in s.resets] == [("child", ("liar",))]
+        assert s.hash_resets == 1
+        # the liar is a suspect now: its announcements neither take the lease nor publish
+        assert report(s, "liar", 3, pieces=10, complete=True, hashes={0: h(100)}).role == "peer"
+        assert s.hashes(D, 0).hashes == []
+        # the child, done from the origin, announces and republishes through the lease
+        assert report(s, "child", 4, pieces=10, complete=True).role == "fetcher"
+        report(s, "child", 4.1, pieces=10, complete=True, hashes=all_hashes())
+        assert s.hashes(D, 0).hashes == [h(i) for i in range(10)]
+
+    def test_the_blamed_holder_loses_the_lease(self) -> None:
+        s = state()
+        join(s, "liar", 0)
+        report(s, "liar", 1, pieces=2, hashes={0: h(50), 1: h(51)})
+        join(s, "child", 1)
+        bad_hashes(s, "child", 2, ["liar"])
+        assert s.tasks[D].holder is None
+        assert report(s, "other", 2.5, pieces=1).role == "fetcher"
+
+    def test_naming_only_peers_that_published_nothing_keeps_the_hashes(self) -> None:
+        s = self.poisoned()
+        bad_hashes(s, "child", 2, ["someone", "child"])
+        assert len(s.hashes(D, 0).hashes) == 10
+        assert s.hash_resets == 0
+
+    def test_without_the_flag_failed_parents_keep_the_hashes(self) -> None:
+        """A parent that timed out is a suspect, not proof that the hashes are wrong."""
+        s = self.poisoned()
+        report(s, "child", 2, failed=["liar"])
+        assert len(s.hashes(D, 0).hashes) == 10
+
+    def test_at_most_one_reset_per_lease_ttl(self) -> None:
+        s = self.poisoned()
+        bad_hashes(s, "child", 2, ["liar"])
+        assert report(s, "honest", 2.5, pieces=1).role == "fetcher"
+        report(s, "honest", 3, pieces=2, hashes={0: h(0), 1: h(1)})
+        bad_hashes(s, "child2", 4, ["honest"])  # within lease_ttl of the last reset: ignored
+        assert s.hashes(D, 0).hashes == [h(0), h(1)]
+        bad_hashes(s, "child2", 8, ["honest"])
+        assert s.hashes(D, 0).hashes == []
+        assert s.hash_resets == 2
+
+    def test_a_suspect_cannot_reset(self) -> None:
+        s = self.poisoned()
+        report(s, "child", 2, failed=["grudge"])
+        bad_hashes(s, "grudge", 3, ["liar"])
+        assert len(s.hashes(D, 0).hashes) == 10
