@@ -35,7 +35,7 @@ def main() -> int:
     p.add_argument("--examples", type=int, default=10_000, help="examples per test (default 10000)")
     p.add_argument("--only", default="", help="run only tests whose module or name contains this")
     args = p.parse_args()
-    harness.long_profile(args.examples)
+    harness.use_long_profile(args.examples)
     broken = 0
     print(f"{'test':<58} {'cases':>9} {'seconds':>8}  result", flush=True)
     for name in MODULES:

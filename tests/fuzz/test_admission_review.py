@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from shoal.webhook.config import WebhookConfig
 from shoal.webhook.mutate import Decision, Scope, decide, review_response
 
-from .harness import counted
+from .harness import counted, fuzzed
 from .strategies import json_values
 
 CONFIG = WebhookConfig.build(["registry.example.com", "docker.io", "ghcr.io"])
@@ -104,6 +104,7 @@ def check(request: dict[str, Any], scope: Scope, secrets: Any) -> None:
     assert answer["response"]["uid"] == request.get("uid", "")
 
 
+@fuzzed
 @given(requests, st.sampled_from(list(Scope)), secret_maps)
 @counted("admission review (API-server shapes)")
 def test_api_server_shaped_requests(request: dict[str, Any], scope: Scope, secrets: Any) -> None:
@@ -117,6 +118,7 @@ def test_api_server_shaped_requests(request: dict[str, Any], scope: Scope, secre
     reason="issue 9 fuzz finding, webhook owned elsewhere: decide() calls .get on non-objects "
     "(kind, metadata, labels, containers given as strings or numbers); server.admit also 500s on them",
 )
+@fuzzed
 @given(st.dictionaries(st.sampled_from(["uid", "kind", "object", "operation", "subResource"]), json_values))
 @example({"kind": "Pod"})
 @example({"kind": {"kind": "Pod"}, "operation": "CREATE", "object": {"spec": {"containers": [5]}, "metadata": {}}})

@@ -16,7 +16,7 @@ from shoal.core.reference import validate_repository, validate_tag
 from shoal.oci.distribution import DistributionPath, PathKind, parse_distribution_path
 from shoal.oci.errors import DistributionError
 
-from .harness import counted
+from .harness import counted, fuzzed
 
 REGISTRIES = frozenset({"registry.test", "docker.io", "localhost:5000", "ghcr.io", "[::1]:5000"})
 DIGEST = "sha256:" + "ab" * 32
@@ -82,6 +82,7 @@ def render(parsed: DistributionPath) -> str:
     return f"/v2/{parsed.registry}/{parsed.repository}/{tail.get(parsed.kind, 'tags/list')}"
 
 
+@fuzzed
 @given(paths, namespaces)
 @example("/v2/registry.test/../blobs/" + DIGEST, None)
 @example("/v2/registry.test/a/%2e%2e/blobs/" + DIGEST, None)
@@ -109,6 +110,7 @@ def test_any_path(raw: str, ns: str | None) -> None:
     assert parse_distribution_path(render(parsed), None, REGISTRIES) == parsed
 
 
+@fuzzed
 @given(st.text(max_size=60), namespaces)
 @counted("distribution paths (percent-encoded)")
 def test_percent_encoded_names_are_refused(name: str, ns: str | None) -> None:

@@ -28,7 +28,7 @@ from shoal.p2p.protocol import (
     to_json,
 )
 
-from .harness import counted
+from .harness import counted, fuzzed
 from .strategies import ABSURD, bodies, json_values
 
 MESSAGES: list[type[Any]] = [JoinRequest, Report, TaskView, HashesView, PeerStatus, PeerInfo, Stats]
@@ -53,6 +53,7 @@ cases = st.sampled_from(MESSAGES).flatmap(
 )
 
 
+@fuzzed
 @given(cases)
 @example((Report, {**VALID[Report], "hashes": {"1_0": "x"}}))
 @example((TaskView, {**VALID[TaskView], "parents": [5]}))
@@ -72,6 +73,7 @@ def test_from_json(case: tuple[type[Any], Any]) -> None:
     assert from_json(cls, wire(obj)) == obj
 
 
+@fuzzed
 @given(st.lists(st.booleans(), max_size=300))
 @counted("protocol bitfield round trip")
 def test_bitfield_round_trip(bits: list[bool]) -> None:
@@ -85,6 +87,7 @@ texts = (
 )
 
 
+@fuzzed
 @given(texts | json_values, st.integers(-5, 400))
 @example("=", 0)
 @example("", -1)

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from shoal.scheduler.config import SchedulerConfig
 from shoal.scheduler.server import Scheduler
 
-from .harness import counted
+from .harness import counted, fuzzed
 from .strategies import bodies
 from .test_scheduler_requests import JOIN, REPORT
 
@@ -107,6 +107,7 @@ def test_hostile_requests() -> None:
     with serving() as (host, port, node):
         client = Client(host, port)
 
+        @fuzzed
         @given(routes, digests, raw_bodies, queries)
         @example("join", DIGEST, b'{"peer_id": "a", "address": "h:1", "size": 1' + b"0" * 5000 + b"}", {})
         @example("join", DIGEST, b"[" * 100_000 + b"]" * 100_000, {})

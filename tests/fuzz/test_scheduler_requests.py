@@ -28,7 +28,7 @@ from shoal.scheduler.requests import (
 )
 from shoal.scheduler.state import SchedulerState, StateError
 
-from .harness import counted
+from .harness import counted, fuzzed
 from .strategies import bodies, json_values
 
 MiB = 1 << 20
@@ -50,6 +50,7 @@ DIGESTS = [f"sha256:{i:064x}" for i in range(3)]
 PEERS = ["a", "b", "c"]
 
 
+@fuzzed
 @given(bodies(JOIN))
 @counted("scheduler join body")
 def test_join_body(body: Any) -> None:
@@ -65,6 +66,7 @@ def test_join_body(body: Any) -> None:
     assert isinstance(req.complete, bool)
 
 
+@fuzzed
 @given(bodies(REPORT))
 @counted("scheduler report body")
 def test_report_body(body: Any) -> None:
@@ -81,6 +83,7 @@ def test_report_body(body: Any) -> None:
         assert 0 <= n <= MAX_INT
 
 
+@fuzzed
 @given(json_values)
 @counted("scheduler leave body")
 def test_leave_body(body: Any) -> None:
@@ -92,6 +95,7 @@ def test_leave_body(body: Any) -> None:
     assert 0 < len(peer_id) <= MAX_ID
 
 
+@fuzzed
 @given(st.dictionaries(st.sampled_from(["from", "wait", "x"]), st.text(max_size=30), max_size=3))
 @counted("scheduler hashes query")
 def test_hashes_query(query: dict[str, str]) -> None:
@@ -126,6 +130,7 @@ calls = st.lists(
 )
 
 
+@fuzzed
 @given(calls)
 @counted("scheduler state sequences")
 def test_state_stays_bounded(ops: list[tuple[str, str, str, Any, float]]) -> None:
