@@ -16,6 +16,8 @@ from shoal.p2p.protocol import JoinRequest, Report, from_json
 
 MAX_ID = 256
 """characters in a peer id or an address."""
+ID_RE = re.compile(r"[!-~]+")
+"""printable ASCII without spaces: agents use their HOST:PORT; ids end up in log lines."""
 MAX_INT = (1 << 53) - 1
 """largest integer in a body (the largest that every JSON reader keeps exact)."""
 MAX_HASHES = 1 << 16
@@ -38,8 +40,8 @@ def _int(name: str, value: int, minimum: int = 0) -> None:
 
 
 def _id(name: str, value: str) -> None:
-    if not value or len(value) > MAX_ID:
-        raise BadRequest(f"{name}: want a non-empty string of at most {MAX_ID} characters")
+    if not value or len(value) > MAX_ID or not ID_RE.fullmatch(value):
+        raise BadRequest(f"{name}: want a non-empty string of at most {MAX_ID} printable ASCII characters")
 
 
 def _address(value: str) -> None:

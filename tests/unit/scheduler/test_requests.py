@@ -51,11 +51,14 @@ class TestJoin:
             ("peer_id", "", "non-empty"),
             ("peer_id", "p" * (MAX_ID + 1), "at most"),
             ("peer_id", 7, "string"),
+            ("peer_id", "a\nforged log line", "printable"),
+            ("peer_id", "a b", "printable"),
+            ("peer_id", "pé", "printable"),
             ("address", "h" * 300 + ":1", "at most"),
             ("address", "host", "HOST:PORT"),
             ("address", "host:0", "HOST:PORT"),
             ("address", "host:65536", "HOST:PORT"),
-            ("address", "host:١٢", "HOST:PORT"),
+            ("address", "host:١٢", "printable"),
             ("address", "host:" + "9" * 5000, "at most"),
         ],
     )
@@ -96,6 +99,7 @@ class TestReport:
             ("failed_parents", [1], "string"),
             ("failed_parents", [""], "non-empty"),
             ("failed_parents", ["x" * 1000], "at most"),
+            ("failed_parents", ["x\r\n"], "printable"),
             ("failed_parents", ["p"] * (MAX_FAILED_PARENTS + 1), "at most"),
         ],
     )
