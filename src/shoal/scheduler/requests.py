@@ -25,7 +25,7 @@ MAX_HASHES = 1 << 16
 MAX_FAILED_PARENTS = 1024
 """peer ids in one report's ``failed_parents``."""
 MAX_QUERY = 32
-"""characters in a query parameter."""
+"""characters of a bad query parameter quoted back in the error."""
 DIGITS_RE = re.compile(r"[0-9]{1,16}")
 SECONDS_RE = re.compile(r"[0-9]{1,6}(\.[0-9]{1,6})?")
 
@@ -36,7 +36,8 @@ class BadRequest(ValueError):
 
 def _int(name: str, value: int, minimum: int = 0) -> None:
     if not minimum <= value <= MAX_INT:
-        raise BadRequest(f"{name}: want an integer in {minimum}..{MAX_INT}, not {value}")
+        shown = value if value.bit_length() < 64 else f"an integer of {value.bit_length()} bits"
+        raise BadRequest(f"{name}: want an integer in {minimum}..{MAX_INT}, not {shown}")
 
 
 def _id(name: str, value: str) -> None:

@@ -46,6 +46,7 @@ class TestJoin:
             ("piece_size", 0, "1.."),
             ("pieces", -5, "0.."),
             ("pieces", 2**64, "0.."),
+            pytest.param("pieces", 10**5000, "bits", id="pieces-10**5000"),
             ("complete", 1, "true or false"),
             ("complete", "yes", "true or false"),
             ("peer_id", "", "non-empty"),
