@@ -32,6 +32,7 @@ class _StateCollector(Collector):
             ("shoal_scheduler_reports", "Report calls applied.", s.reports),
             ("shoal_scheduler_hash_conflicts", "Piece hashes that disagreed with a known one.", s.hash_conflicts),
             ("shoal_scheduler_hashes_ignored", "Piece hashes sent by peers without the lease.", s.hashes_ignored),
+            ("shoal_scheduler_hash_resets", "Tasks whose hashes were dropped as wrong (bad_hashes).", s.hash_resets),
         )
         for name, doc, value in counters:
             yield CounterMetricFamily(name, doc, value=value)
