@@ -20,6 +20,8 @@ from shoal.agent.manifests import ManifestService
 from shoal.agent.metrics import AgentMetrics
 from shoal.agent.origin import OriginSource
 from shoal.agent.peer_endpoints import PeerEndpoints
+from shoal.agent.preheat import Preheater
+from shoal.agent.presence import Presence
 from shoal.agent.swarm import SwarmConfig, SwarmSource
 from shoal.agent.upstreams import Upstreams, challenge_error, map_upstream_error
 from shoal.oci.auth import Credentials
@@ -72,6 +74,7 @@ class Agent:
             source = self.swarm
         self.blobs = BlobService(self.store, self.upstreams, source, self.metrics)
         self.manifests = ManifestService(self.store, self.upstreams, self.metrics)
+        self.presence = Presence(self.config, self.store, self._session)
         app = self.build_app()
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=False)
         await self._runner.setup()
@@ -81,6 +84,7 @@ class Agent:
         bound = self._runner.addresses[0]
         self.url = f"http://{host}:{bound[1]}"
         self._janitor = asyncio.create_task(self._evict_periodically())
+        self.presence.start()
         log.info(
             "shoal agent %s listening on %s, registries: %s",
             __version__,
@@ -108,6 +112,8 @@ class Agent:
         return swarm
 
     async def stop(self) -> None:
+        with contextlib.suppress(AttributeError):
+            await self.presence.stop()
         if self.swarm is not None:
             await self.swarm.close()
         if self._janitor is not None:
@@ -134,6 +140,10 @@ class Agent:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_route("*", "/v2{tail:.*}", self._distribution)
         PeerEndpoints(self.store, self.blobs.partials, self.metrics, self.bucket, self.config.peer_token()).add_routes(
+            app
+        )
+        self.presence.add_routes(app)
+        Preheater(self.store, lambda: self.url, sorted(self.config.registries), self.config.peer_token()).add_routes(
             app
         )
         return app

@@ -16,6 +16,8 @@ COMMANDS: dict[str, str] = {
     "scheduler": "shoal.cli.scheduler:scheduler",
     "webhook": "shoal.cli.webhook:webhook",
     "demo": "shoal.cli.demo:demo",
+    "preheat": "shoal.cli.preheat:preheat",
+    "status": "shoal.cli.status:status",
     "install": "shoal.cli.install:install",
     "upgrade": "shoal.cli.install:upgrade",
     "uninstall": "shoal.cli.install:uninstall",
