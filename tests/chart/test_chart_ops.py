@@ -5,6 +5,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import yaml
+from click.testing import CliRunner
+
+from shoal.cli.install import install
+from shoal.ops.helm import build_values, notes, render
+
 from .test_chart_render import agent_container, docs, find, flag
 
 Doc = dict[str, Any]
@@ -100,3 +106,23 @@ class TestLogFormat:
             0
         ]
         assert {"name": "SHOAL_LOG_FORMAT", "value": "json"} in container["env"]
+
+
+class TestNotes:
+    """shoal install prints the chart's NOTES (as YAML comments after --dry-run's manifests)."""
+
+    def test_dry_run_ends_with_the_notes(self) -> None:
+        result = CliRunner().invoke(install, ["--dry-run", "--set", "registries=registry.example.com"])
+        assert result.exit_code == 0, result.output
+        head, _, tail = result.output.partition("# NOTES:\n")
+        assert [d for d in yaml.safe_load_all(result.output) if d]  # still valid YAML as a whole
+        assert yaml.safe_load_all(head)
+        assert "# Shoal " in tail
+        assert "shoal status" in tail
+        assert "shoal preheat registry.example.com/team/app:v1" in tail
+        assert all(line.startswith("#") for line in tail.splitlines())
+
+    def test_notes_of_a_render(self) -> None:
+        text = notes(render(build_values((), ("registries=registry.example.com", "scheduler.port=9000"))))
+        assert "http://shoal-scheduler:9000" in text
+        assert "ConfigMap shoal-dashboard" in text

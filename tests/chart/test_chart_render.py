@@ -14,7 +14,8 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from shoal.cli.install import build_values, install, manifest_documents, render, upgrade
+from shoal.cli.install import install, upgrade
+from shoal.ops.helm import build_values, manifest_documents, render
 
 KUBE_VERSION = "1.32"
 # cert-manager's CRDs are not in the Kubernetes schemas; their shape is asserted by hand.

@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestServer
 
 from shoal.agent.config import load_config
 from shoal.agent.server import Agent
-from shoal.cli.install import build_values, manifest_documents, render
+from shoal.ops.helm import build_values, manifest_documents, render
 from shoal.scheduler.config import SchedulerConfig
 from shoal.scheduler.server import Scheduler
 from shoal.webhook.config import WebhookConfig
