@@ -200,6 +200,7 @@ class Scheduler:
 
     def _log_lease_moves(self) -> None:
         for move in self.state.lease_moves:
+            self.metrics.lease_moves.labels(move.reason.split(" for ")[0]).inc()
             log.warning(
                 "origin lease of %s moved from %s to %s: %s", move.digest, move.old_holder, move.new_holder, move.reason
             )
