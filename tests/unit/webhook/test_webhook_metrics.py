@@ -45,3 +45,39 @@ class TestWebhookMetrics:
         assert good["shoal_webhook_pull_secret_sync_errors_total{stage=admission}"] == 0
         assert bad["shoal_webhook_admissions_total{decision=error,scope=pod}"] == 1
         assert bad["shoal_webhook_pull_secret_sync_errors_total{stage=admission}"] == 1
+
+
+class UnreachableApi:
+    """A CoreV1Api whose API server cannot be reached."""
+
+    def list_secret_for_all_namespaces(self, **kwargs: object) -> None:
+        raise ConnectionRefusedError("api server unreachable")
+
+
+class TestControllerErrors:
+    """A failing Secret list or watch is counted under stage=controller (and retried)."""
+
+    def test_unreachable_api_server(self) -> None:
+        import time
+
+        from shoal.webhook.controller import SecretSync
+        from shoal.webhook.metrics import WebhookMetrics
+
+        metrics = WebhookMetrics()
+        counter = metrics.secret_sync_errors.labels("controller")
+
+        def count(stage: str) -> float | None:
+            return metrics.registry.get_sample_value("shoal_webhook_pull_secret_sync_errors_total", {"stage": stage})
+
+        sync = SecretSync(UnreachableApi(), CONFIG, retry_delay=0.01)
+        sync.on_error = counter.inc
+        thread = sync.start()
+        try:
+            deadline = time.monotonic() + 10
+            while (count("controller") or 0) < 2:  # retried, and counted each time
+                assert time.monotonic() < deadline, "no controller error counted"
+                time.sleep(0.01)
+        finally:
+            sync.stop()
+            thread.join(10)
+        assert not sync.synced
