@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from prometheus_client.parser import text_string_to_metric_families
 
+from shoal.core.promtext import flatten
 from shoal.core.units import format_bytes
 from shoal.ops.cluster import AgentList, list_agents
 from shoal.ops.runtime_config import CONTAINERD_CERTS_DIR, REGISTRIES_CONF_DIR, RuntimeConfig, check_runtime_config
@@ -90,15 +90,6 @@ async def _probe(session: aiohttp.ClientSession, url: str, **kw: Any) -> str | N
         return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
-def parse_metrics(text: str) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-            out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
-    return out
-
-
 async def gather_node(session: aiohttp.ClientSession, agent_url: str) -> NodeFacts:
     facts = NodeFacts(agent_url.rstrip("/"))
     try:
@@ -112,7 +103,7 @@ async def gather_node(session: aiohttp.ClientSession, agent_url: str) -> NodeFac
         facts.node = None  # an agent older than this command: fewer checks
     try:
         async with session.get(f"{facts.agent_url}/metrics", timeout=TIMEOUT) as resp:
-            facts.metrics = parse_metrics(await resp.text())
+            facts.metrics = flatten(await resp.text())
     except (aiohttp.ClientError, TimeoutError, OSError, ValueError):
         facts.metrics = {}
     urls = list((facts.node or {}).get("schedulers") or {})

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from prometheus_client.parser import text_string_to_metric_families
 
+from shoal.core.promtext import flatten
 from shoal.webhook.server import create_app
 
 from .k8s_fixtures import admission_review
@@ -16,12 +16,7 @@ from .test_webhook_server import CONFIG, RecordingSource
 async def scrape(client: TestClient[web.Request, web.Application]) -> dict[str, float]:
     response = await client.get("/metrics")
     assert response.status == 200
-    out = {}
-    for family in text_string_to_metric_families(await response.text()):
-        for sample in family.samples:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-            out[f"{sample.name}{{{labels}}}"] = sample.value
-    return out
+    return flatten(await response.text())
 
 
 class TestWebhookMetrics:
