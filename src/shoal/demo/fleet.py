@@ -19,7 +19,7 @@ from types import TracebackType
 from typing import Self
 
 from shoal.core.promtext import flatten
-from shoal.testing.procs import ManagedProcess, free_port
+from shoal.demo.procs import ManagedProcess, free_port
 
 
 @dataclass
