@@ -12,7 +12,7 @@ class TestMergeFlags:
     def test_comma_separated_schedulers(self) -> None:
         values = merge_flags({}, {"schedulers": ("http://s-0:8002,http://s-1:8002", "http://s-2:8002"), "listen": None})
         assert values == {"schedulers": ["http://s-0:8002", "http://s-1:8002", "http://s-2:8002"]}
-        config = load_config({**values, "registries": ["registry.example.com"]})
+        config = load_config({**values, "registries": ["registry.example.com"], "insecure_no_peer_auth": True})
         assert config.schedulers == ("http://s-0:8002", "http://s-1:8002", "http://s-2:8002")
 
     def test_flags_override_the_file(self) -> None:
