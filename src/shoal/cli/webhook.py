@@ -74,6 +74,7 @@ def webhook(
     from kubernetes import config as _kube_config
 
     from shoal.webhook.controller import SecretSync
+    from shoal.webhook.metrics import WebhookMetrics
     from shoal.webhook.server import create_app, tls_context
 
     try:
@@ -98,11 +99,13 @@ def webhook(
         except kube_config.ConfigException:
             kube_config.load_kube_config()
     sync = SecretSync(client.CoreV1Api(), config)
+    metrics = WebhookMetrics()
+    sync.on_error = metrics.secret_sync_errors.labels("controller").inc
     sync.start()
     ssl_context = None if insecure else tls_context(str(tls_cert), str(tls_key))
     try:
         web.run_app(
-            create_app(config, sync),
+            create_app(config, sync, webhook_metrics=metrics),
             host=host,
             port=port,
             ssl_context=ssl_context,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -51,5 +51,11 @@ class SchedulerMetrics:
         self.request_seconds = Histogram(
             "shoal_scheduler_request_seconds",
             "Time to answer an API call (hashes long-polls excluded).",
+            registry=self.registry,
+        )
+        self.lease_moves = Counter(
+            "shoal_scheduler_lease_moves",
+            "Origin leases taken from a live task's holder, by why (no report / no progress).",
+            ["reason"],
             registry=self.registry,
         )

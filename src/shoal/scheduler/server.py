@@ -21,6 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from shoal import __version__
 from shoal.core.digest import Digest, DigestError
 from shoal.p2p.protocol import to_json
+from shoal.scheduler.agents import AgentDirectory
 from shoal.scheduler.config import SchedulerConfig, require_peer_auth, split_hostport
 from shoal.scheduler.metrics import SchedulerMetrics
 from shoal.scheduler.requests import BadRequest, parse_hashes_query, parse_join, parse_leave, parse_report
@@ -77,6 +78,8 @@ class Scheduler:
         self.clock = clock
         self.state = SchedulerState(config)
         self.metrics = SchedulerMetrics(self.state)
+        self.agents = AgentDirectory(clock=clock)
+        self.agents.add_metrics(self.metrics.registry)
         self._waiters = _Waiters()
         self._runner: web.AppRunner | None = None
         self._janitor: asyncio.Task[None] | None = None
@@ -129,6 +132,7 @@ class Scheduler:
         app.router.add_get("/v1/tasks/{digest}/hashes", self._hashes)
         app.router.add_post("/v1/tasks/{digest}/leave", self._leave)
         app.router.add_get("/v1/stats", self._stats)
+        self.agents.add_routes(app)
         return app
 
     @web.middleware
@@ -200,6 +204,7 @@ class Scheduler:
 
     def _log_state_events(self) -> None:
         for move in self.state.lease_moves:
+            self.metrics.lease_moves.labels(move.reason.split(" for ")[0]).inc()
             log.warning(
                 "origin lease of %s moved from %s to %s: %s", move.digest, move.old_holder, move.new_holder, move.reason
             )
