@@ -18,7 +18,6 @@ import asyncio
 import hashlib
 import os
 import threading
-from collections import deque
 from collections.abc import AsyncIterator, Callable
 from enum import Enum
 from pathlib import Path
@@ -26,8 +25,6 @@ from pathlib import Path
 from shoal.core.digest import Digest
 
 READ_CHUNK = 1 << 20
-TAIL_BYTES = 16 << 20
-"""the newest bytes kept in memory for readers following the writer"""
 
 
 class PartialState(Enum):
@@ -70,8 +67,6 @@ class PartialBlob:
         self._changed = asyncio.Event()
         self._pieces_changed = asyncio.Event()
         self._write_lock = asyncio.Lock()
-        self._tail: deque[tuple[int, bytes | bytearray]] = deque()
-        self._tail_bytes = 0
         self._on_close = on_close
         self.size_known: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         if size is not None:
@@ -111,36 +106,30 @@ class PartialBlob:
                 except asyncio.CancelledError:
                     cancelled = True
             if not done.cancelled() and done.exception() is None:
-                self._remember(offset, data)
                 self._notify(pieces=self._piece_done(before, offset))
             if cancelled:
                 raise asyncio.CancelledError
             done.result()  # the write's own error, if any
 
     def _write_locked(self, offset: int, data: bytes | bytearray) -> None:
-        length = len(data)
-        written = 0
+        """Bytes below ``contiguous`` are already on file and in the digest state: a late
+        write there (a slow parent's piece after the origin fetch went past it) is dropped,
+        or the file would hold bytes the digest never saw."""
         view = memoryview(data)
+        if offset < self.contiguous:
+            view = view[min(len(view), self.contiguous - offset) :]
+            offset = self.contiguous
+        length = len(view)
+        if not length:
+            return
+        written = 0
         while written < length:
             written += os.pwrite(self._fd, view[written:], offset + written)
-        if offset <= self.contiguous < offset + length:
-            self._feed(view[self.contiguous - offset :])
+        if offset == self.contiguous:
+            self._feed(view)
             self._absorb_extents()
-        elif offset > self.contiguous:
+        else:
             self._extents[offset] = max(self._extents.get(offset, 0), offset + length)
-
-    def _remember(self, offset: int, data: bytes | bytearray) -> None:
-        """Keep the newest bytes in memory: readers right behind the writer skip the file."""
-        self._tail.append((offset, data))
-        self._tail_bytes += len(data)
-        while self._tail_bytes > TAIL_BYTES and len(self._tail) > 1:
-            self._tail_bytes -= len(self._tail.popleft()[1])
-
-    def _from_tail(self, pos: int, end: int) -> memoryview | None:
-        for start, data in reversed(self._tail):
-            if start <= pos < start + len(data):
-                return memoryview(data)[pos - start : min(len(data), end - start)]
-        return None
 
     def set_piece_size(self, piece_size: int) -> None:
         """Hash pieces as the prefix grows (the origin fetcher publishes these hashes)."""
@@ -233,7 +222,6 @@ class PartialBlob:
             self.size_known.set_exception(exc)
             self.size_known.exception()  # mark retrieved: nobody may be waiting
         self._notify()
-        self._tail.clear()
         self.close()
         self.path.unlink(missing_ok=True)
 
@@ -277,7 +265,7 @@ class PartialBlob:
         the file's removal when the blob fails."""
         return os.open(self.path, os.O_RDONLY)
 
-    async def iter_range(self, start: int, end: int) -> AsyncIterator[bytes | memoryview]:
+    async def iter_range(self, start: int, end: int) -> AsyncIterator[bytes]:
         """Yield bytes ``[start, end)`` as they become readable."""
         fd = self.open_reader()
         try:
@@ -288,11 +276,9 @@ class PartialBlob:
                     raise EOFError(f"blob {self.digest} ended at {pos}, wanted {end}")
                 stop = min(limit, end)
                 while pos < stop:
-                    chunk: bytes | memoryview | None = self._from_tail(pos, stop)
-                    if chunk is None:
-                        chunk = os.pread(fd, min(READ_CHUNK, stop - pos), pos)
-                        if not chunk:
-                            raise OSError(f"short read from partial blob {self.digest}")
+                    chunk = os.pread(fd, min(READ_CHUNK, stop - pos), pos)
+                    if not chunk:
+                        raise OSError(f"short read from partial blob {self.digest}")
                     pos += len(chunk)
                     yield chunk
         finally:

@@ -183,3 +183,31 @@ class TestFailures:
         partial.close()
         await asyncio.wait_for(reader, 5)
         assert bytes(got) == DATA
+
+
+class TestLateWrites:
+    """A write below the verified prefix (a slow parent's piece after the origin fetch went
+    past it) cannot change bytes the digest was computed over."""
+
+    async def test_late_write_below_the_prefix_is_dropped(self, tmp_path: Path) -> None:
+        partial = new_partial(tmp_path, size=len(DATA))
+        await partial.write(0, DATA[:6000])
+        await partial.write(2048, b"\xff" * 2048)  # wholly below contiguous
+        await partial.write(5000, b"\xee" * 1000 + DATA[6000:7000])  # straddles it
+        await partial.write(7000, DATA[7000:])
+        partial.finish()
+        assert partial.state is PartialState.VERIFIED
+        assert partial.path.read_bytes() == DATA
+        partial.close()
+
+    async def test_failed_prefix_matches_the_file(self, tmp_path: Path) -> None:
+        """The digest state kept at a failure covers exactly the bytes on file."""
+        partial = new_partial(tmp_path, size=len(DATA))
+        await partial.write(0, DATA[:3000])
+        reader = os.open(partial.path, os.O_RDONLY)
+        partial.fail(OSError("disk full"))
+        assert partial.failed_prefix is not None
+        on_file, hasher = partial.failed_prefix
+        assert on_file == 3000
+        assert hasher.hexdigest() == hashlib.sha256(os.pread(reader, on_file, 0)).hexdigest()
+        os.close(reader)
