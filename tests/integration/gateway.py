@@ -32,6 +32,8 @@ class Rules:
     """how many blob GETs get the flipped byte"""
     chunk_delay: float = 0.0
     """seconds between 64 KiB chunks of a blob body"""
+    slow_repos: dict[str, float] = field(default_factory=dict)
+    """repository -> seconds every answer about it waits before it is sent"""
 
 
 class Gateway:
@@ -80,6 +82,8 @@ class Gateway:
                 text='{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}',
             )
         self.counts[(request.method, kind)] += 1
+        if match and match["repo"] in self.rules.slow_repos:
+            await asyncio.sleep(self.rules.slow_repos[match["repo"]])
         headers = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in ("host", "authorization"))
         async with self._session.request(
             request.method, f"{self.upstream}{request.path_qs}", headers=headers, allow_redirects=False

@@ -167,6 +167,33 @@ def _docker_variants(registry: DistributionRegistry, small: GeneratedImage, mult
     }
 
 
+class TestOneClientsFailureIsNotAnothers:
+    """A download is shared by digest: when the client that started it fails (a repository
+    without the blob, wrong credentials), a client that joined it starts its own."""
+
+    async def test_joiner_of_a_failing_download_gets_the_blob(
+        self,
+        registry: DistributionRegistry,
+        small_image: GeneratedImage,
+        start_agent: AgentStarter,
+        client: aiohttp.ClientSession,
+    ) -> None:
+        registry.push(small_image, "team/app", "v1")
+        registry.push(small_image, "other/repo", "v1")
+        digest, _ = largest_layer(small_image)
+        async with Gateway(registry.url, Rules(slow_repos={"nothing/here": 1.0})) as gw:
+            agent = await start_agent({REG: gw.url})
+
+            async def get(repo: str, delay: float) -> tuple[int, bytes]:
+                await asyncio.sleep(delay)
+                async with client.get(f"{agent.url}/v2/{REG}/{repo}/blobs/{digest}") as resp:
+                    return resp.status, await resp.read()
+
+            attacker, victim = await asyncio.gather(get("nothing/here", 0.0), get("team/app", 0.3))
+        assert attacker[0] == 404
+        assert victim == (200, small_image.blob_path(digest).read_bytes())
+
+
 class TestPinnedPullsAfterTheAccessCacheExpires:
     """Defect 5: a digest-pinned pull of a cached manifest keeps working once the access
     answer expired (the check's HEAD sends the manifest Accept list)."""
@@ -345,6 +372,38 @@ class TestPeerEndpointsNeedTheSecret:
         )
         assert result.returncode != 0
         assert "peer secret" in result.stderr
+
+
+class TestSlowReaders:
+    """A client that asks for a blob and never reads it is cut off after ``send_timeout``: it
+    cannot hold a connection, a file and a slot for ever."""
+
+    async def test_cut_off(
+        self,
+        registry: DistributionRegistry,
+        big_layer_image: GeneratedImage,
+        start_agent: AgentStarter,
+        client: aiohttp.ClientSession,
+    ) -> None:
+        registry.push(big_layer_image, "team/big", "v1")
+        digest, size = largest_layer(big_layer_image)
+        agent = await start_agent({REG: registry.url}, send_timeout="1s")
+        async with client.get(f"{agent.url}/v2/{REG}/team/big/blobs/{digest}") as resp:
+            assert len(await resp.read()) == size  # cached now
+        await settled(agent)
+        host, port = agent.url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port), limit=1 << 16)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+        writer.write(f"GET /v2/{REG}/team/big/blobs/{digest} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        reader._transport.pause_reading()  # type: ignore[attr-defined]  # never read the body
+        deadline = time.monotonic() + 15
+        while agent.metrics.registry.get_sample_value("shoal_agent_responses_cut_total") in (None, 0.0):
+            assert time.monotonic() < deadline, "the stalled response was never cut"
+            await asyncio.sleep(0.2)
+        writer.close()
+        async with client.get(f"{agent.url}/healthz") as resp:
+            assert resp.status == 200
 
 
 class TestIdleConnections:

@@ -33,18 +33,20 @@ from aiohttp import web
 from shoal.agent.metrics import AgentMetrics
 from shoal.agent.upstreams import Upstreams
 from shoal.core.digest import Digest
+from shoal.core.ratelog import RateLimitedLog
 from shoal.oci.auth import Credentials
 from shoal.oci.client import UpstreamError
 from shoal.oci.distribution import DistributionPath
 from shoal.oci.errors import DistributionError, ErrorCode
 from shoal.oci.ranges import ByteRange, parse_range
 from shoal.store.blobstore import BlobStore, StoreError
-from shoal.store.partial import DigestMismatchError, PartialBlob
+from shoal.store.partial import DigestMismatchError, PartialBlob, PartialState
 
 log = logging.getLogger(__name__)
 
 OCTET_STREAM = "application/octet-stream"
 COPY_CHUNK = 1 << 20
+SEND_CHUNK = 8 << 20
 
 
 class BlobSource(Protocol):
@@ -59,15 +61,6 @@ class BlobSource(Protocol):
     def rejected(self, digest: Digest) -> bool:
         """The bytes this source wrote do not match the digest. True: the origin may still
         have it right (the swarm's pieces were bad), so fetch it again from there."""
-
-
-def cut(request: web.Request, response: web.StreamResponse, reason: str) -> web.StreamResponse:
-    """Abort a response whose headers are sent: the client sees a broken connection, never a
-    complete body (a Content-Length it could reach with wrong or missing bytes)."""
-    log.warning("cutting the response: %s", reason)
-    if request.transport is not None:
-        request.transport.abort()
-    return response
 
 
 def blob_headers(digest: Digest, size: int, rng: ByteRange | None) -> dict[str, str]:
@@ -90,6 +83,7 @@ class BlobService:
         source: BlobSource,
         metrics: AgentMetrics,
         origin: BlobSource | None = None,
+        send_timeout: float = 30.0,
     ) -> None:
         self.store = store
         self.upstreams = upstreams
@@ -98,6 +92,10 @@ class BlobService:
         """where a blob goes when ``source`` filled it with the wrong bytes"""
         self.metrics = metrics
         self.partials: dict[Digest, PartialBlob] = {}
+        self._started_for: dict[Digest, DistributionPath] = {}
+        """what each download in ``partials`` was started for"""
+        self.send_timeout = send_timeout
+        self._cuts = RateLimitedLog(log, "cutting responses")
         self._tasks: set[asyncio.Task[None]] = set()
         self._no_sendfile = False
 
@@ -134,22 +132,34 @@ class BlobService:
                 self._start(dist, creds, self.source)
             return await self._passthrough(request, dist, creds, size)
         if partial is not None:
+            if self._started_for[digest].registry != dist.registry:
+                # started through another registry name: its registry's troubles (or an
+                # attacker's slow one) are not this client's; pass through, verified
+                return await self._passthrough(request, dist, creds)
             await self.upstreams.authorize(creds, dist)
-        for _ in range(2):
+        for _ in range(3):
+            mine = False
             if partial is None:
-                partial = self._start(dist, creds, self.source)
+                partial = self.partials.get(digest)
                 if partial is None:
-                    break
+                    partial, mine = self._start(dist, creds, self.source), True
+                    if partial is None:
+                        break
             try:
                 size = await asyncio.shield(partial.size_known)
             except StoreError:
                 break
+            except UpstreamError:
+                if mine:
+                    raise
+                partial = None  # another client's download failed for its own reasons: start ours
+                continue
             if head:
                 return web.Response(status=200, headers=blob_headers(digest, size, None))
             try:
                 reader = partial.open_reader()
-            except FileNotFoundError:  # it failed meanwhile: follow the one fetching it again
-                partial = self.partials.get(digest)
+            except FileNotFoundError:  # it failed meanwhile: follow (or start) the next one
+                partial = None
                 continue
             return await self._stream_partial(request, dist, creds, partial, size, reader)
         return await self._passthrough(request, dist, creds)
@@ -164,6 +174,7 @@ class BlobService:
             log.warning("not caching %s: %s", digest, exc)
             return None
         self.partials[digest] = partial
+        self._started_for[digest] = dist
         task = asyncio.create_task(self._download(partial, dist, creds, source), name=f"download {digest}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -200,10 +211,20 @@ class BlobService:
             self.metrics.cache_entries.set(self.store.count)
             if self.partials.get(partial.digest) is partial:
                 del self.partials[partial.digest]
+                del self._started_for[partial.digest]
             if refetch:
                 self._start(dist, creds, self.origin)
 
     # -- responses ---------------------------------------------------------------------------
+    def _cut(self, request: web.Request, response: web.StreamResponse, reason: str) -> web.StreamResponse:
+        """Abort a response whose headers are sent: the client sees a broken connection, never
+        a complete body (a Content-Length it could reach with wrong or missing bytes)."""
+        self.metrics.responses_cut.inc()
+        self._cuts.note(reason)
+        if request.transport is not None:
+            request.transport.abort()
+        return response
+
     async def _send_file(
         self, request: web.Request, path: os.PathLike[str], digest: Digest, size: int, rng: ByteRange | None
     ) -> web.StreamResponse:
@@ -219,7 +240,7 @@ class BlobService:
             try:
                 await self._copy_file(request, response, fobj, start, stop)
             except (OSError, ConnectionError) as exc:
-                return cut(request, response, f"sending cached {digest}: {exc!r}")
+                return self._cut(request, response, f"sending cached {digest}: {exc!r}")
         self.metrics.bytes_served.labels("cache").inc(stop - start)
         await response.write_eof()
         return response
@@ -228,19 +249,33 @@ class BlobService:
         self, request: web.Request, response: web.StreamResponse, fobj: BinaryIO, start: int, stop: int
     ) -> None:
         """Zero-copy ``[start, stop)`` of the file to the client: the kernel copies from the
-        page cache to the socket. Loops without sendfile (uvloop) copy through Python instead."""
-        if stop <= start:
-            return
+        page cache to the socket. Loops without sendfile (uvloop) copy through Python instead.
+        Every ``SEND_CHUNK`` must leave within ``send_timeout``: a client that stops reading
+        would otherwise hold its connection, a file and a slot forever."""
         transport = request.transport
         if transport is None:
             raise ConnectionResetError("client went away")
-        if not self._no_sendfile:
-            try:
-                await asyncio.get_running_loop().sendfile(transport, fobj, start, stop - start)
-                return
-            except NotImplementedError:
-                self._no_sendfile = True
+        loop = asyncio.get_running_loop()
         pos = start
+        while pos < stop:
+            count = min(SEND_CHUNK, stop - pos)
+            try:
+                async with asyncio.timeout(self.send_timeout):
+                    if not self._no_sendfile:
+                        try:
+                            await loop.sendfile(transport, fobj, pos, count)
+                            pos += count
+                            continue
+                        except NotImplementedError:
+                            self._no_sendfile = True
+                    await self._copy_through_python(response, fobj, pos, count)
+                    pos += count
+            except TimeoutError:
+                raise ConnectionError(f"client read nothing for {self.send_timeout:.0f}s") from None
+
+    @staticmethod
+    async def _copy_through_python(response: web.StreamResponse, fobj: BinaryIO, pos: int, count: int) -> None:
+        stop = pos + count
         while pos < stop:
             chunk = os.pread(fobj.fileno(), min(COPY_CHUNK, stop - pos), pos)
             if not chunk:
@@ -273,11 +308,19 @@ class BlobService:
                         await self._copy_file(request, response, fobj, pos, limit)
                         counter.inc(limit - pos)
                         pos = limit
-                except StoreError as exc:
-                    log.warning("cache failed under %s at %d (%s): the rest from the origin", partial.digest, pos, exc)
+                except Exception as exc:
+                    if partial.state is not PartialState.FAILED or isinstance(exc, DigestMismatchError):
+                        raise
+                    # the cache failed (a full disk), or the download another client started did
+                    log.warning(
+                        "download of %s failed under a reader at %d (%s): the rest from the origin",
+                        partial.digest,
+                        pos,
+                        exc,
+                    )
                     await self._finish_from_upstream(request, response, dist, creds, partial, fobj, pos, size)
             except Exception as exc:  # the response has started: a cut connection is the only error left
-                return cut(request, response, f"streaming {partial.digest} at {pos}: {exc!r}")
+                return self._cut(request, response, f"streaming {partial.digest} at {pos}: {exc!r}")
         await response.write_eof()
         return response
 
@@ -300,7 +343,10 @@ class BlobService:
         if pos < on_file:
             await self._copy_file(request, response, fobj, pos, on_file)
             self.metrics.bytes_served.labels("stream").inc(on_file - pos)
-        await self._pipe_upstream(response, dist, creds, on_file, size, hasher.copy())
+        if on_file < size:
+            await self._pipe_upstream(response, dist, creds, on_file, size, hasher.copy())
+        elif hasher.hexdigest() != dist.digest.hex:  # type: ignore[union-attr]
+            raise DigestMismatchError(f"blob {dist.digest} on file has wrong content")
 
     async def _upstream_size(self, dist: DistributionPath, creds: Credentials | None) -> int:
         size = await self.upstreams.blob_size(creds, dist)
@@ -326,7 +372,7 @@ class BlobService:
         try:
             await self._pipe_upstream(response, dist, creds, start, stop, None if rng else digest.hasher())
         except Exception as exc:  # the response has started: a cut connection is the only error left
-            return cut(request, response, f"passing {digest} through: {exc!r}")
+            return self._cut(request, response, f"passing {digest} through: {exc!r}")
         await response.write_eof()
         return response
 

@@ -52,6 +52,9 @@ class AgentConfig:
     """seconds a new connection has to send its first complete request."""
     keepalive_timeout: float = 60.0
     """seconds an idle keep-alive connection is kept between requests."""
+    send_timeout: float = 30.0
+    """seconds each 8 MiB of a blob response may take to leave; a client that stops reading
+    is cut off after it (at least ~270 KiB/s keeps a response going)."""
 
     def __post_init__(self) -> None:
         if self.download_pattern not in DOWNLOAD_PATTERNS:
@@ -70,8 +73,8 @@ class AgentConfig:
                 "p2p mode needs a peer secret: --peer-token-file FILE (the chart creates one), "
                 "or --insecure-no-peer-auth in a lab where anyone reaching the port may read every cached blob"
             )
-        if self.max_connections < 1 or self.header_timeout <= 0 or self.keepalive_timeout <= 0:
-            raise ConfigError("max_connections, header_timeout and keepalive_timeout must be positive")
+        if min(self.max_connections, self.header_timeout, self.keepalive_timeout, self.send_timeout) <= 0:
+            raise ConfigError("max_connections, header_timeout, keepalive_timeout and send_timeout must be positive")
 
     @property
     def connection_limits(self) -> ConnectionLimits:
@@ -149,7 +152,7 @@ def load_config(values: dict[str, Any]) -> AgentConfig:
             elif key in ("schedulers", "scheduler"):
                 items = [value] if isinstance(value, str) else list(value)
                 kwargs["schedulers"] = tuple(str(s).rstrip("/") for s in items)
-            elif key in ("cache_ttl", "auth_cache_ttl", "header_timeout", "keepalive_timeout"):
+            elif key in ("cache_ttl", "auth_cache_ttl", "header_timeout", "keepalive_timeout", "send_timeout"):
                 kwargs[key] = parse_duration(value)
             elif key in ("cache_max_size", "ratelimit"):
                 kwargs[key] = parse_size(value)

@@ -111,3 +111,9 @@ class AgentMetrics:
             ["reason"],
             registry=r,
         )
+        self.responses_cut = Counter(
+            "shoal_agent_responses_cut",
+            "Responses aborted after their headers were sent (a digest mismatch, a failed "
+            "upstream, a client that stopped reading or went away)",
+            registry=r,
+        )

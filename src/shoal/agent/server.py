@@ -79,7 +79,9 @@ class Agent:
         elif self.config.p2p_enabled:
             self.swarm = self._build_swarm(origin)
             source = self.swarm
-        self.blobs = BlobService(self.store, self.upstreams, source, self.metrics, origin=origin)
+        self.blobs = BlobService(
+            self.store, self.upstreams, source, self.metrics, origin=origin, send_timeout=self.config.send_timeout
+        )
         self.manifests = ManifestService(self.store, self.upstreams, self.metrics)
         self.presence = Presence(self.config, self.store, self._session)
         app = self.build_app()

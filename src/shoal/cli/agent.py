@@ -80,6 +80,7 @@ def merge_flags(values: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]
 @click.option("--max-connections", type=int, help="Open connections at most.  [default: 4096, below the fd limit]")
 @click.option("--header-timeout", help="Time a new connection has to send a request.  [default: 10s]")
 @click.option("--keepalive-timeout", help="Time an idle keep-alive connection is kept.  [default: 60s]")
+@click.option("--send-timeout", help="Time each 8 MiB of a blob response may take to leave.  [default: 30s]")
 def agent(config_file: Path | None, **flags: Any) -> None:
     """Run the node agent: an OCI pull-through mirror with a disk cache on every node."""
     values: dict[str, Any] = load_yaml(config_file) if config_file else {}
