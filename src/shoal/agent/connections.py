@@ -11,7 +11,7 @@ descriptors, is taken down by a few hundred idle sockets. So:
       less a reserve for cache files, upstream and peer sockets); a new connection beyond it
       takes the place of the connection idle the longest, and only when every connection is
       busy with a request is it refused, with a 503 and ``Connection: close``;
-    * refusals and closes are counted in metrics and logged at most once per ``LOG_EVERY``.
+    * refusals and closes are counted in metrics and logged at most once every few seconds.
 
 ``ConnectionGuard`` runs the accept loop itself, one connection at a time: asyncio's own loop
 accepts up to ``backlog`` sockets per wake-up before any of them is counted, and past the
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import resource
 import socket
@@ -35,12 +34,15 @@ from typing import cast
 
 from prometheus_client import Counter, Gauge
 
+from shoal.core.ratelog import RateLimitedLog
+
 log = logging.getLogger(__name__)
 
-LOG_EVERY = 10.0
 FD_RESERVE_FRACTION = 4
 """a quarter of the descriptor limit (at least ``FD_RESERVE_MIN``) stays free for the agent's own files and sockets"""
 FD_RESERVE_MIN = 32
+FDS_PER_CONNECTION = 3
+"""a blob response holds its socket, the blob's file, and for a passthrough an upstream socket"""
 _REFUSAL_BODY = b'{"errors":[{"code":"TOOMANYREQUESTS","message":"too many connections to this agent"}]}'
 REFUSAL = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
@@ -71,7 +73,7 @@ def descriptor_limit() -> int:
 def effective_limit(configured: int, fd_limit: int) -> int:
     """``configured``, but never so many that the agent runs out of descriptors."""
     reserve = max(FD_RESERVE_MIN, fd_limit // FD_RESERVE_FRACTION)
-    return max(1, min(configured, fd_limit - reserve))
+    return max(1, min(configured, (fd_limit - reserve) // FDS_PER_CONNECTION))
 
 
 class _Conn:
@@ -134,8 +136,7 @@ class ConnectionGuard:
         """oldest first; a connection moves to the end whenever it becomes idle"""
         self._sweeper: asyncio.Task[None] | None = None
         self._accepter: asyncio.Task[None] | None = None
-        self._suppressed: dict[str, int] = {}
-        self._last_log = 0.0
+        self._log = RateLimitedLog(log, f"closing connections (limit {self.max_connections})", clock=clock)
 
     def serve(self, sock: socket.socket, factory: Callable[[], asyncio.Protocol]) -> None:
         """Accept connections on the listening ``sock`` for ``factory``'s protocol."""
@@ -156,10 +157,10 @@ class ConnectionGuard:
             try:
                 conn, _ = await loop.sock_accept(sock)
             except OSError as exc:
-                if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    raise
-                self._note("refused", f"accept failed: {exc.strerror}")
-                await asyncio.sleep(0.1)  # descriptors run out elsewhere: let them come back
+                # descriptors run out elsewhere, or the kernel refused one connection: never
+                # let the accept loop die, give them a moment to come back
+                self._note("refused", f"accept failed: {exc.strerror or exc!r}")
+                await asyncio.sleep(0.1)
                 continue
             if len(self._conns) >= self.max_connections and not self.evict_idlest():
                 self._note("refused", f"{len(self._conns)} connections, all busy")
@@ -169,8 +170,9 @@ class ConnectionGuard:
                 continue
             try:
                 await loop.connect_accepted_socket(lambda: _GuardedProtocol(self, factory()), conn)
-            except OSError:
+            except Exception as exc:  # one bad socket must not stop the agent accepting
                 conn.close()
+                self._note("refused", f"cannot set up a connection: {exc!r}")
 
     def __len__(self) -> int:
         return len(self._conns)
@@ -229,12 +231,6 @@ class ConnectionGuard:
         self._note(reason, why)
 
     def _note(self, reason: str, why: str) -> None:
-        """Count every close; log a summary at most every LOG_EVERY seconds (no log flood)."""
+        """Count every close; log a summary at most every few seconds (no log flood)."""
         self._closed.labels(reason).inc()
-        self._suppressed[reason] = self._suppressed.get(reason, 0) + 1
-        now = self._clock()
-        if now - self._last_log >= LOG_EVERY:
-            counts = ", ".join(f"{n} {r}" for r, n in sorted(self._suppressed.items()))
-            log.warning("closing connections (%s; last: %s); limit %d", counts, why, self.max_connections)
-            self._suppressed.clear()
-            self._last_log = now
+        self._log.note(why, reason)

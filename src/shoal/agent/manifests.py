@@ -9,6 +9,7 @@ before. Content fetched by digest is checked against the digest before it is cac
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 
 import aiohttp
 from aiohttp import web
@@ -26,6 +27,8 @@ from shoal.store.blobstore import BlobStore
 
 log = logging.getLogger(__name__)
 
+MAX_TAGS_KEPT = 4096
+"""tag answers kept for an unreachable registry (any client may add one per Accept string)"""
 MAX_MANIFEST_BYTES = 4 << 20
 """The distribution registry's own limit; a bigger "manifest" is refused, not buffered."""
 
@@ -44,7 +47,9 @@ class ManifestService:
         self.store = store
         self.upstreams = upstreams
         self.metrics = metrics
-        self._last_tag: dict[tuple[str, str, str, str], Digest] = {}
+        self._last_tag: OrderedDict[tuple[str, str, str, str], Digest] = OrderedDict()
+        """(credentials, registry, repository, tag + Accept) -> the digest last answered, for
+        when the registry is down; least recently answered dropped beyond ``MAX_TAGS_KEPT``"""
 
     async def serve(self, request: web.Request, dist: DistributionPath, creds: Credentials | None) -> web.Response:
         head = request.method == "HEAD"
@@ -71,6 +76,9 @@ class ManifestService:
             data, digest, media_type = stale
         if dist.digest is None:
             self._last_tag[tag_key] = digest
+            self._last_tag.move_to_end(tag_key)
+            while len(self._last_tag) > MAX_TAGS_KEPT:
+                self._last_tag.popitem(last=False)
         return manifest_response(None if head else data, digest, media_type, len(data))
 
     async def _head_tag(self, dist: DistributionPath, creds: Credentials | None, accept: str) -> web.Response:

@@ -178,9 +178,10 @@ class SwarmSource:
 
     def rejected(self, digest: Digest) -> bool:
         """Verified pieces made a blob that does not match its digest: the piece hashes were
-        wrong, so the lease holder that published them (or a parent) lied. Avoid them all,
-        report them to the scheduler, and have the blob fetched again from the origin. A blob
-        that came from our own origin fetch alone is the registry's fault: no refetch."""
+        wrong, so the lease holder that published them lied (or read a corrupt copy). Avoid
+        it, report it (``bad_hashes``: the scheduler drops its hashes), and have the blob
+        fetched again from the origin. Parents are not blamed: their pieces matched the
+        hashes. A blob from our own origin fetch alone is the registry's fault: no refetch."""
         size, peers = self.suppliers.pop(digest, (0, set()))
         peers.discard(self.config.peer_id)
         if not peers:
@@ -308,7 +309,8 @@ class SwarmDownload:
         self.tasks: list[asyncio.Task[None]] = []
         self.wake = asyncio.Event()
         self.suppliers: set[str] = set()
-        """peers whose pieces we took, and the lease holders whose piece hashes we checked them by"""
+        """the lease holders whose piece hashes we checked pieces by: a parent whose piece
+        matched its hash only relayed what the holder hashed, so a wrong blob is theirs"""
 
     # -- supervisor --------------------------------------------------------------------------
     async def run(self) -> None:
@@ -673,7 +675,6 @@ class SwarmDownload:
             self.partial.changed().set()
             return
         self.missing.discard(index)
-        self.suppliers.add(link.info.peer_id)
         link.received += 1
         self.from_parents[link.info.address] = link.received
         self.s.metrics.peer_bytes.labels("download").inc(length)

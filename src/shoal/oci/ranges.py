@@ -53,8 +53,8 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
     RANGE_INVALID (400) for malformed or multi-range headers and RANGE_NOT_SATISFIABLE (416)
     for ranges outside the blob.
     """
-    if header is None:
-        return None
+    if header is None or not header.strip(" \t"):
+        return None  # an empty field is no range (Go's net/http, the registry's, agrees)
     if len(header) > MAX_HEADER:
         raise _malformed(header)
     text = header.strip(" \t")  # OWS around the field value only (RFC 9110 section 5.5)

@@ -47,7 +47,7 @@ class TestEffectiveLimit:
 
     @pytest.mark.parametrize(
         ("configured", "fds", "expected"),
-        [(4096, 1 << 20, 4096), (4096, 256, 192), (4096, 1024, 768), (10, 256, 10), (4096, 40, 8)],
+        [(4096, 1 << 20, 4096), (4096, 256, 64), (4096, 1024, 256), (10, 256, 10), (4096, 40, 2), (4096, 33, 1)],
     )
     def test_table(self, configured: int, fds: int, expected: int) -> None:
         assert effective_limit(configured, fds) == expected
