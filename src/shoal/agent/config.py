@@ -8,11 +8,11 @@ from typing import Any
 
 import yaml
 
-from shoal.core.reference import DOCKER_HUB, ReferenceError, canonical_registry, validate_registry
+from shoal.core.aliases import AliasError, alias_table
+from shoal.core.registry_spec import parse_registry as parse_registry  # re-exported
 from shoal.core.units import parse_duration, parse_size
 
 DEFAULT_PORT = 65001
-DOCKER_HUB_URL = "https://registry-1.docker.io"
 DOWNLOAD_PATTERNS = ("p2p", "source")
 
 
@@ -42,6 +42,10 @@ class AgentConfig:
     peer_token_file: Path | None = None
     auth_cache_ttl: float = 60.0
     """seconds a registry's yes/no on (credentials, repository) is reused for cached blobs."""
+    alias_port: int | None = None
+    """port of the webhook's rewrite alias hosts (``<registry host>:<port>``); default: listen port."""
+    alias_domain: str = ""
+    """DNS suffix of the rewrite alias hosts, as given to the webhook and node-config."""
 
     def __post_init__(self) -> None:
         if self.download_pattern not in DOWNLOAD_PATTERNS:
@@ -53,6 +57,16 @@ class AgentConfig:
             split_hostport(self.advertise, "advertise")
         if not self.registries:
             raise ConfigError("at least one --registry NAME[=URL] is required")
+        try:
+            _ = self.aliases
+        except AliasError as exc:
+            raise ConfigError(f"alias_domain: {exc}") from None
+
+    @property
+    def aliases(self) -> dict[str, str]:
+        """Alias name -> registry: the rewrite hosts and CRI-O path names the agent answers to."""
+        port = self.alias_port if self.alias_port is not None else split_hostport(self.listen, "listen")[1]
+        return alias_table(self.registries, port or None, self.alias_domain)
 
     @property
     def advertise_address(self) -> str:
@@ -80,22 +94,6 @@ def split_hostport(value: str, key: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
         raise ConfigError(f"{key}: want HOST:PORT, got {value!r}")
     return host.strip("[]"), int(port)
-
-
-def parse_registry(spec: str) -> tuple[str, str]:
-    """``NAME`` or ``NAME=URL`` -> (canonical name, base URL)."""
-    name, sep, url = spec.partition("=")
-    name = name.strip()
-    try:
-        name = canonical_registry(validate_registry(name))
-    except ReferenceError as exc:
-        raise ConfigError(f"registry: {exc}") from None
-    if not sep or not url.strip():
-        url = DOCKER_HUB_URL if name == DOCKER_HUB else f"https://{name}"
-    url = url.strip().rstrip("/")
-    if not url.startswith(("http://", "https://")):
-        raise ConfigError(f"registry {name}: URL must start with http:// or https://, got {url!r}")
-    return name, url
 
 
 def _registries(value: Any) -> dict[str, str]:

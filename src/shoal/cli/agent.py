@@ -58,6 +58,12 @@ from shoal.cli.runtime import run, run_until_signalled
     type=click.Path(dir_okay=False, path_type=Path),
     help="File holding the shared secret that peers and the scheduler require.",
 )
+@click.option(
+    "--alias-port",
+    type=int,
+    help="Port of the webhook's rewrite alias hosts <registry host>:<port>.  [default: --listen's port]",
+)
+@click.option("--alias-domain", help="DNS suffix of the rewrite alias hosts (as given to the webhook).")
 def agent(config_file: Path | None, **flags: Any) -> None:
     """Run the node agent: an OCI pull-through mirror with a disk cache on every node."""
     values: dict[str, Any] = load_yaml(config_file) if config_file else {}

@@ -15,6 +15,7 @@ COMMANDS: dict[str, str] = {
     "agent": "shoal.cli.agent:agent",
     "scheduler": "shoal.cli.scheduler:scheduler",
     "webhook": "shoal.cli.webhook:webhook",
+    "node-config": "shoal.cli.nodeconfig:node_config",
     "demo": "shoal.cli.demo:demo",
     "install": "shoal.cli.install:install",
     "upgrade": "shoal.cli.install:upgrade",
