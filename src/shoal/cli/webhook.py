@@ -7,8 +7,8 @@ from typing import Any
 import click
 
 from shoal.webhook.config import (
-    DEFAULT_ENDPOINT,
     DEFAULT_LABEL_PREFIX,
+    DEFAULT_P2P_PORT,
     DEFAULT_SECRET_PREFIX,
     DEFAULT_SECRET_SUFFIX,
     ConfigError,
@@ -36,10 +36,18 @@ def _split_listen(listen: str) -> tuple[str, int]:
     help="Registry to accelerate (repeatable).",
 )
 @click.option(
-    "--p2p-endpoint",
-    default=DEFAULT_ENDPOINT,
+    "--p2p-port",
+    type=int,
+    default=DEFAULT_P2P_PORT,
     show_default=True,
-    help="The node-local agent, as the container runtime reaches it.",
+    help="Port of the alias hosts images are rewritten to: <registry host>[.<alias domain>]:<port>.",
+)
+@click.option("--alias-domain", default="", help="DNS suffix of the alias hosts (as given to node-config).")
+@click.option(
+    "--rewrite-without-pull-secret",
+    is_flag=True,
+    help="Also rewrite images whose registry credentials are not in the Pod's pull secrets "
+    "(public registries, or node credentials that cover the alias hosts too).",
 )
 @click.option(
     "--label-prefix",
@@ -61,14 +69,16 @@ def webhook(
     tls_cert: str | None,
     tls_key: str | None,
     registries: tuple[str, ...],
-    p2p_endpoint: str,
+    p2p_port: int,
+    alias_domain: str,
+    rewrite_without_pull_secret: bool,
     label_prefix: str,
     secret_prefix: str,
     secret_suffix: str,
     kubeconfig: str | None,
     insecure: bool,
 ) -> None:
-    """Rewrite images of accelerated registries in Pods to the node-local P2P agent."""
+    """Rewrite images of accelerated registries in Pods to their P2P alias hosts."""
     from aiohttp import web
     from kubernetes import client
     from kubernetes import config as _kube_config
@@ -79,7 +89,9 @@ def webhook(
     try:
         config = WebhookConfig.build(
             list(registries),
-            endpoint=p2p_endpoint,
+            p2p_port=p2p_port,
+            alias_domain=alias_domain,
+            rewrite_without_pull_secret=rewrite_without_pull_secret,
             label_prefix=label_prefix,
             secret_prefix=secret_prefix,
             secret_suffix=secret_suffix,

@@ -89,7 +89,7 @@ def test_routing(pod_label: bool, namespace: Json, expected_calls: list[str], re
     result, called = admit_through_api_server(pod, namespace)
     assert called == expected_calls
     image = result["spec"]["containers"][0]["image"]
-    assert image.startswith("127.0.0.1:65001/") is rewritten
+    assert image.startswith(f"{BRIEF_REGISTRY}:65001/") is rewritten
     if rewritten:
         assert result["spec"]["imagePullSecrets"] == [
             {"name": "test-registry"},

@@ -96,7 +96,7 @@ class TestSecretSync:
         sync.ensure_sync(secrets)
         derived = apiserver.get("default", DERIVED)
         assert creds(derived) == {
-            "auths": {f"127.0.0.1:65001/{BRIEF_REGISTRY}": {"username": "builder",
+            "auths": {f"{BRIEF_REGISTRY}:65001": {"username": "builder",
                                                             "password": "s3cret"}}
         }
         assert derived is not None

@@ -16,7 +16,7 @@ from shoal.webhook.pullsecrets import (
     split_auth_key,
 )
 
-CONFIG = WebhookConfig.build(["registry.example.com", "docker.io"], endpoint="127.0.0.1:65001")
+CONFIG = WebhookConfig.build(["registry.example.com", "docker.io"])
 
 
 def secret(auths: object, *, type_: str = "kubernetes.io/dockerconfigjson") -> dict[str, object]:
@@ -52,7 +52,7 @@ class TestDerive:
         derived = derive_dockerconfig(
             {"auths": {"registry.example.com/team": entry, "quay.io": {"auth": "x"}}}, CONFIG
         )
-        assert derived == {"auths": {"127.0.0.1:65001/registry.example.com/team": entry}}
+        assert derived == {"auths": {"registry.example.com:65001/team": entry}}
 
     def test_nothing_to_derive(self) -> None:
         assert derive_secret(secret({"quay.io": {"auth": "x"}}), CONFIG) is None

@@ -84,7 +84,7 @@ class TestAdmission:
     async def test_namespace_entry(self, http: TestClient, source: RecordingSource) -> None:  # type: ignore[type-arg]
         review = admission_review(brief_pod("team-a", label=False), "team-a")
         pod = patched(review, await post(http, "/mutate/namespace", review))
-        assert pod["spec"]["containers"][0]["image"].startswith("127.0.0.1:65001/")
+        assert pod["spec"]["containers"][0]["image"].startswith(f"{BRIEF_REGISTRY}:65001/")
         assert source.ensured[0]["metadata"]["namespace"] == "team-a"
 
     async def test_pod_entry_without_label(self, http: TestClient, source: RecordingSource) -> None:  # type: ignore[type-arg]
