@@ -12,6 +12,9 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from shoal.testing.admission import admission_review as admission_review  # re-exported
+from shoal.testing.admission import apply_json_patch as apply_json_patch  # re-exported
+
 Json = dict[str, Any]
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "k8s"
 BRIEF_REGISTRY = "test-registry-vpc.cn-hangzhou.cr.aliyuncs.com"
@@ -107,61 +110,3 @@ def with_namespace(obj: Json, namespace: str, uid: str | None = None) -> Json:
         out["metadata"]["uid"] = uid
     return out
 
-
-def admission_review(
-    pod: Json,
-    namespace: str,
-    *,
-    dry_run: bool = False,
-    operation: str = "CREATE",
-    sub_resource: str | None = None,
-    uid: str = "705ab4f5-6393-11e8-b7cc-42010a800002",
-) -> Json:
-    """An AdmissionReview v1 request as the API server sends it for a Pod."""
-    request: Json = {
-        "uid": uid,
-        "kind": {"group": "", "version": "v1", "kind": "Pod"},
-        "resource": {"group": "", "version": "v1", "resource": "pods"},
-        "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
-        "requestResource": {"group": "", "version": "v1", "resource": "pods"},
-        "namespace": namespace,
-        "operation": operation,
-        "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
-        "object": pod,
-        "oldObject": None,
-        "dryRun": dry_run,
-        "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"},
-    }
-    if sub_resource:
-        request["subResource"] = sub_resource
-    return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request}
-
-
-def _parse_pointer(path: str) -> list[str]:
-    return [t.replace("~1", "/").replace("~0", "~") for t in path.split("/")[1:]]
-
-
-def apply_json_patch(document: Json, patch: list[Json]) -> Json:
-    """RFC 6902 ``add`` and ``replace``: the operations the webhook emits."""
-    doc = copy.deepcopy(document)
-    for op in patch:
-        tokens = _parse_pointer(op["path"])
-        parent: Any = doc
-        for token in tokens[:-1]:
-            parent = parent[int(token)] if isinstance(parent, list) else parent[token]
-        last = tokens[-1]
-        if op["op"] == "add":
-            if isinstance(parent, list):
-                parent.append(op["value"]) if last == "-" else parent.insert(int(last), op["value"])
-            else:
-                parent[last] = op["value"]
-        elif op["op"] == "replace":
-            if isinstance(parent, list):
-                parent[int(last)] = op["value"]
-            else:
-                if last not in parent:
-                    raise KeyError(f"replace of missing {op['path']}")
-                parent[last] = op["value"]
-        else:
-            raise ValueError(f"unexpected op {op['op']}")
-    return doc
