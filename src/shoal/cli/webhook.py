@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import click
@@ -83,6 +84,7 @@ def webhook(
     from kubernetes import client
     from kubernetes import config as _kube_config
 
+    from shoal.webhook.certreload import CertReloader
     from shoal.webhook.controller import SecretSync
     from shoal.webhook.server import create_app, tls_context
 
@@ -111,10 +113,14 @@ def webhook(
             kube_config.load_kube_config()
     sync = SecretSync(client.CoreV1Api(), config)
     sync.start()
-    ssl_context = None if insecure else tls_context(str(tls_cert), str(tls_key))
+    app = create_app(config, sync)
+    ssl_context = None
+    if not insecure:
+        ssl_context = tls_context(str(tls_cert), str(tls_key))
+        app.cleanup_ctx.append(CertReloader(ssl_context, Path(str(tls_cert)), Path(str(tls_key))).cleanup_ctx)
     try:
         web.run_app(
-            create_app(config, sync),
+            app,
             host=host,
             port=port,
             ssl_context=ssl_context,
