@@ -61,6 +61,12 @@ PARAMETER_SETS = [
     ("p2p.plusMode.nodeSelectorEnable=true",),
     ("labelPrefix=shoal.io",),
     ("webhook.certManager.enabled=true",),
+    ("mode=mirror",),
+    ("mode=mirror", "p2p.plusMode.nodeSelectorEnable=true"),
+    ("aliasDomain=p2p.internal", "webhook.rewriteWithoutPullSecret=true"),
+    ("namespace.create=true",),
+    ("agent.priorityClassName=system-node-critical",),
+    ("nodeConfig.registriesConfDir=", "nodeConfig.requireConfigPath=true"),
 ]
 
 
@@ -85,6 +91,8 @@ class TestSchemas:
             ("Deployment", "shoal-scheduler"),
             ("Deployment", "shoal-webhook"),
             ("MutatingWebhookConfiguration", "shoal"),
+            ("PodDisruptionBudget", "shoal-webhook"),
+            ("PriorityClass", "shoal-node"),
             ("Secret", "shoal-peer-token"),
             ("Secret", "shoal-webhook-tls"),
             ("Service", "shoal-scheduler"),
@@ -92,6 +100,8 @@ class TestSchemas:
             ("ServiceAccount", "shoal-agent"),
             ("ServiceAccount", "shoal-scheduler"),
             ("ServiceAccount", "shoal-webhook"),
+            ("ValidatingAdmissionPolicy", "shoal-webhook-secret-writes"),
+            ("ValidatingAdmissionPolicyBinding", "shoal-webhook-secret-writes"),
         ]
 
 
@@ -138,9 +148,9 @@ class TestParameters:
         assert flag(args, "--peer-token-file") == ["/etc/shoal/peer-token/token"]
         pod = find(docs(), "DaemonSet", "-agent")["spec"]["template"]["spec"]
         assert pod["hostNetwork"] is True
-        assert "nodeSelector" not in pod
+        assert pod["nodeSelector"] == {"kubernetes.io/os": "linux"}  # no agent on Windows nodes
         cache_volume = next(v for v in pod["volumes"] if v["name"] == "cache")
-        assert cache_volume == {"name": "cache", "emptyDir": {}}
+        assert cache_volume == {"name": "cache", "emptyDir": {"sizeLimit": "63Gi"}}  # 1.25 x 50G
 
     def test_port(self) -> None:
         rendered = docs("p2p.port=65002")
@@ -154,7 +164,7 @@ class TestParameters:
         webhook_args = find(rendered, "Deployment", "-webhook")["spec"]["template"]["spec"][
             "containers"
         ][0]["args"]
-        assert flag(webhook_args, "--p2p-endpoint") == ["127.0.0.1:65002"]
+        assert flag(webhook_args, "--p2p-port") == ["65002"]
 
     def test_ratelimit(self) -> None:
         assert flag(agent_container(docs("p2p.ratelimit=1G"))["args"], "--ratelimit") == ["1G"]
@@ -183,14 +193,14 @@ class TestParameters:
         rendered = docs("p2p.plusMode.nodeSelectorEnable=true")
         for kind, suffix in (("DaemonSet", "-agent"), ("Deployment", "-scheduler")):
             spec = find(rendered, kind, suffix)["spec"]["template"]["spec"]
-            assert spec["nodeSelector"] == {"k8s.aliyun.com/p2p-plus-node": "true"}
+            assert spec["nodeSelector"]["k8s.aliyun.com/p2p-plus-node"] == "true"
         webhook = find(rendered, "Deployment", "-webhook")["spec"]["template"]["spec"]
         assert "nodeSelector" not in webhook
 
     def test_node_selector_follows_label_prefix(self) -> None:
         rendered = docs("p2p.plusMode.nodeSelectorEnable=true", "labelPrefix=shoal.io")
-        spec = find(rendered, "DaemonSet")["spec"]["template"]["spec"]
-        assert spec["nodeSelector"] == {"shoal.io/p2p-plus-node": "true"}
+        spec = find(rendered, "DaemonSet", "-agent")["spec"]["template"]["spec"]
+        assert spec["nodeSelector"]["shoal.io/p2p-plus-node"] == "true"
 
     def test_registries_list_with_origin_urls(self, tmp_path: Path) -> None:
         values = tmp_path / "values.yaml"
@@ -300,11 +310,8 @@ class TestRBAC:
         rendered = docs()
         role = find(rendered, "ClusterRole")
         assert role["rules"] == [
-            {
-                "apiGroups": [""],
-                "resources": ["secrets"],
-                "verbs": ["get", "list", "watch", "create", "update", "delete"],
-            }
+            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create", "update", "delete"]},
         ]
         assert not [d for d in rendered if d["kind"] in ("Role", "RoleBinding")]
         for component in ("agent", "scheduler"):
