@@ -24,41 +24,77 @@ DIGEST = "sha256:" + "ab" * 32
 
 # fixture name -> pipeline of kubectl argv; each step reads the previous step's stdout.
 COMMANDS: dict[str, list[list[str]]] = {
-    "deployment-test": [
-        ["kubectl", "create", "deployment", "test", f"--image={BRIEF_IMAGE}", "--replicas=1", *DRY]
-    ],
+    "deployment-test": [["kubectl", "create", "deployment", "test", f"--image={BRIEF_IMAGE}", "--replicas=1", *DRY]],
     "deployment-app": [
-        ["kubectl", "create", "deployment", "app", "--image=registry.example.com/team/app:v1",
-         "--image=quay.io/org/sidecar:2", *DRY]
+        [
+            "kubectl",
+            "create",
+            "deployment",
+            "app",
+            "--image=registry.example.com/team/app:v1",
+            "--image=quay.io/org/sidecar:2",
+            *DRY,
+        ]
     ],
     "deployment-web": [["kubectl", "create", "deployment", "web", "--image=nginx:1.27", *DRY]],
     "job-digest": [
-        ["kubectl", "create", "job", "migrate", f"--image=registry.example.com/team/migrate@{DIGEST}",
-         *DRY]
+        ["kubectl", "create", "job", "migrate", f"--image=registry.example.com/team/migrate@{DIGEST}", *DRY]
     ],
     "namespace-accelerated": [
         ["kubectl", "create", "namespace", "team-a", *DRY],
-        ["kubectl", "label", "--local", "-f", "-", "k8s.aliyun.com/image-accelerate-mode=p2p",
-         "-o", "json"],
+        ["kubectl", "label", "--local", "-f", "-", "k8s.aliyun.com/image-accelerate-mode=p2p", "-o", "json"],
     ],
     "secret-test-registry": [
-        ["kubectl", "create", "secret", "docker-registry", "test-registry",
-         f"--docker-server={BRIEF_REGISTRY}", "--docker-username=builder",
-         "--docker-password=s3cret", *DRY]
+        [
+            "kubectl",
+            "create",
+            "secret",
+            "docker-registry",
+            "test-registry",
+            f"--docker-server={BRIEF_REGISTRY}",
+            "--docker-username=builder",
+            "--docker-password=s3cret",
+            *DRY,
+        ]
     ],
     "secret-regcred": [
-        ["kubectl", "create", "secret", "docker-registry", "regcred",
-         "--docker-server=registry.example.com", "--docker-username=team",
-         "--docker-password=pw", *DRY]
+        [
+            "kubectl",
+            "create",
+            "secret",
+            "docker-registry",
+            "regcred",
+            "--docker-server=registry.example.com",
+            "--docker-username=team",
+            "--docker-password=pw",
+            *DRY,
+        ]
     ],
     "secret-dockerhub": [
-        ["kubectl", "create", "secret", "docker-registry", "hub",
-         "--docker-server=https://index.docker.io/v1/", "--docker-username=me",
-         "--docker-password=tok", *DRY]
+        [
+            "kubectl",
+            "create",
+            "secret",
+            "docker-registry",
+            "hub",
+            "--docker-server=https://index.docker.io/v1/",
+            "--docker-username=me",
+            "--docker-password=tok",
+            *DRY,
+        ]
     ],
     "secret-quay": [
-        ["kubectl", "create", "secret", "docker-registry", "quay",
-         "--docker-server=quay.io", "--docker-username=q", "--docker-password=q", *DRY]
+        [
+            "kubectl",
+            "create",
+            "secret",
+            "docker-registry",
+            "quay",
+            "--docker-server=quay.io",
+            "--docker-username=q",
+            "--docker-password=q",
+            *DRY,
+        ]
     ],
 }
 
@@ -97,8 +133,7 @@ def pod_from_template(deployment: Json, namespace: str) -> Json:
     return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {**copy.deepcopy(template["metadata"]), "generateName": f"{name}-",
-                     "namespace": namespace},
+        "metadata": {**copy.deepcopy(template["metadata"]), "generateName": f"{name}-", "namespace": namespace},
         "spec": copy.deepcopy(template["spec"]),
     }
 
@@ -109,4 +144,3 @@ def with_namespace(obj: Json, namespace: str, uid: str | None = None) -> Json:
     if uid:
         out["metadata"]["uid"] = uid
     return out
-

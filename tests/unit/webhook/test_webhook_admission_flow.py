@@ -78,8 +78,7 @@ PLAIN_NS = {"metadata": {"name": "default", "labels": {"kubernetes.io/metadata.n
     [
         (True, PLAIN_NS, ["pod.image-accelerate.shoal.io"], True),
         (False, ACCELERATED_NS, ["namespace.image-accelerate.shoal.io"], True),
-        (True, ACCELERATED_NS,
-         ["pod.image-accelerate.shoal.io", "namespace.image-accelerate.shoal.io"], True),
+        (True, ACCELERATED_NS, ["pod.image-accelerate.shoal.io", "namespace.image-accelerate.shoal.io"], True),
         (False, PLAIN_NS, [], False),
     ],
     ids=["pod-label", "namespace-label", "both", "neither"],

@@ -45,9 +45,7 @@ def brief_pod(namespace: str = "default", *, label: bool = True) -> Json:
                 "metadata": {"labels": {MODE: "p2p"} if label else {}},
                 "spec": {
                     "imagePullSecrets": [{"name": "test-registry"}],
-                    "containers": [
-                        {"name": "test", "image": BRIEF_IMAGE, "command": ["sleep", "3600"]}
-                    ],
+                    "containers": [{"name": "test", "image": BRIEF_IMAGE, "command": ["sleep", "3600"]}],
                 },
             }
         }
@@ -119,8 +117,7 @@ class TestBriefExpectedOutput:
         assert derived["metadata"]["namespace"] == "default"
         assert derived["type"] == "kubernetes.io/dockerconfigjson"
         assert derived["metadata"]["ownerReferences"] == [
-            {"apiVersion": "v1", "kind": "Secret", "name": "test-registry",
-             "uid": "uid-secret-test-registry"}
+            {"apiVersion": "v1", "kind": "Secret", "name": "test-registry", "uid": "uid-secret-test-registry"}
         ]
         before = dockerconfig(original)["auths"][BRIEF_REGISTRY]
         assert dockerconfig(derived) == {"auths": {f"{BRIEF_REGISTRY}:65001": before}}
@@ -162,8 +159,14 @@ class TestImages:
         pod = pod_from_template(
             merge_patch(
                 load("deployment-app"),
-                {"spec": {"template": {"metadata": {"labels": {MODE: "p2p"}},
-                                       "spec": {"imagePullSecrets": [{"name": "regcred"}]}}}},
+                {
+                    "spec": {
+                        "template": {
+                            "metadata": {"labels": {MODE: "p2p"}},
+                            "spec": {"imagePullSecrets": [{"name": "regcred"}]},
+                        }
+                    }
+                },
             ),
             "default",
         )
@@ -189,34 +192,40 @@ class TestImages:
             "default",
         )
         _, patched = admit(pod, Scope.POD, {}, ANONYMOUS)
-        assert patched["spec"]["containers"][0]["image"] == (
-            f"registry.example.com:65001/team/migrate@{DIGEST}"
-        )
+        assert patched["spec"]["containers"][0]["image"] == (f"registry.example.com:65001/team/migrate@{DIGEST}")
         assert "imagePullSecrets" not in patched["spec"]
 
     def test_docker_hub_short_name_and_hub_credentials(self) -> None:
         pod = pod_from_template(
             merge_patch(
                 load("deployment-web"),
-                {"spec": {"template": {"metadata": {"labels": {MODE: "p2p"}},
-                                       "spec": {"imagePullSecrets": [{"name": "hub"}]}}}},
+                {
+                    "spec": {
+                        "template": {
+                            "metadata": {"labels": {MODE: "p2p"}},
+                            "spec": {"imagePullSecrets": [{"name": "hub"}]},
+                        }
+                    }
+                },
             ),
             "default",
         )
         decision, patched = admit(pod, Scope.POD, secrets())
-        assert patched["spec"]["containers"][0]["image"] == (
-            "docker.io:65001/library/nginx:1.27"
-        )
+        assert patched["spec"]["containers"][0]["image"] == ("docker.io:65001/library/nginx:1.27")
         (derived,) = decision.secrets
         assert list(dockerconfig(derived)["auths"]) == ["docker.io:65001"]
 
     def test_init_containers(self) -> None:
         pod = merge_patch(
             brief_pod(),
-            {"spec": {"initContainers": [
-                {"name": "fetch", "image": "busybox:1.36"},
-                {"name": "other", "image": "quay.io/org/tool:1"},
-            ]}},
+            {
+                "spec": {
+                    "initContainers": [
+                        {"name": "fetch", "image": "busybox:1.36"},
+                        {"name": "other", "image": "quay.io/org/tool:1"},
+                    ]
+                }
+            },
         )
         _, patched = admit(pod, Scope.POD, secrets(), ANONYMOUS)
         init = patched["spec"]["initContainers"]
@@ -232,9 +241,7 @@ class TestImages:
             {"name": "shell", "image": "quay.io/org/shell:1"},
             {"name": "hub", "image": "busybox"},  # no credentials followed for Docker Hub
         ]
-        request = admission_review(
-            pod, "default", operation="UPDATE", sub_resource="ephemeralcontainers"
-        )["request"]
+        request = admission_review(pod, "default", operation="UPDATE", sub_resource="ephemeralcontainers")["request"]
         decision = decide(request, Scope.POD, CONFIG, secrets())
         patched = apply_json_patch(pod, list(decision.patch))
         ephemeral = patched["spec"]["ephemeralContainers"]
@@ -249,9 +256,7 @@ class TestImages:
     def test_ephemeral_container_in_pod_not_injected(self) -> None:
         pod = brief_pod(label=False)
         pod["spec"]["ephemeralContainers"] = [{"name": "debugger", "image": "busybox"}]
-        request = admission_review(
-            pod, "default", operation="UPDATE", sub_resource="ephemeralcontainers"
-        )["request"]
+        request = admission_review(pod, "default", operation="UPDATE", sub_resource="ephemeralcontainers")["request"]
         assert not decide(request, Scope.NAMESPACE, CONFIG, secrets()).mutated
 
     @pytest.mark.parametrize(
@@ -259,8 +264,7 @@ class TestImages:
         [
             ("nginx", "docker.io:65001/library/nginx:latest"),
             ("index.docker.io/team/app:v1", "docker.io:65001/team/app:v1"),
-            ("registry.example.com/a/b:1@" + DIGEST,
-             "registry.example.com:65001/a/b:1@" + DIGEST),
+            ("registry.example.com/a/b:1@" + DIGEST, "registry.example.com:65001/a/b:1@" + DIGEST),
             ("registry.example.com:5000/a:1", None),
             ("registry.example.com:65001/a:1", None),  # already rewritten
             ("127.0.0.1:65001/registry.example.com/a:1", None),
@@ -294,12 +298,8 @@ class TestSkipRules:
         pod = merge_patch(brief_pod(), {"spec": {"imagePullSecrets": None}})
         pod["spec"]["imagePullSecrets"] = [{"name": "test-registry"}, {"name": "quay"}]
         decision, patched = admit(pod, Scope.POD, secrets())
-        assert [s["metadata"]["name"] for s in decision.secrets] == [
-            "acr-credential-test-registry-p2p"
-        ]
-        assert patched["spec"]["imagePullSecrets"][-1] == {
-            "name": "acr-credential-test-registry-p2p"
-        }
+        assert [s["metadata"]["name"] for s in decision.secrets] == ["acr-credential-test-registry-p2p"]
+        assert patched["spec"]["imagePullSecrets"][-1] == {"name": "acr-credential-test-registry-p2p"}
 
     def test_node_credentials_pod_is_left_alone(self) -> None:
         pod = brief_pod()
@@ -311,9 +311,16 @@ class TestSkipRules:
         assert admit(pod, Scope.POD, secrets(), ANONYMOUS)[0].mutated  # the operator's opt-in
 
     def test_only_images_whose_credentials_follow_are_rewritten(self) -> None:
-        pod = merge_patch(brief_pod(), {"spec": {"initContainers": [
-            {"name": "hub", "image": "busybox:1.36"},
-        ]}})
+        pod = merge_patch(
+            brief_pod(),
+            {
+                "spec": {
+                    "initContainers": [
+                        {"name": "hub", "image": "busybox:1.36"},
+                    ]
+                }
+            },
+        )
         _, patched = admit(pod, Scope.POD, secrets())
         assert patched["spec"]["initContainers"][0]["image"] == "busybox:1.36"
         assert patched["spec"]["containers"][0]["image"] == ALIAS_IMAGE
@@ -346,8 +353,12 @@ class TestConfig:
 
     def test_custom_label_prefix_and_names(self) -> None:
         config = WebhookConfig.build(
-            [BRIEF_REGISTRY], p2p_port=7000, alias_domain="p2p.internal", label_prefix="shoal.io",
-            secret_prefix="", secret_suffix="-shoal",
+            [BRIEF_REGISTRY],
+            p2p_port=7000,
+            alias_domain="p2p.internal",
+            label_prefix="shoal.io",
+            secret_prefix="",
+            secret_suffix="-shoal",
         )
         pod = brief_pod(label=False)
         pod["metadata"]["labels"]["shoal.io/image-accelerate-mode"] = "p2p"
@@ -366,11 +377,15 @@ class TestConfig:
 
     @pytest.mark.parametrize(
         ("registries", "kwargs"),
-        [([], {}), (["not a host"], {}), (["a.io"], {"p2p_port": 0}),
-         (["a.io"], {"alias_domain": "bad domain"}),
-         (["a.io:65001"], {}),  # alias would be the registry itself: needs an alias domain
-         (["a.io:5000", "a.io:5001"], {}),  # one alias host for two registries
-         (["a.io"], {"label_prefix": "a/b"})],
+        [
+            ([], {}),
+            (["not a host"], {}),
+            (["a.io"], {"p2p_port": 0}),
+            (["a.io"], {"alias_domain": "bad domain"}),
+            (["a.io:65001"], {}),  # alias would be the registry itself: needs an alias domain
+            (["a.io:5000", "a.io:5001"], {}),  # one alias host for two registries
+            (["a.io"], {"label_prefix": "a/b"}),
+        ],
     )
     def test_bad_settings(self, registries: list[str], kwargs: dict[str, Any]) -> None:
         with pytest.raises(ConfigError):
