@@ -66,7 +66,7 @@ class AgentConfig:
     def aliases(self) -> dict[str, str]:
         """Alias name -> registry: the rewrite hosts and CRI-O path names the agent answers to."""
         port = self.alias_port if self.alias_port is not None else split_hostport(self.listen, "listen")[1]
-        return alias_table(self.registries, port or None, self.alias_domain)
+        return alias_table(self.registries, port or None, self.alias_domain, strict=False)
 
     @property
     def advertise_address(self) -> str:

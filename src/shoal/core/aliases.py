@@ -71,22 +71,27 @@ def path_name(registry: str) -> str | None:
 
 
 @cache
-def _table(registries: tuple[str, ...], port: int | None, domain: str) -> dict[str, str]:
+def _table(registries: tuple[str, ...], port: int | None, domain: str, strict: bool) -> dict[str, str]:
     table: dict[str, str] = {}
+    ambiguous: set[str] = set()
 
     def add(alias: str, registry: str) -> None:
         if alias == registry:
             return
         if alias in registries:
-            raise AliasError(
-                f"alias {alias!r} of {registry!r} is itself a configured registry; accelerate only one of them"
-            )
+            if strict:
+                raise AliasError(
+                    f"alias {alias!r} of {registry!r} is itself a configured registry; accelerate only one of them"
+                )
+            return
         other = table.setdefault(alias, registry)
         if other != registry:
-            raise AliasError(
-                f"registries {other!r} and {registry!r} share the alias {alias!r}; "
-                "accelerate only one of them in rewrite mode"
-            )
+            if strict:
+                raise AliasError(
+                    f"registries {other!r} and {registry!r} share the alias {alias!r}; "
+                    "accelerate only one of them in rewrite mode"
+                )
+            ambiguous.add(alias)
 
     for registry in registries:
         name = path_name(registry)
@@ -94,13 +99,19 @@ def _table(registries: tuple[str, ...], port: int | None, domain: str) -> dict[s
             add(name, registry)
         if port is not None:
             add(alias_host(registry, port, domain), registry)
-    return table
+    return {alias: registry for alias, registry in table.items() if alias not in ambiguous}
 
 
-def alias_table(registries: Iterable[str], port: int | None, domain: str = "") -> dict[str, str]:
+def alias_table(
+    registries: Iterable[str], port: int | None, domain: str = "", *, strict: bool = True
+) -> dict[str, str]:
     """Alias (rewrite host or path name) -> registry, for every registry; ``port`` None: no hosts.
 
+    ``strict=False`` (the agent, which also serves mirror mode) leaves out the aliases that
+    would be ambiguous instead of refusing the configuration.
+
     Raises:
-        AliasError: two registries would share an alias, or an alias names another registry.
+        AliasError: when ``strict``, two registries would share an alias, or an alias names
+            another registry; always, for an invalid domain.
     """
-    return dict(_table(tuple(sorted(registries)), port, validate_domain(domain)))
+    return dict(_table(tuple(sorted(registries)), port, validate_domain(domain), strict))

@@ -64,6 +64,15 @@ class TestTable:
             "harbor.local.p2p.internal:65001": "harbor.local:65001",
         }
 
+    def test_lenient_table_leaves_ambiguous_aliases_out(self) -> None:
+        # the agent also serves mirror mode: two ports of one host must not stop it
+        table = alias_table(["harbor.local:5000", "harbor.local:5001"], 65001, strict=False)
+        assert table == {"harbor.local-5000": "harbor.local:5000", "harbor.local-5001": "harbor.local:5001"}
+        assert alias_table(["a.io:5000", "a.io:65001"], 65001, strict=False) == {
+            "a.io-5000": "a.io:5000",
+            "a.io-65001": "a.io:65001",
+        }
+
     def test_bad_domain(self) -> None:
         with pytest.raises(AliasError, match="alias domain"):
             alias_table(["a.io"], 65001, "bad domain")
