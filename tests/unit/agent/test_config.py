@@ -140,9 +140,7 @@ class TestAliases:
         assert config.aliases["harbor.local-5000"] == "harbor.local:5000"
 
     def test_alias_port_and_domain(self) -> None:
-        config = load_config(
-            {"registries": ["harbor.local:5000"], "alias_port": 65001, "alias_domain": "p2p.internal"}
-        )
+        config = load_config({"registries": ["harbor.local:5000"], "alias_port": 65001, "alias_domain": "p2p.internal"})
         assert config.aliases["harbor.local.p2p.internal:65001"] == "harbor.local:5000"
 
     def test_two_ports_of_one_host_still_start(self) -> None:
