@@ -20,7 +20,8 @@ def pod_spec(documents: list[Doc], kind: str, suffix: str) -> Doc:
 
 
 def init(documents: list[Doc], suffix: str = "-agent") -> Doc:
-    (container,) = pod_spec(documents, "DaemonSet", suffix)["initContainers"]
+    containers: list[Doc] = pod_spec(documents, "DaemonSet", suffix)["initContainers"]
+    (container,) = containers
     assert container["name"] == "node-config"
     return container
 

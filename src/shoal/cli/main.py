@@ -16,6 +16,7 @@ COMMANDS: dict[str, str] = {
     "scheduler": "shoal.cli.scheduler:scheduler",
     "webhook": "shoal.cli.webhook:webhook",
     "node-config": "shoal.cli.nodeconfig:node_config",
+    "node-ready": "shoal.cli.nodeready:node_ready",
     "demo": "shoal.cli.demo:demo",
     "install": "shoal.cli.install:install",
     "upgrade": "shoal.cli.install:upgrade",

@@ -11,11 +11,11 @@ import pytest
 from kubernetes import client
 
 from shoal.cli.install import build_values, manifest_documents, render
+from shoal.testing.fake_apiserver import FakeApiServer
 from shoal.webhook.config import WebhookConfig
 from shoal.webhook.controller import SecretSync
 from shoal.webhook.mutate import Scope, decide
 
-from .fake_apiserver import FakeApiServer
 from .k8s_fixtures import BRIEF_REGISTRY, Json, admission_review, load, with_namespace
 from .test_webhook_mutate import brief_pod
 
