@@ -203,3 +203,47 @@ def test_bad_values_rejected(expression: str, message: str) -> None:
 
     with pytest.raises(helm_python.HelmValuesError, match=message):
         render(build_values((), (REG, expression)))
+
+
+class TestStartupTaint:
+    """Off by default; on, a node-ready container with the only API token, own-node RBAC."""
+
+    def test_off_by_default(self) -> None:
+        rendered = docs(REG)
+        assert [c["name"] for c in pod_spec(rendered, "DaemonSet", "-agent")["containers"]] == ["agent"]
+        assert not [d for d in rendered if "node-ready" in d["metadata"]["name"]]
+
+    def test_on(self) -> None:
+        rendered = docs(REG, "startupTaint.enabled=true")
+        spec = pod_spec(rendered, "DaemonSet", "-agent")
+        agent, ready = spec["containers"]
+        assert ready["args"] == [
+            "node-ready",
+            "--taint",
+            "k8s.aliyun.com/agent-not-ready",
+            "--agent",
+            "127.0.0.1:65001",
+        ]
+        assert ready["env"][0]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+        assert spec["automountServiceAccountToken"] is False
+        assert [m["name"] for m in ready["volumeMounts"]] == ["node-ready-token"]
+        assert "node-ready-token" not in {m["name"] for m in agent["volumeMounts"]}  # the agent gets no token
+        assert {"key": "k8s.aliyun.com/agent-not-ready", "operator": "Exists", "effect": "NoSchedule"} in spec[
+            "tolerations"
+        ]
+        role = find(rendered, "ClusterRole", "-node-ready")
+        assert role["rules"] == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "update"]}]
+        (subject,) = find(rendered, "ClusterRoleBinding", "-node-ready")["subjects"]
+        assert subject["name"] == spec["serviceAccountName"]
+        policy = find(rendered, "ValidatingAdmissionPolicy", "-node-ready")
+        expressions = " ".join(v["expression"] for v in policy["spec"]["validations"])
+        assert "authentication.kubernetes.io/node-name" in expressions
+        assert "'k8s.aliyun.com/agent-not-ready'" in expressions
+        for doc in rendered:
+            if doc["kind"] not in NOT_IN_SCHEMAS:
+                kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+
+    def test_custom_key(self) -> None:
+        rendered = docs(REG, "startupTaint.enabled=true", "startupTaint.key=example.com/not-ready")
+        ready = pod_spec(rendered, "DaemonSet", "-agent")["containers"][1]
+        assert flag(ready["args"], "--taint") == ["example.com/not-ready"]

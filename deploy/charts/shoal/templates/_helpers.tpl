@@ -184,3 +184,7 @@ first, the registry as fallback. Run as root (host files under /etc), no capabil
 {{- printf "%d%s" (mulf $number 1.25 | ceil | int64) (ternary (printf "%si" $unit) "" (ne $unit "")) -}}
 {{- end -}}
 {{- end -}}
+
+{{- define "shoal.startupTaintKey" -}}
+{{- default (printf "%s/agent-not-ready" .Values.labelPrefix) .Values.startupTaint.key -}}
+{{- end -}}
