@@ -35,8 +35,8 @@ def node_config(certs_dir: Path, *args: str) -> str:
 
 
 def agents_of(requests: list[LoggedRequest]) -> set[str]:
-    """Who fetched blobs from the origin: the agent (aiohttp) or containerd itself."""
-    return {"agent" if "aiohttp" in r.user_agent else r.user_agent.split("/")[0] for r in requests if r.is_blob_get}
+    """Who fetched blobs from the origin: the agent or containerd itself."""
+    return {r.client for r in requests if r.is_blob_get}
 
 
 async def pull(node: Containerd, ref: str, certs_dir: Path, user: str | None = None) -> None:

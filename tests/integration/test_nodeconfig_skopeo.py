@@ -32,7 +32,7 @@ def drop_in(workdir: Path, *args: str) -> Path:
 
 
 def fetchers(requests: list[LoggedRequest]) -> set[str]:
-    return {"agent" if "aiohttp" in r.user_agent else r.user_agent.split("/")[0] for r in requests if r.is_blob_get}
+    return {r.client for r in requests if r.is_blob_get}
 
 
 @pytest.mark.parametrize("mode", ["mirror", "rewrite"])
