@@ -44,9 +44,9 @@ def _parser() -> argparse.ArgumentParser:
         "--client",
         choices=CLIENTS,
         default="skopeo",
-        help="container client on every node (direct, source, p2p): skopeo into an OCI "
-        "layout, or ctr image pull through a containerd per node with hosts.toml "
-        "(default skopeo)",
+        help="client on every node (direct, source, p2p): skopeo into an OCI "
+        "layout, ctr image pull through a containerd per node with hosts.toml, or light: "
+        "the manifest then every blob in parallel into files, like curl (default skopeo)",
     )
     p.add_argument("--heterogeneous", action="store_true", help="a quarter of the nodes at a quarter of the bandwidth")
     p.add_argument(

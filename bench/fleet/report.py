@@ -22,6 +22,13 @@ def _s(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
+def _cpu(r: ScenarioResult) -> str:
+    per_mib = r.cpu_ms_per_mib
+    if r.data_plane is None or per_mib is None:
+        return "-"
+    return f"{per_mib:.1f} ms/MiB ({r.data_plane.kind})"
+
+
 def print_table(results: Sequence[ScenarioResult], console: Console | None = None) -> None:
     console = console or Console(width=None if sys.stdout.isatty() else 180)
     table = Table(title="Fleet rollout (times in seconds from the start of the rollout)")
@@ -38,6 +45,7 @@ def print_table(results: Sequence[ScenarioResult], console: Console | None = Non
         "origin egress",
         "x image",
         "CPU busy",
+        "data-plane CPU",
         "failed",
     ):
         table.add_column(col, justify="left" if col in ("scenario", "client") else "right")
@@ -57,6 +65,7 @@ def print_table(results: Sequence[ScenarioResult], console: Console | None = Non
             "-" if r.origin_egress_bytes is None else format_bytes(r.origin_egress_bytes),
             "-" if egress is None else f"{egress:.2f}",
             f"{r.cpu_busy:.0%}",
+            _cpu(r),
             r.error[:60] if r.error else str(len(r.failures)),
         )
     console.print(table)
@@ -94,6 +103,15 @@ def result_dict(r: ScenarioResult) -> dict[str, Any]:
         "origin_egress_x_image": r.egress_ratio,
         "origin_wire_bytes": r.origin_wire_bytes,
         "cpu_busy": r.cpu_busy,
+        "data_plane_cpu": None
+        if r.data_plane is None
+        else {
+            "kind": r.data_plane.kind,
+            "processes": r.data_plane.processes,
+            "rollout_cpu_s": r.data_plane.seconds,
+            "startup_cpu_s": r.data_plane.before_s,
+            "ms_per_mib_delivered": r.cpu_ms_per_mib,
+        },
         "error": r.error,
         "notes": r.notes,
         "nodes_detail": [

@@ -39,7 +39,7 @@ class RunConfig:
     workdir: Path = Path("/var/tmp/shoal-fleet")
     keep: bool = False
     client: str = "skopeo"
-    """Container client on the nodes (direct, source, p2p): ``skopeo`` or ``ctr``."""
+    """Client on the nodes (direct, source, p2p): ``skopeo``, ``ctr`` or ``light``."""
 
     def at(self, nodes: int, node_bps: int, origin_bps: int) -> RunConfig:
         return replace(self, nodes=nodes, node_bps=node_bps, origin_bps=origin_bps)

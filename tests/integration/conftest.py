@@ -6,6 +6,7 @@ daemons are per test, so byte counters start from zero.
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,6 +34,12 @@ def small_image(tmp_path_factory: pytest.TempPathFactory) -> GeneratedImage:
 
 
 @pytest.fixture(scope="session")
+def big_layer_image(tmp_path_factory: pytest.TempPathFactory) -> GeneratedImage:
+    """One 24 MiB layer: long enough to kill the registry (or fill the disk) in the middle."""
+    return generate_image(tmp_path_factory.mktemp("images") / "big", size=24 * MiB, layers=1, seed=11)
+
+
+@pytest.fixture(scope="session")
 def multiarch_image(tmp_path_factory: pytest.TempPathFactory) -> GeneratedImage:
     """An OCI index over linux/amd64 and linux/arm64, 2 layers and 4 MiB per platform."""
     return generate_image(
@@ -42,6 +49,23 @@ def multiarch_image(tmp_path_factory: pytest.TempPathFactory) -> GeneratedImage:
         seed=2,
         platforms=("linux/amd64", "linux/arm64"),
     )
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
+    """``tmpfs("4m")``: a fresh tmpfs of that size, unmounted at teardown."""
+    mounts: list[Path] = []
+
+    def mount(size: str) -> Path:
+        where = tmp_path / f"tmpfs-{len(mounts)}"
+        where.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], check=True)
+        mounts.append(where)
+        return where
+
+    yield mount
+    for where in mounts:
+        subprocess.run(["umount", "-l", str(where)], check=False)
 
 
 # -- real programs -----------------------------------------------------------------------

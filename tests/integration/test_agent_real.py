@@ -10,7 +10,7 @@ import signal
 import subprocess
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
@@ -18,7 +18,7 @@ import pytest
 
 from shoal.agent.server import Agent
 from shoal.core.digest import Digest
-from shoal.demo.imagegen import GeneratedImage, generate_image
+from shoal.demo.imagegen import GeneratedImage
 from shoal.oci.mediatypes import OCI_INDEX
 from shoal.testing.containerd import Containerd, write_hosts_toml
 from shoal.testing.registry import DistributionRegistry
@@ -381,12 +381,6 @@ class TestPrivateRegistry:
             assert await resp.read() == small_image.blob_path(digest).read_bytes()
 
 
-@pytest.fixture(scope="module")
-def big_layer_image(tmp_path_factory: pytest.TempPathFactory) -> GeneratedImage:
-    """One 24 MiB layer: long enough to kill the registry (or fill the disk) in the middle."""
-    return generate_image(tmp_path_factory.mktemp("images") / "big", size=24 * MiB, layers=1, seed=11)
-
-
 class TestRegistryDiesMidBlob:
     """docker-registry killed by PID while the agent fetches a blob: the client gets an error,
     the cache holds nothing, and once the registry is back the pull succeeds."""
@@ -426,23 +420,6 @@ class TestRegistryDiesMidBlob:
             assert agent.store.blob_size(Digest.parse(digest)) == size
         finally:
             registry.stop()
-
-
-@pytest.fixture
-def tmpfs(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
-    """``tmpfs("4m")``: a fresh tmpfs of that size, unmounted at teardown."""
-    mounts: list[Path] = []
-
-    def mount(size: str) -> Path:
-        where = tmp_path / f"tmpfs-{len(mounts)}"
-        where.mkdir()
-        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], check=True)
-        mounts.append(where)
-        return where
-
-    yield mount
-    for where in mounts:
-        subprocess.run(["umount", "-l", str(where)], check=False)
 
 
 class TestFullDisk:

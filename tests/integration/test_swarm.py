@@ -350,3 +350,112 @@ class TestLyingPeer:
         # and most of the 2 x 24 pieces came from honest parents
         assert len(lies) < 2 * 24 / 2
         assert origin.blob_bytes_served == rollout_image.blob_bytes
+
+
+class TestLyingLeaseHolder:
+    """Trust defect 6: a peer that holds a blob's lease publishes piece hashes of its own
+    garbage and serves that garbage. Every piece checks out, the whole blob does not: the
+    agent cuts the stream it cannot complete, reports and avoids the liar, fetches the blob
+    again from the origin, and the client's retry gets the right image."""
+
+    async def test_whole_blob_mismatch_goes_back_to_the_origin(
+        self, tmp_path: Path, rollout_image: GeneratedImage
+    ) -> None:
+        import contextlib
+        import hashlib
+
+        import aiohttp
+        from aiohttp import web
+
+        from shoal.demo.puller import PullError
+        from shoal.p2p.pieces import choose_piece_size, piece_count, piece_span
+        from shoal.p2p.protocol import JoinRequest, PeerStatus, Report, bearer, encode_bitfield, to_json
+
+        def garbage(digest: str, index: int, length: int) -> bytes:
+            seed = hashlib.sha256(f"{digest}/{index}".encode()).digest()
+            return (seed * (length // len(seed) + 1))[:length]
+
+        origin = DemoOrigin({"team/app": rollout_image})
+        url = await origin.start()
+        fleet = LocalFleet(tmp_path / "fleet", nodes=2, registries={REGISTRY: url})
+        await asyncio.to_thread(fleet.start)
+        token = fleet.token_file.read_text()
+        scheduler = fleet.schedulers[0][0]
+        sizes = {b.digest: b.size for b in rollout_image.blobs}
+
+        async def status(request: web.Request) -> web.Response:
+            size = sizes[request.match_info["digest"]]
+            count = piece_count(size, choose_piece_size(size))
+            body = PeerStatus(size, choose_piece_size(size), encode_bitfield([True] * count), False, count)
+            return web.json_response(to_json(body))
+
+        async def piece(request: web.Request) -> web.Response:
+            digest = request.match_info["digest"]
+            index = int(request.match_info["index"])
+            _, length = piece_span(index, sizes[digest], choose_piece_size(sizes[digest]))
+            return web.Response(body=garbage(digest, index, length))
+
+        app = web.Application()
+        app.router.add_get("/p2p/v1/blobs/{digest}/status", status)
+        app.router.add_get("/p2p/v1/blobs/{digest}/pieces/{index}", piece)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.91", 0)
+        await site.start()
+        liar = f"127.0.0.91:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+
+        async def claim(session: aiohttp.ClientSession) -> set[str]:
+            """Report as the holder of every blob; the digests whose lease the liar holds."""
+            held = set()
+            for digest, size in sizes.items():
+                ps = choose_piece_size(size)
+                count = piece_count(size, ps)
+                hashes = {
+                    i: hashlib.sha256(garbage(digest, i, piece_span(i, size, ps)[1])).hexdigest() for i in range(count)
+                }
+                report = Report(liar, liar, count, size, hashes=hashes, size=size, piece_size=ps)
+                async with session.post(
+                    f"{scheduler}/v1/tasks/{digest}/report", json=to_json(report), headers=bearer(token)
+                ) as resp:
+                    if resp.status == 200 and (await resp.json())["role"] == "fetcher":
+                        held.add(digest)
+            return held
+
+        async def hold_the_leases(session: aiohttp.ClientSession) -> None:
+            while True:
+                await claim(session)
+                await asyncio.sleep(1.0)
+
+        try:
+            async with aiohttp.ClientSession() as session:
+                for digest, size in sizes.items():  # the liar is first: it takes every lease
+                    join = JoinRequest(liar, liar, size, choose_piece_size(size))
+                    async with session.post(
+                        f"{scheduler}/v1/tasks/{digest}/join", json=to_json(join), headers=bearer(token)
+                    ) as resp:
+                        assert resp.status == 200, await resp.text()
+                deadline = time.monotonic() + 10
+                while await claim(session) != set(sizes):  # one lease a second (leases are spread)
+                    assert time.monotonic() < deadline, "the liar did not get every lease"
+                    await asyncio.sleep(0.3)
+                liar_task = asyncio.create_task(hold_the_leases(session))
+                try:
+                    node = fleet.nodes[0]
+                    result = None
+                    for _ in range(5):  # the first tries are cut: their bytes were the liar's
+                        with contextlib.suppress(PullError, aiohttp.ClientError):
+                            result = await pull_image(node.url, f"{REGISTRY}/team/app", "latest")
+                            break
+                        await asyncio.sleep(0.5)
+                    assert result is not None, "the pull never succeeded"
+                    assert result.blob_bytes == rollout_image.blob_bytes
+                    mismatches = metric(node.url, "shoal_agent_digest_mismatches_total{source=swarm")
+                finally:
+                    liar_task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await liar_task
+        finally:
+            await asyncio.to_thread(fleet.stop)
+            await runner.cleanup()
+            await origin.stop()
+        assert mismatches >= 1

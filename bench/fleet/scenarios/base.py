@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.fleet.bounds import LowerBound, kumar_ross
+from bench.fleet.cpu import DataPlaneCpu, cpu_ms_per_mib
 from bench.fleet.netns import Host, LabPlan
 from bench.fleet.origin import REPOSITORY, Origin
 from bench.fleet.procs import Proc, ProcessSet
@@ -47,7 +48,7 @@ class Fleet:
     upstream_name: str = "registry.bench"
     """The registry name Shoal's agents know the origin by (image refs use it as host)."""
     client: str = "skopeo"
-    """The container client every node pulls with: ``skopeo`` or ``ctr`` (see ``clients.py``)."""
+    """The client every node pulls with: ``skopeo``, ``ctr`` or ``light`` (see ``clients.py``)."""
 
     @property
     def image_bytes(self) -> int:
@@ -101,6 +102,8 @@ class ScenarioResult:
     """Bytes through the origin's upload cap, TCP/IP headers included."""
     cpu_busy: float = 0.0
     """Share of all CPUs busy during the rollout (1.0: the machine, not the links, bound it)."""
+    data_plane: DataPlaneCpu | None = None
+    """CPU of the per-node data-plane processes (agents, aria2 leechers) during the rollout."""
     notes: list[str] = field(default_factory=list)
     error: str | None = None
 
@@ -132,6 +135,13 @@ class ScenarioResult:
     def ratio(self) -> float | None:
         slowest = self.slowest
         return None if slowest is None else slowest / self.bound.seconds
+
+    @property
+    def cpu_ms_per_mib(self) -> float | None:
+        """Data-plane CPU milliseconds per MiB delivered (N x image), None if not measured."""
+        if self.data_plane is None:
+            return None
+        return cpu_ms_per_mib(self.data_plane.seconds, self.nodes, self.image_bytes)
 
     @property
     def egress_ratio(self) -> float | None:

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from bench.fleet.bencode import info_hash
+from bench.fleet.cpu import CpuMeter
 from bench.fleet.origin import netns_run
 from bench.fleet.procs import Proc
 from bench.fleet.scenarios.base import (
@@ -170,6 +171,8 @@ def run_bittorrent(fleet: Fleet) -> ScenarioResult:
         started += clients.values()
         finished = wait_for_nodes(clients, t0, fleet.timeout, done_files=done)
         rollout.finish()
+        # leechers start with the clock: all their CPU is the rollout's
+        result.data_plane = CpuMeter("aria2 leechers").finish({n: p.pid for n, p in clients.items()})
         upload = _seeder_upload(fleet)
         result.origin_egress_bytes = None if upload is None else upload - upload0
     finally:

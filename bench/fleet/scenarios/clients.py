@@ -1,4 +1,4 @@
-"""The container client on every node: ``skopeo`` (default) or ``ctr`` with its own containerd.
+"""The client on every node: ``skopeo`` (default), ``ctr`` with its own containerd, or ``light``.
 
 ``skopeo``: ``skopeo copy`` into an OCI layout; a node is checked by hashing the layout's blobs.
 
@@ -13,6 +13,11 @@ bench/app:TAG`` (fetch and unpack; ctr 1.6 has no ``--skip-unpack``), routed by
   the agent for ``/v2/bench/app/...?ns=<origin-ip>:5000``; the agents then know the origin by
   that name as well (:meth:`PullClient.agent_registry_names`).
 
+``light``: ``bench/fleet/lightpull.py`` (standard library only, run by path): the manifest,
+then every blob in parallel into ``<node dir>/pull/blobs/sha256/<hex>``, like curl, so the
+client takes as little of the two cores as possible from the data plane being measured.
+Through the agent it uses the path form ``/v2/<upstream-name>/bench/app/...``.
+
 A ctr node is checked after the clock stops: every expected blob file in the node's content
 store hashes to its digest, and ``ctr image check`` reports the image complete and unpacked.
 """
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Mapping
@@ -32,9 +38,10 @@ from bench.fleet.procs import Proc
 from bench.fleet.scenarios.base import Fleet, layout_files, skopeo_pull_argv
 from shoal.testing.containerd import write_hosts_toml
 
-__all__ = ["CLIENTS", "PullClient", "make_client"]
+__all__ = ["CLIENTS", "CtrClient", "LightClient", "PullClient", "make_client"]
 
-CLIENTS = ("skopeo", "ctr")
+CLIENTS = ("skopeo", "ctr", "light")
+LIGHTPULL = Path(__file__).resolve().parent.parent / "lightpull.py"
 CTR_NAMESPACE = "bench"
 SNAPSHOTTER = "overlayfs"
 """Unpacks inside the lab namespaces (``ip netns exec`` gives containerd its own mount ns)."""
@@ -229,6 +236,22 @@ class CtrClient(PullClient):
         self._socket_dirs.clear()
 
 
+class LightClient(PullClient):
+    """``lightpull.py``: manifest, then every blob in parallel into files (see the module docstring)."""
+
+    name = "light"
+
+    def pull_argv(self, host: Host, mirror: str | None) -> list[str]:
+        if mirror is None:
+            base, name = f"http://{self.fleet.origin.address}", REPOSITORY
+        else:
+            base, name = f"http://{mirror}", f"{self.fleet.upstream_name}/{REPOSITORY}"
+        return [sys.executable, str(LIGHTPULL), base, name, self.fleet.tag, str(self.node_dir(host) / "pull")]
+
+    def files(self, host: Host) -> dict[str, Path]:
+        return layout_files(self.node_dir(host) / "pull", self.fleet.blobs)
+
+
 _GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
@@ -252,4 +275,6 @@ def make_client(fleet: Fleet, work: Path) -> PullClient:
         return CtrClient(fleet, work)
     if fleet.client == "skopeo":
         return PullClient(fleet, work)
+    if fleet.client == "light":
+        return LightClient(fleet, work)
     raise ValueError(f"unknown client {fleet.client!r}; choose from {', '.join(CLIENTS)}")

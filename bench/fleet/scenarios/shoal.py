@@ -25,6 +25,7 @@ import sys
 import time
 from pathlib import Path
 
+from bench.fleet.cpu import CpuMeter
 from bench.fleet.netns import Host
 from bench.fleet.origin import blob_bytes_served, netns_run
 from bench.fleet.procs import Proc
@@ -149,6 +150,12 @@ def _run_shoal(fleet: Fleet, name: str, pattern: str) -> ScenarioResult:
         offset = fleet.origin.mark()
         rollout = Rollout(fleet, result)
         logs: dict[str, Path] = {}
+        agents = {h.role: daemons[h.role].pid for h in plan.nodes}
+        meter = CpuMeter("agents")
+        control = CpuMeter("scheduler")
+        control_pids = {plan.svc.role: daemons[plan.svc.role].pid} if plan.svc.role in daemons else {}
+        meter.start(agents)
+        control.start(control_pids)
         t0 = rollout.start()
         for host in plan.nodes:
             logs[host.role] = work / host.role / "client.log"
@@ -159,6 +166,9 @@ def _run_shoal(fleet: Fleet, name: str, pattern: str) -> ScenarioResult:
             )
         finished = wait_for_nodes(clients, t0, fleet.timeout, on_tick=ticks)
         rollout.finish()
+        result.data_plane = meter.finish(agents)
+        if control_pids:
+            result.notes.append(f"scheduler CPU during the rollout: {control.finish(control_pids).seconds:.2f} s")
         lines = fleet.origin.lines_since(offset)
         result.origin_egress_bytes = blob_bytes_served(lines)
         bypass = client.bypassed_mirror(lines)

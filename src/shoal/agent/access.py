@@ -1,18 +1,38 @@
-"""Who may read what: the registry's answer on (credentials, repository), cached briefly.
+"""Who may read what: the registry's answer on (credentials, registry, repository, digest), cached briefly.
 
-Cached blobs of a private repository are served only to clients whose credentials the
-registry accepts for that repository. Asking the registry each time would undo the cache,
-so yes/no answers are kept for ``ttl`` seconds; a "yes" older than that is still used when
-the registry cannot be reached at all (the client could read it a moment ago).
+The cache is shared by every client of the node and keyed by digest alone, so holding a blob
+says nothing about who may read it. Cached content goes to a client only after the registry
+confirmed that *this repository* holds *this digest* for *these credentials*: a fetch of it
+through that repository, or a HEAD of it there. A yes on one repository or one digest is
+never taken for another (a client that may read ``pub/app`` could otherwise read every
+private blob the node holds by asking for its digest under ``pub/app``).
+
+Asking the registry on every request would undo the cache, so answers are kept for ``ttl``
+seconds (refusals for ``negative_ttl``); a "yes" older than that is still used when the
+registry cannot be reached at all (the client could read it a moment ago).
 """
 
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Callable
+from typing import NamedTuple
 
-AccessKey = tuple[str, str, str]
-"""(credential fingerprint, registry, repository)"""
+from shoal.core.digest import Digest
+from shoal.oci.auth import Credentials, fingerprint
+
+
+class AccessKey(NamedTuple):
+    credentials: str
+    """``shoal.oci.auth.fingerprint`` of the client's credentials"""
+    registry: str
+    repository: str
+    digest: str
+
+    @classmethod
+    def of(cls, creds: Credentials | None, registry: str, repository: str, digest: Digest) -> AccessKey:
+        return cls(fingerprint(creds), registry, repository, str(digest))
 
 
 class AccessCache:
@@ -29,7 +49,7 @@ class AccessCache:
         self.stale_grace = stale_grace
         self._clock = clock
         self._max = max_entries
-        self._answers: dict[AccessKey, tuple[bool, float]] = {}
+        self._answers: OrderedDict[AccessKey, tuple[bool, float]] = OrderedDict()
 
     def lookup(self, key: AccessKey) -> bool | None:
         """A fresh answer, or None when the registry must be asked."""
@@ -47,7 +67,10 @@ class AccessCache:
         return answer is not None and answer[0] and self._clock() - answer[1] <= self.stale_grace
 
     def record(self, key: AccessKey, allowed: bool) -> None:
-        if len(self._answers) >= self._max:
-            self._answers.pop(next(iter(self._answers)))
         self._answers.pop(key, None)
         self._answers[key] = (allowed, self._clock())
+        while len(self._answers) > self._max:
+            self._answers.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._answers)

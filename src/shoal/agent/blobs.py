@@ -2,20 +2,36 @@
 
 One download per blob per node: concurrent requests join the same PartialBlob. The download
 runs in its own task, so a client that disconnects does not cancel it for the others.
+
+No byte leaves unverified:
+    * a cached blob was checked against its digest before it was renamed into the cache;
+    * a download in flight goes only to readers of the whole blob, and its last byte waits
+      for the digest (a wrong blob ends in a cut connection, never a complete response);
+    * when the cache fails under such a reader (a full disk), the rest comes from the
+      registry and the digest is still checked over everything the reader was sent;
+    * a ``Range`` of a blob not yet cached comes straight from the registry, for this
+      request, with the client's credentials (while the whole blob is fetched into the
+      cache): bytes of a download in flight are not verified yet, and a range may end
+      before the last byte that would prove them.
+
+Cached content (and a download started by another client) goes to a client only after the
+registry confirmed that this repository holds this digest for its credentials
+(``Upstreams.authorize``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
-from collections.abc import AsyncIterator
-from typing import Protocol
+import os
+from typing import BinaryIO, Protocol
 
 import aiohttp
 from aiohttp import web
 
 from shoal.agent.metrics import AgentMetrics
-from shoal.agent.upstreams import Upstreams, map_upstream_error
+from shoal.agent.upstreams import Upstreams
 from shoal.core.digest import Digest
 from shoal.oci.auth import Credentials
 from shoal.oci.client import UpstreamError
@@ -28,6 +44,7 @@ from shoal.store.partial import DigestMismatchError, PartialBlob
 log = logging.getLogger(__name__)
 
 OCTET_STREAM = "application/octet-stream"
+COPY_CHUNK = 1 << 20
 
 
 class BlobSource(Protocol):
@@ -38,6 +55,19 @@ class BlobSource(Protocol):
 
     async def cached(self, digest: Digest, size: int) -> None:
         """The blob is now complete in the cache."""
+
+    def rejected(self, digest: Digest) -> bool:
+        """The bytes this source wrote do not match the digest. True: the origin may still
+        have it right (the swarm's pieces were bad), so fetch it again from there."""
+
+
+def cut(request: web.Request, response: web.StreamResponse, reason: str) -> web.StreamResponse:
+    """Abort a response whose headers are sent: the client sees a broken connection, never a
+    complete body (a Content-Length it could reach with wrong or missing bytes)."""
+    log.warning("cutting the response: %s", reason)
+    if request.transport is not None:
+        request.transport.abort()
+    return response
 
 
 def blob_headers(digest: Digest, size: int, rng: ByteRange | None) -> dict[str, str]:
@@ -53,10 +83,19 @@ def blob_headers(digest: Digest, size: int, rng: ByteRange | None) -> dict[str, 
 
 
 class BlobService:
-    def __init__(self, store: BlobStore, upstreams: Upstreams, source: BlobSource, metrics: AgentMetrics) -> None:
+    def __init__(
+        self,
+        store: BlobStore,
+        upstreams: Upstreams,
+        source: BlobSource,
+        metrics: AgentMetrics,
+        origin: BlobSource | None = None,
+    ) -> None:
         self.store = store
         self.upstreams = upstreams
         self.source = source
+        self.origin = origin or source
+        """where a blob goes when ``source`` filled it with the wrong bytes"""
         self.metrics = metrics
         self.partials: dict[Digest, PartialBlob] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -73,42 +112,50 @@ class BlobService:
         digest = dist.digest
         assert digest is not None
         head = request.method == "HEAD"
+        range_header = None if head else request.headers.get("Range")
         path = self.store.blob_path(digest)
         if path is not None:
             await self.upstreams.authorize(creds, dist)
             size = self.store.blob_size(digest)
             assert size is not None
-            rng = parse_range(request.headers.get("Range"), size)
+            rng = parse_range(range_header, size)
             self.metrics.cache_hits.labels("blob").inc()
             if head:
                 return web.Response(status=200, headers=blob_headers(digest, size, None))
-            self.metrics.bytes_served.labels("cache").inc(rng.length if rng else size)
-            response = web.FileResponse(path, chunk_size=1 << 20)
-            response.headers["Docker-Content-Digest"] = str(digest)
-            response.content_type = OCTET_STREAM
-            return response
+            return await self._send_file(request, path, digest, size, rng)
         self.metrics.cache_misses.labels("blob").inc()
         partial = self.partials.get(digest)
         if head and partial is None:
-            return await self._head_upstream(dist, creds)
+            return await self._passthrough(request, dist, creds)
+        if range_header is not None:
+            # the range from the registry now; the whole blob into the cache meanwhile, once
+            size = await self._upstream_size(dist, creds)  # also the access check for a partial
+            if partial is None:
+                self._start(dist, creds, self.source)
+            return await self._passthrough(request, dist, creds, size)
         if partial is not None:
             await self.upstreams.authorize(creds, dist)
-        else:
-            partial = self._start(dist, creds)
+        for _ in range(2):
             if partial is None:
-                return await self._passthrough(request, dist, creds)
-        try:
-            size = await asyncio.shield(partial.size_known)
-        except StoreError:
-            return await self._passthrough(request, dist, creds)
-        except UpstreamError as exc:
-            raise map_upstream_error(exc, dist) from None
-        rng = parse_range(request.headers.get("Range"), size)
-        if head:
-            return web.Response(status=200, headers=blob_headers(digest, size, None))
-        return await self._stream_partial(request, dist, creds, partial, size, rng)
+                partial = self._start(dist, creds, self.source)
+                if partial is None:
+                    break
+            try:
+                size = await asyncio.shield(partial.size_known)
+            except StoreError:
+                break
+            if head:
+                return web.Response(status=200, headers=blob_headers(digest, size, None))
+            try:
+                reader = partial.open_reader()
+            except FileNotFoundError:  # it failed meanwhile: follow the one fetching it again
+                partial = self.partials.get(digest)
+                continue
+            return await self._stream_partial(request, dist, creds, partial, size, reader)
+        return await self._passthrough(request, dist, creds)
 
-    def _start(self, dist: DistributionPath, creds: Credentials | None) -> PartialBlob | None:
+    # -- downloads ---------------------------------------------------------------------------
+    def _start(self, dist: DistributionPath, creds: Credentials | None, source: BlobSource) -> PartialBlob | None:
         digest = dist.digest
         assert digest is not None
         try:
@@ -117,22 +164,26 @@ class BlobService:
             log.warning("not caching %s: %s", digest, exc)
             return None
         self.partials[digest] = partial
-        task = asyncio.create_task(self._download(partial, dist, creds), name=f"download {digest}")
+        task = asyncio.create_task(self._download(partial, dist, creds, source), name=f"download {digest}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return partial
 
-    async def _download(self, partial: PartialBlob, dist: DistributionPath, creds: Credentials | None) -> None:
+    async def _download(
+        self, partial: PartialBlob, dist: DistributionPath, creds: Credentials | None, source: BlobSource
+    ) -> None:
         self.metrics.inflight.inc()
+        refetch = False
         try:
-            await self.source.fill(partial, dist, creds)
+            await source.fill(partial, dist, creds)
             partial.finish()
             await self.store.commit(partial)
-            await self.source.cached(partial.digest, partial.size or 0)
+            await source.cached(partial.digest, partial.size or 0)
             log.info("cached %s (%d bytes)", partial.digest, partial.size or 0)
         except DigestMismatchError as exc:
-            log.error("%s", exc)
-            self.metrics.digest_mismatches.labels("origin").inc()
+            self.metrics.digest_mismatches.labels("origin" if source is self.origin else "swarm").inc()
+            refetch = source is not self.origin and source.rejected(partial.digest)
+            log.error("%s%s", exc, ": fetching it again from the origin" if refetch else "")
         except (UpstreamError, StoreError) as exc:
             log.warning("download of %s failed: %s", partial.digest, exc)
             self.metrics.upstream_errors.labels(dist.registry, type(exc).__name__).inc()
@@ -149,6 +200,53 @@ class BlobService:
             self.metrics.cache_entries.set(self.store.count)
             if self.partials.get(partial.digest) is partial:
                 del self.partials[partial.digest]
+            if refetch:
+                self._start(dist, creds, self.origin)
+
+    # -- responses ---------------------------------------------------------------------------
+    async def _send_file(
+        self, request: web.Request, path: os.PathLike[str], digest: Digest, size: int, rng: ByteRange | None
+    ) -> web.StreamResponse:
+        """A cached (verified) blob, or one range of it, with ``sendfile``."""
+        start, stop = (rng.start, rng.stop) if rng else (0, size)
+        response = web.StreamResponse(status=206 if rng else 200, headers=blob_headers(digest, size, rng))
+        try:
+            fobj: BinaryIO = await asyncio.to_thread(open, path, "rb")
+        except OSError:
+            raise DistributionError(ErrorCode.BLOB_UNKNOWN, f"{digest} was evicted; ask again") from None
+        with fobj:
+            await response.prepare(request)
+            try:
+                await self._copy_file(request, response, fobj, start, stop)
+            except (OSError, ConnectionError) as exc:
+                return cut(request, response, f"sending cached {digest}: {exc!r}")
+        self.metrics.bytes_served.labels("cache").inc(stop - start)
+        await response.write_eof()
+        return response
+
+    async def _copy_file(
+        self, request: web.Request, response: web.StreamResponse, fobj: BinaryIO, start: int, stop: int
+    ) -> None:
+        """Zero-copy ``[start, stop)`` of the file to the client: the kernel copies from the
+        page cache to the socket. Loops without sendfile (uvloop) copy through Python instead."""
+        if stop <= start:
+            return
+        transport = request.transport
+        if transport is None:
+            raise ConnectionResetError("client went away")
+        if not self._no_sendfile:
+            try:
+                await asyncio.get_running_loop().sendfile(transport, fobj, start, stop - start)
+                return
+            except NotImplementedError:
+                self._no_sendfile = True
+        pos = start
+        while pos < stop:
+            chunk = os.pread(fobj.fileno(), min(COPY_CHUNK, stop - pos), pos)
+            if not chunk:
+                raise OSError(f"short read at {pos} of {stop}")
+            await response.write(chunk)
+            pos += len(chunk)
 
     async def _stream_partial(
         self,
@@ -157,80 +255,78 @@ class BlobService:
         creds: Credentials | None,
         partial: PartialBlob,
         size: int,
-        rng: ByteRange | None,
+        reader: int,
     ) -> web.StreamResponse:
-        start, end = (rng.start, rng.end + 1) if rng else (0, size)
-        response = web.StreamResponse(status=206 if rng else 200, headers=blob_headers(partial.digest, size, rng))
-        await response.prepare(request)
+        """The whole blob while it arrives (``reader``: our own fd of its file); its last byte
+        waits for the digest."""
+        response = web.StreamResponse(status=200, headers=blob_headers(partial.digest, size, None))
         counter = self.metrics.bytes_served.labels("stream")
-        pos = start
-        try:
-            if request.transport is not None and not self._no_sendfile:
+        pos = 0
+        with os.fdopen(reader, "rb") as fobj:
+            await response.prepare(request)
+            try:
                 try:
-                    async for sent in self._sendfile_partial(request.transport, partial, start, end):
-                        pos += sent
-                        counter.inc(sent)
-                except NotImplementedError:  # uvloop: no sendfile, copy through Python instead
-                    self._no_sendfile = True
-            if pos < end:  # no sendfile here (or it stopped early): copy the rest through Python
-                async for chunk in partial.iter_range(pos, end):
-                    await response.write(chunk)
-                    pos += len(chunk)
-                    counter.inc(len(chunk))
-        except StoreError as exc:
-            log.warning("cache failed under %s at %d (%s): streaming the rest from origin", partial.digest, pos, exc)
-            await self._pipe_upstream(response, dist, creds, pos, end, verify=False)
+                    while pos < size:
+                        limit = await partial.wait_readable(pos)
+                        if limit <= pos:
+                            raise EOFError(f"blob {partial.digest} ended at {pos}, wanted {size}")
+                        await self._copy_file(request, response, fobj, pos, limit)
+                        counter.inc(limit - pos)
+                        pos = limit
+                except StoreError as exc:
+                    log.warning("cache failed under %s at %d (%s): the rest from the origin", partial.digest, pos, exc)
+                    await self._finish_from_upstream(request, response, dist, creds, partial, fobj, pos, size)
+            except Exception as exc:  # the response has started: a cut connection is the only error left
+                return cut(request, response, f"streaming {partial.digest} at {pos}: {exc!r}")
         await response.write_eof()
         return response
 
+    async def _finish_from_upstream(
+        self,
+        request: web.Request,
+        response: web.StreamResponse,
+        dist: DistributionPath,
+        creds: Credentials | None,
+        partial: PartialBlob,
+        fobj: BinaryIO,
+        pos: int,
+        size: int,
+    ) -> None:
+        """Send the rest of a failed download: what was on file from our own fd, then the rest
+        from the registry, the digest checked over all of it (the failed blob's prefix state)."""
+        if partial.failed_prefix is None:
+            raise ConnectionError(f"cannot finish {partial.digest}: no prefix state")
+        on_file, hasher = partial.failed_prefix
+        if pos < on_file:
+            await self._copy_file(request, response, fobj, pos, on_file)
+            self.metrics.bytes_served.labels("stream").inc(on_file - pos)
+        await self._pipe_upstream(response, dist, creds, on_file, size, hasher.copy())
+
     async def _upstream_size(self, dist: DistributionPath, creds: Credentials | None) -> int:
-        try:
-            size = await self.upstreams.blob_size(creds, dist)
-        except UpstreamError as exc:
-            raise map_upstream_error(exc, dist) from None
+        size = await self.upstreams.blob_size(creds, dist)
         if size is None:
             raise DistributionError(ErrorCode.UPSTREAM_INVALID, f"{dist.registry} sent no blob size")
         return size
 
-    @staticmethod
-    async def _sendfile_partial(
-        transport: asyncio.BaseTransport, partial: PartialBlob, start: int, end: int
-    ) -> AsyncIterator[int]:
-        """Zero-copy the readable part of ``[start, end)`` as it grows; yields bytes sent.
-
-        The kernel copies from the page cache to the socket: no Python-level copy of the
-        bytes, which was the agent's largest per-byte cost when following a download."""
-        loop = asyncio.get_running_loop()
-        with open(partial.open_reader(), "rb", closefd=True) as fobj:
-            pos = start
-            while pos < end:
-                limit = await partial.wait_readable(pos)
-                if limit <= pos:
-                    raise EOFError(f"blob {partial.digest} ended at {pos}, wanted {end}")
-                count = min(limit, end) - pos
-                await loop.sendfile(transport, fobj, pos, count)  # type: ignore[arg-type]
-                pos += count
-                yield count
-
-    async def _head_upstream(self, dist: DistributionPath, creds: Credentials | None) -> web.Response:
-        assert dist.digest is not None
-        size = await self._upstream_size(dist, creds)
-        return web.Response(status=200, headers=blob_headers(dist.digest, size, None))
-
     async def _passthrough(
-        self, request: web.Request, dist: DistributionPath, creds: Credentials | None
+        self, request: web.Request, dist: DistributionPath, creds: Credentials | None, size: int | None = None
     ) -> web.StreamResponse:
-        """Serve without caching (disk full or cache unusable): a pull must still succeed."""
+        """Straight from the registry, not cached: a range of a blob not cached yet, or any
+        request when the disk is full. A whole blob is checked against its digest."""
         digest = dist.digest
         assert digest is not None
-        size = await self._upstream_size(dist, creds)
-        rng = parse_range(request.headers.get("Range"), size)
+        if size is None:
+            size = await self._upstream_size(dist, creds)
         if request.method == "HEAD":
             return web.Response(status=200, headers=blob_headers(digest, size, None))
-        start, end = (rng.start, rng.end + 1) if rng else (0, size)
+        rng = parse_range(request.headers.get("Range"), size)
+        start, stop = (rng.start, rng.stop) if rng else (0, size)
         response = web.StreamResponse(status=206 if rng else 200, headers=blob_headers(digest, size, rng))
         await response.prepare(request)
-        await self._pipe_upstream(response, dist, creds, start, end, verify=rng is None)
+        try:
+            await self._pipe_upstream(response, dist, creds, start, stop, None if rng else digest.hasher())
+        except Exception as exc:  # the response has started: a cut connection is the only error left
+            return cut(request, response, f"passing {digest} through: {exc!r}")
         await response.write_eof()
         return response
 
@@ -241,14 +337,12 @@ class BlobService:
         creds: Credentials | None,
         start: int,
         end: int,
-        *,
-        verify: bool,
+        hasher: hashlib._Hash | None,
     ) -> None:
-        """Copy ``[start, end)`` of the blob from upstream; with ``verify``, hold the last chunk
-        back until the digest matches."""
+        """Copy ``[start, end)`` of the blob from upstream. With ``hasher`` (the digest state of
+        the bytes before ``start``), the last chunk is held back until the digest matches."""
         digest = dist.digest
         assert digest is not None
-        hasher = digest.hasher() if verify else None
         counter = self.metrics.bytes_served.labels("passthrough")
         origin = self.metrics.origin_bytes.labels(dist.registry)
         try:
@@ -257,7 +351,7 @@ class BlobService:
                 f"/v2/{dist.repository}/blobs/{digest}",
                 repository=dist.repository,
                 creds=creds,
-                headers={"Range": f"bytes={start}-{end - 1}"},
+                headers={"Range": f"bytes={start}-{end - 1}"} if start < end else None,
                 kind="blob",
             )
         except UpstreamError as exc:
@@ -268,7 +362,7 @@ class BlobService:
         held: bytes | None = None
         try:
             async with resp:
-                async for chunk in resp.content.iter_chunked(1 << 20):
+                async for chunk in resp.content.iter_chunked(COPY_CHUNK):
                     origin.inc(len(chunk))
                     if skip:
                         cut = min(skip, len(chunk))

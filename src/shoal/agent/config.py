@@ -8,6 +8,7 @@ from typing import Any
 
 import yaml
 
+from shoal.agent.connections import ConnectionLimits
 from shoal.core.aliases import AliasError, alias_table
 from shoal.core.registry_spec import parse_registry as parse_registry  # re-exported
 from shoal.core.units import parse_duration, parse_size
@@ -40,8 +41,17 @@ class AgentConfig:
     """total upload+download bytes per second for peer traffic and origin fetches."""
     download_pattern: str = "p2p"
     peer_token_file: Path | None = None
+    insecure_no_peer_auth: bool = False
+    """serve peers (and ask the scheduler) without a peer secret: for labs only, logged loudly."""
     auth_cache_ttl: float = 60.0
-    """seconds a registry's yes/no on (credentials, repository) is reused for cached blobs."""
+    """seconds a registry's yes/no on (credentials, repository, digest) is reused for cached content."""
+    max_connections: int = 4096
+    """open client and peer connections; beyond it the longest-idle one is closed, or the new one
+    refused (503) when all are busy. Capped below the process's file-descriptor limit."""
+    header_timeout: float = 10.0
+    """seconds a new connection has to send its first complete request."""
+    keepalive_timeout: float = 60.0
+    """seconds an idle keep-alive connection is kept between requests."""
     alias_port: int | None = None
     """port of the webhook's rewrite alias hosts (``<registry host>:<port>``); default: listen port."""
     alias_domain: str = ""
@@ -57,10 +67,21 @@ class AgentConfig:
             split_hostport(self.advertise, "advertise")
         if not self.registries:
             raise ConfigError("at least one --registry NAME[=URL] is required")
+        if self.p2p_enabled and self.peer_token_file is None and not self.insecure_no_peer_auth:
+            raise ConfigError(
+                "p2p mode needs a peer secret: --peer-token-file FILE (the chart creates one), "
+                "or --insecure-no-peer-auth in a lab where anyone reaching the port may read every cached blob"
+            )
+        if self.max_connections < 1 or self.header_timeout <= 0 or self.keepalive_timeout <= 0:
+            raise ConfigError("max_connections, header_timeout and keepalive_timeout must be positive")
         try:
             _ = self.aliases
         except AliasError as exc:
             raise ConfigError(f"alias_domain: {exc}") from None
+
+    @property
+    def connection_limits(self) -> ConnectionLimits:
+        return ConnectionLimits(self.max_connections, self.header_timeout, self.keepalive_timeout)
 
     @property
     def aliases(self) -> dict[str, str]:
@@ -124,7 +145,7 @@ def load_config(values: dict[str, Any]) -> AgentConfig:
             elif key in ("schedulers", "scheduler"):
                 items = [value] if isinstance(value, str) else list(value)
                 kwargs["schedulers"] = tuple(str(s).rstrip("/") for s in items)
-            elif key == "cache_ttl" or key == "auth_cache_ttl":
+            elif key in ("cache_ttl", "auth_cache_ttl", "header_timeout", "keepalive_timeout"):
                 kwargs[key] = parse_duration(value)
             elif key in ("cache_max_size", "ratelimit"):
                 kwargs[key] = parse_size(value)

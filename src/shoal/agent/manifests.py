@@ -13,11 +13,12 @@ import logging
 import aiohttp
 from aiohttp import web
 
+from shoal.agent.access import AccessKey
 from shoal.agent.metrics import AgentMetrics
-from shoal.agent.upstreams import Upstreams, map_upstream_error
+from shoal.agent.upstreams import Upstreams
 from shoal.core.digest import Digest, DigestError
 from shoal.oci.auth import Credentials, fingerprint
-from shoal.oci.client import UpstreamError, UpstreamUnavailable
+from shoal.oci.client import UpstreamUnavailable
 from shoal.oci.distribution import DistributionPath
 from shoal.oci.errors import DistributionError, ErrorCode
 from shoal.oci.mediatypes import DEFAULT_ACCEPT
@@ -62,38 +63,35 @@ class ManifestService:
         tag_key = (fingerprint(creds), dist.registry, dist.repository, f"{dist.reference} {accept}")
         try:
             data, digest, media_type = await self._fetch(dist, creds, accept)
-        except UpstreamUnavailable as exc:
+        except UpstreamUnavailable:
             stale = self._stale(tag_key, dist) if dist.digest is None else None
             if stale is None:
-                raise map_upstream_error(exc, dist) from None
+                raise
             log.warning("registry unreachable; serving the last answer for %s:%s", dist.repository, dist.reference)
             data, digest, media_type = stale
-        except UpstreamError as exc:
-            raise map_upstream_error(exc, dist) from None
         if dist.digest is None:
             self._last_tag[tag_key] = digest
         return manifest_response(None if head else data, digest, media_type, len(data))
 
     async def _head_tag(self, dist: DistributionPath, creds: Credentials | None, accept: str) -> web.Response:
         """HEAD a tag upstream: registries such as Docker Hub do not count HEADs as pulls."""
-        try:
-            resp = await self._open("HEAD", dist, creds, accept)
-        except UpstreamError as exc:
-            raise map_upstream_error(exc, dist) from None
+        resp = await self._open("HEAD", dist, creds, accept)
         resp.release()
-        self.upstreams.record_allowed(creds, dist)
         try:
             digest = Digest.parse(resp.headers.get("Docker-Content-Digest", ""))
         except DigestError:
             raise DistributionError(
                 ErrorCode.UPSTREAM_INVALID, f"{dist.registry} sent no manifest digest for a HEAD"
             ) from None
+        self.upstreams.record_allowed(creds, dist, digest)
         media_type = resp.headers.get("Content-Type", "application/octet-stream").split(";")[0]
         return manifest_response(None, digest, media_type, resp.content_length or 0)
 
     def _stale(self, key: tuple[str, str, str, str], dist: DistributionPath) -> tuple[bytes, Digest, str] | None:
         digest = self._last_tag.get(key)
-        if digest is None or not self.upstreams.access.stale_allowed(key[:3]):
+        if digest is None or not self.upstreams.access.stale_allowed(
+            AccessKey(key[0], dist.registry, dist.repository, str(digest))
+        ):
             return None
         cached = self.store.get_manifest(digest)
         return None if cached is None else (cached[0], digest, cached[1])
@@ -120,7 +118,6 @@ class ManifestService:
                 raise DistributionError(ErrorCode.MANIFEST_INVALID, "manifest larger than 4 MiB")
             media_type = resp.headers.get("Content-Type", "application/octet-stream").split(";")[0]
             header_digest = resp.headers.get("Docker-Content-Digest")
-        self.upstreams.record_allowed(creds, dist)
         expected = dist.digest
         if expected is None and header_digest:
             try:
@@ -134,5 +131,6 @@ class ManifestService:
                 ErrorCode.UPSTREAM_INVALID,
                 f"{dist.registry} sent a manifest that does not match {expected}",
             )
+        self.upstreams.record_allowed(creds, dist, digest)
         self.store.put_manifest(digest, data, media_type)
         return data, digest, media_type

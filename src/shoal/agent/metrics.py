@@ -96,3 +96,18 @@ class AgentMetrics:
             ["source"],
             registry=r,
         )
+        self.access_checks = Counter(
+            "shoal_agent_access_checks",
+            "Registry checks that a repository holds a digest for a client's credentials, "
+            "made before cached content is served (allowed, refused, stale: registry down, earlier yes used)",
+            ["result"],
+            registry=r,
+        )
+        self.connections = Gauge("shoal_agent_connections", "Open client and peer connections", registry=r)
+        self.connections_closed = Counter(
+            "shoal_agent_connections_closed",
+            "Connections the agent closed itself, by reason "
+            "(idle: no complete request in time; evicted: idle, to make room; refused: at the limit)",
+            ["reason"],
+            registry=r,
+        )

@@ -102,6 +102,10 @@ class OriginSource:
     async def cached(self, digest: Digest, size: int) -> None:
         """Nothing to tell anyone: a plain mirror keeps its cache to itself."""
 
+    def rejected(self, digest: Digest) -> bool:
+        """The registry itself sent wrong bytes: asking it again would not help."""
+        return False
+
     async def fill(self, partial: PartialBlob, dist: DistributionPath, creds: Credentials | None) -> None:
         """Write the whole blob into ``partial`` or raise (UpstreamError, StoreError)."""
         client = self._upstreams.client(dist.registry)

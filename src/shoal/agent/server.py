@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from collections.abc import Awaitable, Callable
 
@@ -16,6 +17,7 @@ from shoal import __version__
 from shoal.agent.access import AccessCache
 from shoal.agent.blobs import BlobService, BlobSource
 from shoal.agent.config import AgentConfig, split_hostport
+from shoal.agent.connections import ConnectionGuard
 from shoal.agent.manifests import ManifestService
 from shoal.agent.metrics import AgentMetrics
 from shoal.agent.origin import OriginSource
@@ -23,7 +25,7 @@ from shoal.agent.peer_endpoints import PeerEndpoints
 from shoal.agent.swarm import SwarmConfig, SwarmSource
 from shoal.agent.upstreams import Upstreams, challenge_error, map_upstream_error
 from shoal.oci.auth import Credentials
-from shoal.oci.client import UpstreamError, new_session
+from shoal.oci.client import UpstreamError, UpstreamUnavailable, new_session
 from shoal.oci.distribution import DistributionPath, PathKind, parse_distribution_path
 from shoal.oci.errors import DistributionError, ErrorCode
 from shoal.p2p.ratelimit import TokenBucket
@@ -35,6 +37,7 @@ log = logging.getLogger(__name__)
 API_HEADERS = {"Docker-Distribution-API-Version": "registry/2.0"}
 EVICTION_INTERVAL = 300.0
 ROUTE = web.RequestKey("route", str)
+DIST = web.RequestKey("dist", DistributionPath)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -49,6 +52,10 @@ class Agent:
         self.store.on_evict = lambda reason: self.metrics.evictions.labels(reason).inc()
         self._source_override = source
         self._runner: web.AppRunner | None = None
+        self._listener: socket.socket | None = None
+        self.guard = ConnectionGuard(
+            config.connection_limits, self.metrics.connections, self.metrics.connections_closed
+        )
         self._session: aiohttp.ClientSession | None = None
         self._janitor: asyncio.Task[None] | None = None
         self.swarm: SwarmSource | None = None
@@ -70,15 +77,19 @@ class Agent:
         elif self.config.p2p_enabled:
             self.swarm = self._build_swarm(origin)
             source = self.swarm
-        self.blobs = BlobService(self.store, self.upstreams, source, self.metrics)
+        self.blobs = BlobService(self.store, self.upstreams, source, self.metrics, origin=origin)
         self.manifests = ManifestService(self.store, self.upstreams, self.metrics)
         app = self.build_app()
-        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=False)
+        limits = self.config.connection_limits
+        self._runner = web.AppRunner(
+            app, access_log=None, handler_cancellation=False, keepalive_timeout=limits.keepalive_timeout
+        )
         await self._runner.setup()
+        assert self._runner.server is not None
         host, port = split_hostport(self.config.listen, "listen")
-        site = web.TCPSite(self._runner, host, port, backlog=1024, reuse_address=True)
-        await site.start()
-        bound = self._runner.addresses[0]
+        self._listener = socket.create_server((host, port), backlog=1024)
+        self.guard.serve(self._listener, self._runner.server)
+        bound = self._listener.getsockname()
         self.url = f"http://{host}:{bound[1]}"
         self._janitor = asyncio.create_task(self._evict_periodically())
         log.info(
@@ -108,6 +119,9 @@ class Agent:
         return swarm
 
     async def stop(self) -> None:
+        await self.guard.stop()
+        if self._listener is not None:
+            self._listener.close()
         if self.swarm is not None:
             await self.swarm.close()
         if self._janitor is not None:
@@ -133,22 +147,36 @@ class Agent:
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_route("*", "/v2{tail:.*}", self._distribution)
-        PeerEndpoints(self.store, self.blobs.partials, self.metrics, self.bucket, self.config.peer_token()).add_routes(
-            app
-        )
+        token = self.config.peer_token()
+        if token is not None or self.config.insecure_no_peer_auth:
+            PeerEndpoints(self.store, self.blobs.partials, self.metrics, self.bucket, token).add_routes(app)
+        if token is None and self.config.insecure_no_peer_auth:
+            log.warning(
+                "INSECURE: peer authentication is off (--insecure-no-peer-auth): anyone who can reach %s "
+                "can read every blob this agent holds. Use it only in a lab.",
+                self.config.listen,
+            )
         return app
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """The one boundary where errors become responses: DistributionError as the OCI
+        ``{"errors": [...]}`` body, an upstream failure mapped for the path asked for."""
         started = time.monotonic()
-        route = "other"
         status = 500
+        self.guard.busy(request.protocol)
         try:
-            response = await handler(request)
-            route = request.get(ROUTE, "other")
+            try:
+                response = await handler(request)
+            except (UpstreamError, aiohttp.ClientError, TimeoutError) as exc:
+                dist = request.get(DIST)
+                if dist is None:
+                    raise
+                if not isinstance(exc, UpstreamError):  # the registry broke off while we read an answer
+                    exc = UpstreamUnavailable(f"{dist.registry} broke off: {exc!r}")
+                raise map_upstream_error(exc, dist) from None
             status = response.status
         except DistributionError as exc:
-            route = request.get(ROUTE, "other")
             status = exc.status
             response = web.Response(
                 status=exc.status,
@@ -160,7 +188,9 @@ class Agent:
             status = exc.status
             raise
         finally:
+            self.guard.idle(request.protocol)
             if request.path.startswith("/v2"):
+                route = request.get(ROUTE, "other")
                 self.metrics.requests.labels(route, request.method, str(status)).inc()
                 self.metrics.request_seconds.labels(route).observe(time.monotonic() - started)
         return response
@@ -185,6 +215,7 @@ class Agent:
         ns = request.query.get("ns")
         dist = parse_distribution_path(raw_path, ns, self.upstreams.clients, self.config.aliases)
         request[ROUTE] = dist.route
+        request[DIST] = dist
         try:
             creds = Credentials.from_header(request.headers.get("Authorization"))
         except ValueError as exc:
@@ -203,13 +234,10 @@ class Agent:
     async def _tags(self, request: web.Request, dist: DistributionPath, creds: Credentials | None) -> web.Response:
         query = request.query_string
         path = f"/v2/{dist.repository}/tags/list" + (f"?{query}" if query and "ns=" not in query else "")
-        try:
-            resp = await self.upstreams.client(dist.registry).open(
-                "GET", path, repository=dist.repository, creds=creds, kind="tags"
-            )
-            async with resp:
-                body = await resp.content.read(4 << 20)
-                ctype = resp.headers.get("Content-Type", "application/json")
-        except UpstreamError as exc:
-            raise map_upstream_error(exc, dist) from None
+        resp = await self.upstreams.client(dist.registry).open(
+            "GET", path, repository=dist.repository, creds=creds, kind="tags"
+        )
+        async with resp:
+            body = await resp.content.read(4 << 20)
+            ctype = resp.headers.get("Content-Type", "application/json")
         return web.Response(body=body, headers={"Content-Type": ctype, **API_HEADERS})

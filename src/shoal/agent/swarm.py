@@ -123,9 +123,12 @@ class SwarmSource:
         self.bucket = bucket
         self.metrics = metrics
         self.seeding: OrderedDict[Digest, int] = OrderedDict()
+        self.suppliers: dict[Digest, tuple[int, set[str]]] = {}
+        """blob -> (size, peers whose pieces or piece hashes it was made of), until it is verified"""
         self.avoid: dict[str, float] = {}
         """peer id -> monotonic time until which it is not used, after it sent corrupt data"""
         self._announcer: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
         self.pieces = PieceClient(
             config.token, connect_timeout=config.connect_timeout, read_timeout=config.piece_timeout
         )
@@ -138,6 +141,9 @@ class SwarmSource:
             self._announcer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._announcer
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
         self.pieces.close()
 
     async def fill(self, partial: PartialBlob, dist: DistributionPath, creds: Credentials | None) -> None:
@@ -157,6 +163,10 @@ class SwarmSource:
         except Exception as exc:  # a bug in the swarm must not fail the pull
             log.exception("swarm download of %s crashed", dist.digest)
             reason = f"crash: {type(exc).__name__}"
+        finally:
+            # whoever gave us pieces (also before a fallback) answers for the blob's digest
+            if download.suppliers:
+                self.suppliers[dist.digest] = (partial.size, download.suppliers)  # type: ignore[index]
         self.metrics.swarm_fallbacks.labels(reason.split(":")[0]).inc()
         log.warning(
             "swarm gave up on %s (%s) at %d bytes: fetching the rest from the origin",
@@ -166,8 +176,41 @@ class SwarmSource:
         )
         await self.origin.fill(partial, dist, creds)
 
+    def rejected(self, digest: Digest) -> bool:
+        """Verified pieces made a blob that does not match its digest: the piece hashes were
+        wrong, so the lease holder that published them (or a parent) lied. Avoid them all,
+        report them to the scheduler, and have the blob fetched again from the origin. A blob
+        that came from our own origin fetch alone is the registry's fault: no refetch."""
+        size, peers = self.suppliers.pop(digest, (0, set()))
+        peers.discard(self.config.peer_id)
+        if not peers:
+            return False
+        until = time.monotonic() + self.config.avoid_corrupt_for
+        for peer in peers:
+            self.avoid[peer] = until
+        log.error("blob %s from the swarm does not match its digest; avoiding %s", digest, ", ".join(sorted(peers)))
+        piece_size = choose_piece_size(size)
+        report = Report(
+            self.config.peer_id,
+            self.config.address,
+            pieces=0,
+            contiguous=0,
+            failed_parents=sorted(peers),
+            size=size,
+            piece_size=piece_size,
+        )
+        task = asyncio.create_task(self._report_quietly(str(digest), report), name=f"report liars of {digest}")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return True
+
+    async def _report_quietly(self, digest: str, report: Report) -> None:
+        with contextlib.suppress(SchedulerUnavailable):
+            await self.scheduler.report(digest, report)
+
     async def cached(self, digest: Digest, size: int) -> None:
         """The blob is complete and verified: tell the scheduler, and keep saying so."""
+        self.suppliers.pop(digest, None)
         self.seeding[digest] = size
         self.seeding.move_to_end(digest)
         while len(self.seeding) > self.config.max_seeding:
@@ -263,6 +306,8 @@ class SwarmDownload:
         self.sched_failures = 0
         self.tasks: list[asyncio.Task[None]] = []
         self.wake = asyncio.Event()
+        self.suppliers: set[str] = set()
+        """peers whose pieces we took, and the lease holders whose piece hashes we checked them by"""
 
     # -- supervisor --------------------------------------------------------------------------
     async def run(self) -> None:
@@ -358,6 +403,8 @@ class SwarmDownload:
         self.links.clear()
 
     def _apply(self, view: TaskView) -> None:
+        if view.fetcher is not None and view.hashes_known:
+            self.suppliers.add(view.fetcher)
         if view.role == "fetcher" and self.fetching is None:
             self.s.metrics.lease_acquired.inc()
             log.info("origin fetcher for %s", self.digest)
@@ -625,6 +672,7 @@ class SwarmDownload:
             self.partial.changed().set()
             return
         self.missing.discard(index)
+        self.suppliers.add(link.info.peer_id)
         link.received += 1
         self.from_parents[link.info.address] = link.received
         self.s.metrics.peer_bytes.labels("download").inc(length)

@@ -7,9 +7,10 @@ from collections.abc import Mapping
 
 import aiohttp
 
-from shoal.agent.access import AccessCache
+from shoal.agent.access import AccessCache, AccessKey
 from shoal.agent.metrics import AgentMetrics
-from shoal.oci.auth import Credentials, TokenCache, fingerprint
+from shoal.core.digest import Digest
+from shoal.oci.auth import Credentials, TokenCache
 from shoal.oci.client import (
     LatencyObserver,
     RegistryClient,
@@ -19,8 +20,9 @@ from shoal.oci.client import (
     UpstreamUnauthorized,
     UpstreamUnavailable,
 )
-from shoal.oci.distribution import DistributionPath
+from shoal.oci.distribution import DistributionPath, PathKind
 from shoal.oci.errors import DistributionError, ErrorCode
+from shoal.oci.mediatypes import DEFAULT_ACCEPT
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +82,12 @@ class Upstreams:
     def client(self, registry: str) -> RegistryClient:
         return self.clients[registry]
 
-    def record_allowed(self, creds: Credentials | None, dist: DistributionPath) -> None:
-        self.access.record((fingerprint(creds), dist.registry, dist.repository), True)
+    def record_allowed(self, creds: Credentials | None, dist: DistributionPath, digest: Digest | None = None) -> None:
+        """The registry just served ``digest`` (default: the one asked for) of this repository
+        to these credentials."""
+        digest = digest or dist.digest
+        if digest is not None:
+            self.access.record(AccessKey.of(creds, dist.registry, dist.repository, digest), True)
 
     async def blob_size(self, creds: Credentials | None, dist: DistributionPath) -> int | None:
         """HEAD the blob upstream: its size (None if the registry gave none). Proves that
@@ -98,28 +104,44 @@ class Upstreams:
         return resp.content_length
 
     async def authorize(self, creds: Credentials | None, dist: DistributionPath) -> None:
-        """Raise unless the registry lets ``creds`` read ``dist`` (for content we already hold)."""
-        key = (fingerprint(creds), dist.registry, dist.repository)
+        """Raise unless the registry confirms that ``dist.repository`` holds ``dist.digest``
+        for ``creds``: asked before any cached byte of it goes to the client.
+
+        One HEAD of that blob or manifest in that repository with the client's own
+        credentials, its answer cached per (credentials, registry, repository, digest). A
+        manifest HEAD carries the same ``Accept`` list as a GET: without it distribution
+        answers 404 for OCI manifests and indexes."""
+        assert dist.digest is not None
+        key = AccessKey.of(creds, dist.registry, dist.repository, dist.digest)
         known = self.access.lookup(key)
         if known is True:
             return
         if known is False:
-            raise challenge_error(dist.registry, f"credentials not accepted for {dist.repository}")
-        kind = "manifests" if dist.kind.value == "manifest" else "blobs"
-        path = f"/v2/{dist.repository}/{kind}/{dist.reference}"
+            raise challenge_error(dist.registry, f"{dist.repository}@{dist.digest}: credentials not accepted")
+        manifest = dist.kind is PathKind.MANIFEST
+        path = f"/v2/{dist.repository}/{'manifests' if manifest else 'blobs'}/{dist.digest}"
         try:
             resp = await self.client(dist.registry).open(
-                "HEAD", path, repository=dist.repository, creds=creds, kind="auth"
+                "HEAD",
+                path,
+                repository=dist.repository,
+                creds=creds,
+                headers={"Accept": DEFAULT_ACCEPT} if manifest else None,
+                kind="auth",
             )
             resp.release()
-        except (UpstreamUnauthorized, UpstreamDenied) as exc:
+        except (UpstreamUnauthorized, UpstreamDenied):
             self.access.record(key, False)
-            raise map_upstream_error(exc, dist) from None
+            self.metrics.access_checks.labels("refused").inc()
+            raise
+        except UpstreamStatus:  # 404: this repository does not hold this digest
+            self.metrics.access_checks.labels("refused").inc()
+            raise
         except UpstreamUnavailable as exc:
             if self.access.stale_allowed(key):
+                self.metrics.access_checks.labels("stale").inc()
                 log.warning("registry unreachable, using an earlier yes for %s: %s", key[1:], exc)
                 return
-            raise map_upstream_error(exc, dist) from None
-        except UpstreamError as exc:
-            raise map_upstream_error(exc, dist) from None
+            raise
+        self.metrics.access_checks.labels("allowed").inc()
         self.access.record(key, True)

@@ -56,8 +56,17 @@ from shoal.cli.runtime import run, run_until_signalled
 @click.option(
     "--peer-token-file",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="File holding the shared secret that peers and the scheduler require.",
+    help="File holding the shared secret that peers and the scheduler require (needed in p2p mode).",
 )
+@click.option(
+    "--insecure-no-peer-auth",
+    is_flag=True,
+    default=None,
+    help="Serve peers without a secret: anyone reaching the port can read every cached blob. Labs only.",
+)
+@click.option("--max-connections", type=int, help="Open connections at most.  [default: 4096, below the fd limit]")
+@click.option("--header-timeout", help="Time a new connection has to send a request.  [default: 10s]")
+@click.option("--keepalive-timeout", help="Time an idle keep-alive connection is kept.  [default: 60s]")
 @click.option(
     "--alias-port",
     type=int,

@@ -1,4 +1,12 @@
-"""HTTP ``Range`` header parsing for blobs: one byte range, or a clear refusal."""
+"""HTTP ``Range`` header parsing for blobs (RFC 9110 section 14.2): one byte range, or a clear refusal.
+
+Every path that answers a blob request (a cached file, a download in flight, a passthrough)
+resolves ``Range`` here and nowhere else, so they all give the same answer to the same header.
+The grammar is the RFC's, strictly: ``bytes=FIRST-LAST``, ``bytes=FIRST-`` or ``bytes=-SUFFIX``,
+the unit case-insensitive, ASCII digits only (``str.isdigit`` also takes other scripts' digits)
+and at most ``MAX_DIGITS`` of them, no whitespace inside the range. A header longer than
+``MAX_HEADER`` is refused before it is looked at.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +15,10 @@ from dataclasses import dataclass
 
 from shoal.oci.errors import DistributionError, ErrorCode
 
-_RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
+MAX_DIGITS = 19
+"""enough for any file (10**19 > 2**63); more is an attack or a bug, never a blob offset"""
+MAX_HEADER = 128
+_RANGE_RE = re.compile(rf"bytes=([0-9]{{0,{MAX_DIGITS}}})-([0-9]{{0,{MAX_DIGITS}}})", re.IGNORECASE | re.ASCII)
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,8 +33,17 @@ class ByteRange:
     def length(self) -> int:
         return self.end - self.start + 1
 
+    @property
+    def stop(self) -> int:
+        """One past the last byte: ``[start, stop)``."""
+        return self.end + 1
+
     def content_range(self) -> str:
         return f"bytes {self.start}-{self.end}/{self.size}"
+
+
+def _malformed(header: str) -> DistributionError:
+    return DistributionError(ErrorCode.RANGE_INVALID, f"malformed Range header {header[:40]!r}")
 
 
 def parse_range(header: str | None, size: int) -> ByteRange | None:
@@ -35,16 +55,18 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
     """
     if header is None:
         return None
-    text = header.strip().replace(" ", "")
+    if len(header) > MAX_HEADER:
+        raise _malformed(header)
+    text = header.strip(" \t")  # OWS around the field value only (RFC 9110 section 5.5)
     if "," in text:
         raise DistributionError(ErrorCode.RANGE_INVALID, "multiple ranges are not supported: ask for one")
     match = _RANGE_RE.fullmatch(text)
     if match is None or match.groups() == ("", ""):
-        raise DistributionError(ErrorCode.RANGE_INVALID, f"malformed Range header {header[:80]!r}")
+        raise _malformed(header)
     first, last = match.groups()
     unsatisfiable = DistributionError(
         ErrorCode.RANGE_NOT_SATISFIABLE,
-        f"range {header[:80]!r} is outside a blob of {size} bytes",
+        f"range {header[:40]!r} is outside a blob of {size} bytes",
         headers={"Content-Range": f"bytes */{size}"},
     )
     if first == "":
@@ -53,9 +75,9 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
             raise unsatisfiable
         return ByteRange(max(0, size - suffix), size - 1, size)
     start = int(first)
-    end = size - 1 if last == "" else min(int(last), size - 1)
     if last != "" and int(last) < start:
-        raise DistributionError(ErrorCode.RANGE_INVALID, f"malformed Range header {header[:80]!r}")
+        raise _malformed(header)
     if start >= size:
         raise unsatisfiable
+    end = size - 1 if last == "" else min(int(last), size - 1)
     return ByteRange(start, end, size)

@@ -1,9 +1,15 @@
-"""A blob being written: readers stream its verified prefix while the writer is still going.
+"""A blob being written: readers stream its prefix while the writer is still going.
 
 Writers (the origin fetcher, or the swarm's piece downloader) put bytes at offsets; readers
 wait for the contiguous prefix to cover what they need. The blob's last byte is held back
 until the whole digest checks out, so a client can never finish reading a wrong blob: on a
-digest mismatch it sees a truncated body and an aborted connection instead.
+digest mismatch it sees a truncated body and an aborted connection instead. Bytes before
+that are not verified yet, so they go only to a reader of the whole blob (never as the
+answer to a ``Range`` request, which could end before the last byte).
+
+When the blob fails for the cache's sake (a full disk), ``failed_prefix`` keeps the digest
+state of the prefix written so far: a reader can finish the blob from the registry and still
+check the whole of what it sent against the digest.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from enum import Enum
@@ -55,6 +62,10 @@ class PartialBlob:
         self.piece_hashes: dict[int, str] = {}
         """sha256 of each piece of the verified prefix, once ``piece_size`` is set (swarm)."""
         self._piece_hasher = hashlib.sha256()
+        self._prefix_lock = threading.Lock()
+        """held while the prefix hash and ``contiguous`` move together (in a worker thread)"""
+        self.failed_prefix: tuple[int, hashlib._Hash] | None = None
+        """(bytes, digest state over them) of the prefix on file when the blob failed"""
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         self._changed = asyncio.Event()
         self._pieces_changed = asyncio.Event()
@@ -162,9 +173,12 @@ class PartialBlob:
         return end is not None and end >= offset + length
 
     def _feed(self, data: bytes | memoryview) -> None:
-        """Advance the verified prefix over ``data`` (the bytes at ``contiguous``)."""
-        self._hasher.update(data)
-        if self.piece_size:
+        """Advance the prefix over ``data`` (the bytes at ``contiguous``)."""
+        with self._prefix_lock:
+            self._hasher.update(data)
+            if not self.piece_size:
+                self.contiguous += len(data)
+                return
             view = memoryview(data)
             while view:
                 room = self.piece_size - (self.contiguous % self.piece_size)
@@ -175,8 +189,6 @@ class PartialBlob:
                     index = (self.contiguous - 1) // self.piece_size
                     self.piece_hashes[index] = self._piece_hasher.hexdigest()
                     self._piece_hasher = hashlib.sha256()
-        else:
-            self.contiguous += len(data)
 
     def _absorb_extents(self) -> None:
         """Extend the prefix over extents written earlier out of order (re-reading them)."""
@@ -215,6 +227,8 @@ class PartialBlob:
             return
         self.state = PartialState.FAILED
         self.error = exc
+        with self._prefix_lock:
+            self.failed_prefix = (self.contiguous, self._hasher.copy())
         if not self.size_known.done():
             self.size_known.set_exception(exc)
             self.size_known.exception()  # mark retrieved: nobody may be waiting
@@ -259,7 +273,8 @@ class PartialBlob:
             await self._changed.wait()
 
     def open_reader(self) -> int:
-        """A private fd: survives the rename into the cache and the writer closing its own."""
+        """A private fd: survives the rename into the cache, the writer closing its own, and
+        the file's removal when the blob fails."""
         return os.open(self.path, os.O_RDONLY)
 
     async def iter_range(self, start: int, end: int) -> AsyncIterator[bytes | memoryview]:

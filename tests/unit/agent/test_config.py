@@ -37,7 +37,10 @@ class TestLoadConfig:
                 "listen": "0.0.0.0:65001",
                 "advertise": "10.0.0.5:65001",
                 "auth_cache_ttl": 30,
-                "peer_token_file": None,
+                "peer_token_file": str(tmp_path / "token"),
+                "header_timeout": "5s",
+                "keepalive_timeout": "2m",
+                "max_connections": 100,
             }
         )
         assert config.registries == {
@@ -53,6 +56,19 @@ class TestLoadConfig:
         assert config.advertise_address == "10.0.0.5:65001"
         assert config.auth_cache_ttl == 30.0
         assert config.p2p_enabled
+        assert config.connection_limits.header_timeout == 5.0
+        assert config.connection_limits.keepalive_timeout == 120.0
+        assert config.connection_limits.max_connections == 100
+
+    def test_p2p_needs_a_peer_secret(self) -> None:
+        """Peer authentication is on by default: p2p mode without a secret does not start."""
+        p2p = {"registries": ["r.test"], "scheduler": "http://sched:8080"}
+        with pytest.raises(ConfigError, match="peer secret"):
+            load_config(p2p)
+        lab = load_config({**p2p, "insecure_no_peer_auth": True})
+        assert lab.p2p_enabled
+        assert lab.peer_token() is None
+        assert not load_config({"registries": ["r.test"]}).insecure_no_peer_auth  # a plain mirror needs none
 
     def test_peer_token_file(self, tmp_path: Path) -> None:
         token = tmp_path / "token"

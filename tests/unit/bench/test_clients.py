@@ -10,7 +10,7 @@ from bench.fleet.origin import Origin
 from bench.fleet.procs import ProcessSet
 from bench.fleet.report import result_dict
 from bench.fleet.scenarios.base import Fleet, new_result
-from bench.fleet.scenarios.clients import CtrClient, PullClient, make_client, parse_go_duration
+from bench.fleet.scenarios.clients import LIGHTPULL, CtrClient, LightClient, PullClient, make_client, parse_go_duration
 
 from shoal.demo.imagegen import BlobInfo
 
@@ -91,6 +91,21 @@ class TestCtr:
 
     def test_result_says_which_client(self, tmp_path: Path) -> None:
         assert result_dict(new_result(fleet(tmp_path, "ctr"), "direct"))["client"] == "ctr"
+
+
+class TestLight:
+    """--client light: the script by path, the registry's or the agent's URL, files in a layout."""
+
+    def test_direct_and_through_the_agent(self, tmp_path: Path) -> None:
+        f = fleet(tmp_path, "light")
+        c = make_client(f, tmp_path / "p2p")
+        assert isinstance(c, LightClient)
+        node = f.plan.nodes[0]
+        dest = str(tmp_path / "p2p" / "n0" / "pull")
+        assert c.pull_argv(node, None)[1:] == [str(LIGHTPULL), "http://10.77.0.1:5000", "bench/app", "v1", dest]
+        assert c.pull_argv(node, "127.0.0.1:65001")[2:4] == ["http://127.0.0.1:65001", "registry.bench/bench/app"]
+        assert c.files(node) == {DIGEST: Path(dest) / "blobs" / "sha256" / ("ab" * 32)}
+        assert c.agent_registry_names() == []
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,240 @@
+"""Connection limits for the agent's port: idle connections can never starve real ones.
+
+The agent's port is reachable from the node and (for peers) from the cluster network. An HTTP
+server that waits forever for a request line, and accepts until the process runs out of file
+descriptors, is taken down by a few hundred idle sockets. So:
+
+    * a connection has ``header_timeout`` seconds to deliver its first complete request
+      (data trickled byte by byte does not extend it), and ``keepalive_timeout`` seconds
+      between the end of one response and the next complete request;
+    * at most ``max_connections`` are open (never more than the file-descriptor limit allows,
+      less a reserve for cache files, upstream and peer sockets); a new connection beyond it
+      takes the place of the connection idle the longest, and only when every connection is
+      busy with a request is it refused, with a 503 and ``Connection: close``;
+    * refusals and closes are counted in metrics and logged at most once per ``LOG_EVERY``.
+
+``ConnectionGuard`` runs the accept loop itself, one connection at a time: asyncio's own loop
+accepts up to ``backlog`` sockets per wake-up before any of them is counted, and past the
+descriptor limit logs a traceback for every failed accept. Whether a connection is busy is
+told by the server's middleware (``busy`` / ``idle`` around each request), so the guard needs
+nothing from aiohttp's internals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import resource
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import cast
+
+from prometheus_client import Counter, Gauge
+
+log = logging.getLogger(__name__)
+
+LOG_EVERY = 10.0
+FD_RESERVE_FRACTION = 4
+"""a quarter of the descriptor limit (at least ``FD_RESERVE_MIN``) stays free for the agent's own files and sockets"""
+FD_RESERVE_MIN = 32
+_REFUSAL_BODY = b'{"errors":[{"code":"TOOMANYREQUESTS","message":"too many connections to this agent"}]}'
+REFUSAL = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+    b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(_REFUSAL_BODY), _REFUSAL_BODY)
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionLimits:
+    max_connections: int = 4096
+    header_timeout: float = 10.0
+    """seconds a new connection has to send its first complete request"""
+    keepalive_timeout: float = 60.0
+    """seconds an idle keep-alive connection is kept between requests"""
+
+
+def descriptor_limit() -> int:
+    """The soft RLIMIT_NOFILE, raised to the hard limit first (what servers usually do)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = 1 << 20 if hard == resource.RLIM_INFINITY else hard
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    return soft
+
+
+def effective_limit(configured: int, fd_limit: int) -> int:
+    """``configured``, but never so many that the agent runs out of descriptors."""
+    reserve = max(FD_RESERVE_MIN, fd_limit // FD_RESERVE_FRACTION)
+    return max(1, min(configured, fd_limit - reserve))
+
+
+class _Conn:
+    __slots__ = ("busy", "idle_since", "inner", "timeout", "transport")
+
+    def __init__(self, inner: asyncio.Protocol, transport: asyncio.Transport, now: float, timeout: float) -> None:
+        self.inner = inner
+        self.transport = transport
+        self.busy = 0
+        self.idle_since = now
+        self.timeout = timeout
+
+
+class _GuardedProtocol(asyncio.Protocol):
+    """Passes everything to the server's protocol; tells the guard when the connection ends."""
+
+    def __init__(self, guard: ConnectionGuard, inner: asyncio.Protocol) -> None:
+        self._guard = guard
+        self._inner = inner
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports have every Transport method but are not its subclass
+        self._guard.admit(self._inner, cast(asyncio.Transport, transport))
+        self._inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._guard.release(self._inner)
+        self._inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+
+class ConnectionGuard:
+    """Counts, times out and limits the connections of one listening socket (event loop only)."""
+
+    def __init__(
+        self,
+        limits: ConnectionLimits,
+        open_gauge: Gauge,
+        closed: Counter,
+        clock: Callable[[], float] = time.monotonic,
+        fd_limit: int | None = None,
+    ) -> None:
+        self.limits = limits
+        self.max_connections = effective_limit(limits.max_connections, fd_limit or descriptor_limit())
+        self._gauge = open_gauge
+        self._closed = closed
+        self._clock = clock
+        self._conns: dict[asyncio.Protocol, _Conn] = {}
+        """oldest first; a connection moves to the end whenever it becomes idle"""
+        self._sweeper: asyncio.Task[None] | None = None
+        self._accepter: asyncio.Task[None] | None = None
+        self._suppressed: dict[str, int] = {}
+        self._last_log = 0.0
+
+    def serve(self, sock: socket.socket, factory: Callable[[], asyncio.Protocol]) -> None:
+        """Accept connections on the listening ``sock`` for ``factory``'s protocol."""
+        sock.setblocking(False)
+        self._accepter = asyncio.create_task(self._accept_forever(sock, factory), name="accept loop")
+        self._sweeper = asyncio.create_task(self._sweep_forever(), name="connection sweeper")
+
+    async def stop(self) -> None:
+        for task in (self._accepter, self._sweeper):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def _accept_forever(self, sock: socket.socket, factory: Callable[[], asyncio.Protocol]) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, _ = await loop.sock_accept(sock)
+            except OSError as exc:
+                if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    raise
+                self._note("refused", f"accept failed: {exc.strerror}")
+                await asyncio.sleep(0.1)  # descriptors run out elsewhere: let them come back
+                continue
+            if len(self._conns) >= self.max_connections and not self.evict_idlest():
+                self._note("refused", f"{len(self._conns)} connections, all busy")
+                with contextlib.suppress(OSError):
+                    conn.send(REFUSAL)
+                conn.close()
+                continue
+            try:
+                await loop.connect_accepted_socket(lambda: _GuardedProtocol(self, factory()), conn)
+            except OSError:
+                conn.close()
+
+    def __len__(self) -> int:
+        return len(self._conns)
+
+    # -- events ------------------------------------------------------------------------------
+    def admit(self, inner: asyncio.Protocol, transport: asyncio.Transport) -> None:
+        self._conns[inner] = _Conn(inner, transport, self._clock(), self.limits.header_timeout)
+        self._gauge.set(len(self._conns))
+
+    def release(self, inner: asyncio.Protocol) -> None:
+        self._conns.pop(inner, None)
+        self._gauge.set(len(self._conns))
+
+    def busy(self, inner: object) -> None:
+        """A complete request arrived on this connection (from the server's middleware)."""
+        conn = self._conns.get(inner)  # type: ignore[call-overload]
+        if conn is not None:
+            conn.busy += 1
+
+    def idle(self, inner: object) -> None:
+        """A request's handler finished on this connection."""
+        conn = self._conns.pop(inner, None)  # type: ignore[call-overload]
+        if conn is None:
+            return
+        conn.busy = max(0, conn.busy - 1)
+        conn.idle_since = self._clock()
+        conn.timeout = self.limits.keepalive_timeout
+        self._conns[inner] = conn  # type: ignore[index]
+
+    # -- policy ------------------------------------------------------------------------------
+    def evict_idlest(self) -> bool:
+        for conn in self._conns.values():  # oldest idle first
+            if not conn.busy:
+                self._close(conn, "evicted", "at the connection limit")
+                return True
+        return False
+
+    def sweep(self) -> int:
+        """Close connections idle past their timeout; returns how many."""
+        now = self._clock()
+        expired = [c for c in self._conns.values() if not c.busy and now - c.idle_since > c.timeout]
+        for conn in expired:
+            self._close(conn, "idle", f"no complete request within {conn.timeout:.0f}s")
+        return len(expired)
+
+    async def _sweep_forever(self) -> None:
+        period = max(0.05, min(1.0, self.limits.header_timeout / 4))
+        while True:
+            await asyncio.sleep(period)
+            self.sweep()
+
+    def _close(self, conn: _Conn, reason: str, why: str) -> None:
+        self._conns.pop(conn.inner, None)
+        self._gauge.set(len(self._conns))
+        conn.transport.abort()
+        self._note(reason, why)
+
+    def _note(self, reason: str, why: str) -> None:
+        """Count every close; log a summary at most every LOG_EVERY seconds (no log flood)."""
+        self._closed.labels(reason).inc()
+        self._suppressed[reason] = self._suppressed.get(reason, 0) + 1
+        now = self._clock()
+        if now - self._last_log >= LOG_EVERY:
+            counts = ", ".join(f"{n} {r}" for r, n in sorted(self._suppressed.items()))
+            log.warning("closing connections (%s; last: %s); limit %d", counts, why, self.max_connections)
+            self._suppressed.clear()
+            self._last_log = now

@@ -1,0 +1,372 @@
+"""The swarm's rules against the pure download state, with a fake clock (see test_swarm.py for the
+same rules proven with real processes)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from shoal.p2p.download_state import (
+    Action,
+    AddParent,
+    BytesArrived,
+    Complete,
+    DiscardPiece,
+    DownloadRules,
+    DownloadState,
+    DropParent,
+    GiveUp,
+    HashesKnown,
+    OriginFetchFailed,
+    ParentHas,
+    ParentInfo,
+    ParentLost,
+    PieceArrived,
+    PieceFailed,
+    PieceRejected,
+    PieceWritten,
+    PrefixAdvanced,
+    RequestPiece,
+    SchedulerAnswer,
+    SchedulerFailed,
+    StartOriginFetch,
+    StopOriginFetch,
+    Tick,
+    WritePiece,
+)
+
+PIECE = 100
+PIECES = 8
+ME = "me"
+HASHES = {i: hashlib.sha256(f"piece {i}".encode()).hexdigest() for i in range(PIECES)}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 500.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def parent(n: int) -> ParentInfo:
+    return ParentInfo(f"p{n}", f"10.0.0.{n}:65001")
+
+
+def new(clock: Clock | None = None, avoided: dict[str, float] | None = None, **rules: int) -> DownloadState:
+    return DownloadState(
+        peer_id=ME,
+        size=PIECES * PIECE,
+        piece_size=PIECE,
+        rules=DownloadRules(**rules),
+        clock=clock or Clock(),
+        avoided=avoided,
+        salt="me/sha256:x",
+    )
+
+
+def requests(actions: list[Action]) -> list[tuple[str, int]]:
+    return [(a.peer_id, a.index) for a in actions if isinstance(a, RequestPiece)]
+
+
+def with_parents(s: DownloadState, *ns: int) -> list[Action]:
+    return s.apply(SchedulerAnswer(fetcher="origin-holder", parents=tuple(parent(n) for n in ns)))
+
+
+def deliver(s: DownloadState, peer: str, index: int, sha: str | None = None) -> list[Action]:
+    out = s.apply(PieceArrived(peer, index, sha or HASHES[index]))
+    if WritePiece(index) in out:
+        out += s.apply(PieceWritten(index))
+    return out
+
+
+class TestOriginOnce:
+    """Only the lease holder reads the origin (test_swarm: TestRollout, the lease tests)."""
+
+    def test_the_lease_starts_one_origin_fetch(self) -> None:
+        s = new()
+        assert s.apply(SchedulerAnswer(fetcher=ME)) == [StartOriginFetch(0)]
+        assert s.apply(SchedulerAnswer(fetcher=ME)) == []
+
+    def test_a_lease_moved_elsewhere_stops_ours(self) -> None:
+        """test_fetcher_that_lost_its_lease_stops_fetching"""
+        s = new()
+        s.apply(SchedulerAnswer(fetcher=ME))
+        s.apply(PrefixAdvanced(250))
+        out = s.apply(SchedulerAnswer(fetcher="p2", parents=(parent(2),)))
+        assert out[:2] == [StopOriginFetch("p2"), AddParent(parent(2))]
+        assert not s.fetching
+        # the rest comes from the new holder like any child: pieces 0 and 1 are ours already
+        asked = requests(s.apply(ParentHas("p2", frozenset(range(PIECES)))))
+        assert len(asked) == 2
+        assert {i for _, i in asked} <= set(range(2, PIECES))
+
+    def test_no_holder_named_keeps_our_fetch(self) -> None:
+        s = new()
+        s.apply(SchedulerAnswer(fetcher=ME))
+        assert s.apply(SchedulerAnswer(fetcher=None)) == []
+        assert s.fetching
+
+    def test_the_lease_after_a_dead_fetcher_starts_from_our_prefix(self) -> None:
+        """test_fetcher_killed_mid_blob: the successor fetches only what the swarm lacks."""
+        s = new()
+        with_parents(s, 1)
+        s.apply(HashesKnown(HASHES))
+        s.apply(ParentHas("p1", frozenset({0, 1, 2})))
+        for i in (0, 1, 2):
+            deliver(s, "p1", i)
+        s.apply(PrefixAdvanced(300))
+        s.apply(ParentLost("p1", "connection reset"))
+        assert s.apply(SchedulerAnswer(fetcher=ME)) == [StartOriginFetch(300)]
+
+    def test_the_fetcher_does_not_stall(self) -> None:
+        clock = Clock()
+        s = new(clock)
+        s.apply(SchedulerAnswer(fetcher=ME))
+        clock.now += 1000
+        assert s.apply(Tick()) == []
+
+    def test_a_failed_origin_fetch_gives_up(self) -> None:
+        s = new()
+        s.apply(SchedulerAnswer(fetcher=ME))
+        assert s.apply(OriginFetchFailed("HTTP 500")) == [GiveUp("origin: HTTP 500")]
+        assert s.apply(Tick()) == []  # finished: nothing more
+
+
+class TestPipelining:
+    """Pieces are asked for as soon as a parent announces them (test_child_gets_bytes_before_the_fetcher_is_done)."""
+
+    def test_each_have_is_requested_at_once(self) -> None:
+        s = new()
+        assert with_parents(s, 1) == [AddParent(parent(1))]
+        assert requests(s.apply(ParentHas("p1", frozenset({0})))) == [("p1", 0)]
+        assert requests(s.apply(ParentHas("p1", frozenset({1})))) == [("p1", 1)]
+        assert requests(s.apply(ParentHas("p1", frozenset({2})))) == []  # both lanes busy
+        s.apply(HashesKnown({0: HASHES[0]}))
+        assert requests(deliver(s, "p1", 0)) == [("p1", 2)]  # a lane freed: the next piece goes out
+
+    def test_a_parent_without_pieces_is_not_asked(self) -> None:
+        s = new()
+        with_parents(s, 1)
+        assert requests(s.apply(Tick())) == []
+
+
+class TestBoundedAsking:
+    """At most max_parents parents, lanes_per_parent requests each, one parent per piece."""
+
+    def test_max_parents_and_never_ourselves(self) -> None:
+        s = new(max_parents=2)
+        out = s.apply(SchedulerAnswer(fetcher="x", parents=(ParentInfo(ME, "a"), parent(1), parent(2), parent(3))))
+        assert out == [AddParent(parent(1)), AddParent(parent(2))]
+        assert with_parents(s, 1, 2, 4) == []
+
+    def test_lanes_and_no_piece_asked_twice(self) -> None:
+        s = new(lanes_per_parent=3)
+        with_parents(s, 1, 2)
+        first = requests(s.apply(ParentHas("p1", frozenset(range(PIECES)))))
+        second = requests(s.apply(ParentHas("p2", frozenset(range(PIECES)))))
+        assert len(first) == 3
+        assert len(second) == 3
+        assert not {i for _, i in first} & {i for _, i in second}
+        assert s.in_flight == {i: p for p, i in first + second}
+
+
+class TestVerifyThenWrite:
+    """A piece is written only when it matches the lease holder's hash."""
+
+    def test_a_matching_piece_is_written_and_the_blob_completes(self) -> None:
+        s = new()
+        with_parents(s, 1)
+        s.apply(HashesKnown(HASHES))
+        s.apply(ParentHas("p1", frozenset(range(PIECES))))
+        out: list[Action] = []
+        for i in range(PIECES):
+            got = deliver(s, "p1", i)
+            assert WritePiece(i) in got
+            out += got
+        assert out[-1] == Complete()
+        assert not s.missing
+
+    def test_a_piece_before_its_hash_waits_for_it(self) -> None:
+        s = new()
+        with_parents(s, 1)
+        s.apply(ParentHas("p1", frozenset({0})))
+        assert s.apply(PieceArrived("p1", 0, HASHES[0])) == []
+        assert s.apply(HashesKnown({0: HASHES[0]})) == [WritePiece(0)]
+
+    def test_no_hash_in_time_discards_it_and_asks_again(self) -> None:
+        clock = Clock()
+        s = new(clock, hash_wait=5)
+        with_parents(s, 1)
+        s.apply(ParentHas("p1", frozenset({0})))
+        s.apply(PieceArrived("p1", 0, HASHES[0]))
+        s.apply(BytesArrived(100))  # progress, so the stall rule stays out of this
+        clock.now += 5.1
+        out = s.apply(Tick())
+        assert out[0] == DiscardPiece(0, "no hash for piece 0 after 5s")
+        assert requests(out) == [("p1", 0)]
+
+    def test_the_first_published_hash_stands(self) -> None:
+        s = new()
+        s.apply(HashesKnown({0: HASHES[0]}))
+        s.apply(HashesKnown({0: "f" * 64}))
+        assert s.hashes[0] == HASHES[0]
+
+    def test_a_piece_already_held_is_discarded(self) -> None:
+        s = new()
+        with_parents(s, 1, 2)
+        s.apply(HashesKnown(HASHES))
+        deliver(s, "p1", 5)
+        assert s.apply(PieceArrived("p2", 5, HASHES[5])) == [DiscardPiece(5, "already held")]
+
+
+class TestLyingPeer:
+    """A corrupt piece drops, bans and avoids its sender (test_corrupt_pieces_are_detected_and_avoided)."""
+
+    def test_corrupt_piece(self) -> None:
+        clock = Clock()
+        s = new(clock)
+        with_parents(s, 1, 2)
+        s.apply(HashesKnown(HASHES))
+        s.apply(ParentHas("p1", frozenset(range(PIECES))))
+        s.apply(ParentHas("p2", frozenset(range(PIECES))))
+        in_flight_at_p1 = sorted(i for i, p in s.in_flight.items() if p == "p1")
+        out = s.apply(PieceArrived("p1", in_flight_at_p1[0], "0" * 64))
+        assert out[0] == DiscardPiece(in_flight_at_p1[0], "corrupt piece from p1")
+        assert out[1] == DropParent("p1", f"piece {in_flight_at_p1[0]} is corrupt", clock.now + 600)
+        assert "p1" not in s.parents
+        assert s.unreported_failures == {"p1"}
+        assert s.availability == [1] * PIECES  # only p2's pieces count now
+        assert "p1" not in s.in_flight.values()
+        assert with_parents(s, 1) == []  # banned for this blob
+
+    def test_avoided_for_every_blob_until_it_expires(self) -> None:
+        clock = Clock()
+        avoided = {"p1": clock.now + 600}
+        s = new(clock, avoided)
+        assert with_parents(s, 1, 2) == [AddParent(parent(2))]
+        clock.now += 601
+        other = new(clock, avoided)
+        assert with_parents(other, 1) == [AddParent(parent(1))]
+
+    def test_a_corrupt_piece_from_a_dropped_parent_still_avoids_it(self) -> None:
+        clock = Clock()
+        s = new(clock)
+        with_parents(s, 1)
+        s.apply(ParentHas("p1", frozenset({0})))
+        s.apply(PieceArrived("p1", 0, "0" * 64))  # before its hash
+        s.apply(ParentLost("p1", "closed"))
+        out = s.apply(HashesKnown(HASHES))
+        assert DropParent("p1", "piece 0 is corrupt", clock.now + 600) in out
+
+
+class TestFailingParents:
+    """Failing and lost parents give their pieces back at once (test_fetcher_killed_mid_blob)."""
+
+    def test_three_failures_in_a_row_drop_a_parent(self) -> None:
+        s = new()
+        with_parents(s, 1)
+        s.apply(HashesKnown(HASHES))
+        s.apply(ParentHas("p1", frozenset(range(PIECES))))
+        i = next(iter(s.in_flight))
+        s.apply(PieceFailed("p1", i, "timeout"))
+        s.apply(PieceFailed("p1", i, "timeout"))
+        deliver(s, "p1", next(iter(s.in_flight)))  # a success resets the count
+        s.apply(PieceFailed("p1", i, "timeout"))
+        s.apply(PieceFailed("p1", i, "timeout"))
+        assert "p1" in s.parents
+        out = s.apply(PieceFailed("p1", i, "reset"))
+        assert DropParent("p1", "3 failed requests in a row: reset") in out
+
+    def test_a_lost_parent_s_requests_go_to_another_at_once(self) -> None:
+        s = new()
+        with_parents(s, 1, 2)
+        s.apply(ParentHas("p1", frozenset({0, 1})))
+        s.apply(ParentHas("p2", frozenset({0, 1})))
+        assert set(s.in_flight) == {0, 1}
+        taken_by_p1 = {i for i, p in s.in_flight.items() if p == "p1"}
+        out = s.apply(ParentLost("p1", "connection reset"))
+        assert out[0] == DropParent("p1", "connection reset")
+        assert {i for _, i in requests(out)} == taken_by_p1
+        assert set(s.in_flight.values()) == {"p2"}
+
+    def test_a_rejected_piece_is_asked_of_another_parent(self) -> None:
+        s = new(lanes_per_parent=1)
+        with_parents(s, 1, 2)
+        s.apply(ParentHas("p1", frozenset({3})))
+        s.apply(ParentHas("p2", frozenset({3})))
+        (holder,) = set(s.in_flight.values())
+        other = "p2" if holder == "p1" else "p1"
+        assert requests(s.apply(PieceRejected(holder, 3))) == [(other, 3)]
+        assert not s.parents[holder].have[3]
+        assert s.availability[3] == 1
+
+
+class TestStalls:
+    """No progress for stall_timeout sends the rest to the origin; progress of any kind resets it."""
+
+    def test_stalled(self) -> None:
+        clock = Clock()
+        s = new(clock)
+        with_parents(s, 1)
+        clock.now += 25.0
+        assert s.apply(Tick()) == []
+        clock.now += 0.1
+        assert s.apply(Tick()) == [GiveUp("stalled: no progress for 25s")]
+
+    @pytest.mark.parametrize(
+        "moving",
+        [BytesArrived(1), HashesKnown({7: HASHES[7]}), PrefixAdvanced(100)],
+        ids=["bytes arriving", "new hashes", "prefix"],
+    )
+    def test_slow_is_not_stalled(self, moving: BytesArrived | HashesKnown | PrefixAdvanced) -> None:
+        clock = Clock()
+        s = new(clock)
+        with_parents(s, 1)
+        clock.now += 20
+        s.apply(moving)
+        clock.now += 20
+        assert s.apply(Tick()) == []
+        clock.now += 5.1
+        assert s.apply(Tick())[-1:] == [GiveUp("stalled: no progress for 25s")]
+
+    def test_the_prefix_from_the_origin_prunes_and_completes(self) -> None:
+        s = new()
+        s.apply(SchedulerAnswer(fetcher=ME))
+        s.apply(PrefixAdvanced(350))
+        assert s.missing == set(range(3, PIECES))
+        assert s.apply(PrefixAdvanced(PIECES * PIECE)) == [Complete()]
+
+
+class TestScheduler:
+    """A dead scheduler ends only a download that also stopped moving (test_scheduler_killed_mid_rollout)."""
+
+    def test_failures_with_progress_carry_on(self) -> None:
+        clock = Clock()
+        s = new(clock)
+        with_parents(s, 1)
+        s.apply(HashesKnown(HASHES))
+        s.apply(ParentHas("p1", frozenset(range(PIECES))))
+        for i in range(5):
+            s.apply(SchedulerFailed())
+            clock.now += 9
+            assert not any(isinstance(a, GiveUp) for a in deliver(s, "p1", i))
+
+    def test_failures_and_no_progress_give_up_before_the_stall_timeout(self) -> None:
+        clock = Clock()
+        s = new(clock)
+        with_parents(s, 1)
+        for _ in range(3):
+            s.apply(SchedulerFailed())
+        clock.now += 10.1
+        assert s.apply(Tick()) == [GiveUp("scheduler: lost")]
+
+    def test_an_answer_resets_the_failures(self) -> None:
+        clock = Clock()
+        s = new(clock)
+        for _ in range(3):
+            s.apply(SchedulerFailed())
+        with_parents(s, 1)
+        clock.now += 10.1
+        assert s.apply(Tick()) == []
