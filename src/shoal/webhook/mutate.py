@@ -129,6 +129,24 @@ def enabled(pod: Json, scope: Scope, config: WebhookConfig) -> bool:
     return scope is Scope.NAMESPACE
 
 
+VIRTUAL_NODE_TAINT = "virtual-kubelet.io/provider"
+
+
+def runs_without_node_config(spec: Json) -> str | None:
+    """Why the Pod is bound for a node where node-config cannot run, or None.
+
+    Windows nodes (no agent, no certs.d the chart writes) and virtual-kubelet nodes (ACI,
+    Fargate-like providers run no DaemonSets) would have no way back from the alias host.
+    """
+    selector = spec.get("nodeSelector") or {}
+    if selector.get("kubernetes.io/os") == "windows":
+        return "Pod selects Windows nodes"
+    for toleration in spec.get("tolerations") or []:
+        if isinstance(toleration, dict) and toleration.get("key") == VIRTUAL_NODE_TAINT:
+            return "Pod tolerates virtual nodes"
+    return None
+
+
 def decide(request: Json, scope: Scope, config: WebhookConfig, secrets: Mapping[str, Json] | None) -> Decision:
     """Decide for one AdmissionRequest; ``secrets`` are the Secrets of its namespace by name.
 
@@ -152,6 +170,9 @@ def decide(request: Json, scope: Scope, config: WebhookConfig, secrets: Mapping[
     annotations = (pod.get("metadata") or {}).get("annotations") or {}
     if config.config_key in annotations:
         return unchanged("already injected")
+    elsewhere = runs_without_node_config(pod["spec"])
+    if elsewhere is not None:
+        return unchanged(f"{elsewhere}: no node-config there to fall back to the registry")
     rewrites = plan_rewrites(pod["spec"], config)
     if not rewrites:
         return unchanged("no image from an accelerated registry")

@@ -310,6 +310,23 @@ class TestSkipRules:
         assert patched == pod
         assert admit(pod, Scope.POD, secrets(), ANONYMOUS)[0].mutated  # the operator's opt-in
 
+    @pytest.mark.parametrize(
+        "spec_patch",
+        [
+            {"nodeSelector": {"kubernetes.io/os": "windows"}},
+            {"tolerations": [{"key": "virtual-kubelet.io/provider", "operator": "Exists"}]},
+        ],
+        ids=["windows", "virtual-node"],
+    )
+    def test_pods_for_nodes_without_node_config_are_left_alone(self, spec_patch: Json) -> None:
+        pod = merge_patch(brief_pod(), {"spec": spec_patch})
+        decision, patched = admit(pod, Scope.POD, secrets())
+        assert not decision.mutated
+        assert "no node-config there" in decision.reason
+        assert patched == pod
+        linux = merge_patch(brief_pod(), {"spec": {"nodeSelector": {"kubernetes.io/os": "linux"}}})
+        assert admit(linux, Scope.POD, secrets())[0].mutated
+
     def test_only_images_whose_credentials_follow_are_rewritten(self) -> None:
         pod = merge_patch(
             brief_pod(),
