@@ -125,6 +125,8 @@ def node_config(
     for kind, root in dirs:
         total.merge(apply(by_kind[kind], root, prune=prune))
     _report(total)
+    if registries_conf_dir and any(p.parent == Path(registries_conf_dir) for p in total.written):
+        click.echo("registries.conf.d changed: CRI-O reads it at start and on reload (systemctl reload crio)")
     if containerd_certs_dir:
         text = containerd_config.read_text() if containerd_config.is_file() else None
         check = check_config_path(text, Path(containerd_certs_dir), containerd_config)
