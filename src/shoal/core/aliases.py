@@ -21,7 +21,7 @@ from functools import cache
 
 from shoal.core.reference import REPOSITORY_RE, ReferenceError, validate_registry
 
-__all__ = ["AliasError", "alias_host", "alias_table", "path_name", "split_port"]
+__all__ = ["AliasError", "alias_host", "alias_table", "path_name", "split_port", "validate_domain"]
 
 
 class AliasError(ValueError):
