@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from shoal.webhook.certreload import RELOAD_INTERVAL, CertReloader
 from shoal.webhook.config import (
     DEFAULT_LABEL_PREFIX,
     DEFAULT_P2P_PORT,
@@ -65,6 +66,13 @@ def _split_listen(listen: str) -> tuple[str, int]:
     help="Outside a cluster: kubeconfig for the Secret controller.",
 )
 @click.option("--insecure", is_flag=True, help="Serve plain HTTP (tests and local runs only).")
+@click.option(
+    "--cert-reload-interval",
+    type=click.FloatRange(min=0.1),
+    default=RELOAD_INTERVAL,
+    show_default=True,
+    help="Seconds between checks of the certificate files (renewals are served without a restart).",
+)
 def webhook(
     listen: str,
     tls_cert: str | None,
@@ -78,13 +86,13 @@ def webhook(
     secret_suffix: str,
     kubeconfig: str | None,
     insecure: bool,
+    cert_reload_interval: float,
 ) -> None:
     """Rewrite images of accelerated registries in Pods to their P2P alias hosts."""
     from aiohttp import web
     from kubernetes import client
     from kubernetes import config as _kube_config
 
-    from shoal.webhook.certreload import CertReloader
     from shoal.webhook.controller import SecretSync
     from shoal.webhook.server import create_app, tls_context
 
@@ -117,7 +125,8 @@ def webhook(
     ssl_context = None
     if not insecure:
         ssl_context = tls_context(str(tls_cert), str(tls_key))
-        app.cleanup_ctx.append(CertReloader(ssl_context, Path(str(tls_cert)), Path(str(tls_key))).cleanup_ctx)
+        reloader = CertReloader(ssl_context, Path(str(tls_cert)), Path(str(tls_key)), interval=cert_reload_interval)
+        app.cleanup_ctx.append(reloader.cleanup_ctx)
     try:
         web.run_app(
             app,
