@@ -98,6 +98,18 @@ class TestNodeConfig:
         assert container["securityContext"]["runAsUser"] == 0
         assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
 
+    @pytest.mark.parametrize(
+        ("sets", "required"),
+        [
+            (("mode=rewrite",), True),
+            (("mode=mirror",), False),
+            (("mode=rewrite", "nodeConfig.requireConfigPath=false"), False),
+            (("mode=mirror", "nodeConfig.requireConfigPath=true"), True),
+        ],
+    )
+    def test_require_config_path(self, sets: tuple[str, ...], required: bool) -> None:
+        assert ("--require-config-path" in init(docs(REG, *sets))["args"]) is required
+
     def test_crio_off(self) -> None:
         rendered = docs(REG, "nodeConfig.registriesConfDir=")
         container = init(rendered)

@@ -79,7 +79,12 @@ def _dirs(certs_dir: str, registries_conf_dir: str) -> list[tuple[str, Path]]:
     show_default=True,
     help="containerd's config.toml, checked for config_path.",
 )
-@click.option("--require-config-path", is_flag=True, help="Exit 1 when containerd does not read the certs dir.")
+@click.option(
+    "--require-config-path",
+    is_flag=True,
+    help="Exit 1 when containerd's config.toml exists and does not make it read the certs dir "
+    "(a node without that file, e.g. CRI-O's, only gets the warning).",
+)
 @click.option("--prune", is_flag=True, help="Also remove node-config's files for hosts no longer listed.")
 @click.option("--remove", "remove_", is_flag=True, help="Remove every file node-config wrote, and exit.")
 @click.option("--dry-run", is_flag=True, help="Print the files instead of writing them.")
@@ -131,5 +136,5 @@ def node_config(
         text = containerd_config.read_text() if containerd_config.is_file() else None
         check = check_config_path(text, Path(containerd_certs_dir), containerd_config)
         click.echo(("containerd: " if check.ok else "WARNING: ") + check.message, err=not check.ok)
-        if require_config_path and not check.ok:
+        if require_config_path and not check.ok and text is not None:
             raise SystemExit(1)

@@ -61,6 +61,11 @@ class TestNodeConfig:
         code, _, err = run(tmp_path, "--registry", "a.example.com", "--require-config-path", config="version = 2\n")
         assert code == 1
 
+    def test_no_containerd_config_only_warns(self, tmp_path: Path) -> None:
+        code, _, err = run(tmp_path, "--registry", "a.example.com", "--require-config-path")  # a CRI-O node
+        assert code == 0
+        assert "not found" in err
+
     def test_dry_run_writes_nothing(self, tmp_path: Path) -> None:
         code, out, _ = run(tmp_path, "--registry", "a.example.com", "--dry-run")
         assert code == 0

@@ -130,7 +130,7 @@ first, the registry as fallback. Run as root (host files under /etc), no capabil
     - {{ printf "/host%s" $nc.containerdConfig | quote }}
     - --registries-conf-dir
     - {{ if $nc.registriesConfDir }}{{ printf "/host%s" $nc.registriesConfDir | quote }}{{ else }}""{{ end }}
-    {{- if $nc.requireConfigPath }}
+    {{- if include "shoal.requireConfigPath" . }}
     - --require-config-path
     {{- end }}
   resources:
@@ -187,4 +187,12 @@ first, the registry as fallback. Run as root (host files under /etc), no capabil
 
 {{- define "shoal.startupTaintKey" -}}
 {{- default (printf "%s/agent-not-ready" .Values.labelPrefix) .Values.startupTaint.key -}}
+{{- end -}}
+
+{{/* nodeConfig.requireConfigPath: true/false as given; empty: true in rewrite mode. */}}
+{{- define "shoal.requireConfigPath" -}}
+{{- $value := .Values.nodeConfig.requireConfigPath -}}
+{{- if kindIs "bool" $value -}}
+{{- if $value -}}true{{- end -}}
+{{- else if include "shoal.rewriteMode" . -}}true{{- end -}}
 {{- end -}}
