@@ -28,14 +28,16 @@ from typing import Any
 
 import aiohttp
 
+from shoal.p2p.pieces import choose_piece_size, piece_count
 from shoal.p2p.protocol import JoinRequest, Report, to_json
 from shoal.scheduler.config import SchedulerConfig
 from shoal.scheduler.state import SchedulerState
 
 MiB = 1 << 20
-SIZE = 128 * MiB
-PIECE = MiB
-PIECES = SIZE // PIECE
+SIZE = 2048 * MiB
+"""2 GiB: 128 pieces of the 16 MiB the agents' rule gives it (the scheduler accepts no other piece size)."""
+PIECE = choose_piece_size(SIZE)
+PIECES = piece_count(SIZE, PIECE)
 REPORTS_PER_JOIN = 4
 
 

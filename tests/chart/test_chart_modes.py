@@ -176,11 +176,12 @@ class TestHardening:
 
     def test_webhook_disruption_budget(self) -> None:
         rendered = docs(REG)
-        pdb = find(rendered, "PodDisruptionBudget")
+        pdb = find(rendered, "PodDisruptionBudget", "-webhook")
         assert pdb["spec"]["maxUnavailable"] == 1
         pod_labels = find(rendered, "Deployment", "-webhook")["spec"]["template"]["metadata"]["labels"]
         assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
-        assert not [d for d in docs(REG, "webhook.replicas=1") if d["kind"] == "PodDisruptionBudget"]
+        single = docs(REG, "webhook.replicas=1")
+        assert not [d for d in single if d["kind"] == "PodDisruptionBudget" and "webhook" in d["metadata"]["name"]]
 
     def test_secret_writes_limited_to_derived_secrets(self) -> None:
         rendered = docs(REG)
@@ -211,7 +212,7 @@ class TestHardening:
 def test_bad_values_rejected(expression: str, message: str) -> None:
     import helm_python
 
-    from shoal.cli.install import build_values, render
+    from shoal.ops.helm import build_values, render
 
     with pytest.raises(helm_python.HelmValuesError, match=message):
         render(build_values((), (REG, expression)))

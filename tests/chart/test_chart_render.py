@@ -14,7 +14,8 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from shoal.cli.install import build_values, install, manifest_documents, render, upgrade
+from shoal.cli.install import install, upgrade
+from shoal.ops.helm import build_values, manifest_documents, render
 
 KUBE_VERSION = "1.32"
 # cert-manager's CRDs are not in the Kubernetes schemas; their shape is asserted by hand.
@@ -85,19 +86,23 @@ class TestSchemas:
         assert kinds == [
             ("ClusterRole", "shoal-webhook"),
             ("ClusterRoleBinding", "shoal-webhook"),
+            ("ConfigMap", "shoal-dashboard"),
             ("DaemonSet", "shoal-agent"),
-            ("Deployment", "shoal-scheduler"),
             ("Deployment", "shoal-webhook"),
             ("MutatingWebhookConfiguration", "shoal"),
+            ("PodDisruptionBudget", "shoal-scheduler"),
             ("PodDisruptionBudget", "shoal-webhook"),
             ("PriorityClass", "shoal-node"),
             ("Secret", "shoal-peer-token"),
             ("Secret", "shoal-webhook-tls"),
+            ("Service", "shoal-agent"),
             ("Service", "shoal-scheduler"),
+            ("Service", "shoal-scheduler-headless"),
             ("Service", "shoal-webhook"),
             ("ServiceAccount", "shoal-agent"),
             ("ServiceAccount", "shoal-scheduler"),
             ("ServiceAccount", "shoal-webhook"),
+            ("StatefulSet", "shoal-scheduler"),
             ("ValidatingAdmissionPolicy", "shoal-webhook-secret-writes"),
             ("ValidatingAdmissionPolicyBinding", "shoal-webhook-secret-writes"),
         ]
@@ -141,7 +146,10 @@ class TestParameters:
         assert flag(args, "--ratelimit") == ["512M"]
         assert flag(args, "--cache-dir") == ["/var/lib/shoal"]
         assert flag(args, "--download-pattern") == ["p2p"]
-        assert flag(args, "--scheduler") == ["http://shoal-scheduler.shoal-system.svc:8002"]
+        assert flag(args, "--scheduler") == [
+            "http://shoal-scheduler-0.shoal-scheduler-headless.shoal-system.svc:8002,"
+            "http://shoal-scheduler-1.shoal-scheduler-headless.shoal-system.svc:8002"
+        ]
         assert flag(args, "--registry") == ["registry.example.com"]
         assert flag(args, "--peer-token-file") == ["/etc/shoal/peer-token/token"]
         pod = find(docs(), "DaemonSet", "-agent")["spec"]["template"]["spec"]
@@ -183,7 +191,7 @@ class TestParameters:
 
     def test_node_selector(self) -> None:
         rendered = docs("p2p.plusMode.nodeSelectorEnable=true")
-        for kind, suffix in (("DaemonSet", "-agent"), ("Deployment", "-scheduler")):
+        for kind, suffix in (("DaemonSet", "-agent"), ("StatefulSet", "-scheduler")):
             spec = find(rendered, kind, suffix)["spec"]["template"]["spec"]
             assert spec["nodeSelector"]["k8s.aliyun.com/p2p-plus-node"] == "true"
         webhook = find(rendered, "Deployment", "-webhook")["spec"]["template"]["spec"]

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import aiohttp
 import pytest
 
 from shoal.demo.imagegen import GeneratedImage, generate_image
@@ -124,3 +125,10 @@ async def start_agent(tmp_path: Path) -> AsyncIterator[AgentStarter]:
     yield start
     for agent in agents:
         await agent.stop()
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[aiohttp.ClientSession]:
+    """An HTTP client that leaves bodies as they came (no decompression)."""
+    async with aiohttp.ClientSession(auto_decompress=False) as session:
+        yield session

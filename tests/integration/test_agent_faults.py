@@ -8,15 +8,13 @@ left in ``tmp/``, and the next pull (upstream healthy again) gets the right byte
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import json
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 
 import aiohttp
 import pytest
+from agent_helpers import REG, basic, cache_files, metric, settled
 from fakes import Script, ScriptedRegistry, sha256
 
 from shoal.agent.server import Agent
@@ -27,33 +25,14 @@ AgentStarter = Callable[..., Awaitable[Agent]]
 """the ``start_agent`` fixture: ``await start_agent(registries={...}, **config)``"""
 
 MiB = 1 << 20
-REG = "registry.test"
 
 
 def blob_data(size: int, seed: int) -> bytes:
     return hashlib.shake_256(seed.to_bytes(4, "big")).digest(size)
 
 
-def basic(user: str, password: str) -> dict[str, str]:
-    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 
 
-def cache_files(agent: Agent, sub: str) -> list[Path]:
-    root = agent.config.cache_dir / sub
-    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
-
-
-def metric(agent: Agent, name: str, **labels: str) -> float:
-    value = agent.metrics.registry.get_sample_value(name, labels)
-    return value or 0.0
-
-
-async def settled(agent: Agent, timeout: float = 10.0) -> None:
-    """Wait until no download is in flight."""
-    deadline = time.monotonic() + timeout
-    while agent.blobs.partials:
-        assert time.monotonic() < deadline, "downloads still running"
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture
@@ -62,12 +41,6 @@ async def fake() -> AsyncIterator[ScriptedRegistry]:
     await registry.start()
     yield registry
     await registry.stop()
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(auto_decompress=False) as session:
-        yield session
 
 
 async def get(

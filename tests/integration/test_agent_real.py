@@ -7,14 +7,13 @@ import asyncio
 import json
 import os
 import signal
-import subprocess
-import time
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
 import pytest
+from agent_helpers import REG, basic, cache_files, fill_disk, host, largest_layer, metric, pull, settled
 
 from shoal.agent.server import Agent
 from shoal.core.digest import Digest
@@ -22,7 +21,7 @@ from shoal.demo.imagegen import GeneratedImage
 from shoal.oci.mediatypes import OCI_INDEX
 from shoal.testing.containerd import Containerd, write_hosts_toml
 from shoal.testing.registry import DistributionRegistry
-from shoal.testing.skopeo import inspect_raw, layout_digests, skopeo_pull
+from shoal.testing.skopeo import inspect_raw, layout_digests
 
 AgentStarter = Callable[..., Awaitable[Agent]]
 """the ``start_agent`` fixture: ``await start_agent(registries={...}, **config)``"""
@@ -30,7 +29,6 @@ AgentStarter = Callable[..., Awaitable[Agent]]
 pytestmark = pytest.mark.real
 
 MiB = 1 << 20
-REG = "registry.test"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 
 
@@ -38,44 +36,11 @@ def digests_of(image: GeneratedImage) -> set[str]:
     return {b.digest for b in [*image.manifests, *image.blobs]}
 
 
-def host(agent: Agent) -> str:
-    return agent.url.removeprefix("http://")
 
 
-async def pull(agent: Agent, repo_tag: str, dest: Path, creds: str | None = None) -> subprocess.CompletedProcess[str]:
-    """skopeo-pull ``registry.test/REPO:TAG`` through the agent (skopeo runs in a thread)."""
-    return await asyncio.to_thread(skopeo_pull, f"{host(agent)}/{REG}/{repo_tag}", dest, creds=creds)
 
 
-def cache_files(agent: Agent, sub: str) -> list[Path]:
-    root = agent.config.cache_dir / sub
-    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
 
-
-def metric(agent: Agent, name: str, **labels: str) -> float:
-    return agent.metrics.registry.get_sample_value(name, labels) or 0.0
-
-
-async def settled(agent: Agent, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while agent.blobs.partials:
-        assert time.monotonic() < deadline, "downloads still running"
-        await asyncio.sleep(0.02)
-
-
-def basic(user: str, password: str) -> dict[str, str]:
-    return {"Authorization": aiohttp.encode_basic_auth(user, password)}
-
-
-def largest_layer(image: GeneratedImage) -> tuple[str, int]:
-    blob = max(image.blobs, key=lambda b: b.size)
-    return blob.digest, blob.size
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(auto_decompress=False) as session:
-        yield session
 
 
 class TestPullThroughAgent:
@@ -466,7 +431,7 @@ class TestFullDisk:
                 assert resp.status == 200
                 head = await resp.content.readexactly(1 * MiB)
                 assert agent.blobs.partials[Digest.parse(digest)].contiguous < size
-                await asyncio.to_thread(_fill, disk / "filler")  # someone else takes the disk
+                await asyncio.to_thread(fill_disk, disk / "filler")  # someone else takes the disk
                 rest = await resp.read()
             assert head + rest == data
             await settled(agent)
@@ -476,17 +441,6 @@ class TestFullDisk:
             result = await pull(agent, "team/big:v1", tmp_path / "after")
             assert result.returncode == 0, result.stderr
             assert layout_digests(tmp_path / "after") == digests_of(big_layer_image)
-
-
-def _fill(path: Path) -> None:
-    chunk = b"\0" * MiB
-    with open(path, "wb") as f:
-        try:
-            while True:
-                f.write(chunk)
-                f.flush()
-        except OSError:
-            pass
 
 
 class TestContainerd:

@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
 import time
+import urllib.request
 from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 
-from shoal.p2p.protocol import JoinRequest, Report, Stats, from_json
+from shoal.demo.fleet import shoal_argv, wait_healthy
+from shoal.p2p.protocol import JoinRequest, Report, Stats, from_json, to_json
 from shoal.p2p.rendezvous import rank_schedulers
 from shoal.p2p.scheduler_client import SchedulerClient, SchedulerRejected, SchedulerUnavailable
-from shoal.scheduler.config import SchedulerConfig
+from shoal.scheduler.config import ConfigError, SchedulerConfig
 from shoal.scheduler.server import Scheduler
+from shoal.testing.procs import ManagedProcess, free_port
 
 TOKEN = "s3cret-peer-token"
 MiB = 1 << 20
@@ -196,3 +204,131 @@ class TestFailover:
         assert client.ranked(blob) == ["http://127.0.0.1:2", "http://127.0.0.1:1"]
         now[0] = 100.0
         assert client.ranked(blob)[0] == "http://127.0.0.1:1"
+
+
+def post(session: aiohttp.ClientSession, url: str, body: str | bytes, token: str | None = TOKEN) -> Any:
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
+    return session.post(url, data=body, headers=headers)
+
+
+class TestAbsurdValues:
+    """Defect 7 of issue 9: absurd numbers are a 400 saying why, never a 500 nor a big allocation."""
+
+    @pytest.mark.parametrize(
+        ("body", "message"),
+        [
+            ('{"peer_id": "a", "address": "h:1", "size": 50000000, "piece_size": 1}', "pieces of 2097152"),
+            ('{"peer_id": "a", "address": "h:1", "size": 1e20, "piece_size": 1048576}', "integer"),
+            ('{"peer_id": "a", "address": "h:1", "size": 100000000000000000000, "piece_size": 16777216}', "size"),
+            ('{"peer_id": "a", "address": "h:1", "size": 1099511627777, "piece_size": 16777216}', "size"),
+            ('{"peer_id": "a", "address": "h:1", "size": -1, "piece_size": 1048576}', "size"),
+            ('{"peer_id": "a", "address": "h:1", "size": true, "piece_size": 1048576}', "integer"),
+            ('{"peer_id": "a", "address": "h:1", "size": 1' + "0" * 5000 + ', "piece_size": 1}', "want JSON"),
+            ('{"peer_id": "a", "address": "h:1", "size": 1, "piece_size": 1048576, "pieces": 1e400}', "integer"),
+            ("[" * 100_000 + "]" * 100_000, "want JSON"),
+            ('{"peer_id": "a", "address": "h:1", "size": 4194304, "piece_size": 1048576, "pieces": 5}', "pieces 5"),
+        ],
+    )
+    async def test_join(self, scheduler: Scheduler, session: aiohttp.ClientSession, body: str, message: str) -> None:
+        async with post(session, f"{scheduler.url}/v1/tasks/{D}/join", body) as resp:
+            text = await resp.text()
+            assert resp.status == 400, text
+            assert message in text
+        assert scheduler.state.tasks == {}
+
+    async def test_report_and_query(self, scheduler: Scheduler, client: SchedulerClient,
+                                    session: aiohttp.ClientSession) -> None:  # fmt: skip
+        await client.join(D, join_req("a"))
+        url = f"{scheduler.url}/v1/tasks/{D}"
+        bodies = [
+            '{"peer_id": "a", "address": "h:1", "pieces": 0, "contiguous": 0, "hashes": {"4": "' + "0" * 64 + '"}}',
+            '{"peer_id": "a", "address": "h:1", "pieces": 0, "contiguous": 0, "hashes": {"1e3": "x"}}',
+            '{"peer_id": "a", "address": "h:1", "pieces": 0, "contiguous": 99999999}',
+            '{"peer_id": "a", "address": "h:1", "pieces": 0, "contiguous": 0, "failed_parents": '
+            + json.dumps(["p"] * 2000)
+            + "}",
+            b'{"peer_id": "\xff"}',
+        ]
+        for body in bodies:
+            async with post(session, f"{url}/report", body) as resp:
+                assert resp.status == 400, (body[:80], await resp.text())
+        for query in ("from=99999999999999999999", "wait=nan", "wait=1e999", "from=%D9%A1"):
+            async with session.get(f"{url}/hashes?{query}", headers={"Authorization": f"Bearer {TOKEN}"}) as resp:
+                assert resp.status == 400, query
+
+
+class TestHashAuthority:
+    """Defect 6 of issue 9: over HTTP, only the lease holder's hashes count."""
+
+    async def test_a_liar_first_cannot_publish_and_a_seed_recovers_through_the_lease(
+        self, scheduler: Scheduler, client: SchedulerClient
+    ) -> None:
+        garbage = {i: f"{i + 100:064x}" for i in range(4)}
+        truth = {i: f"{i:064x}" for i in range(4)}
+        lie = Report("liar", "127.0.0.1:2000", 4, 4 * MiB, complete=True, hashes=garbage, size=4 * MiB, piece_size=MiB)
+        view = await client.report(D, lie)
+        assert view.hashes_known == 0
+        assert (await client.hashes(D, 0)).hashes == []
+        # the honest path after a restart: a seed announces, is made holder, then publishes
+        seed = Report("seed", "127.0.0.1:2001", 4, 4 * MiB, complete=True, size=4 * MiB, piece_size=MiB)
+        scheduler.state.leave(D, "liar")
+        view = await client.report(D, seed)
+        assert (view.role, view.fetcher) == ("fetcher", "seed")
+        view = await client.report(D, replace(seed, hashes=truth))
+        assert (view.hashes_known, view.fetcher) == (4, None)
+        assert (await client.hashes(D, 0)).hashes == [truth[i] for i in range(4)]
+        # and once known, nobody (holder or not) changes them
+        await client.report(D, replace(lie, hashes={0: "f" * 64}))
+        assert (await client.hashes(D, 0)).hashes[0] == truth[0]
+
+
+class TestPeerAuth:
+    """Defect 2 of issue 9 (scheduler side): no token, no service, unless the lab opt-out says so."""
+
+    def test_server_refuses_a_config_without_token(self) -> None:
+        with pytest.raises(ConfigError, match="--insecure-no-peer-auth"):
+            Scheduler(SchedulerConfig(listen="127.0.0.1:0"))
+        with pytest.raises(ConfigError, match="choose one"):
+            SchedulerConfig(peer_token="x", insecure_no_peer_auth=True)
+
+    def test_command_refuses_to_start_without_token(self, tmp_path: Path) -> None:
+        token = tmp_path / "token"
+        token.write_text("t0ken\n")
+        for extra in ([], ["--peer-token-file", str(token), "--insecure-no-peer-auth"]):
+            done = subprocess.run(
+                shoal_argv("scheduler", "--listen", f"127.0.0.1:{free_port()}", *extra),
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert done.returncode == 2, done.stderr
+            assert "--peer-token-file" in done.stderr or "choose one" in done.stderr
+
+    def test_opt_out_starts_warns_and_serves_without_token(self, tmp_path: Path) -> None:
+        port = free_port()
+        log = tmp_path / "scheduler.log"
+        proc = ManagedProcess(
+            shoal_argv("scheduler", "--listen", f"127.0.0.1:{port}", "--insecure-no-peer-auth"), stdout=log
+        )
+        try:
+            wait_healthy(f"http://127.0.0.1:{port}", proc)
+            body = json.dumps(to_json(join_req("a"))).encode()
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/tasks/{D}/join", data=body, method="POST")
+            with urllib.request.urlopen(request, timeout=5) as resp:
+                assert json.load(resp)["role"] == "fetcher"
+        finally:
+            proc.stop()
+        warnings = [line for line in log.read_text().splitlines() if " WARNING " in line]
+        assert any("INSECURE" in line and "--insecure-no-peer-auth" in line for line in warnings), warnings
+
+    async def test_default_server_answers_401_without_the_bearer_token(
+        self, scheduler: Scheduler, session: aiohttp.ClientSession
+    ) -> None:
+        body = json.dumps(to_json(join_req("a")))
+        for token in (None, "wrong", ""):
+            for path in (f"/v1/tasks/{D}/join", f"/v1/tasks/{D}/report", f"/v1/tasks/{D}/leave"):
+                async with post(session, f"{scheduler.url}{path}", body, token) as resp:
+                    assert resp.status == 401, (path, token)
+        async with session.get(f"{scheduler.url}/v1/tasks/{D}/hashes") as resp:
+            assert resp.status == 401
+        assert scheduler.state.stats().joins == 0

@@ -14,11 +14,12 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
 import pytest
+from agent_helpers import REG, basic, cache_files, fill_disk, largest_layer, pull, settled
 from gateway import Gateway, Rules
 
 from shoal.agent.server import Agent
@@ -34,42 +35,10 @@ AgentStarter = Callable[..., Awaitable[Agent]]
 pytestmark = pytest.mark.real
 
 MiB = 1 << 20
-REG = "registry.test"
 OTHER = "mirror.test"
 ALICE = ("alice", "s3cret")
 DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 ACCEPT = {"Accept": ", ".join(MANIFEST_TYPES)}
-
-
-def basic(user: str, password: str) -> dict[str, str]:
-    return {"Authorization": aiohttp.encode_basic_auth(user, password)}
-
-
-def largest_layer(image: GeneratedImage) -> tuple[str, int]:
-    blob = max(image.blobs, key=lambda b: b.size)
-    return blob.digest, blob.size
-
-
-def cache_files(agent: Agent, sub: str) -> list[Path]:
-    root = agent.config.cache_dir / sub
-    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
-
-
-async def settled(agent: Agent, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while agent.blobs.partials:
-        assert time.monotonic() < deadline, "downloads still running"
-        await asyncio.sleep(0.02)
-
-
-async def pull(agent: Agent, ref: str, dest: Path, creds: str | None = None) -> subprocess.CompletedProcess[str]:
-    return await asyncio.to_thread(skopeo_pull, f"{agent.url.removeprefix('http://')}/{REG}/{ref}", dest, creds=creds)
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(auto_decompress=False) as session:
-        yield session
 
 
 class TestCachedContentNeedsTheRegistrysYes:
@@ -249,7 +218,7 @@ class TestDiskFullWithACorruptOrigin:
                 async with client.get(f"{agent.url}/v2/{REG}/team/big/blobs/{digest}") as resp:
                     assert resp.status == 200
                     await resp.content.readexactly(1 * MiB)
-                    await asyncio.to_thread(_fill, disk / "filler")
+                    await asyncio.to_thread(fill_disk, disk / "filler")
                     with pytest.raises(aiohttp.ClientPayloadError):
                         await resp.read()
                 await settled(agent)
@@ -257,17 +226,6 @@ class TestDiskFullWithACorruptOrigin:
                 assert agent.metrics.registry.get_sample_value(
                     "shoal_agent_digest_mismatches_total", {"source": "origin"}
                 )
-
-
-def _fill(path: Path) -> None:
-    chunk = b"\0" * MiB
-    with open(path, "wb") as f:
-        try:
-            while True:
-                f.write(chunk)
-                f.flush()
-        except OSError:
-            pass
 
 
 class TestRangeOfADownloadInFlight:

@@ -67,6 +67,8 @@ class AgentConfig:
             split_hostport(self.advertise, "advertise")
         if not self.registries:
             raise ConfigError("at least one --registry NAME[=URL] is required")
+        if self.peer_token_file is not None and self.insecure_no_peer_auth:
+            raise ConfigError("peer_token_file and insecure_no_peer_auth: choose one")
         if self.p2p_enabled and self.peer_token_file is None and not self.insecure_no_peer_auth:
             raise ConfigError(
                 "p2p mode needs a peer secret: --peer-token-file FILE (the chart creates one), "

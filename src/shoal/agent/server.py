@@ -22,6 +22,8 @@ from shoal.agent.manifests import ManifestService
 from shoal.agent.metrics import AgentMetrics
 from shoal.agent.origin import OriginSource
 from shoal.agent.peer_endpoints import PeerEndpoints
+from shoal.agent.preheat import Preheater
+from shoal.agent.presence import Presence
 from shoal.agent.swarm import SwarmConfig, SwarmSource
 from shoal.agent.upstreams import Upstreams, challenge_error, map_upstream_error
 from shoal.oci.auth import Credentials
@@ -79,6 +81,7 @@ class Agent:
             source = self.swarm
         self.blobs = BlobService(self.store, self.upstreams, source, self.metrics, origin=origin)
         self.manifests = ManifestService(self.store, self.upstreams, self.metrics)
+        self.presence = Presence(self.config, self.store, self._session)
         app = self.build_app()
         limits = self.config.connection_limits
         self._runner = web.AppRunner(
@@ -92,6 +95,7 @@ class Agent:
         bound = self._listener.getsockname()
         self.url = f"http://{host}:{bound[1]}"
         self._janitor = asyncio.create_task(self._evict_periodically())
+        self.presence.start()
         log.info(
             "shoal agent %s listening on %s, registries: %s",
             __version__,
@@ -119,6 +123,8 @@ class Agent:
         return swarm
 
     async def stop(self) -> None:
+        with contextlib.suppress(AttributeError):
+            await self.presence.stop()
         await self.guard.stop()
         if self._listener is not None:
             self._listener.close()
@@ -150,12 +156,14 @@ class Agent:
         token = self.config.peer_token()
         if token is not None or self.config.insecure_no_peer_auth:
             PeerEndpoints(self.store, self.blobs.partials, self.metrics, self.bucket, token).add_routes(app)
+            Preheater(self.store, lambda: self.url, sorted(self.config.registries), token).add_routes(app)
         if token is None and self.config.insecure_no_peer_auth:
             log.warning(
                 "INSECURE: peer authentication is off (--insecure-no-peer-auth): anyone who can reach %s "
                 "can read every blob this agent holds. Use it only in a lab.",
                 self.config.listen,
             )
+        self.presence.add_routes(app)
         return app
 
     @web.middleware

@@ -198,6 +198,7 @@ class SwarmSource:
             failed_parents=sorted(peers),
             size=size,
             piece_size=piece_size,
+            bad_hashes=True,
         )
         task = asyncio.create_task(self._report_quietly(str(digest), report), name=f"report liars of {digest}")
         self._background.add(task)

@@ -13,6 +13,19 @@ from shoal.agent.config import DEFAULT_PORT, ConfigError, load_config, load_yaml
 from shoal.cli.runtime import run, run_until_signalled
 
 
+def merge_flags(values: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]:
+    """Config-file values overridden by the flags given; ``--scheduler A,B`` counts as two."""
+    out = dict(values)
+    for key, value in flags.items():
+        if value is None or value == ():
+            continue
+        out[key] = list(value) if isinstance(value, tuple) else value
+    if flags.get("schedulers"):
+        # the chart passes every scheduler replica in one argument: URL,URL,...
+        out["schedulers"] = [u.strip() for v in flags["schedulers"] for u in v.split(",") if u.strip()]
+    return out
+
+
 @click.command()
 @click.option(
     "--config",
@@ -45,7 +58,7 @@ from shoal.cli.runtime import run, run_until_signalled
     "schedulers",
     multiple=True,
     metavar="URL",
-    help="Scheduler URL (repeatable; blobs are spread over them by rendezvous hashing).",
+    help="Scheduler URL (repeatable, or comma-separated; blobs are spread over them by rendezvous hashing).",
 )
 @click.option("--ratelimit", help="Total upload+download bytes per second.  [default: 512M]")
 @click.option(
@@ -76,12 +89,8 @@ from shoal.cli.runtime import run, run_until_signalled
 def agent(config_file: Path | None, **flags: Any) -> None:
     """Run the node agent: an OCI pull-through mirror with a disk cache on every node."""
     values: dict[str, Any] = load_yaml(config_file) if config_file else {}
-    for key, value in flags.items():
-        if value is None or value == ():
-            continue
-        values[key] = list(value) if isinstance(value, tuple) else value
     try:
-        config = load_config(values)
+        config = load_config(merge_flags(values, flags))
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
 

@@ -1,95 +1,29 @@
 """``shoal install|upgrade|uninstall``: the brief's ``onectl addon`` workflow on the Helm engine.
 
-The chart is rendered and released by Helm's own Go library (``helm-python-sdk``), so values,
-``--set`` syntax, the schema check and release storage behave exactly as with ``helm``.
+The Helm logic is in :mod:`shoal.ops.helm`; these commands parse flags, call it, and print
+what Helm prints (the release line and the chart's NOTES).
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import click
-import yaml
 
-RELEASE = "shoal"
-NAMESPACE = "shoal-system"
-_REPO_CHART = Path(__file__).resolve().parents[3] / "deploy" / "charts" / "shoal"
-
-
-def default_chart() -> Path:
-    """``$SHOAL_CHART`` (set in the image), else the chart in this source tree."""
-    return Path(os.environ.get("SHOAL_CHART") or _REPO_CHART)
-
-
-def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def build_values(values_files: tuple[str, ...] = (), sets: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Values from ``-f`` files then ``--set`` expressions, later ones winning (as in Helm)."""
-    import helm_python
-
-    values: dict[str, Any] = {}
-    for path in values_files:
-        values = deep_merge(values, helm_python.values_from_yaml(Path(path).read_text()))
-    for expression in sets:
-        values = deep_merge(values, helm_python.parse_set_string(expression))
-    return values
-
-
-def render(
-    values: dict[str, Any],
-    *,
-    chart: Path | None = None,
-    release: str = RELEASE,
-    namespace: str = NAMESPACE,
-    upgrade: bool = False,
-) -> dict[str, str]:
-    """Render offline (no cluster); the chart's schema is enforced by the engine."""
-    import helm_python
-
-    with helm_python.Chart.load(chart or default_chart()) as loaded:
-        return loaded.render(
-            values,
-            name=release,
-            namespace=namespace,
-            is_install=not upgrade,
-            is_upgrade=upgrade,
-        )
-
-
-def manifest_documents(rendered: dict[str, str]) -> list[dict[str, Any]]:
-    """Kubernetes objects from rendered templates, in template order, without NOTES."""
-    docs: list[dict[str, Any]] = []
-    for name in sorted(rendered):
-        if name.endswith("NOTES.txt"):
-            continue
-        docs.extend(d for d in yaml.safe_load_all(rendered[name]) if isinstance(d, dict))
-    return docs
-
-
-def manifests_text(rendered: dict[str, str]) -> str:
-    parts = []
-    for name in sorted(rendered):
-        body = rendered[name].strip()
-        if name.endswith("NOTES.txt") or not body:
-            continue
-        parts.append(f"# Source: {name}\n{body.removeprefix('---').strip()}")
-    return "---\n" + "\n---\n".join(parts) + "\n"
-
-
-def _config(kubeconfig: str | None, context: str | None, namespace: str) -> Any:
-    import helm_python
-
-    return helm_python.Config(kubeconfig_path=kubeconfig, kube_context=context, namespace=namespace)
+from shoal.ops.helm import (
+    NAMESPACE,
+    RELEASE,
+    as_comment,
+    build_values,
+    default_chart,
+    helm_config,
+    manifests_text,
+    notes,
+    release_notes,
+    release_version,
+    render,
+)
 
 
 def _common(func: Any) -> Any:
@@ -134,14 +68,6 @@ def _helm_call(action: str, call: Any) -> Any:
         raise click.ClickException(f"{action} failed: {exc}") from None
 
 
-def _release_version(release: Any) -> str:
-    chart = (release or {}).get("chart") or {}
-    meta = chart.get("metadata") if isinstance(chart, dict) else None
-    if isinstance(meta, dict) and meta.get("version"):
-        return str(meta["version"])
-    return str((release or {}).get("version", "?"))
-
-
 @click.command()
 @_common
 @_values_options
@@ -165,8 +91,9 @@ def install(
     )
     if dry_run:
         click.echo(manifests_text(rendered), nl=False)
+        click.echo("# NOTES:\n" + as_comment(notes(rendered)), nl=False)
         return
-    config = _config(kubeconfig, kube_context, namespace)
+    config = helm_config(kubeconfig, kube_context, namespace)
     release = _helm_call(
         "install",
         lambda: config.install(
@@ -179,7 +106,8 @@ def install(
             wait="watcher",
         ),
     )
-    click.echo(f"Addon {release_name}, version {_release_version(release)} installed.")
+    click.echo(f"Addon {release_name}, version {release_version(release)} installed.")
+    click.echo(f"\n{release_notes(release) or notes(rendered)}")
 
 
 @click.command()
@@ -212,8 +140,9 @@ def upgrade(
             lambda: render(values, chart=chart_path, release=release_name, namespace=namespace, upgrade=True),
         )
         click.echo(manifests_text(rendered), nl=False)
+        click.echo("# NOTES:\n" + as_comment(notes(rendered)), nl=False)
         return
-    config = _config(kubeconfig, kube_context, namespace)
+    config = helm_config(kubeconfig, kube_context, namespace)
     release = _helm_call(
         "upgrade",
         lambda: config.upgrade(
@@ -227,7 +156,9 @@ def upgrade(
             reset_values=reset_values,
         ),
     )
-    click.echo(f"Addon {release_name}, version {_release_version(release)} upgraded.")
+    click.echo(f"Addon {release_name}, version {release_version(release)} upgraded.")
+    if release_notes(release):
+        click.echo(f"\n{release_notes(release)}")
 
 
 @click.command()
@@ -241,6 +172,6 @@ def uninstall(
     timeout: int,
 ) -> None:
     """Remove Shoal (like ``onectl addon uninstall``); derived pull secrets go with their owners."""
-    config = _config(kubeconfig, kube_context, namespace)
+    config = helm_config(kubeconfig, kube_context, namespace)
     _helm_call("uninstall", lambda: config.uninstall(release_name, timeout=timeout))
     click.echo(f"Addon {release_name} uninstalled.")

@@ -18,6 +18,8 @@ COMMANDS: dict[str, str] = {
     "node-config": "shoal.cli.nodeconfig:node_config",
     "node-ready": "shoal.cli.nodeready:node_ready",
     "demo": "shoal.cli.demo:demo",
+    "preheat": "shoal.cli.preheat:preheat",
+    "status": "shoal.cli.status:status",
     "install": "shoal.cli.install:install",
     "upgrade": "shoal.cli.install:upgrade",
     "uninstall": "shoal.cli.install:uninstall",
@@ -47,9 +49,26 @@ class LazyGroup(click.Group):
     type=click.Choice(["debug", "info", "warning", "error"]),
     help="Logging verbosity.",
 )
-def cli(log_level: str) -> None:
+@click.option(
+    "--log-format",
+    default="text",
+    show_default=True,
+    envvar="SHOAL_LOG_FORMAT",
+    type=click.Choice(["text", "json"]),
+    help="text: one line per record; json: one JSON object per record (for log pipelines).",
+)
+def cli(log_level: str, log_format: str) -> None:
     """Shoal: peer-to-peer container image distribution for Kubernetes."""
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()
+    if log_format == "json":
+        from pythonjsonlogger.json import JsonFormatter
+
+        handler.setFormatter(
+            JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s", rename_fields={"levelname": "level"})
+        )
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=log_level.upper(), handlers=[handler])
 
 
 def main() -> None:

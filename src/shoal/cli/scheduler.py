@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from shoal.cli.runtime import run, run_until_signalled
-from shoal.scheduler.config import DEFAULT_PORT, ConfigError, SchedulerConfig
+from shoal.scheduler.config import DEFAULT_PORT, ConfigError, SchedulerConfig, require_peer_auth
 from shoal.scheduler.policy import PARENT_POLICIES
 
 DEFAULTS = SchedulerConfig()
@@ -28,7 +28,19 @@ def read_token(path: Path) -> str:
 @click.option(
     "--peer-token-file",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="File holding the shared secret agents must send (Authorization: Bearer).  [default: no check]",
+    help="File holding the secret agents send (Authorization: Bearer). Required unless --insecure-no-peer-auth.",
+)
+@click.option(
+    "--insecure-no-peer-auth",
+    is_flag=True,
+    help="Serve the API without a peer token: anyone who reaches it steers every pull. Labs only (logs a warning).",
+)
+@click.option(
+    "--max-blob-size",
+    type=click.IntRange(min=1, max=(1 << 53) - 1),
+    default=DEFAULTS.max_blob_size,
+    show_default=True,
+    help="Largest blob (bytes) a task may describe; joins and reports of bigger ones get 400.",
 )
 @click.option(
     "--lease-ttl",
@@ -75,6 +87,8 @@ def read_token(path: Path) -> str:
 def scheduler(
     listen: str,
     peer_token_file: Path | None,
+    insecure_no_peer_auth: bool,
+    max_blob_size: int,
     lease_ttl: float,
     stall_timeout: float,
     peer_ttl: float,
@@ -92,6 +106,8 @@ def scheduler(
         config = SchedulerConfig(
             listen=listen,
             peer_token=token,
+            insecure_no_peer_auth=insecure_no_peer_auth,
+            max_blob_size=max_blob_size,
             lease_ttl=lease_ttl,
             stall_timeout=stall_timeout,
             peer_ttl=peer_ttl,
@@ -99,6 +115,7 @@ def scheduler(
             max_children=max_children,
             parent_policy=parent_policy,
         )
+        require_peer_auth(config)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
 

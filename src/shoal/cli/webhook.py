@@ -94,6 +94,7 @@ def webhook(
     from kubernetes import config as _kube_config
 
     from shoal.webhook.controller import SecretSync
+    from shoal.webhook.metrics import WebhookMetrics
     from shoal.webhook.server import create_app, tls_context
 
     try:
@@ -120,8 +121,10 @@ def webhook(
         except kube_config.ConfigException:
             kube_config.load_kube_config()
     sync = SecretSync(client.CoreV1Api(), config)
+    metrics = WebhookMetrics()
+    sync.on_error = metrics.secret_sync_errors.labels("controller").inc
     sync.start()
-    app = create_app(config, sync)
+    app = create_app(config, sync, webhook_metrics=metrics)
     ssl_context = None
     if not insecure:
         ssl_context = tls_context(str(tls_cert), str(tls_key))

@@ -18,9 +18,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from prometheus_client.parser import text_string_to_metric_families
-
-from shoal.testing.procs import ManagedProcess, free_port
+from shoal.core.promtext import flatten
+from shoal.demo.procs import ManagedProcess, free_port
 
 
 @dataclass
@@ -58,13 +57,7 @@ def wait_healthy(url: str, process: ManagedProcess, timeout: float = 20.0) -> No
 def scrape(url: str) -> dict[str, float]:
     """Flatten an agent's /metrics into ``{"name{label=value,...}": value}``."""
     with urllib.request.urlopen(f"{url}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    out: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-            out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
-    return out
+        return flatten(resp.read().decode())
 
 
 class LocalFleet:

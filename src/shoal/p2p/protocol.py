@@ -1,7 +1,9 @@
 """Wire protocol between agents and schedulers, and between agents (JSON over HTTP).
 
-Every call carries ``Authorization: Bearer <peer token>`` when a token is configured; the
-scheduler and the peer endpoints answer 401 without it.
+Every call carries ``Authorization: Bearer <peer token>``; the scheduler and the peer
+endpoints answer 401 without it (they serve without a token only under the explicit lab
+opt-out ``--insecure-no-peer-auth``). Decoders (:func:`from_json`, :func:`decode_bitfield`)
+raise only ``ValueError`` on malformed input: these bodies come from the network.
 
 Scheduler (``shoal scheduler``), one *task* per blob digest:
 
@@ -12,8 +14,10 @@ Scheduler (``shoal scheduler``), one *task* per blob digest:
 
 ``POST /v1/tasks/{digest}/report`` — body :class:`Report`, answer :class:`TaskView`.
     Every ~0.5 s while downloading, and once when complete: progress, newly verified piece
-    hashes (only the lease holder's are accepted), and whether the peer is done. The answer
-    may move the lease to this peer (``role == "fetcher"``) and refreshes its parents.
+    hashes (accepted only from the peer holding the lease when the report arrives), and
+    whether the peer is done. The answer may move the lease to this peer (``role ==
+    "fetcher"``; a complete peer gets it only to republish hashes a scheduler lacks) and
+    refreshes its parents. ``piece_size`` must be ``choose_piece_size(size)``.
 
 ``GET /v1/tasks/{digest}/hashes?from=N&wait=S`` — answer :class:`HashesView`.
     Piece hashes published by the fetcher, from index N on; long-polls up to S seconds
@@ -36,8 +40,12 @@ Peers (every agent, on its own listen address):
 from __future__ import annotations
 
 import base64
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, Self
+import math
+import re
+from collections.abc import Callable
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
+from types import UnionType
+from typing import Any, Literal, Self, Union, get_args, get_origin, get_type_hints
 
 Role = Literal["fetcher", "peer"]
 
@@ -84,6 +92,9 @@ class Report:
     """peer ids that sent bad data or failed: the scheduler stops handing them out."""
     size: int = 0
     piece_size: int = 0
+    bad_hashes: bool = False
+    """the blob built from pieces that all matched the published hashes failed its digest: the
+    hashes are wrong. The scheduler drops them if a peer in ``failed_parents`` published them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,23 +134,125 @@ def to_json(obj: Any) -> dict[str, Any]:
     return data
 
 
+Check = Callable[[str, Any], Any]
+"""(where, value) -> the field's value, or ValueError saying what ``where`` wants."""
+
+INDEX_RE = re.compile(r"0|[1-9][0-9]{0,17}")
+"""a piece index as a JSON object key: ASCII digits, no sign, no padding."""
+
+
+def _want(where: str, what: str, value: Any) -> ValueError:
+    small = value is None or isinstance(value, bool | float) or (isinstance(value, int) and value.bit_length() < 64)
+    small = small or (isinstance(value, str) and len(value) <= 40)
+    shown = repr(value) if small else f"<a long {type(value).__name__}>"
+    return ValueError(f"{where}: want {what}, not {shown}")
+
+
+def _int(where: str, value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise _want(where, "an integer", value)
+    return value
+
+
+def _float(where: str, value: Any) -> float:
+    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+        raise _want(where, "a finite number", value)
+    return float(value)
+
+
+def _str(where: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise _want(where, "a string", value)
+    return value
+
+
+def _bool(where: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _want(where, "true or false", value)
+    return value
+
+
+def _index(where: str, key: Any) -> int:
+    if isinstance(key, int) and not isinstance(key, bool) and key >= 0:
+        return key
+    if isinstance(key, str) and INDEX_RE.fullmatch(key):
+        return int(key)
+    raise _want(where, "piece indexes (decimal digits)", key)
+
+
+def _checker(hint: Any) -> Check:
+    """The check for one annotation of the protocol dataclasses (only the shapes they use)."""
+    simple: dict[Any, Check] = {int: _int, float: _float, str: _str, bool: _bool}
+    if hint in simple:
+        return simple[hint]
+    origin, args = get_origin(hint), get_args(hint)
+    if origin is Literal:
+        allowed = args
+
+        def literal(where: str, value: Any) -> Any:
+            if not isinstance(value, str) or value not in allowed:
+                raise _want(where, f"one of {', '.join(map(str, allowed))}", value)
+            return value
+
+        return literal
+    if origin in (Union, UnionType) and len(args) == 2 and type(None) in args:
+        inner = _checker(next(a for a in args if a is not type(None)))
+        return lambda where, value: None if value is None else inner(where, value)
+    if origin is list and len(args) == 1:
+        item = _checker(args[0])
+
+        def items(where: str, value: Any) -> list[Any]:
+            if not isinstance(value, list):
+                raise _want(where, "a list", value)
+            return [item(f"{where}[]", v) for v in value]
+
+        return items
+    if origin is dict and args == (int, str):
+
+        def mapping(where: str, value: Any) -> dict[int, str]:
+            if not isinstance(value, dict):
+                raise _want(where, "an object", value)
+            return {_index(f"{where} key", k): _str(f"{where}[{k}]", v) for k, v in value.items()}
+
+        return mapping
+    if isinstance(hint, type) and is_dataclass(hint):
+        nested: type[Any] = hint
+        return lambda where, value: from_json(nested, value)
+    raise TypeError(f"no JSON check for {hint!r}")
+
+
+_SCHEMAS: dict[type[Any], tuple[dict[str, Check], frozenset[str]]] = {}
+
+
+def _schema(cls: type[Any]) -> tuple[dict[str, Check], frozenset[str]]:
+    """(check per field, required field names) of a protocol dataclass (built once per class)."""
+    known = _SCHEMAS.get(cls)
+    if known is not None:
+        return known
+    hints = get_type_hints(cls)
+    checks = {f.name: _checker(hints[f.name]) for f in fields(cls)}
+    required = frozenset(f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING)
+    _SCHEMAS[cls] = checks, required
+    return checks, required
+
+
 def from_json(cls: type[Any], data: Any) -> Any:
-    """Build a protocol dataclass from decoded JSON, rejecting missing or unknown fields."""
+    """Build a protocol dataclass from decoded JSON, checking the type of every field.
+
+    Raises only ``ValueError`` (saying which field is wrong): for a non-object, missing or
+    unknown fields, or a value of the wrong type (bools are not integers, floats are finite,
+    piece indexes are decimal digits). Ranges are the caller's business.
+    """
+    checks, required = _schema(cls)
     if not isinstance(data, dict):
         raise ValueError(f"{cls.__name__}: want an object")
-    names = set(cls.__dataclass_fields__)
-    unknown = set(data) - names
+    unknown = [k for k in data if k not in checks]
     if unknown:
-        raise ValueError(f"{cls.__name__}: unknown fields {sorted(unknown)}")
-    kwargs = dict(data)
-    if cls is Report and "hashes" in kwargs:
-        kwargs["hashes"] = {int(k): str(v) for k, v in kwargs["hashes"].items()}
-    if cls is TaskView and "parents" in kwargs:
-        kwargs["parents"] = [PeerInfo(**p) for p in kwargs["parents"]]
-    try:
-        return cls(**kwargs)
-    except TypeError as exc:
-        raise ValueError(f"{cls.__name__}: {exc}") from None
+        raise ValueError(f"{cls.__name__}: unknown fields {sorted(map(str, unknown))}")
+    missing = required - data.keys()
+    if missing:
+        raise ValueError(f"{cls.__name__}: missing fields {sorted(missing)}")
+    return cls(**{name: checks[name](f"{cls.__name__}.{name}", value) for name, value in data.items()})
 
 
 def encode_bitfield(bits: list[bool]) -> str:
@@ -151,6 +264,11 @@ def encode_bitfield(bits: list[bool]) -> str:
 
 
 def decode_bitfield(text: str, count: int) -> list[bool]:
+    """The ``count`` bits of ``text``; ``ValueError`` for anything but base64 of that many bits."""
+    if not isinstance(text, str) or not text.isascii():
+        raise ValueError("bitfield: want base64 text")
+    if count < 0:
+        raise ValueError(f"bitfield of {count} pieces")
     raw = base64.b64decode(text, validate=True)
     if len(raw) != (count + 7) // 8:
         raise ValueError(f"bitfield of {len(raw)} bytes for {count} pieces")

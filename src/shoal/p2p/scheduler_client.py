@@ -9,6 +9,7 @@ attempt, not one per call. When every scheduler fails the call raises
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -16,6 +17,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 
+from shoal.p2p.presence import AgentAnnouncement
 from shoal.p2p.protocol import HashesView, JoinRequest, Report, TaskView, bearer, from_json, to_json
 from shoal.p2p.rendezvous import rank_schedulers
 
@@ -96,6 +98,24 @@ class SchedulerClient:
 
     async def leave(self, digest: str, peer_id: str) -> None:
         await self._call("POST", digest, "leave", lambda data: None, json={"peer_id": peer_id})
+
+    async def announce(self, announcement: AgentAnnouncement) -> dict[str, str | None]:
+        """Tell *every* scheduler this agent exists; per URL, None or the error (never raises)."""
+
+        async def one(base: str) -> str | None:
+            timeout = aiohttp.ClientTimeout(total=TOTAL_TIMEOUT, connect=CONNECT_TIMEOUT)
+            try:
+                async with self.session.post(
+                    f"{base}/v1/agents", json=to_json(announcement), headers=self.headers, timeout=timeout
+                ) as resp:
+                    if resp.status >= 400:
+                        return f"HTTP {resp.status}: {(await resp.text()).strip()[:200]}"
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                return f"{type(exc).__name__}: {exc}"
+            return None
+
+        results = await asyncio.gather(*(one(base) for base in self.schedulers))
+        return dict(zip(self.schedulers, results, strict=True))
 
     async def _call(
         self,

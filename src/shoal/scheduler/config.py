@@ -20,7 +20,16 @@ class SchedulerConfig:
     listen: str = f"0.0.0.0:{DEFAULT_PORT}"
     """host:port to serve the API on."""
     peer_token: str | None = None
-    """shared secret every call must carry as ``Authorization: Bearer``; None: calls are not checked."""
+    """shared secret every call must carry as ``Authorization: Bearer``. Required by the server
+    unless ``insecure_no_peer_auth``: anyone who reaches the port could otherwise steer every
+    pull (hand out parents, take origin leases, publish piece hashes)."""
+    insecure_no_peer_auth: bool = False
+    """serve ``/v1/`` without checking a token (labs only; logged loudly at start)."""
+    max_blob_size: int = 1 << 40
+    """largest blob a task may describe (bytes); bigger joins and reports are refused with 400."""
+    max_tasks: int = 100_000
+    """tasks held at once; a join or report that would start one more is refused (503) until
+    idle ones expire. Bounds memory against a peer inventing digests."""
     lease_ttl: float = 15.0
     """the origin fetcher loses its lease after this long without a report. A fetcher busy
     serving a whole swarm (or throttled by its CPU limit), or a scheduler with a backlog, can
@@ -51,6 +60,12 @@ class SchedulerConfig:
         split_hostport(self.listen)
         if self.peer_token is not None and not self.peer_token:
             raise ConfigError("peer_token: empty (use None for no token)")
+        if self.peer_token is not None and self.insecure_no_peer_auth:
+            raise ConfigError("insecure_no_peer_auth with a peer token: choose one")
+        if not 0 < self.max_blob_size < 1 << 53:
+            raise ConfigError(f"max_blob_size must be in 1..2**53-1, not {self.max_blob_size!r}")
+        if self.max_tasks < 1:
+            raise ConfigError(f"max_tasks must be >= 1, not {self.max_tasks}")
         for name in ("lease_ttl", "stall_timeout", "peer_ttl", "child_window", "suspect_ttl", "task_ttl"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0, not {getattr(self, name)!r}")
@@ -65,6 +80,15 @@ class SchedulerConfig:
             raise ConfigError(
                 f"parent_policy must be one of {', '.join(sorted(PARENT_POLICIES))}, not {self.parent_policy!r}"
             )
+
+
+def require_peer_auth(config: SchedulerConfig) -> None:
+    """Refuse a server config with neither a peer token nor the explicit lab opt-out."""
+    if config.peer_token is None and not config.insecure_no_peer_auth:
+        raise ConfigError(
+            "no peer token: give --peer-token-file (the secret the agents send), "
+            "or --insecure-no-peer-auth to serve unauthenticated in a lab"
+        )
 
 
 def split_hostport(value: str) -> tuple[str, int]:

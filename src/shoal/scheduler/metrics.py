@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -32,6 +32,7 @@ class _StateCollector(Collector):
             ("shoal_scheduler_reports", "Report calls applied.", s.reports),
             ("shoal_scheduler_hash_conflicts", "Piece hashes that disagreed with a known one.", s.hash_conflicts),
             ("shoal_scheduler_hashes_ignored", "Piece hashes sent by peers without the lease.", s.hashes_ignored),
+            ("shoal_scheduler_hash_resets", "Tasks whose hashes were dropped as wrong (bad_hashes).", s.hash_resets),
         )
         for name, doc, value in counters:
             yield CounterMetricFamily(name, doc, value=value)
@@ -50,5 +51,11 @@ class SchedulerMetrics:
         self.request_seconds = Histogram(
             "shoal_scheduler_request_seconds",
             "Time to answer an API call (hashes long-polls excluded).",
+            registry=self.registry,
+        )
+        self.lease_moves = Counter(
+            "shoal_scheduler_lease_moves",
+            "Origin leases taken from a live task's holder, by why (no report / no progress).",
+            ["reason"],
             registry=self.registry,
         )

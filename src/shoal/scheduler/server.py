@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -22,10 +21,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from shoal import __version__
 from shoal.core.digest import Digest, DigestError
 from shoal.p2p.protocol import to_json
-from shoal.scheduler.config import SchedulerConfig, split_hostport
+from shoal.scheduler.agents import AgentDirectory
+from shoal.scheduler.config import SchedulerConfig, require_peer_auth, split_hostport
 from shoal.scheduler.metrics import SchedulerMetrics
-from shoal.scheduler.requests import BadRequest, parse_join, parse_leave, parse_report
-from shoal.scheduler.state import ConflictError, SchedulerState, StateError, UnknownTaskError
+from shoal.scheduler.requests import BadRequest, parse_hashes_query, parse_join, parse_leave, parse_report
+from shoal.scheduler.state import ConflictError, FullError, SchedulerState, StateError, UnknownTaskError
 
 log = logging.getLogger(__name__)
 
@@ -67,15 +67,19 @@ class Scheduler:
     """One scheduler. ``url = await scheduler.start()``; ``await scheduler.stop()``.
 
     Parameters:
-        config: what to listen on, the peer token, lease and policy settings.
+        config: what to listen on, the peer token, lease and policy settings. Without a peer
+            token it must say ``insecure_no_peer_auth`` (else ``ConfigError``).
         clock: seconds on a monotonic clock (tests pass a fake).
     """
 
     def __init__(self, config: SchedulerConfig, clock: Clock = time.monotonic) -> None:
+        require_peer_auth(config)
         self.config = config
         self.clock = clock
         self.state = SchedulerState(config)
         self.metrics = SchedulerMetrics(self.state)
+        self.agents = AgentDirectory(clock=clock)
+        self.agents.add_metrics(self.metrics.registry)
         self._waiters = _Waiters()
         self._runner: web.AppRunner | None = None
         self._janitor: asyncio.Task[None] | None = None
@@ -93,13 +97,13 @@ class Scheduler:
         shown = f"[{host}]" if ":" in host else host
         self.url = f"http://{shown}:{bound[1]}"
         self._janitor = asyncio.create_task(self._expire_periodically(), name="scheduler expiry")
-        log.info(
-            "shoal scheduler %s listening on %s (policy %s, peer token %s)",
-            __version__,
-            self.url,
-            self.config.parent_policy,
-            "required" if self.config.peer_token else "not required",
-        )
+        log.info("shoal scheduler %s listening on %s (policy %s)", __version__, self.url, self.config.parent_policy)
+        if self.config.insecure_no_peer_auth:
+            log.warning(
+                "INSECURE: --insecure-no-peer-auth: the scheduler API is open to anyone who reaches %s; "
+                "any of them can steer every pull (parents, origin leases, piece hashes). Labs only.",
+                self.url,
+            )
         return self.url
 
     async def stop(self) -> None:
@@ -128,6 +132,7 @@ class Scheduler:
         app.router.add_get("/v1/tasks/{digest}/hashes", self._hashes)
         app.router.add_post("/v1/tasks/{digest}/leave", self._leave)
         app.router.add_get("/v1/stats", self._stats)
+        self.agents.add_routes(app)
         return app
 
     @web.middleware
@@ -143,6 +148,8 @@ class Scheduler:
             raise web.HTTPNotFound(text=f"{exc}\n") from None
         except ConflictError as exc:
             raise web.HTTPConflict(text=f"{exc}\n") from None
+        except FullError as exc:
+            raise web.HTTPServiceUnavailable(text=f"{exc}\n") from None
         except StateError as exc:
             raise web.HTTPBadRequest(text=f"{exc}\n") from None
         if request.method == "POST":
@@ -151,6 +158,7 @@ class Scheduler:
 
     def _check_token(self, request: web.Request) -> None:
         if self.config.peer_token is None:
+            assert self.config.insecure_no_peer_auth  # require_peer_auth
             return
         given = request.headers.get("Authorization", "")
         if not hmac.compare_digest(given.encode(), f"Bearer {self.config.peer_token}".encode()):
@@ -167,8 +175,8 @@ class Scheduler:
     async def _body(request: web.Request) -> Any:
         try:
             return await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise BadRequest(f"body: want JSON ({exc})") from None
+        except (ValueError, RecursionError) as exc:  # ValueError: bad JSON, bad UTF-8, a 5000-digit number
+            raise BadRequest(f"body: want JSON ({str(exc)[:200]})") from None
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "version": __version__})
@@ -180,7 +188,7 @@ class Scheduler:
         digest = self._digest(request)
         req = parse_join(await self._body(request))
         view = self.state.join(digest, req, self.clock())
-        self._log_lease_moves()
+        self._log_state_events()
         self.metrics.parents_per_join.observe(len(view.parents))
         return web.json_response(to_json(view))
 
@@ -191,15 +199,24 @@ class Scheduler:
         view = self.state.report(digest, rep, self.clock())
         if view.hashes_known != known:
             self._waiters.wake(digest)
-        self._log_lease_moves()
+        self._log_state_events()
         return web.json_response(to_json(view))
 
-    def _log_lease_moves(self) -> None:
+    def _log_state_events(self) -> None:
         for move in self.state.lease_moves:
+            self.metrics.lease_moves.labels(move.reason.split(" for ")[0]).inc()
             log.warning(
                 "origin lease of %s moved from %s to %s: %s", move.digest, move.old_holder, move.new_holder, move.reason
             )
         self.state.lease_moves.clear()
+        for reset in self.state.resets:
+            log.warning(
+                "piece hashes of %s dropped: %s's blob matched them but not its digest; published by %s",
+                reset.digest,
+                reset.reporter,
+                ", ".join(reset.blamed),
+            )
+        self.state.resets.clear()
 
     def _known(self, digest: str) -> int:
         task = self.state.tasks.get(digest)
@@ -207,11 +224,7 @@ class Scheduler:
 
     async def _hashes(self, request: web.Request) -> web.Response:
         digest = self._digest(request)
-        try:
-            start = int(request.query.get("from", "0"))
-            wait = min(self.config.max_wait, max(0.0, float(request.query.get("wait", "0"))))
-        except ValueError:
-            raise BadRequest("from: want an integer; wait: want seconds") from None
+        start, wait = parse_hashes_query(request.query, self.config.max_wait)
         view = self.state.hashes(digest, start)
         deadline = time.monotonic() + wait
         while not view.hashes and not self._closing:

@@ -9,18 +9,35 @@ fails over to another scheduler) rebuilds it within a report interval; only the 
 hashes of blobs in flight are lost, and the lease rules below get them published again.
 
 The origin lease:
-    * at most one holder per task; it is the only peer whose piece hashes are accepted;
+    * at most one holder per task; it is the only peer whose piece hashes are accepted (a
+      report's hashes count when its sender holds the lease as the report arrives: a peer
+      that claims ``complete`` gets no say over hashes while someone else holds it);
     * given to a joiner (or reporter) when nobody holds it;
     * lost when the holder sends no report for ``lease_ttl``, when its ``contiguous`` has not
-      grown for ``stall_timeout``, when it leaves or expires, or when it is complete;
-    * an open lease goes to the live (heard from within ``lease_ttl``), non-complete,
-      non-suspect peer with the most ``contiguous`` bytes, on that peer's next join or report
-      (ties: whoever asks first); a stalled holder keeps it while no one else qualifies;
+      grown for ``stall_timeout``, when it leaves or expires, or when it is complete and every
+      piece hash is known;
+    * an open lease goes to the live (heard from within ``lease_ttl``), non-suspect peer with
+      the most ``contiguous`` bytes, on that peer's next join or report (ties: whoever asks
+      first); a stalled holder keeps it while no one else qualifies. A complete peer
+      qualifies only while some piece hash is unknown: that is how a restarted scheduler
+      gets the hashes back (a seed re-announces, takes the open lease, and its next report's
+      hashes are the holder's);
     * leases are spread: a peer that holds the lease of another task comes after every
-      candidate that holds none, and does not take the lease of a task younger than
-      ``LEASE_SPREAD_WAIT`` (a lease-free peer is likely to join it within that time);
+      candidate that holds none, and (unless complete: a seed's lease costs no origin fetch)
+      does not take the lease of a task younger than ``LEASE_SPREAD_WAIT`` (a lease-free peer
+      is likely to join it within that time);
     * not needed while some live, non-suspect peer is complete *and* every piece hash is
       known; needed again when that stops being true.
+
+Wrong hashes: a report with ``bad_hashes`` (a downloader's blob matched every published
+hash but not its digest) that names in ``failed_parents`` a peer whose hashes were accepted
+drops all of the task's hashes (at most once per ``lease_ttl``), and takes the lease from
+that peer; the named peers are suspects, so the next holder is someone else, and the
+hashes are published again (by a fetcher, or a seed that fetched the blob from the origin).
+
+Bounds: a task's size is at most ``max_blob_size`` and its piece size is the agents' rule
+(``choose_piece_size``), so a task holds at most ``piece_count`` hashes, allocated only when
+the first one is published; at most ``max_tasks`` tasks exist at once.
 
 Parents of a downloader: live peers of the task that hold pieces, are complete, or hold the
 lease; never the downloader itself, never a peer some downloader reported in
@@ -36,7 +53,7 @@ import random
 import re
 from dataclasses import dataclass, field
 
-from shoal.p2p.pieces import piece_count
+from shoal.p2p.pieces import choose_piece_size, piece_count
 from shoal.p2p.protocol import HashesView, JoinRequest, PeerInfo, Report, Stats, TaskView
 from shoal.scheduler.config import SchedulerConfig
 from shoal.scheduler.policy import PARENT_POLICIES, Candidate, ParentPolicy
@@ -44,6 +61,8 @@ from shoal.scheduler.policy import PARENT_POLICIES, Candidate, ParentPolicy
 HASH_RE = re.compile(r"[0-9a-f]{64}")
 MAX_SUSPECTS = 1024
 """per task; more names than this in ``failed_parents`` are ignored."""
+MAX_PUBLISHERS = 64
+"""per task: the most recent lease holders whose hashes were accepted (who a ``bad_hashes`` report can blame)."""
 BEST_CACHE_SECONDS = 0.5
 """how long the "who should take the open lease" answer is reused (it scans the whole task)."""
 LEASE_SPREAD_WAIT = 1.0
@@ -62,6 +81,10 @@ class UnknownTaskError(StateError):
 
 class ConflictError(StateError):
     """A request whose blob size or piece size disagrees with the task's."""
+
+
+class FullError(StateError):
+    """A request that would start a task beyond ``max_tasks`` (rendered as 503: try later or the origin)."""
 
 
 class PeerRecord:
@@ -164,6 +187,13 @@ class LeaseMove:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class HashReset:
+    digest: str
+    reporter: str
+    blamed: tuple[str, ...]
+
+
 @dataclass(slots=True)
 class Task:
     digest: str
@@ -182,9 +212,13 @@ class Task:
     holder_contiguous: int = 0
     best: tuple[float, str | None] | None = None
     hashes: list[str | None] = field(default_factory=list)
+    """empty until the first hash is published, then one entry per piece."""
     hashes_known: int = 0
     suspects: dict[str, float] = field(default_factory=dict)
     """peer id -> until when it is not handed out."""
+    publishers: dict[str, None] = field(default_factory=dict)
+    """lease holders whose hashes were accepted, oldest first (an ordered set)."""
+    hashes_reset_at: float = float("-inf")
 
 
 class SchedulerState:
@@ -207,12 +241,14 @@ class SchedulerState:
         """hashes sent by peers that did not hold the lease."""
         self.lease_moves: list[LeaseMove] = []
         """leases taken from a live-but-late holder since the caller last cleared this (to log)."""
+        self.hash_resets = 0
+        """tasks whose hashes were dropped after a ``bad_hashes`` report blamed their publisher."""
+        self.resets: list[HashReset] = []
+        """hash resets since the caller last cleared this (to log)."""
 
     # -- calls -------------------------------------------------------------------------------
     def join(self, digest: str, req: JoinRequest, now: float) -> TaskView:
-        task = self._task(digest, req.size, req.piece_size, now)
-        if req.pieces > task.total:
-            raise StateError(f"pieces {req.pieces} > {task.total} pieces in the blob")
+        task = self._task(digest, req.size, req.piece_size, now, req.pieces, 0)
         member = self._touch(task, req.peer_id, req.address, now)
         member.pieces = task.total if req.complete else req.pieces
         member.complete = req.complete
@@ -226,10 +262,11 @@ class SchedulerState:
         task = self.tasks.get(digest)
         if task is None and (rep.size <= 0 or rep.piece_size <= 0):
             raise UnknownTaskError(f"unknown task {digest}: report its size and piece_size, or join it")
-        task = self._task(digest, rep.size, rep.piece_size, now) if rep.size else task
-        assert task is not None
-        if rep.pieces > task.total or rep.contiguous > task.size:
-            raise StateError(f"pieces {rep.pieces} / contiguous {rep.contiguous} outside a blob of {task.size} bytes")
+        if rep.size:
+            task = self._task(digest, rep.size, rep.piece_size, now, rep.pieces, rep.contiguous)
+        else:
+            assert task is not None
+            self._check_progress(task.size, task.total, rep.pieces, rep.contiguous)
         for index, value in rep.hashes.items():
             if not 0 <= index < task.total or not HASH_RE.fullmatch(value):
                 raise StateError(f"hash of piece {index}: want 0 <= index < {task.total} and 64 lowercase hex")
@@ -238,18 +275,21 @@ class SchedulerState:
         member.contiguous = task.size if rep.complete else rep.contiguous
         member.complete = rep.complete
         if rep.hashes:
-            # the lease holder publishes hashes as it fetches; a complete peer has checked the
-            # whole blob against its digest, so it may fill in hashes a new scheduler lacks
-            if task.holder == rep.peer_id or rep.complete:
-                self._add_hashes(task, rep.hashes)
+            # only the holder as the report arrives: a complete seed that finds a scheduler
+            # without hashes takes the open lease in this answer and sends them in its next
+            if task.holder == rep.peer_id:
+                self._add_hashes(task, rep.hashes, rep.peer_id)
             else:
                 self.hashes_ignored += len(rep.hashes)
+        if rep.bad_hashes and not self._suspect(task, rep.peer_id, now):
+            self._distrust(task, rep.peer_id, rep.failed_parents, now)
         for suspect in rep.failed_parents:
             if suspect != rep.peer_id and (suspect in task.suspects or len(task.suspects) < MAX_SUSPECTS):
                 task.suspects[suspect] = now + self.config.suspect_ttl
         self._after_update(task, member, now)
         self.reports += 1
-        return self._answer(task, member, now)
+        # a peer reporting bad hashes refetches from the origin on its own: not as holder
+        return self._answer(task, member, now, may_take=not rep.bad_hashes)
 
     def hashes(self, digest: str, start: int) -> HashesView:
         """Known piece hashes from ``start`` on, up to the first unknown one."""
@@ -303,13 +343,19 @@ class SchedulerState:
         )
 
     # -- bookkeeping -------------------------------------------------------------------------
-    def _task(self, digest: str, size: int, piece_size: int, now: float) -> Task:
+    def _task(self, digest: str, size: int, piece_size: int, now: float, pieces: int, contiguous: int) -> Task:
+        """The task of ``digest``, started if new; every check comes first, so a refused call leaves no task."""
+        if not 0 <= size <= self.config.max_blob_size:
+            raise StateError(f"size {size}: want 0..{self.config.max_blob_size} bytes")
+        if piece_size != choose_piece_size(size):
+            raise StateError(f"piece_size {piece_size}: a blob of {size} bytes has pieces of {choose_piece_size(size)}")
+        total = piece_count(size, piece_size)
+        self._check_progress(size, total, pieces, contiguous)
         task = self.tasks.get(digest)
         if task is None:
-            if size < 0 or piece_size <= 0:
-                raise StateError(f"size {size} / piece_size {piece_size}: want size >= 0, piece_size > 0")
-            total = piece_count(size, piece_size)
-            task = Task(digest, size, piece_size, total, last_active=now, created=now, hashes=[None] * total)
+            if len(self.tasks) >= self.config.max_tasks:
+                raise FullError(f"scheduler full: {len(self.tasks)} tasks; fetch {digest} from the origin")
+            task = Task(digest, size, piece_size, total, last_active=now, created=now)
             self.tasks[digest] = task
         elif (size, piece_size) != (task.size, task.piece_size):
             raise ConflictError(
@@ -317,6 +363,13 @@ class SchedulerState:
             )
         task.last_active = now
         return task
+
+    @staticmethod
+    def _check_progress(size: int, total: int, pieces: int, contiguous: int) -> None:
+        if not 0 <= pieces <= total or not 0 <= contiguous <= size:
+            raise StateError(
+                f"pieces {pieces} / contiguous {contiguous} outside a blob of {size} bytes ({total} pieces)"
+            )
 
     def _touch(self, task: Task, peer_id: str, address: str, now: float) -> Member:
         member = task.members.pop(peer_id, None)
@@ -363,7 +416,13 @@ class SchedulerState:
         if peer.tasks <= 0:
             self.peers.pop(peer_id, None)
 
-    def _add_hashes(self, task: Task, hashes: dict[int, str]) -> None:
+    def _add_hashes(self, task: Task, hashes: dict[int, str], publisher: str) -> None:
+        if not task.hashes:
+            task.hashes = [None] * task.total
+        task.publishers.pop(publisher, None)
+        task.publishers[publisher] = None
+        if len(task.publishers) > MAX_PUBLISHERS:
+            del task.publishers[next(iter(task.publishers))]
         for index, value in hashes.items():
             known = task.hashes[index]
             if known is None:
@@ -372,9 +431,22 @@ class SchedulerState:
             elif known != value:
                 self.hash_conflicts += 1
 
+    def _distrust(self, task: Task, reporter: str, named: list[str], now: float) -> None:
+        """Drop the task's hashes when ``named`` includes a peer that published some."""
+        blamed = tuple(p for p in named if p in task.publishers and p != reporter)
+        if not blamed or not task.hashes_known or now - task.hashes_reset_at < self.config.lease_ttl:
+            return
+        task.hashes, task.hashes_known, task.hashes_reset_at = [], 0, now
+        task.publishers.clear()
+        if task.holder in blamed:
+            self._set_holder(task, None)
+        task.best = None
+        self.hash_resets += 1
+        self.resets.append(HashReset(task.digest, reporter, blamed))
+
     # -- answers -----------------------------------------------------------------------------
-    def _answer(self, task: Task, member: Member, now: float) -> TaskView:
-        self._settle_lease(task, member, now)
+    def _answer(self, task: Task, member: Member, now: float, may_take: bool = True) -> TaskView:
+        self._settle_lease(task, member, now, may_take)
         peer_id = member.peer.peer_id
         parents = [] if member.complete else self._parents(task, member, now)
         return TaskView(
@@ -402,7 +474,7 @@ class SchedulerState:
                 return False
         return True
 
-    def _settle_lease(self, task: Task, requester: Member, now: float) -> None:
+    def _settle_lease(self, task: Task, requester: Member, now: float, may_take: bool) -> None:
         if not self._lease_needed(task, now):
             self._set_holder(task, None)
             return
@@ -410,7 +482,7 @@ class SchedulerState:
         why = ""
         if task.holder is not None:
             holder = task.members.get(task.holder)
-            if holder is None or holder.complete:
+            if holder is None or (holder.complete and task.hashes_known >= task.total):
                 self._set_holder(task, None)
             elif (
                 now - task.holder_seen <= self.config.lease_ttl
@@ -424,9 +496,9 @@ class SchedulerState:
                 else:
                     why = f"no progress for {now - task.holder_progress_at:.1f}s"
         peer_id = requester.peer.peer_id
-        if not self._may_fetch(task, requester, now) or peer_id == stale:
+        if not may_take or not self._may_fetch(task, requester, now) or peer_id == stale:
             return
-        if requester.peer.leases > 0 and now - task.created < LEASE_SPREAD_WAIT:
+        if requester.peer.leases > 0 and not requester.complete and now - task.created < LEASE_SPREAD_WAIT:
             return
         best = self._best_candidate(task, stale, now)
         if best is not None and best != peer_id and self._lease_rank(task.members[best]) > self._lease_rank(requester):
@@ -453,8 +525,9 @@ class SchedulerState:
         return member.peer.leases == 0, member.contiguous
 
     def _may_fetch(self, task: Task, member: Member, now: float) -> bool:
+        """May hold the lease: live, not suspect, and not complete unless hashes are missing."""
         return (
-            not member.complete
+            (not member.complete or task.hashes_known < task.total)
             and now - member.last_seen <= self.config.lease_ttl
             and not self._suspect(task, member.peer.peer_id, now)
         )

@@ -1,20 +1,15 @@
-"""Start and stop third-party programs by PID, find free ports, wait for readiness.
+"""Process plumbing for the test drivers; it lives in :mod:`shoal.demo.procs` (``shoal demo`` runs
+processes too, and ``shoal.testing`` is not shipped in the runtime package)."""
 
-Only processes started here are ever signalled, and only by their own PID.
-"""
-
-from __future__ import annotations
-
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import time
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import ExitStack
-from pathlib import Path
-from typing import IO
+from shoal.demo.procs import (
+    ManagedProcess,
+    ProgramMissingError,
+    StartupError,
+    free_port,
+    require,
+    tail,
+    wait_until,
+)
 
 __all__ = [
     "ManagedProcess",
@@ -25,136 +20,3 @@ __all__ = [
     "tail",
     "wait_until",
 ]
-
-# Debian packages that provide each program, for error messages.
-PACKAGES = {
-    "docker-registry": "docker-registry",
-    "skopeo": "skopeo",
-    "containerd": "containerd",
-    "ctr": "containerd",
-    "htpasswd": "apache2-utils",
-}
-
-
-class ProgramMissingError(RuntimeError):
-    """A third-party program the test lab needs is not installed."""
-
-
-class StartupError(RuntimeError):
-    """A program did not become ready; the message carries the tail of its log."""
-
-
-def require(program: str) -> str:
-    """The absolute path of ``program``, or a clear error naming the package to install."""
-    path = shutil.which(program)
-    if path is None:
-        package = PACKAGES.get(program, program)
-        raise ProgramMissingError(
-            f"{program!r} is not on PATH: install it (apt-get install -y {package}); "
-            "the test lab and CI need the real program"
-        )
-    return path
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago (the caller should retry on a lost race)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def tail(path: Path | None, lines: int = 25) -> str:
-    if path is None or not path.exists():
-        return "(no log)"
-    text = path.read_bytes()[-16384:].decode(errors="replace").replace("\0", "")
-    return "\n".join(text.splitlines()[-lines:])
-
-
-class ManagedProcess:
-    """A subprocess we own: its output goes to files, and stop() signals only its PID.
-
-    Parameters:
-        argv: program and arguments; ``argv[0]`` is resolved with :func:`require`.
-        stdout: file for standard output (``None``: discarded).
-        stderr: file for standard error (``None``: same file as stdout).
-        env: extra environment variables on top of ours.
-        cwd: working directory.
-    """
-
-    def __init__(
-        self,
-        argv: Sequence[str],
-        *,
-        stdout: Path | None = None,
-        stderr: Path | None = None,
-        env: Mapping[str, str] | None = None,
-        cwd: Path | None = None,
-    ) -> None:
-        self.argv = [require(argv[0]), *argv[1:]]
-        self.stdout_path = stdout
-        self.stderr_path = stderr if stderr is not None else stdout
-        with ExitStack() as files:
-            out: IO[bytes] | int = subprocess.DEVNULL
-            if stdout is not None:
-                out = files.enter_context(open(stdout, "ab"))
-            err: IO[bytes] | int = out
-            if stderr is not None and stderr != stdout:
-                err = files.enter_context(open(stderr, "ab"))
-            self._popen = subprocess.Popen(
-                self.argv,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-                env={**os.environ, **(env or {})},
-                cwd=cwd,
-                start_new_session=True,  # a terminal's Ctrl-C does not reach it; we stop it
-            )
-
-    @property
-    def pid(self) -> int:
-        return self._popen.pid
-
-    def alive(self) -> bool:
-        return self._popen.poll() is None
-
-    @property
-    def returncode(self) -> int | None:
-        return self._popen.poll()
-
-    def log_tail(self) -> str:
-        return tail(self.stderr_path)
-
-    def stop(self, timeout: float = 10.0) -> int:
-        """SIGTERM our PID, then SIGKILL it if it lingers; returns its exit status."""
-        if self._popen.poll() is None:
-            self._popen.send_signal(signal.SIGTERM)
-            try:
-                self._popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self._popen.kill()
-                self._popen.wait(timeout)
-        return self._popen.returncode
-
-
-def wait_until(
-    check: Callable[[], bool],
-    *,
-    what: str,
-    timeout: float = 15.0,
-    process: ManagedProcess | None = None,
-    interval: float = 0.05,
-) -> None:
-    """Poll ``check`` until it is true; fail fast with the log if ``process`` dies."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if check():
-            return
-        if process is not None and not process.alive():
-            raise StartupError(
-                f"{what}: {process.argv[0]} exited with status {process.returncode}; log tail:\n{process.log_tail()}"
-            )
-        if time.monotonic() > deadline:
-            log = process.log_tail() if process is not None else "(no process)"
-            raise StartupError(f"{what}: not ready after {timeout:.0f} s; log tail:\n{log}")
-        time.sleep(interval)

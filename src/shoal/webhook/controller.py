@@ -12,7 +12,7 @@ import asyncio
 import copy
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from kubernetes import watch as _watch
@@ -69,6 +69,8 @@ class SecretSync:
         self._synced = threading.Event()
         self._stopping = threading.Event()
         self._watch: Any = None
+        self.on_error: Callable[[], None] = lambda: None
+        """called from the sync thread for each failed reconcile or watch (the metrics hook)."""
 
     # -- the cache the webhook reads ------------------------------------------------------
 
@@ -195,6 +197,7 @@ class SecretSync:
         except ApiException as exc:
             meta = _meta(secret)
             log.warning("reconcile of %s/%s failed: %s", meta.get("namespace"), meta.get("name"), exc)
+            self.on_error()
 
     def run(self) -> None:
         """List, then watch, forever; relist after errors (410 Gone included)."""
@@ -205,6 +208,7 @@ class SecretSync:
                 if self._stopping.is_set():
                     break
                 log.warning("secret watch failed, relisting: %r", exc)
+                self.on_error()
                 self._stopping.wait(self._retry_delay)
 
     def start(self) -> threading.Thread:

@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from aiohttp import web
 
+from shoal.webhook import metrics
 from shoal.webhook.config import WebhookConfig
 from shoal.webhook.mutate import Decision, Scope, decide, review_response, unchanged
 
@@ -50,12 +52,18 @@ async def admit(request: web.Request, scope: Scope) -> web.Response:
         raise web.HTTPBadRequest(text=f"not an AdmissionReview: {exc}") from None
     config, source = request.app[CONFIG_KEY], request.app[SOURCE_KEY]
     namespace = str(admission.get("namespace") or "")
+    started, outcome = time.monotonic(), metrics.ERROR
     try:
         decision = decide(admission, scope, config, source.secrets_in(namespace))
+        wanted = decision
         decision = await _apply_side_effects(request.app, admission, decision)
+        outcome = (
+            metrics.ERROR if decision is not wanted else metrics.MUTATED if decision.mutated else metrics.UNCHANGED
+        )
     except Exception as exc:  # when in doubt, do not mutate
         log.exception("admission failed; admitting unchanged")
         decision = unchanged(f"internal error: {exc}")
+    request.app[metrics.METRICS_KEY].observe(str(scope), outcome, time.monotonic() - started)
     pod_meta = (admission.get("object") or {}).get("metadata") or {}
     log.info(
         "admission %s/%s scope=%s mutated=%s: %s",
@@ -76,6 +84,7 @@ async def _apply_side_effects(app: web.Application, admission: Json, decision: D
             await app[SOURCE_KEY].ensure(decision.secrets)
     except Exception as exc:
         log.warning("could not ensure derived pull secrets: %r", exc)
+        app[metrics.METRICS_KEY].secret_sync_errors.labels("admission").inc()
         return unchanged(f"could not create derived pull secret: {exc!r}")
     return decision
 
@@ -93,13 +102,19 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 def create_app(
-    config: WebhookConfig, source: SecretSource, *, ensure_timeout: float = ENSURE_TIMEOUT
+    config: WebhookConfig,
+    source: SecretSource,
+    *,
+    ensure_timeout: float = ENSURE_TIMEOUT,
+    webhook_metrics: metrics.WebhookMetrics | None = None,
 ) -> web.Application:
-    """Routes: ``POST /mutate`` (Pod label entry), ``POST /mutate/namespace``, ``GET /healthz``."""
+    """Routes: ``POST /mutate`` (Pod label entry), ``POST /mutate/namespace``, ``GET /healthz``, ``GET /metrics``."""
     app = web.Application(client_max_size=8 * 1024 * 1024)
     app[CONFIG_KEY] = config
     app[SOURCE_KEY] = source
     app[TIMEOUT_KEY] = ensure_timeout
+    app[metrics.METRICS_KEY] = webhook_metrics or metrics.WebhookMetrics()
+    app.router.add_get("/metrics", app[metrics.METRICS_KEY].handler)
     app.router.add_post("/mutate", mutate_pod)
     app.router.add_post("/mutate/namespace", mutate_namespace)
     app.router.add_get("/healthz", healthz)

@@ -69,6 +69,8 @@ class TestLoadConfig:
         assert lab.p2p_enabled
         assert lab.peer_token() is None
         assert not load_config({"registries": ["r.test"]}).insecure_no_peer_auth  # a plain mirror needs none
+        with pytest.raises(ConfigError, match="choose one"):
+            load_config({**p2p, "insecure_no_peer_auth": True, "peer_token_file": "/run/token"})
 
     def test_peer_token_file(self, tmp_path: Path) -> None:
         token = tmp_path / "token"

@@ -64,6 +64,12 @@ class TestProtocol:
         with pytest.raises(ValueError, match="bitfield"):
             decode_bitfield(encode_bitfield([True] * 16), 24)
 
+    @pytest.mark.parametrize(("text", "count"), [("", -1), ("AA==", -3), (5, 3), ("é", 3), (None, 0)])
+    def test_bitfield_refusals_are_value_errors(self, text: object, count: int) -> None:
+        """Found by tests/fuzz: an empty bitfield passed for -1 pieces; a number gave a TypeError."""
+        with pytest.raises(ValueError, match="bitfield"):
+            decode_bitfield(text, count)  # type: ignore[arg-type]
+
     def test_report_round_trip_keeps_int_piece_indexes(self) -> None:
         report = Report("p", "127.0.0.2:1", 3, 100, hashes={2: "ab"}, failed_parents=["x"])
         import json

@@ -76,7 +76,17 @@ class TestByName:
 
     @pytest.mark.parametrize(
         "kwargs",
-        [{"listen": "nope"}, {"lease_ttl": 0}, {"max_parents": 0}, {"max_children": 0}, {"peer_token": ""}],
+        [
+            {"listen": "nope"},
+            {"lease_ttl": 0},
+            {"max_parents": 0},
+            {"max_children": 0},
+            {"peer_token": ""},
+            {"peer_token": "t", "insecure_no_peer_auth": True},
+            {"max_blob_size": 0},
+            {"max_blob_size": 1 << 53},
+            {"max_tasks": 0},
+        ],
     )
     def test_bad_config(self, kwargs: dict[str, object]) -> None:
         with pytest.raises(ConfigError):

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import random
+import tracemalloc
 
 import pytest
 
+from shoal.p2p.pieces import choose_piece_size, piece_count
 from shoal.p2p.protocol import JoinRequest, Report, TaskView
 from shoal.scheduler.config import SchedulerConfig
-from shoal.scheduler.state import ConflictError, SchedulerState, StateError, UnknownTaskError
+from shoal.scheduler.state import ConflictError, FullError, SchedulerState, StateError, UnknownTaskError
 
 D = "sha256:" + "a" * 64
 E = "sha256:" + "b" * 64
@@ -58,6 +60,12 @@ def report(
 
 def all_hashes() -> dict[int, str]:
     return {i: h(i) for i in range(10)}
+
+
+def bad_hashes(s: SchedulerState, peer: str, now: float, blamed: list[str]) -> TaskView:
+    """What an agent sends when verified pieces made a blob that fails its digest."""
+    rep = Report(peer, f"{peer}:1", 0, 0, failed_parents=blamed, size=SIZE, piece_size=MiB, bad_hashes=True)
+    return s.report(D, rep, now)
 
 
 class TestLease:
@@ -213,17 +221,25 @@ class TestLease:
         assert report(s, "b", 3, failed=["a"]).role == "fetcher"
 
     def test_needed_when_hashes_are_missing_despite_a_complete_peer(self) -> None:
-        # e.g. after failing over to this scheduler: seeders re-announce, hashes are gone
-        s = state()
-        report(s, "seed", 0, pieces=10, complete=True)
+        # e.g. after failing over to this scheduler: seeders re-announce, hashes are gone. The
+        # seed takes the lease (to publish them); if it never does, it stalls and loses it.
+        s = state(stall_timeout=10.0)
+        assert report(s, "seed", 0, pieces=10, complete=True).role == "fetcher"
         view = join(s, "b", 1)
-        assert view.role == "fetcher"
+        assert (view.role, view.fetcher) == ("peer", "seed")
         assert [p.peer_id for p in view.parents] == ["seed"]
+        report(s, "seed", 9, pieces=10, complete=True)
+        view = report(s, "b", 10.5)
+        assert (view.role, view.fetcher) == ("fetcher", "b")
 
-    def test_complete_peers_are_never_made_fetcher(self) -> None:
+    def test_complete_peers_are_made_fetcher_only_while_hashes_are_missing(self) -> None:
         s = state()
-        assert join(s, "a", 0, complete=True).role == "peer"
-        assert join(s, "b", 1).role == "fetcher"
+        assert join(s, "a", 0).role == "fetcher"
+        report(s, "a", 1, pieces=9, hashes=all_hashes())  # every hash, but not complete yet
+        view = join(s, "c", 2, complete=True)
+        assert (view.role, view.fetcher) == ("peer", None)  # c is a seed: no lease needed
+        s.leave(D, "c")
+        assert report(s, "a", 3, pieces=9).role == "fetcher"
 
     def test_suspect_peers_are_not_made_fetcher(self) -> None:
         s = state(lease_ttl=5.0)
@@ -236,7 +252,7 @@ class TestLease:
 
 
 class TestHashes:
-    """Piece hashes come from the lease holder (or a complete peer), first value wins."""
+    """Piece hashes come from the lease holder only, as each report arrives; first value wins."""
 
     def test_accepted_from_holder(self) -> None:
         s = state()
@@ -255,23 +271,56 @@ class TestHashes:
         assert s.hashes_ignored == 1
 
     def test_complete_peer_fills_in_after_a_scheduler_restart(self) -> None:
-        """A fresh scheduler has no hashes; a seed that verified the blob may publish them,
-        and then no origin fetch (lease) is needed for the blob any more."""
+        """A fresh scheduler has no hashes; a seed re-announcing takes the open lease, its next
+        report (with hashes, as ``SwarmSource._announce`` sends it) is the holder's, and then
+        no origin fetch (lease) is needed for the blob any more."""
         s = state()
-        everything = {i: h(i) for i in range(10)}
         view = report(s, "seed", 0, pieces=10, complete=True)
-        assert view.hashes_known == 0
-        view = report(s, "seed", 0.1, pieces=10, complete=True, hashes=everything)
-        assert view.hashes_known == 10
-        assert join(s, "newcomer", 0.2).role == "peer"
+        assert (view.role, view.hashes_known) == ("fetcher", 0)
+        view = report(s, "seed", 0.1, pieces=10, complete=True, hashes=all_hashes())
+        assert (view.hashes_known, view.role, view.fetcher) == (10, "peer", None)
+        view = join(s, "newcomer", 0.2)
+        assert (view.role, view.fetcher) == ("peer", None)
+        assert [p.peer_id for p in view.parents] == ["seed"]
 
-    def test_complete_peer_cannot_overwrite_known_hashes(self) -> None:
+    def test_a_complete_peer_that_is_not_the_holder_cannot_set_hashes(self) -> None:
         s = state()
         join(s, "a", 0)
         report(s, "a", 1, pieces=1, hashes={0: h(0)})
-        report(s, "seed", 2, pieces=10, complete=True, hashes={0: h(77), 1: h(1)})
-        assert s.hashes(D, 0).hashes[:2] == [h(0), h(1)]
-        assert s.hash_conflicts == 1
+        view = report(s, "liar", 2, pieces=10, complete=True, hashes={0: h(77), 1: h(78), 2: h(79)})
+        assert (view.role, view.fetcher, view.hashes_known) == ("peer", "a", 1)
+        assert s.hashes(D, 0).hashes == [h(0)]
+        assert (s.hashes_ignored, s.hash_conflicts) == (3, 0)
+        report(s, "a", 3, pieces=2, hashes={1: h(1)})
+        assert s.hashes(D, 0).hashes == [h(0), h(1)]
+
+    def test_hashes_sent_before_anyone_holds_the_lease_are_ignored(self) -> None:
+        """Defect 6 of issue 9: a peer claiming ``complete`` with its own hashes before anyone
+        held the blob had them accepted, and every child then took its garbage pieces."""
+        s = state()
+        view = report(s, "liar", 0, pieces=10, complete=True, hashes={i: h(100 + i) for i in range(10)})
+        assert view.hashes_known == 0
+        assert s.hashes(D, 0).hashes == []
+        assert s.hashes_ignored == 10
+
+    def test_a_complete_peer_cannot_take_a_held_lease_to_publish(self) -> None:
+        s = state()
+        assert join(s, "a", 0).role == "fetcher"
+        for t in (1.0, 2.0, 3.0):
+            assert report(s, "liar", t, pieces=10, complete=True, hashes={0: h(66)}).role == "peer"
+            report(s, "a", t + 0.5, pieces=int(t))
+        assert s.hashes(D, 0).hashes == []
+
+    def test_restart_recovery_with_a_live_downloader_goes_to_the_seed(self) -> None:
+        """After a restart a downloader re-joins first and takes the lease; the seed's hashes
+        wait until the lease is open again (the downloader finishing or going silent)."""
+        s = state(lease_ttl=5.0)
+        assert join(s, "b", 0, pieces=3).role == "fetcher"
+        assert report(s, "seed", 1, pieces=10, complete=True, hashes=all_hashes()).role == "peer"
+        assert s.hashes(D, 0).hashes == []
+        assert report(s, "seed", 6.5, pieces=10, complete=True).role == "fetcher"  # b went silent
+        report(s, "seed", 6.6, pieces=10, complete=True, hashes=all_hashes())
+        assert len(s.hashes(D, 0).hashes) == 10
 
     def test_run_stops_at_first_unknown(self) -> None:
         s = state()
@@ -461,3 +510,124 @@ class TestLifecycle:
         report(s, "a", 1)
         st = s.stats()
         assert (st.tasks, st.peers, st.joins, st.reports, st.lease_changes) == (2, 2, 2, 1, 2)
+
+
+class TestBounds:
+    """Defect 7 of issue 9: a task's size and piece size are bounded, so is its memory."""
+
+    def test_piece_size_must_be_the_agents_rule(self) -> None:
+        s = state()
+        with pytest.raises(StateError, match="pieces of 2097152"):
+            s.join(D, JoinRequest("a", "a:1", 50_000_000, 1), 0)
+        assert s.tasks == {}
+        view = s.join(D, JoinRequest("a", "a:1", 50_000_000, choose_piece_size(50_000_000)), 0)
+        assert view.piece_size == 2 * MiB
+
+    def test_size_is_bounded_by_max_blob_size(self) -> None:
+        s = state(max_blob_size=1 << 30)
+        big = (1 << 30) + 1
+        with pytest.raises(StateError, match=r"want 0\.\.1073741824"):
+            s.join(D, JoinRequest("a", "a:1", big, choose_piece_size(big)), 0)
+        with pytest.raises(StateError):
+            s.report(D, Report("a", "a:1", 0, 0, size=10**20, piece_size=choose_piece_size(10**20)), 0)
+        assert s.tasks == {}
+
+    def test_a_task_holds_no_more_hashes_than_pieces(self) -> None:
+        """Joining the largest allowed blob costs a few hundred bytes, not a list per piece;
+        the hash list appears with the first hash and has one entry per piece."""
+        s = state()
+        size = s.config.max_blob_size
+        piece = choose_piece_size(size)
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            s.join(D, JoinRequest("a", "a:1", size, piece), 0)
+            grown = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        assert grown < 16 * 1024, grown
+        task = s.tasks[D]
+        assert task.hashes == []
+        assert task.total == piece_count(size, piece) == 65_536
+        s.report(D, Report("a", "a:1", 1, piece, hashes={0: h(0)}), 1)
+        assert len(task.hashes) == task.total
+
+    def test_task_count_is_bounded(self) -> None:
+        s = state(max_tasks=2)
+        join(s, "a", 0)
+        join(s, "a", 0, digest=E)
+        with pytest.raises(FullError, match="scheduler full"):
+            join(s, "a", 0, digest="sha256:" + "c" * 64)
+        report(s, "a", 1)  # known tasks still work
+        s.leave(E, "a")
+        join(s, "a", 2, digest="sha256:" + "c" * 64)
+
+    def test_zero_byte_blob(self) -> None:
+        s = state()
+        view = s.join(D, JoinRequest("a", "a:1", 0, choose_piece_size(0)), 0)
+        assert (view.size, s.tasks[D].total) == (0, 0)
+
+
+class TestWrongHashes:
+    """A holder that published wrong hashes loses them once a downloader's blob proves them wrong."""
+
+    def poisoned(self) -> SchedulerState:
+        s = state(lease_ttl=5.0)
+        assert report(s, "liar", 0, pieces=10, complete=True).role == "fetcher"
+        report(s, "liar", 0.1, pieces=10, complete=True, hashes={i: h(100 + i) for i in range(10)})
+        assert len(s.hashes(D, 0).hashes) == 10
+        join(s, "child", 1)
+        return s
+
+    def test_blamed_publisher_loses_its_hashes_and_a_seed_republishes(self) -> None:
+        s = self.poisoned()
+        view = bad_hashes(s, "child", 2, ["liar"])
+        assert (view.hashes_known, view.role) == (0, "peer")  # the reporter refetches on its own
+        assert s.hashes(D, 0).hashes == []
+        assert [(r.reporter, r.blamed) for r in s.resets] == [("child", ("liar",))]
+        assert s.hash_resets == 1
+        # the liar is a suspect now: its announcements neither take the lease nor publish
+        assert report(s, "liar", 3, pieces=10, complete=True, hashes={0: h(100)}).role == "peer"
+        assert s.hashes(D, 0).hashes == []
+        # the child, done from the origin, announces and republishes through the lease
+        assert report(s, "child", 4, pieces=10, complete=True).role == "fetcher"
+        report(s, "child", 4.1, pieces=10, complete=True, hashes=all_hashes())
+        assert s.hashes(D, 0).hashes == [h(i) for i in range(10)]
+
+    def test_the_blamed_holder_loses_the_lease(self) -> None:
+        s = state()
+        join(s, "liar", 0)
+        report(s, "liar", 1, pieces=2, hashes={0: h(50), 1: h(51)})
+        join(s, "child", 1)
+        bad_hashes(s, "child", 2, ["liar"])
+        assert s.tasks[D].holder is None
+        assert report(s, "other", 2.5, pieces=1).role == "fetcher"
+
+    def test_naming_only_peers_that_published_nothing_keeps_the_hashes(self) -> None:
+        s = self.poisoned()
+        bad_hashes(s, "child", 2, ["someone", "child"])
+        assert len(s.hashes(D, 0).hashes) == 10
+        assert s.hash_resets == 0
+
+    def test_without_the_flag_failed_parents_keep_the_hashes(self) -> None:
+        """A parent that timed out is a suspect, not proof that the hashes are wrong."""
+        s = self.poisoned()
+        report(s, "child", 2, failed=["liar"])
+        assert len(s.hashes(D, 0).hashes) == 10
+
+    def test_at_most_one_reset_per_lease_ttl(self) -> None:
+        s = self.poisoned()
+        bad_hashes(s, "child", 2, ["liar"])
+        assert report(s, "honest", 2.5, pieces=1).role == "fetcher"
+        report(s, "honest", 3, pieces=2, hashes={0: h(0), 1: h(1)})
+        bad_hashes(s, "child2", 4, ["honest"])  # within lease_ttl of the last reset: ignored
+        assert s.hashes(D, 0).hashes == [h(0), h(1)]
+        bad_hashes(s, "child2", 8, ["honest"])
+        assert s.hashes(D, 0).hashes == []
+        assert s.hash_resets == 2
+
+    def test_a_suspect_cannot_reset(self) -> None:
+        s = self.poisoned()
+        report(s, "child", 2, failed=["grudge"])
+        bad_hashes(s, "grudge", 3, ["liar"])
+        assert len(s.hashes(D, 0).hashes) == 10

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from shoal.cli.install import build_values, manifest_documents, render
+from shoal.ops.helm import build_values, manifest_documents, render
 from shoal.webhook.config import WebhookConfig
 from shoal.webhook.mutate import Scope, decide
 

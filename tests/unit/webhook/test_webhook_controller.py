@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 from kubernetes import client
 
-from shoal.cli.install import build_values, manifest_documents, render
+from shoal.ops.helm import build_values, manifest_documents, render
 from shoal.testing.fake_apiserver import FakeApiServer
 from shoal.webhook.config import WebhookConfig
 from shoal.webhook.controller import SecretSync

@@ -71,8 +71,14 @@ comma-separated string form. Fails with a clear message when none is configured.
 {{- end }}
 {{- end -}}
 
+{{/* Every scheduler replica, comma-separated (the agent's --scheduler takes a list). */}}
 {{- define "shoal.schedulerURL" -}}
-{{ printf "http://%s-scheduler.%s.svc:%v" (include "shoal.fullname" .) .Release.Namespace .Values.scheduler.port }}
+{{- $name := printf "%s-scheduler" (include "shoal.fullname" .) -}}
+{{- $urls := list -}}
+{{- range $i := until (int .Values.scheduler.replicas) -}}
+{{- $urls = append $urls (printf "http://%s-%d.%s-headless.%s.svc:%v" $name $i $name $.Release.Namespace $.Values.scheduler.port) -}}
+{{- end -}}
+{{ join "," $urls }}
 {{- end -}}
 
 {{- define "shoal.securityContext" -}}

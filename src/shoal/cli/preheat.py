@@ -1,0 +1,120 @@
+"""``shoal preheat IMAGE``: warm the agents' caches before a rollout."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from shoal.cli.scheduler import read_token
+
+
+@click.command()
+@click.argument("image")
+@click.option(
+    "--scheduler",
+    "schedulers",
+    multiple=True,
+    required=True,
+    metavar="URL",
+    envvar="SHOAL_SCHEDULER",
+    help="A scheduler (repeatable; give every replica, or the Service): the agents are found through them.",
+)
+@click.option(
+    "--peer-token-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="SHOAL_PEER_TOKEN_FILE",
+    help="The shared peer secret the schedulers and agents require.",
+)
+@click.option("--nodes", metavar="N|A,B,...", help="Only N agents, or these (addresses, hosts or node names).")
+@click.option("--creds", metavar="USER:PASSWORD", envvar="SHOAL_CREDS", help="Registry credentials.")
+@click.option(
+    "--authfile",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Docker config file with the registry's credentials.  [default: $REGISTRY_AUTH_FILE, ~/.docker/config.json]",
+)
+@click.option(
+    "--platform",
+    "platforms",
+    multiple=True,
+    metavar="OS/ARCH",
+    help="Platforms of a multi-platform image to warm (repeatable; 'all' for every one).  [default: each node's own]",
+)
+@click.option("--timeout", type=click.FloatRange(min=1), default=3600, show_default=True, help="Seconds in all.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def preheat(
+    image: str,
+    schedulers: tuple[str, ...],
+    peer_token_file: Path | None,
+    nodes: str | None,
+    creds: str | None,
+    authfile: Path | None,
+    platforms: tuple[str, ...],
+    timeout: float,
+    as_json: bool,
+) -> None:
+    """Make every agent the schedulers know (or --nodes) pull IMAGE into its cache.
+
+    All agents pull at once, through the swarm, so the registry serves each blob once; a
+    node that later starts the image pulls it from its own cache. Exit status 0 when every
+    chosen node holds the whole image, 1 otherwise.
+    """
+    import aiohttp
+
+    from shoal.core.reference import ImageReference, ReferenceError
+    from shoal.ops.cluster import list_agents
+    from shoal.ops.credentials import CredentialsError, find_credentials
+    from shoal.ops.preheat import NodeResult, SelectionError, preheat_nodes_json, select_nodes, summarize
+    from shoal.ops.preheat import preheat as run_preheat
+    from shoal.p2p.preheat import PreheatRequest
+
+    try:
+        ref = ImageReference.parse(image)
+        found = find_credentials(ref.registry, creds, authfile)
+    except (ReferenceError, CredentialsError) as exc:
+        raise click.UsageError(str(exc)) from None
+    token = read_token(peer_token_file) if peer_token_file is not None else None
+    request = PreheatRequest(
+        image=str(ref), platforms=list(platforms), authorization=found.basic_header() if found else None
+    )
+
+    async def agents() -> Any:
+        async with aiohttp.ClientSession() as session:
+            return await list_agents(session, schedulers, token)
+
+    listing = asyncio.run(agents())
+    for url, error in listing.errors.items():
+        click.echo(f"scheduler {url}: {error}", err=True)
+    if not listing.agents:
+        raise click.ClickException("no agents found: are the agents running, and is --scheduler right?")
+    try:
+        chosen = select_nodes([v.announcement for v in listing.agents], nodes)
+    except SelectionError as exc:
+        raise click.UsageError(str(exc)) from None
+    click.echo(f"preheating {ref} on {len(chosen)} node(s)", err=True)
+    finished: list[str] = []
+
+    def progress(agent: Any, event: dict[str, Any]) -> None:
+        who = agent.node or agent.address
+        kind = event.get("event")
+        if kind == "blob":
+            state = f"failed: {event['error']}" if "error" in event else "cached" if event["cached"] else "pulled"
+            click.echo(f"  {who}: {event['digest'][:19]} {state}", err=True)
+        elif kind in ("done", "error"):
+            finished.append(who)
+            ok = "holds the image" if event.get("held") else f"FAILED: {event.get('error') or 'blobs missing'}"
+            click.echo(f"[{len(finished)}/{len(chosen)}] {who} {ok}", err=True)
+
+    started = time.monotonic()
+    results: list[NodeResult] = asyncio.run(run_preheat(chosen, request, token, on_event=progress, timeout=timeout))
+    seconds = time.monotonic() - started
+    if as_json:
+        click.echo(json.dumps(preheat_nodes_json(str(ref), results, seconds), indent=2))
+    else:
+        click.echo(summarize(str(ref), results, seconds))
+    if not all(r.held for r in results):
+        raise SystemExit(1)

@@ -1,0 +1,93 @@
+"""``shoal status``: does image acceleration work on this node and in the cluster?"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import click
+
+from shoal.cli.scheduler import read_token
+
+
+@click.command()
+@click.option(
+    "--agent",
+    "agent_url",
+    default="http://127.0.0.1:65001",
+    show_default=True,
+    envvar="SHOAL_AGENT",
+    help="The node's agent, as the runtime reaches it.",
+)
+@click.option(
+    "--registry",
+    "registries",
+    multiple=True,
+    metavar="HOST",
+    help="Registries whose runtime config to check (repeatable).  [default: the agent's]",
+)
+@click.option(
+    "--scheduler",
+    "schedulers",
+    multiple=True,
+    metavar="URL",
+    envvar="SHOAL_SCHEDULER",
+    help="Check the cluster through these schedulers (repeatable); without it only the node is checked.",
+)
+@click.option("--webhook", metavar="URL", help="Check that the webhook answers (e.g. https://shoal-webhook.NS.svc).")
+@click.option(
+    "--peer-token-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="SHOAL_PEER_TOKEN_FILE",
+    help="The shared peer secret (the schedulers' agent list needs it).",
+)
+@click.option(
+    "--containerd-certs-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default="/etc/containerd/certs.d",
+    show_default=True,
+)
+@click.option(
+    "--registries-conf-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default="/etc/containers/registries.conf.d",
+    show_default=True,
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
+def status(
+    agent_url: str,
+    registries: tuple[str, ...],
+    schedulers: tuple[str, ...],
+    webhook: str | None,
+    peer_token_file: Path | None,
+    containerd_certs_dir: Path,
+    registries_conf_dir: Path,
+    as_json: bool,
+) -> None:
+    """Check the agent, its schedulers, the runtime's mirror config, the cache and recent
+    fallbacks on this node; with --scheduler, also the cluster's agents, scheduler replicas
+    and (with --webhook) the webhook. Exit status 1 when a check fails.
+
+    docs/troubleshooting.md explains each check and what to do when it fails.
+    """
+    import aiohttp
+
+    from shoal.ops import status as checks
+
+    token = read_token(peer_token_file) if peer_token_file is not None else None
+
+    async def gather() -> checks.Report:
+        async with aiohttp.ClientSession() as session:
+            node = await checks.gather_node(session, agent_url)
+            runtime = checks.node_runtime(node, registries, containerd_certs_dir, registries_conf_dir)
+            found = checks.node_checks(node, runtime)
+            if schedulers or webhook:
+                cluster = await checks.gather_cluster(session, list(schedulers), token, webhook)
+                found += checks.cluster_checks(cluster)
+        return checks.Report(found)
+
+    report = asyncio.run(gather())
+    click.echo(json.dumps(report.to_json(), indent=2) if as_json else checks.render(report))
+    if not report.ok:
+        raise SystemExit(1)

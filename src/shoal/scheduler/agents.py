@@ -1,0 +1,75 @@
+"""The agents a scheduler has heard from: soft state, refreshed by each agent's announcements.
+
+Kept apart from the task state (``state.py``): the swarm never reads it; it exists so
+``shoal preheat`` and ``shoal status`` can find every agent of the cluster by asking any
+scheduler replica. Handlers call synchronous methods only (atomic on the event loop).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Gauge
+
+from shoal.p2p.presence import AGENT_TTL, AgentAnnouncement, AgentView, agents_to_json, announcement_from_json
+
+MAX_AGENTS = 100_000
+"""a bound on memory: announcements beyond it (from new peer ids) are refused."""
+
+
+class AgentDirectory:
+    """Live agents by peer id; ``now`` is seconds on a monotonic clock.
+
+    Parameters:
+        ttl: an agent not heard from for this long is no longer listed (and is dropped).
+        clock: monotonic seconds (tests pass a fake).
+    """
+
+    def __init__(self, ttl: float = AGENT_TTL, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl = ttl
+        self.clock = clock
+        self._agents: dict[str, tuple[AgentAnnouncement, float]] = {}
+
+    def announce(self, announcement: AgentAnnouncement) -> bool:
+        """Record (or refresh) an agent; False when the directory is full of other agents."""
+        now = self.clock()
+        if announcement.peer_id not in self._agents and len(self._agents) >= MAX_AGENTS:
+            self.expire()
+            if len(self._agents) >= MAX_AGENTS:
+                return False
+        self._agents[announcement.peer_id] = (announcement, now)
+        return True
+
+    def expire(self) -> None:
+        now = self.clock()
+        self._agents = {k: v for k, v in self._agents.items() if now - v[1] < self.ttl}
+
+    def live(self) -> list[AgentView]:
+        """Agents heard from within ``ttl``, ordered by address."""
+        self.expire()
+        now = self.clock()
+        views = [AgentView(a, now - seen) for a, seen in self._agents.values()]
+        return sorted(views, key=lambda v: v.announcement.address)
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_post("/v1/agents", self._post)
+        app.router.add_get("/v1/agents", self._get)
+
+    def add_metrics(self, registry: CollectorRegistry) -> None:
+        gauge = Gauge("shoal_scheduler_agents", "Agents that announced themselves within the TTL.", registry=registry)
+        gauge.set_function(lambda: len(self.live()))
+
+    async def _post(self, request: web.Request) -> web.Response:
+        try:
+            announcement = announcement_from_json(await request.json())
+        except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as exc:
+            raise web.HTTPBadRequest(text=f"announcement: {exc}\n") from None
+        if not self.announce(announcement):
+            raise web.HTTPServiceUnavailable(text="agent directory full\n")
+        return web.json_response({"ttl": self.ttl})
+
+    async def _get(self, request: web.Request) -> web.Response:
+        return web.json_response(agents_to_json(self.live()))

@@ -1,0 +1,158 @@
+"""``shoal preheat`` end to end: a scheduler and 5 agents (real processes), a real registry.
+
+The agents announce themselves when they start, so preheat finds them without any pull;
+after it every agent holds every blob, the registry served the image once, and a pull
+through any agent then costs the registry no blob bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from shoal.demo.fleet import LocalFleet, shoal_argv
+from shoal.demo.imagegen import GeneratedImage, generate_image
+from shoal.testing.registry import DistributionRegistry
+from shoal.testing.skopeo import layout_digests, skopeo_pull
+
+pytestmark = pytest.mark.real
+
+MiB = 1 << 20
+REGISTRY = "registry.test"
+IMAGE = f"{REGISTRY}/team/app:v1"
+USERS = {"alice": "s3cret"}
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory: pytest.TempPathFactory) -> GeneratedImage:
+    """4 layers, 16 MiB: several pieces per layer."""
+    return generate_image(tmp_path_factory.mktemp("images") / "preheat", size=16 * MiB, layers=4, seed=12)
+
+
+@dataclass
+class Cluster:
+    registry: DistributionRegistry
+    fleet: LocalFleet
+    image: GeneratedImage
+    workdir: Path
+
+    @property
+    def token(self) -> str:
+        return self.fleet.token_file.read_text()
+
+    def get(self, url: str) -> object:
+        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {self.token}"})
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return json.load(resp)
+
+    def wait_for_agents(self, count: int) -> None:
+        """Agents announce at start; the scheduler lists them within a moment."""
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            listed = self.get(f"{self.fleet.schedulers[0][0]}/v1/agents")
+            assert isinstance(listed, dict)
+            if len(listed["agents"]) >= count:
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"scheduler lists {listed}")
+
+    def preheat(self, *args: str) -> subprocess.CompletedProcess[str]:
+        argv = shoal_argv(
+            "preheat",
+            IMAGE,
+            "--scheduler",
+            self.fleet.schedulers[0][0],
+            "--peer-token-file",
+            str(self.fleet.token_file),
+            *args,
+        )
+        return subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
+
+    def holds(self, node_url: str, digest: str) -> bool:
+        try:
+            status = self.get(f"{node_url}/p2p/v1/blobs/{digest}/status")
+        except urllib.error.HTTPError as exc:
+            exc.close()
+            if exc.code == 404:  # the agent has no piece of it
+                return False
+            raise
+        assert isinstance(status, dict)
+        return bool(status["complete"])
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, image: GeneratedImage) -> Iterator[Cluster]:
+    with DistributionRegistry(tmp_path / "registry", users=USERS) as reg:
+        reg.push(image, "team/app", "v1")
+        with LocalFleet(tmp_path / "fleet", nodes=5, registries={REGISTRY: reg.url}) as fleet:
+            c = Cluster(reg, fleet, image, tmp_path)
+            c.wait_for_agents(5)
+            yield c
+
+
+class TestPreheat:
+    """Preheat warms every node through the swarm: the registry serves each blob once."""
+
+    def test_every_node_holds_the_image_and_later_pulls_cost_no_blob_bytes(self, cluster: Cluster) -> None:
+        reg, image = cluster.registry, cluster.image
+        mark = reg.mark()
+        done = cluster.preheat("--creds", "alice:s3cret")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert f"5/5 nodes hold {IMAGE}" in done.stdout
+        for node in cluster.fleet.nodes:
+            assert all(cluster.holds(node.url, b.digest) for b in image.blobs), node.address
+        served = reg.blob_bytes_served(mark)
+        assert served == image.blob_bytes, f"origin served {served / image.blob_bytes:.2f}x the image"
+
+        mark = reg.mark()
+        for node in cluster.fleet.nodes:
+            out = cluster.workdir / f"pulled-{node.index}"
+            result = skopeo_pull(f"{node.address}/{IMAGE}", out, creds="alice:s3cret")
+            assert result.returncode == 0, result.stderr
+            assert layout_digests(out) >= {b.digest for b in image.blobs}
+        assert reg.blob_bytes_served(mark) == 0
+
+    def test_a_count_of_nodes_warms_only_that_many(self, cluster: Cluster) -> None:
+        done = cluster.preheat("--creds", "alice:s3cret", "--nodes", "2", "--json")
+        assert done.returncode == 0, done.stderr
+        summary = json.loads(done.stdout)
+        assert summary["ok"] is True
+        warmed = {n["address"] for n in summary["nodes"]}
+        assert len(warmed) == 2
+        layer = max(cluster.image.blobs, key=lambda b: b.size).digest
+        for node in cluster.fleet.nodes:
+            assert cluster.holds(node.url, layer) == (node.address in warmed)
+
+    def test_a_list_of_nodes_and_an_unknown_node(self, cluster: Cluster) -> None:
+        target = cluster.fleet.nodes[3]
+        done = cluster.preheat("--creds", "alice:s3cret", "--nodes", target.address)
+        assert done.returncode == 0, done.stderr
+        assert "1/1 nodes hold" in done.stdout
+        assert cluster.holds(target.url, cluster.image.blobs[0].digest)
+        unknown = cluster.preheat("--creds", "alice:s3cret", "--nodes", "10.9.9.9:1")
+        assert unknown.returncode == 2
+        assert "no agent 10.9.9.9:1" in unknown.stderr
+
+    def test_wrong_credentials_fail_every_node_and_the_exit_status(self, cluster: Cluster) -> None:
+        done = cluster.preheat("--creds", "alice:wrong")
+        assert done.returncode == 1
+        assert "0/5 nodes hold" in done.stdout
+        assert done.stdout.count("FAILED") == 5
+        assert "401" in done.stdout
+
+    def test_credentials_from_a_docker_config_file(self, cluster: Cluster) -> None:
+        import base64
+
+        authfile = cluster.workdir / "config.json"
+        auth = base64.b64encode(b"alice:s3cret").decode()
+        authfile.write_text(json.dumps({"auths": {f"https://{REGISTRY}": {"auth": auth}}}))
+        done = cluster.preheat("--authfile", str(authfile), "--nodes", "1")
+        assert done.returncode == 0, done.stdout + done.stderr

@@ -1,0 +1,62 @@
+"""The scheduler's agent directory: soft state kept alive by announcements."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from shoal.p2p.presence import AgentAnnouncement, agents_from_json
+from shoal.scheduler.agents import AgentDirectory
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def agent(address: str, **kw: object) -> AgentAnnouncement:
+    return AgentAnnouncement(peer_id=address, address=address, **kw)  # type: ignore[arg-type]
+
+
+class TestAgentDirectory:
+    """Agents stay listed while they announce and drop out one TTL after they stop."""
+
+    def test_listed_by_address_until_the_ttl(self) -> None:
+        clock = Clock()
+        directory = AgentDirectory(ttl=30, clock=clock)
+        directory.announce(agent("10.0.0.9:65001"))
+        clock.now += 20
+        directory.announce(agent("10.0.0.2:65001"))
+        assert [v.announcement.address for v in directory.live()] == ["10.0.0.2:65001", "10.0.0.9:65001"]
+        assert [v.age for v in directory.live()] == [0.0, 20.0]
+        clock.now += 15  # the first is 35 s old now
+        assert [v.announcement.address for v in directory.live()] == ["10.0.0.2:65001"]
+
+    def test_a_new_announcement_replaces_the_old_one(self) -> None:
+        clock = Clock()
+        directory = AgentDirectory(clock=clock)
+        directory.announce(agent("10.0.0.2:65001", cache_bytes=1))
+        clock.now += 5
+        directory.announce(agent("10.0.0.2:65001", cache_bytes=7))
+        (view,) = directory.live()
+        assert view.announcement.cache_bytes == 7
+        assert view.age == 0.0
+
+
+class TestRoutes:
+    """POST and GET /v1/agents round-trip an announcement; bad bodies are refused."""
+
+    async def test_post_then_get(self) -> None:
+        directory = AgentDirectory()
+        app = web.Application()
+        directory.add_routes(app)
+        async with TestClient(TestServer(app)) as client:
+            body = {"peer_id": "10.0.0.2:65001", "address": "10.0.0.2:65001", "node": "n1", "schedulers": ["http://s"]}
+            assert (await client.post("/v1/agents", json=body)).status == 200
+            assert (await client.post("/v1/agents", json={"peer_id": "x"})).status == 400
+            assert (await client.post("/v1/agents", json={**body, "bogus": 1})).status == 400
+            listed = agents_from_json(await (await client.get("/v1/agents")).json())
+        assert [(v.announcement.node, v.announcement.schedulers) for v in listed] == [("n1", ["http://s"])]
