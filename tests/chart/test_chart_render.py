@@ -41,9 +41,7 @@ def find(documents: list[Doc], kind: str, suffix: str = "") -> Doc:
 
 
 def agent_container(documents: list[Doc]) -> Doc:
-    container: Doc = find(documents, "DaemonSet", "-agent")["spec"]["template"]["spec"][
-        "containers"
-    ][0]
+    container: Doc = find(documents, "DaemonSet", "-agent")["spec"]["template"]["spec"]["containers"][0]
     return container
 
 
@@ -62,6 +60,12 @@ PARAMETER_SETS = [
     ("p2p.plusMode.nodeSelectorEnable=true",),
     ("labelPrefix=shoal.io",),
     ("webhook.certManager.enabled=true",),
+    ("mode=mirror",),
+    ("mode=mirror", "p2p.plusMode.nodeSelectorEnable=true"),
+    ("aliasDomain=p2p.internal", "webhook.rewriteWithoutPullSecret=true"),
+    ("namespace.create=true",),
+    ("agent.priorityClassName=system-node-critical",),
+    ("nodeConfig.registriesConfDir=", "nodeConfig.requireConfigPath=true"),
 ]
 
 
@@ -87,6 +91,8 @@ class TestSchemas:
             ("Deployment", "shoal-webhook"),
             ("MutatingWebhookConfiguration", "shoal"),
             ("PodDisruptionBudget", "shoal-scheduler"),
+            ("PodDisruptionBudget", "shoal-webhook"),
+            ("PriorityClass", "shoal-node"),
             ("Secret", "shoal-peer-token"),
             ("Secret", "shoal-webhook-tls"),
             ("Service", "shoal-agent"),
@@ -97,6 +103,8 @@ class TestSchemas:
             ("ServiceAccount", "shoal-scheduler"),
             ("ServiceAccount", "shoal-webhook"),
             ("StatefulSet", "shoal-scheduler"),
+            ("ValidatingAdmissionPolicy", "shoal-webhook-secret-writes"),
+            ("ValidatingAdmissionPolicyBinding", "shoal-webhook-secret-writes"),
         ]
 
 
@@ -146,31 +154,25 @@ class TestParameters:
         assert flag(args, "--peer-token-file") == ["/etc/shoal/peer-token/token"]
         pod = find(docs(), "DaemonSet", "-agent")["spec"]["template"]["spec"]
         assert pod["hostNetwork"] is True
-        assert "nodeSelector" not in pod
+        assert pod["nodeSelector"] == {"kubernetes.io/os": "linux"}  # no agent on Windows nodes
         cache_volume = next(v for v in pod["volumes"] if v["name"] == "cache")
-        assert cache_volume == {"name": "cache", "emptyDir": {}}
+        assert cache_volume == {"name": "cache", "emptyDir": {"sizeLimit": "63Gi"}}  # 1.25 x 50G
 
     def test_port(self) -> None:
         rendered = docs("p2p.port=65002")
         container = agent_container(rendered)
-        assert container["ports"] == [
-            {"name": "p2p", "containerPort": 65002, "hostPort": 65002, "protocol": "TCP"}
-        ]
+        assert container["ports"] == [{"name": "p2p", "containerPort": 65002, "hostPort": 65002, "protocol": "TCP"}]
         assert flag(container["args"], "--listen") == ["0.0.0.0:65002"]
         assert container["readinessProbe"]["httpGet"]["port"] == 65002
         assert container["livenessProbe"]["httpGet"]["port"] == 65002
-        webhook_args = find(rendered, "Deployment", "-webhook")["spec"]["template"]["spec"][
-            "containers"
-        ][0]["args"]
-        assert flag(webhook_args, "--p2p-endpoint") == ["127.0.0.1:65002"]
+        webhook_args = find(rendered, "Deployment", "-webhook")["spec"]["template"]["spec"]["containers"][0]["args"]
+        assert flag(webhook_args, "--p2p-port") == ["65002"]
 
     def test_ratelimit(self) -> None:
         assert flag(agent_container(docs("p2p.ratelimit=1G"))["args"], "--ratelimit") == ["1G"]
 
     def test_cache_host_path(self) -> None:
-        pod = find(docs("p2p.plusMode.cacheHostPath=/var/lib/shoal-cache"), "DaemonSet")["spec"][
-            "template"
-        ]["spec"]
+        pod = find(docs("p2p.plusMode.cacheHostPath=/var/lib/shoal-cache"), "DaemonSet")["spec"]["template"]["spec"]
         cache_volume = next(v for v in pod["volumes"] if v["name"] == "cache")
         assert cache_volume["hostPath"] == {
             "path": "/var/lib/shoal-cache",
@@ -191,14 +193,14 @@ class TestParameters:
         rendered = docs("p2p.plusMode.nodeSelectorEnable=true")
         for kind, suffix in (("DaemonSet", "-agent"), ("StatefulSet", "-scheduler")):
             spec = find(rendered, kind, suffix)["spec"]["template"]["spec"]
-            assert spec["nodeSelector"] == {"k8s.aliyun.com/p2p-plus-node": "true"}
+            assert spec["nodeSelector"]["k8s.aliyun.com/p2p-plus-node"] == "true"
         webhook = find(rendered, "Deployment", "-webhook")["spec"]["template"]["spec"]
         assert "nodeSelector" not in webhook
 
     def test_node_selector_follows_label_prefix(self) -> None:
         rendered = docs("p2p.plusMode.nodeSelectorEnable=true", "labelPrefix=shoal.io")
-        spec = find(rendered, "DaemonSet")["spec"]["template"]["spec"]
-        assert spec["nodeSelector"] == {"shoal.io/p2p-plus-node": "true"}
+        spec = find(rendered, "DaemonSet", "-agent")["spec"]["template"]["spec"]
+        assert spec["nodeSelector"]["shoal.io/p2p-plus-node"] == "true"
 
     def test_registries_list_with_origin_urls(self, tmp_path: Path) -> None:
         values = tmp_path / "values.yaml"
@@ -217,9 +219,7 @@ class TestParameters:
             "registry.example.com=https://registry-vpc.example.com",
             "docker.io",
         ]
-        webhook_args = find(rendered, "Deployment", "-webhook")["spec"]["template"]["spec"][
-            "containers"
-        ][0]["args"]
+        webhook_args = find(rendered, "Deployment", "-webhook")["spec"]["template"]["spec"]["containers"][0]["args"]
         assert flag(webhook_args, "--registry") == ["registry.example.com", "docker.io"]
 
     def test_comma_separated_registries(self) -> None:
@@ -230,9 +230,7 @@ class TestParameters:
         ]
 
     def test_upgrade_changes_agent_ttl(self) -> None:
-        result = CliRunner().invoke(
-            upgrade, ["--dry-run", "--set", BASE, "--set", "p2p.plusMode.cacheTTL=72h"]
-        )
+        result = CliRunner().invoke(upgrade, ["--dry-run", "--set", BASE, "--set", "p2p.plusMode.cacheTTL=72h"])
         assert result.exit_code == 0, result.output
         rendered = [d for d in yaml.safe_load_all(result.output) if d]
         assert flag(agent_container(rendered)["args"], "--cache-ttl") == ["72h"]
@@ -249,25 +247,19 @@ class TestWebhookConfiguration:
             assert entry["timeoutSeconds"] <= 5
             assert entry["sideEffects"] == "NoneOnDryRun"
             assert entry["admissionReviewVersions"] == ["v1"]
-            assert {"operations": ["CREATE"], "resources": ["pods"]}.items() <= entry["rules"][
-                0
-            ].items()
+            assert {"operations": ["CREATE"], "resources": ["pods"]}.items() <= entry["rules"][0].items()
         assert pod_entry["clientConfig"]["service"]["path"] == "/mutate"
-        assert pod_entry["objectSelector"]["matchLabels"] == {
-            "k8s.aliyun.com/image-accelerate-mode": "p2p"
-        }
+        assert pod_entry["objectSelector"]["matchLabels"] == {"k8s.aliyun.com/image-accelerate-mode": "p2p"}
         assert ns_entry["clientConfig"]["service"]["path"] == "/mutate/namespace"
-        assert ns_entry["namespaceSelector"]["matchLabels"] == {
-            "k8s.aliyun.com/image-accelerate-mode": "p2p"
-        }
+        assert ns_entry["namespaceSelector"]["matchLabels"] == {"k8s.aliyun.com/image-accelerate-mode": "p2p"}
 
     def test_own_pods_are_never_rewritten(self) -> None:
         rendered = docs()
         mwc = find(rendered, "MutatingWebhookConfiguration")
         for entry in mwc["webhooks"]:
-            assert {"key": "shoal.io/skip-injection", "operator": "DoesNotExist"} in entry[
-                "objectSelector"
-            ]["matchExpressions"]
+            assert {"key": "shoal.io/skip-injection", "operator": "DoesNotExist"} in entry["objectSelector"][
+                "matchExpressions"
+            ]
         for doc in rendered:
             if doc["kind"] in ("DaemonSet", "Deployment"):
                 labels = doc["spec"]["template"]["metadata"]["labels"]
@@ -281,9 +273,18 @@ class TestWebhookConfiguration:
         (tmp_path / "ca.pem").write_bytes(base64.b64decode(tls["ca.crt"]))
         (tmp_path / "tls.pem").write_bytes(base64.b64decode(tls["tls.crt"]))
         result = subprocess.run(
-            ["openssl", "verify", "-CAfile", str(tmp_path / "ca.pem"),
-             "-verify_hostname", "shoal-webhook.shoal-system.svc", str(tmp_path / "tls.pem")],
-            capture_output=True, text=True, check=False,
+            [
+                "openssl",
+                "verify",
+                "-CAfile",
+                str(tmp_path / "ca.pem"),
+                "-verify_hostname",
+                "shoal-webhook.shoal-system.svc",
+                str(tmp_path / "tls.pem"),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
         )
         assert result.returncode == 0, result.stderr + result.stdout
 
@@ -294,9 +295,7 @@ class TestWebhookConfiguration:
         assert "shoal-webhook.shoal-system.svc" in certificate["spec"]["dnsNames"]
         assert find(rendered, "Issuer")["spec"] == {"selfSigned": {}}
         mwc = find(rendered, "MutatingWebhookConfiguration")
-        assert mwc["metadata"]["annotations"] == {
-            "cert-manager.io/inject-ca-from": "shoal-system/shoal-webhook"
-        }
+        assert mwc["metadata"]["annotations"] == {"cert-manager.io/inject-ca-from": "shoal-system/shoal-webhook"}
         assert all("caBundle" not in e["clientConfig"] for e in mwc["webhooks"])
         assert not [d for d in rendered if d["metadata"]["name"] == "shoal-webhook-tls"]
 
@@ -308,11 +307,8 @@ class TestRBAC:
         rendered = docs()
         role = find(rendered, "ClusterRole")
         assert role["rules"] == [
-            {
-                "apiGroups": [""],
-                "resources": ["secrets"],
-                "verbs": ["get", "list", "watch", "create", "update", "delete"],
-            }
+            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create", "update", "delete"]},
         ]
         assert not [d for d in rendered if d["kind"] in ("Role", "RoleBinding")]
         for component in ("agent", "scheduler"):

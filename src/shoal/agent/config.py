@@ -9,11 +9,11 @@ from typing import Any
 import yaml
 
 from shoal.agent.connections import ConnectionLimits
-from shoal.core.reference import DOCKER_HUB, ReferenceError, canonical_registry, validate_registry
+from shoal.core.aliases import AliasError, alias_table
+from shoal.core.registry_spec import parse_registry as parse_registry  # re-exported
 from shoal.core.units import parse_duration, parse_size
 
 DEFAULT_PORT = 65001
-DOCKER_HUB_URL = "https://registry-1.docker.io"
 DOWNLOAD_PATTERNS = ("p2p", "source")
 
 
@@ -55,6 +55,10 @@ class AgentConfig:
     send_timeout: float = 30.0
     """seconds each 8 MiB of a blob response may take to leave; a client that stops reading
     is cut off after it (at least ~270 KiB/s keeps a response going)."""
+    alias_port: int | None = None
+    """port of the webhook's rewrite alias hosts (``<registry host>:<port>``); default: listen port."""
+    alias_domain: str = ""
+    """DNS suffix of the rewrite alias hosts, as given to the webhook and node-config."""
 
     def __post_init__(self) -> None:
         if self.download_pattern not in DOWNLOAD_PATTERNS:
@@ -75,10 +79,20 @@ class AgentConfig:
             )
         if min(self.max_connections, self.header_timeout, self.keepalive_timeout, self.send_timeout) <= 0:
             raise ConfigError("max_connections, header_timeout, keepalive_timeout and send_timeout must be positive")
+        try:
+            _ = self.aliases
+        except AliasError as exc:
+            raise ConfigError(f"alias_domain: {exc}") from None
 
     @property
     def connection_limits(self) -> ConnectionLimits:
         return ConnectionLimits(self.max_connections, self.header_timeout, self.keepalive_timeout)
+
+    @property
+    def aliases(self) -> dict[str, str]:
+        """Alias name -> registry: the rewrite hosts and CRI-O path names the agent answers to."""
+        port = self.alias_port if self.alias_port is not None else split_hostport(self.listen, "listen")[1]
+        return alias_table(self.registries, port or None, self.alias_domain, strict=False)
 
     @property
     def advertise_address(self) -> str:
@@ -106,22 +120,6 @@ def split_hostport(value: str, key: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
         raise ConfigError(f"{key}: want HOST:PORT, got {value!r}")
     return host.strip("[]"), int(port)
-
-
-def parse_registry(spec: str) -> tuple[str, str]:
-    """``NAME`` or ``NAME=URL`` -> (canonical name, base URL)."""
-    name, sep, url = spec.partition("=")
-    name = name.strip()
-    try:
-        name = canonical_registry(validate_registry(name))
-    except ReferenceError as exc:
-        raise ConfigError(f"registry: {exc}") from None
-    if not sep or not url.strip():
-        url = DOCKER_HUB_URL if name == DOCKER_HUB else f"https://{name}"
-    url = url.strip().rstrip("/")
-    if not url.startswith(("http://", "https://")):
-        raise ConfigError(f"registry {name}: URL must start with http:// or https://, got {url!r}")
-    return name, url
 
 
 def _registries(value: Any) -> dict[str, str]:

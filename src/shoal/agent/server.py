@@ -223,7 +223,7 @@ class Agent:
             )
         raw_path = request.raw_path.split("?", 1)[0]
         ns = request.query.get("ns")
-        dist = parse_distribution_path(raw_path, ns, self.upstreams.clients)
+        dist = parse_distribution_path(raw_path, ns, self.upstreams.clients, self.config.aliases)
         request[ROUTE] = dist.route
         request[DIST] = dist
         try:

@@ -81,6 +81,12 @@ def merge_flags(values: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]
 @click.option("--header-timeout", help="Time a new connection has to send a request.  [default: 10s]")
 @click.option("--keepalive-timeout", help="Time an idle keep-alive connection is kept.  [default: 60s]")
 @click.option("--send-timeout", help="Time each 8 MiB of a blob response may take to leave.  [default: 30s]")
+@click.option(
+    "--alias-port",
+    type=int,
+    help="Port of the webhook's rewrite alias hosts <registry host>:<port>.  [default: --listen's port]",
+)
+@click.option("--alias-domain", help="DNS suffix of the rewrite alias hosts (as given to the webhook).")
 def agent(config_file: Path | None, **flags: Any) -> None:
     """Run the node agent: an OCI pull-through mirror with a disk cache on every node."""
     values: dict[str, Any] = load_yaml(config_file) if config_file else {}

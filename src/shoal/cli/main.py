@@ -15,6 +15,8 @@ COMMANDS: dict[str, str] = {
     "agent": "shoal.cli.agent:agent",
     "scheduler": "shoal.cli.scheduler:scheduler",
     "webhook": "shoal.cli.webhook:webhook",
+    "node-config": "shoal.cli.nodeconfig:node_config",
+    "node-ready": "shoal.cli.nodeready:node_ready",
     "demo": "shoal.cli.demo:demo",
     "preheat": "shoal.cli.preheat:preheat",
     "status": "shoal.cli.status:status",

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import click
 
+from shoal.webhook.certreload import RELOAD_INTERVAL, CertReloader
 from shoal.webhook.config import (
-    DEFAULT_ENDPOINT,
     DEFAULT_LABEL_PREFIX,
+    DEFAULT_P2P_PORT,
     DEFAULT_SECRET_PREFIX,
     DEFAULT_SECRET_SUFFIX,
     ConfigError,
@@ -36,10 +38,18 @@ def _split_listen(listen: str) -> tuple[str, int]:
     help="Registry to accelerate (repeatable).",
 )
 @click.option(
-    "--p2p-endpoint",
-    default=DEFAULT_ENDPOINT,
+    "--p2p-port",
+    type=int,
+    default=DEFAULT_P2P_PORT,
     show_default=True,
-    help="The node-local agent, as the container runtime reaches it.",
+    help="Port of the alias hosts images are rewritten to: <registry host>[.<alias domain>]:<port>.",
+)
+@click.option("--alias-domain", default="", help="DNS suffix of the alias hosts (as given to node-config).")
+@click.option(
+    "--rewrite-without-pull-secret",
+    is_flag=True,
+    help="Also rewrite images whose registry credentials are not in the Pod's pull secrets "
+    "(public registries, or node credentials that cover the alias hosts too).",
 )
 @click.option(
     "--label-prefix",
@@ -56,19 +66,29 @@ def _split_listen(listen: str) -> tuple[str, int]:
     help="Outside a cluster: kubeconfig for the Secret controller.",
 )
 @click.option("--insecure", is_flag=True, help="Serve plain HTTP (tests and local runs only).")
+@click.option(
+    "--cert-reload-interval",
+    type=click.FloatRange(min=0.1),
+    default=RELOAD_INTERVAL,
+    show_default=True,
+    help="Seconds between checks of the certificate files (renewals are served without a restart).",
+)
 def webhook(
     listen: str,
     tls_cert: str | None,
     tls_key: str | None,
     registries: tuple[str, ...],
-    p2p_endpoint: str,
+    p2p_port: int,
+    alias_domain: str,
+    rewrite_without_pull_secret: bool,
     label_prefix: str,
     secret_prefix: str,
     secret_suffix: str,
     kubeconfig: str | None,
     insecure: bool,
+    cert_reload_interval: float,
 ) -> None:
-    """Rewrite images of accelerated registries in Pods to the node-local P2P agent."""
+    """Rewrite images of accelerated registries in Pods to their P2P alias hosts."""
     from aiohttp import web
     from kubernetes import client
     from kubernetes import config as _kube_config
@@ -80,7 +100,9 @@ def webhook(
     try:
         config = WebhookConfig.build(
             list(registries),
-            endpoint=p2p_endpoint,
+            p2p_port=p2p_port,
+            alias_domain=alias_domain,
+            rewrite_without_pull_secret=rewrite_without_pull_secret,
             label_prefix=label_prefix,
             secret_prefix=secret_prefix,
             secret_suffix=secret_suffix,
@@ -102,10 +124,15 @@ def webhook(
     metrics = WebhookMetrics()
     sync.on_error = metrics.secret_sync_errors.labels("controller").inc
     sync.start()
-    ssl_context = None if insecure else tls_context(str(tls_cert), str(tls_key))
+    app = create_app(config, sync, webhook_metrics=metrics)
+    ssl_context = None
+    if not insecure:
+        ssl_context = tls_context(str(tls_cert), str(tls_key))
+        reloader = CertReloader(ssl_context, Path(str(tls_cert)), Path(str(tls_key)), interval=cert_reload_interval)
+        app.cleanup_ctx.append(reloader.cleanup_ctx)
     try:
         web.run_app(
-            create_app(config, sync, webhook_metrics=metrics),
+            app,
             host=host,
             port=port,
             ssl_context=ssl_context,

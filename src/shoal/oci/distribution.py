@@ -1,7 +1,12 @@
 """Parse OCI Distribution request paths in both addressing forms Shoal accepts.
 
-1. path form (the webhook's rewrite): ``/v2/<registry>/<repository>/manifests/<ref>``
+1. path form: ``/v2/<registry>/<repository>/manifests/<ref>`` (also what a containers-image
+   mirror location ``<agent>/<registry path name>`` sends)
 2. containerd's mirror form: ``/v2/<repository>/manifests/<ref>?ns=<registry>``
+
+Either name may be an alias (``shoal.core.aliases``): the webhook's rewrite host
+``harbor.local:65001`` arrives as ``?ns=harbor.local:65001``, a CRI-O mirror of
+``harbor.local:5000`` as the path name ``harbor.local-5000``; both mean ``harbor.local:5000``.
 
 Parsing is pure and strict: the raw (still percent-encoded) path is checked, so ``%2e%2e``
 and friends never reach the file system or an upstream URL.
@@ -10,7 +15,7 @@ and friends never reach the file system or an upstream URL.
 from __future__ import annotations
 
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -51,8 +56,12 @@ class DistributionPath:
         return self.kind.value
 
 
-def parse_distribution_path(raw_path: str, ns: str | None, registries: Collection[str]) -> DistributionPath:
+def parse_distribution_path(
+    raw_path: str, ns: str | None, registries: Collection[str], aliases: Mapping[str, str] | None = None
+) -> DistributionPath:
     """Split a raw request path into registry, repository and reference.
+
+    ``aliases`` maps alias names (rewrite hosts, path names) to configured registries.
 
     Raises:
         DistributionError: NAME_INVALID for malformed names or path tricks, NAME_UNKNOWN for a
@@ -73,7 +82,7 @@ def parse_distribution_path(raw_path: str, ns: str | None, registries: Collectio
         name_parts, kind, reference = parts[:-2], PathKind.TAGS, ""
     else:
         raise DistributionError(ErrorCode.NOT_FOUND, f"not part of the pull API: {raw_path[:120]!r}")
-    registry, repository = _split_name(name_parts, ns, registries)
+    registry, repository = _split_name(name_parts, ns, registries, aliases or {})
     digest = None
     if kind is PathKind.BLOB or (kind is PathKind.MANIFEST and ":" in reference):
         try:
@@ -88,13 +97,18 @@ def parse_distribution_path(raw_path: str, ns: str | None, registries: Collectio
     return DistributionPath(kind, registry, repository, reference, digest)
 
 
-def _split_name(name_parts: list[str], ns: str | None, registries: Collection[str]) -> tuple[str, str]:
+def _split_name(
+    name_parts: list[str], ns: str | None, registries: Collection[str], aliases: Mapping[str, str]
+) -> tuple[str, str]:
     if ns is not None:
         try:
             registry = canonical_registry(validate_registry(ns))
         except ReferenceError as exc:
             raise DistributionError(ErrorCode.NAME_INVALID, str(exc)) from None
+        registry = aliases.get(registry, registry)
         repo_parts = name_parts
+    elif len(name_parts) >= 2 and name_parts[0] in aliases:
+        registry, repo_parts = aliases[name_parts[0]], name_parts[1:]
     elif len(name_parts) >= 2 and (name_parts[0] in registries or is_registry_host(name_parts[0])):
         registry, repo_parts = canonical_registry(name_parts[0]), name_parts[1:]
     else:

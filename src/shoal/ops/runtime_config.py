@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shoal.core.aliases import AliasError, alias_host
+
 CONTAINERD_CERTS_DIR = Path("/etc/containerd/certs.d")
 REGISTRIES_CONF_DIR = Path("/etc/containers/registries.conf.d")
 LOOPBACK = ("127.0.0.1", "localhost", "[::1]")
@@ -56,9 +58,17 @@ def _read_toml(path: Path) -> dict[str, Any] | str:
         return f"unreadable: {exc}"
 
 
+def _hosts(registry: str, port: int) -> tuple[str, ...]:
+    """The registry's own host (mirror mode) and its rewrite alias host (``shoal.core.aliases``)."""
+    try:
+        return (registry, alias_host(registry, port))
+    except AliasError:
+        return (registry,)
+
+
 def check_containerd(certs_dir: Path, registry: str, port: int, addresses: Sequence[str]) -> RuntimeConfig:
     found = RuntimeConfig(registry)
-    for host in (registry, f"{registry}:{port}"):
+    for host in _hosts(registry, port):
         path = certs_dir / host / "hosts.toml"
         if not path.is_file():
             continue
@@ -81,7 +91,7 @@ def check_crio(conf_dir: Path, registry: str, port: int, addresses: Sequence[str
             into.elsewhere.append(f"{path}: {data}")
             continue
         for entry in data.get("registry") or []:
-            if registry not in (entry.get("prefix"), entry.get("location")):
+            if not {entry.get("prefix"), entry.get("location")} & {*_hosts(registry, port)}:
                 continue
             mirrors = [m.get("location", "") for m in entry.get("mirror") or []]
             if any(is_agent(m, port, addresses) for m in mirrors):

@@ -10,9 +10,12 @@ the CRI plugin is disabled (no Kubernetes here). Registry routing goes through a
           capabilities = ["pull", "resolve"]
 
 containerd sends mirror requests as ``/v2/<repo>/...?ns=<registry>`` and falls back to
-``server`` when the mirror fails. Measured on 1.6.20: both the ``overlayfs`` (default) and
-``native`` snapshotters unpack here; a ``hosts.toml`` with ``server`` but no ``[host]``
-table logs "invalid `host` tree" and is ignored, so direct pulls name the server as a host.
+``server`` when the mirror fails. With ``cri_config_path`` the daemon runs its CRI plugin
+(cgroups, AppArmor and CNI left out: images only) reading ``hosts.toml`` from that
+directory, and :meth:`Containerd.cri_pull` pulls as kubelet does (namespace ``k8s.io``).
+Measured on 1.6.20: both the ``overlayfs`` (default) and ``native`` snapshotters unpack
+here; a ``hosts.toml`` with ``server`` but no ``[host]`` table logs "invalid `host` tree"
+and is ignored, so direct pulls name the server as a host.
 """
 
 from __future__ import annotations
@@ -63,8 +66,9 @@ class Containerd:
     Parameters:
         workdir: directory for config, root, state and log (created if missing).
         snapshotter: snapshotter ``ctr`` unpacks with (``overlayfs`` or ``native``).
-        namespace: containerd namespace ``ctr`` works in.
+        namespace: containerd namespace ``ctr`` works in (``k8s.io`` with the CRI plugin).
         start_timeout: seconds to wait for the socket to answer.
+        cri_config_path: run the CRI plugin with this registry ``config_path`` (certs.d).
     """
 
     def __init__(
@@ -72,12 +76,14 @@ class Containerd:
         workdir: Path,
         *,
         snapshotter: str = "overlayfs",
-        namespace: str = "shoal-test",
+        namespace: str | None = None,
         start_timeout: float = 20.0,
+        cri_config_path: Path | None = None,
     ) -> None:
         self.workdir = Path(workdir).resolve()
         self.snapshotter = snapshotter
-        self.namespace = namespace
+        self.cri_config_path = cri_config_path
+        self.namespace = namespace or ("k8s.io" if cri_config_path is not None else "shoal-test")
         self.start_timeout = start_timeout
         self.root = self.workdir / "root"
         self.state = self.workdir / "state"
@@ -117,12 +123,26 @@ class Containerd:
         return self
 
     def _config(self) -> str:
+        if self.cri_config_path is None:
+            cri = ['disabled_plugins = ["io.containerd.grpc.v1.cri"]']
+        else:
+            cri = [
+                '[plugins."io.containerd.grpc.v1.cri"]',
+                "  disable_cgroup = true",
+                "  disable_apparmor = true",
+                "  restrict_oom_score_adj = true",
+                '  [plugins."io.containerd.grpc.v1.cri".cni]',
+                f'    bin_dir = "{self.workdir / "cni-bin"}"',
+                f'    conf_dir = "{self.workdir / "cni-conf"}"',
+                '  [plugins."io.containerd.grpc.v1.cri".registry]',
+                f'    config_path = "{self.cri_config_path}"',
+            ]
         return "\n".join(
             [
                 "version = 2",
                 f'root = "{self.root}"',
                 f'state = "{self.state}"',
-                'disabled_plugins = ["io.containerd.grpc.v1.cri"]',
+                *cri,
                 "[grpc]",
                 f'  address = "{self.address}"',
                 "[debug]",
@@ -229,6 +249,15 @@ class Containerd:
         hosts_dir = hosts_dir or self.hosts_dir
         write_hosts_toml(hosts_dir, _registry_of(ref), mirrors=[mirror_url])
         return self.pull(ref, hosts_dir=hosts_dir, user=user, platform=platform, check=check, timeout=timeout)
+
+    def cri_pull(self, ref: str, *, username: str | None = None, password: str | None = None) -> str:
+        """Pull ``ref`` through the CRI plugin, as kubelet does; returns the image ref."""
+        from shoal.testing.cri import CriClient
+
+        if self.cri_config_path is None:
+            raise RuntimeError("start Containerd with cri_config_path to pull through CRI")
+        with CriClient(self.address) as client:
+            return client.pull_image(ref, username=username, password=password)
 
     def images(self) -> list[str]:
         """References of the images containerd knows."""

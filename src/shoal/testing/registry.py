@@ -72,6 +72,12 @@ class LoggedRequest:
         return self.method == "GET" and "/blobs/" in self.path and "/blobs/uploads/" not in self.path
 
     @property
+    def client(self) -> str:
+        """Who sent it: ``agent`` (Shoal's aiohttp client), else the product in the user agent
+        (``containerd``, ``skopeo``)."""
+        return "agent" if "aiohttp" in self.user_agent else self.user_agent.split("/")[0]
+
+    @property
     def digest(self) -> str | None:
         """The digest of a ``/blobs/<digest>`` or ``/manifests/<digest>`` path, if any."""
         last = self.path.rsplit("/", 1)[-1]

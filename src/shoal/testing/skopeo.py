@@ -103,6 +103,7 @@ def skopeo_pull(
     all_platforms: bool = True,
     tag: str = "latest",
     check: bool = False,
+    registries_conf: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Copy ``docker://REF`` into the OCI layout ``oci:DEST:TAG``, blobs byte for byte.
 
@@ -113,8 +114,11 @@ def skopeo_pull(
         tls_verify: verify TLS (plain HTTP is used when False and the registry speaks it).
         all_platforms: copy every platform of an index (``--all``), else the host's only.
         check: raise on failure instead of returning the failed process.
+        registries_conf: a ``registries.conf`` to use instead of the empty private one (the
+            last ``--registries-conf`` wins), e.g. node-config's drop-in.
     """
-    args = ["copy", f"--src-tls-verify={'true' if tls_verify else 'false'}"]
+    args = ["--registries-conf", str(registries_conf)] if registries_conf is not None else []
+    args += ["copy", f"--src-tls-verify={'true' if tls_verify else 'false'}"]
     args += ["--dest-oci-accept-uncompressed-layers", "--preserve-digests"]
     args.append(f"--src-creds={creds}" if creds is not None else "--src-no-creds")
     if all_platforms:

@@ -1,12 +1,13 @@
-"""Webhook settings: which registries to accelerate, the agent endpoint, the label prefix."""
+"""Webhook settings: which registries to accelerate, their alias hosts, the label prefix."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from shoal.core.aliases import AliasError, alias_host, alias_table, validate_domain
 from shoal.core.reference import ReferenceError, canonical_registry, validate_registry
 
-DEFAULT_ENDPOINT = "127.0.0.1:65001"
+DEFAULT_P2P_PORT = 65001
 DEFAULT_LABEL_PREFIX = "k8s.aliyun.com"
 DEFAULT_SECRET_PREFIX = "acr-credential-"
 DEFAULT_SECRET_SUFFIX = "-p2p"
@@ -23,14 +24,21 @@ class WebhookConfig:
 
     Parameters:
         registries: canonical registry hosts (``docker.io`` for Docker Hub) to accelerate.
-        endpoint: ``host:port`` of the node-local agent, as kubelet's runtime will reach it.
+        p2p_port: port of the alias hosts ``<registry host>[.<alias_domain>]:<p2p_port>`` that
+            images are rewritten to (node-config routes them to the agent, else the registry).
+        alias_domain: DNS suffix of the alias hosts; empty keeps the registry's host name.
+        rewrite_without_pull_secret: also rewrite images whose registry credentials are not in
+            the Pod's pull secrets (public registries, or node credentials that also cover
+            the alias host); off, such images are left alone.
         label_prefix: prefix of the ``image-accelerate-mode`` label and the annotations;
             ``k8s.aliyun.com`` keeps manifests written for the brief working unchanged.
         secret_prefix, secret_suffix: derived pull secret name is prefix + original + suffix.
     """
 
     registries: frozenset[str]
-    endpoint: str = DEFAULT_ENDPOINT
+    p2p_port: int = DEFAULT_P2P_PORT
+    alias_domain: str = ""
+    rewrite_without_pull_secret: bool = False
     label_prefix: str = DEFAULT_LABEL_PREFIX
     secret_prefix: str = DEFAULT_SECRET_PREFIX
     secret_suffix: str = DEFAULT_SECRET_SUFFIX
@@ -40,7 +48,9 @@ class WebhookConfig:
         cls,
         registries: list[str] | tuple[str, ...],
         *,
-        endpoint: str = DEFAULT_ENDPOINT,
+        p2p_port: int = DEFAULT_P2P_PORT,
+        alias_domain: str = "",
+        rewrite_without_pull_secret: bool = False,
         label_prefix: str = DEFAULT_LABEL_PREFIX,
         secret_prefix: str = DEFAULT_SECRET_PREFIX,
         secret_suffix: str = DEFAULT_SECRET_SUFFIX,
@@ -55,17 +65,23 @@ class WebhookConfig:
                 hosts.add(canonical_registry(validate_registry(host)))
             except ReferenceError as exc:
                 raise ConfigError(str(exc)) from None
+        if not 0 < p2p_port < 65536:
+            raise ConfigError(f"invalid --p2p-port {p2p_port}: want 1-65535")
         try:
-            validate_registry(endpoint)
-        except ReferenceError:
-            raise ConfigError(f"invalid --p2p-endpoint {endpoint!r}: want host:port") from None
-        if ":" not in endpoint.rsplit("]", 1)[-1]:
-            raise ConfigError(f"invalid --p2p-endpoint {endpoint!r}: want host:port")
+            alias_domain = validate_domain(alias_domain)
+            alias_table(hosts, p2p_port, alias_domain)
+            same = sorted(h for h in hosts if alias_host(h, p2p_port, alias_domain) == h)
+        except AliasError as exc:
+            raise ConfigError(str(exc)) from None
+        if same:
+            raise ConfigError(f"registry {same[0]} is on the p2p port {p2p_port}: set an alias domain")
         if not label_prefix or "/" in label_prefix:
             raise ConfigError(f"invalid --label-prefix {label_prefix!r}: a DNS subdomain")
         return cls(
             registries=frozenset(hosts),
-            endpoint=endpoint,
+            p2p_port=p2p_port,
+            alias_domain=alias_domain,
+            rewrite_without_pull_secret=rewrite_without_pull_secret,
             label_prefix=label_prefix,
             secret_prefix=secret_prefix,
             secret_suffix=secret_suffix,
@@ -80,6 +96,10 @@ class WebhookConfig:
     def config_key(self) -> str:
         """Annotation recording what was rewritten; its presence marks a Pod as injected."""
         return f"{self.label_prefix}/p2p-config"
+
+    def alias(self, registry: str) -> str:
+        """The alias host images of ``registry`` are rewritten to."""
+        return alias_host(registry, self.p2p_port, self.alias_domain)
 
     def derived_secret_name(self, original: str) -> str:
         return f"{self.secret_prefix}{original}{self.secret_suffix}"

@@ -5,6 +5,13 @@ label (``objectSelector``, path ``/mutate``), one selects Pods in a labelled nam
 (``namespaceSelector``, path ``/mutate/namespace``). The API server evaluates both selectors,
 so the webhook never asks it about namespaces. When both fire, the second call sees the
 already injected Pod and returns no patch.
+
+Images move to their registry's alias host (``harbor.local:5000/team/app:v1`` ->
+``harbor.local:65001/team/app:v1``), which node-config routes to the agent with the registry
+as fallback, so a rewritten Pod pulls on a node whose agent is down or absent. An image is
+moved only when one of the Pod's pull secrets holds credentials for its registry (they are
+copied to the alias host): credentials that come from the node (kubelet credential
+providers, the node's config.json) name the original host and would not follow.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from typing import Any
 from shoal import __version__
 from shoal.core.reference import ImageReference, ReferenceError
 from shoal.webhook.config import ENABLED_VALUE, WebhookConfig
-from shoal.webhook.pullsecrets import derive_secret
+from shoal.webhook.pullsecrets import covered_registries, derive_secret, read_dockerconfig
 
 Json = dict[str, Any]
 CONTAINER_LISTS = ("initContainers", "containers", "ephemeralContainers")
@@ -40,6 +47,7 @@ class Rewrite:
     container: str
     original: str
     image: str
+    registry: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,19 +72,25 @@ def escape_pointer(token: str) -> str:
     return token.replace("~", "~0").replace("/", "~1")
 
 
-def rewrite_image(image: str, config: WebhookConfig) -> str | None:
-    """``reg/team/app:v1`` -> ``<endpoint>/reg/team/app:v1`` if ``reg`` is accelerated.
-
-    Docker Hub short names are normalised (``nginx`` -> ``docker.io/library/nginx:latest``)
-    so the agent always sees the registry as the first path component.
-    """
+def _accelerated(image: str, config: WebhookConfig) -> ImageReference | None:
     try:
         ref = ImageReference.parse(image)
     except ReferenceError:
         return None
-    if ref.registry not in config.registries:
-        return None
-    return f"{config.endpoint}/{ref}"
+    return ref if ref.registry in config.registries else None
+
+
+def rewrite_image(image: str, config: WebhookConfig) -> str | None:
+    """``reg:5000/team/app:v1`` -> ``reg:65001/team/app:v1`` (the alias host) if ``reg:5000``
+    is accelerated, else None. Docker Hub short names are normalised (``nginx`` ->
+    ``docker.io:65001/library/nginx:latest``): the alias names the registry.
+    """
+    ref = _accelerated(image, config)
+    return None if ref is None else _alias_image(ref, config)
+
+
+def _alias_image(ref: ImageReference, config: WebhookConfig) -> str:
+    return f"{config.alias(ref.registry)}/{ref.repository}{ref.suffix()}"
 
 
 def plan_rewrites(spec: Json, config: WebhookConfig, lists: tuple[str, ...] = CONTAINER_LISTS) -> list[Rewrite]:
@@ -86,10 +100,11 @@ def plan_rewrites(spec: Json, config: WebhookConfig, lists: tuple[str, ...] = CO
             image = container.get("image")
             if not isinstance(image, str):
                 continue
-            new = rewrite_image(image, config)
-            if new is not None:
+            ref = _accelerated(image, config)
+            if ref is not None:
                 pointer = f"/spec/{list_name}/{index}/image"
-                rewrites.append(Rewrite(pointer, container.get("name", ""), image, new))
+                new = _alias_image(ref, config)
+                rewrites.append(Rewrite(pointer, container.get("name", ""), image, new, ref.registry))
     return rewrites
 
 
@@ -98,7 +113,6 @@ def p2p_config(rewrites: list[Rewrite], config: WebhookConfig) -> str:
     return json.dumps(
         {
             "version": __version__,
-            "endpoint": config.endpoint,
             "images": [{"container": r.container, "original": r.original, "image": r.image} for r in rewrites],
         },
         separators=(",", ":"),
@@ -113,6 +127,24 @@ def enabled(pod: Json, scope: Scope, config: WebhookConfig) -> bool:
     if value is not None:
         return bool(value == ENABLED_VALUE)
     return scope is Scope.NAMESPACE
+
+
+VIRTUAL_NODE_TAINT = "virtual-kubelet.io/provider"
+
+
+def runs_without_node_config(spec: Json) -> str | None:
+    """Why the Pod is bound for a node where node-config cannot run, or None.
+
+    Windows nodes (no agent, no certs.d the chart writes) and virtual-kubelet nodes (ACI,
+    Fargate-like providers run no DaemonSets) would have no way back from the alias host.
+    """
+    selector = spec.get("nodeSelector") or {}
+    if selector.get("kubernetes.io/os") == "windows":
+        return "Pod selects Windows nodes"
+    for toleration in spec.get("tolerations") or []:
+        if isinstance(toleration, dict) and toleration.get("key") == VIRTUAL_NODE_TAINT:
+            return "Pod tolerates virtual nodes"
+    return None
 
 
 def decide(request: Json, scope: Scope, config: WebhookConfig, secrets: Mapping[str, Json] | None) -> Decision:
@@ -138,6 +170,9 @@ def decide(request: Json, scope: Scope, config: WebhookConfig, secrets: Mapping[
     annotations = (pod.get("metadata") or {}).get("annotations") or {}
     if config.config_key in annotations:
         return unchanged("already injected")
+    elsewhere = runs_without_node_config(pod["spec"])
+    if elsewhere is not None:
+        return unchanged(f"{elsewhere}: no node-config there to fall back to the registry")
     rewrites = plan_rewrites(pod["spec"], config)
     if not rewrites:
         return unchanged("no image from an accelerated registry")
@@ -146,14 +181,20 @@ def decide(request: Json, scope: Scope, config: WebhookConfig, secrets: Mapping[
     derived: list[Json] = []
     if names and secrets is None:
         return unchanged("pull secret cache not ready")
+    covered: set[str] = set()
     for name in names:
         assert secrets is not None
         original = secrets.get(name)
         if original is None:
             return unchanged(f"pull secret {name!r} is missing")
+        covered |= covered_registries(read_dockerconfig(original), config)
         secret = derive_secret(original, config)
         if secret is not None and secret["metadata"]["name"] not in names:
             derived.append(secret)
+    if not config.rewrite_without_pull_secret:
+        rewrites = [r for r in rewrites if r.registry in covered]
+        if not rewrites:
+            return unchanged("no pull secret of the Pod holds credentials for its accelerated registries")
 
     patch: list[Json] = [{"op": "replace", "path": r.pointer, "value": r.image} for r in rewrites]
     new_annotations = {
@@ -179,16 +220,29 @@ def _decide_ephemeral(pod: Json, config: WebhookConfig) -> Decision:
     """``kubectl debug`` adds ephemeral containers to a running Pod.
 
     Pull secrets cannot change after creation, so only Pods injected at creation (which
-    already carry the derived secrets) get their new ephemeral images rewritten.
+    already carry the derived secrets) get their new ephemeral images rewritten, and only
+    images of registries whose images were rewritten then (their credentials followed).
     """
     annotations = (pod.get("metadata") or {}).get("annotations") or {}
     if config.config_key not in annotations:
         return unchanged("ephemeral container in a Pod that was not injected")
     rewrites = plan_rewrites(pod["spec"], config, ("ephemeralContainers",))
+    if not config.rewrite_without_pull_secret:
+        done = _rewritten_registries(annotations[config.config_key], config)
+        rewrites = [r for r in rewrites if r.registry in done]
     if not rewrites:
         return unchanged("no ephemeral image from an accelerated registry")
     patch = tuple({"op": "replace", "path": r.pointer, "value": r.image} for r in rewrites)
     return Decision(patch, (), f"rewrote {len(rewrites)} ephemeral image(s)")
+
+
+def _rewritten_registries(annotation: object, config: WebhookConfig) -> set[str]:
+    try:
+        images = json.loads(str(annotation)).get("images") or []
+    except (ValueError, AttributeError):
+        return set()
+    refs = (_accelerated(str(i.get("original", "")), config) for i in images if isinstance(i, dict))
+    return {ref.registry for ref in refs if ref is not None}
 
 
 def review_response(review: Json, decision: Decision) -> Json:

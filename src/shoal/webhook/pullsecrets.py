@@ -1,8 +1,9 @@
 """Derive a P2P pull secret from an original one: same credentials, registry key changed.
 
-kubelet picks the credentials for ``127.0.0.1:65001/registry.example.com/team/app`` from a
-``.dockerconfigjson`` entry whose key is a prefix of that path, so the derived secret holds
-``<endpoint>/<registry>[/<path>]`` keys with the original ``auth``/``username``/``password``.
+The brief: P2P credentials "differ from standard credentials only in the image registry
+domain name". kubelet picks the credentials for ``harbor.local:65001/team/app`` from a
+``.dockerconfigjson`` entry whose key matches that host (and path prefix), so the derived
+secret holds ``<alias host>[/<path>]`` keys with the original ``auth``/``username``/``password``.
 Nothing here performs I/O: the controller and the server apply what these functions return.
 """
 
@@ -56,8 +57,17 @@ def read_dockerconfig(secret: Json) -> Json | None:
     return decoded if isinstance(decoded, dict) else None
 
 
+def covered_registries(dockerconfig: Json | None, config: WebhookConfig) -> set[str]:
+    """The accelerated registries a decoded ``.dockerconfigjson`` holds credentials for."""
+    auths = (dockerconfig or {}).get("auths")
+    if not isinstance(auths, dict):
+        return set()
+    hosts = {split_auth_key(key)[0] for key, entry in auths.items() if isinstance(entry, dict)}
+    return hosts & config.registries
+
+
 def derive_dockerconfig(dockerconfig: Json, config: WebhookConfig) -> Json | None:
-    """Only the entries for accelerated registries, re-keyed under the P2P endpoint.
+    """Only the entries for accelerated registries, re-keyed under their alias hosts.
 
     Returns None when the original holds no credentials for an accelerated registry.
     """
@@ -70,7 +80,7 @@ def derive_dockerconfig(dockerconfig: Json, config: WebhookConfig) -> Json | Non
         host, path = split_auth_key(key)
         if host not in config.registries or not isinstance(entry, dict):
             continue
-        new_key = f"{config.endpoint}/{host}" + (f"/{path}" if path else "")
+        new_key = config.alias(host) + (f"/{path}" if path else "")
         derived.setdefault(new_key, entry)
     return {"auths": derived} if derived else None
 

@@ -147,3 +147,24 @@ class TestHelpers:
         path.write_text("a: [\n")
         with pytest.raises(ConfigError, match="cannot read"):
             load_yaml(path)
+
+
+class TestAliases:
+    """The agent answers to the webhook's alias hosts and CRI-O's path names."""
+
+    def test_alias_port_defaults_to_listen_port(self) -> None:
+        config = load_config({"registries": ["harbor.local:5000"], "listen": "0.0.0.0:65002"})
+        assert config.aliases["harbor.local:65002"] == "harbor.local:5000"
+        assert config.aliases["harbor.local-5000"] == "harbor.local:5000"
+
+    def test_alias_port_and_domain(self) -> None:
+        config = load_config({"registries": ["harbor.local:5000"], "alias_port": 65001, "alias_domain": "p2p.internal"})
+        assert config.aliases["harbor.local.p2p.internal:65001"] == "harbor.local:5000"
+
+    def test_two_ports_of_one_host_still_start(self) -> None:
+        config = load_config({"registries": ["harbor.local:5000", "harbor.local:5001"]})
+        assert "harbor.local:65001" not in config.aliases
+
+    def test_bad_alias_domain(self) -> None:
+        with pytest.raises(ConfigError, match="alias_domain"):
+            load_config({"registries": ["a.io"], "alias_domain": "not a domain"})

@@ -78,8 +78,7 @@ PLAIN_NS = {"metadata": {"name": "default", "labels": {"kubernetes.io/metadata.n
     [
         (True, PLAIN_NS, ["pod.image-accelerate.shoal.io"], True),
         (False, ACCELERATED_NS, ["namespace.image-accelerate.shoal.io"], True),
-        (True, ACCELERATED_NS,
-         ["pod.image-accelerate.shoal.io", "namespace.image-accelerate.shoal.io"], True),
+        (True, ACCELERATED_NS, ["pod.image-accelerate.shoal.io", "namespace.image-accelerate.shoal.io"], True),
         (False, PLAIN_NS, [], False),
     ],
     ids=["pod-label", "namespace-label", "both", "neither"],
@@ -89,7 +88,7 @@ def test_routing(pod_label: bool, namespace: Json, expected_calls: list[str], re
     result, called = admit_through_api_server(pod, namespace)
     assert called == expected_calls
     image = result["spec"]["containers"][0]["image"]
-    assert image.startswith("127.0.0.1:65001/") is rewritten
+    assert image.startswith(f"{BRIEF_REGISTRY}:65001/") is rewritten
     if rewritten:
         assert result["spec"]["imagePullSecrets"] == [
             {"name": "test-registry"},

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import Iterator
 
 import pytest
 from kubernetes import client
 
+from shoal.ops.helm import build_values, manifest_documents, render
+from shoal.testing.fake_apiserver import FakeApiServer
 from shoal.webhook.config import WebhookConfig
 from shoal.webhook.controller import SecretSync
 from shoal.webhook.mutate import Scope, decide
 
-from .fake_apiserver import FakeApiServer
 from .k8s_fixtures import BRIEF_REGISTRY, Json, admission_review, load, with_namespace
 from .test_webhook_mutate import brief_pod
 
@@ -81,24 +83,17 @@ class TestSecretSync:
         assert cached is not None
         assert set(cached) == {"test-registry", "quay"}
         assert sync.secrets_in("elsewhere") == {}
-        assert ("GET", "/api/v1/secrets?fieldSelector=type%3Dkubernetes.io/dockerconfigjson") in (
-            apiserver.requests
-        )
+        assert ("GET", "/api/v1/secrets?fieldSelector=type%3Dkubernetes.io/dockerconfigjson") in (apiserver.requests)
 
     def test_watch_updates_cache(self, sync: SecretSync, apiserver: FakeApiServer) -> None:
         apiserver.put(with_namespace(load("secret-regcred"), "team-a"))
         assert apiserver.wait_for(lambda _: "regcred" in (sync.secrets_in("team-a") or {}))
 
-    def test_ensure_creates_then_follows_and_deletes(
-        self, sync: SecretSync, apiserver: FakeApiServer
-    ) -> None:
+    def test_ensure_creates_then_follows_and_deletes(self, sync: SecretSync, apiserver: FakeApiServer) -> None:
         secrets = derived_in_default(brief_pod(), sync)
         sync.ensure_sync(secrets)
         derived = apiserver.get("default", DERIVED)
-        assert creds(derived) == {
-            "auths": {f"127.0.0.1:65001/{BRIEF_REGISTRY}": {"username": "builder",
-                                                            "password": "s3cret"}}
-        }
+        assert creds(derived) == {"auths": {f"{BRIEF_REGISTRY}:65001": {"username": "builder", "password": "s3cret"}}}
         assert derived is not None
         owner = derived["metadata"]["ownerReferences"][0]
         assert owner["name"] == "test-registry"
@@ -107,16 +102,16 @@ class TestSecretSync:
 
         apiserver.put(original(password="rotated"))
         assert apiserver.wait_for(
-            lambda s: (s.get("default", DERIVED) or {}).get("data") is not None
-            and "rotated" in json.dumps(creds(s.get("default", DERIVED)))
+            lambda s: (
+                (s.get("default", DERIVED) or {}).get("data") is not None
+                and "rotated" in json.dumps(creds(s.get("default", DERIVED)))
+            )
         )
 
         apiserver.remove("default", "test-registry")
         assert apiserver.wait_for(lambda s: s.get("default", DERIVED) is None)
 
-    def test_ensure_is_idempotent_and_repairs(
-        self, sync: SecretSync, apiserver: FakeApiServer
-    ) -> None:
+    def test_ensure_is_idempotent_and_repairs(self, sync: SecretSync, apiserver: FakeApiServer) -> None:
         secrets = derived_in_default(brief_pod(), sync)
         sync.ensure_sync(secrets)
         version = apiserver.get("default", DERIVED)["metadata"]["resourceVersion"]  # type: ignore[index]
@@ -130,13 +125,10 @@ class TestSecretSync:
         sync.ensure_sync(secrets)
         assert "s3cret" in json.dumps(creds(apiserver.get("default", DERIVED)))
 
-    def test_unrelated_secret_changes_touch_nothing(
-        self, sync: SecretSync, apiserver: FakeApiServer
-    ) -> None:
+    def test_unrelated_secret_changes_touch_nothing(self, sync: SecretSync, apiserver: FakeApiServer) -> None:
         apiserver.put(original(password="changed"))
         assert apiserver.wait_for(
-            lambda _: "changed" in json.dumps(creds((sync.secrets_in("default") or {})
-                                                    .get("test-registry")))
+            lambda _: "changed" in json.dumps(creds((sync.secrets_in("default") or {}).get("test-registry")))
         )
         assert apiserver.get("default", DERIVED) is None
         assert not [r for r in apiserver.requests if r[0] in ("POST", "PUT", "DELETE")]
@@ -149,9 +141,7 @@ class TestSecretSync:
 class TestStartup:
     """A derived secret left behind by an original deleted while the webhook was down."""
 
-    def test_orphan_is_removed_on_first_list(
-        self, apiserver: FakeApiServer, core: client.CoreV1Api
-    ) -> None:
+    def test_orphan_is_removed_on_first_list(self, apiserver: FakeApiServer, core: client.CoreV1Api) -> None:
         stored = apiserver.put(original())
         request = admission_review(brief_pod(), "default")["request"]
         (derived,) = decide(request, Scope.POD, CONFIG, {"test-registry": stored}).secrets
@@ -162,9 +152,7 @@ class TestStartup:
             assert apiserver.wait_for(lambda s: s.get("default", DERIVED) is None)
             assert "test-registry" not in (running.secrets_in("default") or {})
 
-    def test_relists_after_expired_watch(
-        self, apiserver: FakeApiServer, core: client.CoreV1Api
-    ) -> None:
+    def test_relists_after_expired_watch(self, apiserver: FakeApiServer, core: client.CoreV1Api) -> None:
         apiserver.put(original())
         for sync in start(core, apiserver):
             lists_before = sum(1 for m, p in apiserver.requests if "watch" not in p)
@@ -177,3 +165,36 @@ class TestStartup:
                 lambda _, s=sync: "regcred" in (s.secrets_in("team-b") or {})  # type: ignore[misc]
             )
             assert sum(1 for m, p in apiserver.requests if "watch" not in p) > lists_before
+
+
+def rbac_verb(method: str, path: str) -> str:
+    """The RBAC verb the API server checks for one request of the fake's log."""
+    if method == "GET":
+        if "watch=" in path:
+            return "watch"
+        return "get" if _ITEM_PATH.match(path.split("?")[0]) else "list"
+    return {"POST": "create", "PUT": "update", "DELETE": "delete"}[method]
+
+
+_ITEM_PATH = re.compile(r"^/api/v1/namespaces/[^/]+/secrets/[^/]+$")
+
+
+class TestRBAC:
+    """The chart grants exactly the verbs the controller's whole life cycle uses."""
+
+    def test_granted_verbs_are_the_used_ones(self, sync: SecretSync, apiserver: FakeApiServer) -> None:
+        secrets = derived_in_default(brief_pod(), sync)
+        sync.ensure_sync(secrets)  # create
+        sync.ensure_sync(secrets)  # 409, read back, unchanged
+        apiserver.put(original(password="rotated"))  # followed: update
+        assert apiserver.wait_for(lambda s: "rotated" in json.dumps(creds(s.get("default", DERIVED))))
+        apiserver.remove("default", "test-registry")  # followed: delete
+        assert apiserver.wait_for(lambda s: s.get("default", DERIVED) is None)
+        used = {rbac_verb(method, path) for method, path in apiserver.requests}
+        assert all(path.startswith(("/api/v1/secrets", "/api/v1/namespaces/")) for _, path in apiserver.requests)
+
+        rendered = manifest_documents(render(build_values((), ("registries=" + BRIEF_REGISTRY,))))
+        (role,) = [d for d in rendered if d["kind"] == "ClusterRole"]
+        granted = {verb for rule in role["rules"] for verb in rule["verbs"]}
+        assert {res for rule in role["rules"] for res in rule["resources"]} == {"secrets"}
+        assert used == granted == {"get", "list", "watch", "create", "update", "delete"}

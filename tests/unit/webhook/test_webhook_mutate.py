@@ -30,6 +30,11 @@ from .k8s_fixtures import (
 MODE = "k8s.aliyun.com/image-accelerate-mode"
 P2P_CONFIG = "k8s.aliyun.com/p2p-config"
 CONFIG = WebhookConfig.build([BRIEF_REGISTRY, "registry.example.com", "index.docker.io"])
+# images of registries with no pull secret in the Pod are rewritten too (public registries)
+ANONYMOUS = WebhookConfig.build(
+    [BRIEF_REGISTRY, "registry.example.com", "index.docker.io"], rewrite_without_pull_secret=True
+)
+ALIAS_IMAGE = f"{BRIEF_REGISTRY}:65001/docker-builder/nginx:latest"
 
 
 def brief_pod(namespace: str = "default", *, label: bool = True) -> Json:
@@ -40,9 +45,7 @@ def brief_pod(namespace: str = "default", *, label: bool = True) -> Json:
                 "metadata": {"labels": {MODE: "p2p"} if label else {}},
                 "spec": {
                     "imagePullSecrets": [{"name": "test-registry"}],
-                    "containers": [
-                        {"name": "test", "image": BRIEF_IMAGE, "command": ["sleep", "3600"]}
-                    ],
+                    "containers": [{"name": "test", "image": BRIEF_IMAGE, "command": ["sleep", "3600"]}],
                 },
             }
         }
@@ -91,16 +94,15 @@ class TestBriefExpectedOutput:
         annotations = pod["metadata"]["annotations"]
         assert annotations[MODE] == "p2p"
         p2p_config = json.loads(annotations[P2P_CONFIG])
-        assert p2p_config["endpoint"] == "127.0.0.1:65001"
         assert p2p_config["images"] == [
             {
                 "container": "test",
                 "original": BRIEF_IMAGE,
-                "image": f"127.0.0.1:65001/{BRIEF_IMAGE}",
+                "image": ALIAS_IMAGE,
             }
         ]
         assert p2p_config["version"]
-        assert pod["spec"]["containers"][0]["image"] == f"127.0.0.1:65001/{BRIEF_IMAGE}"
+        assert pod["spec"]["containers"][0]["image"] == ALIAS_IMAGE
         assert pod["spec"]["containers"][0]["command"] == ["sleep", "3600"]
         assert pod["spec"]["imagePullSecrets"] == [
             {"name": "test-registry"},
@@ -115,11 +117,10 @@ class TestBriefExpectedOutput:
         assert derived["metadata"]["namespace"] == "default"
         assert derived["type"] == "kubernetes.io/dockerconfigjson"
         assert derived["metadata"]["ownerReferences"] == [
-            {"apiVersion": "v1", "kind": "Secret", "name": "test-registry",
-             "uid": "uid-secret-test-registry"}
+            {"apiVersion": "v1", "kind": "Secret", "name": "test-registry", "uid": "uid-secret-test-registry"}
         ]
         before = dockerconfig(original)["auths"][BRIEF_REGISTRY]
-        assert dockerconfig(derived) == {"auths": {f"127.0.0.1:65001/{BRIEF_REGISTRY}": before}}
+        assert dockerconfig(derived) == {"auths": {f"{BRIEF_REGISTRY}:65001": before}}
         assert before["username"] == "builder"
         assert before["password"] == "s3cret"
 
@@ -128,7 +129,7 @@ class TestBriefExpectedOutput:
         assert MODE not in pod["metadata"]["labels"]
         decision, patched = admit(pod, Scope.NAMESPACE, secrets("team-a"))
         assert decision.mutated
-        assert patched["spec"]["containers"][0]["image"] == f"127.0.0.1:65001/{BRIEF_IMAGE}"
+        assert patched["spec"]["containers"][0]["image"] == ALIAS_IMAGE
         assert decision.secrets[0]["metadata"]["namespace"] == "team-a"
 
     def test_label_on_both_is_idempotent(self) -> None:
@@ -158,16 +159,23 @@ class TestImages:
         pod = pod_from_template(
             merge_patch(
                 load("deployment-app"),
-                {"spec": {"template": {"metadata": {"labels": {MODE: "p2p"}}}}},
+                {
+                    "spec": {
+                        "template": {
+                            "metadata": {"labels": {MODE: "p2p"}},
+                            "spec": {"imagePullSecrets": [{"name": "regcred"}]},
+                        }
+                    }
+                },
             ),
             "default",
         )
         decision, patched = admit(pod, Scope.POD, secrets())
         app, sidecar = patched["spec"]["containers"]
-        assert app["image"] == "127.0.0.1:65001/registry.example.com/team/app:v1"
+        assert app["image"] == "registry.example.com:65001/team/app:v1"
         assert sidecar["image"] == "quay.io/org/sidecar:2"
         assert len(json.loads(patched["metadata"]["annotations"][P2P_CONFIG])["images"]) == 1
-        assert decision.secrets == ()
+        assert [s["metadata"]["name"] for s in decision.secrets] == ["acr-credential-regcred-p2p"]
 
     def test_only_foreign_images_is_not_injected(self) -> None:
         config = WebhookConfig.build(["ghcr.io"])
@@ -183,39 +191,45 @@ class TestImages:
             ),
             "default",
         )
-        _, patched = admit(pod, Scope.POD, {})
-        assert patched["spec"]["containers"][0]["image"] == (
-            f"127.0.0.1:65001/registry.example.com/team/migrate@{DIGEST}"
-        )
+        _, patched = admit(pod, Scope.POD, {}, ANONYMOUS)
+        assert patched["spec"]["containers"][0]["image"] == (f"registry.example.com:65001/team/migrate@{DIGEST}")
         assert "imagePullSecrets" not in patched["spec"]
 
     def test_docker_hub_short_name_and_hub_credentials(self) -> None:
         pod = pod_from_template(
             merge_patch(
                 load("deployment-web"),
-                {"spec": {"template": {"metadata": {"labels": {MODE: "p2p"}},
-                                       "spec": {"imagePullSecrets": [{"name": "hub"}]}}}},
+                {
+                    "spec": {
+                        "template": {
+                            "metadata": {"labels": {MODE: "p2p"}},
+                            "spec": {"imagePullSecrets": [{"name": "hub"}]},
+                        }
+                    }
+                },
             ),
             "default",
         )
         decision, patched = admit(pod, Scope.POD, secrets())
-        assert patched["spec"]["containers"][0]["image"] == (
-            "127.0.0.1:65001/docker.io/library/nginx:1.27"
-        )
+        assert patched["spec"]["containers"][0]["image"] == ("docker.io:65001/library/nginx:1.27")
         (derived,) = decision.secrets
-        assert list(dockerconfig(derived)["auths"]) == ["127.0.0.1:65001/docker.io"]
+        assert list(dockerconfig(derived)["auths"]) == ["docker.io:65001"]
 
     def test_init_containers(self) -> None:
         pod = merge_patch(
             brief_pod(),
-            {"spec": {"initContainers": [
-                {"name": "fetch", "image": "busybox:1.36"},
-                {"name": "other", "image": "quay.io/org/tool:1"},
-            ]}},
+            {
+                "spec": {
+                    "initContainers": [
+                        {"name": "fetch", "image": "busybox:1.36"},
+                        {"name": "other", "image": "quay.io/org/tool:1"},
+                    ]
+                }
+            },
         )
-        _, patched = admit(pod, Scope.POD, secrets())
+        _, patched = admit(pod, Scope.POD, secrets(), ANONYMOUS)
         init = patched["spec"]["initContainers"]
-        assert init[0]["image"] == "127.0.0.1:65001/docker.io/library/busybox:1.36"
+        assert init[0]["image"] == "docker.io:65001/library/busybox:1.36"
         assert init[1]["image"] == "quay.io/org/tool:1"
         recorded = json.loads(patched["metadata"]["annotations"][P2P_CONFIG])["images"]
         assert [r["container"] for r in recorded] == ["fetch", "test"]
@@ -223,36 +237,36 @@ class TestImages:
     def test_ephemeral_container_added_to_injected_pod(self) -> None:
         _, pod = admit(brief_pod(), Scope.POD, secrets())
         pod["spec"]["ephemeralContainers"] = [
-            {"name": "debugger", "image": "busybox"},
+            {"name": "debugger", "image": f"{BRIEF_REGISTRY}/tools/debug:1"},
             {"name": "shell", "image": "quay.io/org/shell:1"},
+            {"name": "hub", "image": "busybox"},  # no credentials followed for Docker Hub
         ]
-        request = admission_review(
-            pod, "default", operation="UPDATE", sub_resource="ephemeralcontainers"
-        )["request"]
+        request = admission_review(pod, "default", operation="UPDATE", sub_resource="ephemeralcontainers")["request"]
         decision = decide(request, Scope.POD, CONFIG, secrets())
         patched = apply_json_patch(pod, list(decision.patch))
         ephemeral = patched["spec"]["ephemeralContainers"]
-        assert ephemeral[0]["image"] == "127.0.0.1:65001/docker.io/library/busybox:latest"
+        assert ephemeral[0]["image"] == f"{BRIEF_REGISTRY}:65001/tools/debug:1"
         assert ephemeral[1]["image"] == "quay.io/org/shell:1"
+        assert ephemeral[2]["image"] == "busybox"
+        anonymous = decide(request, Scope.POD, ANONYMOUS, secrets())
+        assert len(anonymous.patch) == 2
         assert patched["spec"]["containers"] == pod["spec"]["containers"]
         assert decision.secrets == ()
 
     def test_ephemeral_container_in_pod_not_injected(self) -> None:
         pod = brief_pod(label=False)
         pod["spec"]["ephemeralContainers"] = [{"name": "debugger", "image": "busybox"}]
-        request = admission_review(
-            pod, "default", operation="UPDATE", sub_resource="ephemeralcontainers"
-        )["request"]
+        request = admission_review(pod, "default", operation="UPDATE", sub_resource="ephemeralcontainers")["request"]
         assert not decide(request, Scope.NAMESPACE, CONFIG, secrets()).mutated
 
     @pytest.mark.parametrize(
         ("image", "expected"),
         [
-            ("nginx", "127.0.0.1:65001/docker.io/library/nginx:latest"),
-            ("index.docker.io/team/app:v1", "127.0.0.1:65001/docker.io/team/app:v1"),
-            ("registry.example.com/a/b:1@" + DIGEST,
-             "127.0.0.1:65001/registry.example.com/a/b:1@" + DIGEST),
+            ("nginx", "docker.io:65001/library/nginx:latest"),
+            ("index.docker.io/team/app:v1", "docker.io:65001/team/app:v1"),
+            ("registry.example.com/a/b:1@" + DIGEST, "registry.example.com:65001/a/b:1@" + DIGEST),
             ("registry.example.com:5000/a:1", None),
+            ("registry.example.com:65001/a:1", None),  # already rewritten
             ("127.0.0.1:65001/registry.example.com/a:1", None),
             ("quay.io/a/b", None),
             ("Not A Reference", None),
@@ -284,16 +298,71 @@ class TestSkipRules:
         pod = merge_patch(brief_pod(), {"spec": {"imagePullSecrets": None}})
         pod["spec"]["imagePullSecrets"] = [{"name": "test-registry"}, {"name": "quay"}]
         decision, patched = admit(pod, Scope.POD, secrets())
-        assert [s["metadata"]["name"] for s in decision.secrets] == [
-            "acr-credential-test-registry-p2p"
-        ]
-        assert patched["spec"]["imagePullSecrets"][-1] == {
-            "name": "acr-credential-test-registry-p2p"
-        }
+        assert [s["metadata"]["name"] for s in decision.secrets] == ["acr-credential-test-registry-p2p"]
+        assert patched["spec"]["imagePullSecrets"][-1] == {"name": "acr-credential-test-registry-p2p"}
+
+    def test_node_credentials_pod_is_left_alone(self) -> None:
+        pod = brief_pod()
+        del pod["spec"]["imagePullSecrets"]  # credentials from the node's credential provider
+        decision, patched = admit(pod, Scope.POD, secrets())
+        assert not decision.mutated
+        assert "no pull secret" in decision.reason
+        assert patched == pod
+        assert admit(pod, Scope.POD, secrets(), ANONYMOUS)[0].mutated  # the operator's opt-in
+
+    @pytest.mark.parametrize(
+        "spec_patch",
+        [
+            {"nodeSelector": {"kubernetes.io/os": "windows"}},
+            {"tolerations": [{"key": "virtual-kubelet.io/provider", "operator": "Exists"}]},
+        ],
+        ids=["windows", "virtual-node"],
+    )
+    def test_pods_for_nodes_without_node_config_are_left_alone(self, spec_patch: Json) -> None:
+        pod = merge_patch(brief_pod(), {"spec": spec_patch})
+        decision, patched = admit(pod, Scope.POD, secrets())
+        assert not decision.mutated
+        assert "no node-config there" in decision.reason
+        assert patched == pod
+        linux = merge_patch(brief_pod(), {"spec": {"nodeSelector": {"kubernetes.io/os": "linux"}}})
+        assert admit(linux, Scope.POD, secrets())[0].mutated
+
+    def test_only_images_whose_credentials_follow_are_rewritten(self) -> None:
+        pod = merge_patch(
+            brief_pod(),
+            {
+                "spec": {
+                    "initContainers": [
+                        {"name": "hub", "image": "busybox:1.36"},
+                    ]
+                }
+            },
+        )
+        _, patched = admit(pod, Scope.POD, secrets())
+        assert patched["spec"]["initContainers"][0]["image"] == "busybox:1.36"
+        assert patched["spec"]["containers"][0]["image"] == ALIAS_IMAGE
 
     def test_not_a_create(self) -> None:
         request = admission_review(brief_pod(), "default", operation="UPDATE")["request"]
         assert not decide(request, Scope.POD, CONFIG, secrets()).mutated
+
+
+class TestRegistryWithPort:
+    """``harbor.local:5000`` becomes ``harbor.local:65001``, a valid reference and secret key."""
+
+    def test_rewrite_and_secret(self) -> None:
+        config = WebhookConfig.build(["harbor.local:5000"])
+        secret = with_namespace(load("secret-regcred"), "default", uid="u1")
+        auth = {"username": "team", "password": "pw", "auth": "dGVhbTpwdw=="}
+        secret["data"][".dockerconfigjson"] = base64.b64encode(
+            json.dumps({"auths": {"harbor.local:5000": auth}}).encode()
+        ).decode()
+        pod = merge_patch(brief_pod(), {"spec": {"imagePullSecrets": [{"name": "regcred"}]}})
+        pod["spec"]["containers"][0]["image"] = "harbor.local:5000/team/app:v1"
+        decision, patched = admit(pod, Scope.POD, {"regcred": secret}, config)
+        assert patched["spec"]["containers"][0]["image"] == "harbor.local:65001/team/app:v1"
+        (derived,) = decision.secrets
+        assert dockerconfig(derived) == {"auths": {"harbor.local:65001": auth}}
 
 
 class TestConfig:
@@ -301,8 +370,12 @@ class TestConfig:
 
     def test_custom_label_prefix_and_names(self) -> None:
         config = WebhookConfig.build(
-            [BRIEF_REGISTRY], endpoint="127.0.0.1:7000", label_prefix="shoal.io",
-            secret_prefix="", secret_suffix="-shoal",
+            [BRIEF_REGISTRY],
+            p2p_port=7000,
+            alias_domain="p2p.internal",
+            label_prefix="shoal.io",
+            secret_prefix="",
+            secret_suffix="-shoal",
         )
         pod = brief_pod(label=False)
         pod["metadata"]["labels"]["shoal.io/image-accelerate-mode"] = "p2p"
@@ -312,15 +385,24 @@ class TestConfig:
         assert annotations["team"] == "x"
         assert annotations["shoal.io/image-accelerate-mode"] == "p2p"
         assert "shoal.io/p2p-config" in annotations
-        assert patched["spec"]["containers"][0]["image"] == f"127.0.0.1:7000/{BRIEF_IMAGE}"
+        assert patched["spec"]["containers"][0]["image"] == (
+            f"{BRIEF_REGISTRY}.p2p.internal:7000/docker-builder/nginx:latest"
+        )
         assert patched["spec"]["imagePullSecrets"][-1] == {"name": "test-registry-shoal"}
         assert MODE not in annotations
         assert decision.secrets[0]["metadata"]["name"] == "test-registry-shoal"
 
     @pytest.mark.parametrize(
         ("registries", "kwargs"),
-        [([], {}), (["not a host"], {}), (["a.io"], {"endpoint": "127.0.0.1"}),
-         (["a.io"], {"label_prefix": "a/b"})],
+        [
+            ([], {}),
+            (["not a host"], {}),
+            (["a.io"], {"p2p_port": 0}),
+            (["a.io"], {"alias_domain": "bad domain"}),
+            (["a.io:65001"], {}),  # alias would be the registry itself: needs an alias domain
+            (["a.io:5000", "a.io:5001"], {}),  # one alias host for two registries
+            (["a.io"], {"label_prefix": "a/b"}),
+        ],
     )
     def test_bad_settings(self, registries: list[str], kwargs: dict[str, Any]) -> None:
         with pytest.raises(ConfigError):

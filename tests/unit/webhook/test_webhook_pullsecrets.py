@@ -16,7 +16,7 @@ from shoal.webhook.pullsecrets import (
     split_auth_key,
 )
 
-CONFIG = WebhookConfig.build(["registry.example.com", "docker.io"], endpoint="127.0.0.1:65001")
+CONFIG = WebhookConfig.build(["registry.example.com", "docker.io"])
 
 
 def secret(auths: object, *, type_: str = "kubernetes.io/dockerconfigjson") -> dict[str, object]:
@@ -49,10 +49,8 @@ class TestDerive:
 
     def test_path_scoped_key_keeps_its_path(self) -> None:
         entry = {"auth": "dTpw", "email": "a@b"}
-        derived = derive_dockerconfig(
-            {"auths": {"registry.example.com/team": entry, "quay.io": {"auth": "x"}}}, CONFIG
-        )
-        assert derived == {"auths": {"127.0.0.1:65001/registry.example.com/team": entry}}
+        derived = derive_dockerconfig({"auths": {"registry.example.com/team": entry, "quay.io": {"auth": "x"}}}, CONFIG)
+        assert derived == {"auths": {"registry.example.com:65001/team": entry}}
 
     def test_nothing_to_derive(self) -> None:
         assert derive_secret(secret({"quay.io": {"auth": "x"}}), CONFIG) is None
@@ -63,8 +61,10 @@ class TestDerive:
             {"type": "Opaque", "data": {}},
             {"type": "kubernetes.io/dockerconfigjson", "data": {".dockerconfigjson": "!!"}},
             {"type": "kubernetes.io/dockerconfigjson", "data": None},
-            {"type": "kubernetes.io/dockerconfigjson",
-             "data": {".dockerconfigjson": base64.b64encode(b"[1]").decode()}},
+            {
+                "type": "kubernetes.io/dockerconfigjson",
+                "data": {".dockerconfigjson": base64.b64encode(b"[1]").decode()},
+            },
         ],
     )
     def test_unreadable_secrets_are_ignored(self, bad: dict[str, object]) -> None:

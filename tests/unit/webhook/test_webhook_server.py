@@ -77,14 +77,12 @@ class TestAdmission:
         assert answer["response"]["allowed"] is True
         pod = patched(review, answer)
         assert pod["spec"]["imagePullSecrets"][-1] == {"name": "acr-credential-test-registry-p2p"}
-        assert [s["metadata"]["name"] for s in source.ensured] == [
-            "acr-credential-test-registry-p2p"
-        ]
+        assert [s["metadata"]["name"] for s in source.ensured] == ["acr-credential-test-registry-p2p"]
 
     async def test_namespace_entry(self, http: TestClient, source: RecordingSource) -> None:  # type: ignore[type-arg]
         review = admission_review(brief_pod("team-a", label=False), "team-a")
         pod = patched(review, await post(http, "/mutate/namespace", review))
-        assert pod["spec"]["containers"][0]["image"].startswith("127.0.0.1:65001/")
+        assert pod["spec"]["containers"][0]["image"].startswith(f"{BRIEF_REGISTRY}:65001/")
         assert source.ensured[0]["metadata"]["namespace"] == "team-a"
 
     async def test_pod_entry_without_label(self, http: TestClient, source: RecordingSource) -> None:  # type: ignore[type-arg]
@@ -94,7 +92,9 @@ class TestAdmission:
         assert source.ensured == []
 
     async def test_dry_run_has_no_side_effects(
-        self, http: TestClient, source: RecordingSource  # type: ignore[type-arg]
+        self,
+        http: TestClient,
+        source: RecordingSource,  # type: ignore[type-arg]
     ) -> None:
         review = admission_review(brief_pod(), "default", dry_run=True)
         pod = patched(review, await post(http, "/mutate", review))
@@ -114,7 +114,9 @@ class TestAdmission:
         assert answer["response"] == {"uid": review["request"]["uid"], "allowed": True}
 
     async def test_unsynced_cache_admits_unchanged(
-        self, http: TestClient, source: RecordingSource  # type: ignore[type-arg]
+        self,
+        http: TestClient,
+        source: RecordingSource,  # type: ignore[type-arg]
     ) -> None:
         source.synced = False
         answer = await post(http, "/mutate", admission_review(brief_pod(), "default"))
@@ -138,11 +140,26 @@ class TestTLS:
         cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
         await asyncio.to_thread(
             subprocess.run,
-            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-             "-subj", "/CN=shoal-webhook.shoal-system.svc",
-             "-addext", "subjectAltName=DNS:shoal-webhook.shoal-system.svc",
-             "-keyout", str(key), "-out", str(cert)],
-            check=True, capture_output=True,
+            [
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=shoal-webhook.shoal-system.svc",
+                "-addext",
+                "subjectAltName=DNS:shoal-webhook.shoal-system.svc",
+                "-keyout",
+                str(key),
+                "-out",
+                str(cert),
+            ],
+            check=True,
+            capture_output=True,
         )
         runner = web.AppRunner(create_app(CONFIG, source))
         await runner.setup()
@@ -154,9 +171,7 @@ class TestTLS:
         try:
             async with aiohttp.ClientSession() as session:
                 review = admission_review(brief_pod(), "default")
-                async with session.post(
-                    f"https://127.0.0.1:{port}/mutate", json=review, ssl=client_ctx
-                ) as response:
+                async with session.post(f"https://127.0.0.1:{port}/mutate", json=review, ssl=client_ctx) as response:
                     answer = await response.json()
         finally:
             await runner.cleanup()

@@ -87,3 +87,118 @@ readOnlyRootFilesystem: true
 capabilities:
   drop: [ALL]
 {{- end -}}
+
+{{/* "true" when the webhook rewrites images (mode: rewrite); mirror mode has no webhook. */}}
+{{- define "shoal.rewriteMode" -}}
+{{- if eq (toString .Values.mode) "rewrite" -}}true{{- end -}}
+{{- end -}}
+
+{{- define "shoal.nodeConfigMode" -}}
+{{- if include "shoal.rewriteMode" . -}}rewrite{{- else -}}mirror{{- end -}}
+{{- end -}}
+
+{{/* The agent's PriorityClass: the chart's own unless one is named (system-node-critical is refused outside kube-system on GKE). */}}
+{{- define "shoal.agentPriorityClassName" -}}
+{{- if .Values.agent.priorityClassName -}}
+{{- .Values.agent.priorityClassName -}}
+{{- else if .Values.priorityClass.create -}}
+{{- printf "%s-node" (include "shoal.fullname" .) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The node-config container: writes the runtime's mirror config on the node (hostPath), agent
+first, the registry as fallback. Run as root (host files under /etc), no capabilities.
+*/}}
+{{- define "shoal.nodeConfigContainer" -}}
+{{- $registries := (include "shoal.registries" . | fromJson).items -}}
+{{- $nc := .Values.nodeConfig -}}
+- name: node-config
+  image: {{ include "shoal.image" . }}
+  imagePullPolicy: {{ .Values.image.pullPolicy }}
+  args:
+    - node-config
+    - --mode
+    - {{ include "shoal.nodeConfigMode" . }}
+    - --agent
+    - "127.0.0.1:{{ int .Values.p2p.port }}"
+    {{- with .Values.aliasDomain }}
+    - --alias-domain
+    - {{ . | quote }}
+    {{- end }}
+    {{- range $registries }}
+    - --registry
+    - {{ if .url }}{{ printf "%s=%s" .host .url | quote }}{{ else }}{{ .host | quote }}{{ end }}
+    {{- end }}
+    - --containerd-certs-dir
+    - {{ if $nc.containerdCertsDir }}{{ printf "/host%s" $nc.containerdCertsDir | quote }}{{ else }}""{{ end }}
+    - --containerd-config
+    - {{ printf "/host%s" $nc.containerdConfig | quote }}
+    - --registries-conf-dir
+    - {{ if $nc.registriesConfDir }}{{ printf "/host%s" $nc.registriesConfDir | quote }}{{ else }}""{{ end }}
+    {{- if include "shoal.requireConfigPath" . }}
+    - --require-config-path
+    {{- end }}
+  resources:
+    {{- toYaml $nc.resources | nindent 4 }}
+  securityContext:
+    runAsUser: 0
+    runAsNonRoot: false
+    {{- include "shoal.securityContext" . | nindent 4 }}
+  volumeMounts:
+    {{- if $nc.containerdCertsDir }}
+    - name: containerd-config
+      mountPath: {{ printf "/host%s" (dir $nc.containerdConfig) }}
+      readOnly: true
+    - name: containerd-certs
+      mountPath: {{ printf "/host%s" $nc.containerdCertsDir }}
+    {{- end }}
+    {{- if $nc.registriesConfDir }}
+    - name: registries-conf
+      mountPath: {{ printf "/host%s" $nc.registriesConfDir }}
+    {{- end }}
+{{- end -}}
+
+{{- define "shoal.nodeConfigVolumes" -}}
+{{- $nc := .Values.nodeConfig -}}
+{{- if $nc.containerdCertsDir }}
+- name: containerd-config
+  hostPath:
+    path: {{ dir $nc.containerdConfig }}
+    type: DirectoryOrCreate
+- name: containerd-certs
+  hostPath:
+    path: {{ $nc.containerdCertsDir }}
+    type: DirectoryOrCreate
+{{- end }}
+{{- if $nc.registriesConfDir }}
+- name: registries-conf
+  hostPath:
+    path: {{ $nc.registriesConfDir }}
+    type: DirectoryOrCreate
+{{- end }}
+{{- end -}}
+
+{{/* emptyDir cache bound: agent.cacheSizeLimit, else 1.25 x p2p.plusMode.cacheMaxSize (powers of 1024, as the agent reads it). */}}
+{{- define "shoal.cacheSizeLimit" -}}
+{{- if .Values.agent.cacheSizeLimit -}}
+{{- .Values.agent.cacheSizeLimit -}}
+{{- else -}}
+{{- $size := toString .Values.p2p.plusMode.cacheMaxSize -}}
+{{- $number := regexReplaceAll "^([0-9.]+).*$" $size "${1}" | float64 -}}
+{{- $unit := regexReplaceAll "^[0-9.]+([KkMmGgTt]?).*$" $size "${1}" | upper -}}
+{{- printf "%d%s" (mulf $number 1.25 | ceil | int64) (ternary (printf "%si" $unit) "" (ne $unit "")) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "shoal.startupTaintKey" -}}
+{{- default (printf "%s/agent-not-ready" .Values.labelPrefix) .Values.startupTaint.key -}}
+{{- end -}}
+
+{{/* nodeConfig.requireConfigPath: true/false as given; empty: true in rewrite mode. */}}
+{{- define "shoal.requireConfigPath" -}}
+{{- $value := .Values.nodeConfig.requireConfigPath -}}
+{{- if kindIs "bool" $value -}}
+{{- if $value -}}true{{- end -}}
+{{- else if include "shoal.rewriteMode" . -}}true{{- end -}}
+{{- end -}}

@@ -1,9 +1,11 @@
-"""A local HTTP server speaking the subset of the Kubernetes API the Secret controller uses.
+"""A local HTTP server speaking the subset of the Kubernetes API Shoal's controllers use.
 
-Core v1 Secrets only: list and watch across namespaces (chunked JSON event stream, the way
-the API server sends it), create, read, replace, delete. Every write bumps a resourceVersion
-and is delivered to open watches, so the real ``kubernetes`` client sees real semantics
-(409 on create of an existing name, 404 on a missing one, 410 for an expired version).
+Core v1 Secrets: list and watch across namespaces (chunked JSON event stream, the way the
+API server sends it), create, read, replace, delete. Every write bumps a resourceVersion and
+is delivered to open watches, so the real ``kubernetes`` client sees real semantics (409 on
+create of an existing name, 404 on a missing one, 410 for an expired version). Core v1
+Nodes: read and replace (409 when the resourceVersion sent is not the current one), for
+``shoal node-ready``.
 """
 
 from __future__ import annotations
@@ -20,11 +22,13 @@ from urllib.parse import parse_qs, urlparse
 
 Json = dict[str, Any]
 _ITEM = re.compile(r"^/api/v1/namespaces/([^/]+)/secrets(?:/([^/]+))?$")
+_NODE = re.compile(r"^/api/v1/nodes/([^/]+)$")
 
 
 class FakeApiServer:
     def __init__(self) -> None:
         self.secrets: dict[tuple[str, str], Json] = {}
+        self.nodes: dict[str, Json] = {}
         self.events: list[tuple[int, str, Json]] = []
         self.requests: list[tuple[str, str]] = []
         self.version = 100
@@ -65,8 +69,7 @@ class FakeApiServer:
             meta = secret.setdefault("metadata", {})
             key = (meta["namespace"], meta["name"])
             kind = "MODIFIED" if key in self.secrets else "ADDED"
-            meta.setdefault("uid", self.secrets.get(key, {}).get("metadata", {}).get("uid")
-                            or str(uuid.uuid4()))
+            meta.setdefault("uid", self.secrets.get(key, {}).get("metadata", {}).get("uid") or str(uuid.uuid4()))
             self.version += 1
             meta["resourceVersion"] = str(self.version)
             secret.setdefault("apiVersion", "v1")
@@ -90,6 +93,21 @@ class FakeApiServer:
     def get(self, namespace: str, name: str) -> Json | None:
         with self.changed:
             found = self.secrets.get((namespace, name))
+            return copy.deepcopy(found) if found else None
+
+    def put_node(self, node: Json) -> Json:
+        with self.changed:
+            node = copy.deepcopy(node)
+            self.version += 1
+            node.setdefault("metadata", {})["resourceVersion"] = str(self.version)
+            node.setdefault("apiVersion", "v1")
+            node.setdefault("kind", "Node")
+            self.nodes[node["metadata"]["name"]] = node
+            return copy.deepcopy(node)
+
+    def get_node(self, name: str) -> Json | None:
+        with self.changed:
+            found = self.nodes.get(name)
             return copy.deepcopy(found) if found else None
 
     def wait_for(self, predicate: Any, timeout: float = 10.0) -> bool:
@@ -121,8 +139,17 @@ class FakeApiServer:
                 self.wfile.write(data)
 
             def _status(self, code: int, reason: str, message: str) -> None:
-                self._send(code, {"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                                  "reason": reason, "message": message, "code": code})
+                self._send(
+                    code,
+                    {
+                        "kind": "Status",
+                        "apiVersion": "v1",
+                        "status": "Failure",
+                        "reason": reason,
+                        "message": message,
+                        "code": code,
+                    },
+                )
 
             def _body(self) -> Json:
                 length = int(self.headers.get("Content-Length") or 0)
@@ -142,6 +169,14 @@ class FakeApiServer:
                     else:
                         self._list(selector)
                     return
+                node = _NODE.match(parsed.path)
+                if node:
+                    found_node = fake.get_node(node.group(1))
+                    if found_node is None:
+                        self._status(404, "NotFound", "node not found")
+                    else:
+                        self._send(200, found_node)
+                    return
                 match = _ITEM.match(parsed.path)
                 if match and match.group(2):
                     found = fake.get(match.group(1), match.group(2))
@@ -160,11 +195,17 @@ class FakeApiServer:
 
             def _list(self, selector: str) -> None:
                 with fake.changed:
-                    items = [copy.deepcopy(s) for s in fake.secrets.values()
-                             if self._matches(s, selector)]
+                    items = [copy.deepcopy(s) for s in fake.secrets.values() if self._matches(s, selector)]
                     version = fake.version
-                self._send(200, {"kind": "SecretList", "apiVersion": "v1",
-                                 "metadata": {"resourceVersion": str(version)}, "items": items})
+                self._send(
+                    200,
+                    {
+                        "kind": "SecretList",
+                        "apiVersion": "v1",
+                        "metadata": {"resourceVersion": str(version)},
+                        "items": items,
+                    },
+                )
 
             def _watch(self, since: int, selector: str, deadline: float) -> None:
                 self.send_response(200)
@@ -177,25 +218,32 @@ class FakeApiServer:
                 sent = since
                 generation = fake.generation
                 if expired:
-                    self._chunk({"type": "ERROR", "object": {
-                        "kind": "Status", "apiVersion": "v1", "status": "Failure",
-                        "message": "too old resource version", "reason": "Expired",
-                        "code": 410}})
+                    self._chunk(
+                        {
+                            "type": "ERROR",
+                            "object": {
+                                "kind": "Status",
+                                "apiVersion": "v1",
+                                "status": "Failure",
+                                "message": "too old resource version",
+                                "reason": "Expired",
+                                "code": 410,
+                            },
+                        }
+                    )
                     self._end()
                     return
                 while True:
                     with fake.changed:
                         fake.changed.wait_for(
-                            lambda: fake.closing
-                            or fake.generation != generation
-                            or (fake.events and fake.events[-1][0] > sent),  # noqa: B023
+                            lambda: (
+                                fake.closing
+                                or fake.generation != generation
+                                or (fake.events and fake.events[-1][0] > sent)  # noqa: B023
+                            ),
                             timeout=1.0,
                         )
-                        if (
-                            fake.closing
-                            or fake.generation != generation
-                            or time.monotonic() > deadline
-                        ):
+                        if fake.closing or fake.generation != generation or time.monotonic() > deadline:
                             break
                         pending = [e for e in fake.events if e[0] > sent]
                     for version, kind, obj in pending:
@@ -232,8 +280,22 @@ class FakeApiServer:
                     return
                 self._send(201, fake.put(body))
 
+            def _put_node(self, name: str) -> None:
+                body = self._body()
+                current = fake.get_node(name)
+                if current is None:
+                    self._status(404, "NotFound", "node not found")
+                elif body["metadata"].get("resourceVersion") != current["metadata"]["resourceVersion"]:
+                    self._status(409, "Conflict", "the object has been modified")
+                else:
+                    self._send(200, fake.put_node(body))
+
             def do_PUT(self) -> None:
                 fake.requests.append(("PUT", self.path))
+                node = _NODE.match(urlparse(self.path).path)
+                if node:
+                    self._put_node(node.group(1))
+                    return
                 match = _ITEM.match(urlparse(self.path).path)
                 if not match or not match.group(2):
                     self._status(404, "NotFound", self.path)

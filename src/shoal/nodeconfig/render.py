@@ -1,0 +1,135 @@
+"""What node-config writes, as pure functions of the registries, the agent and the mode.
+
+For every accelerated registry, one containerd ``hosts.toml`` per host name a Pod may use
+(the registry itself in ``mirror`` mode, the webhook's alias host in ``rewrite`` mode), and
+one containers-image drop-in (CRI-O, podman) holding a ``[[registry]]`` per host. Each names
+the agent as mirror and the registry (its ``NAME=URL`` origin) as the fallback, so a pull
+works whenever the node could pull alone: with the agent down, or after Shoal is removed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from enum import StrEnum
+from urllib.parse import urlsplit
+
+from shoal.core.aliases import alias_host, path_name
+
+MARKER = "# Managed by shoal node-config; removed by `shoal node-config --remove`. Do not edit."
+HOSTS_TOML = "hosts.toml"
+DROP_IN = "shoal.conf"
+MIRROR_CAPABILITIES = ("pull", "resolve")
+
+
+class Mode(StrEnum):
+    """Which host names are routed through the agent."""
+
+    MIRROR = "mirror"
+    REWRITE = "rewrite"
+    BOTH = "both"
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        return {"mirror": ("registry",), "rewrite": ("alias",), "both": ("registry", "alias")}[self.value]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One host name a Pod's image may carry, routed to the agent first, then to ``origin``."""
+
+    host: str
+    """``host[:port]`` as written in image references (a containerd certs.d directory name)."""
+    registry: str
+    """The registry it stands for (the agent's name for it)."""
+    origin: str
+    """Base URL of the registry itself: the fallback."""
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Everything node-config owns on a node: relative path -> file content, per directory."""
+
+    containerd: dict[str, str]
+    registries_d: dict[str, str]
+
+
+def routes(registries: dict[str, str], mode: Mode, port: int, domain: str = "") -> list[Route]:
+    """The host names to route, for registries ``name -> origin URL``; aliases on ``port``."""
+    out: list[Route] = []
+    for name in sorted(registries):
+        if "registry" in mode.hosts:
+            out.append(Route(name, name, registries[name]))
+        if "alias" in mode.hosts:
+            alias = alias_host(name, port, domain)
+            if alias != name:
+                out.append(Route(alias, name, registries[name]))
+    return out
+
+
+def _toml_string(value: str) -> str:
+    return json.dumps(value)  # a JSON string is a valid TOML basic string
+
+
+def hosts_toml(route: Route, agent_url: str) -> str:
+    """containerd's ``certs.d/<host>/hosts.toml``: the agent as mirror, the origin as server.
+
+    containerd tries each ``[host]`` in order and falls back to ``server`` when the mirror
+    fails (connection refused, 5xx, 404), so the agent is never the only way.
+    """
+    capabilities = ", ".join(_toml_string(c) for c in MIRROR_CAPABILITIES)
+    return "\n".join(
+        [
+            MARKER,
+            f"# {route.host} -> agent {agent_url}, else {route.registry} at {route.origin}",
+            f"server = {_toml_string(route.origin)}",
+            "",
+            f"[host.{_toml_string(agent_url)}]",
+            f"  capabilities = [{capabilities}]",
+            "",
+        ]
+    )
+
+
+def _location(url: str) -> tuple[str, bool]:
+    """containers-image spells a registry as ``host[:port][/path]`` plus an insecure flag."""
+    parts = urlsplit(url)
+    return parts.netloc + parts.path.rstrip("/"), parts.scheme == "http"
+
+
+def registries_drop_in(routes_: list[Route], agent: str) -> str:
+    """A ``registries.conf.d`` drop-in: per host a ``[[registry]]`` whose location is the origin
+    and whose first ``[[registry.mirror]]`` is the agent under the registry's path name.
+
+    Routes whose registry has no path spelling (IPv6 literals) are left out.
+    """
+    lines = [MARKER, ""]
+    for route in routes_:
+        name = path_name(route.registry)
+        if name is None:
+            lines += [f"# {route.host}: skipped, {route.registry} has no mirror path spelling", ""]
+            continue
+        location, insecure = _location(route.origin)
+        lines += [
+            "[[registry]]",
+            f"prefix = {_toml_string(route.host)}",
+            f"location = {_toml_string(location)}",
+        ]
+        if insecure:
+            lines.append("insecure = true")
+        lines += [
+            "",
+            "[[registry.mirror]]",
+            f"location = {_toml_string(f'{agent}/{name}')}",
+            "insecure = true",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def plan(registries: dict[str, str], mode: Mode, agent: str, *, alias_port: int, alias_domain: str = "") -> Plan:
+    """All files for ``registries`` (name -> origin URL) with the agent at ``agent`` (host:port)."""
+    routed = routes(registries, mode, alias_port, alias_domain)
+    agent_url = f"http://{agent}"
+    containerd = {f"{r.host}/{HOSTS_TOML}": hosts_toml(r, agent_url) for r in routed}
+    return Plan(containerd=containerd, registries_d={DROP_IN: registries_drop_in(routed, agent)})

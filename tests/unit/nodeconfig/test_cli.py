@@ -1,0 +1,84 @@
+"""``shoal node-config`` end to end on temporary directories (no host paths touched)."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from shoal.cli.main import cli
+
+
+def run(tmp_path: Path, *args: str, config: str | None = None) -> tuple[int, str, str]:
+    containerd_config = tmp_path / "config.toml"
+    if config is not None:
+        containerd_config.write_text(config)
+    argv = [
+        "node-config",
+        "--containerd-certs-dir",
+        str(tmp_path / "certs.d"),
+        "--registries-conf-dir",
+        str(tmp_path / "registries.conf.d"),
+        "--containerd-config",
+        str(containerd_config),
+        *args,
+    ]
+    result = CliRunner().invoke(cli, argv)
+    return result.exit_code, result.stdout, result.stderr
+
+
+GOOD = 'version = 2\n[plugins."io.containerd.grpc.v1.cri".registry]\nconfig_path = "{}"\n'
+
+
+class TestNodeConfig:
+    """Writes, re-runs, removes; says when containerd will not read the files."""
+
+    def test_write_rerun_remove(self, tmp_path: Path) -> None:
+        args = ("--registry", "harbor.local:5000=http://10.0.0.5:5000", "--agent", "127.0.0.1:65002", "--mode", "both")
+        code, out, err = run(tmp_path, *args, config=GOOD.format(tmp_path / "certs.d"))
+        assert code == 0, err
+        assert out.count("wrote ") == 3
+        assert "systemctl reload crio" in out
+        assert "containerd reads" in out
+        alias = tomllib.loads((tmp_path / "certs.d/harbor.local:65002/hosts.toml").read_text())
+        assert alias["server"] == "http://10.0.0.5:5000"
+        assert list(alias["host"]) == ["http://127.0.0.1:65002"]
+        code, out, _ = run(tmp_path, *args)
+        assert "reload crio" not in out  # nothing changed
+        assert code == 0
+        assert out.count("unchanged ") == 3
+        assert "wrote" not in out
+        code, out, _ = run(tmp_path, "--remove")
+        assert code == 0
+        assert out.count("removed ") == 3
+        assert list((tmp_path / "certs.d").iterdir()) == []
+
+    def test_config_path_not_set(self, tmp_path: Path) -> None:
+        code, _, err = run(tmp_path, "--registry", "a.example.com", config="version = 2\n")
+        assert code == 0
+        assert "config_path is not set" in err
+        code, _, err = run(tmp_path, "--registry", "a.example.com", "--require-config-path", config="version = 2\n")
+        assert code == 1
+
+    def test_no_containerd_config_only_warns(self, tmp_path: Path) -> None:
+        code, _, err = run(tmp_path, "--registry", "a.example.com", "--require-config-path")  # a CRI-O node
+        assert code == 0
+        assert "not found" in err
+
+    def test_dry_run_writes_nothing(self, tmp_path: Path) -> None:
+        code, out, _ = run(tmp_path, "--registry", "a.example.com", "--dry-run")
+        assert code == 0
+        assert 'server = "https://a.example.com"' in out
+        assert not (tmp_path / "certs.d").exists()
+
+    def test_bad_input(self, tmp_path: Path) -> None:
+        assert run(tmp_path)[0] == 2
+        assert run(tmp_path, "--registry", "a.example.com=ftp://x")[0] == 2
+        assert run(tmp_path, "--registry", "a.example.com", "--agent", "nope")[0] == 2
+
+    def test_only_containerd(self, tmp_path: Path) -> None:
+        code, out, _ = run(tmp_path, "--registry", "a.example.com", "--registries-conf-dir", "")
+        assert code == 0
+        assert out.count("wrote ") == 1
+        assert not (tmp_path / "registries.conf.d").exists()
