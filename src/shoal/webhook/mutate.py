@@ -147,6 +147,35 @@ def runs_without_node_config(spec: Json) -> str | None:
     return None
 
 
+def malformed(request: Json) -> str | None:
+    """What in an AdmissionRequest is not the JSON shape ``decide`` reads, or None.
+
+    The API server sends validated objects, but the webhook's port answers anyone who can
+    reach it: a string where an object belongs is a clear "unchanged", not a traceback.
+    """
+    if not isinstance(request.get("kind") or {}, dict):
+        return "kind is not an object"
+    pod = request.get("object")
+    if not isinstance(pod, dict):
+        return None  # decide answers "no Pod object"
+    metadata = pod.get("metadata") or {}
+    if not isinstance(metadata, dict):
+        return "metadata is not an object"
+    for key in ("labels", "annotations"):
+        if not isinstance(metadata.get(key) or {}, dict):
+            return f"metadata.{key} is not an object"
+    spec = pod.get("spec")
+    if not isinstance(spec, dict):
+        return None
+    if not isinstance(spec.get("nodeSelector") or {}, dict):
+        return "spec.nodeSelector is not an object"
+    for key in (*CONTAINER_LISTS, "imagePullSecrets", "tolerations"):
+        items = spec.get(key) or []
+        if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+            return f"spec.{key} is not a list of objects"
+    return None
+
+
 def decide(request: Json, scope: Scope, config: WebhookConfig, secrets: Mapping[str, Json] | None) -> Decision:
     """Decide for one AdmissionRequest; ``secrets`` are the Secrets of its namespace by name.
 
@@ -155,6 +184,9 @@ def decide(request: Json, scope: Scope, config: WebhookConfig, secrets: Mapping[
 
     When in doubt the answer is "unchanged": a Pod must never become unpullable.
     """
+    problem = malformed(request)
+    if problem is not None:
+        return unchanged(f"malformed AdmissionRequest: {problem}")
     if (request.get("kind") or {}).get("kind") != "Pod":
         return unchanged("not a Pod")
     pod = request.get("object")

@@ -64,7 +64,10 @@ async def admit(request: web.Request, scope: Scope) -> web.Response:
         log.exception("admission failed; admitting unchanged")
         decision = unchanged(f"internal error: {exc}")
     request.app[metrics.METRICS_KEY].observe(str(scope), outcome, time.monotonic() - started)
-    pod_meta = (admission.get("object") or {}).get("metadata") or {}
+    pod = admission.get("object")
+    pod_meta = pod.get("metadata") if isinstance(pod, dict) else None
+    if not isinstance(pod_meta, dict):
+        pod_meta = {}
     log.info(
         "admission %s/%s scope=%s mutated=%s: %s",
         namespace,

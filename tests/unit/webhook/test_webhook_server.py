@@ -128,6 +128,20 @@ class TestAdmission:
         response = await http.post("/mutate", json={"request": "x"})
         assert response.status == 400
 
+    @pytest.mark.parametrize(
+        "request_",
+        [
+            {"uid": "u", "object": "x"},
+            {"uid": "u", "kind": "Pod", "object": {"metadata": "m", "spec": {}}},
+            {"uid": "u", "kind": {"kind": "Pod"}, "operation": "CREATE", "object": {"spec": {"containers": [5]}}},
+        ],
+    )
+    async def test_malformed_objects_are_admitted_unchanged(self, http: TestClient, request_: Json) -> None:  # type: ignore[type-arg]
+        """Fuzz finding: a string where an object belongs gave a 500 and a traceback."""
+        answer = await post(http, "/mutate", {"apiVersion": "admission.k8s.io/v1", "request": request_})
+        assert answer["response"]["allowed"] is True
+        assert "patch" not in answer["response"]
+
     async def test_healthz(self, http: TestClient) -> None:  # type: ignore[type-arg]
         response = await http.get("/healthz")
         assert response.status == 200
