@@ -31,10 +31,6 @@ def blob_data(size: int, seed: int) -> bytes:
     return hashlib.shake_256(seed.to_bytes(4, "big")).digest(size)
 
 
-
-
-
-
 @pytest.fixture
 async def fake() -> AsyncIterator[ScriptedRegistry]:
     registry = ScriptedRegistry()
@@ -77,7 +73,6 @@ class TestStreaming:
         assert bytes(got) == data
         await settled(agent)
         assert [p.name for p in cache_files(agent, "blobs")] == [digest.partition(":")[2]]
-
 
     async def test_trickled_body_is_written_in_batches(
         self,

@@ -36,13 +36,6 @@ def digests_of(image: GeneratedImage) -> set[str]:
     return {b.digest for b in [*image.manifests, *image.blobs]}
 
 
-
-
-
-
-
-
-
 class TestPullThroughAgent:
     """skopeo pulls through the agent get the registry's exact digests; a second pull costs
     the origin zero blob bytes."""

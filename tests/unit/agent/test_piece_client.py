@@ -161,7 +161,6 @@ class TestBadParents:
                 await client.fetch(parent.address, PATH, len(PIECE), timeout=5)
             assert asyncio.get_running_loop().time() - started < 4  # read_timeout=1 s
 
-
     async def test_trickling_parent_is_cut_off_at_the_piece_timeout(self, client: PieceClient) -> None:
         """Bytes keep arriving (each read inside the socket timeout), but the piece is late."""
 

@@ -25,8 +25,7 @@ def result(name: str, egress: int | None, times: list[float | None]) -> Scenario
         origin_egress_bytes=egress,
     )
     r.outcomes = [
-        NodeOutcome(f"n{i}", t, t is not None, None if t is not None else "timed out")
-        for i, t in enumerate(times)
+        NodeOutcome(f"n{i}", t, t is not None, None if t is not None else "timed out") for i, t in enumerate(times)
     ]
     return r
 
@@ -75,9 +74,7 @@ class TestChecks:
             ("source", None, [1.0], "not measured"),
         ],
     )
-    def test_wrong_results_fail(
-        self, name: str, egress: int | None, times: list[float | None], needle: str
-    ) -> None:
+    def test_wrong_results_fail(self, name: str, egress: int | None, times: list[float | None], needle: str) -> None:
         problems = check_results([result(name, egress, times)], kills=False)
         assert any(needle in p for p in problems), problems
 

@@ -12,8 +12,14 @@ class TestParseRate:
 
     @pytest.mark.parametrize(
         ("text", "bps"),
-        [("200mbit", 200_000_000), ("1gbit", 10**9), ("500kbit", 500_000), ("50M", 50 * 10**6),
-         ("1.5gbit", 1_500_000_000), ("1000", 1000)],
+        [
+            ("200mbit", 200_000_000),
+            ("1gbit", 10**9),
+            ("500kbit", 500_000),
+            ("50M", 50 * 10**6),
+            ("1.5gbit", 1_500_000_000),
+            ("1000", 1000),
+        ],
     )
     def test_parses(self, text: str, bps: int) -> None:
         assert parse_rate(text) == bps
