@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from aiohttp.test_utils import TestServer
 
 from shoal.demo.fleet import LocalFleet, shoal_argv
 from shoal.demo.imagegen import GeneratedImage, generate_image
+from shoal.testing.procs import wait_until
 from shoal.testing.registry import DistributionRegistry
 from shoal.testing.skopeo import skopeo_pull
 from shoal.webhook.config import WebhookConfig
@@ -91,9 +93,23 @@ def setup(tmp_path: Path, image: GeneratedImage) -> Iterator[Setup]:
         reg.push(image, "team/app", "v1")
         with LocalFleet(tmp_path / "fleet", nodes=2, registries={REGISTRY: reg.url}) as fleet:
             s = Setup(fleet, tmp_path / "certs.d", tmp_path / "registries.conf.d", tmp_path)
+            wait_until(lambda: _agents_listed(fleet) == 2, timeout=30, what="both agents announced")
             result = skopeo_pull(f"{fleet.nodes[0].address}/{REGISTRY}/team/app:v1", tmp_path / "pulled")
             assert result.returncode == 0, result.stderr
             yield s
+
+
+def _agents_listed(fleet: LocalFleet) -> int:
+    """How many agents the scheduler lists: an agent announces itself at start, and again every
+    10 s when its first try came before the scheduler answered."""
+    request = urllib.request.Request(
+        f"{fleet.schedulers[0][0]}/v1/agents", headers={"Authorization": f"Bearer {fleet.token_file.read_text()}"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=3) as resp:
+            return len(json.loads(resp.read())["agents"])
+    except OSError:
+        return 0
 
 
 class TestStatus:
