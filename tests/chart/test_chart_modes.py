@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
 import pytest
+from click.testing import CliRunner
+
+from shoal.cli.main import cli
 
 from .test_chart_render import KUBE_VERSION, NOT_IN_SCHEMAS, docs, find, flag
 
@@ -75,25 +79,43 @@ class TestModes:
 class TestNodeConfig:
     """The init container writes exactly the host directories it mounts."""
 
+    def test_the_charts_own_arguments_pass_on_a_good_node(self, tmp_path: Path) -> None:
+        """Run node-config with the args the chart renders, on a node tree whose containerd
+        has config_path set as the docs say: it must succeed (before: exit 1 on every node,
+        so the agent never started in rewrite mode)."""
+        args = init(docs(REG))["args"]
+        host = tmp_path / "host"
+        (host / "etc/containerd").mkdir(parents=True)
+        (host / "etc/containerd/config.toml").write_text(
+            'version = 2\n[plugins."io.containerd.grpc.v1.cri".registry]\nconfig_path = "/etc/containerd/certs.d"\n'
+        )
+        argv = [str(host) if a == "/host" else a for a in args]
+        result = CliRunner().invoke(cli, argv)
+        assert result.exit_code == 0, result.output
+        assert (host / "etc/containerd/certs.d/harbor.local:65001/hosts.toml").is_file()
+
     def test_paths_and_mounts(self) -> None:
         rendered = docs(REG)
         container = init(rendered)
         args = container["args"]
         mounts = {m["name"]: m for m in container["volumeMounts"]}
         volumes = {v["name"]: v for v in pod_spec(rendered, "DaemonSet", "-agent")["volumes"]}
-        assert flag(args, "--containerd-certs-dir") == [mounts["containerd-certs"]["mountPath"]]
+        # paths are the node's (what containerd's config_path names), mounted under --host-root
+        assert flag(args, "--host-root") == ["/host"]
+        assert flag(args, "--containerd-certs-dir") == ["/etc/containerd/certs.d"]
         assert mounts["containerd-certs"]["mountPath"] == "/host/etc/containerd/certs.d"
         assert volumes["containerd-certs"]["hostPath"] == {
             "path": "/etc/containerd/certs.d",
             "type": "DirectoryOrCreate",
         }
-        assert flag(args, "--containerd-config") == ["/host/etc/containerd/config.toml"]
+        assert flag(args, "--containerd-config") == ["/etc/containerd/config.toml"]
         assert mounts["containerd-config"] == {
             "name": "containerd-config",
             "mountPath": "/host/etc/containerd",
             "readOnly": True,
         }
-        assert flag(args, "--registries-conf-dir") == [mounts["registries-conf"]["mountPath"]]
+        assert flag(args, "--registries-conf-dir") == ["/etc/containers/registries.conf.d"]
+        assert mounts["registries-conf"]["mountPath"] == "/host/etc/containers/registries.conf.d"
         assert volumes["registries-conf"]["hostPath"]["path"] == "/etc/containers/registries.conf.d"
         assert container["securityContext"]["runAsUser"] == 0
         assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}

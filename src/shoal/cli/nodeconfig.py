@@ -9,7 +9,7 @@ import click
 from shoal.core.aliases import AliasError
 from shoal.core.registry_spec import RegistrySpecError, parse_registry
 from shoal.nodeconfig.containerd import check_config_path
-from shoal.nodeconfig.files import Outcome, apply, remove
+from shoal.nodeconfig.files import Outcome, apply, find_tls, remove
 from shoal.nodeconfig.render import Mode, plan
 
 DEFAULT_AGENT = "127.0.0.1:65001"
@@ -37,8 +37,15 @@ def _report(outcome: Outcome) -> None:
         click.echo(f"left alone {path}: not written by shoal node-config (remove it to let Shoal manage it)", err=True)
 
 
-def _dirs(certs_dir: str, registries_conf_dir: str) -> list[tuple[str, Path]]:
-    return [(kind, Path(d)) for kind, d in (("containerd", certs_dir), ("registries.conf.d", registries_conf_dir)) if d]
+def _on_disk(host_root: str, node_path: str | Path) -> Path:
+    """Where a path of the node is from here: under ``host_root`` in a container (the chart
+    mounts the node's directories at /host), itself on the node."""
+    return Path(host_root) / Path(node_path).relative_to("/") if host_root else Path(node_path)
+
+
+def _dirs(certs_dir: str, registries_conf_dir: str, host_root: str) -> list[tuple[str, Path]]:
+    pairs = (("containerd", certs_dir), ("registries.conf.d", registries_conf_dir))
+    return [(kind, _on_disk(host_root, d)) for kind, d in pairs if d]
 
 
 @click.command("node-config")
@@ -85,6 +92,12 @@ def _dirs(certs_dir: str, registries_conf_dir: str) -> list[tuple[str, Path]]:
     help="Exit 1 when containerd's config.toml exists and does not make it read the certs dir "
     "(a node without that file, e.g. CRI-O's, only gets the warning).",
 )
+@click.option(
+    "--host-root",
+    default="",
+    help="Where the node's root is mounted (the chart: /host). The other paths are as the node "
+    "sees them, which is also what containerd's config_path names.",
+)
 @click.option("--prune", is_flag=True, help="Also remove node-config's files for hosts no longer listed.")
 @click.option("--remove", "remove_", is_flag=True, help="Remove every file node-config wrote, and exit.")
 @click.option("--dry-run", is_flag=True, help="Print the files instead of writing them.")
@@ -98,6 +111,7 @@ def node_config(
     registries_conf_dir: str,
     containerd_config: Path,
     require_config_path: bool,
+    host_root: str,
     prune: bool,
     remove_: bool,
     dry_run: bool,
@@ -107,7 +121,10 @@ def node_config(
     Idempotent; touches only its own files (first line says so). Files stay when Shoal is
     uninstalled, so rewritten Pods keep pulling from the registry; --remove takes them away.
     """
-    dirs = _dirs(containerd_certs_dir, registries_conf_dir)
+    for given in (containerd_certs_dir, registries_conf_dir, str(containerd_config)):
+        if host_root and given and not Path(given).is_absolute():
+            raise click.UsageError(f"with --host-root, paths are the node's and absolute: {given!r}")
+    dirs = _dirs(containerd_certs_dir, registries_conf_dir, host_root)
     if remove_:
         for _, root in dirs:
             _report(remove(root))
@@ -117,7 +134,13 @@ def node_config(
     port = _agent_port(agent)
     try:
         parsed = dict(parse_registry(spec) for spec in registries)
-        files = plan(parsed, Mode(mode), agent, alias_port=alias_port or port, alias_domain=alias_domain)
+        certs = Path(containerd_certs_dir)
+        tls = (
+            {name: find_tls(_on_disk(host_root, certs / name), certs / name) for name in parsed}
+            if containerd_certs_dir
+            else {}
+        )
+        files = plan(parsed, Mode(mode), agent, alias_port=alias_port or port, alias_domain=alias_domain, tls=tls)
     except (RegistrySpecError, AliasError) as exc:
         raise click.UsageError(str(exc)) from None
     by_kind = {"containerd": files.containerd, "registries.conf.d": files.registries_d}
@@ -130,10 +153,11 @@ def node_config(
     for kind, root in dirs:
         total.merge(apply(by_kind[kind], root, prune=prune))
     _report(total)
-    if registries_conf_dir and any(p.parent == Path(registries_conf_dir) for p in total.written):
+    if registries_conf_dir and any(p.parent == _on_disk(host_root, registries_conf_dir) for p in total.written):
         click.echo("registries.conf.d changed: CRI-O reads it at start and on reload (systemctl reload crio)")
     if containerd_certs_dir:
-        text = containerd_config.read_text() if containerd_config.is_file() else None
+        config_on_disk = _on_disk(host_root, containerd_config)
+        text = config_on_disk.read_text() if config_on_disk.is_file() else None
         check = check_config_path(text, Path(containerd_certs_dir), containerd_config)
         click.echo(("containerd: " if check.ok else "WARNING: ") + check.message, err=not check.ok)
         if require_config_path and not check.ok and text is not None:

@@ -14,7 +14,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shoal.nodeconfig.render import MARKER
+from shoal.nodeconfig.render import MARKER, RegistryTls
 
 __all__ = ["Outcome", "apply", "owned", "remove"]
 
@@ -105,3 +105,18 @@ def remove(root: Path) -> Outcome:
     for path in _owned_files(root):
         _unlink(path, root, outcome)
     return outcome
+
+
+def find_tls(host_dir: Path, node_dir: Path) -> RegistryTls:
+    """The docker-style TLS files in ``host_dir`` (read here), named as ``node_dir`` (how the
+    node sees the same directory): ``*.crt`` CAs, ``*.cert`` with a ``*.key`` of the same stem."""
+    if not host_dir.is_dir():
+        return RegistryTls()
+    names = sorted(p.name for p in host_dir.iterdir() if p.is_file())
+    ca = tuple(str(node_dir / n) for n in names if n.endswith(".crt"))
+    client = tuple(
+        (str(node_dir / n), str(node_dir / (n.removesuffix(".cert") + ".key")))
+        for n in names
+        if n.endswith(".cert") and n.removesuffix(".cert") + ".key" in names
+    )
+    return RegistryTls(ca, client)

@@ -47,6 +47,17 @@ class Route:
 
 
 @dataclass(frozen=True, slots=True)
+class RegistryTls:
+    """The docker-style TLS files in a registry's own certs.d directory (paths as the node sees
+    them). containerd reads ``*.crt`` (CAs) and ``*.cert``/``*.key`` pairs (client certificates)
+    only while that directory has no ``hosts.toml``: once node-config writes one, it must name
+    them, or pulls from a registry with a private CA fail, agent up or down."""
+
+    ca: tuple[str, ...] = ()
+    client: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Plan:
     """Everything node-config owns on a node: relative path -> file content, per directory."""
 
@@ -71,24 +82,26 @@ def _toml_string(value: str) -> str:
     return json.dumps(value)  # a JSON string is a valid TOML basic string
 
 
-def hosts_toml(route: Route, agent_url: str) -> str:
+def hosts_toml(route: Route, agent_url: str, tls: RegistryTls | None = None) -> str:
     """containerd's ``certs.d/<host>/hosts.toml``: the agent as mirror, the origin as server.
 
     containerd tries each ``[host]`` in order and falls back to ``server`` when the mirror
-    fails (connection refused, 5xx, 404), so the agent is never the only way.
+    fails (connection refused, 5xx, 404), so the agent is never the only way. The registry's
+    own CA and client certificates (``tls``) apply to ``server``.
     """
     capabilities = ", ".join(_toml_string(c) for c in MIRROR_CAPABILITIES)
-    return "\n".join(
-        [
-            MARKER,
-            f"# {route.host} -> agent {agent_url}, else {route.registry} at {route.origin}",
-            f"server = {_toml_string(route.origin)}",
-            "",
-            f"[host.{_toml_string(agent_url)}]",
-            f"  capabilities = [{capabilities}]",
-            "",
-        ]
-    )
+    lines = [
+        MARKER,
+        f"# {route.host} -> agent {agent_url}, else {route.registry} at {route.origin}",
+        f"server = {_toml_string(route.origin)}",
+    ]
+    if tls is not None and tls.ca:
+        lines.append(f"ca = [{', '.join(_toml_string(c) for c in tls.ca)}]")
+    if tls is not None and tls.client:
+        pairs = ", ".join(f"[{_toml_string(cert)}, {_toml_string(key)}]" for cert, key in tls.client)
+        lines.append(f"client = [{pairs}]")
+    lines += ["", f"[host.{_toml_string(agent_url)}]", f"  capabilities = [{capabilities}]", ""]
+    return "\n".join(lines)
 
 
 def _location(url: str) -> tuple[str, bool]:
@@ -127,9 +140,19 @@ def registries_drop_in(routes_: list[Route], agent: str) -> str:
     return "\n".join(lines)
 
 
-def plan(registries: dict[str, str], mode: Mode, agent: str, *, alias_port: int, alias_domain: str = "") -> Plan:
-    """All files for ``registries`` (name -> origin URL) with the agent at ``agent`` (host:port)."""
+def plan(
+    registries: dict[str, str],
+    mode: Mode,
+    agent: str,
+    *,
+    alias_port: int,
+    alias_domain: str = "",
+    tls: dict[str, RegistryTls] | None = None,
+) -> Plan:
+    """All files for ``registries`` (name -> origin URL) with the agent at ``agent`` (host:port);
+    ``tls``: registry name -> the TLS files found in its own certs.d directory."""
     routed = routes(registries, mode, alias_port, alias_domain)
     agent_url = f"http://{agent}"
-    containerd = {f"{r.host}/{HOSTS_TOML}": hosts_toml(r, agent_url) for r in routed}
+    tls = tls or {}
+    containerd = {f"{r.host}/{HOSTS_TOML}": hosts_toml(r, agent_url, tls.get(r.registry)) for r in routed}
     return Plan(containerd=containerd, registries_d={DROP_IN: registries_drop_in(routed, agent)})

@@ -82,3 +82,48 @@ class TestNodeConfig:
         assert code == 0
         assert out.count("wrote ") == 1
         assert not (tmp_path / "registries.conf.d").exists()
+
+
+class TestAsTheChartRunsIt:
+    """In the chart the node's directories are mounted under /host: paths are the node's, and
+    containerd's config_path (the node's path) must match them (review finding: it never did,
+    so the init container failed on every correctly set-up node)."""
+
+    def test_host_root(self, tmp_path: Path) -> None:
+        host = tmp_path / "host"
+        (host / "etc/containerd").mkdir(parents=True)
+        (host / "etc/containerd/config.toml").write_text(GOOD.format("/etc/containerd/certs.d"))
+        argv = [
+            "node-config",
+            "--host-root",
+            str(host),
+            "--registry",
+            "harbor.local:5000=https://harbor.local:5000",
+            "--mode",
+            "rewrite",
+            "--require-config-path",
+        ]
+        result = CliRunner().invoke(cli, argv)
+        assert result.exit_code == 0, result.stderr
+        assert "containerd reads /etc/containerd/certs.d" in result.stdout
+        assert (host / "etc/containerd/certs.d/harbor.local:65001/hosts.toml").is_file()
+        assert (host / "etc/containers/registries.conf.d/shoal.conf").is_file()
+
+    def test_private_ca_and_client_certificates_are_kept(self, tmp_path: Path) -> None:
+        """containerd reads a directory's *.crt / *.cert / *.key only without a hosts.toml:
+        the hosts.toml node-config writes must name them (review finding, reproduced with
+        containerd 1.6: a private-CA registry stopped pulling once node-config ran)."""
+        host = tmp_path / "host"
+        registry_dir = host / "etc/containerd/certs.d/harbor.local:5000"
+        registry_dir.mkdir(parents=True)
+        for name in ("ca.crt", "client.cert", "client.key", "stray.cert"):
+            (registry_dir / name).write_text("x")
+        argv = ["node-config", "--host-root", str(host), "--registry", "harbor.local:5000", "--mode", "both"]
+        result = CliRunner().invoke(cli, argv)
+        assert result.exit_code == 0, result.stderr
+        node_dir = "/etc/containerd/certs.d/harbor.local:5000"
+        for routed in ("harbor.local:5000", "harbor.local:65001"):
+            doc = tomllib.loads((host / f"etc/containerd/certs.d/{routed}/hosts.toml").read_text())
+            assert doc["server"] == "https://harbor.local:5000"
+            assert doc["ca"] == [f"{node_dir}/ca.crt"]
+            assert doc["client"] == [[f"{node_dir}/client.cert", f"{node_dir}/client.key"]]

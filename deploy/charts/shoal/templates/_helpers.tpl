@@ -130,12 +130,16 @@ first, the registry as fallback. Run as root (host files under /etc), no capabil
     - --registry
     - {{ if .url }}{{ printf "%s=%s" .host .url | quote }}{{ else }}{{ .host | quote }}{{ end }}
     {{- end }}
+    {{- /* paths as the node sees them (containerd's config_path names those); the node's
+    directories are mounted under /host */}}
+    - --host-root
+    - /host
     - --containerd-certs-dir
-    - {{ if $nc.containerdCertsDir }}{{ printf "/host%s" $nc.containerdCertsDir | quote }}{{ else }}""{{ end }}
+    - {{ if $nc.containerdCertsDir }}{{ $nc.containerdCertsDir | quote }}{{ else }}""{{ end }}
     - --containerd-config
-    - {{ printf "/host%s" $nc.containerdConfig | quote }}
+    - {{ $nc.containerdConfig | quote }}
     - --registries-conf-dir
-    - {{ if $nc.registriesConfDir }}{{ printf "/host%s" $nc.registriesConfDir | quote }}{{ else }}""{{ end }}
+    - {{ if $nc.registriesConfDir }}{{ $nc.registriesConfDir | quote }}{{ else }}""{{ end }}
     {{- if include "shoal.requireConfigPath" . }}
     - --require-config-path
     {{- end }}
