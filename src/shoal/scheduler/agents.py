@@ -7,6 +7,7 @@ scheduler replica. Handlers call synchronous methods only (atomic on the event l
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import time
 from collections.abc import Callable
@@ -67,9 +68,30 @@ class AgentDirectory:
             announcement = announcement_from_json(await request.json())
         except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as exc:
             raise web.HTTPBadRequest(text=f"announcement: {exc}\n") from None
+        refusal = foreign_announcement(announcement.address, request.remote)
+        if refusal is not None:
+            raise web.HTTPForbidden(text=f"announcement: {refusal}\n")
         if not self.announce(announcement):
             raise web.HTTPServiceUnavailable(text="agent directory full\n")
         return web.json_response({"ttl": self.ttl})
 
     async def _get(self, request: web.Request) -> web.Response:
         return web.json_response(agents_to_json(self.live()))
+
+
+def foreign_announcement(address: str, source: str | None) -> str | None:
+    """Why an agent may not announce ``address`` from ``source`` (the request's peer), or None.
+
+    ``shoal preheat`` sends registry credentials to the addresses in this list, and every node
+    holds the peer secret: a node announcing someone else's address (or a listener of its own
+    under another node's name) would collect them. So an agent announces only the address it
+    connects from; loopback may announce loopback (one machine: the demo and the tests).
+    """
+    host = address.rpartition(":")[0].strip("[]")
+    try:
+        announced, seen = ipaddress.ip_address(host), ipaddress.ip_address(source or "")
+    except ValueError:
+        return f"{address!r} is not IP:PORT, or the request has no source address"
+    if announced == seen or (announced.is_loopback and seen.is_loopback):
+        return None
+    return f"{address} announced from {source}: an agent announces the address it connects from"

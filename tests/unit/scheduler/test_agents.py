@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from shoal.p2p.presence import AgentAnnouncement, agents_from_json
-from shoal.scheduler.agents import AgentDirectory
+from shoal.scheduler.agents import AgentDirectory, foreign_announcement
 
 
 class Clock:
@@ -54,9 +55,43 @@ class TestRoutes:
         app = web.Application()
         directory.add_routes(app)
         async with TestClient(TestServer(app)) as client:
-            body = {"peer_id": "10.0.0.2:65001", "address": "10.0.0.2:65001", "node": "n1", "schedulers": ["http://s"]}
+            body = {
+                "peer_id": "127.0.0.2:65001",
+                "address": "127.0.0.2:65001",
+                "node": "n1",
+                "schedulers": ["http://s"],
+            }
             assert (await client.post("/v1/agents", json=body)).status == 200
             assert (await client.post("/v1/agents", json={"peer_id": "x"})).status == 400
             assert (await client.post("/v1/agents", json={**body, "bogus": 1})).status == 400
             listed = agents_from_json(await (await client.get("/v1/agents")).json())
         assert [(v.announcement.node, v.announcement.schedulers) for v in listed] == [("n1", ["http://s"])]
+
+
+class TestAnnouncedAddress:
+    """Review finding: announcements were self-asserted, and preheat sends registry credentials
+    to every listed address; an agent may announce only the address it connects from."""
+
+    @pytest.mark.parametrize(
+        ("address", "source", "allowed"),
+        [
+            ("10.0.0.2:65001", "10.0.0.2", True),
+            ("10.0.0.2:65001", "10.0.0.9", False),
+            ("[fd00::2]:65001", "fd00::2", True),
+            ("127.0.0.5:65001", "127.0.0.1", True),  # one machine
+            ("10.0.0.2:65001", "127.0.0.1", False),
+            ("node-a:65001", "10.0.0.2", False),
+            ("10.0.0.2:65001", None, False),
+        ],
+    )
+    def test_table(self, address: str, source: str | None, allowed: bool) -> None:
+        assert (foreign_announcement(address, source) is None) is allowed
+
+    async def test_someone_elses_address_is_refused(self) -> None:
+        directory = AgentDirectory()
+        app = web.Application()
+        directory.add_routes(app)
+        async with TestClient(TestServer(app)) as client:
+            body = {"peer_id": "p", "address": "10.9.9.9:18999", "node": "worker-7", "schedulers": []}
+            assert (await client.post("/v1/agents", json=body)).status == 403
+        assert directory.live() == []
