@@ -38,6 +38,10 @@ def _meta(secret: Json) -> Json:
     return meta
 
 
+class ForeignSecretError(RuntimeError):
+    """A Secret with a derived pull secret's name that Shoal did not create."""
+
+
 def is_derived(secret: Json) -> bool:
     return (_meta(secret).get("labels") or {}).get(DERIVED_LABEL) == "true"
 
@@ -118,6 +122,10 @@ class SecretSync:
                 if exc.status != 409:
                     raise
             existing = self._to_dict(self._api.read_namespaced_secret(name, namespace))
+            if not is_derived(existing):
+                # someone's own Secret under the derived name: never overwrite it (the Pod is
+                # admitted unchanged instead)
+                raise ForeignSecretError(f"{namespace}/{name} exists and was not derived by Shoal")
             if needs_update(existing, desired):
                 self._replace(existing, desired)
 

@@ -13,7 +13,7 @@ from kubernetes import client
 from shoal.ops.helm import build_values, manifest_documents, render
 from shoal.testing.fake_apiserver import FakeApiServer
 from shoal.webhook.config import WebhookConfig
-from shoal.webhook.controller import SecretSync
+from shoal.webhook.controller import ForeignSecretError, SecretSync
 from shoal.webhook.mutate import Scope, decide
 
 from .k8s_fixtures import BRIEF_REGISTRY, Json, admission_review, load, with_namespace
@@ -124,6 +124,18 @@ class TestSecretSync:
         apiserver.wait_for(lambda _: True, timeout=0.2)
         sync.ensure_sync(secrets)
         assert "s3cret" in json.dumps(creds(apiserver.get("default", DERIVED)))
+
+    def test_a_users_own_secret_under_the_derived_name_is_never_overwritten(
+        self, sync: SecretSync, apiserver: FakeApiServer
+    ) -> None:
+        """Review finding: without the admission policy (Kubernetes < 1.30) ensure replaced any
+        Secret that had the derived name."""
+        mine = original(password="users-own")
+        mine["metadata"]["name"] = DERIVED
+        apiserver.put(mine)
+        with pytest.raises(ForeignSecretError):
+            sync.ensure_sync(derived_in_default(brief_pod(), sync))
+        assert "users-own" in json.dumps(creds(apiserver.get("default", DERIVED)))
 
     def test_unrelated_secret_changes_touch_nothing(self, sync: SecretSync, apiserver: FakeApiServer) -> None:
         apiserver.put(original(password="changed"))
