@@ -28,6 +28,11 @@ from shoal.store.blobstore import BlobStore
 
 log = logging.getLogger(__name__)
 
+MAX_PREHEATS = 2
+"""preheats one agent runs at once: anyone holding the peer secret may ask, and each fills the
+cache (evicting the working set) with what it names"""
+MAX_PLATFORMS = 8
+
 CONCURRENCY = 4
 COMMIT_WAIT = 15.0
 """seconds to wait, after a blob's last byte, for the download to land in the cache."""
@@ -59,6 +64,7 @@ class Preheater:
         self.base_url = base_url
         self.registries = registries
         self.token = token
+        self._running = asyncio.Semaphore(MAX_PREHEATS)
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post(PREHEAT_PATH, self._handle)
@@ -77,11 +83,16 @@ class Preheater:
             raise web.HTTPBadRequest(
                 text=f"preheat: registry {image.registry} is not mirrored here ({', '.join(self.registries)})\n"
             )
-        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
-        await response.prepare(request)
-        async for event in self.run(image, req):
-            await response.write(json.dumps(event).encode() + b"\n")
-        await response.write_eof()
+        if len(req.platforms) > MAX_PLATFORMS:
+            raise web.HTTPBadRequest(text=f"preheat: at most {MAX_PLATFORMS} platforms at a time\n")
+        if self._running.locked():
+            raise web.HTTPTooManyRequests(text=f"preheat: {MAX_PREHEATS} preheats already running here\n")
+        async with self._running:
+            response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+            await response.prepare(request)
+            async for event in self.run(image, req):
+                await response.write(json.dumps(event).encode() + b"\n")
+            await response.write_eof()
         return response
 
     async def run(self, image: ImageReference, req: PreheatRequest) -> AsyncIterator[Event]:
