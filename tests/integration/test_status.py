@@ -62,6 +62,15 @@ class Setup:
         )
         return path
 
+    def containerd_config(self) -> Path:
+        """A containerd config.toml whose config_path is the certs.d the test writes."""
+        path = self.workdir / "containerd-config.toml"
+        if not path.exists():
+            path.write_text(
+                f'version = 2\n[plugins."io.containerd.grpc.v1.cri".registry]\nconfig_path = "{self.certs}"\n'
+            )
+        return path
+
     async def status(self, node: int, *extra: str) -> tuple[int, dict[str, Any]]:
         argv = shoal_argv(
             "status",
@@ -71,6 +80,8 @@ class Setup:
             str(self.certs),
             "--registries-conf-dir",
             str(self.conf),
+            "--containerd-config",
+            str(self.containerd_config()),
             "--scheduler",
             self.fleet.schedulers[0][0],
             "--peer-token-file",
@@ -130,6 +141,7 @@ class TestStatus:
             "agent": "ok",
             "scheduler": "ok",
             "runtime-config": "ok",
+            "containerd-config": "ok",
             "cache": "ok",
             "fallbacks": "ok",
             "schedulers": "ok",

@@ -54,6 +54,13 @@ from shoal.cli.scheduler import read_token
     default="/etc/containers/registries.conf.d",
     show_default=True,
 )
+@click.option(
+    "--containerd-config",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default="/etc/containerd/config.toml",
+    show_default=True,
+    help="containerd's config.toml, checked for the config_path that makes it read --containerd-certs-dir.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
 def status(
     agent_url: str,
@@ -63,6 +70,7 @@ def status(
     peer_token_file: Path | None,
     containerd_certs_dir: Path,
     registries_conf_dir: Path,
+    containerd_config: Path,
     as_json: bool,
 ) -> None:
     """Check the agent, its schedulers, the runtime's mirror config, the cache and recent
@@ -82,6 +90,7 @@ def status(
             node = await checks.gather_node(session, agent_url)
             runtime = checks.node_runtime(node, registries, containerd_certs_dir, registries_conf_dir)
             found = checks.node_checks(node, runtime)
+            found.insert(3, checks.containerd_config_check(containerd_config, containerd_certs_dir))
             if schedulers or webhook:
                 cluster = await checks.gather_cluster(session, list(schedulers), token, webhook)
                 found += checks.cluster_checks(cluster)

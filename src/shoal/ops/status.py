@@ -23,6 +23,7 @@ import aiohttp
 
 from shoal.core.promtext import flatten
 from shoal.core.units import format_bytes
+from shoal.nodeconfig.containerd import check_config_path
 from shoal.ops.cluster import AgentList, list_agents
 from shoal.ops.runtime_config import CONTAINERD_CERTS_DIR, REGISTRIES_CONF_DIR, RuntimeConfig, check_runtime_config
 
@@ -217,6 +218,15 @@ def runtime_config_check(found: list[RuntimeConfig] | None) -> Check:
         f"{len(found)} registr{'y' if len(found) == 1 else 'ies'} sent to the agent",
         details,
     )
+
+
+def containerd_config_check(config_file: Path, certs_dir: Path) -> Check:
+    """Whether containerd reads the hosts.toml files at all: without ``config_path`` it
+    ignores certs.d, and the files ``runtime-config`` found change nothing."""
+    if not config_file.is_file():
+        return Check("containerd-config", Status.SKIP, f"{config_file} not found (not a containerd node?)")
+    result = check_config_path(config_file.read_text(), certs_dir, config_file)
+    return Check("containerd-config", Status.OK if result.ok else Status.FAIL, result.message)
 
 
 def cache_check(facts: NodeFacts) -> Check:
