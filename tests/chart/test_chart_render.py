@@ -88,6 +88,7 @@ class TestSchemas:
             ("ClusterRoleBinding", "shoal-webhook"),
             ("ConfigMap", "shoal-dashboard"),
             ("DaemonSet", "shoal-agent"),
+            ("DaemonSet", "shoal-node-config"),
             ("Deployment", "shoal-webhook"),
             ("MutatingWebhookConfiguration", "shoal"),
             ("PodDisruptionBudget", "shoal-scheduler"),
@@ -172,7 +173,9 @@ class TestParameters:
         assert flag(agent_container(docs("p2p.ratelimit=1G"))["args"], "--ratelimit") == ["1G"]
 
     def test_cache_host_path(self) -> None:
-        pod = find(docs("p2p.plusMode.cacheHostPath=/var/lib/shoal-cache"), "DaemonSet")["spec"]["template"]["spec"]
+        pod = find(docs("p2p.plusMode.cacheHostPath=/var/lib/shoal-cache"), "DaemonSet", "-agent")["spec"]["template"][
+            "spec"
+        ]
         cache_volume = next(v for v in pod["volumes"] if v["name"] == "cache")
         assert cache_volume["hostPath"] == {
             "path": "/var/lib/shoal-cache",
@@ -325,8 +328,8 @@ class TestInstallCommand:
         )
         assert result.exit_code == 0, result.output
         rendered = [d for d in yaml.safe_load_all(result.output) if d]
-        assert find(rendered, "DaemonSet")["metadata"] == {
-            **find(rendered, "DaemonSet")["metadata"],
+        assert find(rendered, "DaemonSet", "-agent")["metadata"] == {
+            **find(rendered, "DaemonSet", "-agent")["metadata"],
             "name": "acc-shoal-agent",
             "namespace": "p2p",
         }
