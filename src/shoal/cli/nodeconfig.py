@@ -9,7 +9,7 @@ import click
 from shoal.core.aliases import AliasError
 from shoal.core.registry_spec import RegistrySpecError, parse_registry
 from shoal.nodeconfig.containerd import check_config_path
-from shoal.nodeconfig.files import Outcome, apply, find_tls, remove
+from shoal.nodeconfig.files import Outcome, apply, find_tls, registry_prefixes, remove
 from shoal.nodeconfig.render import Mode, plan
 
 DEFAULT_AGENT = "127.0.0.1:65001"
@@ -140,7 +140,14 @@ def node_config(
             if containerd_certs_dir
             else {}
         )
-        files = plan(parsed, Mode(mode), agent, alias_port=alias_port or port, alias_domain=alias_domain, tls=tls)
+        taken = frozenset[str]()
+        if registries_conf_dir:
+            conf_dir = _on_disk(host_root, registries_conf_dir)
+            own = sorted(conf_dir.glob("*.conf")) if conf_dir.is_dir() else []
+            taken = registry_prefixes([conf_dir.parent / "registries.conf", *own])
+        files = plan(
+            parsed, Mode(mode), agent, alias_port=alias_port or port, alias_domain=alias_domain, tls=tls, taken=taken
+        )
     except (RegistrySpecError, AliasError) as exc:
         raise click.UsageError(str(exc)) from None
     by_kind = {"containerd": files.containerd, "registries.conf.d": files.registries_d}

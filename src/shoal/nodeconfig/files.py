@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -120,3 +121,22 @@ def find_tls(host_dir: Path, node_dir: Path) -> RegistryTls:
         if n.endswith(".cert") and n.removesuffix(".cert") + ".key" in names
     )
     return RegistryTls(ca, client)
+
+
+def registry_prefixes(files: list[Path]) -> frozenset[str]:
+    """The ``[[registry]]`` prefixes (or locations, when a table has no prefix) that these
+    containers-registries files define; files node-config owns, and unreadable ones, are skipped."""
+    found: set[str] = set()
+    for path in files:
+        if not path.is_file() or owned(path):
+            continue
+        try:
+            doc = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+            continue
+        for table in doc.get("registry") or []:
+            if isinstance(table, dict):
+                key = table.get("prefix") or table.get("location")
+                if isinstance(key, str) and key:
+                    found.add(key)
+    return frozenset(found)

@@ -110,14 +110,20 @@ def _location(url: str) -> tuple[str, bool]:
     return parts.netloc + parts.path.rstrip("/"), parts.scheme == "http"
 
 
-def registries_drop_in(routes_: list[Route], agent: str) -> str:
+def registries_drop_in(routes_: list[Route], agent: str, taken: frozenset[str] = frozenset()) -> str:
     """A ``registries.conf.d`` drop-in: per host a ``[[registry]]`` whose location is the origin
     and whose first ``[[registry.mirror]]`` is the agent under the registry's path name.
 
-    Routes whose registry has no path spelling (IPv6 literals) are left out.
+    Routes whose registry has no path spelling (IPv6 literals) are left out, and so are hosts
+    in ``taken``: prefixes the operator's own registries.conf or drop-ins define. Tables with
+    the same prefix replace each other (containers-registries.conf.d(5)), so ours would drop
+    their mirrors, ``insecure`` or ``blocked`` settings: a pull that worked could then fail.
     """
     lines = [MARKER, ""]
     for route in routes_:
+        if route.host in taken:
+            lines += [f"# {route.host}: skipped, the node's own registries.conf already configures it", ""]
+            continue
         name = path_name(route.registry)
         if name is None:
             lines += [f"# {route.host}: skipped, {route.registry} has no mirror path spelling", ""]
@@ -148,11 +154,13 @@ def plan(
     alias_port: int,
     alias_domain: str = "",
     tls: dict[str, RegistryTls] | None = None,
+    taken: frozenset[str] = frozenset(),
 ) -> Plan:
     """All files for ``registries`` (name -> origin URL) with the agent at ``agent`` (host:port);
-    ``tls``: registry name -> the TLS files found in its own certs.d directory."""
+    ``tls``: registry name -> the TLS files found in its own certs.d directory; ``taken``: the
+    prefixes the node's own containers-registries configuration defines."""
     routed = routes(registries, mode, alias_port, alias_domain)
     agent_url = f"http://{agent}"
     tls = tls or {}
     containerd = {f"{r.host}/{HOSTS_TOML}": hosts_toml(r, agent_url, tls.get(r.registry)) for r in routed}
-    return Plan(containerd=containerd, registries_d={DROP_IN: registries_drop_in(routed, agent)})
+    return Plan(containerd=containerd, registries_d={DROP_IN: registries_drop_in(routed, agent, taken)})

@@ -127,3 +127,23 @@ class TestAsTheChartRunsIt:
             assert doc["server"] == "https://harbor.local:5000"
             assert doc["ca"] == [f"{node_dir}/ca.crt"]
             assert doc["client"] == [[f"{node_dir}/client.cert", f"{node_dir}/client.key"]]
+
+
+class TestOperatorsRegistriesConf:
+    """Review finding: a drop-in's [[registry]] replaces another with the same prefix, so ours
+    would drop the operator's mirrors (a corporate proxy on an egress-restricted node) or a
+    ``blocked`` policy. A prefix the node already configures is left to the node."""
+
+    def test_a_configured_prefix_is_left_alone(self, tmp_path: Path) -> None:
+        conf_dir = tmp_path / "registries.conf.d"
+        conf_dir.mkdir()
+        (conf_dir / "00-corp.conf").write_text(
+            '[[registry]]\nprefix = "docker.io"\nlocation = "proxy.corp/dockerhub"\n'
+        )
+        (tmp_path / "registries.conf").write_text('[[registry]]\nlocation = "quay.io"\nblocked = true\n')
+        code, _, err = run(tmp_path, "--registry", "docker.io", "--registry", "quay.io", "--registry", "ghcr.io")
+        assert code == 0, err
+        doc = tomllib.loads((conf_dir / "shoal.conf").read_text())
+        assert [r["prefix"] for r in doc["registry"]] == ["ghcr.io"]
+        assert "docker.io: skipped" in (conf_dir / "shoal.conf").read_text()
+        assert (conf_dir / "00-corp.conf").read_text().startswith("[[registry]]")  # untouched
