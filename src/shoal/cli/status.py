@@ -61,6 +61,12 @@ from shoal.cli.scheduler import read_token
     show_default=True,
     help="containerd's config.toml, checked for the config_path that makes it read --containerd-certs-dir.",
 )
+@click.option(
+    "--alias-domain",
+    default="",
+    envvar="SHOAL_ALIAS_DOMAIN",
+    help="DNS suffix of the rewrite alias hosts (the chart's aliasDomain).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
 def status(
     agent_url: str,
@@ -71,6 +77,7 @@ def status(
     containerd_certs_dir: Path,
     registries_conf_dir: Path,
     containerd_config: Path,
+    alias_domain: str,
     as_json: bool,
 ) -> None:
     """Check the agent, its schedulers, the runtime's mirror config, the cache and recent
@@ -88,7 +95,7 @@ def status(
     async def gather() -> checks.Report:
         async with aiohttp.ClientSession() as session:
             node = await checks.gather_node(session, agent_url)
-            runtime = checks.node_runtime(node, registries, containerd_certs_dir, registries_conf_dir)
+            runtime = checks.node_runtime(node, registries, containerd_certs_dir, registries_conf_dir, alias_domain)
             found = checks.node_checks(node, runtime)
             found.insert(3, checks.containerd_config_check(containerd_config, containerd_certs_dir))
             if schedulers or webhook:

@@ -58,17 +58,19 @@ def _read_toml(path: Path) -> dict[str, Any] | str:
         return f"unreadable: {exc}"
 
 
-def _hosts(registry: str, port: int) -> tuple[str, ...]:
+def _hosts(registry: str, port: int, domain: str = "") -> tuple[str, ...]:
     """The registry's own host (mirror mode) and its rewrite alias host (``shoal.core.aliases``)."""
     try:
-        return (registry, alias_host(registry, port))
+        return (registry, alias_host(registry, port, domain))
     except AliasError:
         return (registry,)
 
 
-def check_containerd(certs_dir: Path, registry: str, port: int, addresses: Sequence[str]) -> RuntimeConfig:
+def check_containerd(
+    certs_dir: Path, registry: str, port: int, addresses: Sequence[str], domain: str = ""
+) -> RuntimeConfig:
     found = RuntimeConfig(registry)
-    for host in _hosts(registry, port):
+    for host in _hosts(registry, port, domain):
         path = certs_dir / host / "hosts.toml"
         if not path.is_file():
             continue
@@ -82,7 +84,9 @@ def check_containerd(certs_dir: Path, registry: str, port: int, addresses: Seque
     return found
 
 
-def check_crio(conf_dir: Path, registry: str, port: int, addresses: Sequence[str], into: RuntimeConfig) -> None:
+def check_crio(
+    conf_dir: Path, registry: str, port: int, addresses: Sequence[str], into: RuntimeConfig, domain: str = ""
+) -> None:
     if not conf_dir.is_dir():
         return
     for path in sorted(conf_dir.glob("*.conf")):
@@ -91,7 +95,7 @@ def check_crio(conf_dir: Path, registry: str, port: int, addresses: Sequence[str
             into.elsewhere.append(f"{path}: {data}")
             continue
         for entry in data.get("registry") or []:
-            if not {entry.get("prefix"), entry.get("location")} & {*_hosts(registry, port)}:
+            if not {entry.get("prefix"), entry.get("location")} & {*_hosts(registry, port, domain)}:
                 continue
             mirrors = [m.get("location", "") for m in entry.get("mirror") or []]
             if any(is_agent(m, port, addresses) for m in mirrors):
@@ -107,11 +111,12 @@ def check_runtime_config(
     *,
     certs_dir: Path = CONTAINERD_CERTS_DIR,
     conf_dir: Path = REGISTRIES_CONF_DIR,
+    alias_domain: str = "",
 ) -> list[RuntimeConfig]:
     """One result per registry: the containerd and CRI-O files that send it to the agent."""
     out = []
     for registry in registries:
-        found = check_containerd(certs_dir, registry, port, addresses)
-        check_crio(conf_dir, registry, port, addresses, found)
+        found = check_containerd(certs_dir, registry, port, addresses, alias_domain)
+        check_crio(conf_dir, registry, port, addresses, found, alias_domain)
         out.append(found)
     return out

@@ -315,7 +315,7 @@ def _webhook_checks(facts: ClusterFacts) -> list[Check]:
 
 
 def node_runtime(
-    facts: NodeFacts, registries: Sequence[str], certs_dir: Path, conf_dir: Path
+    facts: NodeFacts, registries: Sequence[str], certs_dir: Path, conf_dir: Path, alias_domain: str = ""
 ) -> list[RuntimeConfig] | None:
     node = facts.node or {}
     names = list(registries) or list(node.get("registries") or [])
@@ -324,7 +324,9 @@ def node_runtime(
     port = int(facts.agent_url.rsplit(":", 1)[-1]) if facts.agent_url.rsplit(":", 1)[-1].isdigit() else 65001
     own = facts.agent_url.split("://", 1)[-1].partition("/")[0]
     addresses = [a for a in (own, node.get("address"), node.get("listen")) if a]
-    return check_runtime_config(names, port, addresses, certs_dir=certs_dir, conf_dir=conf_dir)
+    return check_runtime_config(
+        names, port, addresses, certs_dir=certs_dir, conf_dir=conf_dir, alias_domain=alias_domain
+    )
 
 
 def render(report: Report) -> str:

@@ -44,6 +44,18 @@ class TestCheckRuntimeConfig:
         assert found.ok
         assert found.points_at_agent == [str(mirror), str(alias)]
 
+    def test_alias_with_a_domain(self, tmp_path: Path) -> None:
+        """Review finding: the alias host was looked for without the chart's aliasDomain, so a
+        working rewrite setup with a domain read as FAIL."""
+        certs = tmp_path / "certs.d"
+        alias = write(certs / "registry.p2p.internal:65001" / "hosts.toml", '[host."http://127.0.0.1:65001"]\n')
+        (without,) = check_runtime_config(["registry"], 65001, certs_dir=certs, conf_dir=tmp_path / "none")
+        assert not without.ok
+        (found,) = check_runtime_config(
+            ["registry"], 65001, certs_dir=certs, conf_dir=tmp_path / "none", alias_domain="p2p.internal"
+        )
+        assert found.points_at_agent == [str(alias)]
+
     def test_crio_drop_in(self, tmp_path: Path) -> None:
         conf = tmp_path / "registries.conf.d"
         write(
