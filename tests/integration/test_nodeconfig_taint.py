@@ -9,7 +9,6 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 from click.testing import CliRunner
 
 from shoal.agent.server import Agent
@@ -36,23 +35,6 @@ def apiserver() -> Iterator[FakeApiServer]:
     server.close()
 
 
-def kubeconfig(tmp_path: Path, apiserver: FakeApiServer) -> Path:
-    path = tmp_path / "kubeconfig"
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "c", "cluster": {"server": apiserver.url}}],
-                "users": [{"name": "u", "user": {"token": "t"}}],
-                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
-                "current-context": "x",
-            }
-        )
-    )
-    return path
-
-
 async def test_taint_removed_once_agent_answers(
     apiserver: FakeApiServer, start_agent: AgentStarter, tmp_path: Path
 ) -> None:
@@ -65,7 +47,7 @@ async def test_taint_removed_once_agent_answers(
 
     await start_agent({"registry.test": "http://127.0.0.1:9"}, listen=f"127.0.0.1:{port}")
     argv = ["node-ready", "--node", "node-1", "--taint", KEY, "--agent", f"127.0.0.1:{port}"]
-    argv += ["--kubeconfig", str(kubeconfig(tmp_path, apiserver)), "--exit", "--interval", "0.1"]
+    argv += ["--kubeconfig", str(apiserver.write_kubeconfig(tmp_path / "kubeconfig")), "--exit", "--interval", "0.1"]
     result = await asyncio.to_thread(CliRunner().invoke, cli, argv)
     assert result.exit_code == 0, result.output
     assert "removed taint" in result.output

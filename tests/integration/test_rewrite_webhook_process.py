@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from shoal.testing.admission import admission_review, apply_json_patch
 from shoal.testing.fake_apiserver import FakeApiServer
@@ -82,19 +81,7 @@ def test_webhook_process(apiserver: FakeApiServer, tmp_path: Path) -> None:
     swap(mount, "v1")
     for name in ("tls.crt", "tls.key"):
         (mount / name).symlink_to(Path("..data") / name)
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "c", "cluster": {"server": apiserver.url}}],
-                "users": [{"name": "u", "user": {"token": "t"}}],
-                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
-                "current-context": "x",
-            }
-        )
-    )
+    kubeconfig = apiserver.write_kubeconfig(tmp_path / "kubeconfig")
     port = free_port()
     argv = [sys.executable, "-m", "shoal", "webhook", "--listen", f"127.0.0.1:{port}"]
     argv += ["--tls-cert", str(mount / "tls.crt"), "--tls-key", str(mount / "tls.key")]
