@@ -193,6 +193,35 @@ class TestOneClientsFailureIsNotAnothers:
         assert attacker[0] == 404
         assert victim == (200, small_image.blob_path(digest).read_bytes())
 
+    async def test_a_download_through_another_registry_name_is_not_joined(
+        self,
+        registry: DistributionRegistry,
+        small_image: GeneratedImage,
+        start_agent: AgentStarter,
+        client: aiohttp.ClientSession,
+    ) -> None:
+        """Review finding: a download started through a slow registry name (one an attacker
+        can make hang) held up every other client of that digest."""
+        registry.push(small_image, "team/app", "v1")
+        digest, _ = largest_layer(small_image)
+        async with (
+            Gateway(registry.url) as fast,
+            Gateway(registry.url, Rules(slow_repos={"team/app": 5.0})) as slow,
+        ):
+            agent = await start_agent({REG: fast.url, OTHER: slow.url})
+
+            async def get(name: str) -> tuple[int, bytes]:
+                async with client.get(f"{agent.url}/v2/{name}/team/app/blobs/{digest}") as resp:
+                    return resp.status, await resp.read()
+
+            stuck = asyncio.create_task(get(OTHER))
+            await asyncio.sleep(0.3)
+            assert agent.blobs.partials  # the slow one's download is in flight
+            victim = await get(REG)
+            assert victim == (200, small_image.blob_path(digest).read_bytes())
+            assert not stuck.done()  # answered while the other was still waiting
+            assert (await stuck)[0] == 200
+
 
 class TestPinnedPullsAfterTheAccessCacheExpires:
     """Defect 5: a digest-pinned pull of a cached manifest keeps working once the access

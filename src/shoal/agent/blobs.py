@@ -92,8 +92,8 @@ class BlobService:
         """where a blob goes when ``source`` filled it with the wrong bytes"""
         self.metrics = metrics
         self.partials: dict[Digest, PartialBlob] = {}
-        self._started_for: dict[Digest, DistributionPath] = {}
-        """what each download in ``partials`` was started for"""
+        self._started_for: dict[Digest, tuple[PartialBlob, DistributionPath]] = {}
+        """each download in ``partials`` and what it was started for"""
         self.send_timeout = send_timeout
         self._cuts = RateLimitedLog(log, "cutting responses")
         self._tasks: set[asyncio.Task[None]] = set()
@@ -132,10 +132,6 @@ class BlobService:
                 self._start(dist, creds, self.source)
             return await self._passthrough(request, dist, creds, size)
         if partial is not None:
-            if self._started_for[digest].registry != dist.registry:
-                # started through another registry name: its registry's troubles (or an
-                # attacker's slow one) are not this client's; pass through, verified
-                return await self._passthrough(request, dist, creds)
             await self.upstreams.authorize(creds, dist)
         for _ in range(3):
             mine = False
@@ -145,6 +141,11 @@ class BlobService:
                     partial, mine = self._start(dist, creds, self.source), True
                     if partial is None:
                         break
+            started = self._started_for.get(digest)
+            if not mine and started is not None and started[0] is partial and started[1].registry != dist.registry:
+                # started through another registry name: its registry's troubles (or an
+                # attacker's slow one) are not this client's; pass through, verified
+                break
             try:
                 size = await asyncio.shield(partial.size_known)
             except StoreError:
@@ -174,7 +175,7 @@ class BlobService:
             log.warning("not caching %s: %s", digest, exc)
             return None
         self.partials[digest] = partial
-        self._started_for[digest] = dist
+        self._started_for[digest] = (partial, dist)
         task = asyncio.create_task(self._download(partial, dist, creds, source), name=f"download {digest}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
