@@ -20,6 +20,7 @@ lint:
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 	$(BIN)/mypy --strict bench
+	MYPYPATH=src:tests/integration $(BIN)/mypy --strict --explicit-package-bases tests
 
 test: lint
 	$(BIN)/pytest -q tests

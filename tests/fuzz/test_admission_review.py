@@ -95,9 +95,10 @@ def check(request: dict[str, Any], scope: Scope, secrets: Any) -> None:
     decision = decide(request, scope, CONFIG, secrets)
     assert isinstance(decision, Decision)
     json.dumps(list(decision.patch))
+    aliases = {CONFIG.alias(registry) for registry in CONFIG.registries}
     for op in decision.patch:
-        if op["op"] == "replace":
-            assert op["value"].startswith(f"{CONFIG.endpoint}/")
+        if op["op"] == "replace" and op["path"].endswith("/image"):
+            assert op["value"].split("/", 1)[0] in aliases
     answer = review_response({"apiVersion": "admission.k8s.io/v1", "request": request}, decision)
     assert answer["response"]["allowed"] is True
     assert answer["response"]["uid"] == request.get("uid", "")

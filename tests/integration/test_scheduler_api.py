@@ -240,7 +240,7 @@ class TestAbsurdValues:
                                     session: aiohttp.ClientSession) -> None:  # fmt: skip
         await client.join(D, join_req("a"))
         url = f"{scheduler.url}/v1/tasks/{D}"
-        bodies = [
+        bodies: list[str | bytes] = [
             '{"peer_id": "a", "address": "h:1", "pieces": 0, "contiguous": 0, "hashes": {"4": "' + "0" * 64 + '"}}',
             '{"peer_id": "a", "address": "h:1", "pieces": 0, "contiguous": 0, "hashes": {"1e3": "x"}}',
             '{"peer_id": "a", "address": "h:1", "pieces": 0, "contiguous": 99999999}',

@@ -510,11 +510,13 @@ class TestIdleConnections:
 
 def _get(port: int, path: str, timeout: float = 3.0) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as resp:
-        return resp.read().decode()
+        body: bytes = resp.read()
+        return body.decode()
 
 
 def _healthz(port: int, timeout: float = 3.0) -> bool:
     try:
-        return json.loads(_get(port, "/healthz", timeout))["status"] == "ok"
+        status: object = json.loads(_get(port, "/healthz", timeout))["status"]
+        return status == "ok"
     except (OSError, ValueError):
         return False

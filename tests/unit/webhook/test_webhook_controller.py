@@ -173,9 +173,7 @@ class TestStartup:
                 apiserver.version += 10
             apiserver.end_watches()
             apiserver.put(with_namespace(load("secret-regcred"), "team-b"))
-            assert apiserver.wait_for(
-                lambda _, s=sync: "regcred" in (s.secrets_in("team-b") or {})  # type: ignore[misc]
-            )
+            assert apiserver.wait_for(lambda _, s=sync: "regcred" in (s.secrets_in("team-b") or {}))
             assert sum(1 for m, p in apiserver.requests if "watch" not in p) > lists_before
 
 

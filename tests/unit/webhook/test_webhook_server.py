@@ -93,8 +93,8 @@ class TestAdmission:
 
     async def test_dry_run_has_no_side_effects(
         self,
-        http: TestClient,
-        source: RecordingSource,  # type: ignore[type-arg]
+        http: TestClient,  # type: ignore[type-arg]
+        source: RecordingSource,
     ) -> None:
         review = admission_review(brief_pod(), "default", dry_run=True)
         pod = patched(review, await post(http, "/mutate", review))
@@ -115,8 +115,8 @@ class TestAdmission:
 
     async def test_unsynced_cache_admits_unchanged(
         self,
-        http: TestClient,
-        source: RecordingSource,  # type: ignore[type-arg]
+        http: TestClient,  # type: ignore[type-arg]
+        source: RecordingSource,
     ) -> None:
         source.synced = False
         answer = await post(http, "/mutate", admission_review(brief_pod(), "default"))
