@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import resource
 import socket
 import time
@@ -87,33 +88,87 @@ class _Conn:
         self.timeout = timeout
 
 
+PeerDivert = Callable[[socket.socket, bytes], None]
+"""Takes over a connection that speaks the peer protocol: its socket, and the bytes read."""
+
+
+def speaks_peer_protocol(first: bytes) -> bool:
+    """A peer frame starts with its length's high byte, 0 (frames are at most 64 KiB); an
+    HTTP request starts with a method's letter."""
+    return first[:1] == b"\0"
+
+
 class _GuardedProtocol(asyncio.Protocol):
-    """Passes everything to the server's protocol; tells the guard when the connection ends."""
+    """Passes everything to the server's protocol; tells the guard when the connection ends.
+
+    The server's protocol sees the connection only once its first bytes show it is HTTP: a
+    connection that speaks the peer protocol goes to the guard's ``divert`` instead.
+    """
 
     def __init__(self, guard: ConnectionGuard, inner: asyncio.Protocol) -> None:
         self._guard = guard
         self._inner = inner
+        self._transport: asyncio.Transport | None = None
+        self._made = False
+        self._diverted = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports have every Transport method but are not its subclass
-        self._guard.admit(self._inner, cast(asyncio.Transport, transport))
-        self._inner.connection_made(transport)
+        self._transport = cast(asyncio.Transport, transport)
+        self._guard.admit(self._inner, self._transport)
+        if self._guard.divert is None:
+            self._make()
+
+    def _make(self) -> None:
+        self._made = True
+        assert self._transport is not None
+        self._inner.connection_made(self._transport)
 
     def data_received(self, data: bytes) -> None:
+        if self._diverted:
+            return
+        if not self._made:
+            divert = self._guard.divert
+            if divert is not None and speaks_peer_protocol(data):
+                self._divert(divert, data)
+                return
+            self._make()
         self._inner.data_received(data)
 
+    def _divert(self, divert: PeerDivert, first: bytes) -> None:
+        """Hand the socket over: a duplicate descriptor outlives the transport, which closes
+        its own without a shutdown (the connection stays up)."""
+        assert self._transport is not None
+        self._diverted = True
+        self._guard.release(self._inner)
+        raw = self._transport.get_extra_info("socket")
+        try:
+            sock = socket.socket(fileno=os.dup(raw.fileno()))
+        except OSError as exc:
+            self._guard.note_refused(f"cannot take over a peer connection: {exc}")
+            self._transport.abort()
+            return
+        self._transport.pause_reading()
+        self._transport.abort()
+        divert(sock, first)
+
     def eof_received(self) -> bool | None:
+        if not self._made:
+            return None
         return self._inner.eof_received()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._guard.release(self._inner)
-        self._inner.connection_lost(exc)
+        if self._made:
+            self._inner.connection_lost(exc)
 
     def pause_writing(self) -> None:
-        self._inner.pause_writing()
+        if self._made:
+            self._inner.pause_writing()
 
     def resume_writing(self) -> None:
-        self._inner.resume_writing()
+        if self._made:
+            self._inner.resume_writing()
 
 
 class ConnectionGuard:
@@ -137,6 +192,8 @@ class ConnectionGuard:
         self._sweeper: asyncio.Task[None] | None = None
         self._accepter: asyncio.Task[None] | None = None
         self._log = RateLimitedLog(log, f"closing connections (limit {self.max_connections})", clock=clock)
+        self.divert: PeerDivert | None = None
+        """where connections that speak the peer protocol go (None: all are HTTP)"""
 
     def serve(self, sock: socket.socket, factory: Callable[[], asyncio.Protocol]) -> None:
         """Accept connections on the listening ``sock`` for ``factory``'s protocol."""
@@ -229,6 +286,9 @@ class ConnectionGuard:
         self._gauge.set(len(self._conns))
         conn.transport.abort()
         self._note(reason, why)
+
+    def note_refused(self, why: str) -> None:
+        self._note("refused", why)
 
     def _note(self, reason: str, why: str) -> None:
         """Count every close; log a summary at most every few seconds (no log flood)."""

@@ -47,6 +47,10 @@ class AgentMetrics:
         self.pieces_received = Counter(
             "shoal_agent_pieces_received", "Verified pieces downloaded from peers", registry=r
         )
+        self.peer_links = Gauge("shoal_agent_peer_links", "Open peer connections (both directions)", registry=r)
+        self.peer_links_refused = Counter(
+            "shoal_agent_peer_links_refused", "Peer connections refused (limit, failed handshake)", registry=r
+        )
         self.parents = Gauge("shoal_agent_parents", "Parents currently used, over all downloads", registry=r)
         self.swarm_fallbacks = Counter(
             "shoal_agent_swarm_fallbacks",

@@ -21,7 +21,8 @@ from shoal.agent.connections import ConnectionGuard
 from shoal.agent.manifests import ManifestService
 from shoal.agent.metrics import AgentMetrics
 from shoal.agent.origin import OriginSource
-from shoal.agent.peer_endpoints import PeerEndpoints
+from shoal.agent.peer_hub import HubConfig, PeerHub
+from shoal.agent.peer_link import peer_secret
 from shoal.agent.preheat import Preheater
 from shoal.agent.presence import Presence
 from shoal.agent.swarm import SwarmConfig, SwarmSource
@@ -82,6 +83,9 @@ class Agent:
         self.blobs = BlobService(
             self.store, self.upstreams, source, self.metrics, origin=origin, send_timeout=self.config.send_timeout
         )
+        if self.swarm is not None:
+            self.swarm.hub.partials = self.blobs.partials
+            self.guard.divert = self.swarm.hub.accept
         self.manifests = ManifestService(self.store, self.upstreams, self.metrics)
         self.presence = Presence(self.config, self.store, self._session)
         app = self.build_app()
@@ -111,16 +115,20 @@ class Agent:
         token = self.config.peer_token()
         scheduler = SchedulerClient(self._session, list(self.config.schedulers), token)
         address = self.config.advertise_address
-        swarm = SwarmSource(
-            SwarmConfig(peer_id=address, address=address, token=token),
-            origin,
-            scheduler,
-            self.upstreams,
+        config = SwarmConfig(peer_id=address, address=address, token=token)
+        hub = PeerHub(
+            HubConfig(
+                peer_id=address,
+                secret=peer_secret(token),
+                connect_timeout=config.connect_timeout,
+                superseed_copies=config.superseed_copies,
+            ),
             self.store,
-            self._session,
-            self.bucket,
+            {},
             self.metrics,
+            self.bucket,
         )
+        swarm = SwarmSource(config, origin, scheduler, self.upstreams, self.store, hub, self.bucket, self.metrics)
         swarm.start()
         return swarm
 
@@ -157,7 +165,6 @@ class Agent:
         app.router.add_route("*", "/v2{tail:.*}", self._distribution)
         token = self.config.peer_token()
         if token is not None or self.config.insecure_no_peer_auth:
-            PeerEndpoints(self.store, self.blobs.partials, self.metrics, self.bucket, token).add_routes(app)
             Preheater(self.store, lambda: self.url, sorted(self.config.registries), token).add_routes(app)
         if token is None and self.config.insecure_no_peer_auth:
             log.warning(

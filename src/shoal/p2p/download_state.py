@@ -1,7 +1,6 @@
 """One blob's download through the swarm as a pure state: events in, actions out.
 
-Planned owner of a download's state (issue 10, item 3), not yet used by the agent: today the
-same rules live spread over the tasks of ``shoal.agent.swarm.SwarmDownload``. Here one object
+``shoal.agent.swarm.SwarmDownload`` is the one task that owns a download's state. Here one object
 holds the missing pieces, the requests in flight, each parent's pieces and errors, the lease
 and the stall clocks, and changes only in :meth:`DownloadState.apply`; the task that owns it
 reads I/O workers' results from a queue, applies them, and carries out the returned actions
@@ -25,6 +24,8 @@ Rules (each is one that ``tests/integration/test_swarm.py`` proves with real pro
 - **Stalls fall back.** With no progress for ``stall_timeout`` (and no origin fetch of ours) the
   rest comes from the origin. Progress is anything that moved: the verified prefix, pieces held,
   bytes arriving, or new piece hashes (the fetcher getting further).
+- **Slow parents.** A request unanswered for ``piece_timeout`` is cancelled and counts as a
+  failed request (a dead parent's link may take longer than that to be noticed).
 - **The scheduler may die.** Failed reports alone do not end a download whose pieces keep coming;
   ``scheduler_failures`` in a row plus ``scheduler_lost_grace`` without progress do.
 """
@@ -42,6 +43,7 @@ __all__ = [
     "Action",
     "AddParent",
     "BytesArrived",
+    "CancelRequest",
     "Complete",
     "DiscardPiece",
     "DownloadRules",
@@ -85,6 +87,8 @@ class DownloadRules:
     scheduler_lost_grace: float = 10.0
     window: int = 4
     """pieces ahead of the reader wanted in order (``next_piece``)"""
+    piece_timeout: float = 30.0
+    """seconds a request may go unanswered before it is cancelled and counted as failed"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,13 +225,28 @@ class RequestPiece:
 
 @dataclass(frozen=True, slots=True)
 class WritePiece:
+    """Write the piece ``peer_id`` sent: its hash matched."""
+
     index: int
+    peer_id: str
 
 
 @dataclass(frozen=True, slots=True)
 class DiscardPiece:
+    """Drop the piece ``peer_id`` sent (its buffer is not needed)."""
+
     index: int
     reason: str
+    peer_id: str
+    corrupt: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CancelRequest:
+    """Tell the parent we no longer want this piece (it timed out)."""
+
+    peer_id: str
+    index: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,6 +287,7 @@ class Complete:
 Action = (
     AddParent
     | RequestPiece
+    | CancelRequest
     | WritePiece
     | DiscardPiece
     | DropParent
@@ -321,6 +341,7 @@ class DownloadState:
         self.missing: set[int] = set(range(self.count))
         self.in_flight: dict[int, str] = {}
         """piece -> the parent it is asked of"""
+        self.asked_at: dict[int, float] = {}
         self.availability = [0] * self.count
         self.parents: dict[str, _Parent] = {}
         self.banned: set[str] = set()
@@ -432,21 +453,24 @@ class DownloadState:
         if event.index in self.hashes:
             self._verify(event.peer_id, event.index, event.sha256, out)
         else:
+            earlier = self.awaiting_hash.get(event.index)
+            if earlier is not None and earlier[0] != event.peer_id:
+                out.append(DiscardPiece(event.index, "a later copy arrived", earlier[0]))
             self.awaiting_hash[event.index] = (event.peer_id, event.sha256, self.clock())
 
     def _verify(self, peer: str, index: int, sha: str, out: list[Action]) -> None:
         if sha != self.hashes[index]:
             until = self.clock() + self.rules.avoid_corrupt_for
-            out.append(DiscardPiece(index, f"corrupt piece from {peer}"))
+            out.append(DiscardPiece(index, f"corrupt piece from {peer}", peer, corrupt=True))
             self._drop(peer, f"piece {index} is corrupt", out, avoid_until=until)
             return
         if index not in self.missing or index in self.writing:
-            out.append(DiscardPiece(index, "already held"))
+            out.append(DiscardPiece(index, "already held", peer))
             return
         self.writing.add(index)
         if (p := self.parents.get(peer)) is not None:
             p.received += 1
-        out.append(WritePiece(index))
+        out.append(WritePiece(index, peer))
 
     def _on_failed(self, event: PieceFailed, out: list[Action]) -> None:
         self._release(event.index)
@@ -464,6 +488,7 @@ class DownloadState:
             self.missing.discard(i)
 
     def _release(self, index: int) -> None:
+        self.asked_at.pop(index, None)
         peer = self.in_flight.pop(index, None)
         if peer is not None and (p := self.parents.get(peer)) is not None:
             p.in_flight.discard(index)
@@ -480,6 +505,7 @@ class DownloadState:
                     self.availability[i] -= 1
             for i in list(p.in_flight):
                 self.in_flight.pop(i, None)
+                self.asked_at.pop(i, None)
         out.append(DropParent(peer, reason, avoid_until))
 
     def _progress(self) -> tuple[int, int, int, int]:
@@ -491,8 +517,14 @@ class DownloadState:
             self._finish(Complete(), out)
             return
         for i in [i for i, (_, _, t) in self.awaiting_hash.items() if now - t > self.rules.hash_wait]:
-            del self.awaiting_hash[i]
-            out.append(DiscardPiece(i, f"no hash for piece {i} after {self.rules.hash_wait:.0f}s"))
+            peer = self.awaiting_hash.pop(i)[0]
+            out.append(DiscardPiece(i, f"no hash for piece {i} after {self.rules.hash_wait:.0f}s", peer))
+        for i in [i for i, t in self.asked_at.items() if now - t > self.rules.piece_timeout]:
+            asked = self.in_flight.get(i)
+            if asked is None:
+                continue  # its parent was dropped a moment ago
+            out.append(CancelRequest(asked, i))
+            self._on_failed(PieceFailed(asked, i, f"no answer in {self.rules.piece_timeout:.0f}s"), out)
         state = self._progress()
         if state != self._last_state:
             self._last_state, self._last_progress = state, now
@@ -525,6 +557,7 @@ class DownloadState:
                 if index is None:
                     break
                 self.in_flight[index] = pid
+                self.asked_at[index] = self.clock()
                 p.in_flight.add(index)
                 out.append(RequestPiece(pid, index))
 

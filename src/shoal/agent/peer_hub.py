@@ -1,0 +1,425 @@
+"""Every peer connection of one agent, and what goes over them (event loop only).
+
+The hub owns the links (one per peer, dialled on first need or accepted from the agent's
+port) and routes what arrives: a parent's BITFIELD, HAVE, PIECE or REJECT goes to the
+download of that blob; a child's INTERESTED, REQUEST or CANCEL is answered here from the
+cache or from a blob still downloading. Nothing is polled: a child hears of a piece once, in
+the bitfield it gets for asking or in one HAVE when the piece is verified here.
+
+Only verified bytes are offered: a piece of a download is announced once its hash matched
+(or the origin fetch's prefix passed it). While a blob is still downloading here, a piece
+already sent to ``superseed_copies`` children is refused to more (REJECT): they take it
+from those children, and this node's upload carries new pieces instead of the same ones
+again. When the blob completes, every refused piece is announced again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import socket
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from shoal.agent.metrics import AgentMetrics
+from shoal.agent.peer_link import LinkError, PeerLink, PieceBody, answer, dial, split_address
+from shoal.core.digest import Digest, DigestError
+from shoal.p2p import wire
+from shoal.p2p.pieces import choose_piece_size, piece_count, piece_span
+from shoal.p2p.ratelimit import TokenBucket
+from shoal.store.blobstore import BlobStore
+from shoal.store.partial import PartialBlob, PartialState
+
+log = logging.getLogger(__name__)
+
+LIVENESS_PERIOD = 5.0
+"""seconds between liveness checks of all links (a keepalive where one is due)"""
+
+
+class PieceSink(Protocol):
+    """A download, as the hub sees it (called on the event loop)."""
+
+    def parent_has(self, peer_id: str, pieces: Iterable[int]) -> None: ...
+
+    def piece_arrived(self, peer_id: str, body: PieceBody) -> None: ...
+
+    def piece_rejected(self, peer_id: str, index: int) -> None: ...
+
+    def parent_lost(self, peer_id: str, reason: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class HubConfig:
+    peer_id: str
+    secret: bytes
+    connect_timeout: float = 10.0
+    max_links: int = 1024
+    superseed_copies: int = 2
+
+
+def foreign_peer_id(peer_id: str, source: str) -> str | None:
+    """Why a peer connecting from ``source`` may not call itself ``peer_id`` (or None).
+
+    Peer ids are the ``host:port`` a peer is reached at; what we learn of a peer (a corrupt
+    piece, a failed request) is filed under its id, so a node must not take another's.
+    Loopback connections are exempt: a lab runs many agents on one host.
+    """
+    try:
+        host, _ = split_address(peer_id)
+        claimed, seen = ipaddress.ip_address(host), ipaddress.ip_address(source)
+    except (LinkError, ValueError):
+        return f"peer id {peer_id[:64]!r} is not IP:PORT"
+    if seen.is_loopback or claimed == seen:
+        return None
+    return f"peer id {peer_id} claimed from {source}"
+
+
+class PeerHub:
+    def __init__(
+        self,
+        config: HubConfig,
+        store: BlobStore,
+        partials: Mapping[Digest, PartialBlob],
+        metrics: AgentMetrics,
+        bucket: TokenBucket,
+    ) -> None:
+        self.config = config
+        self._store = store
+        self.partials = partials
+        """downloads in progress (the blob service's, set once it exists)"""
+        self._metrics = metrics
+        self._bucket = bucket
+        self._loop = asyncio.get_running_loop()
+        self._nonces = wire.NonceLog()
+        self.links: dict[str, PeerLink] = {}
+        """peer id -> the link used to reach it (the newest)"""
+        self._all: set[PeerLink] = set()
+        self._pending = 0
+        """handshakes in progress (count against ``max_links``)"""
+        self._dialing: dict[str, asyncio.Future[PeerLink]] = {}
+        self._sinks: dict[str, PieceSink] = {}
+        """digest -> the download taking pieces of it"""
+        self._via: dict[tuple[str, str], PeerLink] = {}
+        """(peer id, digest) -> the link we said INTERESTED on"""
+        self._told: dict[PeerLink, dict[str, set[int] | None]] = {}
+        """per child link and blob: the pieces we announced (None: we cannot serve its blob)"""
+        self._interested: dict[str, set[PeerLink]] = {}
+        self._copies: dict[str, dict[int, int]] = {}
+        """blobs still downloading here -> how often each piece went to a child"""
+        self._refused: dict[tuple[PeerLink, str], set[int]] = {}
+        self._liveness: asyncio.Task[None] | None = None
+        self._threads: set[asyncio.Future[object]] = set()
+
+    def start(self) -> None:
+        self._liveness = asyncio.create_task(self._check_liveness(), name="peer liveness")
+
+    async def close(self) -> None:
+        if self._liveness is not None:
+            self._liveness.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._liveness
+        for link in list(self._all):
+            link.close("agent stopping")
+
+    # -- connections ---------------------------------------------------------------------
+    def accept(self, sock: socket.socket, first: bytes) -> None:
+        """A connection on the agent's port that speaks the peer protocol (from the guard)."""
+        if len(self._all) + self._pending >= self.config.max_links:
+            log.warning("refusing a peer connection: %d peer links open", len(self._all))
+            self._metrics.peer_links_refused.inc()
+            sock.close()
+            return
+        self._pending += 1
+        try:
+            source = sock.getpeername()[0]
+        except OSError:
+            self._pending -= 1
+            sock.close()
+            return
+
+        def check(peer_id: str) -> str | None:
+            return foreign_peer_id(peer_id, source)
+
+        sock.setblocking(True)
+        future = self._loop.run_in_executor(
+            None, answer, sock, first, self.config.peer_id, self.config.secret, self._nonces, check
+        )
+        future.add_done_callback(lambda f: self._accepted(f, sock, source))
+
+    def _accepted(self, future: asyncio.Future[wire.Connection], sock: socket.socket, source: str) -> None:
+        self._pending -= 1
+        try:
+            conn = future.result()
+        except (OSError, LinkError, wire.ProtocolError) as exc:
+            log.warning("peer connection from %s refused: %s", source, exc)
+            self._metrics.peer_links_refused.inc()
+            sock.close()
+            return
+        self._add(PeerLink(sock, conn, self._loop, self, outbound=False))
+
+    async def link_to(self, peer_id: str, address: str) -> PeerLink:
+        """The link to ``peer_id`` (dialling ``address`` if there is none yet)."""
+        link = self.links.get(peer_id)
+        if link is not None and not link.closed:
+            return link
+        dialing = self._dialing.get(peer_id)
+        if dialing is None:
+            dialing = self._loop.create_future()
+            self._dialing[peer_id] = dialing
+            try:
+                sock, conn = await asyncio.to_thread(
+                    dial, address, peer_id, self.config.peer_id, self.config.secret, self.config.connect_timeout
+                )
+                link = PeerLink(sock, conn, self._loop, self, outbound=True)
+                self._add(link)
+                dialing.set_result(link)
+            except BaseException as exc:
+                dialing.set_exception(exc)
+                dialing.exception()  # retrieved: nobody else may be waiting
+                raise
+            finally:
+                del self._dialing[peer_id]
+        return await asyncio.shield(dialing)
+
+    def _add(self, link: PeerLink) -> None:
+        self._all.add(link)
+        self.links[link.peer_id] = link
+        self._metrics.peer_links.set(len(self._all))
+        link.start()
+
+    async def _check_liveness(self) -> None:
+        silence = 3 * wire.KEEPALIVE_INTERVAL
+        while True:
+            await asyncio.sleep(LIVENESS_PERIOD)
+            for link in list(self._all):
+                if link.silent_for() > silence:
+                    log.warning("peer %s silent for %.0fs: closing its link", link.peer_id, silence)
+                    link.abort()
+                else:
+                    link.keepalive()
+
+    # -- downloads (the parent side of a link) ----------------------------------------------
+    def register(self, digest: Digest, sink: PieceSink) -> None:
+        self._sinks[str(digest)] = sink
+
+    def unregister(self, digest: Digest) -> None:
+        key = str(digest)
+        self._sinks.pop(key, None)
+        for peer_key in [k for k in self._via if k[1] == key]:
+            self.forget_parent(peer_key[0], digest)
+
+    async def add_parent(self, digest: Digest, pieces: int, peer_id: str, address: str) -> None:
+        """Connect to the parent (or reuse the link) and ask what it holds of the blob."""
+        link = await self.link_to(peer_id, address)
+        key = (peer_id, str(digest))
+        if key in self._via or str(digest) not in self._sinks:
+            return
+        self._via[key] = link
+        link.send(wire.Interested(str(digest), pieces))
+
+    def request(self, peer_id: str, digest: Digest, index: int) -> bool:
+        link = self._via.get((peer_id, str(digest)))
+        if link is None or link.closed:
+            return False
+        link.send(wire.Request(str(digest), index))
+        return True
+
+    def cancel(self, peer_id: str, digest: Digest, index: int) -> None:
+        link = self._via.get((peer_id, str(digest)))
+        if link is not None:
+            link.send(wire.Cancel(str(digest), index))
+
+    def forget_parent(self, peer_id: str, digest: Digest) -> None:
+        link = self._via.pop((peer_id, str(digest)), None)
+        if link is not None:
+            link.send(wire.NotInterested(str(digest)))
+
+    # -- link events ---------------------------------------------------------------------------
+    def link_events(self, link: PeerLink, events: list[wire.Event]) -> None:
+        for event in events:
+            match event:
+                case wire.Bitfield():
+                    if (sink := self._sink_for(link, event.digest)) is not None:
+                        sink.parent_has(link.peer_id, event.indices())
+                case wire.Have():
+                    if (sink := self._sink_for(link, event.digest)) is not None:
+                        sink.parent_has(link.peer_id, (event.index,))
+                case wire.Reject():
+                    if (sink := self._sink_for(link, event.digest)) is not None:
+                        sink.piece_rejected(link.peer_id, event.index)
+                case wire.Interested():
+                    self._on_interested(link, event)
+                case wire.NotInterested():
+                    self._forget_child(link, event.digest)
+                case wire.Request():
+                    self._on_request(link, event)
+                case _:
+                    pass  # KEEPALIVE, CANCEL (the writer skips a cancelled piece itself)
+
+    def link_piece(self, link: PeerLink, body: PieceBody) -> None:
+        self._metrics.peer_bytes.labels("download").inc(len(body.data))
+        sink = self._sink_for(link, body.digest)
+        if sink is not None:
+            sink.piece_arrived(link.peer_id, body)
+
+    def link_piece_sent(self, link: PeerLink, digest: str, index: int, length: int) -> None:
+        self._metrics.peer_bytes.labels("upload").inc(length)
+        self._metrics.pieces_served.inc()
+        copies = self._copies.get(digest)
+        if copies is not None:
+            copies[index] = copies.get(index, 0) + 1
+
+    def link_closed(self, link: PeerLink, reason: str) -> None:
+        if link not in self._all:
+            return
+        self._all.discard(link)
+        self._metrics.peer_links.set(len(self._all))
+        if self.links.get(link.peer_id) is link:
+            del self.links[link.peer_id]
+        log.info("peer link to %s closed: %s", link.peer_id, reason)
+        for key in [k for k, v in self._via.items() if v is link]:
+            del self._via[key]
+            sink = self._sinks.get(key[1])
+            if sink is not None:
+                sink.parent_lost(link.peer_id, f"link closed: {reason}")
+        for digest in list(self._told.get(link, {})):
+            self._forget_child(link, digest)
+        self._told.pop(link, None)
+
+    def _sink_for(self, link: PeerLink, digest: str) -> PieceSink | None:
+        if self._via.get((link.peer_id, digest)) is not link:
+            return None  # a frame that raced our NOT_INTERESTED, or another link's
+        return self._sinks.get(digest)
+
+    # -- serving (the child side of a link) ----------------------------------------------------
+    def _held(self, digest: str, pieces: int) -> tuple[list[int], bool] | None:
+        """The pieces of ``digest`` we may serve, and whether the blob is complete here; None
+        if we do not know the blob at that piece count."""
+        try:
+            key = Digest.parse(digest)
+        except DigestError:
+            return None
+        size = self._store.blob_size(key)
+        if size is not None:
+            count = piece_count(size, choose_piece_size(size))
+            return (list(range(count)), True) if count == pieces else None
+        partial = self.partials.get(key)
+        if partial is None or partial.size is None or partial.state is PartialState.FAILED:
+            return [], False  # perhaps later: HAVEs follow when a download starts here
+        piece_size = choose_piece_size(partial.size)
+        if piece_count(partial.size, piece_size) != pieces:
+            return None
+        return [i for i in range(pieces) if partial.has(*piece_span(i, partial.size, piece_size))], False
+
+    def _on_interested(self, link: PeerLink, event: wire.Interested) -> None:
+        if event.pieces > wire.MAX_FRAME * 8 - 64:
+            link.close(f"INTERESTED in a blob of {event.pieces} pieces: no bitfield can answer it")
+            return
+        held = self._held(event.digest, event.pieces)
+        told = self._told.setdefault(link, {})
+        if held is None:
+            told[event.digest] = None
+            link.send(wire.Bitfield.of(event.digest, event.pieces, ()))
+            return
+        pieces, complete = held
+        told[event.digest] = set(pieces)
+        self._interested.setdefault(event.digest, set()).add(link)
+        if not complete:
+            self._copies.setdefault(event.digest, {})
+        link.send(wire.Bitfield.of(event.digest, event.pieces, pieces))
+
+    def _forget_child(self, link: PeerLink, digest: str) -> None:
+        self._told.get(link, {}).pop(digest, None)
+        self._refused.pop((link, digest), None)
+        links = self._interested.get(digest)
+        if links is not None:
+            links.discard(link)
+            if not links:
+                del self._interested[digest]
+
+    def announce(self, digest: Digest, indices: Iterable[int]) -> None:
+        """Pieces of a download here were verified: one HAVE each to every interested child."""
+        key = str(digest)
+        links = self._interested.get(key)
+        if not links:
+            return
+        fresh = list(indices)
+        self._copies.setdefault(key, {})
+        for link in links:
+            told = self._told.get(link, {}).get(key)
+            if told is None:
+                continue
+            for index in fresh:
+                if index not in told:
+                    told.add(index)
+                    link.send(wire.Have(key, index))
+
+    def blob_complete(self, digest: Digest, size: int) -> None:
+        """Every piece is here: announce what children were refused or not yet told."""
+        key = str(digest)
+        self._copies.pop(key, None)
+        count = piece_count(size, choose_piece_size(size))
+        for link in list(self._interested.get(key, ())):
+            told = self._told.get(link, {}).get(key)
+            if told is None:
+                continue
+            refused = self._refused.pop((link, key), set())
+            for index in range(count):
+                if index not in told or index in refused:
+                    told.add(index)
+                    link.send(wire.Have(key, index))
+
+    def _on_request(self, link: PeerLink, event: wire.Request) -> None:
+        source = self._piece_source(event.digest, event.index)
+        if source is None:
+            self._refuse(link, event)
+            return
+        path, offset, length, complete = source
+        if not complete and self._copies.get(event.digest, {}).get(event.index, 0) >= self.config.superseed_copies:
+            self._refuse(link, event)
+            return
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            self._refuse(link, event)
+            return
+        delay = 0.0 if self._bucket.rate <= 0 else self._bucket.delay_for(length)
+        if delay > 0:
+            self._loop.call_later(delay, link.send_piece, event.digest, event.index, fd, offset, length)
+        else:
+            link.send_piece(event.digest, event.index, fd, offset, length)
+
+    def _refuse(self, link: PeerLink, event: wire.Request) -> None:
+        self._refused.setdefault((link, event.digest), set()).add(event.index)
+        told = self._told.get(link, {}).get(event.digest)
+        if told is not None:
+            told.discard(event.index)
+        link.send(wire.Reject(event.digest, event.index))
+
+    def _piece_source(self, digest: str, index: int) -> tuple[Path, int, int, bool] | None:
+        """(file, offset, length, blob complete) of a piece we hold verified, or None."""
+        key = Digest.parse(digest)
+        path = self._store.blob_path(key)
+        size = self._store.blob_size(key)
+        complete = path is not None and size is not None
+        if not complete:
+            partial = self.partials.get(key)
+            if partial is None or partial.size is None or partial.state is PartialState.FAILED:
+                return None
+            path, size = partial.path, partial.size
+        assert path is not None
+        assert size is not None
+        try:
+            offset, length = piece_span(index, size, choose_piece_size(size))
+        except ValueError:
+            return None
+        if not complete:
+            partial = self.partials.get(key)
+            if partial is None or not partial.has(offset, length):
+                return None
+        return path, offset, length, complete

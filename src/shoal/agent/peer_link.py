@@ -1,0 +1,411 @@
+"""One peer connection's I/O: a blocking socket, a reader thread and a writer thread around the
+sans-I/O :class:`shoal.p2p.wire.Connection`.
+
+Bulk bytes never touch the event loop. The writer sends a piece with ``os.sendfile`` straight
+from the blob's file; the reader takes a piece body with ``recv_into`` (``MSG_WAITALL``) into a
+buffer of the piece's size and hashes it in its own thread (``hashlib`` releases the GIL). The
+loop hears of a connection once per batch of control frames and once per whole piece, through
+``call_soon_threadsafe``: per piece, Python does a constant amount of work, whatever its size.
+
+The protocol state is shared by the two threads (the reader feeds it, the writer encodes with
+it), so every call into it holds the link's lock; bulk I/O happens outside the lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import queue
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from shoal.p2p import wire
+
+log = logging.getLogger(__name__)
+
+RECV_BUFFER = 256 << 10
+"""bytes asked of the socket per read of control frames (a piece body is read apart)"""
+BODY_SLICE = 1 << 20
+"""a piece body is read in slices of this size: ``bytes_in`` (stall detection) moves that often"""
+HANDSHAKE_TIMEOUT = 10.0
+
+
+class LinkError(Exception):
+    """The peer could not be reached, failed the handshake, or is not who we dialled."""
+
+
+@dataclass(frozen=True, slots=True)
+class PieceBody:
+    """A whole piece received, hashed in the reader thread."""
+
+    digest: str
+    index: int
+    data: bytearray
+    sha256: str
+
+
+class LinkHandler(Protocol):
+    """What a link tells its owner, always on the event loop."""
+
+    def link_events(self, link: PeerLink, events: list[wire.Event]) -> None: ...
+
+    def link_piece(self, link: PeerLink, piece: PieceBody) -> None: ...
+
+    def link_piece_sent(self, link: PeerLink, digest: str, index: int, length: int) -> None: ...
+
+    def link_closed(self, link: PeerLink, reason: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _PieceOut:
+    digest: str
+    index: int
+    fd: int
+    offset: int
+    length: int
+
+
+class _Stop:
+    """End of the outgoing stream."""
+
+
+_STOP = _Stop()
+_Item = wire.Event | _PieceOut | _Stop
+
+
+def peer_secret(token: str | None) -> bytes:
+    """The wire protocol's secret: derived from the peer token (any length), or a fixed,
+    public value under ``--insecure-no-peer-auth`` (which then authenticates nobody)."""
+    material = b"shoal peer secret\0" + (token.encode() if token is not None else b"")
+    return hashlib.sha256(material).digest()
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` -> (host, port)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise LinkError(f"peer address {address!r} is not host:port")
+    return host.strip("[]"), int(port)
+
+
+def _send_all(sock: socket.socket, conn: wire.Connection, lock: threading.Lock, event: wire.Event) -> None:
+    with lock:
+        data = conn.send(event)
+    sock.sendall(data)
+
+
+def _read_event(sock: socket.socket, conn: wire.Connection) -> wire.Event:
+    """The next handshake event (blocking; the socket has a timeout)."""
+    while True:
+        event = conn.next_event()
+        if event is wire.NEED_DATA:
+            conn.receive_data(sock.recv(4096))
+            continue
+        if isinstance(event, wire.Signal):
+            raise wire.RemoteProtocolError("piece body during the handshake")
+        return event
+
+
+def dial(
+    address: str, expected_id: str, own_id: str, secret: bytes, timeout: float
+) -> tuple[socket.socket, wire.Connection]:
+    """Connect and authenticate as the client (blocking: run in a thread)."""
+    host, port = split_address(address)
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout)
+    except OSError as exc:
+        raise LinkError(f"cannot connect to {address}: {exc}") from None
+    try:
+        sock.settimeout(HANDSHAKE_TIMEOUT)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn = wire.Connection(wire.Role.CLIENT, secret=secret)
+        lock = threading.Lock()
+        _send_all(sock, conn, lock, wire.Hello(own_id))
+        event = _read_event(sock, conn)
+        if isinstance(event, wire.Close):
+            raise LinkError(f"{address} refused us: {event.reason}")
+        if not isinstance(event, wire.Welcome):
+            raise LinkError(f"{address} answered {type(event).__name__} to HELLO")
+        if event.peer_id != expected_id:
+            raise LinkError(f"{address} says it is {event.peer_id!r}, not {expected_id!r}")
+        _send_all(sock, conn, lock, wire.Auth())
+        sock.settimeout(None)
+        return sock, conn
+    except (OSError, wire.ProtocolError, LinkError) as exc:
+        sock.close()
+        if isinstance(exc, LinkError):
+            raise
+        raise LinkError(f"handshake with {address} failed: {exc}") from None
+    except BaseException:
+        sock.close()
+        raise
+
+
+def answer(
+    sock: socket.socket,
+    first: bytes,
+    own_id: str,
+    secret: bytes,
+    replay_guard: wire.NonceLog,
+    check_id: Callable[[str], str | None],
+) -> wire.Connection:
+    """Authenticate a connecting peer as the server (blocking: run in a thread).
+
+    ``first`` is what was read off the socket before it was recognised as a peer connection;
+    ``check_id`` says why a claimed peer id is refused (or None).
+    """
+    sock.settimeout(HANDSHAKE_TIMEOUT)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    conn = wire.Connection(wire.Role.SERVER, secret=secret, replay_guard=replay_guard)
+    lock = threading.Lock()
+    conn.receive_data(first)
+    event = _read_event(sock, conn)
+    if not isinstance(event, wire.Hello):
+        raise LinkError(f"expected HELLO, got {type(event).__name__}")
+    refusal = check_id(event.peer_id)
+    if refusal is not None:
+        with contextlib.suppress(OSError, wire.ProtocolError):
+            _send_all(sock, conn, lock, wire.Close(refusal[:200]))
+        raise LinkError(refusal)
+    _send_all(sock, conn, lock, wire.Welcome(own_id))
+    event = _read_event(sock, conn)
+    if not isinstance(event, wire.Auth):
+        raise LinkError(f"expected AUTH, got {type(event).__name__}")
+    sock.settimeout(None)
+    return conn
+
+
+class PeerLink:
+    """An authenticated connection to one peer, shared by every blob either side wants."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        conn: wire.Connection,
+        loop: asyncio.AbstractEventLoop,
+        handler: LinkHandler,
+        *,
+        outbound: bool,
+    ) -> None:
+        assert conn.peer_id is not None
+        self.peer_id: str = conn.peer_id
+        self.outbound = outbound
+        self.bytes_in = 0
+        """piece body bytes received (a plain counter the reader thread bumps)"""
+        self.closed = False
+        self.reason = ""
+        self._sock = sock
+        self._conn = conn
+        self._lock = threading.Lock()
+        self._loop = loop
+        self._handler = handler
+        self._out: queue.SimpleQueue[_Item] = queue.SimpleQueue()
+        self._ended = 0
+        self._end_lock = threading.Lock()
+        self._reader = threading.Thread(target=self._read_forever, name=f"peer-in {self.peer_id}", daemon=True)
+        self._writer = threading.Thread(target=self._write_forever, name=f"peer-out {self.peer_id}", daemon=True)
+
+    def start(self) -> None:
+        self._reader.start()
+        self._writer.start()
+
+    # -- from the event loop -------------------------------------------------------------
+    def send(self, event: wire.Event) -> None:
+        """Queue a control frame (one the protocol no longer allows by then is dropped)."""
+        if not self.closed:
+            self._out.put(event)
+
+    def send_piece(self, digest: str, index: int, fd: int, offset: int, length: int) -> None:
+        """Queue a piece: the writer sends its body from ``fd`` and closes ``fd``."""
+        if self.closed:
+            os.close(fd)
+            return
+        self._out.put(_PieceOut(digest, index, fd, offset, length))
+
+    def keepalive(self) -> None:
+        with self._lock:
+            due = self._conn.keepalive_due()
+        if due:
+            self.send(wire.KeepAlive())
+
+    def silent_for(self) -> float:
+        with self._lock:
+            return self._conn.silent_for()
+
+    def close(self, reason: str) -> None:
+        """Say why (CLOSE), then end both threads; ``link_closed`` follows."""
+        if self.closed:
+            return
+        self.closed = True
+        self.reason = reason
+        self._out.put(wire.Close(reason.encode()[: wire.MAX_REASON].decode(errors="ignore")))
+        self._out.put(_STOP)
+
+    def abort(self) -> None:
+        """Break the connection now (a dead peer)."""
+        self.closed = True
+        self._shutdown()
+
+    # -- threads ---------------------------------------------------------------------------
+    def _post(self, callback: Callable[..., None], *args: object) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the agent is stopping
+            self._loop.call_soon_threadsafe(callback, self, *args)
+
+    def _read_forever(self) -> None:
+        reason = "closed by the peer"
+        buf = bytearray(RECV_BUFFER)
+        view = memoryview(buf)
+        try:
+            while True:
+                n = self._sock.recv_into(buf)
+                with self._lock:
+                    self._conn.receive_data(bytes(view[:n]))
+                if not self._drain():
+                    break
+                if n == 0:
+                    break
+        except wire.RemoteProtocolError as exc:
+            reason = f"protocol error: {exc}"
+            with contextlib.suppress(wire.ProtocolError):
+                self.close(reason)
+        except (OSError, wire.LocalProtocolError) as exc:
+            reason = f"connection broken: {exc}"
+        finally:
+            self._out.put(_STOP)
+            self._post(self._handler.link_closed, self.reason or reason)
+            self._end()
+
+    def _drain(self) -> bool:
+        """Hand every complete event to the loop; False once the peer closed."""
+        events: list[wire.Event] = []
+        while True:
+            with self._lock:
+                event = self._conn.next_event()
+            if event is wire.NEED_DATA:
+                break
+            if isinstance(event, wire.Signal):  # BODY without its PIECE header: cannot happen
+                raise wire.LocalProtocolError("piece body outside a piece")
+            if isinstance(event, wire.Piece):
+                if events:
+                    self._post(self._handler.link_events, events)
+                    events = []
+                self._post(self._handler.link_piece, self._read_body(event))
+                continue
+            if isinstance(event, wire.Close | wire.ConnectionClosed):
+                if events:
+                    self._post(self._handler.link_events, events)
+                if isinstance(event, wire.Close) and event.reason:
+                    self.reason = f"closed by the peer: {event.reason}"
+                return False
+            events.append(event)
+        if events:
+            self._post(self._handler.link_events, events)
+        return True
+
+    def _read_body(self, piece: wire.Piece) -> PieceBody:
+        data = bytearray(piece.length)
+        view = memoryview(data)
+        with self._lock:
+            early = self._conn.take_body()
+        got = len(early)
+        view[:got] = early
+        while got < piece.length:
+            n = self._sock.recv_into(view[got:], min(BODY_SLICE, piece.length - got), socket.MSG_WAITALL)
+            if n == 0:
+                raise wire.RemoteProtocolError(f"connection closed inside piece {piece.index}")
+            got += n
+            self.bytes_in += n
+            with self._lock:
+                self._conn.body_received(n)
+        return PieceBody(piece.digest, piece.index, data, hashlib.sha256(view).hexdigest())
+
+    def _write_forever(self) -> None:
+        try:
+            while True:
+                item = self._out.get()
+                batch = [item]
+                with contextlib.suppress(queue.Empty):
+                    while len(batch) < 64:
+                        batch.append(self._out.get_nowait())
+                if not self._write(batch):
+                    break
+        except OSError as exc:
+            log.debug("writing to %s failed: %s", self.peer_id, exc)
+        finally:
+            self._drop_queued()
+            self._shutdown()
+            self._end()
+
+    def _write(self, batch: list[_Item]) -> bool:
+        """Send a batch of queued items; False at the end of the stream."""
+        pending = bytearray()
+        for item in batch:
+            if isinstance(item, _Stop):
+                if pending:
+                    self._sock.sendall(pending)
+                return False
+            if isinstance(item, _PieceOut):
+                try:
+                    header = self._encode(wire.Piece(item.digest, item.index, item.length))
+                    if header is None:  # cancelled meanwhile
+                        continue
+                    pending += header
+                    self._sock.sendall(pending)
+                    pending.clear()
+                    self._sendfile(item)
+                finally:
+                    os.close(item.fd)
+                self._post(self._handler.link_piece_sent, item.digest, item.index, item.length)
+                continue
+            frame = self._encode(item)
+            if frame is not None:
+                pending += frame
+        if pending:
+            self._sock.sendall(pending)
+        return True
+
+    def _encode(self, event: wire.Event) -> bytes | None:
+        with self._lock:
+            try:
+                return self._conn.send(event)
+            except wire.LocalProtocolError as exc:
+                # raced a frame of the peer's (a CANCEL, a NOT_INTERESTED) or our own close
+                log.debug("not sending %s to %s: %s", type(event).__name__, self.peer_id, exc)
+                return None
+
+    def _sendfile(self, item: _PieceOut) -> None:
+        sent = 0
+        out = self._sock.fileno()
+        while sent < item.length:
+            n = os.sendfile(out, item.fd, item.offset + sent, item.length - sent)
+            if n == 0:
+                raise OSError(f"piece {item.index} of {item.digest[:19]}: the file ended early")
+            sent += n
+        with self._lock:
+            self._conn.body_sent(item.length)
+
+    def _drop_queued(self) -> None:
+        with contextlib.suppress(queue.Empty):
+            while True:
+                item = self._out.get_nowait()
+                if isinstance(item, _PieceOut):
+                    os.close(item.fd)
+
+    def _shutdown(self) -> None:
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+
+    def _end(self) -> None:
+        """Both threads are done with the socket: close it."""
+        with self._end_lock:
+            self._ended += 1
+            last = self._ended == 2
+        if last:
+            self._drop_queued()
+            self._sock.close()
