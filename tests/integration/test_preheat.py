@@ -17,9 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from wire_peer import bitfield_of
 
+from shoal.agent.peer_link import peer_secret
 from shoal.demo.fleet import LocalFleet, shoal_argv
 from shoal.demo.imagegen import GeneratedImage, generate_image
+from shoal.p2p.pieces import choose_piece_size, piece_count
 from shoal.testing.registry import DistributionRegistry
 from shoal.testing.skopeo import layout_digests, skopeo_pull
 
@@ -77,15 +80,11 @@ class Cluster:
         return subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
 
     def holds(self, node_url: str, digest: str) -> bool:
-        try:
-            status = self.get(f"{node_url}/p2p/v1/blobs/{digest}/status")
-        except urllib.error.HTTPError as exc:
-            exc.close()
-            if exc.code == 404:  # the agent has no piece of it
-                return False
-            raise
-        assert isinstance(status, dict)
-        return bool(status["complete"])
+        """The node says (as a peer would hear it) that it holds every piece of the blob."""
+        size = next(b.size for b in self.image.blobs if b.digest == digest)
+        address = node_url.removeprefix("http://")
+        held = bitfield_of(address, address, peer_secret(self.token.strip()), digest, size)
+        return held == piece_count(size, choose_piece_size(size))
 
 
 @pytest.fixture

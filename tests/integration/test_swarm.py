@@ -260,14 +260,18 @@ class TestFailures:
 
 
 class TestPeerSecret:
-    """Peer endpoints and the scheduler refuse calls without the shared token."""
+    """Peers and the scheduler refuse callers without the shared token."""
 
     def test_unauthenticated_calls_are_refused(self, tmp_path: Path) -> None:
+        from shoal.agent.peer_link import LinkError, dial, peer_secret
+
         with LocalFleet(tmp_path / "fleet", nodes=1, registries={REGISTRY: "http://127.0.0.1:9"}) as fleet:
             digest = "sha256:" + "a" * 64
+            node = fleet.nodes[0].address
+            for secret in (peer_secret(None), peer_secret("not-the-token")):
+                with pytest.raises(LinkError, match="authentication"):
+                    dial(node, node, "127.0.0.1:1", secret, 5.0)
             targets = [
-                ("GET", f"{fleet.nodes[0].url}/p2p/v1/blobs/{digest}/status"),
-                ("GET", f"{fleet.nodes[0].url}/p2p/v1/blobs/{digest}/pieces/0"),
                 ("POST", f"{fleet.schedulers[0][0]}/v1/tasks/{digest}/join"),
                 ("GET", f"{fleet.schedulers[0][0]}/v1/tasks/{digest}/hashes"),
             ]
@@ -286,10 +290,10 @@ class TestLyingPeer:
         import os
 
         import aiohttp
-        from aiohttp import web
+        from wire_peer import WirePeer
 
         from shoal.p2p.pieces import choose_piece_size, piece_count, piece_span
-        from shoal.p2p.protocol import PeerStatus, Report, bearer, encode_bitfield, to_json
+        from shoal.p2p.protocol import Report, bearer, to_json
 
         origin = DemoOrigin({"team/app": rollout_image})
         url = await origin.start()
@@ -297,28 +301,14 @@ class TestLyingPeer:
         await asyncio.to_thread(fleet.start)
         token = fleet.token_file.read_text()
         sizes = {b.digest: b.size for b in rollout_image.blobs}
-        lies: list[str] = []
 
-        async def status(request: web.Request) -> web.Response:
-            size = sizes[request.match_info["digest"]]
-            count = piece_count(size, choose_piece_size(size))
-            body = PeerStatus(size, choose_piece_size(size), encode_bitfield([True] * count), True, count)
-            return web.json_response(to_json(body))
+        def random_body(digest: str, index: int) -> bytes:
+            return os.urandom(piece_span(index, sizes[digest], choose_piece_size(sizes[digest]))[1])
 
-        async def piece(request: web.Request) -> web.Response:
-            size = sizes[request.match_info["digest"]]
-            _, length = piece_span(int(request.match_info["index"]), size, choose_piece_size(size))
-            lies.append(request.match_info["index"])
-            return web.Response(body=os.urandom(length))
-
-        app = web.Application()
-        app.router.add_get("/p2p/v1/blobs/{digest}/status", status)
-        app.router.add_get("/p2p/v1/blobs/{digest}/pieces/{index}", piece)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.90", 0)
-        await site.start()
-        liar = f"127.0.0.90:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+        counts = {d: piece_count(size, choose_piece_size(size)) for d, size in sizes.items()}
+        peer = WirePeer("127.0.0.90", token, counts, random_body)
+        liar = await peer.start()
+        lies = peer.requests
         try:
             # node 0 fetches from the origin and publishes every piece hash
             await pull_image(fleet.nodes[0].url, f"{REGISTRY}/team/app", "latest")
@@ -340,7 +330,7 @@ class TestLyingPeer:
             mismatches = sum(metric(n.url, "shoal_agent_digest_mismatches_total{source=peer") for n in fleet.nodes[1:])
         finally:
             await asyncio.to_thread(fleet.stop)
-            await runner.cleanup()
+            await peer.stop()
             await origin.stop()
         assert lies, "the liar was never asked for a piece"
         assert mismatches >= 1
@@ -365,11 +355,11 @@ class TestLyingLeaseHolder:
         import hashlib
 
         import aiohttp
-        from aiohttp import web
+        from wire_peer import WirePeer
 
         from shoal.demo.puller import PullError
         from shoal.p2p.pieces import choose_piece_size, piece_count, piece_span
-        from shoal.p2p.protocol import JoinRequest, PeerStatus, Report, bearer, encode_bitfield, to_json
+        from shoal.p2p.protocol import JoinRequest, Report, bearer, to_json
 
         def garbage(digest: str, index: int, length: int) -> bytes:
             seed = hashlib.sha256(f"{digest}/{index}".encode()).digest()
@@ -383,26 +373,12 @@ class TestLyingLeaseHolder:
         scheduler = fleet.schedulers[0][0]
         sizes = {b.digest: b.size for b in rollout_image.blobs}
 
-        async def status(request: web.Request) -> web.Response:
-            size = sizes[request.match_info["digest"]]
-            count = piece_count(size, choose_piece_size(size))
-            body = PeerStatus(size, choose_piece_size(size), encode_bitfield([True] * count), False, count)
-            return web.json_response(to_json(body))
+        def lie(digest: str, index: int) -> bytes:
+            return garbage(digest, index, piece_span(index, sizes[digest], choose_piece_size(sizes[digest]))[1])
 
-        async def piece(request: web.Request) -> web.Response:
-            digest = request.match_info["digest"]
-            index = int(request.match_info["index"])
-            _, length = piece_span(index, sizes[digest], choose_piece_size(sizes[digest]))
-            return web.Response(body=garbage(digest, index, length))
-
-        app = web.Application()
-        app.router.add_get("/p2p/v1/blobs/{digest}/status", status)
-        app.router.add_get("/p2p/v1/blobs/{digest}/pieces/{index}", piece)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.91", 0)
-        await site.start()
-        liar = f"127.0.0.91:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+        counts = {d: piece_count(size, choose_piece_size(size)) for d, size in sizes.items()}
+        peer = WirePeer("127.0.0.91", token, counts, lie)
+        liar = await peer.start()
 
         async def claim(session: aiohttp.ClientSession) -> set[str]:
             """Report as the holder of every blob; the digests whose lease the liar holds."""
@@ -456,6 +432,6 @@ class TestLyingLeaseHolder:
                         await liar_task
         finally:
             await asyncio.to_thread(fleet.stop)
-            await runner.cleanup()
+            await peer.stop()
             await origin.stop()
         assert mismatches >= 1

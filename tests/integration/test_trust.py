@@ -21,11 +21,14 @@ import aiohttp
 import pytest
 from agent_helpers import REG, basic, cache_files, fill_disk, largest_layer, pull, settled
 from gateway import Gateway, Rules
+from wire_peer import bitfield_of
 
+from shoal.agent.peer_link import LinkError, dial, peer_secret
 from shoal.agent.server import Agent
 from shoal.core.digest import Digest
 from shoal.demo.imagegen import GeneratedImage
 from shoal.oci.mediatypes import DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, MANIFEST_TYPES, OCI_INDEX, OCI_MANIFEST
+from shoal.p2p.pieces import choose_piece_size, piece_count
 from shoal.testing.procs import free_port, wait_until
 from shoal.testing.registry import DistributionRegistry
 from shoal.testing.skopeo import layout_digests, skopeo_pull
@@ -366,8 +369,9 @@ class TestRangeHeaders:
 
 
 class TestPeerEndpointsNeedTheSecret:
-    """Defect 2: without a peer secret the agent does not serve the peer API at all, unless
-    told to for a lab (and then it says so loudly)."""
+    """Defect 2: without a peer secret the agent does not speak the peer protocol at all,
+    unless told to for a lab (and then it says so loudly); with one, a peer that does not
+    hold the secret fails the handshake before it can ask for anything."""
 
     async def test_not_served_without_a_secret(
         self,
@@ -376,21 +380,38 @@ class TestPeerEndpointsNeedTheSecret:
         start_agent: AgentStarter,
         client: aiohttp.ClientSession,
         caplog: pytest.LogCaptureFixture,
+        tmp_path: Path,
     ) -> None:
         registry.push(small_image, "team/app", "v1")
-        digest, _ = largest_layer(small_image)
+        digest, size = largest_layer(small_image)
         agent = await start_agent({REG: registry.url})
         async with client.get(f"{agent.url}/v2/{REG}/team/app/blobs/{digest}") as resp:
             await resp.read()
         await settled(agent)
-        for tail in ("status", "pieces/0"):
-            async with client.get(f"{agent.url}/p2p/v1/blobs/{digest}/{tail}") as resp:
-                assert resp.status == 404, tail
+        address = agent.url.removeprefix("http://")
+        with pytest.raises(LinkError):  # a plain mirror answers a HELLO as a bad HTTP request
+            await asyncio.to_thread(dial, address, "x", "127.0.0.1:1", peer_secret(None), 5.0)
+        token = tmp_path / "peer-token"
+        token.write_text("the-peer-secret\n")
+        p2p = {"download_pattern": "p2p", "schedulers": ["http://127.0.0.1:9"]}
+        node = await start_agent(
+            {REG: registry.url}, cache_dir=agent.config.cache_dir, peer_token_file=str(token), **p2p
+        )
+        assert node.swarm is not None
+        address, node_id = node.url.removeprefix("http://"), node.swarm.hub.config.peer_id
+        for wrong in (None, "another-secret"):
+            with pytest.raises(LinkError, match="authentication"):
+                await asyncio.to_thread(dial, address, node_id, "127.0.0.1:1", peer_secret(wrong), 5.0)
+        held = await asyncio.to_thread(bitfield_of, address, node_id, peer_secret("the-peer-secret"), digest, size)
+        assert held == piece_count(size, choose_piece_size(size))
         with caplog.at_level(logging.WARNING):
-            lab = await start_agent({REG: registry.url}, cache_dir=agent.config.cache_dir, insecure_no_peer_auth=True)
+            lab = await start_agent(
+                {REG: registry.url}, cache_dir=agent.config.cache_dir, insecure_no_peer_auth=True, **p2p
+            )
         assert any("INSECURE" in r.getMessage() for r in caplog.records)
-        async with client.get(f"{lab.url}/p2p/v1/blobs/{digest}/status") as resp:
-            assert resp.status == 200
+        assert lab.swarm is not None
+        address, lab_id = lab.url.removeprefix("http://"), lab.swarm.hub.config.peer_id
+        assert await asyncio.to_thread(bitfield_of, address, lab_id, peer_secret(None), digest, size) == held
 
     def test_p2p_agent_refuses_to_start_without_one(self) -> None:
         result = subprocess.run(

@@ -262,6 +262,9 @@ class PeerLink:
         buf = bytearray(RECV_BUFFER)
         view = memoryview(buf)
         try:
+            # frames that came with the handshake's last one are buffered in the state already
+            if not self._drain():
+                return
             while True:
                 n = self._sock.recv_into(buf)
                 with self._lock:
@@ -315,6 +318,7 @@ class PeerLink:
             early = self._conn.take_body()
         got = len(early)
         view[:got] = early
+        self.bytes_in += got
         while got < piece.length:
             n = self._sock.recv_into(view[got:], min(BODY_SLICE, piece.length - got), socket.MSG_WAITALL)
             if n == 0:

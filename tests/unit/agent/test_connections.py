@@ -119,3 +119,46 @@ class TestQuietLogs:
             assert g.sweep() == 300
         assert len(caplog.records) == 1
         assert registry.get_sample_value("closed_total", {"reason": "idle"}) == 300
+
+
+class TestPeerDiversion:
+    """One port, two protocols: a connection whose first byte is a peer frame's goes to
+    ``divert`` with its socket still open; anything else reaches the HTTP protocol."""
+
+    async def test_first_byte_decides(self) -> None:
+        import socket
+
+        from shoal.agent.connections import speaks_peer_protocol
+
+        assert speaks_peer_protocol(b"\x00\x00\x00\x2a\x01")
+        assert not speaks_peer_protocol(b"GET / HTTP/1.1\r\n")
+        g, _ = guard(Clock(), max_connections=8)
+        diverted: asyncio.Queue[tuple[socket.socket, bytes]] = asyncio.Queue()
+        g.divert = lambda sock, first: diverted.put_nowait((sock, first))
+        heard: asyncio.Queue[bytes] = asyncio.Queue()
+
+        class Http(asyncio.Protocol):
+            def data_received(self, data: bytes) -> None:
+                heard.put_nowait(data)
+
+        listener = socket.create_server(("127.0.0.1", 0))
+        g.serve(listener, Http)
+        port = listener.getsockname()[1]
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"\x00\x00\x00\x05hello")
+            sock, first = await asyncio.wait_for(diverted.get(), 5)
+            assert first == b"\x00\x00\x00\x05hello"
+            await asyncio.to_thread(sock.sendall, b"still open")  # the transport's close left it up
+            assert await asyncio.wait_for(reader.readexactly(10), 5) == b"still open"
+            sock.close()
+            writer.close()
+            assert heard.empty()
+            _, http = await asyncio.open_connection("127.0.0.1", port)
+            http.write(b"GET / HTTP/1.1\r\n\r\n")
+            assert await asyncio.wait_for(heard.get(), 5) == b"GET / HTTP/1.1\r\n\r\n"
+            assert diverted.empty()
+            http.close()
+        finally:
+            await g.stop()
+            listener.close()

@@ -11,6 +11,7 @@ from shoal.p2p.download_state import (
     Action,
     AddParent,
     BytesArrived,
+    CancelRequest,
     Complete,
     DiscardPiece,
     DownloadRules,
@@ -370,3 +371,40 @@ class TestScheduler:
         with_parents(s, 1)
         clock.now += 10.1
         assert s.apply(Tick()) == []
+
+
+class TestSlowParents:
+    """A request unanswered for piece_timeout is cancelled, goes back to the pool, and counts
+    as a failed request: a parent that never answers is dropped (test_swarm: the killed
+    fetcher, whose link can take far longer to be noticed dead)."""
+
+    def test_an_unanswered_request_is_cancelled_and_asked_elsewhere(self) -> None:
+        clock = Clock()
+        s = new(clock, piece_timeout=10, parent_errors=2, lanes_per_parent=1)
+        s.apply(SchedulerAnswer(fetcher="origin-holder", parents=(parent(1), parent(2))))
+        s.apply(HashesKnown(HASHES))
+        s.apply(ParentHas("p1", frozenset({0})))
+        assert requests(s.apply(ParentHas("p2", frozenset({0, 1})))) == [("p2", 1)]
+        clock.now += 9
+        assert s.apply(Tick()) == []
+        clock.now += 2
+        out = s.apply(Tick())
+        assert CancelRequest("p1", 0) in out
+        assert CancelRequest("p2", 1) in out
+        assert sorted(requests(out)) == [("p1", 0), ("p2", 1)]  # asked again (one error each so far)
+        clock.now += 11
+        out = s.apply(Tick())
+        dropped = [a.peer_id for a in out if isinstance(a, DropParent)]
+        assert sorted(dropped) == ["p1", "p2"]
+
+    def test_an_answer_in_time_clears_the_clock(self) -> None:
+        clock = Clock()
+        s = new(clock, piece_timeout=10)
+        with_parents(s, 1)
+        s.apply(HashesKnown(HASHES))
+        asked = requests(s.apply(ParentHas("p1", frozenset({0, 1}))))
+        clock.now += 5
+        for _, index in asked:
+            deliver(s, "p1", index)
+        clock.now += 6
+        assert not [a for a in s.apply(Tick()) if isinstance(a, CancelRequest)]

@@ -1,0 +1,217 @@
+"""The hub's serving rules with fake links and a real store: what a child is told (bitfield,
+then one HAVE per verified piece), what it may have (only verified pieces; a downloading
+blob's piece at most ``superseed_copies`` times), and the routing of a parent's frames."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import cast
+
+import pytest
+
+from shoal.agent.metrics import AgentMetrics
+from shoal.agent.peer_hub import HubConfig, PeerHub, foreign_peer_id
+from shoal.agent.peer_link import PeerLink, PieceBody, peer_secret
+from shoal.core.digest import Digest
+from shoal.p2p import wire
+from shoal.p2p.ratelimit import TokenBucket
+from shoal.store.blobstore import BlobStore
+from shoal.store.partial import PartialBlob
+
+MiB = 1 << 20
+
+
+class FakeLink:
+    def __init__(self, peer_id: str) -> None:
+        self.peer_id = peer_id
+        self.closed = False
+        self.bytes_in = 0
+        self.sent: list[wire.Event] = []
+        self.pieces: list[tuple[str, int, int, int]] = []
+        self.reason = ""
+
+    def send(self, event: wire.Event) -> None:
+        self.sent.append(event)
+
+    def send_piece(self, digest: str, index: int, fd: int, offset: int, length: int) -> None:
+        os.close(fd)
+        self.pieces.append((digest, index, offset, length))
+
+    def close(self, reason: str) -> None:
+        self.closed, self.reason = True, reason
+
+    def keepalive(self) -> None:
+        pass
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.has: list[tuple[str, list[int]]] = []
+        self.arrived: list[tuple[str, int]] = []
+        self.rejected: list[tuple[str, int]] = []
+        self.lost: list[str] = []
+
+    def parent_has(self, peer_id: str, pieces: Iterable[int]) -> None:
+        self.has.append((peer_id, sorted(pieces)))
+
+    def piece_arrived(self, peer_id: str, body: PieceBody) -> None:
+        self.arrived.append((peer_id, body.index))
+
+    def piece_rejected(self, peer_id: str, index: int) -> None:
+        self.rejected.append((peer_id, index))
+
+    def parent_lost(self, peer_id: str, reason: str) -> None:
+        self.lost.append(peer_id)
+
+
+def as_link(fake: FakeLink) -> PeerLink:
+    return cast(PeerLink, fake)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> BlobStore:
+    s = BlobStore(tmp_path / "cache", ttl=3600.0, max_size=None)
+    s.open()
+    return s
+
+
+async def cached_blob(store: BlobStore, data: bytes) -> Digest:
+    digest = Digest.of(data)
+    partial = store.begin(digest, len(data))
+    await partial.write(0, data)
+    partial.finish()
+    await store.commit(partial)
+    return digest
+
+
+def hub(store: BlobStore, partials: dict[Digest, PartialBlob] | None = None, copies: int = 2) -> PeerHub:
+    config = HubConfig(peer_id="127.0.0.1:1", secret=peer_secret("t"), superseed_copies=copies)
+    return PeerHub(config, store, partials or {}, AgentMetrics(), TokenBucket(0))
+
+
+def haves(link: FakeLink) -> list[int]:
+    return [e.index for e in link.sent if isinstance(e, wire.Have)]
+
+
+class TestServing:
+    async def test_a_cached_blob_is_offered_whole(self, store: BlobStore) -> None:
+        digest = await cached_blob(store, os.urandom(3 * MiB))
+        h, child = hub(store), FakeLink("127.0.0.2:1")
+        h.link_events(as_link(child), [wire.Interested(str(digest), 3)])
+        assert child.sent == [wire.Bitfield.of(str(digest), 3, [0, 1, 2])]
+        h.link_events(as_link(child), [wire.Request(str(digest), 2)])
+        assert child.pieces == [(str(digest), 2, 2 * MiB, MiB)]
+
+    async def test_a_piece_count_that_is_not_the_blobs_gets_nothing(self, store: BlobStore) -> None:
+        digest = await cached_blob(store, os.urandom(3 * MiB))
+        h, child = hub(store), FakeLink("127.0.0.2:1")
+        h.link_events(as_link(child), [wire.Interested(str(digest), 4)])
+        assert child.sent == [wire.Bitfield.of(str(digest), 4, [])]
+        h.blob_complete(digest, 3 * MiB)
+        assert haves(child) == []
+
+    async def test_an_absurd_piece_count_closes_the_link(self, store: BlobStore) -> None:
+        h, child = hub(store), FakeLink("127.0.0.2:1")
+        h.link_events(as_link(child), [wire.Interested("sha256:" + "0" * 64, 1 << 31)])
+        assert child.closed
+        assert not child.sent
+
+    async def test_a_downloading_blob_offers_verified_pieces_then_one_have_each(self, store: BlobStore) -> None:
+        data = os.urandom(4 * MiB)
+        digest = Digest.of(data)
+        partial = store.begin(digest, len(data))
+        await partial.write(MiB, data[MiB : 2 * MiB])  # piece 1, out of order
+        h, child = hub(store, {digest: partial}), FakeLink("127.0.0.2:1")
+        h.link_events(as_link(child), [wire.Interested(str(digest), 4)])
+        assert child.sent == [wire.Bitfield.of(str(digest), 4, [1])]
+        h.link_events(as_link(child), [wire.Request(str(digest), 0)])
+        assert child.pieces == []
+        assert child.sent[-1] == wire.Reject(str(digest), 0)
+        await partial.write(0, data[:MiB])
+        h.announce(digest, [0, 1])
+        assert haves(child) == [0]  # piece 1 was in the bitfield
+        partial.fail(RuntimeError("test over"))
+
+    async def test_superseeding_refuses_a_third_copy_until_the_blob_is_complete(self, store: BlobStore) -> None:
+        data = os.urandom(2 * MiB)
+        digest = Digest.of(data)
+        partial = store.begin(digest, len(data))
+        await partial.write(0, data[:MiB])
+        h = hub(store, {digest: partial}, copies=2)
+        children = [FakeLink(f"127.0.0.{i}:1") for i in range(2, 5)]
+        for child in children:
+            h.link_events(as_link(child), [wire.Interested(str(digest), 2)])
+        for child in children[:2]:
+            h.link_events(as_link(child), [wire.Request(str(digest), 0)])
+            h.link_piece_sent(as_link(child), str(digest), 0, MiB)
+        late = children[2]
+        h.link_events(as_link(late), [wire.Request(str(digest), 0)])
+        assert late.pieces == []
+        assert late.sent[-1] == wire.Reject(str(digest), 0)
+        await partial.write(MiB, data[MiB:])
+        partial.finish()
+        await store.commit(partial)
+        h.blob_complete(digest, len(data))
+        assert haves(late) == [0, 1]  # the refused piece is offered again
+        assert haves(children[0]) == [1]
+        h.link_events(as_link(late), [wire.Request(str(digest), 0)])
+        assert late.pieces == [(str(digest), 0, 0, MiB)]
+
+    async def test_a_child_that_leaves_hears_no_more(self, store: BlobStore) -> None:
+        data = os.urandom(2 * MiB)
+        digest = Digest.of(data)
+        partial = store.begin(digest, len(data))
+        h, child = hub(store, {digest: partial}), FakeLink("127.0.0.2:1")
+        h.link_events(as_link(child), [wire.Interested(str(digest), 2), wire.NotInterested(str(digest))])
+        await partial.write(0, data[:MiB])
+        h.announce(digest, [0])
+        assert haves(child) == []
+        partial.fail(RuntimeError("test over"))
+
+
+class TestRouting:
+    async def test_a_parents_frames_go_to_the_download_that_asked(self, store: BlobStore) -> None:
+        h, parent = hub(store), FakeLink("127.0.0.9:1")
+        digest = Digest.of(b"x")
+        sink = Sink()
+        h.register(digest, sink)
+        h.links[parent.peer_id] = as_link(parent)
+        h._all.add(as_link(parent))
+        await h.add_parent(digest, 3, parent.peer_id, "unused")
+        assert parent.sent == [wire.Interested(str(digest), 3)]
+        other = Digest.of(b"y")
+        h.link_events(
+            as_link(parent),
+            [
+                wire.Bitfield.of(str(digest), 3, [0, 2]),
+                wire.Have(str(digest), 1),
+                wire.Have(str(other), 0),  # never asked about: nobody hears of it
+                wire.Reject(str(digest), 2),
+            ],
+        )
+        assert sink.has == [(parent.peer_id, [0, 2]), (parent.peer_id, [1])]
+        assert sink.rejected == [(parent.peer_id, 2)]
+        assert h.request(parent.peer_id, digest, 1)
+        assert parent.sent[-1] == wire.Request(str(digest), 1)
+        assert not h.request("127.0.0.8:1", digest, 1)  # no link to that one
+        h.link_closed(as_link(parent), "gone")
+        assert sink.lost == [parent.peer_id]
+        assert not h.request(parent.peer_id, digest, 1)
+
+
+class TestPeerIds:
+    @pytest.mark.parametrize(
+        ("peer_id", "source", "refused"),
+        [
+            ("10.0.0.5:65001", "10.0.0.5", False),
+            ("10.0.0.6:65001", "10.0.0.5", True),
+            ("10.0.0.6:65001", "127.0.0.1", False),  # a lab on one host
+            ("[fd00::5]:65001", "fd00::5", False),
+            ("node-a:65001", "10.0.0.5", True),
+            ("10.0.0.5", "10.0.0.5", True),
+        ],
+    )
+    def test_a_peer_may_only_call_itself_by_its_own_address(self, peer_id: str, source: str, refused: bool) -> None:
+        assert (foreign_peer_id(peer_id, source) is not None) == refused

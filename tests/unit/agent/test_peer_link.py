@@ -1,0 +1,239 @@
+"""Peer links over real loopback sockets: the handshake's checks, pieces out with sendfile and
+in with recv_into, and frames that arrive together with the handshake's last one."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+
+from shoal.agent.peer_link import LinkError, PeerLink, PieceBody, answer, dial, peer_secret
+from shoal.p2p import wire
+
+DIGEST = "sha256:" + "ab" * 32
+SECRET = peer_secret("token")
+
+
+class Recorder:
+    """A LinkHandler that keeps what it is told."""
+
+    def __init__(self) -> None:
+        self.events: list[wire.Event] = []
+        self.pieces: list[PieceBody] = []
+        self.sent: list[tuple[str, int, int]] = []
+        self.closed: list[str] = []
+        self.changed = asyncio.Event()
+
+    def _note(self) -> None:
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+    def link_events(self, link: PeerLink, events: list[wire.Event]) -> None:
+        self.events.extend(events)
+        self._note()
+
+    def link_piece(self, link: PeerLink, piece: PieceBody) -> None:
+        self.pieces.append(piece)
+        self._note()
+
+    def link_piece_sent(self, link: PeerLink, digest: str, index: int, length: int) -> None:
+        self.sent.append((digest, index, length))
+        self._note()
+
+    def link_closed(self, link: PeerLink, reason: str) -> None:
+        self.closed.append(reason)
+        self._note()
+
+    async def until(self, done: object, timeout: float = 5.0) -> None:
+        async with asyncio.timeout(timeout):
+            while not done():  # type: ignore[operator]
+                await self.changed.wait()
+
+
+class Listener:
+    """A loopback listener whose accepted connections run the server handshake in a thread."""
+
+    def __init__(self, own_id: str = "127.0.0.1:7000", secret: bytes = SECRET, refuse: str | None = None) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.sock.getsockname()[1]}"
+        self.own_id = own_id
+        self.secret = secret
+        self.refuse = refuse
+        self.result: list[tuple[socket.socket, wire.Connection] | BaseException] = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        conn_sock, _ = self.sock.accept()
+        self.sock.close()
+        try:
+            first = conn_sock.recv(1)
+            conn = answer(conn_sock, first, self.own_id, self.secret, wire.NonceLog(), lambda _id: self.refuse)
+            self.result.append((conn_sock, conn))
+        except BaseException as exc:  # handed to the test
+            self.result.append(exc)
+            conn_sock.close()
+
+    def dispose(self) -> None:
+        """Close whatever the server side still holds."""
+        self.thread.join(5)
+        self.sock.close()
+        for outcome in self.result:
+            if not isinstance(outcome, BaseException):
+                outcome[0].close()
+
+    def server(self) -> tuple[socket.socket, wire.Connection]:
+        self.thread.join(5)
+        outcome = self.result[0]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+
+class TestHandshake:
+    def test_both_sides_authenticate(self) -> None:
+        listener = Listener()
+        sock, conn = dial(listener.address, "127.0.0.1:7000", "127.0.0.1:7001", SECRET, 5.0)
+        server_sock, server_conn = listener.server()
+        assert conn.peer_id == "127.0.0.1:7000"
+        assert server_conn.peer_id == "127.0.0.1:7001"
+        sock.close()
+        server_sock.close()
+
+    def test_a_peer_without_the_secret_is_refused(self) -> None:
+        listener = Listener()
+        with pytest.raises(LinkError, match="authentication"):
+            dial(listener.address, "127.0.0.1:7000", "127.0.0.1:7001", peer_secret("other"), 5.0)
+        with pytest.raises((LinkError, OSError, wire.ProtocolError)):
+            listener.server()
+        listener.dispose()
+
+    def test_a_peer_that_is_not_who_we_dialled_is_refused(self) -> None:
+        listener = Listener(own_id="127.0.0.1:7999")
+        with pytest.raises(LinkError, match="says it is"):
+            dial(listener.address, "127.0.0.1:7000", "127.0.0.1:7001", SECRET, 5.0)
+        listener.dispose()
+
+    def test_a_refused_peer_id_hears_why(self) -> None:
+        listener = Listener(refuse="peer id 10.0.0.9:1 claimed from 10.0.0.8")
+        with pytest.raises(LinkError, match=r"refused us: peer id 10\.0\.0\.9:1 claimed"):
+            dial(listener.address, "127.0.0.1:7000", "10.0.0.9:1", SECRET, 5.0)
+        listener.dispose()
+
+    def test_nothing_listening(self) -> None:
+        port = socket.create_server(("127.0.0.1", 0))
+        address = f"127.0.0.1:{port.getsockname()[1]}"
+        port.close()
+        with pytest.raises(LinkError, match="cannot connect"):
+            dial(address, "x", "127.0.0.1:7001", SECRET, 2.0)
+
+
+async def linked(tmp_path: Path) -> tuple[PeerLink, Recorder, PeerLink, Recorder]:
+    """A client link and a server link joined over loopback, both started."""
+    listener = Listener()
+    client_sock, client_conn = await asyncio.to_thread(
+        dial, listener.address, "127.0.0.1:7000", "127.0.0.1:7001", SECRET, 5.0
+    )
+    server_sock, server_conn = await asyncio.to_thread(listener.server)
+    loop = asyncio.get_running_loop()
+    client, server = Recorder(), Recorder()
+    a = PeerLink(client_sock, client_conn, loop, client, outbound=True)
+    b = PeerLink(server_sock, server_conn, loop, server, outbound=False)
+    a.start()
+    b.start()
+    return a, client, b, server
+
+
+class TestLink:
+    async def test_a_piece_goes_out_by_sendfile_and_arrives_hashed(self, tmp_path: Path) -> None:
+        blob = tmp_path / "blob"
+        data = os.urandom(3 << 20)
+        blob.write_bytes(data)
+        a, client, b, server = await linked(tmp_path)
+        a.send(wire.Interested(DIGEST, 2))
+        await server.until(lambda: server.events)
+        assert server.events == [wire.Interested(DIGEST, 2)]
+        b.send(wire.Bitfield.of(DIGEST, 2, [1]))
+        a.send(wire.Request(DIGEST, 1))
+        await server.until(lambda: len(server.events) == 2)
+        b.send_piece(DIGEST, 1, os.open(blob, os.O_RDONLY), 2 << 20, 1 << 20)
+        await client.until(lambda: client.pieces)
+        (piece,) = client.pieces
+        assert (piece.digest, piece.index) == (DIGEST, 1)
+        assert bytes(piece.data) == data[2 << 20 :]
+        assert piece.sha256 == hashlib.sha256(data[2 << 20 :]).hexdigest()
+        assert a.bytes_in == 1 << 20
+        await server.until(lambda: server.sent)
+        assert server.sent == [(DIGEST, 1, 1 << 20)]
+        a.close("done")
+        await server.until(lambda: server.closed)
+        await client.until(lambda: client.closed)
+        assert "done" in server.closed[0]
+
+    async def test_a_cancelled_piece_is_not_sent(self, tmp_path: Path) -> None:
+        blob = tmp_path / "blob"
+        blob.write_bytes(b"x" * 100)
+        a, client, b, server = await linked(tmp_path)
+        a.send(wire.Interested(DIGEST, 1))
+        a.send(wire.Request(DIGEST, 0))
+        a.send(wire.Cancel(DIGEST, 0))
+        await server.until(lambda: len(server.events) == 3)
+        fd = os.open(blob, os.O_RDONLY)
+        b.send_piece(DIGEST, 0, fd, 0, 100)
+        b.send(wire.KeepAlive())  # not due: dropped, the link lives on
+        b.send(wire.Bitfield.of(DIGEST, 1, [0]))
+        await client.until(lambda: client.events)
+        assert client.events == [wire.Bitfield.of(DIGEST, 1, [0])]
+        assert not client.pieces
+        assert not server.sent
+        a.close("done")
+        await client.until(lambda: client.closed)
+
+    async def test_frames_sent_with_the_handshake_are_not_stranded(self) -> None:
+        """A client's first frame often shares a TCP segment with its AUTH: the server's
+        handshake reads both, and the link must hand the buffered frame on before waiting
+        for more (it used to wait for the next segment, which never came)."""
+        listener = socket.create_server(("127.0.0.1", 0))
+        address = f"127.0.0.1:{listener.getsockname()[1]}"
+        client = wire.Connection(wire.Role.CLIENT, secret=SECRET)
+        raw = socket.create_connection(("127.0.0.1", int(address.rpartition(":")[2])))
+        server_sock, _ = listener.accept()
+        listener.close()
+        raw.sendall(client.send(wire.Hello("127.0.0.1:7001")))
+        first = server_sock.recv(1)
+        done: list[wire.Connection] = []
+        thread = threading.Thread(
+            target=lambda: done.append(
+                answer(server_sock, first, "127.0.0.1:7000", SECRET, wire.NonceLog(), lambda _: None)
+            )
+        )
+        thread.start()
+        while (event := client.next_event()) is wire.NEED_DATA:
+            client.receive_data(raw.recv(4096))
+        assert isinstance(event, wire.Welcome)
+        raw.sendall(client.send(wire.Auth()) + client.send(wire.Interested(DIGEST, 3)))
+        thread.join(5)
+        recorder = Recorder()
+        link = PeerLink(server_sock, done[0], asyncio.get_running_loop(), recorder, outbound=False)
+        link.start()
+        await recorder.until(lambda: recorder.events)
+        assert recorder.events == [wire.Interested(DIGEST, 3)]
+        link.abort()
+        raw.close()
+        await recorder.until(lambda: recorder.closed)
+
+    async def test_a_peer_breaking_the_protocol_is_cut_off(self, tmp_path: Path) -> None:
+        a, client, b, server = await linked(tmp_path)
+        b.send(wire.Bitfield.of(DIGEST, 1, [0]))  # never asked: dropped by our own state (a local error)
+        a.send(wire.Interested(DIGEST, 1))
+        await server.until(lambda: server.events)
+        # the peer sends a frame the protocol forbids: a PIECE nobody asked for, raw
+        b._sock.sendall(b"\x00\x00\x00\x2a\x21\x01" + b"\xab" * 32 + b"\x00\x00\x00\x00\x00\x00\x00\x01x")
+        await client.until(lambda: client.closed)
+        assert "protocol error" in client.closed[0]
+        await server.until(lambda: server.closed)
