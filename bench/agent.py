@@ -245,7 +245,15 @@ def main() -> None:
     parser.add_argument("--hit-size", type=int, default=1024, help="MiB, cache-hit blob")
     parser.add_argument("--miss-size", type=int, default=512, help="MiB, cache-miss blob")
     parser.add_argument("--rss-size", type=int, default=2048, help="MiB, RSS blob")
+    parser.add_argument(
+        "--only",
+        default="hit,miss,pull,rss",
+        help="comma-separated sections to run: hit (1), miss (2), pull (2b), rss (3)",
+    )
     opts = parser.parse_args()
+    only = set(opts.only.split(","))
+    if unknown := only - {"hit", "miss", "pull", "rss"}:
+        parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="shoal-bench-agent-") as tmp, ExitStack() as stack:
         work = Path(tmp)
@@ -256,10 +264,14 @@ def main() -> None:
         registry = stack.enter_context(DistributionRegistry(work / "registry"))
         hit, miss, rss = asyncio.run(_upload_all(registry.url, opts.hit_size, opts.miss_size, opts.rss_size))
         print(f"uploaded {total} MiB in {time.monotonic() - started:.0f} s")
-        cache_hit(work, registry, work / "cache", hit, opts.rounds)
-        cache_miss(work, registry, work / "cache", miss, opts.rounds)
-        image_pull(work, registry, work / "cache", opts.miss_size, opts.rounds)
-        peak_rss(work, registry, work / "cache", rss)
+        if "hit" in only:
+            cache_hit(work, registry, work / "cache", hit, opts.rounds)
+        if "miss" in only:
+            cache_miss(work, registry, work / "cache", miss, opts.rounds)
+        if "pull" in only:
+            image_pull(work, registry, work / "cache", opts.miss_size, opts.rounds)
+        if "rss" in only:
+            peak_rss(work, registry, work / "cache", rss)
     print(f"\ntotal {time.monotonic() - started:.0f} s")
 
 

@@ -10,15 +10,26 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import aiohttp
 import pytest
 from agent_helpers import REG, basic, cache_files, metric, settled
 from fakes import Script, ScriptedRegistry, sha256
 
+from shoal.agent.access import AccessCache
+from shoal.agent.metrics import AgentMetrics
+from shoal.agent.origin import FLUSH_INTERVAL, OriginSource
 from shoal.agent.server import Agent
+from shoal.agent.upstreams import Upstreams
 from shoal.core.digest import Digest
+from shoal.oci.client import new_session
+from shoal.oci.distribution import DistributionPath, parse_distribution_path
+from shoal.p2p.ratelimit import TokenBucket
+from shoal.store.blobstore import BlobStore
 from shoal.store.partial import PartialBlob
 
 AgentStarter = Callable[..., Awaitable[Agent]]
@@ -81,23 +92,27 @@ class TestStreaming:
         client: aiohttp.ClientSession,
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
-        """A body arriving 4 KiB at a time is not written (hashed, announced) 4 KiB at a time."""
+        """A body arriving 4 KiB at a time is not written (hashed, announced) 4 KiB at a time:
+        the fetch's thread writes what arrived every ``FLUSH_INTERVAL`` at most."""
         writes: list[int] = []
-        original = PartialBlob.write
+        original = PartialBlob.claim_in_thread
 
-        async def counting(self: PartialBlob, offset: int, data: bytes | bytearray) -> None:
+        def counting(self: PartialBlob, offset: int, data: bytes | bytearray | memoryview) -> None:
             writes.append(len(data))
-            await original(self, offset, data)
+            original(self, offset, data)
 
-        monkeypatch.setattr(PartialBlob, "write", counting)
+        monkeypatch.setattr(PartialBlob, "claim_in_thread", counting)
         data = blob_data(2 * MiB, 3)
         digest = fake.add_blob(data)
         fake.script = Script(chunk_size=4 << 10, chunk_delay=0.001)
         agent = await start_agent({REG: fake.url})
+        started = time.monotonic()
         status, body = await get(client, f"{agent.url}/v2/{REG}/team/app/blobs/{digest}")
+        elapsed = time.monotonic() - started
         assert (status, body) == (200, data)
         assert sum(writes) == len(data)
-        assert len(writes) <= len(data) // (256 << 10) + 1, writes
+        assert len(writes) <= elapsed / FLUSH_INTERVAL + 2, (writes, elapsed)
+        assert len(writes) < len(data) // (4 << 10) // 8, writes
 
 
 class TestUpstreamDiesMidBlob:
@@ -341,3 +356,82 @@ class TestBadRequests:
             assert resp.status == 502
         await settled(agent)
         assert cache_files(agent, "tmp") == []
+
+
+@pytest.fixture
+async def origin_setup(
+    fake: ScriptedRegistry, tmp_path: Path
+) -> AsyncIterator[Callable[[TokenBucket | None], tuple[OriginSource, BlobStore]]]:
+    """An OriginSource (and its store) on the fake registry, outside any agent."""
+    async with new_session() as session:
+        metrics = AgentMetrics()
+        upstreams = Upstreams({REG: fake.url}, session, metrics, AccessCache())
+        store = BlobStore(tmp_path / "cache", ttl=3600, max_size=None)
+        store.open()
+
+        def make(bucket: TokenBucket | None) -> tuple[OriginSource, BlobStore]:
+            return OriginSource(upstreams, store, metrics, bucket), store
+
+        yield make
+
+
+def blob_path(digest: str) -> DistributionPath:
+    return parse_distribution_path(f"/v2/{REG}/team/app/blobs/{digest}", None, [REG])
+
+
+def origin_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith(("shoal-origin", "shoal-hash", "shoal-get"))]
+
+
+class TestOriginFetch:
+    """The fetch's own threads: stopped at once by a cancel, and held to the rate limit."""
+
+    async def test_cancel_stops_the_thread(
+        self,
+        fake: ScriptedRegistry,
+        origin_setup: Callable[[TokenBucket | None], tuple[OriginSource, BlobStore]],
+    ) -> None:
+        """The swarm cancels an origin fetch when it loses the lease: the blocked ``recv``
+        must end now, not at the read timeout, and nothing writes to the blob afterwards."""
+        source, store = origin_setup(None)
+        data = blob_data(4 * MiB, 7)
+        digest = fake.add_blob(data)
+        fake.script = Script(chunk_size=64 << 10, chunk_delay=0.05)  # ~3 s for the whole blob
+        partial = store.begin(Digest.parse(digest), None)
+        task = asyncio.create_task(source.fill(partial, blob_path(digest), None))
+        while partial.contiguous == 0:
+            await asyncio.sleep(0.01)
+        assert origin_threads()
+        started = time.monotonic()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert time.monotonic() - started < 0.5
+        for _ in range(20):  # each has handed its outcome over: only its return is left
+            if not origin_threads():
+                break
+            await asyncio.sleep(0.01)
+        assert origin_threads() == []
+        at_cancel = partial.contiguous
+        await asyncio.sleep(0.3)
+        assert partial.contiguous == at_cancel < len(data)
+        partial.fail(RuntimeError("stopped"))
+
+    async def test_rate_limit(
+        self,
+        fake: ScriptedRegistry,
+        origin_setup: Callable[[TokenBucket | None], tuple[OriginSource, BlobStore]],
+    ) -> None:
+        rate = 16 * MiB
+        source, store = origin_setup(TokenBucket(rate, burst=1 * MiB))
+        data = blob_data(12 * MiB, 8)
+        digest = fake.add_blob(data)
+        partial = store.begin(Digest.parse(digest), None)
+        started = time.monotonic()
+        await source.fill(partial, blob_path(digest), None)
+        elapsed = time.monotonic() - started
+        partial.finish()
+        # the last buffer's tokens are taken after it was written: it may come for free
+        # the tokens of a buffer are taken once it is written: the last one's cost no wait
+        assert elapsed >= (len(data) - 1 * MiB - 4 * MiB) / rate * 0.9, elapsed
+        partial.close()

@@ -1,17 +1,29 @@
-"""Fill a partial blob from the upstream registry, resuming with ``Range`` after a broken read."""
+"""Fill a partial blob from the upstream registry, resuming with ``Range`` after a broken read.
+
+The body is read by a thread of the fetch's own, blocking, into one large buffer that is
+written and hashed whole (``PartialBlob.write_in_thread``); the event loop hears of it once
+per buffer and streams the new bytes to clients with ``sendfile``. The request (the auth
+flow, redirects, errors) is ``RegistryClient.open_in_thread``'s.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import functools
+import http.client
 import logging
+import queue
+import threading
+import time
 
-import aiohttp
 from prometheus_client import Counter
 
 from shoal.agent.metrics import AgentMetrics
 from shoal.agent.upstreams import Upstreams
 from shoal.core.digest import Digest
 from shoal.oci.auth import Credentials
+from shoal.oci.blocking import NETWORK_ERRORS, BlockingResponse, Interrupt, InterruptedTransfer, run_in_thread
 from shoal.oci.client import UpstreamUnavailable
 from shoal.oci.distribution import DistributionPath
 from shoal.p2p.ratelimit import TokenBucket
@@ -20,14 +32,23 @@ from shoal.store.partial import PartialBlob
 
 log = logging.getLogger(__name__)
 
-CHUNK = 1 << 20
-WRITE_BATCH = 256 << 10
-"""received bytes gathered into one write: on a slow or shaped link the body arrives a few KiB
-at a time, and a write (thread hop, hashing, waking readers, peers and the reporter) for
-each was most of a fetcher's work"""
-WRITE_AHEAD = 4
-"""chunks received but not yet written: receive and hash+write overlap by this much"""
+BUFFER = 4 << 20
+"""bytes received before they are written, hashed and announced in one go: per buffer Python
+does a constant amount of work (a write per few KiB of a slow link was most of a fetcher's)"""
+FLUSH_INTERVAL = 0.1
+"""seconds: on a slow or shaped link, what has arrived is written (so streamed on to clients
+and peers) at least this often, full buffer or not"""
+BUFFERS = 3
+"""buffers per fetch: one being received, the others written and waiting to be hashed"""
 RETRIES = 3
+
+
+class _WriteFailed(Exception):
+    """The partial file refused bytes (a full disk, a failed blob): not the network's fault."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
 
 
 class OriginSource:
@@ -41,63 +62,96 @@ class OriginSource:
         self._metrics = metrics
         self._bucket = bucket
 
-    async def _copy(
+    def _copy(
         self,
-        resp: aiohttp.ClientResponse,
+        resp: BlockingResponse,
         partial: PartialBlob,
         pos: int,
         skip: int,
-        dist: DistributionPath,
         counter: Counter,
+        interrupt: Interrupt,
+        loop: asyncio.AbstractEventLoop,
     ) -> None:
-        """Stream the body into ``partial``: receiving the next chunk overlaps with hashing and
-        writing the previous ones in a worker thread (a few MiB in flight at most)."""
-        queue: asyncio.Queue[tuple[int, bytes] | None] = asyncio.Queue(maxsize=WRITE_AHEAD)
-        failure: list[BaseException] = []
+        """In the fetch's thread: the body into ``partial`` from ``pos``, after dropping
+        ``skip`` bytes (a 200 to a resumed request sends again what we have).
 
-        async def writer() -> None:
-            while (item := await queue.get()) is not None:
-                if failure:
-                    continue  # keep draining so the reader never blocks on a dead writer
-                try:
-                    await partial.write(*item)
-                except (OSError, RuntimeError, ValueError) as exc:
-                    failure.append(exc)
+        This thread receives into a buffer and puts it on file (``claim_in_thread``); a
+        second one hashes it into the prefix (``advance_in_thread``) meanwhile, so receiving
+        overlaps with the hashing, the slowest step. Both are done when this returns."""
+        free: queue.SimpleQueue[memoryview] = queue.SimpleQueue()
+        for _ in range(BUFFERS):
+            free.put(memoryview(bytearray(BUFFER)))
+        claimed: queue.SimpleQueue[tuple[int, memoryview, int] | None] = queue.SimpleQueue()
+        failed: list[BaseException] = []
 
-        task = asyncio.create_task(writer())
-        batch: list[bytes] = []
-        batched = 0
+        def hash_claimed() -> None:
+            while (item := claimed.get()) is not None:
+                at, full, length = item
+                if not failed:
+                    try:
+                        self._advance(partial, at, full[:length], interrupt, loop)
+                    except BaseException as exc:  # handed to the receiving thread
+                        failed.append(exc)
+                free.put(full)
+
+        hasher = threading.Thread(target=hash_claimed, name=f"shoal-hash {partial.digest}", daemon=True)
+        hasher.start()
         try:
-            async for chunk in resp.content.iter_chunked(CHUNK):
-                if skip:
-                    cut = min(skip, len(chunk))
-                    chunk, skip = chunk[cut:], skip - cut
-                    if not chunk:
-                        continue
-                if failure:
-                    break
-                batch.append(chunk)
-                batched += len(chunk)
-                counter.inc(len(chunk))
-                if batched >= WRITE_BATCH:
-                    await queue.put((pos, batch[0] if len(batch) == 1 else b"".join(batch)))
-                    pos += batched
-                    batch, batched = [], 0
-                if self._bucket is not None:
-                    await self._bucket.consume(len(chunk))
-            if batch and not failure:
-                await queue.put((pos, b"".join(batch)))
-            await queue.put(None)
-            await task
+            buffer = free.get()
+            while skip:
+                n = resp.readinto(buffer[: min(skip, BUFFER)])
+                if not n:
+                    return
+                counter.inc(n)
+                skip -= n
+            filled = 0
+            flushed = time.monotonic()
+
+            def flush() -> None:
+                nonlocal buffer, pos, filled, flushed
+                if failed:
+                    raise failed[0]
+                counter.inc(filled)
+                try:
+                    partial.claim_in_thread(pos, buffer[:filled])
+                except (OSError, RuntimeError, ValueError) as exc:
+                    raise _WriteFailed(exc) from exc
+                claimed.put((pos, buffer, filled))
+                pos += filled
+                buffer, filled, flushed = free.get(), 0, time.monotonic()
+
+            try:
+                while n := resp.readinto(buffer[filled:]):
+                    filled += n
+                    if filled == BUFFER or time.monotonic() - flushed >= FLUSH_INTERVAL:
+                        flush()
+            except NETWORK_ERRORS:
+                if filled:  # good bytes: the resume starts after them
+                    flush()
+                raise
+            if filled:
+                flush()
         finally:
-            if not task.done():
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
-        if failure:
-            exc = failure[0]
-            if is_disk_full(exc):
-                raise StoreFullError(f"disk full while caching {dist.digest}") from exc
-            raise StoreError(f"cannot write {dist.digest}: {exc}") from exc
+            claimed.put(None)
+            hasher.join()
+        if failed:
+            raise failed[0]
+
+    def _advance(
+        self, partial: PartialBlob, pos: int, data: memoryview, interrupt: Interrupt, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        try:
+            partial.advance_in_thread(pos, data)
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise _WriteFailed(exc) from exc
+        if self._bucket is not None and self._bucket.rate > 0:
+            # the loop owns the bucket; this thread waits for its tokens (fire() cancels that)
+            tokens = asyncio.run_coroutine_threadsafe(self._bucket.consume(len(data)), loop)
+            interrupt.cancels(tokens)
+            try:
+                tokens.result()
+            except concurrent.futures.CancelledError:
+                raise InterruptedTransfer("transfer interrupted") from None
 
     async def cached(self, digest: Digest, size: int) -> None:
         """Nothing to tell anyone: a plain mirror keeps its cache to itself."""
@@ -107,21 +161,26 @@ class OriginSource:
         return False
 
     async def fill(self, partial: PartialBlob, dist: DistributionPath, creds: Credentials | None) -> None:
-        """Write the whole blob into ``partial`` or raise (UpstreamError, StoreError)."""
+        """Write the whole blob into ``partial`` or raise (UpstreamError, StoreError).
+
+        Cancelling the caller stops the fetch's thread (its socket is shut down) and returns
+        only once the thread is gone, so nothing writes to ``partial`` afterwards."""
         client = self._upstreams.client(dist.registry)
         counter = self._metrics.origin_bytes.labels(dist.registry)
+        loop = asyncio.get_running_loop()
+        interrupt = Interrupt()
         failures = 0
         while True:
             offset = partial.contiguous
             headers = {"Range": f"bytes={offset}-"} if offset else {}
             try:
-                resp = await client.open(
-                    "GET",
+                resp = await client.open_in_thread(
                     f"/v2/{dist.repository}/blobs/{dist.digest}",
                     repository=dist.repository,
                     creds=creds,
                     headers=headers,
                     kind="blob",
+                    interrupt=interrupt,
                 )
             except UpstreamUnavailable:
                 failures += 1
@@ -131,18 +190,25 @@ class OriginSource:
                 continue
             self._upstreams.record_allowed(creds, dist)
             try:
-                async with resp:
+                try:
                     skip = offset if resp.status == 200 else 0
                     if partial.size is None:
                         size = resp.content_length
                         if size is not None:
                             self._store.reserve(partial, size)
                             partial.set_size(size)
-                    await self._copy(resp, partial, offset, skip, dist, counter)
+                    copy = functools.partial(self._copy, resp, partial, offset, skip, counter, interrupt, loop)
+                    await run_in_thread(copy, interrupt, name=f"shoal-origin {dist.digest}")
+                finally:
+                    resp.close()
                 if partial.size is not None and partial.contiguous < partial.size:
-                    raise aiohttp.ClientPayloadError(f"upstream closed at {partial.contiguous} of {partial.size} bytes")
+                    raise http.client.IncompleteRead(b"", partial.size - partial.contiguous)
                 return
-            except (aiohttp.ClientError, TimeoutError) as exc:
+            except _WriteFailed as exc:
+                if is_disk_full(exc.cause):
+                    raise StoreFullError(f"disk full while caching {dist.digest}") from exc.cause
+                raise StoreError(f"cannot write {dist.digest}: {exc.cause}") from exc.cause
+            except NETWORK_ERRORS as exc:
                 failures += 1
                 log.warning(
                     "blob %s from %s broke at %d bytes (%r), try %d of %d",

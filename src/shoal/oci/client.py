@@ -8,15 +8,20 @@ tokens per credential and scope, and follows redirects to object storage *withou
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import ssl
 import time
+import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import aiohttp
 from yarl import URL
 
+from shoal.oci import blocking
 from shoal.oci.auth import Credentials, TokenCache, fingerprint, parse_challenge, pull_scope
+from shoal.oci.blocking import BlockingResponse, Interrupt, run_in_thread
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +75,7 @@ class RegistryClient:
         self._tokens = tokens
         self._observe = observe
         self._token_locks: dict[tuple[str, str, str, str], asyncio.Lock] = {}
+        self._tls: ssl.SSLContext | None = None
 
     async def open(
         self,
@@ -99,17 +105,9 @@ class RegistryClient:
             resp = await self._send(method, url, req_headers)
             if resp.status != 401:
                 break
-            challenge = parse_challenge(resp.headers.get("WWW-Authenticate", ""))
+            challenge = resp.headers.get("WWW-Authenticate", "")
             resp.release()
-            if attempt == 1 or challenge is None:
-                raise UpstreamUnauthorized(f"{self.name} refused the credentials for {repository}")
-            if challenge.scheme == "bearer":
-                auth = await self._bearer(challenge.params, creds, scope, auth_key)
-            elif challenge.scheme == "basic" and creds is not None:
-                auth = creds.basic_header()
-                self._tokens.put(auth_key, auth, 3600.0)
-            else:
-                raise UpstreamUnauthorized(f"{self.name} requires credentials for {repository}")
+            auth = await self._answer(challenge, attempt, repository, creds, scope, auth_key)
         resp = await self._follow_redirects(method, resp)
         if self._observe is not None:
             self._observe(kind, time.monotonic() - started)
@@ -119,13 +117,109 @@ class RegistryClient:
         status = resp.status
         content_type = resp.headers.get("Content-Type", "application/json")
         resp.release()
-        if status == 401:
+        raise self._status_error(status, body, content_type, repository, path)
+
+    async def open_in_thread(
+        self,
+        path: str,
+        *,
+        repository: str,
+        creds: Credentials | None,
+        headers: Mapping[str, str] | None = None,
+        kind: str = "other",
+        interrupt: Interrupt,
+    ) -> BlockingResponse:
+        """``open`` for a GET whose body a worker thread will read (``blocking``): the same
+        auth flow, redirects and errors, each blocking step in a thread of its own, stopped by
+        ``interrupt`` when the caller is cancelled. The caller must close the response."""
+        url = f"{self.base_url}{path}"
+        scope = pull_scope(repository)
+        auth_key = (fingerprint(creds), self.name, scope, "auth")
+        auth = self._tokens.get(auth_key)
+        started = time.monotonic()
+        for attempt in range(2):
+            req_headers = dict(headers or {})
+            if auth is not None:
+                req_headers["Authorization"] = auth
+            resp = await self._send_in_thread(url, req_headers, interrupt)
+            if resp.status != 401:
+                break
+            challenge = resp.headers.get("WWW-Authenticate", "")
+            resp.close()
+            auth = await self._answer(challenge, attempt, repository, creds, scope, auth_key)
+        for _ in range(MAX_REDIRECTS):
+            location = resp.headers.get("Location")
+            if resp.status not in REDIRECT_STATUSES or location is None:
+                break
+            resp.close()
+            # object storage has its own signature in the URL: never send our credentials there
+            resp = await self._send_in_thread(urllib.parse.urljoin(resp.url, location), {}, interrupt)
+        else:
+            resp.close()
+            raise UpstreamUnavailable(f"{self.name}: too many redirects")
+        if self._observe is not None:
+            self._observe(kind, time.monotonic() - started)
+        if resp.status < 300:
+            return resp
+        body = await run_in_thread(resp.read_small, interrupt)
+        status = resp.status
+        content_type = resp.headers.get("Content-Type", "application/json")
+        resp.close()
+        raise self._status_error(status, body, content_type, repository, path)
+
+    async def _send_in_thread(self, url: str, headers: dict[str, str], interrupt: Interrupt) -> BlockingResponse:
+        timeout = self._session.timeout
+        send = functools.partial(
+            blocking.request,
+            "GET",
+            url,
+            headers,
+            interrupt=interrupt,
+            connect_timeout=timeout.connect or timeout.total or 60.0,
+            read_timeout=timeout.sock_read or timeout.total or 300.0,
+            tls=self._tls_context,
+        )
+        try:
+            return await run_in_thread(send, interrupt, name=f"shoal-get {self.name}")
+        except blocking.NETWORK_ERRORS as exc:
+            raise UpstreamUnavailable(f"cannot reach {self.name} at {url}: {exc!r}") from exc
+
+    def _tls_context(self) -> ssl.SSLContext:
+        """Verified TLS as aiohttp's default (built in the worker thread: loading the CA
+        bundle is blocking I/O)."""
+        if self._tls is None:
+            self._tls = ssl.create_default_context()
+        return self._tls
+
+    async def _answer(
+        self,
+        challenge_header: str,
+        attempt: int,
+        repository: str,
+        creds: Credentials | None,
+        scope: str,
+        auth_key: tuple[str, str, str, str],
+    ) -> str:
+        """The Authorization value that answers a 401's challenge (raises if none will)."""
+        challenge = parse_challenge(challenge_header)
+        if attempt == 1 or challenge is None:
             raise UpstreamUnauthorized(f"{self.name} refused the credentials for {repository}")
+        if challenge.scheme == "bearer":
+            return await self._bearer(challenge.params, creds, scope, auth_key)
+        if challenge.scheme == "basic" and creds is not None:
+            auth = creds.basic_header()
+            self._tokens.put(auth_key, auth, 3600.0)
+            return auth
+        raise UpstreamUnauthorized(f"{self.name} requires credentials for {repository}")
+
+    def _status_error(self, status: int, body: bytes, content_type: str, repository: str, path: str) -> UpstreamError:
+        if status == 401:
+            return UpstreamUnauthorized(f"{self.name} refused the credentials for {repository}")
         if status == 403:
-            raise UpstreamDenied(f"{self.name} denied access to {repository}")
+            return UpstreamDenied(f"{self.name} denied access to {repository}")
         if status == 429 or status >= 500:
-            raise UpstreamUnavailable(f"{self.name} answered {status} for {path}")
-        raise UpstreamStatus(status, body, content_type)
+            return UpstreamUnavailable(f"{self.name} answered {status} for {path}")
+        return UpstreamStatus(status, body, content_type)
 
     async def _send(self, method: str, url: str, headers: dict[str, str]) -> aiohttp.ClientResponse:
         try:

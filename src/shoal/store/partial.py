@@ -15,6 +15,8 @@ check the whole of what it sent against the digest.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import hashlib
 import os
 import threading
@@ -53,6 +55,8 @@ class PartialBlob:
         self.state = PartialState.RUNNING
         self.error: BaseException | None = None
         self.contiguous = 0
+        self._claimed = 0
+        """end of the bytes an in-order writer put on file past ``contiguous``, unhashed yet"""
         self._extents: dict[int, int] = {}
         self._hasher = digest.hasher()
         self.piece_size = 0
@@ -67,8 +71,12 @@ class PartialBlob:
         self._changed = asyncio.Event()
         self._pieces_changed = asyncio.Event()
         self._write_lock = asyncio.Lock()
+        """one writer on the event loop at a time (each holds ``_lock`` in its thread)"""
+        self._lock = threading.Lock()
+        """held by whichever thread writes: the bookkeeping, the file and closing it"""
+        self._loop = asyncio.get_running_loop()
         self._on_close = on_close
-        self.size_known: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.size_known: asyncio.Future[int] = self._loop.create_future()
         if size is not None:
             self.size_known.set_result(size)
 
@@ -80,7 +88,7 @@ class PartialBlob:
         if not self.size_known.done():
             self.size_known.set_result(size)
 
-    async def write(self, offset: int, data: bytes | bytearray) -> None:
+    async def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         """Write bytes at ``offset``; raises OSError (e.g. ENOSPC) to the writer.
 
         The file write and the hashing run in a worker thread (both release the GIL), so the
@@ -90,41 +98,93 @@ class PartialBlob:
         bytes are on file.
         """
         async with self._write_lock:
-            if self.state is not PartialState.RUNNING:
-                raise RuntimeError(f"write to a {self.state.value} blob")
-            if self.size is not None and offset + len(data) > self.size:
-                raise ValueError(f"write past the end of blob {self.digest}")
-            before = self.contiguous
-            done = asyncio.ensure_future(asyncio.to_thread(self._write_locked, offset, data))
+            done = asyncio.ensure_future(asyncio.to_thread(self._write_sync, offset, data))
             cancelled = False
             while not done.done():
                 # the thread keeps writing when we are cancelled (once or more): hold the lock
-                # until it is done, or the next writer would update the bookkeeping from a
-                # second thread at the same time
+                # until it is done, so writers on the loop stay one at a time
                 try:
                     await asyncio.shield(done)
                 except asyncio.CancelledError:
                     cancelled = True
             if not done.cancelled() and done.exception() is None:
-                self._notify(pieces=self._piece_done(before, offset))
+                self._notify(pieces=done.result())
             if cancelled:
                 raise asyncio.CancelledError
             done.result()  # the write's own error, if any
 
-    def _write_locked(self, offset: int, data: bytes | bytearray) -> None:
+    def claim_in_thread(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        """First half of a write by an in-order writer in a thread of its own (the origin
+        fetch): put the bytes on file at the end of the prefix, without hashing them yet.
+        Until ``advance_in_thread`` hashes them, that range is the claimant's: other writes
+        into it are dropped, so the file holds there exactly what the digest will see. The
+        claimant may receive and write the next bytes while another thread hashes these."""
+        with self._lock:
+            self._check_write(offset, data)
+            floor = max(self.contiguous, self._claimed)
+            if offset > floor:
+                raise RuntimeError(f"claim at {offset} beyond the prefix of {self.digest} ({floor})")
+            view = memoryview(data)[floor - offset :]
+            self._claimed = floor + len(view)
+            # written outside the lock (the hashing of the previous claim goes on meanwhile),
+            # through a fd of our own: closing the blob's cannot pull it from under us
+            fd = os.dup(self._fd)
+        try:
+            self._pwrite(fd, view, floor)
+        finally:
+            os.close(fd)
+
+    def advance_in_thread(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        """Second half: hash claimed bytes (``data``, as given to ``claim_in_thread``) into
+        the prefix, then tell the event loop, without waiting for it, that they landed."""
+        with self._lock:
+            if self.state is not PartialState.RUNNING:
+                raise RuntimeError(f"write to a {self.state.value} blob")
+            before = self.contiguous
+            if before < offset:
+                raise RuntimeError(f"advance at {offset} beyond the prefix of {self.digest} ({before})")
+            end = min(offset + len(data), self._claimed)
+            if before < end:
+                self._feed(memoryview(data)[before - offset : end - offset])
+                self._absorb_extents()
+            pieces = self._piece_done(before, offset)
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is reading any more
+            self._loop.call_soon_threadsafe(functools.partial(self._notify, pieces=pieces))
+
+    def _write_sync(self, offset: int, data: bytes | bytearray | memoryview) -> bool:
+        """Write under the thread lock (any thread); returns whether a piece may be complete."""
+        with self._lock:
+            self._check_write(offset, data)
+            before = self.contiguous
+            self._write_locked(offset, data)
+            return self._piece_done(before, offset)
+
+    def _check_write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        if self.state is not PartialState.RUNNING or self._fd < 0:
+            raise RuntimeError(f"write to a {self.state.value} blob")
+        if self.size is not None and offset + len(data) > self.size:
+            raise ValueError(f"write past the end of blob {self.digest}")
+
+    @staticmethod
+    def _pwrite(fd: int, view: memoryview, offset: int) -> None:
+        written = 0
+        while written < len(view):
+            written += os.pwrite(fd, view[written:], offset + written)
+
+    def _write_locked(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         """Bytes below ``contiguous`` are already on file and in the digest state: a late
         write there (a slow parent's piece after the origin fetch went past it) is dropped,
-        or the file would hold bytes the digest never saw."""
+        or the file would hold bytes the digest never saw. So is a write into a range an
+        in-order writer claimed (``claim_in_thread``) and has not hashed yet."""
         view = memoryview(data)
-        if offset < self.contiguous:
-            view = view[min(len(view), self.contiguous - offset) :]
-            offset = self.contiguous
+        floor = max(self.contiguous, self._claimed)
+        if offset < floor:
+            view = view[min(len(view), floor - offset) :]
+            offset = floor
         length = len(view)
         if not length:
             return
-        written = 0
-        while written < length:
-            written += os.pwrite(self._fd, view[written:], offset + written)
+        self._pwrite(self._fd, view, offset)
         if offset == self.contiguous:
             self._feed(view)
             self._absorb_extents()
@@ -214,10 +274,11 @@ class PartialBlob:
     def fail(self, exc: BaseException) -> None:
         if self.state is PartialState.FAILED:
             return
-        self.state = PartialState.FAILED
-        self.error = exc
-        with self._prefix_lock:
-            self.failed_prefix = (self.contiguous, self._hasher.copy())
+        with self._lock:  # a writer thread finishes its write first; later ones see FAILED
+            self.state = PartialState.FAILED
+            self.error = exc
+            with self._prefix_lock:
+                self.failed_prefix = (self.contiguous, self._hasher.copy())
         if not self.size_known.done():
             self.size_known.set_exception(exc)
             self.size_known.exception()  # mark retrieved: nobody may be waiting
@@ -229,11 +290,12 @@ class PartialBlob:
         os.fsync(self._fd)
 
     def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-            if self._on_close is not None:
-                self._on_close(self)
+        with self._lock:
+            fd, self._fd = self._fd, -1
+            if fd >= 0:
+                os.close(fd)
+        if fd >= 0 and self._on_close is not None:
+            self._on_close(self)
 
     def _notify(self, *, pieces: bool = True) -> None:
         self._changed.set()

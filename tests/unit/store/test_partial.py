@@ -211,3 +211,46 @@ class TestLateWrites:
         assert on_file == 3000
         assert hasher.hexdigest() == hashlib.sha256(os.pread(reader, on_file, 0)).hexdigest()
         os.close(reader)
+
+
+class TestClaimedWrites:
+    """An in-order writer in its own thread (the origin fetch) puts bytes on file first and
+    hashes them later: until then its range is its own, and readers do not see it."""
+
+    async def test_claim_then_advance(self, tmp_path: Path) -> None:
+        partial = new_partial(tmp_path, size=len(DATA))
+        changed = partial.changed()
+        await asyncio.to_thread(partial.claim_in_thread, 0, DATA[:4000])
+        assert partial.contiguous == 0
+        assert partial.readable_limit() == 0
+        assert not partial.has(0, 4000)
+        await asyncio.to_thread(partial.advance_in_thread, 0, DATA[:4000])
+        assert partial.contiguous == 4000
+        await asyncio.wait_for(changed.wait(), 1)  # the loop was told, from the thread
+        assert partial.readable_limit() == 3999
+        await asyncio.to_thread(partial.claim_in_thread, 4000, DATA[4000:])
+        await asyncio.to_thread(partial.advance_in_thread, 4000, DATA[4000:])
+        partial.finish()
+        assert partial.path.read_bytes() == DATA
+        partial.close()
+
+    async def test_other_writes_into_a_claimed_range_are_dropped(self, tmp_path: Path) -> None:
+        """A swarm piece landing where the origin fetch wrote but has not hashed yet would
+        make the file differ from what the digest sees: it is dropped, and one beyond the
+        claim is kept as an extent and absorbed."""
+        partial = new_partial(tmp_path, size=len(DATA))
+        await asyncio.to_thread(partial.claim_in_thread, 0, DATA[:6000])
+        await partial.write(2000, b"\xff" * 5000)  # 2000..6000 claimed, 6000..7000 is news
+        assert partial.has(6000, 1000)
+        await asyncio.to_thread(partial.advance_in_thread, 0, DATA[:6000])
+        assert partial.contiguous == 7000  # the extent was absorbed (re-read from the file)
+        assert partial.path.read_bytes()[:7000] == DATA[:6000] + b"\xff" * 1000
+        await partial.write(7000, DATA[7000:])
+        with pytest.raises(DigestMismatchError):
+            partial.finish()
+
+    async def test_claim_after_a_failure_is_refused(self, tmp_path: Path) -> None:
+        partial = new_partial(tmp_path, size=len(DATA))
+        partial.fail(OSError("disk full"))
+        with pytest.raises(RuntimeError):
+            await asyncio.to_thread(partial.claim_in_thread, 0, DATA[:100])
