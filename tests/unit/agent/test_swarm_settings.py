@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from shoal.agent.access import AccessCache
 from shoal.agent.config import ConfigError, load_config, load_yaml
+from shoal.agent.origin import OriginSource
 from shoal.agent.peer_hub import HubConfig
 from shoal.agent.peer_link import peer_secret
+from shoal.agent.server import Agent
 from shoal.agent.swarm import SwarmConfig
 from shoal.agent.swarm_settings import SwarmSettings, SwarmSettingsError, parse_swarm, swarm_configs
+from shoal.agent.upstreams import Upstreams
+from shoal.oci.client import new_session
 from shoal.p2p.download_state import DownloadRules
+from shoal.p2p.ratelimit import TokenBucket
 
 NOT_KNOBS = {"peer_id", "address", "token", "rules", "secret"}
 """fields of the swarm's configs that are the agent's identity, not policy"""
@@ -123,3 +130,42 @@ class TestSwarmConfigs:
         assert (swarm.peer_id, swarm.address, swarm.token) == ("10.0.0.5:65001", "10.0.0.5:65001", None)
         assert (hub.peer_id, hub.secret) == ("10.0.0.5:65001", peer_secret(None))
 
+
+class TestBuildSwarm:
+    """The agent's ``_build_swarm`` hands its config's swarm section to the swarm and the hub."""
+
+    async def test_config_reaches_the_swarm(self, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+        token = tmp_path / "token"
+        token.write_text("s3cret\n")
+        config = load_config(
+            {
+                "registries": ["r.test"],
+                "scheduler": "http://127.0.0.1:9",
+                "cache_dir": str(tmp_path / "cache"),
+                "advertise": "10.0.0.5:65001",
+                "peer_token_file": str(token),
+                "swarm": {"max_parents": 2, "stall_timeout": "12s", "piece_timeout": "1m", "max_peer_links": 64},
+            }
+        )
+        agent = Agent(config)
+        agent.store.open()
+        session = agent._session = new_session()
+        try:
+            agent.upstreams = Upstreams(config.registries, session, agent.metrics, AccessCache(ttl=1.0))
+            agent.bucket = TokenBucket(config.ratelimit)
+            origin = OriginSource(agent.upstreams, agent.store, agent.metrics, agent.bucket)
+            with caplog.at_level(logging.WARNING, logger="shoal.agent.server"):
+                swarm = agent._build_swarm(origin)
+            try:
+                assert swarm.config == SwarmConfig(
+                    peer_id="10.0.0.5:65001",
+                    address="10.0.0.5:65001",
+                    token="s3cret",
+                    rules=DownloadRules(max_parents=2, stall_timeout=12.0, piece_timeout=60.0),
+                )
+                assert swarm.hub.config == HubConfig("10.0.0.5:65001", peer_secret("s3cret"), max_links=64)
+                assert [r.getMessage().split()[0] for r in caplog.records] == ["swarm.stall_timeout"]
+            finally:
+                await swarm.close()
+        finally:
+            await session.close()
