@@ -78,8 +78,8 @@ class SwarmSettings:
     """children a piece is sent to while this agent is still downloading it; the others are
     sent to those children: less upload here, one more hop for them."""
     max_peer_links: int = _HUB.max_links
-    """peer links (in and out) open at once; beyond it new ones are refused. Each costs a
-    connection and its buffers; it counts towards ``max_connections`` too."""
+    """peer links (in and out) open at once; beyond it new ones are refused. Each costs a file
+    descriptor and its buffers, apart from ``max_connections`` (which counts HTTP clients)."""
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
@@ -169,3 +170,18 @@ class TestBuildSwarm:
                 await swarm.close()
         finally:
             await session.close()
+
+
+class TestDocumented:
+    """docs/operations.md's table lists every key with the default the code has."""
+
+    def test_table_matches_the_defaults(self) -> None:
+        text = (Path(__file__).parents[3] / "docs" / "operations.md").read_text()
+        rows = re.findall(r"^\| `(\w+)` \|[^|]*\| ([^|]+) \|", text.split("## Swarm tuning", 1)[1], re.MULTILINE)
+        settings = SwarmSettings()
+        expected = {
+            f.name: f"{v:g}s" if f.type == "float" else str(v)
+            for f in fields(settings)
+            for v in [getattr(settings, f.name)]
+        }
+        assert {key: default.strip() for key, default in rows} == expected
