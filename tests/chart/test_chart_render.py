@@ -14,6 +14,9 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from shoal.agent.config import AgentConfig, load_config
+from shoal.agent.swarm_settings import SwarmSettings
+from shoal.cli.agent import agent, merge_flags
 from shoal.cli.install import install, upgrade
 from shoal.ops.helm import build_values, manifest_documents, render
 
@@ -66,6 +69,7 @@ PARAMETER_SETS = [
     ("namespace.create=true",),
     ("agent.priorityClassName=system-node-critical",),
     ("nodeConfig.registriesConfDir=", "nodeConfig.requireConfigPath=true"),
+    ("agent.swarm.maxParents=3", "agent.swarm.stallTimeout=40s", "agent.swarm.maxPeerLinks=256"),
 ]
 
 
@@ -123,6 +127,11 @@ class TestValuesSchema:
             ("p2p.plusMode.cacheHostPath=relative/dir", "/p2p/plusMode/cacheHostPath"),
             ("registries=not a host", "/registries"),
             ("labelPrefix=Bad/Prefix", "/labelPrefix"),
+            ("agent.swarm.maxParents=0", "/agent/swarm/maxParents"),
+            ("agent.swarm.maxPeerLinks=many", "/agent/swarm/maxPeerLinks"),
+            ("agent.swarm.stallTimeout=soon", "/agent/swarm/stallTimeout"),
+            ("agent.swarm.pieceTimeout=30", "/agent/swarm/pieceTimeout"),
+            ("agent.swarm.maxParent=3", "/agent/swarm"),
         ],
     )
     def test_rejected(self, expression: str, message: str) -> None:
@@ -237,6 +246,51 @@ class TestParameters:
         assert result.exit_code == 0, result.output
         rendered = [d for d in yaml.safe_load_all(result.output) if d]
         assert flag(agent_container(rendered)["args"], "--cache-ttl") == ["72h"]
+
+
+SWARM_FLAGS = ["--max-parents", "--stall-timeout", "--piece-timeout", "--max-peer-links"]
+
+
+def agent_config(args: list[str]) -> AgentConfig:
+    """The AgentConfig ``shoal agent`` builds from a rendered argv (without starting it)."""
+    assert args[0] == "agent"
+    params = agent.make_context("agent", args[1:]).params
+    params.pop("config_file")
+    return load_config(merge_flags({}, params))
+
+
+class TestAgentSwarm:
+    """agent.swarm.* values become the agent's swarm flags, and only when set."""
+
+    def test_unset_leaves_the_agents_defaults(self) -> None:
+        args = agent_container(docs())["args"]
+        assert [a for a in args if a in SWARM_FLAGS] == []
+        assert agent_config(args).swarm == SwarmSettings()
+
+    def test_set_values_reach_the_agent_config(self) -> None:
+        sets = (
+            "agent.swarm.maxParents=3",
+            "agent.swarm.stallTimeout=40s",
+            "agent.swarm.pieceTimeout=1m",
+            "agent.swarm.maxPeerLinks=256",
+        )
+        args = agent_container(docs(*sets))["args"]
+        assert [(name, flag(args, name)) for name in SWARM_FLAGS] == [
+            ("--max-parents", ["3"]),
+            ("--stall-timeout", ["40s"]),
+            ("--piece-timeout", ["1m"]),
+            ("--max-peer-links", ["256"]),
+        ]
+        swarm = agent_config(args).swarm
+        assert (swarm.max_parents, swarm.stall_timeout, swarm.piece_timeout, swarm.max_peer_links) == (3, 40, 60, 256)
+
+    def test_values_file_numbers(self, tmp_path: Path) -> None:
+        values = tmp_path / "values.yaml"
+        values.write_text(yaml.safe_dump({"agent": {"swarm": {"maxParents": 4, "maxPeerLinks": 2048}}}))
+        rendered = manifest_documents(render(build_values((str(values),), (BASE,))))
+        args = agent_container(rendered)["args"]
+        assert (flag(args, "--max-parents"), flag(args, "--max-peer-links")) == (["4"], ["2048"])
+        assert flag(args, "--stall-timeout") == []
 
 
 class TestWebhookConfiguration:

@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 
 from shoal.agent.connections import ConnectionLimits
+from shoal.agent.swarm_settings import SwarmSettings, SwarmSettingsError, parse_swarm
 from shoal.core.aliases import AliasError, alias_table
 from shoal.core.registry_spec import parse_registry as parse_registry  # re-exported
 from shoal.core.units import parse_duration, parse_size
@@ -59,6 +60,8 @@ class AgentConfig:
     """port of the webhook's rewrite alias hosts (``<registry host>:<port>``); default: listen port."""
     alias_domain: str = ""
     """DNS suffix of the rewrite alias hosts, as given to the webhook and node-config."""
+    swarm: SwarmSettings = field(default_factory=SwarmSettings)
+    """the swarm's knobs (YAML ``swarm:`` mapping; a few also as flags), see ``shoal.agent.swarm_settings``."""
 
     def __post_init__(self) -> None:
         if self.download_pattern not in DOWNLOAD_PATTERNS:
@@ -145,7 +148,9 @@ def load_config(values: dict[str, Any]) -> AgentConfig:
         for key, value in values.items():
             if value is None:
                 continue
-            if key in ("registries", "registry"):
+            if key == "swarm":
+                kwargs["swarm"] = parse_swarm(value)
+            elif key in ("registries", "registry"):
                 kwargs["registries"] = {**kwargs.get("registries", {}), **_registries(value)}
             elif key in ("schedulers", "scheduler"):
                 items = [value] if isinstance(value, str) else list(value)
@@ -158,6 +163,8 @@ def load_config(values: dict[str, Any]) -> AgentConfig:
                 kwargs[key] = Path(value)
             else:
                 kwargs[key] = value
+    except SwarmSettingsError as exc:
+        raise ConfigError(str(exc)) from None
     except ValueError as exc:
         raise ConfigError(f"{key}: {exc}") from None
     return AgentConfig(**kwargs)

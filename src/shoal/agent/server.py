@@ -21,11 +21,11 @@ from shoal.agent.connections import ConnectionGuard
 from shoal.agent.manifests import ManifestService
 from shoal.agent.metrics import AgentMetrics
 from shoal.agent.origin import OriginSource
-from shoal.agent.peer_hub import HubConfig, PeerHub
-from shoal.agent.peer_link import peer_secret
+from shoal.agent.peer_hub import PeerHub
 from shoal.agent.preheat import Preheater
 from shoal.agent.presence import Presence
-from shoal.agent.swarm import SwarmConfig, SwarmSource
+from shoal.agent.swarm import SwarmSource
+from shoal.agent.swarm_settings import swarm_configs
 from shoal.agent.upstreams import Upstreams, challenge_error, map_upstream_error
 from shoal.oci.auth import Credentials
 from shoal.oci.client import UpstreamError, UpstreamUnavailable, new_session
@@ -114,20 +114,10 @@ class Agent:
         assert self._session is not None
         token = self.config.peer_token()
         scheduler = SchedulerClient(self._session, list(self.config.schedulers), token)
-        address = self.config.advertise_address
-        config = SwarmConfig(peer_id=address, address=address, token=token)
-        hub = PeerHub(
-            HubConfig(
-                peer_id=address,
-                secret=peer_secret(token),
-                connect_timeout=config.connect_timeout,
-                superseed_copies=config.superseed_copies,
-            ),
-            self.store,
-            {},
-            self.metrics,
-            self.bucket,
-        )
+        for advice in self.config.swarm.advice():
+            log.warning("%s", advice)
+        config, hub_config = swarm_configs(self.config.swarm, self.config.advertise_address, token)
+        hub = PeerHub(hub_config, self.store, {}, self.metrics, self.bucket)
         swarm = SwarmSource(config, origin, scheduler, self.upstreams, self.store, hub, self.bucket, self.metrics)
         swarm.start()
         return swarm

@@ -10,16 +10,28 @@ from typing import Any
 import click
 
 from shoal.agent.config import DEFAULT_PORT, ConfigError, load_config, load_yaml
+from shoal.agent.swarm_settings import SCHEDULER_LEASE_TTL, SwarmSettings
 from shoal.cli.runtime import run, run_until_signalled
+
+SWARM_FLAGS = ("max_parents", "stall_timeout", "piece_timeout", "max_peer_links")
+"""flags that set a key of the config file's ``swarm:`` section (the ones operators tune)"""
+_SWARM = SwarmSettings()
 
 
 def merge_flags(values: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]:
-    """Config-file values overridden by the flags given; ``--scheduler A,B`` counts as two."""
+    """Config-file values overridden by the flags given; ``--scheduler A,B`` counts as two, and
+    ``--max-parents`` and the other swarm flags override single keys of the file's ``swarm:``."""
     out = dict(values)
     for key, value in flags.items():
         if value is None or value == ():
             continue
         out[key] = list(value) if isinstance(value, tuple) else value
+    swarm = {key: out.pop(key) for key in SWARM_FLAGS if key in out}
+    if swarm:
+        section = values.get("swarm") or {}
+        if not isinstance(section, dict):
+            raise ConfigError(f"swarm: want a mapping of keys, not {section!r}")
+        out["swarm"] = {**section, **swarm}
     if flags.get("schedulers"):
         # the chart passes every scheduler replica in one argument: URL,URL,...
         out["schedulers"] = [u.strip() for v in flags["schedulers"] for u in v.split(",") if u.strip()]
@@ -87,6 +99,26 @@ def merge_flags(values: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]
     help="Port of the webhook's rewrite alias hosts <registry host>:<port>.  [default: --listen's port]",
 )
 @click.option("--alias-domain", help="DNS suffix of the rewrite alias hosts (as given to the webhook).")
+@click.option(
+    "--max-parents",
+    type=int,
+    help=f"Parents one download takes pieces from (swarm.max_parents).  [default: {_SWARM.max_parents}]",
+)
+@click.option(
+    "--stall-timeout",
+    help="Time without progress before the rest of a blob comes from the registry; keep it above the "
+    f"scheduler's {SCHEDULER_LEASE_TTL:g}s lease TTL (swarm.stall_timeout).  [default: {_SWARM.stall_timeout:g}s]",
+)
+@click.option(
+    "--piece-timeout",
+    help="Time a piece request may go unanswered before it is counted as failed (swarm.piece_timeout).  "
+    f"[default: {_SWARM.piece_timeout:g}s]",
+)
+@click.option(
+    "--max-peer-links",
+    type=int,
+    help=f"Peer links open at once, in and out (swarm.max_peer_links).  [default: {_SWARM.max_peer_links}]",
+)
 def agent(config_file: Path | None, **flags: Any) -> None:
     """Run the node agent: an OCI pull-through mirror with a disk cache on every node."""
     values: dict[str, Any] = load_yaml(config_file) if config_file else {}
