@@ -270,9 +270,6 @@ class PeerHub:
     def link_piece_sent(self, link: PeerLink, digest: str, index: int, length: int) -> None:
         self._metrics.peer_bytes.labels("upload").inc(length)
         self._metrics.pieces_served.inc()
-        copies = self._copies.get(digest)
-        if copies is not None:
-            copies[index] = copies.get(index, 0) + 1
 
     def link_closed(self, link: PeerLink, reason: str) -> None:
         if link not in self._all:
@@ -388,6 +385,11 @@ class PeerHub:
         except OSError:
             self._refuse(link, event)
             return
+        copies = self._copies.get(event.digest)
+        if not complete and copies is not None:
+            # counted when accepted, not when sent: a piece takes a while to leave on a slow
+            # link, and every child asks for the newest piece at once
+            copies[event.index] = copies.get(event.index, 0) + 1
         delay = 0.0 if self._bucket.rate <= 0 else self._bucket.delay_for(length)
         if delay > 0:
             self._loop.call_later(delay, link.send_piece, event.digest, event.index, fd, offset, length)

@@ -14,6 +14,7 @@ it), so every call into it holds the link's lock; bulk I/O happens outside the l
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import logging
@@ -75,8 +76,13 @@ class _Stop:
     """End of the outgoing stream."""
 
 
+class _PieceReady:
+    """A piece was queued (the writer takes pieces from their own queue)."""
+
+
 _STOP = _Stop()
-_Item = wire.Event | _PieceOut | _Stop
+_PIECE_READY = _PieceReady()
+_Item = wire.Event | _PieceReady | _Stop
 
 
 def peer_secret(token: str | None) -> bytes:
@@ -206,6 +212,8 @@ class PeerLink:
         self._loop = loop
         self._handler = handler
         self._out: queue.SimpleQueue[_Item] = queue.SimpleQueue()
+        """control frames, in order; the writer sends all that are queued before each piece"""
+        self._pieces: collections.deque[_PieceOut] = collections.deque()
         self._ended = 0
         self._end_lock = threading.Lock()
         self._reader = threading.Thread(target=self._read_forever, name=f"peer-in {self.peer_id}", daemon=True)
@@ -226,7 +234,8 @@ class PeerLink:
         if self.closed:
             os.close(fd)
             return
-        self._out.put(_PieceOut(digest, index, fd, offset, length))
+        self._pieces.append(_PieceOut(digest, index, fd, offset, length))
+        self._out.put(_PIECE_READY)
 
     def keepalive(self) -> None:
         with self._lock:
@@ -330,49 +339,61 @@ class PeerLink:
         return PieceBody(piece.digest, piece.index, data, hashlib.sha256(view).hexdigest())
 
     def _write_forever(self) -> None:
+        """Control frames jump the queue of pieces: a HAVE, a REQUEST or a CANCEL waits for
+        at most the piece being sent, never for the pieces queued behind it."""
+        owed = 0
+        """pieces queued whose wake-up was already taken"""
         try:
             while True:
-                item = self._out.get()
-                batch = [item]
+                items = [] if owed else [self._out.get()]
                 with contextlib.suppress(queue.Empty):
-                    while len(batch) < 64:
-                        batch.append(self._out.get_nowait())
-                if not self._write(batch):
+                    while len(items) < 256:
+                        items.append(self._out.get_nowait())
+                alive, ready = self._send_control(items)
+                owed += ready
+                if not alive:
                     break
+                if owed:
+                    owed -= 1
+                    self._send_piece(self._pieces.popleft())
         except OSError as exc:
             log.debug("writing to %s failed: %s", self.peer_id, exc)
         finally:
+            self.closed = True  # what the loop queues from now on is dropped at once
             self._drop_queued()
             self._shutdown()
             self._end()
 
-    def _write(self, batch: list[_Item]) -> bool:
-        """Send a batch of queued items; False at the end of the stream."""
+    def _send_control(self, items: list[_Item]) -> tuple[bool, int]:
+        """Send the control frames among ``items``: (False at the end of the stream, pieces
+        that became ready)."""
         pending = bytearray()
-        for item in batch:
+        ready = 0
+        alive = True
+        for item in items:
             if isinstance(item, _Stop):
-                if pending:
-                    self._sock.sendall(pending)
-                return False
-            if isinstance(item, _PieceOut):
-                try:
-                    header = self._encode(wire.Piece(item.digest, item.index, item.length))
-                    if header is None:  # cancelled meanwhile
-                        continue
-                    pending += header
-                    self._sock.sendall(pending)
-                    pending.clear()
-                    self._sendfile(item)
-                finally:
-                    os.close(item.fd)
-                self._post(self._handler.link_piece_sent, item.digest, item.index, item.length)
+                alive = False
+                break
+            if isinstance(item, _PieceReady):
+                ready += 1
                 continue
             frame = self._encode(item)
             if frame is not None:
                 pending += frame
         if pending:
             self._sock.sendall(pending)
-        return True
+        return alive, ready
+
+    def _send_piece(self, item: _PieceOut) -> None:
+        try:
+            header = self._encode(wire.Piece(item.digest, item.index, item.length))
+            if header is None:  # cancelled meanwhile
+                return
+            self._sock.sendall(header)
+            self._sendfile(item)
+        finally:
+            os.close(item.fd)
+        self._post(self._handler.link_piece_sent, item.digest, item.index, item.length)
 
     def _encode(self, event: wire.Event) -> bytes | None:
         with self._lock:
@@ -395,11 +416,9 @@ class PeerLink:
             self._conn.body_sent(item.length)
 
     def _drop_queued(self) -> None:
-        with contextlib.suppress(queue.Empty):
+        with contextlib.suppress(IndexError):
             while True:
-                item = self._out.get_nowait()
-                if isinstance(item, _PieceOut):
-                    os.close(item.fd)
+                os.close(self._pieces.popleft().fd)
 
     def _shutdown(self) -> None:
         with contextlib.suppress(OSError):
