@@ -178,6 +178,8 @@ class Connection:
 
     def take_body(self, max_bytes: int | None = None) -> bytes:
         """Body bytes already buffered here (read these before reading the socket yourself)."""
+        if max_bytes is not None and max_bytes < 0:
+            raise LocalProtocolError(f"{max_bytes} body bytes asked for")
         n = min(self._recv_body, len(self._buf), self._recv_body if max_bytes is None else max_bytes)
         out = bytes(self._buf[:n])
         del self._buf[:n]
