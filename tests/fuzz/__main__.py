@@ -23,6 +23,7 @@ MODULES = [
     "test_scheduler_http",
     "test_peer_protocol",
     "test_admission_review",
+    "test_wire_connection",
 ]
 
 

@@ -364,6 +364,21 @@ class TestFrames:
         with pytest.raises(LocalProtocolError, match="0 owed"):
             client.body_sent(1)
 
+    def test_a_negative_take_is_refused(self) -> None:
+        client, server = established()
+        deliver(client.send(Interested(D1, 10)), server)
+        deliver(client.send(Request(D1, 0)), server)
+        data = server.send(Piece(D1, 0, 4)) + b"body"
+        server.body_sent(4)
+        client.receive_data(data + server.send(Close("done")))
+        assert client.next_event() == Piece(D1, 0, 4)
+        assert client.next_event() is BODY
+        with pytest.raises(LocalProtocolError, match="-1 body bytes"):
+            client.take_body(-1)  # once took the CLOSE frame's bytes as body, and 1 more owed
+        assert client.take_body(0) == b""
+        assert client.take_body() == b"body"
+        assert client.next_event() == Close("done")
+
     def test_bitfield_helpers(self) -> None:
         bf = Bitfield.of(D1, 12, [0, 7, 8, 11])
         assert bf.bits == bytes([0b10000001, 0b10010000])

@@ -1,46 +1,4 @@
-"""Peer wire protocol v2, sans-I/O: one persistent connection per pair of peers, all blobs on it.
-
-Planned, not yet used by the agent (issue 10; today's peer API is JSON over HTTP, see
-``protocol.py``). This module has no sockets: the I/O layer feeds received bytes to
-:meth:`Connection.receive_data`, takes events from :meth:`Connection.next_event` and writes what
-:meth:`Connection.send` returns, the h11 way. Piece bodies never pass through it: the codec
-says "the next N bytes are piece body" and the I/O layer moves them itself (``sendfile`` out,
-``recv_into`` a buffer in), reporting the counts.
-
-Frame format (all integers unsigned, big-endian)::
-
-    frame   = length:u32  type:u8  payload[length - 1]     1 <= length <= max_frame (64 KiB)
-    digest  = algorithm:u8 (1 = sha256, 2 = sha512)  raw:32|64 bytes
-    id      = n:u8  utf-8[n]                               1 <= n
-
-    0x01 HELLO       version:u8 (2)  nonce:32  id                  client -> server, first
-    0x02 WELCOME     version:u8 (2)  nonce:32  proof:32  id        server -> client
-    0x03 AUTH        proof:32                                      client -> server
-    0x10 INTERESTED  digest  pieces:u32    "tell me what you hold of this blob"
-    0x11 NOT_INTERESTED  digest            "stop telling me"
-    0x12 BITFIELD    digest  pieces:u32  bits[ceil(pieces / 8)]    answer to INTERESTED, once,
-                                                                   with the same piece count
-    0x13 HAVE        digest  index:u32     one per piece verified after the BITFIELD
-    0x20 REQUEST     digest  index:u32
-    0x21 PIECE       digest  index:u32  length:u32, then `length` raw body bytes (not in the frame)
-    0x22 CANCEL      digest  index:u32
-    0x23 REJECT      digest  index:u32     "I will not send this piece" (do not wait for it)
-    0x30 KEEPALIVE   (empty)
-    0x31 CLOSE       reason: utf-8, <= 255 bytes
-
-Bitfield bits are most significant first (piece 0 is ``0x80`` of byte 0); spare bits are zero.
-INTERESTED carries the blob's piece count (a downloader knows the blob's size from the registry
-before it asks), so a peer that holds nothing of the blob yet still answers at once, with an
-empty bitfield, and every index after it is checked against that count.
-
-Handshake: the client sends HELLO with a fresh 32-byte nonce; the server answers WELCOME with
-its own nonce and ``proof = HMAC-SHA256(secret, "shoal-p2p-v2" 0 "server" 0 nc ns id_c id_s)``
-(ids as encoded above); the client checks it and sends AUTH with the same MAC labelled
-``"client"``; the server checks that. Both nonces are in both MACs, so a recorded answer is
-worthless on a new connection; the labels stop one side's proof being reflected as the other's;
-proofs are compared in constant time. A server may share a :class:`NonceLog` between its
-connections to refuse a client nonce it has seen recently. The handshake authenticates; it
-does not encrypt (every piece is verified against its hash anyway; use mTLS for secrecy).
+"""The connection state machine of wire protocol v2: one end of a peer connection, no I/O.
 
 Rules the state machine enforces (a peer's breach is a :class:`RemoteProtocolError`, ours a
 :class:`LocalProtocolError`): handshake frames in order and only then; a BITFIELD only in
@@ -57,344 +15,60 @@ costs a bounded number of frames per second per connection however long it lives
 from __future__ import annotations
 
 import enum
-import hashlib
 import hmac
 import os
-import struct
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from shoal.core.digest import Digest, DigestError
+from .codec import (
+    _T,
+    _U32,
+    KEEPALIVE_INTERVAL,
+    MAC_SIZE,
+    MAX_BLOBS,
+    MAX_FRAME,
+    MAX_PIECE,
+    MAX_REASON,
+    MAX_REQUESTS,
+    MIN_SECRET,
+    NONCE_SIZE,
+    PROTOCOL_VERSION,
+    _check_bits,
+    _digest,
+    _frame,
+    _Reader,
+    _short,
+    _u32,
+)
+from .events import (
+    BODY,
+    NEED_DATA,
+    Auth,
+    Bitfield,
+    Cancel,
+    Close,
+    ConnectionClosed,
+    Event,
+    Have,
+    Hello,
+    Interested,
+    KeepAlive,
+    LocalProtocolError,
+    NotInterested,
+    Piece,
+    Reject,
+    RemoteProtocolError,
+    Request,
+    Role,
+    Signal,
+    State,
+    Welcome,
+)
+from .handshake import NonceLog, _proof
 
-__all__ = [
-    "BODY",
-    "MAX_FRAME",
-    "MAX_PIECE",
-    "MAX_REQUESTS",
-    "NEED_DATA",
-    "PROTOCOL_VERSION",
-    "Auth",
-    "Bitfield",
-    "Cancel",
-    "Close",
-    "Connection",
-    "ConnectionClosed",
-    "Event",
-    "Have",
-    "Hello",
-    "Interested",
-    "KeepAlive",
-    "LocalProtocolError",
-    "NonceLog",
-    "NotInterested",
-    "Piece",
-    "ProtocolError",
-    "Reject",
-    "RemoteProtocolError",
-    "Request",
-    "Role",
-    "Signal",
-    "State",
-    "Welcome",
-]
-
-PROTOCOL_VERSION = 2
-MAX_FRAME = 64 << 10
-"""Largest frame (type and payload); a bitfield of 500,000 pieces fits."""
-MAX_PIECE = 64 << 20
-"""Largest piece body accepted (Shoal's pieces are at most 16 MiB)."""
-MAX_REQUESTS = 64
-"""The peer's requests in flight to us, at most."""
-MAX_BLOBS = 4096
-"""Blobs a peer may be interested in at once on one connection."""
-KEEPALIVE_INTERVAL = 15.0
-MIN_SECRET = 16
-NONCE_SIZE = 32
-MAC_SIZE = 32
-MAX_REASON = 255
 _KEEPALIVE_BURST = 4.0
 _KEEPALIVE_REFILL = 2.0  # tokens per keepalive_interval
-_MAC_CONTEXT = b"shoal-p2p-v2\0"
-_HEADER = struct.Struct(">IB")
-_U32 = struct.Struct(">I")
-_ALGORITHMS = {1: ("sha256", 32), 2: ("sha512", 64)}
-_ALGORITHM_CODES = {name: (code, size) for code, (name, size) in _ALGORITHMS.items()}
-
-
-class ProtocolError(Exception):
-    """The conversation broke the protocol; the connection is unusable."""
-
-
-class RemoteProtocolError(ProtocolError):
-    """The peer sent something malformed, out of order, unauthenticated or beyond a bound."""
-
-
-class LocalProtocolError(ProtocolError):
-    """We tried to send something the protocol does not allow now."""
-
-
-class Role(enum.Enum):
-    CLIENT = "client"
-    SERVER = "server"
-
-
-class State(enum.Enum):
-    HANDSHAKE = "handshake"
-    ESTABLISHED = "established"
-    CLOSED = "closed"
-
-
-class Signal(enum.Enum):
-    NEED_DATA = "need data"
-    """Feed more bytes with :meth:`Connection.receive_data`."""
-    BODY = "body"
-    """The next :attr:`Connection.body_remaining` bytes of the stream are the current piece's body."""
-
-
-NEED_DATA = Signal.NEED_DATA
-BODY = Signal.BODY
-
-
-# -- events ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Hello:
-    peer_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class Welcome:
-    peer_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class Auth:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class Interested:
-    digest: str
-    pieces: int
-
-
-@dataclass(frozen=True, slots=True)
-class NotInterested:
-    digest: str
-
-
-@dataclass(frozen=True, slots=True)
-class Bitfield:
-    """Which of a blob's ``pieces`` the sender holds, as bits (see the module docstring)."""
-
-    digest: str
-    pieces: int
-    bits: bytes
-
-    @classmethod
-    def of(cls, digest: str, pieces: int, held: Iterable[int]) -> Bitfield:
-        bits = bytearray((pieces + 7) // 8)
-        for i in held:
-            if not 0 <= i < pieces:
-                raise ValueError(f"piece {i} outside 0..{pieces - 1}")
-            bits[i >> 3] |= 0x80 >> (i & 7)
-        return cls(digest, pieces, bytes(bits))
-
-    def has(self, index: int) -> bool:
-        return 0 <= index < self.pieces and bool(self.bits[index >> 3] & (0x80 >> (index & 7)))
-
-    def indices(self) -> Iterator[int]:
-        return (i for i in range(self.pieces) if self.bits[i >> 3] & (0x80 >> (i & 7)))
-
-
-@dataclass(frozen=True, slots=True)
-class Have:
-    digest: str
-    index: int
-
-
-@dataclass(frozen=True, slots=True)
-class Request:
-    digest: str
-    index: int
-
-
-@dataclass(frozen=True, slots=True)
-class Piece:
-    """A piece's header; its ``length`` body bytes follow on the stream, outside the frame."""
-
-    digest: str
-    index: int
-    length: int
-
-
-@dataclass(frozen=True, slots=True)
-class Cancel:
-    digest: str
-    index: int
-
-
-@dataclass(frozen=True, slots=True)
-class Reject:
-    digest: str
-    index: int
-
-
-@dataclass(frozen=True, slots=True)
-class KeepAlive:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class Close:
-    reason: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectionClosed:
-    """The peer closed its end cleanly, at a frame boundary."""
-
-
-Event = (
-    Hello
-    | Welcome
-    | Auth
-    | Interested
-    | NotInterested
-    | Bitfield
-    | Have
-    | Request
-    | Piece
-    | Cancel
-    | Reject
-    | KeepAlive
-    | Close
-    | ConnectionClosed
-)
-
-
-class _T(enum.IntEnum):
-    HELLO = 0x01
-    WELCOME = 0x02
-    AUTH = 0x03
-    INTERESTED = 0x10
-    NOT_INTERESTED = 0x11
-    BITFIELD = 0x12
-    HAVE = 0x13
-    REQUEST = 0x20
-    PIECE = 0x21
-    CANCEL = 0x22
-    REJECT = 0x23
-    KEEPALIVE = 0x30
-    CLOSE = 0x31
-
-
-# -- encoding ----------------------------------------------------------------------------
-
-
-def _frame(kind: _T, payload: bytes = b"") -> bytes:
-    return _HEADER.pack(len(payload) + 1, kind) + payload
-
-
-def _digest(text: str) -> bytes:
-    try:
-        d = Digest.parse(text)
-    except DigestError as exc:
-        raise LocalProtocolError(str(exc)) from None
-    return bytes([_ALGORITHM_CODES[d.algorithm][0]]) + bytes.fromhex(d.hex)
-
-
-def _short(text: str, what: str) -> bytes:
-    raw = text.encode()
-    if not 1 <= len(raw) <= 255:
-        raise LocalProtocolError(f"{what} must be 1..255 bytes of UTF-8")
-    return bytes([len(raw)]) + raw
-
-
-def _u32(value: int, what: str) -> bytes:
-    if not 0 <= value < 1 << 32:
-        raise LocalProtocolError(f"{what} {value} outside 0..2**32-1")
-    return _U32.pack(value)
-
-
-def _check_bits(pieces: int, bits: bytes, error: type[ProtocolError]) -> None:
-    if pieces < 1 or len(bits) != (pieces + 7) // 8:
-        raise error(f"bitfield of {len(bits)} bytes for {pieces} pieces")
-    if pieces % 8 and bits[-1] & (0xFF >> (pieces % 8)):
-        raise error("bitfield has spare bits set")
-
-
-class _Reader:
-    """Reads one frame's payload; anything malformed is the peer's fault."""
-
-    def __init__(self, kind: _T, payload: bytes) -> None:
-        self.kind = kind
-        self.data = memoryview(payload)
-        self.at = 0
-
-    def take(self, n: int) -> bytes:
-        if self.at + n > len(self.data):
-            raise RemoteProtocolError(f"{self.kind.name} frame too short")
-        out = bytes(self.data[self.at : self.at + n])
-        self.at += n
-        return out
-
-    def u8(self) -> int:
-        return self.take(1)[0]
-
-    def u32(self) -> int:
-        value: int = _U32.unpack(self.take(4))[0]
-        return value
-
-    def digest(self) -> str:
-        code = self.u8()
-        if code not in _ALGORITHMS:
-            raise RemoteProtocolError(f"{self.kind.name}: unknown digest algorithm {code}")
-        name, size = _ALGORITHMS[code]
-        return f"{name}:{self.take(size).hex()}"
-
-    def text(self, n: int) -> str:
-        try:
-            return self.take(n).decode()
-        except UnicodeDecodeError:
-            raise RemoteProtocolError(f"{self.kind.name}: text is not UTF-8") from None
-
-    def short(self) -> str:
-        n = self.u8()
-        if n == 0:
-            raise RemoteProtocolError(f"{self.kind.name}: empty peer id")
-        return self.text(n)
-
-    def rest(self) -> bytes:
-        return self.take(len(self.data) - self.at)
-
-    def end(self) -> None:
-        if self.at != len(self.data):
-            raise RemoteProtocolError(f"{self.kind.name} frame has {len(self.data) - self.at} trailing bytes")
-
-
-def _proof(secret: bytes, label: bytes, nc: bytes, ns: bytes, client_id: str, server_id: str) -> bytes:
-    message = _MAC_CONTEXT + label + b"\0" + nc + ns + _short(client_id, "peer id") + _short(server_id, "peer id")
-    return hmac.new(secret, message, hashlib.sha256).digest()
-
-
-class NonceLog:
-    """The last ``capacity`` client nonces a server accepted, to refuse a replayed HELLO."""
-
-    def __init__(self, capacity: int = 65536) -> None:
-        self.capacity = capacity
-        self._seen: dict[bytes, None] = {}
-
-    def admit(self, nonce: bytes) -> bool:
-        """False if ``nonce`` was seen before; else remember it (forgetting the oldest)."""
-        if nonce in self._seen:
-            return False
-        self._seen[nonce] = None
-        if len(self._seen) > self.capacity:
-            del self._seen[next(iter(self._seen))]
-        return True
 
 
 @dataclass(slots=True)
@@ -504,6 +178,8 @@ class Connection:
 
     def take_body(self, max_bytes: int | None = None) -> bytes:
         """Body bytes already buffered here (read these before reading the socket yourself)."""
+        if max_bytes is not None and max_bytes < 0:
+            raise LocalProtocolError(f"{max_bytes} body bytes asked for")
         n = min(self._recv_body, len(self._buf), self._recv_body if max_bytes is None else max_bytes)
         out = bytes(self._buf[:n])
         del self._buf[:n]
