@@ -314,9 +314,6 @@ class PeerHub:
         return [i for i in range(pieces) if partial.has(*piece_span(i, partial.size, piece_size))], False
 
     def _on_interested(self, link: PeerLink, event: wire.Interested) -> None:
-        if event.pieces > wire.MAX_FRAME * 8 - 64:
-            link.close(f"INTERESTED in a blob of {event.pieces} pieces: no bitfield can answer it")
-            return
         held = self._held(event.digest, event.pieces)
         told = self._told.setdefault(link, {})
         if held is None:

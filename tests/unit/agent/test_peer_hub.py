@@ -112,12 +112,6 @@ class TestServing:
         h.blob_complete(digest, 3 * MiB)
         assert haves(child) == []
 
-    async def test_an_absurd_piece_count_closes_the_link(self, store: BlobStore) -> None:
-        h, child = hub(store), FakeLink("127.0.0.2:1")
-        h.link_events(as_link(child), [wire.Interested("sha256:" + "0" * 64, 1 << 31)])
-        assert child.closed
-        assert not child.sent
-
     async def test_a_downloading_blob_offers_verified_pieces_then_one_have_each(self, store: BlobStore) -> None:
         data = os.urandom(4 * MiB)
         digest = Digest.of(data)

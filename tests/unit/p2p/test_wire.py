@@ -743,3 +743,57 @@ class TestKeepalive:
         assert server.silent_for() == pytest.approx(44)
         server.receive_data(client.send(Interested(D1, 10))[:3])
         assert server.silent_for() == 0
+
+
+class TestRenewedInterest:
+    """Taking an interest back and renewing it while the peer's answers to the first are
+    still on the way must not cut an honest peer off: the stale BITFIELD and HAVEs are dropped,
+    the answer to the renewed interest is taken (both used to end the connection)."""
+
+    def test_a_stale_bitfield_is_dropped_and_the_new_one_taken(self) -> None:
+        client, server = established()
+        first = client.send(Interested(D1, 10))
+        gone = client.send(NotInterested(D1))
+        again = client.send(Interested(D1, 10))
+        assert deliver(first, server) == [Interested(D1, 10), NEED_DATA]
+        old = server.send(Bitfield.of(D1, 10, [1]))  # answers the first interest
+        old_have = server.send(Have(D1, 2))
+        assert deliver(gone + again, server) == [NotInterested(D1), Interested(D1, 10), NEED_DATA]
+        new = server.send(Bitfield.of(D1, 10, [1, 2]))
+        assert deliver(old + old_have + new, client) == [Bitfield.of(D1, 10, [1, 2]), NEED_DATA]
+        assert deliver(server.send(Have(D1, 3)), client) == [Have(D1, 3), NEED_DATA]
+
+    def test_a_bitfield_received_before_the_retraction_owes_nothing(self) -> None:
+        client, server = established()
+        deliver(client.send(Interested(D1, 4)), server)
+        deliver(server.send(Bitfield.of(D1, 4, [0])), client)
+        late_have = server.send(Have(D1, 1))
+        deliver(client.send(NotInterested(D1)) + client.send(Interested(D1, 4)), server)
+        answer = server.send(Bitfield.of(D1, 4, [0, 1]))
+        assert deliver(late_have + answer, client) == [Bitfield.of(D1, 4, [0, 1]), NEED_DATA]
+        client.receive_data(frame(0x12, raw_digest() + struct.pack(">I", 4) + b"\x00"))
+        with pytest.raises(RemoteProtocolError, match="second BITFIELD"):
+            client.next_event()
+
+
+class TestBitfieldBound:
+    """A piece count no BITFIELD frame could carry is refused on both sides (answering it
+    would allocate up to 512 MiB)."""
+
+    def test_interest_beyond_a_frames_bitfield(self) -> None:
+        client, server = established()
+        most = server.max_bitfield_pieces
+        assert most == (64 << 10) * 8 - 70 * 8
+        with pytest.raises(LocalProtocolError, match="pieces"):
+            client.send(Interested(D1, most + 1))
+        server.receive_data(frame(0x10, raw_digest() + struct.pack(">I", 1 << 31)))
+        with pytest.raises(RemoteProtocolError, match="a bitfield holds"):
+            server.next_event()
+
+    def test_the_largest_bitfield_fits_a_frame(self) -> None:
+        client, server = established()
+        most = server.max_bitfield_pieces
+        assert deliver(client.send(Interested(D2, most)), server)[0] == Interested(D2, most)
+        data = server.send(Bitfield.of(D2, most, range(0, most, 7)))
+        assert len(data) - 4 <= server.max_frame
+        assert deliver(data, client)[0] == Bitfield.of(D2, most, range(0, most, 7))

@@ -78,6 +78,10 @@ class _Interest:
     pieces: int
     bitfield: bool = False
     """the answering BITFIELD went out (their interest) or came in (ours)"""
+    stale: int = 0
+    """ours, renewed after a NOT_INTERESTED: BITFIELDs still owed to the earlier interests
+    (dropped when they come, like any HAVE before this interest's own BITFIELD)"""
+    renewed: bool = False
 
 
 class _Hs(enum.Enum):
@@ -130,6 +134,8 @@ class Connection:
         self._nonce = nonce
         self._replay_guard = replay_guard
         self.max_frame = max_frame
+        self.max_bitfield_pieces = (max_frame - 1 - 65 - 4) * 8
+        """the most pieces a BITFIELD frame can carry (type, the longest digest, the count)"""
         self.max_piece = max_piece
         self.max_requests = max_requests
         self.keepalive_interval = keepalive_interval
@@ -153,7 +159,7 @@ class Connection:
         self._keepalive_tokens = _KEEPALIVE_BURST
         self._keepalive_at = now
         self._we_want: dict[str, _Interest] = {}
-        self._retracted: dict[str, None] = {}
+        self._retracted: dict[str, int] = {}
         """blobs we said NOT_INTERESTED in: their BITFIELD and HAVE may still be on the way"""
         self._they_want: dict[str, _Interest] = {}
         self._our_requests: dict[tuple[str, int], bool] = {}  # -> cancelled
@@ -339,18 +345,24 @@ class Connection:
             raise RemoteProtocolError(f"INTERESTED in {event.digest[:19]} twice")
         if len(self._they_want) >= MAX_BLOBS:
             raise RemoteProtocolError(f"INTERESTED in more than {MAX_BLOBS} blobs")
-        if event.pieces < 1:
-            raise RemoteProtocolError("INTERESTED in a blob of 0 pieces")
+        if not 1 <= event.pieces <= self.max_bitfield_pieces:
+            raise RemoteProtocolError(
+                f"INTERESTED in a blob of {event.pieces} pieces (a bitfield holds 1..{self.max_bitfield_pieces})"
+            )
         self._they_want[event.digest] = _Interest(event.pieces)
         return event
 
     def _on_bitfield(self, event: Bitfield) -> Event | None:
         _check_bits(event.pieces, event.bits, RemoteProtocolError)
         if event.digest in self._retracted:
+            self._retracted[event.digest] = max(0, self._retracted[event.digest] - 1)
             return None
         ours = self._we_want.get(event.digest)
         if ours is None:
             raise RemoteProtocolError(f"BITFIELD of {event.digest[:19]} we did not ask about")
+        if ours.stale and not ours.bitfield:
+            ours.stale -= 1  # the answer to an interest we took back
+            return None
         if ours.bitfield:
             raise RemoteProtocolError(f"second BITFIELD of {event.digest[:19]}")
         if event.pieces != ours.pieces:
@@ -365,6 +377,8 @@ class Connection:
         if ours is None:
             raise RemoteProtocolError(f"HAVE of {event.digest[:19]} we did not ask about")
         if not ours.bitfield:
+            if ours.renewed:
+                return None  # sent for an interest we took back, before the peer heard so
             raise RemoteProtocolError(f"HAVE of {event.digest[:19]} before its BITFIELD")
         if event.index >= ours.pieces:
             raise RemoteProtocolError(f"HAVE of piece {event.index} of a {ours.pieces}-piece blob")
@@ -460,17 +474,18 @@ class Connection:
         if isinstance(event, Interested):
             if event.digest in self._we_want:
                 raise LocalProtocolError(f"already interested in {event.digest[:19]}")
-            if event.pieces < 1:
-                raise LocalProtocolError("interest in a blob of 0 pieces")
+            if not 1 <= event.pieces <= self.max_bitfield_pieces:
+                raise LocalProtocolError(f"interest in a blob of {event.pieces} pieces")
             frame = _frame(_T.INTERESTED, d + _u32(event.pieces, "pieces"))
-            self._we_want[event.digest] = _Interest(event.pieces)
-            self._retracted.pop(event.digest, None)
+            renewed = event.digest in self._retracted
+            stale = self._retracted.pop(event.digest, 0)
+            self._we_want[event.digest] = _Interest(event.pieces, stale=stale, renewed=renewed)
             return frame
         if isinstance(event, NotInterested):
             if event.digest not in self._we_want:
                 raise LocalProtocolError(f"not interested in {event.digest[:19]}")
-            del self._we_want[event.digest]
-            self._retracted[event.digest] = None
+            ours = self._we_want.pop(event.digest)
+            self._retracted[event.digest] = ours.stale + (0 if ours.bitfield else 1)
             if len(self._retracted) > MAX_BLOBS:
                 del self._retracted[next(iter(self._retracted))]
             return _frame(_T.NOT_INTERESTED, d)
