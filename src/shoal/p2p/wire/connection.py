@@ -484,8 +484,8 @@ class Connection:
         if isinstance(event, NotInterested):
             if event.digest not in self._we_want:
                 raise LocalProtocolError(f"not interested in {event.digest[:19]}")
-            ours = self._we_want.pop(event.digest)
-            self._retracted[event.digest] = ours.stale + (0 if ours.bitfield else 1)
+            taken = self._we_want.pop(event.digest)
+            self._retracted[event.digest] = taken.stale + (0 if taken.bitfield else 1)
             if len(self._retracted) > MAX_BLOBS:
                 del self._retracted[next(iter(self._retracted))]
             return _frame(_T.NOT_INTERESTED, d)
