@@ -21,13 +21,18 @@ Rules (each is one that ``tests/integration/test_swarm.py`` proves with real pro
   blob for ``avoid_corrupt_for`` and reports it to the scheduler.
 - **Failing parents.** ``parent_errors`` failed requests in a row drop a parent; a lost parent's
   pieces stop counting and its requests go back to the pool at once.
-- **Stalls fall back.** With no progress for ``stall_timeout`` (and no origin fetch of ours) the
-  rest comes from the origin. Progress is anything that moved: the verified prefix, pieces held,
+- **Stalls fall back, a few at a time.** With no progress for ``stall_timeout`` (and no origin
+  fetch of ours) the download asks the scheduler for one of the blob's few fallback leases;
+  granted, the rest comes from the origin; refused, it waits in the swarm for another
+  ``stall_timeout``. On saturated cores every node stalls at once: without the limit they
+  would all go to the registry, and its egress would be N times the image. Progress is anything that moved: the verified prefix, pieces held,
   bytes arriving, or new piece hashes (the fetcher getting further).
 - **Slow parents.** A request unanswered for ``piece_timeout`` is cancelled and counts as a
   failed request (a dead parent's link may take longer than that to be noticed).
 - **The scheduler may die.** Failed reports alone do not end a download whose pieces keep coming;
-  ``scheduler_failures`` in a row plus ``scheduler_lost_grace`` without progress do.
+  ``scheduler_failures`` in a row plus ``scheduler_lost_grace`` without progress ask for a
+  fallback lease too (the owner takes an ask that cannot reach the scheduler as a yes:
+  with nobody to coordinate with, the pull must not fail).
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from shoal.p2p.policy.piece_selection import next_piece
 __all__ = [
     "Action",
     "AddParent",
+    "AskFallback",
     "BytesArrived",
     "CancelRequest",
     "Complete",
@@ -50,6 +56,7 @@ __all__ = [
     "DownloadState",
     "DropParent",
     "Event",
+    "FallbackAnswer",
     "GiveUp",
     "HashesKnown",
     "OriginFetchFailed",
@@ -187,6 +194,13 @@ class OriginFetchFailed:
 
 
 @dataclass(frozen=True, slots=True)
+class FallbackAnswer:
+    """The scheduler's word on our ask to fetch the rest from the origin."""
+
+    granted: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Tick:
     """Time passed (the owner wakes about once a second to let the stall rules look)."""
 
@@ -204,6 +218,7 @@ Event = (
     | BytesArrived
     | PrefixAdvanced
     | OriginFetchFailed
+    | FallbackAnswer
     | Tick
 )
 
@@ -273,6 +288,13 @@ class StopOriginFetch:
 
 
 @dataclass(frozen=True, slots=True)
+class AskFallback:
+    """The swarm is stuck: ask the scheduler for a fallback lease before going to the origin."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class GiveUp:
     """The swarm cannot finish: fetch the rest from the origin (the pull must not fail)."""
 
@@ -293,6 +315,7 @@ Action = (
     | DropParent
     | StartOriginFetch
     | StopOriginFetch
+    | AskFallback
     | GiveUp
     | Complete
 )
@@ -356,6 +379,8 @@ class DownloadState:
         self.fetching = False
         self.sched_failures = 0
         self.finished = False
+        self.asking: str | None = None
+        """why we asked for a fallback lease, while the answer is out"""
         self._last_progress = clock()
         self._last_state = self._progress()
 
@@ -396,6 +421,8 @@ class DownloadState:
             case OriginFetchFailed():
                 self.fetching = False
                 self._finish(GiveUp(f"origin: {event.reason}"), out)
+            case FallbackAnswer():
+                self._on_fallback(event, out)
             case Tick():
                 pass
         if not self.finished:
@@ -531,10 +558,26 @@ class DownloadState:
         if self.fetching:
             return
         idle = now - self._last_progress
+        if self.asking is not None:
+            return
         if self.sched_failures >= self.rules.scheduler_failures and idle > self.rules.scheduler_lost_grace:
-            self._finish(GiveUp("scheduler: lost"), out)
+            self._ask(GiveUp("scheduler: lost"), out)
         elif idle > self.rules.stall_timeout:
-            self._finish(GiveUp(f"stalled: no progress for {self.rules.stall_timeout:.0f}s"), out)
+            self._ask(GiveUp(f"stalled: no progress for {self.rules.stall_timeout:.0f}s"), out)
+
+    def _ask(self, give_up: GiveUp, out: list[Action]) -> None:
+        self.asking = give_up.reason
+        out.append(AskFallback(give_up.reason))
+
+    def _on_fallback(self, event: FallbackAnswer, out: list[Action]) -> None:
+        if self.asking is None:
+            return
+        if event.granted:
+            self._finish(GiveUp(self.asking), out)
+            return
+        # refused: the registry is serving others; wait in the swarm for another while
+        self.asking = None
+        self._last_progress = self.clock()
 
     def _finish(self, action: GiveUp | Complete, out: list[Action]) -> None:
         self.finished = True

@@ -10,6 +10,7 @@ import pytest
 from shoal.p2p.download_state import (
     Action,
     AddParent,
+    AskFallback,
     BytesArrived,
     CancelRequest,
     Complete,
@@ -17,6 +18,7 @@ from shoal.p2p.download_state import (
     DownloadRules,
     DownloadState,
     DropParent,
+    FallbackAnswer,
     GiveUp,
     HashesKnown,
     OriginFetchFailed,
@@ -314,7 +316,9 @@ class TestStalls:
         clock.now += 25.0
         assert s.apply(Tick()) == []
         clock.now += 0.1
-        assert s.apply(Tick()) == [GiveUp("stalled: no progress for 25s")]
+        assert s.apply(Tick()) == [AskFallback("stalled: no progress for 25s")]
+        assert s.apply(Tick()) == []  # one ask at a time
+        assert s.apply(FallbackAnswer(granted=True)) == [GiveUp("stalled: no progress for 25s")]
 
     @pytest.mark.parametrize(
         "moving",
@@ -330,7 +334,7 @@ class TestStalls:
         clock.now += 20
         assert s.apply(Tick()) == []
         clock.now += 5.1
-        assert s.apply(Tick())[-1:] == [GiveUp("stalled: no progress for 25s")]
+        assert s.apply(Tick())[-1:] == [AskFallback("stalled: no progress for 25s")]
 
     def test_the_prefix_from_the_origin_prunes_and_completes(self) -> None:
         s = new()
@@ -338,6 +342,45 @@ class TestStalls:
         s.apply(PrefixAdvanced(350))
         assert s.missing == set(range(3, PIECES))
         assert s.apply(PrefixAdvanced(PIECES * PIECE)) == [Complete()]
+
+
+class TestFallbackLeases:
+    """Overload without stampede: a stalled download goes to the origin only with one of the
+    blob's few fallback leases; refused, it waits in the swarm for another stall_timeout."""
+
+    def test_a_refused_ask_waits_a_full_stall_timeout_before_asking_again(self) -> None:
+        clock = Clock()
+        s = new(clock)
+        with_parents(s, 1)
+        clock.now += 25.1
+        assert s.apply(Tick()) == [AskFallback("stalled: no progress for 25s")]
+        clock.now += 3
+        assert s.apply(FallbackAnswer(granted=False)) == []
+        clock.now += 24.9
+        assert s.apply(Tick()) == []
+        assert not s.finished
+        clock.now += 0.2
+        assert s.apply(Tick()) == [AskFallback("stalled: no progress for 25s")]
+
+    def test_progress_while_asking_does_not_cancel_the_ask_but_a_late_answer_is_ignored_after(self) -> None:
+        clock = Clock()
+        s = new(clock)
+        with_parents(s, 1)
+        s.apply(HashesKnown(HASHES))
+        clock.now += 25.1
+        assert s.apply(Tick()) == [AskFallback("stalled: no progress for 25s")]
+        s.apply(ParentHas("p1", frozenset(range(PIECES))))
+        for i in range(PIECES):
+            deliver(s, "p1", i)
+        assert s.finished  # completed from the swarm while the ask was out
+        assert s.apply(FallbackAnswer(granted=True)) == []
+
+    def test_our_own_origin_fetch_never_asks(self) -> None:
+        clock = Clock()
+        s = new(clock)
+        s.apply(SchedulerAnswer(fetcher=ME))
+        clock.now += 100
+        assert s.apply(Tick()) == []
 
 
 class TestScheduler:
@@ -361,7 +404,8 @@ class TestScheduler:
         for _ in range(3):
             s.apply(SchedulerFailed())
         clock.now += 10.1
-        assert s.apply(Tick()) == [GiveUp("scheduler: lost")]
+        assert s.apply(Tick()) == [AskFallback("scheduler: lost")]
+        assert s.apply(FallbackAnswer(granted=True)) == [GiveUp("scheduler: lost")]
 
     def test_an_answer_resets_the_failures(self) -> None:
         clock = Clock()
