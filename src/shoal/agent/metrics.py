@@ -42,10 +42,15 @@ class AgentMetrics:
         )
         self.pieces_served = Counter("shoal_agent_pieces_served", "Pieces uploaded to peers", registry=r)
         self.peer_uploads_aborted = Counter(
-            "shoal_agent_peer_uploads_aborted", "Piece uploads the child broke off mid-piece", registry=r
+            "shoal_agent_peer_uploads_aborted", "Piece uploads whose connection broke mid-piece", registry=r
         )
         self.pieces_received = Counter(
             "shoal_agent_pieces_received", "Verified pieces downloaded from peers", registry=r
+        )
+        self.pieces_refused = Counter(
+            "shoal_agent_pieces_refused",
+            "Piece requests answered REJECT (not held verified, or superseeding while downloading)",
+            registry=r,
         )
         self.peer_links = Gauge("shoal_agent_peer_links", "Open peer connections (both directions)", registry=r)
         self.peer_links_refused = Counter(

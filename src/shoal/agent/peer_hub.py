@@ -271,6 +271,9 @@ class PeerHub:
         self._metrics.peer_bytes.labels("upload").inc(length)
         self._metrics.pieces_served.inc()
 
+    def link_piece_aborted(self, link: PeerLink, digest: str, index: int) -> None:
+        self._metrics.peer_uploads_aborted.inc()
+
     def link_closed(self, link: PeerLink, reason: str) -> None:
         if link not in self._all:
             return
@@ -398,6 +401,7 @@ class PeerHub:
         told = self._told.get(link, {}).get(event.digest)
         if told is not None:
             told.discard(event.index)
+        self._metrics.pieces_refused.inc()
         link.send(wire.Reject(event.digest, event.index))
 
     def _piece_source(self, digest: str, index: int) -> tuple[Path, int, int, bool] | None:

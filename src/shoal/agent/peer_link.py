@@ -60,6 +60,8 @@ class LinkHandler(Protocol):
 
     def link_piece_sent(self, link: PeerLink, digest: str, index: int, length: int) -> None: ...
 
+    def link_piece_aborted(self, link: PeerLink, digest: str, index: int) -> None: ...
+
     def link_closed(self, link: PeerLink, reason: str) -> None: ...
 
 
@@ -390,7 +392,11 @@ class PeerLink:
             if header is None:  # cancelled meanwhile
                 return
             self._sock.sendall(header)
-            self._sendfile(item)
+            try:
+                self._sendfile(item)
+            except OSError:
+                self._post(self._handler.link_piece_aborted, item.digest, item.index)
+                raise
         finally:
             os.close(item.fd)
         self._post(self._handler.link_piece_sent, item.digest, item.index, item.length)

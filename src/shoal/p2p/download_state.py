@@ -25,8 +25,9 @@ Rules (each is one that ``tests/integration/test_swarm.py`` proves with real pro
   fetch of ours) the download asks the scheduler for one of the blob's few fallback leases;
   granted, the rest comes from the origin; refused, it waits in the swarm for another
   ``stall_timeout``. On saturated cores every node stalls at once: without the limit they
-  would all go to the registry, and its egress would be N times the image. Progress is anything that moved: the verified prefix, pieces held,
-  bytes arriving, or new piece hashes (the fetcher getting further).
+  would all go to the registry, and its egress would be N times the image. Progress is
+  anything that moved: the verified prefix, pieces held, bytes arriving, or new piece hashes
+  (the fetcher getting further).
 - **Slow parents.** A request unanswered for ``piece_timeout`` is cancelled and counts as a
   failed request (a dead parent's link may take longer than that to be noticed).
 - **The scheduler may die.** Failed reports alone do not end a download whose pieces keep coming;

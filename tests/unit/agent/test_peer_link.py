@@ -45,6 +45,10 @@ class Recorder:
         self.sent.append((digest, index, length))
         self._note()
 
+    def link_piece_aborted(self, link: PeerLink, digest: str, index: int) -> None:
+        self.sent.append((digest, index, -1))
+        self._note()
+
     def link_closed(self, link: PeerLink, reason: str) -> None:
         self.closed.append(reason)
         self._note()
