@@ -25,6 +25,7 @@ _RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(bit|kbit|mbit|gbit|k|m|g)?\s*$", 
 _RATE_UNITS = {"": 1, "bit": 1, "k": 10**3, "kbit": 10**3, "m": 10**6, "mbit": 10**6, "g": 10**9, "gbit": 10**9}
 _QUANTUM = 60000
 DEFAULT_CLASS = 0xFFFF
+ARP_CLASS = 0xFFFE
 FIRST_PEER_CLASS = 0x10
 
 
@@ -64,7 +65,7 @@ def htb_commands(dev: str, cap_bps: int, peers: Sequence[str], *, match: str) ->
         raise ValueError("match must be 'dst' or 'src'")
     if cap_bps <= 0:
         raise ValueError("cap must be positive")
-    if len(peers) > DEFAULT_CLASS - FIRST_PEER_CLASS:
+    if len(peers) > ARP_CLASS - FIRST_PEER_CLASS:
         raise ValueError("too many peers for one HTB tree")
     burst = _burst(cap_bps)
     share = max(1000, cap_bps // max(1, len(peers)))
@@ -74,6 +75,12 @@ def htb_commands(dev: str, cap_bps: int, peers: Sequence[str], *, match: str) ->
         f" burst {burst} cburst {burst}",
         f"class add dev {dev} parent 1:1 classid 1:{DEFAULT_CLASS:x} htb rate 1000bit"
         f" ceil {cap_bps}bit burst {burst} cburst {burst} quantum {_QUANTUM}",
+        # ARP first, at a guaranteed rate: in the default class (1 kbit/s guaranteed) a busy
+        # link starved it, neighbour entries expired, and new connections between nodes
+        # failed with timeouts and EHOSTUNREACH (a switch does not shape ARP)
+        f"class add dev {dev} parent 1:1 classid 1:{ARP_CLASS:x} htb rate {max(8000, cap_bps // 100)}bit"
+        f" ceil {cap_bps}bit burst {burst} cburst {burst} prio 0",
+        f"filter add dev {dev} parent 1: protocol arp prio 2 u32 match u32 0 0 flowid 1:{ARP_CLASS:x}",
     ]
     for k, peer in enumerate(peers):
         classid = f"1:{FIRST_PEER_CLASS + k:x}"

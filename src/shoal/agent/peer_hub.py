@@ -22,6 +22,7 @@ import logging
 import os
 import socket
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -37,6 +38,7 @@ from shoal.store.partial import PartialBlob, PartialState
 
 log = logging.getLogger(__name__)
 
+HANDSHAKE_THREADS = 64
 LIVENESS_PERIOD = 5.0
 """seconds between liveness checks of all links (a keepalive where one is due)"""
 
@@ -113,7 +115,9 @@ class PeerHub:
         """blobs still downloading here -> how often each piece went to a child"""
         self._refused: dict[tuple[PeerLink, str], set[int]] = {}
         self._liveness: asyncio.Task[None] | None = None
-        self._threads: set[asyncio.Future[object]] = set()
+        self._handshakes = ThreadPoolExecutor(max_workers=HANDSHAKE_THREADS, thread_name_prefix="shoal-handshake")
+        """dials and handshakes block for up to their timeouts: in the loop's default pool
+        they held the threads that piece writes and the other side's handshakes needed"""
 
     def start(self) -> None:
         self._liveness = asyncio.create_task(self._check_liveness(), name="peer liveness")
@@ -125,6 +129,7 @@ class PeerHub:
                 await self._liveness
         for link in list(self._all):
             link.close("agent stopping")
+        self._handshakes.shutdown(wait=False, cancel_futures=True)
 
     # -- connections ---------------------------------------------------------------------
     def accept(self, sock: socket.socket, first: bytes) -> None:
@@ -147,7 +152,7 @@ class PeerHub:
 
         sock.setblocking(True)
         future = self._loop.run_in_executor(
-            None, answer, sock, first, self.config.peer_id, self.config.secret, self._nonces, check
+            self._handshakes, answer, sock, first, self.config.peer_id, self.config.secret, self._nonces, check
         )
         future.add_done_callback(lambda f: self._accepted(f, sock, source))
 
@@ -172,8 +177,14 @@ class PeerHub:
             dialing = self._loop.create_future()
             self._dialing[peer_id] = dialing
             try:
-                sock, conn = await asyncio.to_thread(
-                    dial, address, peer_id, self.config.peer_id, self.config.secret, self.config.connect_timeout
+                sock, conn = await self._loop.run_in_executor(
+                    self._handshakes,
+                    dial,
+                    address,
+                    peer_id,
+                    self.config.peer_id,
+                    self.config.secret,
+                    self.config.connect_timeout,
                 )
                 link = PeerLink(sock, conn, self._loop, self, outbound=True)
                 self._add(link)

@@ -385,6 +385,8 @@ class SwarmDownload:
                 if self.fetching is not None:
                     self.fetching.cancel()
                     self.fetching = None
+            case ds.AskFallback():
+                self.events.put_nowait(ds.FallbackAnswer(granted=True))  # TODO(fallback leases)
             case ds.GiveUp(reason):
                 raise SwarmGaveUpError(reason)
             case ds.Complete():
@@ -416,7 +418,7 @@ class SwarmDownload:
         try:
             await self.hub.add_parent(self.digest, self.count, parent.peer_id, parent.address)
         except (LinkError, OSError) as exc:
-            self.events.put_nowait(ds.ParentLost(parent.peer_id, str(exc)))
+            self.events.put_nowait(ds.ParentLost(parent.peer_id, str(exc), unreachable=True))
 
     def _request(self, peer_id: str, index: int) -> None:
         _, length = piece_span(index, self.size, self.piece_size)

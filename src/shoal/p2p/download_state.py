@@ -171,8 +171,12 @@ class PieceRejected:
 
 @dataclass(frozen=True, slots=True)
 class ParentLost:
+    """The link to a parent broke, or could not be made (``unreachable``: not banned, the
+    scheduler may hand it out again; a parent busy under a rollout is slow to accept)."""
+
     peer_id: str
     reason: str
+    unreachable: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -414,7 +418,7 @@ class DownloadState:
                     p.have[event.index] = False
                     self.availability[event.index] -= 1
             case ParentLost():
-                self._drop(event.peer_id, event.reason, out)
+                self._drop(event.peer_id, event.reason, out, ban=not event.unreachable)
             case BytesArrived():
                 self.bytes_received += event.n
             case PrefixAdvanced():
@@ -521,12 +525,15 @@ class DownloadState:
         if peer is not None and (p := self.parents.get(peer)) is not None:
             p.in_flight.discard(index)
 
-    def _drop(self, peer: str, reason: str, out: list[Action], avoid_until: float | None = None) -> None:
+    def _drop(
+        self, peer: str, reason: str, out: list[Action], avoid_until: float | None = None, *, ban: bool = True
+    ) -> None:
         p = self.parents.pop(peer, None)
         if p is None and avoid_until is None:
             return  # not a parent (any more): nothing to stop
-        self.banned.add(peer)
-        self.unreported_failures.add(peer)
+        if ban:
+            self.banned.add(peer)
+            self.unreported_failures.add(peer)
         if p is not None:
             for i, bit in enumerate(p.have):
                 if bit:

@@ -39,12 +39,20 @@ class TestHtbCommands:
     def test_per_peer_classes(self) -> None:
         lines = htb_commands("eth0", 200_000_000, ["10.77.0.1", "10.77.1.2"], match="dst")
         assert lines[0].startswith("qdisc replace dev eth0 root handle 1: htb default ffff")
-        filters = [x for x in lines if x.startswith("filter")]
+        filters = [x for x in lines if x.startswith("filter") and "protocol ip " in x]
         assert len(filters) == 2
         assert "match ip dst 10.77.0.1/32 flowid 1:10" in filters[0]
         assert "match ip dst 10.77.1.2/32 flowid 1:11" in filters[1]
         leaves = [x for x in lines if "classid 1:1" in x and "parent 1:1 " in x]
         assert all("ceil 200000000bit" in x and "rate 100000000bit" in x for x in leaves)
+
+    def test_arp_has_its_own_guaranteed_class(self) -> None:
+        lines = htb_commands("eth0", 50_000_000, ["10.77.1.2"], match="src")
+        (arp,) = [x for x in lines if "protocol arp" in x]
+        assert "flowid 1:fffe" in arp
+        (cls,) = [x for x in lines if "classid 1:fffe" in x]
+        assert "rate 500000bit" in cls
+        assert "prio 0" in cls
 
     def test_match_side(self) -> None:
         with pytest.raises(ValueError, match="match"):
