@@ -224,7 +224,8 @@ class TestAbsurdValues:
             ('{"peer_id": "a", "address": "h:1", "size": -1, "piece_size": 1048576}', "size"),
             ('{"peer_id": "a", "address": "h:1", "size": true, "piece_size": 1048576}', "integer"),
             ('{"peer_id": "a", "address": "h:1", "size": 1' + "0" * 5000 + ', "piece_size": 1}', "want JSON"),
-            ('{"peer_id": "a", "address": "h:1", "size": 1, "piece_size": 1048576, "pieces": 1e400}', "integer"),
+            # no float holds 1e400: the JSON reader refuses it (and 1e20, an integer past 64 bits, is a float)
+            ('{"peer_id": "a", "address": "h:1", "size": 1, "piece_size": 1048576, "pieces": 1e400}', "want JSON"),
             ("[" * 100_000 + "]" * 100_000, "want JSON"),
             ('{"peer_id": "a", "address": "h:1", "size": 4194304, "piece_size": 1048576, "pieces": 5}', "pieces 5"),
         ],

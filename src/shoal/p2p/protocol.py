@@ -47,6 +47,8 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from types import UnionType
 from typing import Any, Literal, Self, Union, get_args, get_origin, get_type_hints
 
+import orjson
+
 Role = Literal["fetcher", "peer"]
 
 PEER_TOKEN_HEADER = "Authorization"
@@ -132,6 +134,19 @@ class PeerStatus:
 def to_json(obj: Any) -> dict[str, Any]:
     data: dict[str, Any] = asdict(obj)
     return data
+
+
+def dumps(obj: Any) -> bytes:
+    """UTF-8 JSON of a protocol dataclass (or of plain JSON data): the document of
+    ``json.dumps(to_json(obj))``, with piece-index keys as strings, written by orjson (which
+    walks dataclasses itself: no ``asdict`` copy)."""
+    return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS)
+
+
+def loads(data: bytes | str) -> Any:
+    """Decoded JSON; only ``ValueError`` for anything else (bad UTF-8 or syntax, nesting past
+    1024, a number no float holds). Integers beyond 64 bits come back as floats."""
+    return orjson.loads(data)
 
 
 Check = Callable[[str, Any], Any]
