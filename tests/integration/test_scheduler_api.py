@@ -115,6 +115,20 @@ class TestRefusals:
         async with session.get(f"{scheduler.url}/v1/stats", headers={"Authorization": "Bearer wrong"}) as resp:
             assert resp.status == 401
 
+    async def test_every_api_route_needs_the_token(self, scheduler: Scheduler, session: aiohttp.ClientSession) -> None:
+        """The token check is a wrapper on each route (no middleware): a route added without it fails here."""
+        routes = [r for r in scheduler.build_app().router.routes() if r.method != "HEAD"]
+        api = [
+            (r.method, r.resource.canonical) for r in routes if r.resource and r.resource.canonical.startswith("/v1/")
+        ]
+        assert len(api) == 7, api
+        for method, path in api:
+            url = scheduler.url + path.replace("{digest}", D)
+            for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Bearer {TOKEN}x"}):
+                async with session.request(method, url, json={}, headers=headers) as resp:
+                    assert resp.status == 401, (method, path, headers)
+        assert scheduler.state.stats().joins == scheduler.state.stats().reports == 0
+
     async def test_wrong_token_through_client(self, scheduler: Scheduler, session: aiohttp.ClientSession) -> None:
         bad = SchedulerClient(session, [scheduler.url], "wrong")
         with pytest.raises(SchedulerRejected) as info:
