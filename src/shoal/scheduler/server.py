@@ -204,7 +204,7 @@ class Scheduler:
 
     def answer_join(self, digest: str, body: bytes) -> bytes:
         """The whole work of ``POST /v1/tasks/{digest}/join`` but HTTP: the answer's JSON, or
-        the exceptions the middleware renders."""
+        the exceptions :meth:`_api` renders."""
         digest = self._digest(digest)
         view = self.state.join(digest, parse_join(self._body(body)), self.clock())
         self._log_state_events()
