@@ -1,11 +1,14 @@
 """``python -m bench.scheduler_capacity``: how much one scheduler core carries, and its memory.
 
-Three measurements, printed side by side:
+The measurements, printed side by side:
 
 * HTTP: joins + reports per second answered by a real ``Scheduler`` (aiohttp on uvloop, as
-  ``shoal scheduler`` runs) pinned to one core, driven by a separate aiohttp load process
-  pinned to another core. The server's CPU use over the run says whether the figure is the
-  server's limit (~100%) or the load generator's.
+  ``shoal scheduler`` runs), driven by a separate aiohttp load process (each pinned to a
+  core with ``--pin``). The server's CPU use over the run says whether the figure is the
+  server's limit (~100%) or the load generator's. A second run sends reports only, for the
+  server's CPU per report call.
+* Handler: ``Scheduler.answer_report`` called directly (parse the body, update the state,
+  encode the answer: the report handler's whole work but HTTP), CPU time per call.
 * State: the same mix applied to ``SchedulerState`` directly, no HTTP: the ceiling of the
   state machine itself.
 * RSS: a fresh process that fills one ``SchedulerState`` with 10,000 peers in each of 100
@@ -20,6 +23,7 @@ import asyncio
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 import time
@@ -71,10 +75,12 @@ def pin(core: int) -> None:
 
 @dataclass
 class Workload:
-    """Peers spread over tasks; each (peer, task) joins once, then reports REPORTS_PER_JOIN times."""
+    """Peers spread over tasks; each (peer, task) joins once (unless not ``joins``), then reports
+    REPORTS_PER_JOIN times (each report carries the blob's size: it may start the task)."""
 
     peers: int
     tasks: int
+    joins: bool = True
 
     def ops(self) -> Any:
         """Endless (kind, digest, body) calls: waves of joins, each followed by its reports."""
@@ -84,7 +90,8 @@ class Workload:
             for p in range(self.peers):
                 peer_id, address = peer(p + round_ * self.peers)
                 task = digest(rng.randrange(self.tasks))
-                yield "join", task, JoinRequest(peer_id, address, SIZE, PIECE)
+                if self.joins:
+                    yield "join", task, JoinRequest(peer_id, address, SIZE, PIECE)
                 for r in range(1, REPORTS_PER_JOIN + 1):
                     yield "report", task, Report(peer_id, address, r, r * PIECE, size=SIZE, piece_size=PIECE)
             round_ += 1
@@ -128,54 +135,91 @@ def serve(pinned: bool) -> None:
     run(main())
 
 
-def load(url: str, seconds: float, concurrency: int, pinned: bool) -> None:
+def load(url: str, seconds: float, concurrency: int, pinned: bool, joins: bool, client: str) -> None:
     """(subprocess) drive ``url`` with joins and reports; print {"ops", "errors", "seconds"}."""
     if pinned:
         pin(1)
     from shoal.cli.runtime import run
 
     result: dict[str, float] = {}
+    ops = Workload(peers=2000, tasks=20, joins=joins).ops()
+    done = errors = 0
+    deadline = time.perf_counter() + seconds
+
+    async def aiohttp_worker(session: aiohttp.ClientSession) -> None:
+        nonlocal done, errors
+        while time.perf_counter() < deadline:
+            kind, task, body = next(ops)
+            async with session.post(f"{url}/v1/tasks/{task}/{kind}", json=to_json(body)) as resp:
+                await resp.read()
+                if resp.status == 200:
+                    done += 1
+                else:
+                    errors += 1
+
+    async def raw_worker() -> None:
+        """One keep-alive connection, one request in flight, as an agent's session holds it;
+        HTTP/1.1 written and read by hand (an aiohttp client costs more CPU per call than the
+        server, so it left the server idle half the time)."""
+        nonlocal done, errors
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            while time.perf_counter() < deadline:
+                kind, task, body = next(ops)
+                data = json.dumps(to_json(body)).encode()
+                head = f"POST /v1/tasks/{task}/{kind} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer bench\r\n"
+                head += f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
+                writer.write(head.encode() + data)
+                answer = await reader.readuntil(b"\r\n\r\n")
+                length = re.search(rb"(?i)\r\ncontent-length: *([0-9]+)", answer)
+                assert length is not None, answer
+                await reader.readexactly(int(length[1]))
+                if answer.startswith(b"HTTP/1.1 200 "):
+                    done += 1
+                else:
+                    errors += 1
+        finally:
+            writer.close()
 
     async def main() -> None:
-        ops = Workload(peers=2000, tasks=20).ops()
-        headers = {"Authorization": "Bearer bench"}
-        done = errors = 0
-        deadline = time.perf_counter() + seconds
-        connector = aiohttp.TCPConnector(limit=concurrency)
-        async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
-
-            async def worker() -> None:
-                nonlocal done, errors
-                while time.perf_counter() < deadline:
-                    kind, task, body = next(ops)
-                    async with session.post(f"{url}/v1/tasks/{task}/{kind}", json=to_json(body)) as resp:
-                        await resp.read()
-                        if resp.status == 200:
-                            done += 1
-                        else:
-                            errors += 1
-
-            start = time.perf_counter()
-            await asyncio.gather(*(worker() for _ in range(concurrency)))
-            result.update(ops=done, errors=errors, seconds=time.perf_counter() - start)
+        start = time.perf_counter()
+        if client == "raw":
+            await asyncio.gather(*(raw_worker() for _ in range(concurrency)))
+        else:
+            connector = aiohttp.TCPConnector(limit=concurrency)
+            headers = {"Authorization": "Bearer bench"}
+            async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
+                await asyncio.gather(*(aiohttp_worker(session) for _ in range(concurrency)))
+        result.update(ops=done, errors=errors, seconds=time.perf_counter() - start)
 
     run(main())
     print(json.dumps(result), flush=True)
 
 
-def bench_http(seconds: float, concurrency: int, pinned: bool) -> tuple[float, float, int]:
+def bench_http(
+    seconds: float, concurrency: int, pinned: bool, client: str, joins: bool = True
+) -> tuple[float, float, int]:
     """(ops/s, server CPU share, errors)"""
-    me = [sys.executable, "-m", "bench.scheduler_capacity", *(["--pin"] if pinned else [])]
+    me = [sys.executable, "-m", "bench.scheduler_capacity", "--client", client, *(["--pin"] if pinned else [])]
     server = subprocess.Popen([*me, "--role", "serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert server.stdout is not None
         assert server.stdin is not None
         url = server.stdout.readline().strip()
-        warm = [*me, "--role", "load", "--url", url, "--seconds", "1", "--concurrency", str(concurrency)]
-        subprocess.run(warm, check=True, capture_output=True)
+        drive = [
+            *me,
+            "--role",
+            "load",
+            "--url",
+            url,
+            "--concurrency",
+            str(concurrency),
+            *([] if joins else ["--no-joins"]),
+        ]
+        subprocess.run([*drive, "--seconds", "1"], check=True, capture_output=True)
         cpu0, t0 = cpu_seconds(server.pid), time.perf_counter()
-        cmd = [*me, "--role", "load", "--url", url, "--seconds", str(seconds), "--concurrency", str(concurrency)]
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        out = subprocess.run([*drive, "--seconds", str(seconds)], check=True, capture_output=True, text=True).stdout
         cpu = (cpu_seconds(server.pid) - cpu0) / (time.perf_counter() - t0)
         result = json.loads(out.strip().splitlines()[-1])
         return result["ops"] / result["seconds"], cpu, int(result["errors"])
@@ -183,6 +227,33 @@ def bench_http(seconds: float, concurrency: int, pinned: bool) -> tuple[float, f
         if server.stdin is not None:
             server.stdin.close()
         server.wait(timeout=10)
+
+
+# -- the report handler without HTTP -----------------------------------------------------------
+def bench_handler(seconds: float) -> tuple[float, int]:
+    """(CPU microseconds per ``answer_report`` call, calls timed): the same mix, bodies encoded beforehand."""
+    from shoal.p2p.protocol import dumps
+    from shoal.scheduler.server import Scheduler
+
+    node = Scheduler(SchedulerConfig(listen="127.0.0.1:0", peer_token="bench"))
+    ops = Workload(peers=2000, tasks=20).ops()
+    calls = [(kind, task, dumps(body)) for kind, task, body in (next(ops) for _ in range(200_000))]
+    for kind, task, body in calls[:20_000]:  # warm: every peer in its tasks
+        (node.answer_join if kind == "join" else node.answer_report)(task, body)
+    spent = timed = 0
+    deadline = time.perf_counter() + seconds
+    clock = time.thread_time_ns
+    for kind, task, body in calls[20_000:]:
+        if kind == "join":
+            node.answer_join(task, body)
+            continue
+        started = clock()
+        node.answer_report(task, body)
+        spent += clock() - started
+        timed += 1
+        if time.perf_counter() > deadline:
+            break
+    return spent / 1e3 / max(1, timed), timed
 
 
 # -- memory ------------------------------------------------------------------------------------
@@ -235,21 +306,30 @@ def main() -> None:
     p.add_argument(
         "--pin", action="store_true", help="pin the server and the load process to one core each (idle machines only)"
     )
+    p.add_argument(
+        "--client",
+        choices=["raw", "aiohttp"],
+        default="raw",
+        help="load generator: HTTP/1.1 by hand on keep-alive connections (default), or aiohttp's client",
+    )
     p.add_argument("--role", choices=["main", "serve", "load", "fill"], default="main", help=argparse.SUPPRESS)
     p.add_argument("--url", help=argparse.SUPPRESS)
+    p.add_argument("--no-joins", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.role == "serve":
         serve(args.pin)
         return
     if args.role == "load":
-        load(args.url, args.seconds, args.concurrency, args.pin)
+        load(args.url, args.seconds, args.concurrency, args.pin, not args.no_joins, args.client)
         return
     if args.role == "fill":
         fill(args.peers, args.tasks)
         return
 
     print(f"scheduler capacity: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}", flush=True)
-    http, cpu, errors = bench_http(args.seconds, args.concurrency, args.pin)
+    http, cpu, errors = bench_http(args.seconds, args.concurrency, args.pin, args.client)
+    reports, reports_cpu, report_errors = bench_http(args.seconds, args.concurrency, args.pin, args.client, joins=False)
+    handler, handled = bench_handler(args.seconds)
     state = bench_state(args.seconds)
     mem = bench_rss(args.peers, args.tasks)
     used = (mem["after_kib"] - mem["before_kib"]) * 1024
@@ -259,6 +339,16 @@ def main() -> None:
             "HTTP joins+reports per server CPU-second",
             f"{http / max(cpu, 1e-9):,.0f}",
             "what one saturated core answers (the load process, not the server, was the limit if CPU < 90%)",
+        ),
+        (
+            "HTTP reports only: server CPU per report",
+            f"{reports_cpu / max(reports, 1e-9) * 1e6:,.1f} us",
+            f"{reports:,.0f} reports/s, server used {reports_cpu:.0%} of a core, {report_errors} errors",
+        ),
+        (
+            "report handler without HTTP: CPU per call",
+            f"{handler:,.1f} us",
+            f"Scheduler.answer_report (parse, state, encode), {handled:,} calls",
         ),
         ("SchedulerState joins+reports /s", f"{state:,.0f}", f"HTTP reaches {http / state:.0%} of it"),
         (

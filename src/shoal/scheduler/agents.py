@@ -10,12 +10,14 @@ from __future__ import annotations
 import ipaddress
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge
 
 from shoal.p2p.presence import AGENT_TTL, AgentAnnouncement, AgentView, agents_to_json, announcement_from_json
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 MAX_AGENTS = 100_000
 """a bound on memory: announcements beyond it (from new peer ids) are refused."""
@@ -55,9 +57,10 @@ class AgentDirectory:
         views = [AgentView(a, now - seen) for a, seen in self._agents.values()]
         return sorted(views, key=lambda v: v.announcement.address)
 
-    def add_routes(self, app: web.Application) -> None:
-        app.router.add_post("/v1/agents", self._post)
-        app.router.add_get("/v1/agents", self._get)
+    def add_routes(self, app: web.Application, guard: Callable[[Handler], Handler] = lambda handler: handler) -> None:
+        """``guard`` wraps each handler (the scheduler's checks the peer token)."""
+        app.router.add_post("/v1/agents", guard(self._post))
+        app.router.add_get("/v1/agents", guard(self._get))
 
     def add_metrics(self, registry: CollectorRegistry) -> None:
         gauge = Gauge("shoal_scheduler_agents", "Agents that announced themselves within the TTL.", registry=registry)

@@ -4,15 +4,20 @@ Every number is bounded here (``MAX_INT``) and every string and list has a lengt
 the state machine only ever sees small values; it then checks them against the task (sizes
 against ``max_blob_size``, the piece size against the agents' rule, indexes against the
 piece count).
+
+The join and report bodies are the hot path of the scheduler, so they are built field by
+field here (type and bound in one check) rather than through the generic reflective
+``shoal.p2p.protocol.from_json``; they accept what it accepts, minus out-of-bound values.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import MISSING, fields
 from typing import Any
 
-from shoal.p2p.protocol import JoinRequest, Report, from_json
+from shoal.p2p.protocol import INDEX_RE, JoinRequest, Report
 
 MAX_ID = 256
 """characters in a peer id or an address."""
@@ -34,61 +39,117 @@ class BadRequest(ValueError):
     """A body or parameter the API cannot accept."""
 
 
-def _int(name: str, value: int, minimum: int = 0) -> None:
-    if not minimum <= value <= MAX_INT:
-        shown = value if value.bit_length() < 64 else f"an integer of {value.bit_length()} bits"
-        raise BadRequest(f"{name}: want an integer in {minimum}..{MAX_INT}, not {shown}")
+def _shown(value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() >= 64:
+        return f"an integer of {value.bit_length()} bits"
+    small = value is None or isinstance(value, bool | int | float) or (isinstance(value, str) and len(value) <= 40)
+    return repr(value) if small else f"<a long {type(value).__name__}>"
 
 
-def _id(name: str, value: str) -> None:
-    if not value or len(value) > MAX_ID or not ID_RE.fullmatch(value):
+def _int(name: str, value: Any, minimum: int = 0) -> int:
+    if type(value) is not int or not minimum <= value <= MAX_INT:  # bools are not integers
+        raise BadRequest(f"{name}: want an integer in {minimum}..{MAX_INT}, not {_shown(value)}")
+    return value
+
+
+def _bool(name: str, value: Any) -> bool:
+    if type(value) is not bool:
+        raise BadRequest(f"{name}: want true or false, not {_shown(value)}")
+    return value
+
+
+def _id(name: str, value: Any) -> str:
+    if type(value) is not str or not value or len(value) > MAX_ID or not ID_RE.fullmatch(value):
         raise BadRequest(f"{name}: want a non-empty string of at most {MAX_ID} printable ASCII characters")
+    return value
 
 
-def _address(value: str) -> None:
-    _id("address", value)
-    host, sep, port = value.rpartition(":")
+def _address(value: Any) -> str:
+    address = _id("address", value)
+    host, sep, port = address.rpartition(":")
     if not sep or not host or not DIGITS_RE.fullmatch(port) or not 0 < int(port) < 65536:
-        raise BadRequest(f"address: want HOST:PORT, not {value[:MAX_ID]!r}")
+        raise BadRequest(f"address: want HOST:PORT, not {address[:MAX_ID]!r}")
+    return address
 
 
-def _build(cls: type[Any], data: Any) -> Any:
-    try:
-        return from_json(cls, data)
-    except ValueError as exc:
-        raise BadRequest(str(exc)) from None
+def _index(key: Any) -> int:
+    if type(key) is str and INDEX_RE.fullmatch(key):
+        return _int("hashes index", int(key))
+    if type(key) is int:
+        return _int("hashes index", key)
+    raise BadRequest(f"hashes key: want piece indexes (decimal digits), not {_shown(key)}")
+
+
+def _hashes(value: Any) -> dict[int, str]:
+    if type(value) is not dict:
+        raise BadRequest(f"hashes: want an object of piece index -> hex sha256, not {_shown(value)}")
+    if len(value) > MAX_HASHES:
+        raise BadRequest(f"hashes: at most {MAX_HASHES} per report, not {len(value)}")
+    out: dict[int, str] = {}
+    for key, digest in value.items():
+        if type(digest) is not str:
+            raise BadRequest(f"hashes[{str(key)[:MAX_QUERY]}]: want a string, not {_shown(digest)}")
+        out[_index(key)] = digest
+    return out
+
+
+def _failed(value: Any) -> list[str]:
+    if type(value) is not list:
+        raise BadRequest(f"failed_parents: want a list of peer ids, not {_shown(value)}")
+    if len(value) > MAX_FAILED_PARENTS:
+        raise BadRequest(f"failed_parents: at most {MAX_FAILED_PARENTS} peer ids, not {len(value)}")
+    return [_id("failed_parents[]", peer_id) for peer_id in value]
+
+
+def _names(cls: type[Any]) -> tuple[frozenset[str], frozenset[str]]:
+    """(every field, required fields) of a protocol dataclass."""
+    every = frozenset(f.name for f in fields(cls))
+    return every, frozenset(f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING)
+
+
+_JOIN = _names(JoinRequest)
+_REPORT = _names(Report)
+
+
+def _object(what: str, data: Any, names: tuple[frozenset[str], frozenset[str]]) -> dict[str, Any]:
+    every, required = names
+    if type(data) is not dict:
+        raise BadRequest(f"{what}: want an object")
+    if not data.keys() <= every:
+        raise BadRequest(f"{what}: unknown fields {sorted(map(str, data.keys() - every))}")
+    if not required <= data.keys():
+        raise BadRequest(f"{what}: missing fields {sorted(required - data.keys())}")
+    return data
 
 
 def parse_join(data: Any) -> JoinRequest:
-    req: JoinRequest = _build(JoinRequest, data)
-    _id("peer_id", req.peer_id)
-    _address(req.address)
-    _int("size", req.size)
-    _int("piece_size", req.piece_size, 1)
-    _int("pieces", req.pieces)
-    return req
+    body = _object("JoinRequest", data, _JOIN)
+    get = body.get
+    return JoinRequest(
+        peer_id=_id("peer_id", body["peer_id"]),
+        address=_address(body["address"]),
+        size=_int("size", body["size"]),
+        piece_size=_int("piece_size", body["piece_size"], 1),
+        pieces=_int("pieces", get("pieces", 0)),
+        complete=_bool("complete", get("complete", False)),
+    )
 
 
 def parse_report(data: Any) -> Report:
-    if isinstance(data, dict):
-        # lengths before the field-by-field build, which would walk them
-        hashes, failed = data.get("hashes", {}), data.get("failed_parents", [])
-        if isinstance(hashes, dict) and len(hashes) > MAX_HASHES:
-            raise BadRequest(f"hashes: at most {MAX_HASHES} per report, not {len(hashes)}")
-        if isinstance(failed, list) and len(failed) > MAX_FAILED_PARENTS:
-            raise BadRequest(f"failed_parents: at most {MAX_FAILED_PARENTS} peer ids, not {len(failed)}")
-    rep: Report = _build(Report, data)
-    _id("peer_id", rep.peer_id)
-    _address(rep.address)
-    _int("pieces", rep.pieces)
-    _int("contiguous", rep.contiguous)
-    _int("size", rep.size)
-    _int("piece_size", rep.piece_size)
-    for index in rep.hashes:
-        _int("hashes index", index)
-    for peer_id in rep.failed_parents:
-        _id("failed_parents[]", peer_id)
-    return rep
+    body = _object("Report", data, _REPORT)
+    get = body.get
+    return Report(
+        peer_id=_id("peer_id", body["peer_id"]),
+        address=_address(body["address"]),
+        pieces=_int("pieces", body["pieces"]),
+        contiguous=_int("contiguous", body["contiguous"]),
+        complete=_bool("complete", get("complete", False)),
+        hashes=_hashes(get("hashes", {})),
+        failed_parents=_failed(get("failed_parents", [])),
+        size=_int("size", get("size", 0)),
+        piece_size=_int("piece_size", get("piece_size", 0)),
+        bad_hashes=_bool("bad_hashes", get("bad_hashes", False)),
+    )
 
 
 def parse_leave(data: Any) -> str:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import fields
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from shoal.p2p.protocol import JoinRequest, Report, from_json
 from shoal.scheduler.requests import (
     MAX_FAILED_PARENTS,
     MAX_HASHES,
@@ -128,3 +133,53 @@ class TestLeaveAndQuery:
     def test_bad_query(self, query: dict[str, str]) -> None:
         with pytest.raises(BadRequest):
             parse_hashes_query(query, 30.0)
+
+
+JSON_SCALARS = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8)
+JSON_VALUES = st.recursive(
+    JSON_SCALARS, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3)
+)
+
+
+def bodies(good: dict[str, Any], names: list[str]) -> st.SearchStrategy[dict[str, Any]]:
+    """The good body with some fields dropped and some replaced by arbitrary JSON (or plausible values)."""
+    plausible = {
+        "hashes": st.dictionaries(st.sampled_from(["0", "7", "01", "-1", "x"]), st.text(max_size=3), max_size=3),
+        "failed_parents": st.lists(st.sampled_from(["b", "", "a b", 3]), max_size=3),
+    }
+    values = {name: JSON_VALUES | plausible.get(name, st.integers(-2, 10 * MiB)) for name in names}
+    changes = st.fixed_dictionaries({}, optional={**values, "extra": JSON_VALUES})
+    dropped = st.sets(st.sampled_from(sorted(good)))
+    return st.builds(lambda c, d: {k: v for k, v in {**good, **c}.items() if k not in d}, changes, dropped)
+
+
+class TestSameAsTheGenericDecoder:
+    """The direct join and report parsers build what ``protocol.from_json`` builds, and refuse whatever it refuses."""
+
+    @staticmethod
+    def check(parse: Callable[[Any], Any], cls: type[Any], body: dict[str, Any]) -> None:
+        try:
+            reference = from_json(cls, body)
+        except ValueError:
+            with pytest.raises(BadRequest):
+                parse(body)
+            return
+        try:
+            parsed = parse(body)
+        except BadRequest:
+            return  # a value of the right type, out of bounds
+        assert parsed == reference
+
+    @settings(max_examples=400, deadline=None)
+    @given(bodies(JOIN, [f.name for f in fields(JoinRequest)]))
+    def test_join(self, body: dict[str, Any]) -> None:
+        self.check(parse_join, JoinRequest, body)
+
+    @settings(max_examples=400, deadline=None)
+    @given(bodies(REPORT, [f.name for f in fields(Report)]))
+    def test_report(self, body: dict[str, Any]) -> None:
+        self.check(parse_report, Report, body)
+
+    def test_a_full_report(self) -> None:
+        body = with_(REPORT, complete=True, hashes={"3": "a" * 64}, failed_parents=["b"], size=MiB, piece_size=MiB)
+        assert parse_report(with_(body, bad_hashes=True)) == from_json(Report, with_(body, bad_hashes=True))
