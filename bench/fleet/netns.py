@@ -147,6 +147,30 @@ def _write_sysctl(path: str, value: str) -> None:
         Path(path).write_text(value)
 
 
+NEIGH = "/proc/sys/net/ipv4/neigh/default/gc_thresh{}"
+
+
+def neighbour_thresholds(hosts: int) -> tuple[int, int, int]:
+    """gc_thresh1..3 for a lab of ``hosts`` namespaces that all talk to each other.
+
+    The kernel's ARP table is one for all network namespaces, and its hard limit (gc_thresh3,
+    1024 by default) counts every namespace's entries: a 40-node full mesh needs about 1,640.
+    Past it, new entries are refused ("neighbor table overflow"), and connections between
+    the nodes left out time out or fail with EHOSTUNREACH. Each node of a real cluster has its
+    own table; the lab makes room for the same.
+    """
+    need = hosts * (hosts + 2)
+    return max(128, need // 4), max(512, need * 2), max(1024, need * 4)
+
+
+def _raise_neighbour_limits(hosts: int) -> None:
+    for i, value in enumerate(neighbour_thresholds(hosts), start=1):
+        path = Path(NEIGH.format(i))
+        with contextlib.suppress(OSError, ValueError):
+            if int(path.read_text()) < value:
+                path.write_text(str(value))
+
+
 @dataclass
 class Lab:
     """Creates a :class:`LabPlan` on this machine; use as a context manager."""
@@ -176,6 +200,7 @@ class Lab:
         self.state_file.write_text(json.dumps({**state, "bridge": plan.bridge}))
         if plan.bridge in _links():
             raise RuntimeError(f"bridge {plan.bridge} exists already: another run uses this id")
+        _raise_neighbour_limits(len(plan.hosts))
         ip_batch([f"link add {plan.bridge} type bridge", *(f"netns add {h.netns}" for h in plan.hosts)])
         _write_sysctl(f"/proc/sys/net/ipv6/conf/{plan.bridge}/disable_ipv6", "1")
         links = []

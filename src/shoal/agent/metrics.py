@@ -52,6 +52,11 @@ class AgentMetrics:
             "Piece requests answered REJECT (not held verified, or superseeding while downloading)",
             registry=r,
         )
+        self.fallbacks_refused = Counter(
+            "shoal_agent_fallbacks_refused",
+            "Stuck swarm downloads told to wait: the blob's fallback leases were all held",
+            registry=r,
+        )
         self.peer_links = Gauge("shoal_agent_peer_links", "Open peer connections (both directions)", registry=r)
         self.peer_links_refused = Counter(
             "shoal_agent_peer_links_refused", "Peer connections refused (limit, failed handshake)", registry=r

@@ -385,8 +385,9 @@ class SwarmDownload:
                 if self.fetching is not None:
                     self.fetching.cancel()
                     self.fetching = None
-            case ds.AskFallback():
-                self.events.put_nowait(ds.FallbackAnswer(granted=True))  # TODO(fallback leases)
+            case ds.AskFallback(reason):
+                log.warning("swarm download of %s stuck (%s): asking for a fallback lease", self.digest, reason)
+                self._spawn(self._ask_fallback(), "fallback ask")
             case ds.GiveUp(reason):
                 raise SwarmGaveUpError(reason)
             case ds.Complete():
@@ -553,7 +554,7 @@ class SwarmDownload:
         pause = self.cfg.report_interval * 2 if wanting else self.cfg.heartbeat
         return max(0.0, last + pause - time.monotonic())
 
-    async def _report_once(self) -> TaskView:
+    async def _report_once(self, *, wants_fallback: bool = False) -> TaskView:
         # dict() copies in one step: the write thread adds hashes while we look
         new = {i: h for i, h in dict(self.partial.piece_hashes).items() if i not in self.hashes_sent}
         failed = sorted(self.state.unreported_failures)
@@ -567,12 +568,34 @@ class SwarmDownload:
             failed_parents=failed,
             size=self.size,
             piece_size=self.piece_size,
+            wants_fallback=wants_fallback,
         )
         view = await self.s.scheduler.report(str(self.digest), report)
         self.hashes_sent.update(new)
         self.state.unreported_failures.difference_update(failed)
         self.last_reported_pieces = self.written
         return view
+
+    async def _ask_fallback(self) -> None:
+        """Ask the scheduler whether we may go to the origin; a scheduler that cannot be
+        reached after a few tries is taken as a yes (nobody is left to coordinate with, and
+        the pull must not fail)."""
+        for pause in (*JOIN_RETRY_PAUSES, None):
+            try:
+                view = await self._report_once(wants_fallback=True)
+            except SchedulerUnavailable as exc:
+                log.warning("fallback ask for %s failed: %s", self.digest, exc)
+                if pause is None:
+                    self.events.put_nowait(ds.FallbackAnswer(granted=True))
+                    return
+                await asyncio.sleep(pause)
+                continue
+            self.events.put_nowait(self._answer(view))
+            if not view.fallback:
+                self.s.metrics.fallbacks_refused.inc()
+                log.info("fallback lease of %s refused: waiting in the swarm", self.digest)
+            self.events.put_nowait(ds.FallbackAnswer(granted=view.fallback))
+            return
 
     async def _hash_loop(self) -> None:
         """Long-poll the scheduler for the lease holder's piece hashes (it answers when there

@@ -71,6 +71,13 @@ def read_token(path: Path) -> str:
     help="Parents handed to one downloader.",
 )
 @click.option(
+    "--fallback-leases",
+    type=click.IntRange(min=1),
+    default=DEFAULTS.fallback_leases,
+    show_default=True,
+    help="Downloaders of one blob that may go to the origin at a time after their swarm download stalled.",
+)
+@click.option(
     "--max-children",
     type=click.IntRange(min=1),
     default=DEFAULTS.max_children,
@@ -93,6 +100,7 @@ def scheduler(
     stall_timeout: float,
     peer_ttl: float,
     max_parents: int,
+    fallback_leases: int,
     max_children: int,
     parent_policy: str,
 ) -> None:
@@ -112,6 +120,7 @@ def scheduler(
             stall_timeout=stall_timeout,
             peer_ttl=peer_ttl,
             max_parents=max_parents,
+            fallback_leases=fallback_leases,
             max_children=max_children,
             parent_policy=parent_policy,
         )

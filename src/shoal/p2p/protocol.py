@@ -95,6 +95,8 @@ class Report:
     size: int = 0
     piece_size: int = 0
     bad_hashes: bool = False
+    wants_fallback: bool = False
+    """the swarm is stuck here: may this peer fetch the rest from the origin? (see TaskView.fallback)"""
     """the blob built from pieces that all matched the published hashes failed its digest: the
     hashes are wrong. The scheduler drops them if a peer in ``failed_parents`` published them."""
 
@@ -110,6 +112,9 @@ class TaskView:
     fetcher: str | None = None
     """peer id of the current lease holder."""
     hashes_known: int = 0
+    fallback: bool = False
+    """answering ``wants_fallback``: one of the blob's few fallback leases is this peer's,
+    fetch the rest from the origin; False: keep waiting in the swarm"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +155,7 @@ def _task_view(view: TaskView) -> dict[str, Any]:
         "lease_ttl": view.lease_ttl,
         "fetcher": view.fetcher,
         "hashes_known": view.hashes_known,
+        "fallback": view.fallback,
     }
 
 

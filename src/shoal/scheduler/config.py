@@ -41,6 +41,11 @@ class SchedulerConfig:
     """peers not heard from (join or report) for this long are dropped from their tasks."""
     max_parents: int = 6
     """parents handed to one downloader."""
+    fallback_leases: int = 2
+    """downloaders of one blob that may fetch from the origin on their own at a time, after
+    their swarm download stalled (each lease lasts ``lease_ttl`` after its holder's last
+    report): on saturated cores every node stalls at once, and this keeps the registry's
+    egress near one image instead of N."""
     max_children: int = 8
     """children a parent takes (assigned within ``child_window``) before others are preferred."""
     child_window: float = 30.0
@@ -74,6 +79,8 @@ class SchedulerConfig:
                 raise ConfigError(f"{name} must be > 0, not {getattr(self, name)!r}")
         if self.max_parents < 1:
             raise ConfigError(f"max_parents must be >= 1, not {self.max_parents}")
+        if self.fallback_leases < 1:
+            raise ConfigError(f"fallback_leases must be >= 1, not {self.fallback_leases}")
         if self.max_children < 1:
             raise ConfigError(f"max_children must be >= 1, not {self.max_children}")
         if self.parent_policy not in PARENT_POLICIES:

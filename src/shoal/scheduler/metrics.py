@@ -33,6 +33,12 @@ class _StateCollector(Collector):
             ("shoal_scheduler_hash_conflicts", "Piece hashes that disagreed with a known one.", s.hash_conflicts),
             ("shoal_scheduler_hashes_ignored", "Piece hashes sent by peers without the lease.", s.hashes_ignored),
             ("shoal_scheduler_hash_resets", "Tasks whose hashes were dropped as wrong (bad_hashes).", s.hash_resets),
+            ("shoal_scheduler_fallbacks_granted", "Fallback leases granted to stalled downloads.", s.fallbacks_granted),
+            (
+                "shoal_scheduler_fallbacks_refused",
+                "Fallback asks refused: the blob's fallback leases were all held.",
+                s.fallbacks_refused,
+            ),
         )
         for name, doc, value in counters:
             yield CounterMetricFamily(name, doc, value=value)

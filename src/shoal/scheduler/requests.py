@@ -149,6 +149,7 @@ def parse_report(data: Any) -> Report:
         size=_int("size", get("size", 0)),
         piece_size=_int("piece_size", get("piece_size", 0)),
         bad_hashes=_bool("bad_hashes", get("bad_hashes", False)),
+        wants_fallback=_bool("wants_fallback", get("wants_fallback", False)),
     )
 
 

@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import random
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from shoal.p2p.pieces import choose_piece_size, piece_count
 from shoal.p2p.protocol import HashesView, JoinRequest, PeerInfo, Report, Stats, TaskView
@@ -219,6 +219,8 @@ class Task:
     publishers: dict[str, None] = field(default_factory=dict)
     """lease holders whose hashes were accepted, oldest first (an ordered set)."""
     hashes_reset_at: float = float("-inf")
+    fallbacks: dict[str, float] = field(default_factory=dict)
+    """fallback lease holders -> when their lease ends (renewed by each report)"""
 
 
 class SchedulerState:
@@ -245,6 +247,8 @@ class SchedulerState:
         """tasks whose hashes were dropped after a ``bad_hashes`` report blamed their publisher."""
         self.resets: list[HashReset] = []
         """hash resets since the caller last cleared this (to log)."""
+        self.fallbacks_granted = 0
+        self.fallbacks_refused = 0
 
     # -- calls -------------------------------------------------------------------------------
     def join(self, digest: str, req: JoinRequest, now: float) -> TaskView:
@@ -288,8 +292,30 @@ class SchedulerState:
                 task.suspects[suspect] = now + self.config.suspect_ttl
         self._after_update(task, member, now)
         self.reports += 1
+        fallback = self._fallback(task, rep, now)
         # a peer reporting bad hashes refetches from the origin on its own: not as holder
-        return self._answer(task, member, now, may_take=not rep.bad_hashes)
+        view = self._answer(task, member, now, may_take=not rep.bad_hashes)
+        return replace(view, fallback=True) if fallback else view
+
+    def _fallback(self, task: Task, rep: Report, now: float) -> bool:
+        """Whether ``rep``'s peer holds (or now gets) one of the task's fallback leases."""
+        peer_id = rep.peer_id
+        for holder in [p for p, until in task.fallbacks.items() if until <= now]:
+            del task.fallbacks[holder]
+        if rep.complete:
+            task.fallbacks.pop(peer_id, None)
+            return False
+        held = peer_id in task.fallbacks
+        if held:
+            task.fallbacks[peer_id] = now + self.config.lease_ttl
+        if not rep.wants_fallback:
+            return held
+        if held or len(task.fallbacks) < self.config.fallback_leases:
+            task.fallbacks[peer_id] = now + self.config.lease_ttl
+            self.fallbacks_granted += 1
+            return True
+        self.fallbacks_refused += 1
+        return False
 
     def hashes(self, digest: str, start: int) -> HashesView:
         """Known piece hashes from ``start`` on, up to the first unknown one."""

@@ -75,3 +75,16 @@ class TestPlan:
         slow = [h for h in plan.nodes if h.upload_bps == 50]
         assert len(slow) == 5 == len(slow_nodes(20))
         assert all(h.download_bps == 50 for h in slow)
+
+
+class TestNeighbourTable:
+    """The kernel's one ARP table must hold a full mesh of every namespace (40 nodes: the
+    default hard limit of 1024 entries overflowed and connections between nodes failed)."""
+
+    def test_room_for_a_full_mesh(self) -> None:
+        from bench.fleet.netns import neighbour_thresholds
+
+        assert neighbour_thresholds(6) == (128, 512, 1024)
+        low, mid, high = neighbour_thresholds(42)
+        assert high >= 2 * 42 * 42
+        assert low < mid < high

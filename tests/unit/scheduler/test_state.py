@@ -631,3 +631,46 @@ class TestWrongHashes:
         report(s, "child", 2, failed=["grudge"])
         bad_hashes(s, "grudge", 3, ["liar"])
         assert len(s.hashes(D, 0).hashes) == 10
+
+
+def ask_fallback(s: SchedulerState, peer: str, now: float, *, complete: bool = False) -> TaskView:
+    rep = Report(peer, f"{peer}:1", 0, 0, complete=complete, size=SIZE, piece_size=MiB, wants_fallback=True)
+    return s.report(D, rep, now)
+
+
+class TestFallbackLeases:
+    """Overload without stampede: of the downloads of one blob that stalled, at most
+    ``fallback_leases`` go to the origin at a time; a lease ends ``lease_ttl`` after its
+    holder's last report, or when it reports the blob complete."""
+
+    def test_only_a_few_stalled_downloads_may_go_to_the_origin(self) -> None:
+        s = state(fallback_leases=2)
+        join(s, "fetcher", 0.0)
+        for peer in ("a", "b", "c", "d"):
+            join(s, peer, 0.0)
+        granted = [ask_fallback(s, p, 1.0).fallback for p in ("a", "b", "c", "d")]
+        assert granted == [True, True, False, False]
+        assert (s.fallbacks_granted, s.fallbacks_refused) == (2, 2)
+        assert ask_fallback(s, "a", 2.0).fallback  # a holder asking again keeps its lease
+        assert not report(s, "c", 2.0).fallback  # a report without the ask says "not yours"
+
+    def test_a_lease_ends_when_its_holder_falls_silent_or_completes(self) -> None:
+        s = state(fallback_leases=1, lease_ttl=15.0)
+        join(s, "fetcher", 0.0)
+        for peer in ("a", "b", "c"):
+            join(s, peer, 0.0)
+        assert ask_fallback(s, "a", 1.0).fallback
+        assert not ask_fallback(s, "b", 10.0).fallback
+        assert report(s, "a", 12.0, pieces=3).fallback  # still its lease, renewed
+        assert not ask_fallback(s, "b", 20.0).fallback
+        assert ask_fallback(s, "b", 27.1).fallback  # a's lease ran out 15 s after its last report
+        report(s, "b", 28.0, complete=True, pieces=10)
+        assert ask_fallback(s, "c", 28.5).fallback
+
+    def test_the_answer_reaches_the_wire(self) -> None:
+        from shoal.p2p.protocol import dumps, loads
+
+        s = state()
+        join(s, "a", 0.0)
+        view = ask_fallback(s, "a", 1.0)
+        assert loads(dumps(view))["fallback"] is (view.fallback is True)
