@@ -208,6 +208,51 @@ class TestFailures:
         # (the registry counts bytes it wrote into the frozen node's socket buffers, hence < 2x)
         assert origin.blob_bytes_served < 2 * slow_image.blob_bytes, origin.blob_bytes_served
 
+    async def test_a_stalled_swarm_goes_to_the_origin_a_few_at_a_time(
+        self, slow_origin_fleet: tuple[DemoOrigin, str, Path], slow_image: GeneratedImage
+    ) -> None:
+        """Overload without stampede: the fetcher freezes (a CPU-starved node) and keeps its
+        lease, so every child stalls at once. Only the blob's one fallback lease goes to the
+        registry; the other children are told to wait, and get the blob from the swarm. Before
+        fallback leases each stalled child fetched the rest itself: 4 more copies here."""
+        origin, url, tmp = slow_origin_fleet
+        fleet = LocalFleet(
+            tmp / "fleet",
+            nodes=5,
+            registries={REGISTRY: url},
+            agent_args=("--stall-timeout", "2"),
+            scheduler_args=("--lease-ttl", "120", "--stall-timeout", "120", "--fallback-leases", "1"),
+        )
+        layer = max(slow_image.blobs, key=lambda b: b.size)
+        await asyncio.to_thread(fleet.start)
+        frozen: int | None = None
+        try:
+            first = asyncio.create_task(pull_image(fleet.nodes[0].url, f"{REGISTRY}/team/slow", "latest"))
+            await asyncio.sleep(0.5)
+            others = [
+                asyncio.create_task(pull_image(n.url, f"{REGISTRY}/team/slow", "latest")) for n in fleet.nodes[1:]
+            ]
+            while origin.blob_bytes_served < slow_image.blob_bytes // 4:
+                await asyncio.sleep(0.05)
+            logs = [tmp / "fleet" / f"node-{i}.log" for i in range(5)]
+            fetcher = next(i for i in range(5) if f"origin fetcher for {layer.digest}" in logs[i].read_text())
+            frozen = fleet.nodes[fetcher].process.pid
+            os.kill(frozen, signal.SIGSTOP)
+            waiting = [t for i, t in enumerate([first, *others]) if i != fetcher]
+            results = await asyncio.wait_for(asyncio.gather(*waiting), 120)
+            served = origin.blob_bytes_served
+            assert all(r.blob_bytes == slow_image.blob_bytes for r in results)
+            refused = sum(
+                metric(n.url, "shoal_agent_fallbacks_refused_total") for i, n in enumerate(fleet.nodes) if i != fetcher
+            )
+        finally:
+            if frozen is not None:
+                os.kill(frozen, signal.SIGCONT)
+            await asyncio.to_thread(fleet.stop)
+        assert refused >= 1, "no child was told to wait"
+        # the frozen fetcher's part, then one fallback fetch of the rest (not one per child)
+        assert served < 2 * slow_image.blob_bytes, served / slow_image.blob_bytes
+
     async def test_scheduler_killed_mid_rollout(
         self, slow_origin_fleet: tuple[DemoOrigin, str, Path], slow_image: GeneratedImage
     ) -> None:

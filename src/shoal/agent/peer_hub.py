@@ -7,10 +7,12 @@ cache or from a blob still downloading. Nothing is polled: a child hears of a pi
 the bitfield it gets for asking or in one HAVE when the piece is verified here.
 
 Only verified bytes are offered: a piece of a download is announced once its hash matched
-(or the origin fetch's prefix passed it). While a blob is still downloading here, a piece
-already sent to ``superseed_copies`` children is refused to more (REJECT): they take it
-from those children, and this node's upload carries new pieces instead of the same ones
-again. When the blob completes, every refused piece is announced again.
+(or the origin fetch's prefix passed it). While this node fetches a blob from the origin
+(superseeding), a piece already accepted for ``superseed_copies`` children is refused to
+more (REJECT): they take it from those children, and the fetcher's upload carries new
+pieces instead of the same ones again. Every other node serves what it holds to whoever
+asks: limiting them too starved a 40-node swarm until nodes completed. When the fetch ends
+(the blob is complete, or the lease moved), every refused piece is announced again.
 """
 
 from __future__ import annotations
@@ -334,11 +336,9 @@ class PeerHub:
             told[event.digest] = None
             link.send(wire.Bitfield.of(event.digest, event.pieces, ()))
             return
-        pieces, complete = held
+        pieces, _ = held
         told[event.digest] = set(pieces)
         self._interested.setdefault(event.digest, set()).add(link)
-        if not complete:
-            self._copies.setdefault(event.digest, {})
         link.send(wire.Bitfield.of(event.digest, event.pieces, pieces))
 
     def _forget_child(self, link: PeerLink, digest: str) -> None:
@@ -357,13 +357,34 @@ class PeerHub:
         if not links:
             return
         fresh = list(indices)
-        self._copies.setdefault(key, {})
         for link in links:
             told = self._told.get(link, {}).get(key)
             if told is None:
                 continue
             for index in fresh:
                 if index not in told:
+                    told.add(index)
+                    link.send(wire.Have(key, index))
+
+    def superseed(self, digest: Digest) -> None:
+        """This node fetches ``digest`` from the origin: limit the copies of each new piece."""
+        self._copies.setdefault(str(digest), {})
+
+    def stop_superseeding(self, digest: Digest) -> None:
+        """The origin fetch ended without the blob (the lease moved): what children were
+        refused is theirs to ask for again."""
+        key = str(digest)
+        if self._copies.pop(key, None) is None:
+            return
+        for (link, refused_of), refused in list(self._refused.items()):
+            if refused_of != key:
+                continue
+            del self._refused[(link, key)]
+            told = self._told.get(link, {}).get(key)
+            if told is None:
+                continue
+            for index in sorted(refused):
+                if self._piece_source(key, index) is not None and index not in told:
                     told.add(index)
                     link.send(wire.Have(key, index))
 
@@ -388,7 +409,8 @@ class PeerHub:
             self._refuse(link, event)
             return
         path, offset, length, complete = source
-        if not complete and self._copies.get(event.digest, {}).get(event.index, 0) >= self.config.superseed_copies:
+        copies = None if complete else self._copies.get(event.digest)
+        if copies is not None and copies.get(event.index, 0) >= self.config.superseed_copies:
             self._refuse(link, event)
             return
         try:
@@ -396,8 +418,7 @@ class PeerHub:
         except OSError:
             self._refuse(link, event)
             return
-        copies = self._copies.get(event.digest)
-        if not complete and copies is not None:
+        if copies is not None:
             # counted when accepted, not when sent: a piece takes a while to leave on a slow
             # link, and every child asks for the newest piece at once
             copies[event.index] = copies.get(event.index, 0) + 1

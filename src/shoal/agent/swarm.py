@@ -374,6 +374,7 @@ class SwarmDownload:
                 self.s.metrics.lease_acquired.inc()
                 log.info("origin fetcher for %s", self.digest)
                 self.fetching = self._spawn(self._fetch_origin(), "origin fetch")
+                self.hub.superseed(self.digest)
             case ds.StopOriginFetch(holder):
                 # two origin fetches of one blob would double the registry's bytes
                 log.warning(
@@ -385,6 +386,7 @@ class SwarmDownload:
                 if self.fetching is not None:
                     self.fetching.cancel()
                     self.fetching = None
+                self.hub.stop_superseeding(self.digest)
             case ds.AskFallback(reason):
                 log.warning("swarm download of %s stuck (%s): asking for a fallback lease", self.digest, reason)
                 self._spawn(self._ask_fallback(), "fallback ask")

@@ -310,6 +310,11 @@ class SchedulerState:
             task.fallbacks[peer_id] = now + self.config.lease_ttl
         if not rep.wants_fallback:
             return held
+        if not held and len(task.seeders):
+            # a complete copy is in the swarm (a fallback holder that finished, a seed): the
+            # answer's parents include it, and the registry is not needed again
+            self.fallbacks_refused += 1
+            return False
         if held or len(task.fallbacks) < self.config.fallback_leases:
             task.fallbacks[peer_id] = now + self.config.lease_ttl
             self.fallbacks_granted += 1

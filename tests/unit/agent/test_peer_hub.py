@@ -134,6 +134,7 @@ class TestServing:
         partial = store.begin(digest, len(data))
         await partial.write(0, data[:MiB])
         h = hub(store, {digest: partial}, copies=2)
+        h.superseed(digest)  # we fetch it from the origin
         children = [FakeLink(f"127.0.0.{i}:1") for i in range(2, 5)]
         for child in children:
             h.link_events(as_link(child), [wire.Interested(str(digest), 2)])
@@ -151,6 +152,37 @@ class TestServing:
         assert haves(children[0]) == [1]
         h.link_events(as_link(late), [wire.Request(str(digest), 0)])
         assert late.pieces == [(str(digest), 0, 0, MiB)]
+
+    async def test_only_the_origin_fetcher_superseeds(self, store: BlobStore) -> None:
+        """A node that is not fetching from the origin serves every piece it holds to every
+        child that asks: limiting relays too starved a 40-node swarm until nodes completed."""
+        data = os.urandom(2 * MiB)
+        digest = Digest.of(data)
+        partial = store.begin(digest, len(data))
+        await partial.write(0, data[:MiB])
+        h = hub(store, {digest: partial}, copies=1)
+        children = [FakeLink(f"127.0.0.{i}:1") for i in range(2, 6)]
+        for child in children:
+            h.link_events(as_link(child), [wire.Interested(str(digest), 2), wire.Request(str(digest), 0)])
+        assert all(c.pieces == [(str(digest), 0, 0, MiB)] for c in children)
+        partial.fail(RuntimeError("test over"))
+
+    async def test_a_lease_that_moves_ends_superseeding(self, store: BlobStore) -> None:
+        data = os.urandom(2 * MiB)
+        digest = Digest.of(data)
+        partial = store.begin(digest, len(data))
+        await partial.write(0, data[:MiB])
+        h = hub(store, {digest: partial}, copies=1)
+        h.superseed(digest)
+        first, second = FakeLink("127.0.0.2:1"), FakeLink("127.0.0.3:1")
+        for child in (first, second):
+            h.link_events(as_link(child), [wire.Interested(str(digest), 2), wire.Request(str(digest), 0)])
+        assert second.sent[-1] == wire.Reject(str(digest), 0)
+        h.stop_superseeding(digest)
+        assert haves(second) == [0]  # offered again
+        h.link_events(as_link(second), [wire.Request(str(digest), 0)])
+        assert second.pieces == [(str(digest), 0, 0, MiB)]
+        partial.fail(RuntimeError("test over"))
 
     async def test_a_child_that_leaves_hears_no_more(self, store: BlobStore) -> None:
         data = os.urandom(2 * MiB)

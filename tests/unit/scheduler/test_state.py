@@ -665,7 +665,11 @@ class TestFallbackLeases:
         assert not ask_fallback(s, "b", 20.0).fallback
         assert ask_fallback(s, "b", 27.1).fallback  # a's lease ran out 15 s after its last report
         report(s, "b", 28.0, complete=True, pieces=10)
-        assert ask_fallback(s, "c", 28.5).fallback
+        view = ask_fallback(s, "c", 28.5)
+        assert not view.fallback  # b is a complete copy in the swarm: take it from there
+        assert "b" in [p.peer_id for p in view.parents]
+        s.leave(D, "b")
+        assert ask_fallback(s, "c", 29.0).fallback  # the copy left: the registry it is
 
     def test_the_answer_reaches_the_wire(self) -> None:
         from shoal.p2p.protocol import dumps, loads
