@@ -40,7 +40,13 @@ from shoal.store.partial import PartialBlob, PartialState
 
 log = logging.getLogger(__name__)
 
-HANDSHAKE_THREADS = 64
+HANDSHAKE_THREADS = 32
+"""threads for inbound handshakes, and as many for outbound dials (apart: peers that stall
+their handshakes cannot keep this agent from reaching its parents)"""
+MAX_PENDING_HANDSHAKES = 64
+"""inbound handshakes in progress, at most (each holds a thread for up to 10 s)"""
+LINKS_PER_PEER = 2
+"""links with one peer id: two peers that dial each other at once make two"""
 LIVENESS_PERIOD = 5.0
 """seconds between liveness checks of all links (a keepalive where one is due)"""
 
@@ -117,9 +123,11 @@ class PeerHub:
         """blobs still downloading here -> how often each piece went to a child"""
         self._refused: dict[tuple[PeerLink, str], set[int]] = {}
         self._liveness: asyncio.Task[None] | None = None
-        self._handshakes = ThreadPoolExecutor(max_workers=HANDSHAKE_THREADS, thread_name_prefix="shoal-handshake")
-        """dials and handshakes block for up to their timeouts: in the loop's default pool
-        they held the threads that piece writes and the other side's handshakes needed"""
+        self._answers = ThreadPoolExecutor(max_workers=HANDSHAKE_THREADS, thread_name_prefix="shoal-answer")
+        self._dials = ThreadPoolExecutor(max_workers=HANDSHAKE_THREADS, thread_name_prefix="shoal-dial")
+        """handshakes block for up to their timeout: in the loop's default pool they held the
+        threads that piece writes (and the other side's handshakes) needed"""
+        self.closed = False
 
     def start(self) -> None:
         self._liveness = asyncio.create_task(self._check_liveness(), name="peer liveness")
@@ -129,15 +137,21 @@ class PeerHub:
             self._liveness.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._liveness
+        self.closed = True
         for link in list(self._all):
             link.close("agent stopping")
-        self._handshakes.shutdown(wait=False, cancel_futures=True)
+        self._answers.shutdown(wait=False, cancel_futures=True)
+        self._dials.shutdown(wait=False, cancel_futures=True)
 
     # -- connections ---------------------------------------------------------------------
     def accept(self, sock: socket.socket, first: bytes) -> None:
         """A connection on the agent's port that speaks the peer protocol (from the guard)."""
-        if len(self._all) + self._pending >= self.config.max_links:
-            log.warning("refusing a peer connection: %d peer links open", len(self._all))
+        if (
+            self.closed
+            or self._pending >= MAX_PENDING_HANDSHAKES
+            or len(self._all) + self._pending >= self.config.max_links
+        ):
+            log.warning("refusing a peer connection: %d links, %d handshakes", len(self._all), self._pending)
             self._metrics.peer_links_refused.inc()
             sock.close()
             return
@@ -154,7 +168,7 @@ class PeerHub:
 
         sock.setblocking(True)
         future = self._loop.run_in_executor(
-            self._handshakes, answer, sock, first, self.config.peer_id, self.config.secret, self._nonces, check
+            self._answers, answer, sock, first, self.config.peer_id, self.config.secret, self._nonces, check
         )
         future.add_done_callback(lambda f: self._accepted(f, sock, source))
 
@@ -162,8 +176,17 @@ class PeerHub:
         self._pending -= 1
         try:
             conn = future.result()
-        except (OSError, LinkError, wire.ProtocolError) as exc:
+        except asyncio.CancelledError:  # the agent is stopping
+            sock.close()
+            return
+        except Exception as exc:
             log.warning("peer connection from %s refused: %s", source, exc)
+            self._metrics.peer_links_refused.inc()
+            sock.close()
+            return
+        assert conn.peer_id is not None
+        if sum(1 for link in self._all if link.peer_id == conn.peer_id) >= LINKS_PER_PEER:
+            log.warning("refusing another link from %s (%s): it has %d", conn.peer_id, source, LINKS_PER_PEER)
             self._metrics.peer_links_refused.inc()
             sock.close()
             return
@@ -175,12 +198,14 @@ class PeerHub:
         if link is not None and not link.closed:
             return link
         dialing = self._dialing.get(peer_id)
+        if dialing is None and (self.closed or len(self._all) + self._pending >= self.config.max_links):
+            raise LinkError(f"not dialling {peer_id}: {len(self._all)} peer links open")
         if dialing is None:
             dialing = self._loop.create_future()
             self._dialing[peer_id] = dialing
             try:
                 sock, conn = await self._loop.run_in_executor(
-                    self._handshakes,
+                    self._dials,
                     dial,
                     address,
                     peer_id,
@@ -200,6 +225,10 @@ class PeerHub:
         return await asyncio.shield(dialing)
 
     def _add(self, link: PeerLink) -> None:
+        if self.closed:
+            link.close("agent stopping")
+            link.start()
+            return
         self._all.add(link)
         self.links[link.peer_id] = link
         self._metrics.peer_links.set(len(self._all))
@@ -234,6 +263,11 @@ class PeerHub:
             return
         self._via[key] = link
         link.send(wire.Interested(str(digest), pieces))
+
+    def bytes_from(self, peer_id: str, digest: Digest) -> int:
+        """Piece bytes received so far on the link a download asks ``peer_id`` on."""
+        link = self._via.get((peer_id, str(digest)))
+        return 0 if link is None else link.bytes_in
 
     def request(self, peer_id: str, digest: Digest, index: int) -> bool:
         link = self._via.get((peer_id, str(digest)))
@@ -284,8 +318,12 @@ class PeerHub:
         self._metrics.peer_bytes.labels("upload").inc(length)
         self._metrics.pieces_served.inc()
 
-    def link_piece_aborted(self, link: PeerLink, digest: str, index: int) -> None:
-        self._metrics.peer_uploads_aborted.inc()
+    def link_piece_dropped(self, link: PeerLink, digest: str, index: int, aborted: bool) -> None:
+        if aborted:
+            self._metrics.peer_uploads_aborted.inc()
+        copies = self._copies.get(digest)
+        if copies is not None and copies.get(index, 0) > 0:
+            copies[index] -= 1  # no child got this copy: another may have it
 
     def link_closed(self, link: PeerLink, reason: str) -> None:
         if link not in self._all:

@@ -21,7 +21,9 @@ import logging
 import os
 import queue
 import socket
+import struct
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -35,6 +37,12 @@ RECV_BUFFER = 256 << 10
 BODY_SLICE = 1 << 20
 """a piece body is read in slices of this size: ``bytes_in`` (stall detection) moves that often"""
 HANDSHAKE_TIMEOUT = 10.0
+"""seconds a whole handshake may take (not each read: a peer trickling a byte at a time
+would hold a thread for ever)"""
+SEND_TIMEOUT = 60.0
+"""seconds one send may block (SO_SNDTIMEO): a peer that stops reading loses its link"""
+MAX_QUEUED_BYTES = 8 << 20
+"""control frames queued for a peer that does not read them, at most; then its link closes"""
 
 
 class LinkError(Exception):
@@ -60,7 +68,8 @@ class LinkHandler(Protocol):
 
     def link_piece_sent(self, link: PeerLink, digest: str, index: int, length: int) -> None: ...
 
-    def link_piece_aborted(self, link: PeerLink, digest: str, index: int) -> None: ...
+    def link_piece_dropped(self, link: PeerLink, digest: str, index: int, aborted: bool) -> None:
+        """A queued piece did not go out: cancelled before its turn, or broken off mid-body."""
 
     def link_closed(self, link: PeerLink, reason: str) -> None: ...
 
@@ -87,6 +96,11 @@ _PIECE_READY = _PieceReady()
 _Item = wire.Event | _PieceReady | _Stop
 
 
+def _frame_size(event: object) -> int:
+    """About how many bytes an event takes on the wire (a BITFIELD's bits, else a header)."""
+    return 80 + len(event.bits) if isinstance(event, wire.Bitfield) else 80
+
+
 def peer_secret(token: str | None) -> bytes:
     """The wire protocol's secret: derived from the peer token (any length), or a fixed,
     public value under ``--insecure-no-peer-auth`` (which then authenticates nobody)."""
@@ -108,11 +122,15 @@ def _send_all(sock: socket.socket, conn: wire.Connection, lock: threading.Lock, 
     sock.sendall(data)
 
 
-def _read_event(sock: socket.socket, conn: wire.Connection) -> wire.Event:
-    """The next handshake event (blocking; the socket has a timeout)."""
+def _read_event(sock: socket.socket, conn: wire.Connection, deadline: float) -> wire.Event:
+    """The next handshake event (blocking, until ``deadline`` on the monotonic clock)."""
     while True:
         event = conn.next_event()
         if event is wire.NEED_DATA:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise LinkError(f"handshake not complete within {HANDSHAKE_TIMEOUT:.0f}s")
+            sock.settimeout(remaining)
             conn.receive_data(sock.recv(4096))
             continue
         if isinstance(event, wire.Signal):
@@ -130,12 +148,13 @@ def dial(
     except OSError as exc:
         raise LinkError(f"cannot connect to {address}: {exc}") from None
     try:
+        deadline = time.monotonic() + HANDSHAKE_TIMEOUT
         sock.settimeout(HANDSHAKE_TIMEOUT)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         conn = wire.Connection(wire.Role.CLIENT, secret=secret)
         lock = threading.Lock()
         _send_all(sock, conn, lock, wire.Hello(own_id))
-        event = _read_event(sock, conn)
+        event = _read_event(sock, conn, deadline)
         if isinstance(event, wire.Close):
             raise LinkError(f"{address} refused us: {event.reason}")
         if not isinstance(event, wire.Welcome):
@@ -143,7 +162,7 @@ def dial(
         if event.peer_id != expected_id:
             raise LinkError(f"{address} says it is {event.peer_id!r}, not {expected_id!r}")
         _send_all(sock, conn, lock, wire.Auth())
-        sock.settimeout(None)
+        _bulk_mode(sock)
         return sock, conn
     except (OSError, wire.ProtocolError, LinkError) as exc:
         sock.close()
@@ -168,12 +187,13 @@ def answer(
     ``first`` is what was read off the socket before it was recognised as a peer connection;
     ``check_id`` says why a claimed peer id is refused (or None).
     """
+    deadline = time.monotonic() + HANDSHAKE_TIMEOUT
     sock.settimeout(HANDSHAKE_TIMEOUT)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     conn = wire.Connection(wire.Role.SERVER, secret=secret, replay_guard=replay_guard)
     lock = threading.Lock()
     conn.receive_data(first)
-    event = _read_event(sock, conn)
+    event = _read_event(sock, conn, deadline)
     if not isinstance(event, wire.Hello):
         raise LinkError(f"expected HELLO, got {type(event).__name__}")
     refusal = check_id(event.peer_id)
@@ -182,11 +202,19 @@ def answer(
             _send_all(sock, conn, lock, wire.Close(refusal[:200]))
         raise LinkError(refusal)
     _send_all(sock, conn, lock, wire.Welcome(own_id))
-    event = _read_event(sock, conn)
+    event = _read_event(sock, conn, deadline)
     if not isinstance(event, wire.Auth):
         raise LinkError(f"expected AUTH, got {type(event).__name__}")
-    sock.settimeout(None)
+    _bulk_mode(sock)
     return conn
+
+
+def _bulk_mode(sock: socket.socket) -> None:
+    """Blocking reads (a link waits for its peer as long as liveness allows), sends bounded
+    by SO_SNDTIMEO: the reader and the writer share the socket, so not ``settimeout``."""
+    sock.settimeout(None)
+    seconds = int(SEND_TIMEOUT)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", seconds, 0))
 
 
 class PeerLink:
@@ -216,6 +244,9 @@ class PeerLink:
         self._out: queue.SimpleQueue[_Item] = queue.SimpleQueue()
         """control frames, in order; the writer sends all that are queued before each piece"""
         self._pieces: collections.deque[_PieceOut] = collections.deque()
+        self._queued_bytes = 0
+        """about how many bytes of control frames wait in ``_out`` (the loop adds, the writer
+        takes away: a lost update under a race only moves the bound a little)"""
         self._ended = 0
         self._end_lock = threading.Lock()
         self._reader = threading.Thread(target=self._read_forever, name=f"peer-in {self.peer_id}", daemon=True)
@@ -227,9 +258,16 @@ class PeerLink:
 
     # -- from the event loop -------------------------------------------------------------
     def send(self, event: wire.Event) -> None:
-        """Queue a control frame (one the protocol no longer allows by then is dropped)."""
-        if not self.closed:
-            self._out.put(event)
+        """Queue a control frame (one the protocol no longer allows by then is dropped). A
+        peer that lets frames pile up (it stopped reading, and asks for more) is cut off."""
+        if self.closed:
+            return
+        self._queued_bytes += _frame_size(event)
+        if self._queued_bytes > MAX_QUEUED_BYTES:
+            log.warning("peer %s does not read what it asks for: closing its link", self.peer_id)
+            self.abort()
+            return
+        self._out.put(event)
 
     def send_piece(self, digest: str, index: int, fd: int, offset: int, length: int) -> None:
         """Queue a piece: the writer sends its body from ``fd`` and closes ``fd``."""
@@ -238,6 +276,8 @@ class PeerLink:
             return
         self._pieces.append(_PieceOut(digest, index, fd, offset, length))
         self._out.put(_PIECE_READY)
+        if self.closed:  # the writer ended meanwhile: nobody else will close the file
+            self._drop_queued()
 
     def keepalive(self) -> None:
         with self._lock:
@@ -291,8 +331,11 @@ class PeerLink:
         except (OSError, wire.LocalProtocolError) as exc:
             reason = f"connection broken: {exc}"
         finally:
+            self.closed = True
             self._out.put(_STOP)
             self._post(self._handler.link_closed, self.reason or reason)
+            if not self._close_grace():
+                self._shutdown()  # a writer blocked on a peer that does not read returns now
             self._end()
 
     def _drain(self) -> bool:
@@ -372,6 +415,7 @@ class PeerLink:
         pending = bytearray()
         ready = 0
         alive = True
+        self._queued_bytes -= sum(_frame_size(i) for i in items if not isinstance(i, _Stop | _PieceReady))
         for item in items:
             if isinstance(item, _Stop):
                 alive = False
@@ -390,12 +434,13 @@ class PeerLink:
         try:
             header = self._encode(wire.Piece(item.digest, item.index, item.length))
             if header is None:  # cancelled meanwhile
+                self._post(self._handler.link_piece_dropped, item.digest, item.index, False)
                 return
             self._sock.sendall(header)
             try:
                 self._sendfile(item)
             except OSError:
-                self._post(self._handler.link_piece_aborted, item.digest, item.index)
+                self._post(self._handler.link_piece_dropped, item.digest, item.index, True)
                 raise
         finally:
             os.close(item.fd)
@@ -425,6 +470,11 @@ class PeerLink:
         with contextlib.suppress(IndexError):
             while True:
                 os.close(self._pieces.popleft().fd)
+
+    def _close_grace(self) -> bool:
+        """Give the writer a moment to send our CLOSE; False if it is still busy after it."""
+        self._writer.join(1.0)
+        return not self._writer.is_alive()
 
     def _shutdown(self) -> None:
         with contextlib.suppress(OSError):

@@ -154,7 +154,17 @@ class SwarmSource:
             reason,
             partial.contiguous,
         )
-        await self.origin.fill(partial, dist, creds)
+        if not download.fallback_granted:
+            await self.origin.fill(partial, dist, creds)
+            return
+        # keep the fallback lease while we fetch: it lapses a lease TTL after our last report,
+        # and the next stalled node would take it while we still use the registry
+        keeper = asyncio.create_task(download.keep_fallback(), name=f"fallback lease {dist.digest}")
+        try:
+            await self.origin.fill(partial, dist, creds)
+        finally:
+            keeper.cancel()
+            await asyncio.gather(keeper, return_exceptions=True)
 
     def rejected(self, digest: Digest) -> bool:
         """Verified pieces made a blob that does not match its digest: the piece hashes were
@@ -290,6 +300,8 @@ class SwarmDownload:
         self.written = 0
         """pieces written from parents (the origin fetch's are in the prefix)"""
         self.prefix_announced = 0
+        self.fallback_granted = False
+        """the scheduler gave us a fallback lease (not: the scheduler could not be asked)"""
         self.from_parents: dict[str, int] = {}
         self.started = time.monotonic()
 
@@ -484,8 +496,7 @@ class SwarmDownload:
         seen = 0
         while True:
             await asyncio.sleep(TICK)
-            links = {self.hub.links.get(pid) for pid in self.state.parents}
-            arrived = sum(link.bytes_in for link in links if link is not None)
+            arrived = sum(self.hub.bytes_from(pid, self.digest) for pid in self.state.parents)
             if arrived > seen:
                 self.events.put_nowait(ds.BytesArrived(arrived - seen))
             else:
@@ -593,11 +604,19 @@ class SwarmDownload:
                 await asyncio.sleep(pause)
                 continue
             self.events.put_nowait(self._answer(view))
+            self.fallback_granted = view.fallback
             if not view.fallback:
                 self.s.metrics.fallbacks_refused.inc()
                 log.info("fallback lease of %s refused: waiting in the swarm", self.digest)
             self.events.put_nowait(ds.FallbackAnswer(granted=view.fallback))
             return
+
+    async def keep_fallback(self) -> None:
+        """Report while the origin fetch after a granted fallback runs (at ``heartbeat``)."""
+        while True:
+            await asyncio.sleep(self.cfg.heartbeat)
+            with contextlib.suppress(SchedulerUnavailable):
+                await self._report_once(wants_fallback=True)
 
     async def _hash_loop(self) -> None:
         """Long-poll the scheduler for the lease holder's piece hashes (it answers when there

@@ -97,6 +97,9 @@ class DownloadRules:
     """pieces ahead of the reader wanted in order (``next_piece``)"""
     piece_timeout: float = 30.0
     """seconds a request may go unanswered before it is cancelled and counted as failed"""
+    max_unverified: int = 64 << 20
+    """bytes of received pieces waiting for their hash, at most: beyond, no new requests (a
+    scheduler without hashes, or a peer sending junk, must not fill the agent's memory)"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -593,6 +596,10 @@ class DownloadState:
 
     def _plan(self, out: list[Action]) -> None:
         """Fill every parent's free lanes (parents in the order they came)."""
+        if (len(self.awaiting_hash) + len(self.in_flight)) * self.piece_size >= max(
+            self.rules.max_unverified, 2 * self.piece_size
+        ) and self.awaiting_hash:
+            return  # the hashes are late: what arrives would only wait in memory
         read_piece = self.contiguous // self.piece_size
         for pid, p in self.parents.items():
             while len(p.in_flight) < self.rules.lanes_per_parent:

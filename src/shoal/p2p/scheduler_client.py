@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import fields
 from typing import Any, TypeVar
 
 import aiohttp
@@ -42,7 +43,14 @@ class SchedulerRejected(SchedulerUnavailable):
         self.status = status
 
 
+_TASK_VIEW_FIELDS = frozenset(f.name for f in fields(TaskView))
+
+
 def _task_view(data: Any) -> TaskView:
+    """A scheduler's answer; fields this agent does not know are left out, so a newer
+    scheduler (mid-upgrade) does not send every pull to the registry."""
+    if isinstance(data, dict) and not data.keys() <= _TASK_VIEW_FIELDS:
+        data = {k: v for k, v in data.items() if k in _TASK_VIEW_FIELDS}
     view: TaskView = from_json(TaskView, data)
     return view
 

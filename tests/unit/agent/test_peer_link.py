@@ -4,6 +4,7 @@ in with recv_into, and frames that arrive together with the handshake's last one
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import socket
@@ -26,6 +27,7 @@ class Recorder:
         self.events: list[wire.Event] = []
         self.pieces: list[PieceBody] = []
         self.sent: list[tuple[str, int, int]] = []
+        self.dropped: list[tuple[str, int, bool]] = []
         self.closed: list[str] = []
         self.changed = asyncio.Event()
 
@@ -45,8 +47,8 @@ class Recorder:
         self.sent.append((digest, index, length))
         self._note()
 
-    def link_piece_aborted(self, link: PeerLink, digest: str, index: int) -> None:
-        self.sent.append((digest, index, -1))
+    def link_piece_dropped(self, link: PeerLink, digest: str, index: int, aborted: bool) -> None:
+        self.dropped.append((digest, index, aborted))
         self._note()
 
     def link_closed(self, link: PeerLink, reason: str) -> None:
@@ -195,6 +197,7 @@ class TestLink:
         assert client.events == [wire.Bitfield.of(DIGEST, 1, [0])]
         assert not client.pieces
         assert not server.sent
+        assert server.dropped == [(DIGEST, 0, False)]
         a.close("done")
         await client.until(lambda: client.closed)
 
@@ -241,3 +244,51 @@ class TestLink:
         await client.until(lambda: client.closed)
         assert "protocol error" in client.closed[0]
         await server.until(lambda: server.closed)
+
+
+class TestExhaustion:
+    """A peer cannot hold this agent's threads or memory: found by review, each test failed
+    on the code before its fix."""
+
+    def test_a_trickled_handshake_ends_at_its_deadline(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import time
+
+        from shoal.agent import peer_link
+
+        monkeypatch.setattr(peer_link, "HANDSHAKE_TIMEOUT", 1.0)
+        listener = socket.create_server(("127.0.0.1", 0))
+        a = socket.create_connection(listener.getsockname())
+        b, _ = listener.accept()
+        listener.close()
+        stop = threading.Event()
+
+        def trickle() -> None:
+            a.sendall(b"\x00\x00\xff\xff\x01")  # a HELLO of 64 KiB, announced
+            while not stop.wait(0.3):
+                with contextlib.suppress(OSError):
+                    a.sendall(b"x")
+
+        thread = threading.Thread(target=trickle, daemon=True)
+        thread.start()
+        started = time.monotonic()
+        with pytest.raises((LinkError, TimeoutError)):
+            answer(b, b.recv(1), "127.0.0.1:7000", SECRET, wire.NonceLog(), lambda _: None)
+        assert time.monotonic() - started < 2.0
+        stop.set()
+        thread.join(2)
+        a.close()
+        b.close()
+
+    async def test_a_peer_that_does_not_read_loses_its_link(self, tmp_path: Path) -> None:
+        from shoal.agent import peer_link
+
+        a, client, b, server = await linked(tmp_path)
+        a._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        # the client end stops reading: its reader thread is parked on a lock we hold
+        with a._lock:
+            for _ in range(peer_link.MAX_QUEUED_BYTES // (64 << 10) + 2):
+                b.send(wire.Bitfield.of(DIGEST, 8 * ((64 << 10) - 80), ()))
+            assert b.closed
+        await server.until(lambda: server.closed)
+        a.abort()
+        await client.until(lambda: client.closed)

@@ -475,3 +475,22 @@ class TestUnreachableParents:
         assert "p1" in s.banned
         assert s.unreported_failures == {"p1"}
         assert with_parents(s, 1) == []
+
+
+class TestMemoryBound:
+    """Pieces that arrive before their hash wait in memory: at most ``max_unverified`` bytes of
+    them (with requests in flight), then no new requests until hashes come."""
+
+    def test_no_requests_while_too_much_waits_for_hashes(self) -> None:
+        s = new(max_unverified=3 * PIECE, lanes_per_parent=2, max_parents=2)
+        s.apply(SchedulerAnswer(fetcher="origin-holder", parents=(parent(1), parent(2))))
+        asked = requests(s.apply(ParentHas("p1", frozenset(range(PIECES)))))
+        asked += requests(s.apply(ParentHas("p2", frozenset(range(PIECES)))))
+        assert len(asked) == 4
+        for peer, index in asked[:3]:
+            assert requests(s.apply(PieceArrived(peer, index, HASHES[index]))) == []
+        assert len(s.awaiting_hash) == 3
+        # the hashes come: the waiting pieces are written and asking resumes
+        out = s.apply(HashesKnown(HASHES))
+        assert len([a for a in out if isinstance(a, WritePiece)]) == 3
+        assert requests(out)

@@ -61,3 +61,25 @@ class TestLoads:
         """So a body's 2**64 reaches the parsers as a float, refused as "want an integer"."""
         assert loads(b"18446744073709551615") == 2**64 - 1
         assert isinstance(loads(b"18446744073709551616"), float)
+
+
+class TestAnswersFromANewerScheduler:
+    """Mid-upgrade, a newer scheduler's answer may carry fields this agent does not know:
+    they are left out (refusing the answer sent every pull to the registry)."""
+
+    def test_unknown_fields_are_left_out(self) -> None:
+        from shoal.p2p.scheduler_client import _task_view
+
+        view = _task_view(
+            {
+                "role": "peer",
+                "parents": [],
+                "size": 10,
+                "piece_size": 1,
+                "lease_ttl": 15.0,
+                "fallback": True,
+                "something_new": {"x": 1},
+            }
+        )
+        assert view.fallback is True
+        assert view.size == 10

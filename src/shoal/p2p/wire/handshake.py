@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import threading
 
 from .codec import _short
 
@@ -31,12 +32,15 @@ class NonceLog:
     def __init__(self, capacity: int = 65536) -> None:
         self.capacity = capacity
         self._seen: dict[bytes, None] = {}
+        self._lock = threading.Lock()
+        """servers run handshakes in several threads at once"""
 
     def admit(self, nonce: bytes) -> bool:
         """False if ``nonce`` was seen before; else remember it (forgetting the oldest)."""
-        if nonce in self._seen:
-            return False
-        self._seen[nonce] = None
-        if len(self._seen) > self.capacity:
-            del self._seen[next(iter(self._seen))]
-        return True
+        with self._lock:
+            if nonce in self._seen:
+                return False
+            self._seen[nonce] = None
+            if len(self._seen) > self.capacity:
+                del self._seen[next(iter(self._seen))]
+            return True
