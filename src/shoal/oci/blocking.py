@@ -22,6 +22,8 @@ import threading
 import urllib.parse
 from collections.abc import Callable, Mapping
 
+from shoal import __version__
+
 NETWORK_ERRORS = (OSError, http.client.HTTPException)
 """what a broken connection raises here (``ssl.SSLError`` and ``TimeoutError`` are OSErrors)"""
 
@@ -213,6 +215,10 @@ class _Connection(http.client.HTTPConnection):
         self.sock = sock
 
 
+USER_AGENT = f"shoal/{__version__}"
+"""what the agent tells registries it is (both of its HTTP clients)"""
+
+
 def request(
     method: str,
     url: str,
@@ -239,7 +245,7 @@ def request(
     if parts.query:
         target += f"?{parts.query}"
     try:
-        conn.request(method, target, headers=dict(headers))
+        conn.request(method, target, headers={"User-Agent": USER_AGENT, **headers})
         resp = conn.getresponse()
     except BaseException:
         if conn.sock is not None:

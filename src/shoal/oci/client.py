@@ -286,6 +286,7 @@ async def _read_small(resp: aiohttp.ClientResponse, limit: int = 64 << 10) -> by
 def new_session(*, connect_timeout: float = 10.0, read_timeout: float = 60.0) -> aiohttp.ClientSession:
     """One session for every upstream: no decompression, big read buffers, no total timeout."""
     return aiohttp.ClientSession(
+        headers={"User-Agent": blocking.USER_AGENT},
         timeout=aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_read=read_timeout),
         auto_decompress=False,
         read_bufsize=4 << 20,

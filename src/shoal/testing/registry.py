@@ -73,9 +73,9 @@ class LoggedRequest:
 
     @property
     def client(self) -> str:
-        """Who sent it: ``agent`` (Shoal's aiohttp client), else the product in the user agent
-        (``containerd``, ``skopeo``)."""
-        return "agent" if "aiohttp" in self.user_agent else self.user_agent.split("/")[0]
+        """Who sent it: ``agent`` (Shoal's clients say ``shoal/<version>``), else the product
+        in the user agent (``containerd``, ``skopeo``)."""
+        return "agent" if self.user_agent.startswith("shoal/") else self.user_agent.split("/")[0]
 
     @property
     def digest(self) -> str | None:
