@@ -13,10 +13,18 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-__all__ = ["CpuMeter", "DataPlaneCpu", "cpu_ms_per_mib", "parse_stat_ticks", "read_ticks"]
+__all__ = [
+    "CpuMeter",
+    "DataPlaneCpu",
+    "cpu_ms_per_mib",
+    "parse_hwm_kib",
+    "parse_stat_ticks",
+    "read_hwm_kib",
+    "read_ticks",
+]
 
 MIB = 1 << 20
 
@@ -43,6 +51,21 @@ def read_ticks(pid: int, proc: Path = Path("/proc")) -> int | None:
         return None
 
 
+def parse_hwm_kib(status: str) -> int | None:
+    """The peak resident set (``VmHWM``, KiB) from a ``/proc/<pid>/status`` text."""
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return None
+
+
+def read_hwm_kib(pid: int, proc: Path = Path("/proc")) -> int | None:
+    try:
+        return parse_hwm_kib((proc / str(pid) / "status").read_text())
+    except (FileNotFoundError, ProcessLookupError, ValueError, IndexError):
+        return None
+
+
 def cpu_ms_per_mib(cpu_seconds: float, nodes: int, image_bytes: int) -> float | None:
     """Milliseconds of CPU per MiB delivered to the nodes (N x image), None without delivery."""
     if nodes <= 0 or image_bytes <= 0:
@@ -62,6 +85,8 @@ class DataPlaneCpu:
     """CPU seconds between the rollout's start and end, summed over the processes."""
     before_s: float = 0.0
     """CPU seconds they had spent before the rollout started (start-up), not in ``seconds``."""
+    peak_rss_mib: float = 0.0
+    """The largest peak resident set (VmHWM) of one process, read at the rollout's end."""
 
 
 class CpuMeter:
@@ -79,7 +104,9 @@ class CpuMeter:
 
     def finish(self, pids: Mapping[str, int]) -> DataPlaneCpu:
         """At the rollout end, before any process is stopped."""
-        return self.account({name: read_ticks(pid, self.proc) for name, pid in pids.items()})
+        spent = self.account({name: read_ticks(pid, self.proc) for name, pid in pids.items()})
+        peaks = [kib for pid in pids.values() if (kib := read_hwm_kib(pid, self.proc)) is not None]
+        return replace(spent, peak_rss_mib=max(peaks, default=0) / 1024)
 
     def account(self, end: Mapping[str, int | None]) -> DataPlaneCpu:
         """Pure part of :meth:`finish`: end ticks by name (None: the process is gone)."""

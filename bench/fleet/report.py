@@ -26,7 +26,8 @@ def _cpu(r: ScenarioResult) -> str:
     per_mib = r.cpu_ms_per_mib
     if r.data_plane is None or per_mib is None:
         return "-"
-    return f"{per_mib:.1f} ms/MiB ({r.data_plane.kind})"
+    rss = f", peak RSS {r.data_plane.peak_rss_mib:.0f} MiB" if r.data_plane.peak_rss_mib else ""
+    return f"{per_mib:.1f} ms/MiB ({r.data_plane.kind}{rss})"
 
 
 def print_table(results: Sequence[ScenarioResult], console: Console | None = None) -> None:
@@ -110,6 +111,7 @@ def result_dict(r: ScenarioResult) -> dict[str, Any]:
             "processes": r.data_plane.processes,
             "rollout_cpu_s": r.data_plane.seconds,
             "startup_cpu_s": r.data_plane.before_s,
+            "peak_rss_mib": r.data_plane.peak_rss_mib,
             "ms_per_mib_delivered": r.cpu_ms_per_mib,
         },
         "error": r.error,

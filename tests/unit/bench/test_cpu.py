@@ -122,3 +122,23 @@ class TestReport:
         text = console.export_text()
         assert "data-plane CPU" in text
         assert "3.7 ms/MiB (aria2 leechers)" in text
+
+
+class TestPeakRss:
+    """Agent memory at scale (the issue's < 150 MB at N=40) is read as VmHWM at the end."""
+
+    def test_parse_hwm(self) -> None:
+        from bench.fleet.cpu import parse_hwm_kib
+
+        status = "Name:\tshoal\nVmPeak:\t  900000 kB\nVmHWM:\t   61234 kB\nVmRSS:\t   60000 kB\n"
+        assert parse_hwm_kib(status) == 61234
+        assert parse_hwm_kib("Name:\tkthreadd\n") is None
+
+    def test_the_largest_process_is_reported(self, tmp_path: Path) -> None:
+        for pid, hwm in ((10, 51200), (11, 102400)):
+            (tmp_path / str(pid)).mkdir()
+            (tmp_path / str(pid) / "stat").write_text(f"{pid} (shoal) S " + "0 " * 10 + "5 5 0 0 20 0\n")
+            (tmp_path / str(pid) / "status").write_text(f"VmHWM:\t {hwm} kB\n")
+        meter = CpuMeter("agents", ticks_per_second=100, proc=tmp_path)
+        meter.start({"a": 10, "b": 11})
+        assert meter.finish({"a": 10, "b": 11}).peak_rss_mib == 100.0
