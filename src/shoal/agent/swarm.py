@@ -444,7 +444,7 @@ class SwarmDownload:
             self._send_request(peer_id, index)
 
     def _send_request(self, peer_id: str, index: int) -> None:
-        if self.state.in_flight.get(index) != peer_id:
+        if peer_id not in (self.state.in_flight.get(index), self.state.extra.get(index)):
             return  # released while the bucket held it back
         if not self.hub.request(peer_id, self.digest, index):
             self.events.put_nowait(ds.PieceFailed(peer_id, index, "no link to the parent"))

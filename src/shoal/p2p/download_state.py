@@ -13,6 +13,10 @@ Rules (each is one that ``tests/integration/test_swarm.py`` proves with real pro
   fetcher starts the fetch; one naming another holder while we fetch stops ours.
 - **Pipelining.** A parent's pieces are requestable as soon as it announces them (bitfield, then
   one "have" per verified piece): a child fetches while its parent is still downloading.
+- **Endgame.** When every piece still missing is already asked for, a free lane asks a
+  second parent for the oldest request (one extra copy at most, after ``endgame_after``);
+  the first copy to arrive wins and the other request is cancelled. The last pieces of a
+  blob otherwise wait on whichever parent's queue they landed in.
 - **Bounded asking.** At most ``max_parents`` parents and ``lanes_per_parent`` requests in flight
   to each; which piece comes from :func:`shoal.p2p.policy.piece_selection.next_piece`.
 - **Verify, then write.** A piece is written only if its sha256 matches the hash the lease
@@ -97,6 +101,8 @@ class DownloadRules:
     """pieces ahead of the reader wanted in order (``next_piece``)"""
     piece_timeout: float = 30.0
     """seconds a request may go unanswered before it is cancelled and counted as failed"""
+    endgame_after: float = 0.5
+    """seconds a request must be out before a second parent is asked for the same piece"""
     max_unverified: int = 64 << 20
     """bytes of received pieces waiting for their hash, at most: beyond, no new requests (a
     scheduler without hashes, or a peer sending junk, must not fill the agent's memory)"""
@@ -373,6 +379,8 @@ class DownloadState:
         self.in_flight: dict[int, str] = {}
         """piece -> the parent it is asked of"""
         self.asked_at: dict[int, float] = {}
+        self.extra: dict[int, str] = {}
+        """endgame: piece -> the second parent it is asked of"""
         self.availability = [0] * self.count
         self.parents: dict[str, _Parent] = {}
         self.banned: set[str] = set()
@@ -416,7 +424,7 @@ class DownloadState:
             case PieceFailed():
                 self._on_failed(event, out)
             case PieceRejected():
-                self._release(event.index)
+                self._release_from(event.index, event.peer_id)
                 if (p := self.parents.get(event.peer_id)) is not None and p.have[event.index]:
                     p.have[event.index] = False
                     self.availability[event.index] -= 1
@@ -481,8 +489,9 @@ class DownloadState:
             self._verify(peer, i, sha, out)
 
     def _on_arrived(self, event: PieceArrived, out: list[Action]) -> None:
-        if self.in_flight.get(event.index) == event.peer_id:
-            self._release(event.index)
+        for other in self._release(event.index):
+            if other != event.peer_id:
+                out.append(CancelRequest(other, event.index))  # endgame: the other copy
         if (p := self.parents.get(event.peer_id)) is not None:
             p.errors = 0
         if event.index in self.hashes:
@@ -508,7 +517,7 @@ class DownloadState:
         out.append(WritePiece(index, peer))
 
     def _on_failed(self, event: PieceFailed, out: list[Action]) -> None:
-        self._release(event.index)
+        self._release_from(event.index, event.peer_id)
         p = self.parents.get(event.peer_id)
         if p is None:
             return
@@ -522,11 +531,26 @@ class DownloadState:
         for i in [i for i in self.missing if i < done]:
             self.missing.discard(i)
 
-    def _release(self, index: int) -> None:
-        self.asked_at.pop(index, None)
-        peer = self.in_flight.pop(index, None)
-        if peer is not None and (p := self.parents.get(peer)) is not None:
+    def _release(self, index: int) -> list[str]:
+        """Forget every request of ``index``; the parents it was asked of."""
+        asked = [peer for peer in (self.in_flight.get(index), self.extra.get(index)) if peer is not None]
+        for peer in asked:
+            self._release_from(index, peer)
+        return asked
+
+    def _release_from(self, index: int, peer: str) -> None:
+        """Forget ``peer``'s request of ``index`` (an endgame copy takes the main place)."""
+        if (p := self.parents.get(peer)) is not None:
             p.in_flight.discard(index)
+        if self.extra.get(index) == peer:
+            del self.extra[index]
+        elif self.in_flight.get(index) == peer:
+            second = self.extra.pop(index, None)
+            if second is None:
+                del self.in_flight[index]
+                self.asked_at.pop(index, None)
+            else:
+                self.in_flight[index] = second
 
     def _drop(
         self, peer: str, reason: str, out: list[Action], avoid_until: float | None = None, *, ban: bool = True
@@ -542,8 +566,7 @@ class DownloadState:
                 if bit:
                     self.availability[i] -= 1
             for i in list(p.in_flight):
-                self.in_flight.pop(i, None)
-                self.asked_at.pop(i, None)
+                self._release_from(i, peer)
         out.append(DropParent(peer, reason, avoid_until))
 
     def _progress(self) -> tuple[int, int, int, int]:
@@ -618,6 +641,24 @@ class DownloadState:
                 self.asked_at[index] = self.clock()
                 p.in_flight.add(index)
                 out.append(RequestPiece(pid, index))
+        self._plan_endgame(out)
+
+    def _plan_endgame(self, out: list[Action]) -> None:
+        """Nothing is left to ask for but what is in flight: free lanes ask again, oldest first."""
+        if not self.in_flight or self._requestable() - self.in_flight.keys():
+            return
+        now = self.clock()
+        oldest = sorted(
+            (t, i) for i, t in self.asked_at.items() if i not in self.extra and now - t >= self.rules.endgame_after
+        )
+        for _, index in oldest:
+            holder = self.in_flight.get(index)
+            for pid, p in self.parents.items():
+                if pid != holder and p.have[index] and len(p.in_flight) < self.rules.lanes_per_parent:
+                    self.extra[index] = pid
+                    p.in_flight.add(index)
+                    out.append(RequestPiece(pid, index))
+                    break
 
     def _requestable(self) -> set[int]:
         return self.missing - self.writing - self.awaiting_hash.keys()

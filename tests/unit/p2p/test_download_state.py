@@ -57,12 +57,12 @@ def parent(n: int) -> ParentInfo:
     return ParentInfo(f"p{n}", f"10.0.0.{n}:65001")
 
 
-def new(clock: Clock | None = None, avoided: dict[str, float] | None = None, **rules: int) -> DownloadState:
+def new(clock: Clock | None = None, avoided: dict[str, float] | None = None, **rules: float) -> DownloadState:
     return DownloadState(
         peer_id=ME,
         size=PIECES * PIECE,
         piece_size=PIECE,
-        rules=DownloadRules(**rules),
+        rules=DownloadRules(**rules),  # type: ignore[arg-type]  # ints and floats by name
         clock=clock or Clock(),
         avoided=avoided,
         salt="me/sha256:x",
@@ -494,3 +494,42 @@ class TestMemoryBound:
         out = s.apply(HashesKnown(HASHES))
         assert len([a for a in out if isinstance(a, WritePiece)]) == 3
         assert requests(out)
+
+
+class TestEndgame:
+    """The last pieces: once everything missing is asked for, a free lane asks a second
+    parent for the oldest request; the first copy wins and the other is cancelled."""
+
+    def test_a_second_parent_is_asked_for_the_last_piece(self) -> None:
+        clock = Clock()
+        s = new(clock, lanes_per_parent=1, endgame_after=0.5)
+        s.apply(SchedulerAnswer(fetcher="origin-holder", parents=(parent(1), parent(2))))
+        s.apply(HashesKnown(HASHES))
+        s.apply(PrefixAdvanced((PIECES - 2) * PIECE))  # two pieces left
+        s.apply(ParentHas("p1", frozenset(range(PIECES))))
+        s.apply(ParentHas("p2", frozenset(range(PIECES))))
+        assert sorted(s.in_flight) == [PIECES - 2, PIECES - 1]
+        deliver(s, s.in_flight[PIECES - 2], PIECES - 2)
+        last = PIECES - 1
+        slow = s.in_flight[last]
+        fast = "p2" if slow == "p1" else "p1"
+        assert s.apply(Tick()) == []  # too early for a second copy
+        clock.now += 0.6
+        assert requests(s.apply(Tick())) == [(fast, last)]
+        assert requests(s.apply(Tick())) == []  # one extra copy at most
+        out = deliver(s, fast, last)
+        assert CancelRequest(slow, last) in out
+        assert out[-1] == Complete()
+
+    def test_a_failed_main_request_leaves_the_copy_in_charge(self) -> None:
+        clock = Clock()
+        s = new(clock, lanes_per_parent=1, endgame_after=0.0)
+        s.apply(SchedulerAnswer(fetcher="origin-holder", parents=(parent(1), parent(2))))
+        s.apply(HashesKnown(HASHES))
+        s.apply(PrefixAdvanced((PIECES - 1) * PIECE))
+        s.apply(ParentHas("p1", frozenset({PIECES - 1})))
+        out = s.apply(ParentHas("p2", frozenset({PIECES - 1})))
+        assert requests(out) == [("p2", PIECES - 1)]  # p1 was asked first, p2 at once in endgame
+        s.apply(PieceFailed("p1", PIECES - 1, "broken"))
+        assert s.in_flight == {PIECES - 1: "p2"}  # the copy took over (and p1 may be asked again)
+        assert deliver(s, "p2", PIECES - 1)[-1] == Complete()
