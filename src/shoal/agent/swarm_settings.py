@@ -61,6 +61,11 @@ class SwarmSettings:
     piece_timeout: float = _RULES.piece_timeout
     """seconds a piece request may go unanswered before it is cancelled and counted as failed:
     shorter drops a slow parent sooner, too short fails pieces that a throttled parent would send."""
+    endgame_after: float = _RULES.endgame_after
+    """seconds a request of one of the last pieces is out before a second parent is asked."""
+    max_unverified: int = _RULES.max_unverified
+    """bytes of received pieces that may wait for their published hash (with the requests in
+    flight); beyond, no new requests until hashes come."""
     report_interval: float = _SWARM.report_interval
     """least seconds between two reports of one download to the scheduler."""
     heartbeat: float = _SWARM.heartbeat
@@ -75,8 +80,8 @@ class SwarmSettings:
     max_seeding: int = _SWARM.max_seeding
     """blobs announced as seeds at most (the most recent ones)."""
     superseed_copies: int = _SWARM.superseed_copies
-    """children a piece is sent to while this agent is still downloading it; the others are
-    sent to those children: less upload here, one more hop for them."""
+    """children each new piece is sent to while this agent fetches the blob from the origin;
+    the others get it from those children: less upload here, one more hop for them."""
     max_peer_links: int = _HUB.max_links
     """peer links (in and out) open at once; beyond it new ones are refused. Each costs a file
     descriptor and its buffers, apart from ``max_connections`` (which counts HTTP clients)."""
@@ -144,6 +149,8 @@ def swarm_configs(settings: SwarmSettings, address: str, token: str | None) -> t
         scheduler_lost_grace=settings.scheduler_lost_grace,
         window=settings.window,
         piece_timeout=settings.piece_timeout,
+        endgame_after=settings.endgame_after,
+        max_unverified=settings.max_unverified,
     )
     swarm = SwarmConfig(
         peer_id=address,

@@ -85,7 +85,7 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class DownloadRules:
-    """The swarm's knobs for one download (defaults as ``SwarmConfig`` and ``swarm.py`` today)."""
+    """The swarm's knobs for one download (the agent config's ``swarm:`` section sets them)."""
 
     max_parents: int = 6
     lanes_per_parent: int = 2
