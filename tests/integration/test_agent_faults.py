@@ -163,6 +163,23 @@ class TestUpstreamDiesMidBlob:
         assert agent.store.blob_size(agent_digest(digest)) == len(data)
         assert metric(agent, "shoal_agent_origin_bytes_total", registry=REG) <= len(data) + 1 * MiB
 
+    async def test_a_resume_through_object_storage_keeps_its_range(
+        self, fake: ScriptedRegistry, start_agent: AgentStarter, client: aiohttp.ClientSession
+    ) -> None:
+        """A registry that redirects blob GETs (S3-style): the resumed GET's Range goes to the
+        storage URL too, or the storage sends the whole blob again (review finding: the
+        thread client dropped every header on a redirect, Range included)."""
+        data = blob_data(4 * MiB, 9)
+        digest = fake.add_blob(data)
+        fake.script = Script(die_after=1 * MiB, die_times=1, redirect_blobs=True)
+        agent = await start_agent({REG: fake.url})
+        assert await get(client, f"{agent.url}/v2/{REG}/team/app/blobs/{digest}") == (200, data)
+        storage = fake.requests("storage")
+        assert len(storage) == 2
+        assert "Authorization" not in storage[1].headers
+        assert storage[1].headers["Range"].startswith("bytes=")
+        assert fake.bytes_sent <= len(data) + 1 * MiB
+
 
 class TestWrongBytes:
     """A registry that sends bytes not matching the digest: an error, nothing cached."""

@@ -152,8 +152,10 @@ class RegistryClient:
             if resp.status not in REDIRECT_STATUSES or location is None:
                 break
             resp.close()
-            # object storage has its own signature in the URL: never send our credentials there
-            resp = await self._send_in_thread(urllib.parse.urljoin(resp.url, location), {}, interrupt)
+            # object storage has its own signature in the URL: never send our credentials
+            # there; a resume's Range goes along, or the storage sends the whole blob again
+            ranged = {k: v for k, v in (headers or {}).items() if k.lower() == "range"}
+            resp = await self._send_in_thread(urllib.parse.urljoin(resp.url, location), ranged, interrupt)
         else:
             resp.close()
             raise UpstreamUnavailable(f"{self.name}: too many redirects")
