@@ -111,6 +111,9 @@ class SwarmSource:
         """peer id -> monotonic time until which it is not used, after it sent corrupt data"""
         self._announcer: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self._fell_back: set[Digest] = set()
+        """blobs fetched from the origin under a fallback lease: their piece hashes go with the
+        first report of the blob complete (the scheduler takes them from such a peer)"""
 
     def start(self) -> None:
         self.hub.start()
@@ -157,6 +160,7 @@ class SwarmSource:
         if not download.fallback_granted:
             await self.origin.fill(partial, dist, creds)
             return
+        self._fell_back.add(download.digest)
         # keep the fallback lease while we fetch: it lapses a lease TTL after our last report,
         # and the next stalled node would take it while we still use the registry
         keeper = asyncio.create_task(download.keep_fallback(), name=f"fallback lease {dist.digest}")
@@ -212,11 +216,16 @@ class SwarmSource:
         self.seeding.move_to_end(digest)
         while len(self.seeding) > self.config.max_seeding:
             self.seeding.popitem(last=False)
-        await self._announce(digest, size)
+        await self._announce(digest, size, with_hashes=digest in self._fell_back)
+        self._fell_back.discard(digest)
 
-    async def _announce(self, digest: Digest, size: int) -> None:
+    async def _announce(self, digest: Digest, size: int, *, with_hashes: bool = False) -> None:
         piece_size = choose_piece_size(size)
         pieces = piece_count(size, piece_size)
+        hashes: dict[int, str] = {}
+        path = self.store.blob_path(digest) if with_hashes else None
+        if path is not None:
+            hashes = await asyncio.to_thread(piece_hashes, path, size, piece_size)
         report = Report(
             self.config.peer_id,
             self.config.address,
@@ -225,10 +234,11 @@ class SwarmSource:
             complete=True,
             size=size,
             piece_size=piece_size,
+            hashes=hashes,
         )
         with contextlib.suppress(SchedulerUnavailable):
             view = await self.scheduler.report(str(digest), report)
-            if view.hashes_known < pieces:
+            if view.hashes_known < pieces and not hashes:
                 # a scheduler that came up after the download (a restart, a failover) has no
                 # piece hashes: ours are checked against the blob's digest, publish them
                 path = self.store.blob_path(digest)

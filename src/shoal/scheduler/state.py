@@ -280,8 +280,12 @@ class SchedulerState:
         member.complete = rep.complete
         if rep.hashes:
             # only the holder as the report arrives: a complete seed that finds a scheduler
-            # without hashes takes the open lease in this answer and sends them in its next
-            if task.holder == rep.peer_id:
+            # without hashes takes the open lease in this answer and sends them in its next.
+            # A fallback lease holder that completed is trusted like the holder: the scheduler
+            # chose it to read the registry, and it checked the blob against its digest
+            # (without its hashes, the copy it made would be of no use to the stalled others)
+            fell_back = rep.complete and task.fallbacks.get(rep.peer_id, 0.0) > now
+            if task.holder == rep.peer_id or fell_back:
                 self._add_hashes(task, rep.hashes, rep.peer_id)
             else:
                 self.hashes_ignored += len(rep.hashes)
@@ -310,9 +314,9 @@ class SchedulerState:
             task.fallbacks[peer_id] = now + self.config.lease_ttl
         if not rep.wants_fallback:
             return held
-        if not held and len(task.seeders):
-            # a complete copy is in the swarm (a fallback holder that finished, a seed): the
-            # answer's parents include it, and the registry is not needed again
+        if not held and len(task.seeders) and task.hashes_known == task.total:
+            # a complete copy is in the swarm (a fallback holder that finished, a seed) and its
+            # pieces can be checked: the answer's parents include it, no registry needed
             self.fallbacks_refused += 1
             return False
         if held or len(task.fallbacks) < self.config.fallback_leases:

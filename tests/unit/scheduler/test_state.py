@@ -664,7 +664,7 @@ class TestFallbackLeases:
         assert report(s, "a", 12.0, pieces=3).fallback  # still its lease, renewed
         assert not ask_fallback(s, "b", 20.0).fallback
         assert ask_fallback(s, "b", 27.1).fallback  # a's lease ran out 15 s after its last report
-        report(s, "b", 28.0, complete=True, pieces=10)
+        report(s, "b", 28.0, complete=True, pieces=10, hashes=all_hashes())
         view = ask_fallback(s, "c", 28.5)
         assert not view.fallback  # b is a complete copy in the swarm: take it from there
         assert "b" in [p.peer_id for p in view.parents]
@@ -678,3 +678,31 @@ class TestFallbackLeases:
         join(s, "a", 0.0)
         view = ask_fallback(s, "a", 1.0)
         assert loads(dumps(view))["fallback"] is (view.fallback is True)
+
+
+class TestFallbackHoldersHashes:
+    """A fallback lease holder that completed publishes its piece hashes (it checked the blob
+    against its digest, like any holder), so the stalled others can take its copy; a peer
+    without a lease still cannot."""
+
+    def test_a_completed_fallback_holder_publishes_and_others_take_its_copy(self) -> None:
+        s = state(fallback_leases=1)
+        join(s, "fetcher", 0.0)  # holds the lease, then stalls (keeps reporting nothing new)
+        for peer in ("a", "b"):
+            join(s, peer, 0.0)
+        assert ask_fallback(s, "a", 1.0).fallback
+        assert not ask_fallback(s, "b", 1.5).fallback  # the one lease is a's
+        report(s, "a", 4.0, pieces=10, complete=True, hashes=all_hashes())
+        assert s.tasks[D].hashes_known == 10
+        view = ask_fallback(s, "b", 5.0)
+        assert not view.fallback  # a's copy can be checked: take it from the swarm
+        assert "a" in [p.peer_id for p in view.parents]
+
+    def test_a_complete_copy_without_hashes_does_not_block_the_fallback(self) -> None:
+        s = state(fallback_leases=1)
+        join(s, "fetcher", 0.0)
+        for peer in ("a", "b"):
+            join(s, peer, 0.0)
+        report(s, "a", 1.0, pieces=10, complete=True, hashes=all_hashes())  # no lease: ignored
+        assert s.tasks[D].hashes_known == 0
+        assert ask_fallback(s, "b", 2.0).fallback
