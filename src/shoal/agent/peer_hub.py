@@ -288,14 +288,20 @@ class PeerHub:
 
     # -- link events ---------------------------------------------------------------------------
     def link_events(self, link: PeerLink, events: list[wire.Event]) -> None:
+        haves: dict[str, list[int]] = {}
+        """HAVEs of one batch, by blob: one call to the download each (a busy parent sends
+        dozens at once, and every call is an event its owner plans after)"""
         for event in events:
+            if isinstance(event, wire.Have):
+                haves.setdefault(event.digest, []).append(event.index)
+                continue
+            if haves:  # in order: a REJECT after a HAVE of the same piece must win
+                self._deliver_haves(link, haves)
+                haves = {}
             match event:
                 case wire.Bitfield():
                     if (sink := self._sink_for(link, event.digest)) is not None:
                         sink.parent_has(link.peer_id, event.indices())
-                case wire.Have():
-                    if (sink := self._sink_for(link, event.digest)) is not None:
-                        sink.parent_has(link.peer_id, (event.index,))
                 case wire.Reject():
                     if (sink := self._sink_for(link, event.digest)) is not None:
                         sink.piece_rejected(link.peer_id, event.index)
@@ -307,6 +313,12 @@ class PeerHub:
                     self._on_request(link, event)
                 case _:
                     pass  # KEEPALIVE, CANCEL (the writer skips a cancelled piece itself)
+        self._deliver_haves(link, haves)
+
+    def _deliver_haves(self, link: PeerLink, haves: dict[str, list[int]]) -> None:
+        for digest, indices in haves.items():
+            if (sink := self._sink_for(link, digest)) is not None:
+                sink.parent_has(link.peer_id, indices)
 
     def link_piece(self, link: PeerLink, body: PieceBody) -> None:
         self._metrics.peer_bytes.labels("download").inc(len(body.data))

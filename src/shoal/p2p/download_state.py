@@ -444,7 +444,9 @@ class DownloadState:
         if not self.finished:
             self._check_time(out)
         if not self.finished:
-            self._plan(out)
+            # news of one parent's pieces can only fill that parent's lanes (the rest were
+            # planned already); every other event may free lanes anywhere
+            self._plan(out, only=event.peer_id if isinstance(event, ParentHas) else None)
         return out
 
     # -- rules -------------------------------------------------------------------------------
@@ -617,18 +619,21 @@ class DownloadState:
         self.finished = True
         out.append(action)
 
-    def _plan(self, out: list[Action]) -> None:
-        """Fill every parent's free lanes (parents in the order they came)."""
+    def _plan(self, out: list[Action], only: str | None = None) -> None:
+        """Fill every parent's free lanes (parents in the order they came), or ``only``'s."""
         if (len(self.awaiting_hash) + len(self.in_flight)) * self.piece_size >= max(
             self.rules.max_unverified, 2 * self.piece_size
         ) and self.awaiting_hash:
             return  # the hashes are late: what arrives would only wait in memory
         read_piece = self.contiguous // self.piece_size
+        requestable = self._requestable() - self.in_flight.keys()
         for pid, p in self.parents.items():
-            while len(p.in_flight) < self.rules.lanes_per_parent:
+            if only is not None and pid != only:
+                continue
+            while requestable and len(p.in_flight) < self.rules.lanes_per_parent:
                 index = next_piece(
                     parent_has=p.have,
-                    missing=self._requestable(),
+                    missing=requestable,
                     in_flight=self.in_flight,
                     availability=self.availability,
                     read_piece=read_piece,
@@ -640,6 +645,7 @@ class DownloadState:
                 self.in_flight[index] = pid
                 self.asked_at[index] = self.clock()
                 p.in_flight.add(index)
+                requestable.discard(index)
                 out.append(RequestPiece(pid, index))
         self._plan_endgame(out)
 

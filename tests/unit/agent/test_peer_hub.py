@@ -240,3 +240,31 @@ class TestPeerIds:
     )
     def test_a_peer_may_only_call_itself_by_its_own_address(self, peer_id: str, source: str, refused: bool) -> None:
         assert (foreign_peer_id(peer_id, source) is not None) == refused
+
+
+class TestHaveBatches:
+    """A batch of HAVEs reaches the download as one call per blob, in order with the other
+    frames (a REJECT after a HAVE of the same piece must not be undone by it)."""
+
+    async def test_haves_are_merged_but_stay_in_order(self, store: BlobStore) -> None:
+        h, parent = hub(store), FakeLink("127.0.0.9:1")
+        digest = Digest.of(b"x")
+        sink = Sink()
+        h.register(digest, sink)
+        h.links[parent.peer_id] = as_link(parent)
+        h._all.add(as_link(parent))
+        await h.add_parent(digest, 8, parent.peer_id, "unused")
+        d = str(digest)
+        h.link_events(
+            as_link(parent),
+            [
+                wire.Bitfield.of(d, 8, []),
+                wire.Have(d, 1),
+                wire.Have(d, 2),
+                wire.Have(d, 3),
+                wire.Reject(d, 3),
+                wire.Have(d, 4),
+            ],
+        )
+        assert sink.has == [(parent.peer_id, []), (parent.peer_id, [1, 2, 3]), (parent.peer_id, [4])]
+        assert sink.rejected == [(parent.peer_id, 3)]

@@ -14,10 +14,12 @@ runtime's in-order read wants the pieces just ahead of it. The rule:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Collection, Sequence
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def salted_order(salt: str, index: int) -> bytes:
     """A per-node pseudo-random ranking of piece indexes (stable for one node and blob)."""
     return hashlib.blake2b(f"{salt}:{index}".encode(), digest_size=8).digest()
