@@ -61,6 +61,9 @@ class SwarmSettings:
     piece_timeout: float = _RULES.piece_timeout
     """seconds a piece request may go unanswered before it is cancelled and counted as failed:
     shorter drops a slow parent sooner, too short fails pieces that a throttled parent would send."""
+    max_requests: int = _RULES.max_requests
+    """requests in flight for one download over all its parents (each arriving piece holds a
+    buffer until it is written: this bounds a download's memory)."""
     endgame_after: float = _RULES.endgame_after
     """seconds a request of one of the last pieces is out before a second parent is asked."""
     max_unverified: int = _RULES.max_unverified
@@ -150,6 +153,7 @@ def swarm_configs(settings: SwarmSettings, address: str, token: str | None) -> t
         window=settings.window,
         piece_timeout=settings.piece_timeout,
         endgame_after=settings.endgame_after,
+        max_requests=settings.max_requests,
         max_unverified=settings.max_unverified,
     )
     swarm = SwarmConfig(

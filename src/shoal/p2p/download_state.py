@@ -89,6 +89,9 @@ class DownloadRules:
 
     max_parents: int = 6
     lanes_per_parent: int = 2
+    max_requests: int = 12
+    """requests in flight for one download, over all its parents: each arriving piece has a
+    buffer of its own until it is written, so this bounds the download's memory"""
     stall_timeout: float = 25.0
     """longer than the scheduler's lease TTL (15 s): a dead fetcher's successor takes over first"""
     hash_wait: float = 25.0
@@ -630,7 +633,11 @@ class DownloadState:
         for pid, p in self.parents.items():
             if only is not None and pid != only:
                 continue
-            while requestable and len(p.in_flight) < self.rules.lanes_per_parent:
+            while (
+                requestable
+                and len(p.in_flight) < self.rules.lanes_per_parent
+                and len(self.in_flight) + len(self.extra) < self.rules.max_requests
+            ):
                 index = next_piece(
                     parent_has=p.have,
                     missing=requestable,
@@ -659,6 +666,8 @@ class DownloadState:
         )
         for _, index in oldest:
             holder = self.in_flight.get(index)
+            if len(self.in_flight) + len(self.extra) >= self.rules.max_requests:
+                return
             for pid, p in self.parents.items():
                 if pid != holder and p.have[index] and len(p.in_flight) < self.rules.lanes_per_parent:
                     self.extra[index] = pid

@@ -533,3 +533,16 @@ class TestEndgame:
         s.apply(PieceFailed("p1", PIECES - 1, "broken"))
         assert s.in_flight == {PIECES - 1: "p2"}  # the copy took over (and p1 may be asked again)
         assert deliver(s, "p2", PIECES - 1)[-1] == Complete()
+
+
+class TestRequestBound:
+    """However many parents, at most max_requests pieces are asked for at once (memory)."""
+
+    def test_many_parents_share_the_requests(self) -> None:
+        s = new(max_parents=8, lanes_per_parent=2, max_requests=5)
+        s.apply(SchedulerAnswer(fetcher="origin-holder", parents=tuple(parent(n) for n in range(1, 9))))
+        asked: list[tuple[str, int]] = []
+        for n in range(1, 9):
+            asked += requests(s.apply(ParentHas(f"p{n}", frozenset(range(PIECES)))))
+        assert len(asked) == 5
+        assert len(s.in_flight) == 5

@@ -66,7 +66,7 @@ events = st.one_of(
 @given(st.lists(st.tuples(events, st.floats(0, 3)), max_size=60))
 def test_the_books_stay_consistent(steps: list[tuple[Event, float]]) -> None:
     clock = Clock()
-    rules = DownloadRules(lanes_per_parent=2, endgame_after=0.2, piece_timeout=5, stall_timeout=1000)
+    rules = DownloadRules(lanes_per_parent=2, max_requests=4, endgame_after=0.2, piece_timeout=5, stall_timeout=1000)
     s = DownloadState(peer_id="me", size=PIECES * PIECE, piece_size=PIECE, rules=rules, clock=clock)
     for event, dt in steps:
         clock.now += dt
@@ -81,5 +81,6 @@ def test_the_books_stay_consistent(steps: list[tuple[Event, float]]) -> None:
             mine = {i for i, h in s.in_flight.items() if h == pid} | {i for i, h in s.extra.items() if h == pid}
             assert p.in_flight == mine, pid
             assert len(p.in_flight) <= rules.lanes_per_parent
+        assert len(s.in_flight) + len(s.extra) <= rules.max_requests
         asked = set(s.in_flight.values()) | set(s.extra.values())
         assert asked <= s.parents.keys()
