@@ -87,7 +87,7 @@ __all__ = [
 class DownloadRules:
     """The swarm's knobs for one download (the agent config's ``swarm:`` section sets them)."""
 
-    max_parents: int = 6
+    max_parents: int = 12
     lanes_per_parent: int = 2
     max_requests: int = 12
     """requests in flight for one download, over all its parents: each arriving piece has a
