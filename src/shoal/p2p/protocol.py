@@ -1,9 +1,9 @@
-"""Wire protocol between agents and schedulers, and between agents (JSON over HTTP).
+"""The protocol between agents and schedulers (JSON over HTTP).
 
-Every call carries ``Authorization: Bearer <peer token>``; the scheduler and the peer
-endpoints answer 401 without it (they serve without a token only under the explicit lab
-opt-out ``--insecure-no-peer-auth``). Decoders (:func:`from_json`, :func:`decode_bitfield`)
-raise only ``ValueError`` on malformed input: these bodies come from the network.
+Every call carries ``Authorization: Bearer <peer token>``; the scheduler answers 401 without
+it (it serves without a token only under the explicit lab opt-out
+``--insecure-no-peer-auth``). The decoder (:func:`from_json`) raises only ``ValueError`` on
+malformed input: these bodies come from the network.
 
 Scheduler (``shoal scheduler``), one *task* per blob digest:
 
@@ -13,9 +13,12 @@ Scheduler (``shoal scheduler``), one *task* per blob digest:
     holder died or stalled), makes it the *origin fetcher*: ``role == "fetcher"``.
 
 ``POST /v1/tasks/{digest}/report`` — body :class:`Report`, answer :class:`TaskView`.
-    Every ~0.5 s while downloading, and once when complete: progress, newly verified piece
-    hashes (accepted only from the peer holding the lease when the report arrives), and
-    whether the peer is done. The answer may move the lease to this peer (``role ==
+    When something changed (a new piece hash of the fetcher's, a dropped parent, too few
+    parents, an eighth of the blob more), at least every few seconds while downloading, and
+    once when complete: progress, newly verified piece hashes (accepted only from the peer
+    holding the lease when the report arrives, or from a fallback lease holder reporting the
+    blob complete), and whether the peer is done. ``wants_fallback`` asks for a fallback
+    lease (answered in ``TaskView.fallback``). The answer may move the lease to this peer (``role ==
     "fetcher"``; a complete peer gets it only to republish hashes a scheduler lacks) and
     refreshes its parents. ``piece_size`` must be ``choose_piece_size(size)``.
 
@@ -27,19 +30,11 @@ Scheduler (``shoal scheduler``), one *task* per blob digest:
 
 ``GET /v1/stats`` — counts for ``shoal status`` and tests.
 
-Peers (every agent, on its own listen address):
-
-``GET /p2p/v1/blobs/{digest}/status?have=N&want=B&wait=S`` — answer :class:`PeerStatus`.
-    Which pieces this peer holds; long-polls up to S seconds until it holds more than N of
-    the pieces in bitfield B (the asker's missing pieces; without B: of all pieces), so a
-    child is woken only by pieces it can use.
-
-``GET /p2p/v1/blobs/{digest}/pieces/{index}`` — the piece's bytes (404 when not held).
+Peers speak wire protocol v2 to each other (``shoal.p2p.wire``), not this protocol.
 """
 
 from __future__ import annotations
 
-import base64
 import math
 import re
 from collections.abc import Callable
@@ -124,16 +119,6 @@ class HashesView:
     """hex sha256 of pieces ``start, start+1, ...`` (a contiguous run)."""
     total: int
     """pieces in the blob"""
-
-
-@dataclass(frozen=True, slots=True)
-class PeerStatus:
-    size: int
-    piece_size: int
-    bitfield: str
-    """base64 of one bit per piece, most significant bit first."""
-    complete: bool
-    count: int
 
 
 def to_json(obj: Any) -> dict[str, Any]:
@@ -293,26 +278,6 @@ def from_json(cls: type[Any], data: Any) -> Any:
     if missing:
         raise ValueError(f"{cls.__name__}: missing fields {sorted(missing)}")
     return cls(**{name: checks[name](f"{cls.__name__}.{name}", value) for name, value in data.items()})
-
-
-def encode_bitfield(bits: list[bool]) -> str:
-    out = bytearray((len(bits) + 7) // 8)
-    for i, bit in enumerate(bits):
-        if bit:
-            out[i // 8] |= 0x80 >> (i % 8)
-    return base64.b64encode(bytes(out)).decode()
-
-
-def decode_bitfield(text: str, count: int) -> list[bool]:
-    """The ``count`` bits of ``text``; ``ValueError`` for anything but base64 of that many bits."""
-    if not isinstance(text, str) or not text.isascii():
-        raise ValueError("bitfield: want base64 text")
-    if count < 0:
-        raise ValueError(f"bitfield of {count} pieces")
-    raw = base64.b64decode(text, validate=True)
-    if len(raw) != (count + 7) // 8:
-        raise ValueError(f"bitfield of {len(raw)} bytes for {count} pieces")
-    return [bool(raw[i // 8] & (0x80 >> (i % 8))) for i in range(count)]
 
 
 @dataclass(frozen=True, slots=True)

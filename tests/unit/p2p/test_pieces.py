@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from shoal.p2p.pieces import MAX_PIECE, MIN_PIECE, choose_piece_size, piece_count, piece_span
-from shoal.p2p.protocol import PeerInfo, Report, TaskView, decode_bitfield, encode_bitfield, from_json, to_json
+from shoal.p2p.protocol import PeerInfo, Report, TaskView, from_json, to_json
 
 MiB = 1 << 20
 
@@ -53,22 +53,7 @@ class TestSpans:
 
 
 class TestProtocol:
-    """Bitfields round-trip; JSON bodies with unknown or missing fields are refused."""
-
-    @pytest.mark.parametrize("count", [1, 7, 8, 9, 130])
-    def test_bitfield_round_trip(self, count: int) -> None:
-        bits = [i % 3 == 0 for i in range(count)]
-        assert decode_bitfield(encode_bitfield(bits), count) == bits
-
-    def test_bitfield_of_wrong_length_is_refused(self) -> None:
-        with pytest.raises(ValueError, match="bitfield"):
-            decode_bitfield(encode_bitfield([True] * 16), 24)
-
-    @pytest.mark.parametrize(("text", "count"), [("", -1), ("AA==", -3), (5, 3), ("é", 3), (None, 0)])
-    def test_bitfield_refusals_are_value_errors(self, text: object, count: int) -> None:
-        """Found by tests/fuzz: an empty bitfield passed for -1 pieces; a number gave a TypeError."""
-        with pytest.raises(ValueError, match="bitfield"):
-            decode_bitfield(text, count)  # type: ignore[arg-type]
+    """JSON bodies round-trip; ones with unknown or missing fields are refused."""
 
     def test_report_round_trip_keeps_int_piece_indexes(self) -> None:
         report = Report("p", "127.0.0.2:1", 3, 100, hashes={2: "ab"}, failed_parents=["x"])
