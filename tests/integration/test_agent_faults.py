@@ -180,6 +180,23 @@ class TestUpstreamDiesMidBlob:
         assert storage[1].headers["Range"].startswith("bytes=")
         assert fake.bytes_sent <= len(data) + 1 * MiB
 
+    async def test_a_range_passed_through_to_object_storage_keeps_its_range(
+        self, fake: ScriptedRegistry, start_agent: AgentStarter, client: aiohttp.ClientSession
+    ) -> None:
+        """A Range of a blob the agent does not hold goes to the registry as a Range; through
+        a redirect to object storage it must stay one (the aiohttp client dropped it too)."""
+        data = blob_data(4 * MiB, 10)
+        digest = fake.add_blob(data)
+        fake.script = Script(redirect_blobs=True)
+        agent = await start_agent({REG: fake.url})
+        headers = {"Range": "bytes=1000-1999"}
+        async with client.get(f"{agent.url}/v2/{REG}/team/app/blobs/{digest}", headers=headers) as resp:
+            assert resp.status == 206
+            assert await resp.read() == data[1000:2000]
+        ranged = [r for r in fake.requests("storage") if "Range" in r.headers]
+        assert ranged, "the storage was asked for the whole blob"
+        assert "Authorization" not in ranged[0].headers
+
 
 class TestWrongBytes:
     """A registry that sends bytes not matching the digest: an error, nothing cached."""

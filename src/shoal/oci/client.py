@@ -108,7 +108,7 @@ class RegistryClient:
             challenge = resp.headers.get("WWW-Authenticate", "")
             resp.release()
             auth = await self._answer(challenge, attempt, repository, creds, scope, auth_key)
-        resp = await self._follow_redirects(method, resp)
+        resp = await self._follow_redirects(method, resp, headers)
         if self._observe is not None:
             self._observe(kind, time.monotonic() - started)
         if resp.status < 300:
@@ -152,10 +152,8 @@ class RegistryClient:
             if resp.status not in REDIRECT_STATUSES or location is None:
                 break
             resp.close()
-            # object storage has its own signature in the URL: never send our credentials
-            # there; a resume's Range goes along, or the storage sends the whole blob again
-            ranged = {k: v for k, v in (headers or {}).items() if k.lower() == "range"}
-            resp = await self._send_in_thread(urllib.parse.urljoin(resp.url, location), ranged, interrupt)
+            target = urllib.parse.urljoin(resp.url, location)
+            resp = await self._send_in_thread(target, redirect_headers(headers), interrupt)
         else:
             resp.close()
             raise UpstreamUnavailable(f"{self.name}: too many redirects")
@@ -229,14 +227,15 @@ class RegistryClient:
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise UpstreamUnavailable(f"cannot reach {self.name} at {url}: {exc!r}") from exc
 
-    async def _follow_redirects(self, method: str, resp: aiohttp.ClientResponse) -> aiohttp.ClientResponse:
+    async def _follow_redirects(
+        self, method: str, resp: aiohttp.ClientResponse, headers: Mapping[str, str] | None
+    ) -> aiohttp.ClientResponse:
         for _ in range(MAX_REDIRECTS):
             if resp.status not in REDIRECT_STATUSES or "Location" not in resp.headers:
                 return resp
             target = resp.url.join(URL(resp.headers["Location"]))
             resp.release()
-            # object storage has its own signature in the URL: never send our credentials there
-            resp = await self._send(method, str(target), {})
+            resp = await self._send(method, str(target), redirect_headers(headers))
         raise UpstreamUnavailable(f"{self.name}: too many redirects")
 
     async def _bearer(
@@ -283,6 +282,12 @@ async def _read_small(resp: aiohttp.ClientResponse, limit: int = 64 << 10) -> by
         return await resp.content.read(limit)
     except (aiohttp.ClientError, TimeoutError):
         return b""
+
+
+def redirect_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
+    """What follows a redirect to object storage: its URL carries its own signature, so never
+    our credentials; a ``Range`` does, or the storage sends the whole blob again."""
+    return {k: v for k, v in (headers or {}).items() if k.lower() == "range"}
 
 
 def new_session(*, connect_timeout: float = 10.0, read_timeout: float = 60.0) -> aiohttp.ClientSession:
