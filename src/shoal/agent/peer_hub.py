@@ -371,8 +371,8 @@ class PeerHub:
         if size is not None:
             count = piece_count(size, choose_piece_size(size))
             return (list(range(count)), True) if count == pieces else None
-        partial = self.partials.get(key)
-        if partial is None or partial.size is None or partial.state is PartialState.FAILED:
+        partial = self._downloading(key)
+        if partial is None or partial.size is None:
             return [], False  # perhaps later: HAVEs follow when a download starts here
         piece_size = choose_piece_size(partial.size)
         if piece_count(partial.size, piece_size) != pieces:
@@ -491,20 +491,23 @@ class PeerHub:
         key = Digest.parse(digest)
         path = self._store.blob_path(key)
         size = self._store.blob_size(key)
-        complete = path is not None and size is not None
-        if not complete:
-            partial = self.partials.get(key)
-            if partial is None or partial.size is None or partial.state is PartialState.FAILED:
+        partial = None
+        if path is None or size is None:
+            partial = self._downloading(key)
+            if partial is None or partial.size is None:
                 return None
             path, size = partial.path, partial.size
-        assert path is not None
-        assert size is not None
         try:
             offset, length = piece_span(index, size, choose_piece_size(size))
         except ValueError:
             return None
-        if not complete:
-            partial = self.partials.get(key)
-            if partial is None or not partial.has(offset, length):
-                return None
-        return path, offset, length, complete
+        if partial is not None and not partial.has(offset, length):
+            return None
+        return path, offset, length, partial is None
+
+    def _downloading(self, key: Digest) -> PartialBlob | None:
+        """The download of ``key`` here, if its verified pieces may be served."""
+        partial = self.partials.get(key)
+        if partial is None or partial.size is None or partial.state is PartialState.FAILED:
+            return None
+        return partial
