@@ -10,6 +10,7 @@ BIN := $(VENV)/bin
 .PHONY: install test quick lint fleet-small bench demo
 
 install:
+	bash scripts/system-deps.sh
 	@test -n "$(PYTHON)" || { echo 'make install: no Python >= 3.12 found; pass PYTHON=/path/to/python3.12' >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
