@@ -25,6 +25,7 @@ from shoal.core.promtext import flatten
 from shoal.core.units import format_bytes
 from shoal.nodeconfig.containerd import check_config_path
 from shoal.ops.cluster import AgentList, list_agents
+from shoal.ops.failures import HttpStatusError, describe_call
 from shoal.ops.runtime_config import CONTAINERD_CERTS_DIR, REGISTRIES_CONF_DIR, RuntimeConfig, check_runtime_config
 
 TIMEOUT = aiohttp.ClientTimeout(total=5, connect=3)
@@ -79,16 +80,19 @@ class NodeFacts:
 async def _get_json(session: aiohttp.ClientSession, url: str, **kw: Any) -> Any:
     async with session.get(url, timeout=TIMEOUT, **kw) as resp:
         if resp.status != 200:
-            raise ValueError(f"HTTP {resp.status}")
+            raise HttpStatusError(resp.status, await resp.read())
         return await resp.json(content_type=None)
 
 
-async def _probe(session: aiohttp.ClientSession, url: str, **kw: Any) -> str | None:
+async def _probe(session: aiohttp.ClientSession, url: str, what: str, **kw: Any) -> str | None:
+    """None when ``url`` answers ``/healthz``, else why not, in words (``what`` names the service)."""
     try:
         async with session.get(f"{url.rstrip('/')}/healthz", timeout=TIMEOUT, **kw) as resp:
-            return None if resp.status == 200 else f"HTTP {resp.status}"
-    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-        return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            if resp.status == 200:
+                return None
+            raise HttpStatusError(resp.status, await resp.read())
+    except (aiohttp.ClientError, TimeoutError, OSError, HttpStatusError) as exc:
+        return describe_call(exc, what, url)
 
 
 async def gather_node(session: aiohttp.ClientSession, agent_url: str) -> NodeFacts:
@@ -96,7 +100,7 @@ async def gather_node(session: aiohttp.ClientSession, agent_url: str) -> NodeFac
     try:
         facts.health = await _get_json(session, f"{facts.agent_url}/healthz")
     except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
-        facts.health_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        facts.health_error = describe_call(exc, "the agent", facts.agent_url)
         return facts
     try:
         facts.node = await _get_json(session, f"{facts.agent_url}/p2p/v1/node")
@@ -108,7 +112,7 @@ async def gather_node(session: aiohttp.ClientSession, agent_url: str) -> NodeFac
     except (aiohttp.ClientError, TimeoutError, OSError, ValueError):
         facts.metrics = {}
     urls = list((facts.node or {}).get("schedulers") or {})
-    probes = await asyncio.gather(*(_probe(session, u) for u in urls))
+    probes = await asyncio.gather(*(_probe(session, u, "the scheduler") for u in urls))
     facts.scheduler_probe = dict(zip(urls, probes, strict=True))
     return facts
 
@@ -126,10 +130,10 @@ class ClusterFacts:
 async def gather_cluster(
     session: aiohttp.ClientSession, schedulers: Sequence[str], token: str | None, webhook: str | None
 ) -> ClusterFacts:
-    probes = await asyncio.gather(*(_probe(session, s) for s in schedulers))
+    probes = await asyncio.gather(*(_probe(session, s, "the scheduler") for s in schedulers))
     listing = await list_agents(session, schedulers, token)
     addresses = [v.announcement.address for v in listing.agents]
-    agent_probes = await asyncio.gather(*(_probe(session, f"http://{a}") for a in addresses))
+    agent_probes = await asyncio.gather(*(_probe(session, f"http://{a}", "the agent") for a in addresses))
     facts = ClusterFacts(
         dict(zip(schedulers, probes, strict=True)), listing, dict(zip(addresses, agent_probes, strict=True))
     )
@@ -138,7 +142,7 @@ async def gather_cluster(
         insecure = ssl.create_default_context()
         insecure.check_hostname = False
         insecure.verify_mode = ssl.CERT_NONE  # answering is the question here, not its certificate
-        facts.webhook_error = await _probe(session, webhook, ssl=insecure)
+        facts.webhook_error = await _probe(session, webhook, "the webhook", ssl=insecure)
     return facts
 
 
@@ -183,10 +187,10 @@ def scheduler_check(facts: NodeFacts) -> Check:
     for url, contact in contacts.items():
         probe = facts.scheduler_probe.get(url)
         if probe is not None:
-            down[url] = f"does not answer from this node: {probe}"
+            down[url] = f"{probe} (from this node)"
         elif not contact.get("reachable"):
-            down[url] = f"the agent's last announcement failed: {contact.get('error') or 'not yet sent'}"
-    details = [f"{url}: {why}" for url, why in down.items()]
+            down[url] = f"{url}: the agent's last announcement failed: {contact.get('error') or 'not yet sent'}"
+    details = list(down.values())
     if not contacts or len(down) == len(contacts):
         return Check("scheduler", Status.FAIL, "no scheduler reachable: every blob comes from the registry", details)
     if down:
@@ -279,15 +283,15 @@ def cluster_checks(facts: ClusterFacts) -> list[Check]:
         return checks + _webhook_checks(facts)
     checks = []
     up = [u for u, e in facts.schedulers.items() if e is None]
-    details = [f"{u}: {e}" for u, e in facts.schedulers.items() if e is not None]
+    details = [e for e in facts.schedulers.values() if e is not None]
     status = Status.OK if len(up) == len(facts.schedulers) else Status.FAIL if not up else Status.WARN
     replicas = "replica" if len(facts.schedulers) == 1 else "replicas"
     checks.append(
         Check("schedulers", status, f"{len(up)}/{len(facts.schedulers)} scheduler {replicas} answer", details)
     )
     ready = [a for a, e in facts.agent_probe.items() if e is None]
-    details = [f"{a}: {e}" for a, e in facts.agent_probe.items() if e is not None]
-    details += [f"scheduler {u}: {e}" for u, e in facts.agents.errors.items()]
+    details = [e for e in facts.agent_probe.values() if e is not None]
+    details += list(facts.agents.errors.values())
     if not facts.agent_probe:
         checks.append(Check("agents", Status.FAIL, "no agent has announced itself to the schedulers", details))
     else:
