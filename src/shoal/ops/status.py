@@ -25,8 +25,14 @@ from shoal.core.promtext import flatten
 from shoal.core.units import format_bytes
 from shoal.nodeconfig.containerd import check_config_path
 from shoal.ops.cluster import AgentList, list_agents
-from shoal.ops.failures import HttpStatusError, describe_call
-from shoal.ops.runtime_config import CONTAINERD_CERTS_DIR, REGISTRIES_CONF_DIR, RuntimeConfig, check_runtime_config
+from shoal.ops.failures import HttpStatusError, describe, describe_call
+from shoal.ops.runtime_config import (
+    CONTAINERD_CERTS_DIR,
+    REGISTRIES_CONF_DIR,
+    RuntimeConfig,
+    check_runtime_config,
+    on_host,
+)
 
 TIMEOUT = aiohttp.ClientTimeout(total=5, connect=3)
 CACHE_WARN = 0.9
@@ -200,7 +206,11 @@ def scheduler_check(facts: NodeFacts) -> Check:
     return Check("scheduler", Status.OK, f"{len(contacts)}/{len(contacts)} schedulers reachable")
 
 
-def runtime_config_check(found: list[RuntimeConfig] | None) -> Check:
+IN_POD_HINT = "in a Pod? pass --host-root where the node's root is mounted (the agent Pod: /host)"
+
+
+def runtime_config_check(found: list[RuntimeConfig] | None, hint: str | None = None) -> Check:
+    """``hint``: a detail added to a FAIL (why the files may just be out of sight)."""
     if found is None:
         return Check(
             "runtime-config", Status.SKIP, "unknown: no registries (the agent did not answer; pass --registry)"
@@ -210,6 +220,7 @@ def runtime_config_check(found: list[RuntimeConfig] | None) -> Check:
     details += [f"{r.registry}: {why}" for r in found for why in r.elsewhere]
     if missing:
         names = ", ".join(r.registry for r in missing)
+        details += [hint] if hint else []
         return Check(
             "runtime-config",
             Status.FAIL,
@@ -224,12 +235,21 @@ def runtime_config_check(found: list[RuntimeConfig] | None) -> Check:
     )
 
 
-def containerd_config_check(config_file: Path, certs_dir: Path) -> Check:
+def containerd_config_check(config_file: Path, certs_dir: Path | None, host_root: Path | None = None) -> Check:
     """Whether containerd reads the hosts.toml files at all: without ``config_path`` it
-    ignores certs.d, and the files ``runtime-config`` found change nothing."""
-    if not config_file.is_file():
-        return Check("containerd-config", Status.SKIP, f"{config_file} not found (not a containerd node?)")
-    result = check_config_path(config_file.read_text(), certs_dir, config_file)
+    ignores certs.d, and the files ``runtime-config`` found change nothing. Paths are the
+    node's; ``host_root`` is where the node's root is mounted here."""
+    if certs_dir is None:
+        return Check("containerd-config", Status.SKIP, "not checked: no containerd certs directory configured")
+    seen = on_host(host_root, config_file)
+    where = f" (looked in {seen})" if host_root is not None else ""
+    if not seen.is_file():
+        return Check("containerd-config", Status.SKIP, f"{config_file} not found{where} (not a containerd node?)")
+    try:
+        text = seen.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        return Check("containerd-config", Status.WARN, f"{config_file} cannot be read{where}: {describe(exc)}")
+    result = check_config_path(text, certs_dir, config_file)
     return Check("containerd-config", Status.OK if result.ok else Status.FAIL, result.message)
 
 
@@ -264,11 +284,11 @@ def fallbacks_check(facts: NodeFacts) -> Check:
     return Check("fallbacks", Status.OK, f"none; {traffic}")
 
 
-def node_checks(facts: NodeFacts, runtime: list[RuntimeConfig] | None) -> list[Check]:
+def node_checks(facts: NodeFacts, runtime: list[RuntimeConfig] | None, hint: str | None = None) -> list[Check]:
     return [
         agent_check(facts),
         scheduler_check(facts),
-        runtime_config_check(runtime),
+        runtime_config_check(runtime, hint),
         cache_check(facts),
         fallbacks_check(facts),
     ]
@@ -319,7 +339,12 @@ def _webhook_checks(facts: ClusterFacts) -> list[Check]:
 
 
 def node_runtime(
-    facts: NodeFacts, registries: Sequence[str], certs_dir: Path, conf_dir: Path, alias_domain: str = ""
+    facts: NodeFacts,
+    registries: Sequence[str],
+    certs_dir: Path | None,
+    conf_dir: Path | None,
+    alias_domain: str = "",
+    host_root: Path | None = None,
 ) -> list[RuntimeConfig] | None:
     node = facts.node or {}
     names = list(registries) or list(node.get("registries") or [])
@@ -329,7 +354,7 @@ def node_runtime(
     own = facts.agent_url.split("://", 1)[-1].partition("/")[0]
     addresses = [a for a in (own, node.get("address"), node.get("listen")) if a]
     return check_runtime_config(
-        names, port, addresses, certs_dir=certs_dir, conf_dir=conf_dir, alias_domain=alias_domain
+        names, port, addresses, certs_dir=certs_dir, conf_dir=conf_dir, alias_domain=alias_domain, host_root=host_root
     )
 
 
@@ -346,6 +371,7 @@ def render(report: Report) -> str:
 
 __all__ = [
     "CONTAINERD_CERTS_DIR",
+    "IN_POD_HINT",
     "REGISTRIES_CONF_DIR",
     "Check",
     "ClusterFacts",
