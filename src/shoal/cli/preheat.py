@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from shoal.cli.params import URL
 from shoal.cli.scheduler import read_token
 
 
@@ -32,6 +33,7 @@ def no_agents(errors: dict[str, str], refused: tuple[str, ...], token_file: Path
 @click.option(
     "--scheduler",
     "schedulers",
+    type=URL,
     multiple=True,
     required=True,
     metavar="URL",

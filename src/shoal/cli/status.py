@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from shoal.cli.params import URL
 from shoal.cli.scheduler import read_token
 
 
@@ -16,6 +17,7 @@ from shoal.cli.scheduler import read_token
 @click.option(
     "--agent",
     "agent_url",
+    type=URL,
     default="http://127.0.0.1:65001",
     show_default=True,
     envvar="SHOAL_AGENT",
@@ -31,12 +33,15 @@ from shoal.cli.scheduler import read_token
 @click.option(
     "--scheduler",
     "schedulers",
+    type=URL,
     multiple=True,
     metavar="URL",
     envvar="SHOAL_SCHEDULER",
     help="Check the cluster through these schedulers (repeatable); without it only the node is checked.",
 )
-@click.option("--webhook", metavar="URL", help="Check that the webhook answers (e.g. https://shoal-webhook.NS.svc).")
+@click.option(
+    "--webhook", type=URL, metavar="URL", help="Check that the webhook answers (e.g. https://shoal-webhook.NS.svc)."
+)
 @click.option(
     "--peer-token-file",
     type=click.Path(dir_okay=False, path_type=Path),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import socket
 import ssl
 
@@ -27,6 +28,10 @@ class HttpStatusError(Exception):
     def __init__(self, status: int, body: bytes | str) -> None:
         super().__init__(http_error(status, body))
         self.status = status
+
+
+_BIND = re.compile(r"bind on address \('?\[?([^',\]]*)\]?'?, (\d+)")
+"""asyncio's message for a listening socket it could not bind: the address is in a tuple repr"""
 
 
 def _os_cause(exc: OSError) -> str:
@@ -87,6 +92,10 @@ def describe(exc: BaseException) -> str:
     """One line for a person: the address (when the exception knows it) and the cause."""
     if isinstance(exc, aiohttp.ClientConnectorError):
         return f"cannot reach {exc.host}:{exc.port}: {_connector(exc)}"
+    bind = _BIND.search(exc.strerror or "") if isinstance(exc, OSError) else None
+    if isinstance(exc, OSError) and bind is not None:
+        host, port = bind.groups()
+        return f"cannot listen on {f'[{host}]' if ':' in host else host}:{port}: {_os_cause(exc)}"
     if isinstance(exc, OSError) and exc.filename and not isinstance(exc, aiohttp.ClientError):
         return f"{exc.filename}: {_os_cause(exc)}"
     return _cause(exc)
