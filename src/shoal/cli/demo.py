@@ -50,7 +50,9 @@ def registry_name(origin_url: str) -> str:
 @click.command()
 @click.option("--nodes", default=8, show_default=True, type=click.IntRange(1, 200), help="Agents to run.")
 @click.option("--size", type=SIZE, default="256M", show_default=True, help="Total layer bytes of the generated image.")
-@click.option("--layers", default=4, show_default=True, type=click.IntRange(1, 64))
+@click.option(
+    "--layers", default=4, show_default=True, type=click.IntRange(1, 64), help="Layers of the generated image."
+)
 @click.option(
     "--download-pattern",
     type=click.Choice(["p2p", "source"]),
@@ -63,6 +65,7 @@ def registry_name(origin_url: str) -> str:
 )
 @click.option(
     "--image",
+    metavar="REPOSITORY[:TAG]",
     callback=_image,
     help="With --origin: the image to pull, e.g. team/app:v1 (repository:tag on that registry).",
 )

@@ -10,17 +10,30 @@ fails: ``{"ok": false, "error": "...", "exit_status": N}``.
 from __future__ import annotations
 
 import json
+import logging
 import re
 
 import click
 
+log = logging.getLogger(__name__)
+
 __all__ = ["as_failure", "clean_help", "json_failure", "short_help"]
 
 
+BUGS = (LookupError, TypeError, AttributeError, AssertionError, ArithmeticError, NameError)
+"""exceptions that mean a mistake in Shoal, not in its input or surroundings"""
+
+
 def as_failure(exc: Exception) -> click.ClickException:
-    """An exception no command handled, as the failure a person reads."""
+    """An exception no command handled, as the failure a person reads (the traceback goes to
+    the debug log: ``shoal --log-level debug`` or ``shoal --debug``)."""
     from shoal.ops.failures import describe
 
+    log.debug("failure", exc_info=exc)
+    if isinstance(exc, BUGS):
+        return click.ClickException(
+            f"unexpected failure ({describe(exc)}): please report it with the output of 'shoal --debug ...'"
+        )
     return click.ClickException(describe(exc))
 
 

@@ -57,6 +57,7 @@ from shoal.cli.scheduler import read_token
 )
 @click.option(
     "--containerd-certs-dir",
+    metavar="DIR",
     default="/etc/containerd/certs.d",
     show_default=True,
     envvar="SHOAL_CONTAINERD_CERTS_DIR",
@@ -64,6 +65,7 @@ from shoal.cli.scheduler import read_token
 )
 @click.option(
     "--registries-conf-dir",
+    metavar="DIR",
     default="/etc/containers/registries.conf.d",
     show_default=True,
     envvar="SHOAL_REGISTRIES_CONF_DIR",

@@ -74,3 +74,20 @@ class TestHelpText:
         for name in main.COMMANDS:
             if name != "boom":
                 assert "``" not in CliRunner().invoke(main.cli, [name, "--help"]).output, name
+
+
+@click.command()
+def bug() -> None:
+    """Fail the way a mistake in Shoal fails."""
+    raise KeyError("digest")
+
+
+class TestBugs:
+    """A mistake in Shoal itself is called that, with how to report it."""
+
+    def test_bug_is_reported_as_such(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setitem(main.COMMANDS, "bug", f"{__name__}:bug")
+        result = CliRunner().invoke(main.cli, ["bug"])
+        assert result.exit_code == 1
+        assert "unexpected failure ('digest'): please report it" in result.output
+        assert "KeyError" not in result.output
