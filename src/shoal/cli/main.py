@@ -56,8 +56,10 @@ class LazyGroup(click.Group):
     def resolve_command(
         self, ctx: click.Context, args: list[str]
     ) -> tuple[str | None, click.Command | None, list[str]]:
-        ctx.meta[JSON] = "--json" in args
-        return super().resolve_command(ctx, args)
+        name, command, rest = super().resolve_command(ctx, args)
+        takes_json = command is not None and any("--json" in getattr(p, "opts", ()) for p in command.params)
+        ctx.meta[JSON] = takes_json and "--json" in rest
+        return name, command, rest
 
     def invoke(self, ctx: click.Context) -> object:
         """Run the command; what escapes it becomes one or two lines (exit 1, usage: 2),
