@@ -20,6 +20,7 @@ import aiohttp
 from aiohttp import web
 
 from shoal.core.digest import Digest, DigestError
+from shoal.core.error_body import http_error
 from shoal.core.reference import ImageReference, ReferenceError
 from shoal.oci.image import BlobRef, ImageError, host_platform, image_blobs, is_index, pick_platforms
 from shoal.oci.mediatypes import DEFAULT_ACCEPT
@@ -177,7 +178,7 @@ class _Pull:
         ) as resp:
             body = await resp.read()
             if resp.status != 200:
-                raise PreheatFailed(f"manifest {self.image.repository}:{reference}: HTTP {resp.status}: {body[:300]!r}")
+                raise PreheatFailed(f"manifest {self.image.repository}:{reference}: {http_error(resp.status, body)}")
             media_type = resp.headers.get("Content-Type", "").split(";")[0]
         try:
             doc = json.loads(body)
@@ -201,6 +202,6 @@ class _Pull:
     async def blob(self, digest: str) -> None:
         async with self.session.get(self._url("blobs", digest), params={"ns": self.image.registry}) as resp:
             if resp.status != 200:
-                raise PreheatFailed(f"blob {digest}: HTTP {resp.status}: {(await resp.read())[:300]!r}")
+                raise PreheatFailed(f"blob {digest}: {http_error(resp.status, await resp.read())}")
             async for _ in resp.content.iter_chunked(1 << 20):
                 pass

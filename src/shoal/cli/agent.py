@@ -12,6 +12,8 @@ import click
 from shoal.agent.config import DEFAULT_PORT, ConfigError, load_config, load_yaml
 from shoal.agent.swarm_settings import SCHEDULER_LEASE_TTL, SwarmSettings
 from shoal.cli.runtime import run, run_until_signalled
+from shoal.cli.scheduler import read_token
+from shoal.ops.failures import describe
 
 SWARM_FLAGS = ("max_parents", "stall_timeout", "piece_timeout", "max_peer_links")
 """flags that set a key of the config file's ``swarm:`` section (the ones operators tune)"""
@@ -126,6 +128,8 @@ def agent(config_file: Path | None, **flags: Any) -> None:
         config = load_config(merge_flags(values, flags))
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
+    if config.peer_token_file is not None:
+        read_token(config.peer_token_file)  # a missing or empty file is a usage error, before anything starts
 
     from shoal.agent.server import Agent
 
@@ -136,7 +140,15 @@ def agent(config_file: Path | None, **flags: Any) -> None:
             concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="shoal-io")
         )
         node = Agent(config)
-        await node.start()
+        try:
+            await node.start()
+        except BaseException as exc:
+            await node.stop()  # a half-started agent: close what it opened (its client session)
+            if isinstance(exc, OSError):
+                message = describe(exc)
+                prefix = "" if message.startswith("cannot listen") else f"cannot listen on {config.listen}: "
+                raise click.ClickException(prefix + message) from None
+            raise
         try:
             await run_until_signalled()
         finally:

@@ -6,15 +6,19 @@ import asyncio
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import click
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
 from rich.table import Table
 
-from shoal.core.units import format_bytes, parse_size
+from shoal.cli.params import SIZE, URL
+from shoal.core.reference import ReferenceError, validate_registry, validate_repository, validate_tag
+from shoal.core.units import format_bytes
 from shoal.demo.fleet import LocalFleet, scrape
-from shoal.demo.puller import pull_image
+from shoal.demo.puller import PullError, pull_image
+from shoal.ops.failures import describe
 
 DEMO_REGISTRY = "registry.demo"
 DEMO_REPOSITORY = "demo/app"
@@ -24,10 +28,31 @@ def _metric(values: dict[str, float], prefix: str) -> float:
     return sum(v for k, v in values.items() if k.startswith(prefix))
 
 
+def _image(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[str, str] | None:
+    """``--image team/app:v1`` -> (repository, tag); the tag defaults to latest."""
+    if value is None:
+        return None
+    repository, _, tag = value.partition(":")
+    try:
+        return validate_repository(repository), validate_tag(tag or "latest")
+    except ReferenceError as exc:
+        raise click.BadParameter(f"{value!r}: {exc} (want REPOSITORY[:TAG], e.g. team/app:v1)") from None
+
+
+def registry_name(origin_url: str) -> str:
+    """The name the agents mirror the origin under: its host[:port], as an image reference names it."""
+    try:
+        return validate_registry(urlsplit(origin_url).netloc)
+    except ReferenceError:
+        return DEMO_REGISTRY
+
+
 @click.command()
 @click.option("--nodes", default=8, show_default=True, type=click.IntRange(1, 200), help="Agents to run.")
-@click.option("--size", default="256M", show_default=True, help="Total layer bytes of the generated image.")
-@click.option("--layers", default=4, show_default=True, type=click.IntRange(1, 64))
+@click.option("--size", type=SIZE, default="256M", show_default=True, help="Total layer bytes of the generated image.")
+@click.option(
+    "--layers", default=4, show_default=True, type=click.IntRange(1, 64), help="Layers of the generated image."
+)
 @click.option(
     "--download-pattern",
     type=click.Choice(["p2p", "source"]),
@@ -35,10 +60,18 @@ def _metric(values: dict[str, float], prefix: str) -> float:
     show_default=True,
     help="source: every agent fetches from the origin itself (for comparison).",
 )
-@click.option("--origin", "origin_url", help="Use this registry URL as the origin instead of the built-in one.")
-@click.option("--image", help="With --origin: the image to pull, e.g. team/app:v1 (repository:tag on that registry).")
+@click.option(
+    "--origin", "origin_url", type=URL, help="Use this registry URL as the origin instead of the built-in one."
+)
+@click.option(
+    "--image",
+    metavar="REPOSITORY[:TAG]",
+    callback=_image,
+    help="With --origin: the image to pull, e.g. team/app:v1 (repository:tag on that registry).",
+)
 @click.option(
     "--origin-rate",
+    type=SIZE,
     default="0",
     show_default=True,
     help="Cap the built-in origin's upload (bytes/s, e.g. 100M) to show a registry bottleneck; 0: none.",
@@ -50,12 +83,12 @@ def _metric(values: dict[str, float], prefix: str) -> float:
 )
 def demo(
     nodes: int,
-    size: str,
+    size: int,
     layers: int,
     download_pattern: str,
     origin_url: str | None,
-    image: str | None,
-    origin_rate: str,
+    image: tuple[str, str] | None,
+    origin_rate: int,
     workdir: Path | None,
 ) -> None:
     """Run an origin, a scheduler and N agents on 127.0.0.x, and pull one image on every node at once."""
@@ -70,12 +103,12 @@ def demo(
                 console,
                 root,
                 nodes,
-                parse_size(size),
+                size,
                 layers,
                 download_pattern,
                 origin_url,
                 image,
-                parse_size(origin_rate),
+                origin_rate,
             )
         )
 
@@ -88,7 +121,7 @@ async def _demo(
     layers: int,
     pattern: str,
     origin_url: str | None,
-    image: str | None,
+    image: tuple[str, str] | None,
     origin_rate: int,
 ) -> None:
     from shoal.demo.imagegen import generate_image
@@ -101,19 +134,17 @@ async def _demo(
         origin = DemoOrigin({DEMO_REPOSITORY: generated}, upload_rate=origin_rate or None)
         origin_url = await origin.start()
         repository, tag, image_bytes = DEMO_REPOSITORY, "v1", generated.blob_bytes
+        registry = DEMO_REGISTRY
     else:
         assert image is not None
-        repository, _, tag = image.partition(":")
-        tag = tag or "latest"
-        image_bytes = 0
+        (repository, tag), image_bytes = image, 0
+        registry = registry_name(origin_url)
     try:
-        fleet = LocalFleet(
-            root / "fleet", nodes=nodes, registries={DEMO_REGISTRY: origin_url}, download_pattern=pattern
-        )
+        fleet = LocalFleet(root / "fleet", nodes=nodes, registries={registry: origin_url}, download_pattern=pattern)
         console.print(f"starting {'a scheduler and ' if pattern == 'p2p' else ''}{nodes} agents ...")
         await asyncio.to_thread(fleet.start)
         try:
-            await _rollout(console, fleet, repository, tag, image_bytes, origin)
+            await _rollout(console, fleet, f"{registry}/{repository}", tag, image_bytes, origin)
         finally:
             await asyncio.to_thread(fleet.stop)
     finally:
@@ -121,9 +152,8 @@ async def _demo(
             await origin.stop()
 
 
-async def _rollout(
-    console: Console, fleet: LocalFleet, repository: str, tag: str, image_bytes: int, origin: object
-) -> None:
+async def _rollout(console: Console, fleet: LocalFleet, name: str, tag: str, image_bytes: int, origin: object) -> None:
+    """Pull ``name:tag`` (registry/repository, as the agents mirror it) on every node at once."""
     progress = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -140,31 +170,33 @@ async def _rollout(
         node = fleet.nodes[index]
         task = progress.add_task(f"node {index:>2} {node.address}", total=image_bytes or None)
         try:
-            result = await pull_image(
-                node.url, f"{DEMO_REGISTRY}/{repository}", tag, progress=lambda n: progress.advance(task, n)
-            )
+            result = await pull_image(node.url, name, tag, progress=lambda n: progress.advance(task, n))
             times[index] = result.seconds
             progress.update(task, total=result.blob_bytes, completed=result.blob_bytes)
-        except Exception as exc:
+        except PullError as exc:
             errors[index] = str(exc)
+        except Exception as exc:
+            errors[index] = describe(exc)
 
     with progress:
         await asyncio.gather(*(pull(i) for i in range(len(fleet.nodes))))
     wall = time.monotonic() - started
     metrics = [await asyncio.to_thread(scrape, node.url) for node in fleet.nodes]
-    table = Table(title=f"{len(fleet.nodes)} nodes pulled {DEMO_REGISTRY}/{repository}:{tag} at once")
+    table = Table(title=f"{len(fleet.nodes)} nodes pulled {name}:{tag} at once")
     for column in ("node", "time", "from origin", "from peers", "uploaded to peers"):
         table.add_column(column, justify="right")
     for i, node in enumerate(fleet.nodes):
         m = metrics[i]
         table.add_row(
             f"{i} {node.address}",
-            f"{times[i]:.2f}s" if i in times else f"[red]failed: {errors[i][:60]}",
+            f"{times[i]:.2f}s" if i in times else "[red]failed",
             format_bytes(_metric(m, "shoal_agent_origin_bytes_total")),
             format_bytes(_metric(m, "shoal_agent_peer_bytes_total{direction=download")),
             format_bytes(_metric(m, "shoal_agent_peer_bytes_total{direction=upload")),
         )
     console.print(table)
+    for i, error in sorted(errors.items()):
+        console.print(f"node {i} {fleet.nodes[i].address}: {error}", markup=False, highlight=False, overflow="fold")
     total_origin = sum(_metric(m, "shoal_agent_origin_bytes_total") for m in metrics)
     served = getattr(origin, "blob_bytes_served", None)
     console.print(f"rollout wall time: {wall:.2f}s")

@@ -1,4 +1,7 @@
-"""Entry point: ``shoal <command>``. Each command lives in its own module under ``shoal.cli``."""
+"""Entry point: ``shoal <command>``. Each command lives in its own module under ``shoal.cli``.
+
+:class:`LazyGroup` is also the boundary where failures become words (``shoal.cli.errors``).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import logging
 import click
 
 from shoal import __version__
+from shoal.cli.errors import as_failure, clean_help, json_failure, short_help
 
 # command name -> "module:attribute"; modules are imported only when their command runs, so
 # ``shoal agent`` never pays for the Kubernetes client and the Helm engine.
@@ -26,6 +30,10 @@ COMMANDS: dict[str, str] = {
 }
 
 
+DEBUG = "shoal.debug"
+JSON = "shoal.json"
+
+
 class LazyGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)
@@ -37,7 +45,40 @@ class LazyGroup(click.Group):
         module_name, attr = target.split(":")
         command = getattr(importlib.import_module(module_name), attr)
         assert isinstance(command, click.Command)
+        command.help = clean_help(command.help)
+        if command.help and command.short_help is None:
+            command.short_help = short_help(command.help)
+        for param in command.params:
+            if isinstance(param, click.Option):
+                param.help = clean_help(param.help)
         return command
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        name, command, rest = super().resolve_command(ctx, args)
+        takes_json = command is not None and any("--json" in getattr(p, "opts", ()) for p in command.params)
+        ctx.meta[JSON] = takes_json and "--json" in rest
+        return name, command, rest
+
+    def invoke(self, ctx: click.Context) -> object:
+        """Run the command; what escapes it becomes one or two lines (exit 1, usage: 2),
+        or one JSON document when the command was given ``--json``."""
+        try:
+            try:
+                return super().invoke(ctx)
+            except (click.exceptions.Exit, click.Abort, click.ClickException):
+                raise
+            except Exception as exc:
+                if ctx.params.get("debug"):
+                    raise
+                raise as_failure(exc) from None
+        except click.ClickException as exc:
+            if not ctx.meta.get(JSON):
+                raise
+            click.echo(json_failure(exc))
+            exc.show()
+            ctx.exit(exc.exit_code)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -57,7 +98,13 @@ class LazyGroup(click.Group):
     type=click.Choice(["text", "json"]),
     help="text: one line per record; json: one JSON object per record (for log pipelines).",
 )
-def cli(log_level: str, log_format: str) -> None:
+@click.option(
+    "--debug",
+    is_flag=True,
+    envvar="SHOAL_DEBUG",
+    help="Show the Python traceback of a failure (for bug reports).",
+)
+def cli(log_level: str, log_format: str, debug: bool) -> None:
     """Shoal: peer-to-peer container image distribution for Kubernetes."""
     handler = logging.StreamHandler()
     if log_format == "json":

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import click
 
@@ -26,16 +25,12 @@ def node_ready(node_name: str, taint_key: str, agent: str, interval: float, kube
     mirror configuration, so a Pod scheduled after the taint is gone pulls through the agent.
     """
     from kubernetes import client
-    from kubernetes import config as _kube_config
     from kubernetes.client.exceptions import ApiException
 
+    from shoal.cli.kube import load_kube_config
     from shoal.nodeconfig.ready import remove_taint, wait_for_agent
 
-    kube_config: Any = _kube_config  # the client library ships no type hints
-    if kubeconfig:
-        kube_config.load_kube_config(config_file=kubeconfig)
-    else:
-        kube_config.load_incluster_config()
+    load_kube_config(kubeconfig, fall_back_to_default=False)
     wait_for_agent(agent, interval=interval)
     api = client.CoreV1Api()
     while True:

@@ -10,7 +10,22 @@ from typing import Any
 
 import click
 
+from shoal.cli.params import URL
 from shoal.cli.scheduler import read_token
+
+
+def no_agents(errors: dict[str, str], refused: tuple[str, ...], token_file: Path | None) -> str:
+    """Why preheat has no agent to warm: the schedulers' own failures first, then a hint."""
+    if refused:
+        hint = (
+            "pass --peer-token-file with the token the schedulers require"
+            if token_file is None
+            else f"--peer-token-file {token_file} does not hold the token the schedulers require"
+        )
+        return f"{'; '.join(errors[u] for u in refused)}\n{hint}"
+    if errors:
+        return "no scheduler answered: " + "; ".join(errors.values())
+    return "the schedulers know no agents: are the agents running, and do they use these schedulers?"
 
 
 @click.command()
@@ -18,6 +33,7 @@ from shoal.cli.scheduler import read_token
 @click.option(
     "--scheduler",
     "schedulers",
+    type=URL,
     multiple=True,
     required=True,
     metavar="URL",
@@ -87,10 +103,10 @@ def preheat(
             return await list_agents(session, schedulers, token)
 
     listing = asyncio.run(agents())
-    for url, error in listing.errors.items():
-        click.echo(f"scheduler {url}: {error}", err=True)
     if not listing.agents:
-        raise click.ClickException("no agents found: are the agents running, and is --scheduler right?")
+        raise click.ClickException(no_agents(listing.errors, listing.refused, peer_token_file))
+    for error in listing.errors.values():
+        click.echo(f"warning: {error}", err=True)
     try:
         chosen = select_nodes([v.announcement for v in listing.agents], nodes)
     except SelectionError as exc:

@@ -14,10 +14,14 @@ DEFAULTS = SchedulerConfig()
 
 
 def read_token(path: Path) -> str:
+    from shoal.ops.failures import describe
+
     try:
         token = path.read_text().strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise click.BadParameter(f"cannot read {path}: {exc}", param_hint="--peer-token-file") from None
+    except OSError as exc:
+        raise click.BadParameter(describe(exc), param_hint="--peer-token-file") from None
+    except UnicodeDecodeError:
+        raise click.BadParameter(f"{path}: not UTF-8 text", param_hint="--peer-token-file") from None
     if not token:
         raise click.BadParameter(f"{path} is empty", param_hint="--peer-token-file")
     return token

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from pathlib import Path
 
 import click
 
+from shoal.cli.params import URL
 from shoal.cli.scheduler import read_token
 
 
@@ -15,6 +17,7 @@ from shoal.cli.scheduler import read_token
 @click.option(
     "--agent",
     "agent_url",
+    type=URL,
     default="http://127.0.0.1:65001",
     show_default=True,
     envvar="SHOAL_AGENT",
@@ -30,12 +33,15 @@ from shoal.cli.scheduler import read_token
 @click.option(
     "--scheduler",
     "schedulers",
+    type=URL,
     multiple=True,
     metavar="URL",
     envvar="SHOAL_SCHEDULER",
     help="Check the cluster through these schedulers (repeatable); without it only the node is checked.",
 )
-@click.option("--webhook", metavar="URL", help="Check that the webhook answers (e.g. https://shoal-webhook.NS.svc).")
+@click.option(
+    "--webhook", type=URL, metavar="URL", help="Check that the webhook answers (e.g. https://shoal-webhook.NS.svc)."
+)
 @click.option(
     "--peer-token-file",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -43,22 +49,34 @@ from shoal.cli.scheduler import read_token
     help="The shared peer secret (the schedulers' agent list needs it).",
 )
 @click.option(
-    "--containerd-certs-dir",
+    "--host-root",
     type=click.Path(file_okay=False, path_type=Path),
+    envvar="SHOAL_HOST_ROOT",
+    help="Where the node's root is mounted, to read the runtime's files from a container (the agent "
+    "Pod: /host). The three paths below stay as the node sees them.  [default: /, on the node itself]",
+)
+@click.option(
+    "--containerd-certs-dir",
+    metavar="DIR",
     default="/etc/containerd/certs.d",
     show_default=True,
+    envvar="SHOAL_CONTAINERD_CERTS_DIR",
+    help="containerd's config_path directory of hosts.toml files; empty: not checked.",
 )
 @click.option(
     "--registries-conf-dir",
-    type=click.Path(file_okay=False, path_type=Path),
+    metavar="DIR",
     default="/etc/containers/registries.conf.d",
     show_default=True,
+    envvar="SHOAL_REGISTRIES_CONF_DIR",
+    help="CRI-O's (containers-registries.conf.d) drop-in directory; empty: not checked.",
 )
 @click.option(
     "--containerd-config",
     type=click.Path(dir_okay=False, path_type=Path),
     default="/etc/containerd/config.toml",
     show_default=True,
+    envvar="SHOAL_CONTAINERD_CONFIG",
     help="containerd's config.toml, checked for the config_path that makes it read --containerd-certs-dir.",
 )
 @click.option(
@@ -74,8 +92,9 @@ def status(
     schedulers: tuple[str, ...],
     webhook: str | None,
     peer_token_file: Path | None,
-    containerd_certs_dir: Path,
-    registries_conf_dir: Path,
+    host_root: Path | None,
+    containerd_certs_dir: str,
+    registries_conf_dir: str,
     containerd_config: Path,
     alias_domain: str,
     as_json: bool,
@@ -91,13 +110,28 @@ def status(
     from shoal.ops import status as checks
 
     token = read_token(peer_token_file) if peer_token_file is not None else None
+    certs_dir = Path(containerd_certs_dir) if containerd_certs_dir else None
+    conf_dir = Path(registries_conf_dir) if registries_conf_dir else None
+    for flag, given in (
+        ("--containerd-certs-dir", certs_dir),
+        ("--registries-conf-dir", conf_dir),
+        ("--containerd-config", containerd_config),
+    ):
+        if host_root is not None and given is not None and not given.is_absolute():
+            raise click.BadParameter(
+                f"{str(given)!r}: with --host-root, paths are the node's and absolute", param_hint=flag
+            )
+    if host_root is not None and not host_root.is_dir():
+        raise click.BadParameter(f"{host_root}: no such directory", param_hint="--host-root")
+    # the runtime's files are out of sight in a Pod unless mounted: say so when they are missing
+    hint = checks.IN_POD_HINT if host_root is None and os.environ.get("KUBERNETES_SERVICE_HOST") else None
 
     async def gather() -> checks.Report:
         async with aiohttp.ClientSession() as session:
             node = await checks.gather_node(session, agent_url)
-            runtime = checks.node_runtime(node, registries, containerd_certs_dir, registries_conf_dir, alias_domain)
-            found = checks.node_checks(node, runtime)
-            found.insert(3, checks.containerd_config_check(containerd_config, containerd_certs_dir))
+            runtime = checks.node_runtime(node, registries, certs_dir, conf_dir, alias_domain, host_root)
+            found = checks.node_checks(node, runtime, hint)
+            found.insert(3, checks.containerd_config_check(containerd_config, certs_dir, host_root))
             if schedulers or webhook:
                 cluster = await checks.gather_cluster(session, list(schedulers), token, webhook)
                 found += checks.cluster_checks(cluster)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -91,8 +90,8 @@ def webhook(
     """Rewrite images of accelerated registries in Pods to their P2P alias hosts."""
     from aiohttp import web
     from kubernetes import client
-    from kubernetes import config as _kube_config
 
+    from shoal.cli.kube import load_kube_config
     from shoal.webhook.controller import SecretSync
     from shoal.webhook.metrics import WebhookMetrics
     from shoal.webhook.server import create_app, tls_context
@@ -112,14 +111,7 @@ def webhook(
     if not insecure and not (tls_cert and tls_key):
         raise click.UsageError("--tls-cert and --tls-key are required (the API server speaks HTTPS)")
     host, port = _split_listen(listen)
-    kube_config: Any = _kube_config  # the client library ships no type hints
-    if kubeconfig:
-        kube_config.load_kube_config(config_file=kubeconfig)
-    else:
-        try:
-            kube_config.load_incluster_config()
-        except kube_config.ConfigException:
-            kube_config.load_kube_config()
+    load_kube_config(kubeconfig)
     sync = SecretSync(client.CoreV1Api(), config)
     metrics = WebhookMetrics()
     sync.on_error = metrics.secret_sync_errors.labels("controller").inc

@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 
+from shoal.core.error_body import http_error
 from shoal.oci.mediatypes import DEFAULT_ACCEPT, INDEX_TYPES
 
 Progress = Callable[[int], None]
@@ -35,7 +36,7 @@ class PullResult:
 async def _manifest(session: aiohttp.ClientSession, base: str, name: str, ref: str) -> tuple[dict[str, Any], str]:
     async with session.get(f"{base}/v2/{name}/manifests/{ref}", headers={"Accept": DEFAULT_ACCEPT}) as resp:
         if resp.status != 200:
-            raise PullError(f"manifest {name}:{ref}: HTTP {resp.status}: {(await resp.text())[:300]}")
+            raise PullError(f"manifest {name}:{ref}: {http_error(resp.status, await resp.read())}")
         body = await resp.read()
         media_type = resp.headers.get("Content-Type", "").split(";")[0]
     if ref.startswith("sha256:") and "sha256:" + hashlib.sha256(body).hexdigest() != ref:
@@ -61,7 +62,7 @@ async def _blob(session: aiohttp.ClientSession, base: str, name: str, digest: st
     size = 0
     async with session.get(f"{base}/v2/{name}/blobs/{digest}") as resp:
         if resp.status != 200:
-            raise PullError(f"blob {digest}: HTTP {resp.status}: {(await resp.text())[:300]}")
+            raise PullError(f"blob {digest}: {http_error(resp.status, await resp.read())}")
         async for chunk in resp.content.iter_chunked(1 << 20):
             hasher.update(chunk)
             size += len(chunk)

@@ -9,10 +9,8 @@ works whenever the node could pull alone: with the agent down, or after Shoal is
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from enum import StrEnum
-from urllib.parse import urlsplit
 
 from shoal.core.aliases import alias_host, path_name
 
@@ -78,8 +76,30 @@ def routes(registries: dict[str, str], mode: Mode, port: int, domain: str = "") 
     return out
 
 
-def _toml_string(value: str) -> str:
-    return json.dumps(value)  # a JSON string is a valid TOML basic string
+_TOML_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
+
+
+def toml_string(value: str) -> str:
+    """A TOML basic string holding exactly ``value``: quotes, backslashes and every control
+    character (including DEL, which TOML forbids raw) escaped, so no value can end the string
+    or the line. The inputs are validated before (``parse_registry``); this is the second wall."""
+    out = []
+    for char in value:
+        if char in _TOML_ESCAPES:
+            out.append(_TOML_ESCAPES[char])
+        elif 0xD800 <= ord(char) <= 0xDFFF:  # a lone surrogate: no TOML escape names it
+            out.append("\\uFFFD")
+        elif not char.isprintable():  # C0 controls, DEL, line and paragraph separators, ...
+            out.append(f"\\u{ord(char):04X}" if ord(char) <= 0xFFFF else f"\\U{ord(char):08X}")
+        else:
+            out.append(char)
+    return '"' + "".join(out) + '"'
+
+
+def toml_comment(text: str) -> str:
+    """A one-line ``#`` comment: any line break or control character in ``text`` is shown
+    escaped instead of starting a new line of TOML."""
+    return "# " + "".join(char if char.isprintable() else f"\\u{ord(char):04X}" for char in text)
 
 
 def hosts_toml(route: Route, agent_url: str, tls: RegistryTls | None = None) -> str:
@@ -89,25 +109,25 @@ def hosts_toml(route: Route, agent_url: str, tls: RegistryTls | None = None) -> 
     fails (connection refused, 5xx, 404), so the agent is never the only way. The registry's
     own CA and client certificates (``tls``) apply to ``server``.
     """
-    capabilities = ", ".join(_toml_string(c) for c in MIRROR_CAPABILITIES)
+    capabilities = ", ".join(toml_string(c) for c in MIRROR_CAPABILITIES)
     lines = [
         MARKER,
-        f"# {route.host} -> agent {agent_url}, else {route.registry} at {route.origin}",
-        f"server = {_toml_string(route.origin)}",
+        toml_comment(f"{route.host} -> agent {agent_url}, else {route.registry} at {route.origin}"),
+        f"server = {toml_string(route.origin)}",
     ]
     if tls is not None and tls.ca:
-        lines.append(f"ca = [{', '.join(_toml_string(c) for c in tls.ca)}]")
+        lines.append(f"ca = [{', '.join(toml_string(c) for c in tls.ca)}]")
     if tls is not None and tls.client:
-        pairs = ", ".join(f"[{_toml_string(cert)}, {_toml_string(key)}]" for cert, key in tls.client)
+        pairs = ", ".join(f"[{toml_string(cert)}, {toml_string(key)}]" for cert, key in tls.client)
         lines.append(f"client = [{pairs}]")
-    lines += ["", f"[host.{_toml_string(agent_url)}]", f"  capabilities = [{capabilities}]", ""]
+    lines += ["", f"[host.{toml_string(agent_url)}]", f"  capabilities = [{capabilities}]", ""]
     return "\n".join(lines)
 
 
 def _location(url: str) -> tuple[str, bool]:
     """containers-image spells a registry as ``host[:port][/path]`` plus an insecure flag."""
-    parts = urlsplit(url)
-    return parts.netloc + parts.path.rstrip("/"), parts.scheme == "http"
+    scheme, _, rest = url.partition("://")
+    return rest.rstrip("/"), scheme == "http"
 
 
 def registries_drop_in(routes_: list[Route], agent: str, taken: frozenset[str] = frozenset()) -> str:
@@ -122,24 +142,24 @@ def registries_drop_in(routes_: list[Route], agent: str, taken: frozenset[str] =
     lines = [MARKER, ""]
     for route in routes_:
         if route.host in taken:
-            lines += [f"# {route.host}: skipped, the node's own registries.conf already configures it", ""]
+            lines += [toml_comment(f"{route.host}: skipped, the node's own registries.conf already configures it"), ""]
             continue
         name = path_name(route.registry)
         if name is None:
-            lines += [f"# {route.host}: skipped, {route.registry} has no mirror path spelling", ""]
+            lines += [toml_comment(f"{route.host}: skipped, {route.registry} has no mirror path spelling"), ""]
             continue
         location, insecure = _location(route.origin)
         lines += [
             "[[registry]]",
-            f"prefix = {_toml_string(route.host)}",
-            f"location = {_toml_string(location)}",
+            f"prefix = {toml_string(route.host)}",
+            f"location = {toml_string(location)}",
         ]
         if insecure:
             lines.append("insecure = true")
         lines += [
             "",
             "[[registry.mirror]]",
-            f"location = {_toml_string(f'{agent}/{name}')}",
+            f"location = {toml_string(f'{agent}/{name}')}",
             "insecure = true",
             "",
         ]

@@ -17,7 +17,9 @@ from typing import Any
 
 import aiohttp
 
+from shoal.core.error_body import http_error
 from shoal.core.units import format_bytes
+from shoal.ops.failures import describe_call
 from shoal.p2p.preheat import PREHEAT_PATH, PreheatRequest
 from shoal.p2p.presence import AgentAnnouncement
 from shoal.p2p.protocol import bearer, to_json
@@ -114,12 +116,11 @@ async def preheat_node(
     """Ask one agent to pull the image; never raises (failures are in the result)."""
     result = NodeResult(agent)
     started = time.monotonic()
+    url = f"http://{agent.address}"
     try:
-        async with session.post(
-            f"http://{agent.address}{PREHEAT_PATH}", json=to_json(request), headers=bearer(token)
-        ) as resp:
+        async with session.post(f"{url}{PREHEAT_PATH}", json=to_json(request), headers=bearer(token)) as resp:
             if resp.status != 200:
-                result.error = f"HTTP {resp.status}: {(await resp.text()).strip()[:300]}"
+                result.error = f"the agent answered {http_error(resp.status, await resp.read())}"
             else:
                 async for line in resp.content:
                     if not line.strip():
@@ -131,7 +132,7 @@ async def preheat_node(
                 if not result.held and result.error is None and not result.missing:
                     result.error = "the agent ended the answer early"
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-        result.error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        result.error = describe_call(exc, "the agent", url)
     result.seconds = time.monotonic() - started
     return result
 

@@ -5,6 +5,10 @@ Reads what ``shoal node-config`` writes, by path only: containerd's
 ``<host>:<port>`` alias, the rewrite mode) and CRI-O's ``registries.conf.d/*.conf`` drop-ins.
 A file "points at the agent" when it names a mirror on the agent's port on loopback (or on
 the agent's own address). Pure apart from reading those files.
+
+Paths are as the node sees them (what containerd's ``config_path`` names, what a person
+looks for); ``host_root`` is where the node's root is mounted when the check runs in a
+container (the agent Pod mounts the runtime's directories read-only under ``/host``).
 """
 
 from __future__ import annotations
@@ -51,6 +55,11 @@ def is_agent(location: str, port: int, addresses: Sequence[str]) -> bool:
     return got == str(port) and (host in LOOPBACK or hostport in addresses)
 
 
+def on_host(host_root: Path | None, node_path: Path) -> Path:
+    """Where the node's ``node_path`` is from here: under ``host_root`` in a container."""
+    return host_root / node_path.relative_to("/") if host_root is not None else node_path
+
+
 def _read_toml(path: Path) -> dict[str, Any] | str:
     try:
         return tomllib.loads(path.read_text())
@@ -67,14 +76,19 @@ def _hosts(registry: str, port: int, domain: str = "") -> tuple[str, ...]:
 
 
 def check_containerd(
-    certs_dir: Path, registry: str, port: int, addresses: Sequence[str], domain: str = ""
+    certs_dir: Path,
+    registry: str,
+    port: int,
+    addresses: Sequence[str],
+    domain: str = "",
+    host_root: Path | None = None,
 ) -> RuntimeConfig:
     found = RuntimeConfig(registry)
     for host in _hosts(registry, port, domain):
         path = certs_dir / host / "hosts.toml"
-        if not path.is_file():
+        if not on_host(host_root, path).is_file():
             continue
-        data = _read_toml(path)
+        data = _read_toml(on_host(host_root, path))
         if isinstance(data, str):
             found.elsewhere.append(f"{path}: {data}")
         elif any(is_agent(h, port, addresses) for h in (data.get("host") or {})):
@@ -85,12 +99,20 @@ def check_containerd(
 
 
 def check_crio(
-    conf_dir: Path, registry: str, port: int, addresses: Sequence[str], into: RuntimeConfig, domain: str = ""
+    conf_dir: Path,
+    registry: str,
+    port: int,
+    addresses: Sequence[str],
+    into: RuntimeConfig,
+    domain: str = "",
+    host_root: Path | None = None,
 ) -> None:
-    if not conf_dir.is_dir():
+    seen = on_host(host_root, conf_dir)
+    if not seen.is_dir():
         return
-    for path in sorted(conf_dir.glob("*.conf")):
-        data = _read_toml(path)
+    for found in sorted(seen.glob("*.conf")):
+        path = conf_dir / found.name
+        data = _read_toml(found)
         if isinstance(data, str):
             into.elsewhere.append(f"{path}: {data}")
             continue
@@ -109,14 +131,19 @@ def check_runtime_config(
     port: int,
     addresses: Sequence[str] = (),
     *,
-    certs_dir: Path = CONTAINERD_CERTS_DIR,
-    conf_dir: Path = REGISTRIES_CONF_DIR,
+    certs_dir: Path | None = CONTAINERD_CERTS_DIR,
+    conf_dir: Path | None = REGISTRIES_CONF_DIR,
     alias_domain: str = "",
+    host_root: Path | None = None,
 ) -> list[RuntimeConfig]:
-    """One result per registry: the containerd and CRI-O files that send it to the agent."""
+    """One result per registry: the containerd and CRI-O files that send it to the agent
+    (a directory of ``None`` is not looked at)."""
     out = []
     for registry in registries:
-        found = check_containerd(certs_dir, registry, port, addresses, alias_domain)
-        check_crio(conf_dir, registry, port, addresses, found, alias_domain)
+        found = RuntimeConfig(registry)
+        if certs_dir is not None:
+            found = check_containerd(certs_dir, registry, port, addresses, alias_domain, host_root)
+        if conf_dir is not None:
+            check_crio(conf_dir, registry, port, addresses, found, alias_domain, host_root)
         out.append(found)
     return out

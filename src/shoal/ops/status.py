@@ -25,7 +25,14 @@ from shoal.core.promtext import flatten
 from shoal.core.units import format_bytes
 from shoal.nodeconfig.containerd import check_config_path
 from shoal.ops.cluster import AgentList, list_agents
-from shoal.ops.runtime_config import CONTAINERD_CERTS_DIR, REGISTRIES_CONF_DIR, RuntimeConfig, check_runtime_config
+from shoal.ops.failures import HttpStatusError, describe, describe_call
+from shoal.ops.runtime_config import (
+    CONTAINERD_CERTS_DIR,
+    REGISTRIES_CONF_DIR,
+    RuntimeConfig,
+    check_runtime_config,
+    on_host,
+)
 
 TIMEOUT = aiohttp.ClientTimeout(total=5, connect=3)
 CACHE_WARN = 0.9
@@ -79,16 +86,19 @@ class NodeFacts:
 async def _get_json(session: aiohttp.ClientSession, url: str, **kw: Any) -> Any:
     async with session.get(url, timeout=TIMEOUT, **kw) as resp:
         if resp.status != 200:
-            raise ValueError(f"HTTP {resp.status}")
+            raise HttpStatusError(resp.status, await resp.read())
         return await resp.json(content_type=None)
 
 
-async def _probe(session: aiohttp.ClientSession, url: str, **kw: Any) -> str | None:
+async def _probe(session: aiohttp.ClientSession, url: str, what: str, **kw: Any) -> str | None:
+    """None when ``url`` answers ``/healthz``, else why not, in words (``what`` names the service)."""
     try:
         async with session.get(f"{url.rstrip('/')}/healthz", timeout=TIMEOUT, **kw) as resp:
-            return None if resp.status == 200 else f"HTTP {resp.status}"
-    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-        return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            if resp.status == 200:
+                return None
+            raise HttpStatusError(resp.status, await resp.read())
+    except (aiohttp.ClientError, TimeoutError, OSError, HttpStatusError) as exc:
+        return describe_call(exc, what, url)
 
 
 async def gather_node(session: aiohttp.ClientSession, agent_url: str) -> NodeFacts:
@@ -96,7 +106,7 @@ async def gather_node(session: aiohttp.ClientSession, agent_url: str) -> NodeFac
     try:
         facts.health = await _get_json(session, f"{facts.agent_url}/healthz")
     except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
-        facts.health_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        facts.health_error = describe_call(exc, "the agent", facts.agent_url)
         return facts
     try:
         facts.node = await _get_json(session, f"{facts.agent_url}/p2p/v1/node")
@@ -108,7 +118,7 @@ async def gather_node(session: aiohttp.ClientSession, agent_url: str) -> NodeFac
     except (aiohttp.ClientError, TimeoutError, OSError, ValueError):
         facts.metrics = {}
     urls = list((facts.node or {}).get("schedulers") or {})
-    probes = await asyncio.gather(*(_probe(session, u) for u in urls))
+    probes = await asyncio.gather(*(_probe(session, u, "the scheduler") for u in urls))
     facts.scheduler_probe = dict(zip(urls, probes, strict=True))
     return facts
 
@@ -126,10 +136,10 @@ class ClusterFacts:
 async def gather_cluster(
     session: aiohttp.ClientSession, schedulers: Sequence[str], token: str | None, webhook: str | None
 ) -> ClusterFacts:
-    probes = await asyncio.gather(*(_probe(session, s) for s in schedulers))
+    probes = await asyncio.gather(*(_probe(session, s, "the scheduler") for s in schedulers))
     listing = await list_agents(session, schedulers, token)
     addresses = [v.announcement.address for v in listing.agents]
-    agent_probes = await asyncio.gather(*(_probe(session, f"http://{a}") for a in addresses))
+    agent_probes = await asyncio.gather(*(_probe(session, f"http://{a}", "the agent") for a in addresses))
     facts = ClusterFacts(
         dict(zip(schedulers, probes, strict=True)), listing, dict(zip(addresses, agent_probes, strict=True))
     )
@@ -138,7 +148,7 @@ async def gather_cluster(
         insecure = ssl.create_default_context()
         insecure.check_hostname = False
         insecure.verify_mode = ssl.CERT_NONE  # answering is the question here, not its certificate
-        facts.webhook_error = await _probe(session, webhook, ssl=insecure)
+        facts.webhook_error = await _probe(session, webhook, "the webhook", ssl=insecure)
     return facts
 
 
@@ -183,10 +193,10 @@ def scheduler_check(facts: NodeFacts) -> Check:
     for url, contact in contacts.items():
         probe = facts.scheduler_probe.get(url)
         if probe is not None:
-            down[url] = f"does not answer from this node: {probe}"
+            down[url] = f"{probe} (from this node)"
         elif not contact.get("reachable"):
-            down[url] = f"the agent's last announcement failed: {contact.get('error') or 'not yet sent'}"
-    details = [f"{url}: {why}" for url, why in down.items()]
+            down[url] = f"{url}: the agent's last announcement failed: {contact.get('error') or 'not yet sent'}"
+    details = list(down.values())
     if not contacts or len(down) == len(contacts):
         return Check("scheduler", Status.FAIL, "no scheduler reachable: every blob comes from the registry", details)
     if down:
@@ -196,7 +206,11 @@ def scheduler_check(facts: NodeFacts) -> Check:
     return Check("scheduler", Status.OK, f"{len(contacts)}/{len(contacts)} schedulers reachable")
 
 
-def runtime_config_check(found: list[RuntimeConfig] | None) -> Check:
+IN_POD_HINT = "in a Pod? pass --host-root where the node's root is mounted (the agent Pod: /host)"
+
+
+def runtime_config_check(found: list[RuntimeConfig] | None, hint: str | None = None) -> Check:
+    """``hint``: a detail added to a FAIL (why the files may just be out of sight)."""
     if found is None:
         return Check(
             "runtime-config", Status.SKIP, "unknown: no registries (the agent did not answer; pass --registry)"
@@ -206,6 +220,7 @@ def runtime_config_check(found: list[RuntimeConfig] | None) -> Check:
     details += [f"{r.registry}: {why}" for r in found for why in r.elsewhere]
     if missing:
         names = ", ".join(r.registry for r in missing)
+        details += [hint] if hint else []
         return Check(
             "runtime-config",
             Status.FAIL,
@@ -220,12 +235,21 @@ def runtime_config_check(found: list[RuntimeConfig] | None) -> Check:
     )
 
 
-def containerd_config_check(config_file: Path, certs_dir: Path) -> Check:
+def containerd_config_check(config_file: Path, certs_dir: Path | None, host_root: Path | None = None) -> Check:
     """Whether containerd reads the hosts.toml files at all: without ``config_path`` it
-    ignores certs.d, and the files ``runtime-config`` found change nothing."""
-    if not config_file.is_file():
-        return Check("containerd-config", Status.SKIP, f"{config_file} not found (not a containerd node?)")
-    result = check_config_path(config_file.read_text(), certs_dir, config_file)
+    ignores certs.d, and the files ``runtime-config`` found change nothing. Paths are the
+    node's; ``host_root`` is where the node's root is mounted here."""
+    if certs_dir is None:
+        return Check("containerd-config", Status.SKIP, "not checked: no containerd certs directory configured")
+    seen = on_host(host_root, config_file)
+    where = f" (looked in {seen})" if host_root is not None else ""
+    if not seen.is_file():
+        return Check("containerd-config", Status.SKIP, f"{config_file} not found{where} (not a containerd node?)")
+    try:
+        text = seen.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        return Check("containerd-config", Status.WARN, f"{config_file} cannot be read{where}: {describe(exc)}")
+    result = check_config_path(text, certs_dir, config_file)
     return Check("containerd-config", Status.OK if result.ok else Status.FAIL, result.message)
 
 
@@ -260,11 +284,11 @@ def fallbacks_check(facts: NodeFacts) -> Check:
     return Check("fallbacks", Status.OK, f"none; {traffic}")
 
 
-def node_checks(facts: NodeFacts, runtime: list[RuntimeConfig] | None) -> list[Check]:
+def node_checks(facts: NodeFacts, runtime: list[RuntimeConfig] | None, hint: str | None = None) -> list[Check]:
     return [
         agent_check(facts),
         scheduler_check(facts),
-        runtime_config_check(runtime),
+        runtime_config_check(runtime, hint),
         cache_check(facts),
         fallbacks_check(facts),
     ]
@@ -279,15 +303,15 @@ def cluster_checks(facts: ClusterFacts) -> list[Check]:
         return checks + _webhook_checks(facts)
     checks = []
     up = [u for u, e in facts.schedulers.items() if e is None]
-    details = [f"{u}: {e}" for u, e in facts.schedulers.items() if e is not None]
+    details = [e for e in facts.schedulers.values() if e is not None]
     status = Status.OK if len(up) == len(facts.schedulers) else Status.FAIL if not up else Status.WARN
     replicas = "replica" if len(facts.schedulers) == 1 else "replicas"
     checks.append(
         Check("schedulers", status, f"{len(up)}/{len(facts.schedulers)} scheduler {replicas} answer", details)
     )
     ready = [a for a, e in facts.agent_probe.items() if e is None]
-    details = [f"{a}: {e}" for a, e in facts.agent_probe.items() if e is not None]
-    details += [f"scheduler {u}: {e}" for u, e in facts.agents.errors.items()]
+    details = [e for e in facts.agent_probe.values() if e is not None]
+    details += list(facts.agents.errors.values())
     if not facts.agent_probe:
         checks.append(Check("agents", Status.FAIL, "no agent has announced itself to the schedulers", details))
     else:
@@ -315,7 +339,12 @@ def _webhook_checks(facts: ClusterFacts) -> list[Check]:
 
 
 def node_runtime(
-    facts: NodeFacts, registries: Sequence[str], certs_dir: Path, conf_dir: Path, alias_domain: str = ""
+    facts: NodeFacts,
+    registries: Sequence[str],
+    certs_dir: Path | None,
+    conf_dir: Path | None,
+    alias_domain: str = "",
+    host_root: Path | None = None,
 ) -> list[RuntimeConfig] | None:
     node = facts.node or {}
     names = list(registries) or list(node.get("registries") or [])
@@ -325,7 +354,7 @@ def node_runtime(
     own = facts.agent_url.split("://", 1)[-1].partition("/")[0]
     addresses = [a for a in (own, node.get("address"), node.get("listen")) if a]
     return check_runtime_config(
-        names, port, addresses, certs_dir=certs_dir, conf_dir=conf_dir, alias_domain=alias_domain
+        names, port, addresses, certs_dir=certs_dir, conf_dir=conf_dir, alias_domain=alias_domain, host_root=host_root
     )
 
 
@@ -342,6 +371,7 @@ def render(report: Report) -> str:
 
 __all__ = [
     "CONTAINERD_CERTS_DIR",
+    "IN_POD_HINT",
     "REGISTRIES_CONF_DIR",
     "Check",
     "ClusterFacts",
