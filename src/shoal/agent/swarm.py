@@ -34,7 +34,7 @@ from shoal.oci.auth import Credentials
 from shoal.oci.client import UpstreamError
 from shoal.oci.distribution import DistributionPath
 from shoal.p2p import download_state as ds
-from shoal.p2p.pieces import choose_piece_size, piece_count, piece_span
+from shoal.p2p.pieces import PieceGeometry
 from shoal.p2p.protocol import JoinRequest, Report, TaskView
 from shoal.p2p.ratelimit import TokenBucket
 from shoal.p2p.scheduler_client import SchedulerClient, SchedulerUnavailable
@@ -69,12 +69,12 @@ class SwarmConfig:
     superseed_copies: int = 2
 
 
-def piece_hashes(path: Path, size: int, piece_size: int) -> dict[int, str]:
+def piece_hashes(path: Path, geometry: PieceGeometry) -> dict[int, str]:
     """sha256 of every piece of a complete file (run in a thread)."""
     out: dict[int, str] = {}
     with path.open("rb") as fobj:
-        for index in range(piece_count(size, piece_size)):
-            out[index] = hashlib.sha256(fobj.read(piece_size)).hexdigest()
+        for index in range(geometry.count):
+            out[index] = hashlib.sha256(fobj.read(geometry.piece_size)).hexdigest()
     return out
 
 
@@ -184,7 +184,6 @@ class SwarmSource:
         for peer in peers:
             self.avoid[peer] = until
         log.error("blob %s from the swarm does not match its digest; avoiding %s", digest, ", ".join(sorted(peers)))
-        piece_size = choose_piece_size(size)
         report = Report(
             self.config.peer_id,
             self.config.address,
@@ -192,7 +191,7 @@ class SwarmSource:
             contiguous=0,
             failed_parents=sorted(peers),
             size=size,
-            piece_size=piece_size,
+            piece_size=PieceGeometry.of(size).piece_size,
             bad_hashes=True,
         )
         self.background(self._report_quietly(str(digest), report), f"report liars of {digest}")
@@ -220,12 +219,12 @@ class SwarmSource:
         self._fell_back.discard(digest)
 
     async def _announce(self, digest: Digest, size: int, *, with_hashes: bool = False) -> None:
-        piece_size = choose_piece_size(size)
-        pieces = piece_count(size, piece_size)
+        geometry = PieceGeometry.of(size)
+        pieces = geometry.count
         hashes: dict[int, str] = {}
         path = self.store.blob_path(digest) if with_hashes else None
         if path is not None:
-            hashes = await asyncio.to_thread(piece_hashes, path, size, piece_size)
+            hashes = await asyncio.to_thread(piece_hashes, path, geometry)
         report = Report(
             self.config.peer_id,
             self.config.address,
@@ -233,7 +232,7 @@ class SwarmSource:
             contiguous=size,
             complete=True,
             size=size,
-            piece_size=piece_size,
+            piece_size=geometry.piece_size,
             hashes=hashes,
         )
         with contextlib.suppress(SchedulerUnavailable):
@@ -243,7 +242,7 @@ class SwarmSource:
                 # piece hashes: ours are checked against the blob's digest, publish them
                 path = self.store.blob_path(digest)
                 if path is not None:
-                    hashes = await asyncio.to_thread(piece_hashes, path, size, piece_size)
+                    hashes = await asyncio.to_thread(piece_hashes, path, geometry)
                     await self.scheduler.report(str(digest), replace(report, hashes=hashes))
 
     async def _announce_seeds(self) -> None:
@@ -282,13 +281,13 @@ class SwarmDownload:
         self.dist = dist
         self.creds = creds
         self.digest = dist.digest
-        self.size = partial.size
-        self.piece_size = choose_piece_size(self.size)
-        self.count = piece_count(self.size, self.piece_size)
+        self.geometry = PieceGeometry.of(partial.size)
+        self.size = self.geometry.size
+        self.piece_size = self.geometry.piece_size
+        self.count = self.geometry.count
         self.state = ds.DownloadState(
             peer_id=self.cfg.peer_id,
-            size=self.size,
-            piece_size=self.piece_size,
+            geometry=self.geometry,
             rules=self.cfg.rules,
             avoided=source.avoid,
             salt=f"{self.cfg.peer_id}/{self.digest}",
@@ -446,7 +445,7 @@ class SwarmDownload:
             self.events.put_nowait(ds.ParentLost(parent.peer_id, str(exc), unreachable=True))
 
     def _request(self, peer_id: str, index: int) -> None:
-        _, length = piece_span(index, self.size, self.piece_size)
+        length = self.geometry.length(index)
         delay = 0.0 if self.s.bucket.rate <= 0 else self.s.bucket.delay_for(length)
         if delay > 0:
             asyncio.get_running_loop().call_later(delay, self._send_request, peer_id, index)
@@ -469,7 +468,7 @@ class SwarmDownload:
         self._spawn(self._write_piece(index, body), f"write {index}")
 
     async def _write_piece(self, index: int, body: PieceBody) -> None:
-        offset, _ = piece_span(index, self.size, self.piece_size)
+        offset = self.geometry.offset(index)
         try:
             await self.partial.write(offset, body.data)
         except OSError as exc:
@@ -520,7 +519,7 @@ class SwarmDownload:
             await self.partial.changed().wait()
             contiguous = self.partial.contiguous
             self.events.put_nowait(ds.PrefixAdvanced(contiguous))
-            done = self.count if contiguous >= self.size else contiguous // self.piece_size
+            done = self.geometry.pieces_within(contiguous)
             if done > self.prefix_announced:
                 self._announce(range(self.prefix_announced, done))
                 self.prefix_announced = done

@@ -46,7 +46,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from shoal.p2p.pieces import piece_count
+from shoal.p2p.pieces import PieceGeometry
 from shoal.p2p.policy.piece_selection import next_piece
 
 __all__ = [
@@ -352,7 +352,8 @@ class DownloadState:
 
     Parameters:
         peer_id: our id (never our own parent).
-        size, piece_size: the blob's; pieces follow :func:`shoal.p2p.pieces.piece_count`.
+        geometry: how the blob is cut (:class:`~shoal.p2p.pieces.PieceGeometry`); ``size``
+            and ``piece_size`` instead make one.
         rules: the knobs.
         clock: monotonic seconds, injected.
         avoided: peer id -> time until which it is avoided (shared by all downloads; read only).
@@ -363,21 +364,27 @@ class DownloadState:
         self,
         *,
         peer_id: str,
-        size: int,
-        piece_size: int,
+        geometry: PieceGeometry | None = None,
+        size: int | None = None,
+        piece_size: int | None = None,
         rules: DownloadRules | None = None,
         clock: Callable[[], float] = time.monotonic,
         avoided: Mapping[str, float] | None = None,
         salt: str = "",
     ) -> None:
+        if geometry is None:
+            if size is None or piece_size is None:
+                raise TypeError("DownloadState needs a geometry, or a size and a piece size")
+            geometry = PieceGeometry(size, piece_size)
         self.peer_id = peer_id
-        self.size = size
-        self.piece_size = piece_size
+        self.geometry = geometry
+        self.size = geometry.size
+        self.piece_size = geometry.piece_size
+        self.count = geometry.count
         self.rules = rules or DownloadRules()
         self.clock = clock
         self.avoided = avoided if avoided is not None else {}
         self.salt = salt
-        self.count = piece_count(size, piece_size)
         self.missing: set[int] = set(range(self.count))
         self.in_flight: dict[int, str] = {}
         """piece -> the parent it is asked of"""
@@ -532,7 +539,7 @@ class DownloadState:
 
     def _on_prefix(self, contiguous: int) -> None:
         self.contiguous = max(self.contiguous, min(contiguous, self.size))
-        done = self.count if self.contiguous == self.size else self.contiguous // self.piece_size
+        done = self.geometry.pieces_within(self.contiguous)
         for i in [i for i in self.missing if i < done]:
             self.missing.discard(i)
 

@@ -38,6 +38,7 @@ from shoal.p2p.download_state import (
     Tick,
     WritePiece,
 )
+from shoal.p2p.pieces import PieceGeometry
 
 PIECE = 100
 PIECES = 8
@@ -82,6 +83,21 @@ def deliver(s: DownloadState, peer: str, index: int, sha: str | None = None) -> 
     if any(isinstance(a, WritePiece) and a.index == index for a in out):
         out += s.apply(PieceWritten(index))
     return out
+
+
+class TestGeometry:
+    """The state takes the download's one geometry value, or a size and a piece size."""
+
+    def test_geometry_and_size_agree(self) -> None:
+        g = PieceGeometry(PIECES * PIECE - 7, PIECE)
+        s = DownloadState(peer_id=ME, geometry=g)
+        assert (s.geometry, s.size, s.piece_size, s.count) == (g, g.size, PIECE, PIECES)
+        assert s.missing == set(range(PIECES))
+        assert DownloadState(peer_id=ME, size=g.size, piece_size=PIECE).geometry == g
+
+    def test_neither_is_refused(self) -> None:
+        with pytest.raises(TypeError, match="geometry"):
+            DownloadState(peer_id=ME)
 
 
 class TestOriginOnce:
