@@ -4,6 +4,8 @@
   mode (downloads, the fallback to the origin, seeding announcements, peers to avoid);
 - :mod:`~shoal.agent.swarm.download`: :class:`SwarmDownload`, the task that owns one blob's
   pure :class:`~shoal.p2p.download_state.DownloadState` and carries out its actions;
+- :mod:`~shoal.agent.swarm.seeds`: :class:`~shoal.agent.swarm.seeds.SeedBook`, the pure
+  books of what outlives one download (seeding announcements, hash publication, blame);
 - :mod:`~shoal.agent.swarm.ports`: the narrow interfaces a download is given (scheduler,
   peer links, origin), so tests give it fakes;
 - :mod:`~shoal.agent.swarm.config`: :class:`SwarmConfig`.

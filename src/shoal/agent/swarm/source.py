@@ -5,8 +5,9 @@ in the same place: the rest of the blob comes from the origin, from where the sw
 off. A pull through Shoal never fails where a direct pull would succeed.
 
 Each blob's download is a :class:`~shoal.agent.swarm.download.SwarmDownload`; this module
-makes them, keeps what outlives one (peers to avoid, blobs seeded and announced), and runs
-the fallback to the origin.
+makes them, runs the fallback to the origin, and carries out what the pure
+:class:`~shoal.agent.swarm.seeds.SeedBook` decides beyond one download (announcements, hash
+publication, blame for lying hashes).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Coroutine
 from dataclasses import replace
 from pathlib import Path
@@ -26,6 +26,7 @@ from shoal.agent.metrics import AgentMetrics
 from shoal.agent.swarm.config import SwarmConfig
 from shoal.agent.swarm.download import SwarmDownload, SwarmGaveUpError
 from shoal.agent.swarm.ports import AvoidList, HubPort, OriginFill, SchedulerPort, SeedStore, SizeLookup
+from shoal.agent.swarm.seeds import Announcement, SeedBook
 from shoal.core.digest import Digest
 from shoal.oci.auth import Credentials
 from shoal.oci.client import UpstreamError
@@ -82,16 +83,13 @@ class SwarmSource[Hub: HubPort]:
         self.hub = hub
         self.bucket = bucket
         self.metrics = metrics
-        self.seeding: OrderedDict[Digest, int] = OrderedDict()
-        self.suppliers: dict[Digest, tuple[int, set[str]]] = {}
-        """blob -> (size, peers whose piece hashes it was checked by), until it is verified"""
+        self.seeds = SeedBook(
+            me=config.peer_id, max_seeding=config.max_seeding, avoid_for=config.rules.avoid_corrupt_for
+        )
         self.avoid = AvoidList()
         """peers not used for a while, after they sent corrupt data"""
         self._announcer: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
-        self._fell_back: set[Digest] = set()
-        """blobs fetched from the origin under a fallback lease: their piece hashes go with the
-        first report of the blob complete (the scheduler takes them from such a peer)"""
 
     def start(self) -> None:
         self.hub.start()
@@ -113,12 +111,14 @@ class SwarmSource[Hub: HubPort]:
             self.store.reserve(partial, size)
             partial.set_size(size)
         assert partial.size is not None
+        assert dist.digest is not None
+        geometry = PieceGeometry.of(partial.size)
         download = SwarmDownload(
             config=self.config,
             partial=partial,
             dist=dist,
             creds=creds,
-            geometry=PieceGeometry.of(partial.size),
+            geometry=geometry,
             scheduler=self.scheduler,
             peers=self.hub,
             origin=self.origin,
@@ -138,8 +138,7 @@ class SwarmSource[Hub: HubPort]:
             reason = f"crash: {type(exc).__name__}"
         finally:
             # whoever gave us pieces (also before a fallback) answers for the blob's digest
-            if download.suppliers:
-                self.suppliers[dist.digest] = (partial.size, download.suppliers)  # type: ignore[index]
+            self.seeds.supplied(dist.digest, geometry, download.suppliers)
         self.metrics.swarm_fallbacks.labels(reason.split(":")[0]).inc()
         log.warning(
             "swarm gave up on %s (%s) at %d bytes: fetching the rest from the origin",
@@ -150,7 +149,7 @@ class SwarmSource[Hub: HubPort]:
         if not download.fallback_granted:
             await self.origin.fill(partial, dist, creds)
             return
-        self._fell_back.add(download.digest)
+        self.seeds.fallen_back(dist.digest)
         # keep the fallback lease while we fetch: it lapses a lease TTL after our last report,
         # and the next stalled node would take it while we still use the registry
         keeper = asyncio.create_task(download.keep_fallback(), name=f"fallback lease {dist.digest}")
@@ -166,22 +165,20 @@ class SwarmSource[Hub: HubPort]:
         it, report it (``bad_hashes``: the scheduler drops its hashes), and have the blob
         fetched again from the origin. Parents are not blamed: their pieces matched the
         hashes. A blob from our own origin fetch alone is the registry's fault: no refetch."""
-        size, peers = self.suppliers.pop(digest, (0, set()))
-        peers.discard(self.config.peer_id)
-        if not peers:
+        blame = self.seeds.rejected(digest, time.monotonic())
+        if blame is None:
             return False
-        until = time.monotonic() + self.config.rules.avoid_corrupt_for
-        for peer in peers:
-            self.avoid.avoid(peer, until)
-        log.error("blob %s from the swarm does not match its digest; avoiding %s", digest, ", ".join(sorted(peers)))
+        for peer in blame.peers:
+            self.avoid.avoid(peer, blame.until)
+        log.error("blob %s from the swarm does not match its digest; avoiding %s", digest, ", ".join(blame.peers))
         report = Report(
             self.config.peer_id,
             self.config.address,
             pieces=0,
             contiguous=0,
-            failed_parents=sorted(peers),
-            size=size,
-            piece_size=PieceGeometry.of(size).piece_size,
+            failed_parents=list(blame.peers),
+            size=blame.geometry.size,
+            piece_size=blame.geometry.piece_size,
             bad_hashes=True,
         )
         self.background(self._report_quietly(str(digest), report), f"report liars of {digest}")
@@ -199,37 +196,28 @@ class SwarmSource[Hub: HubPort]:
     async def cached(self, digest: Digest, size: int) -> None:
         """The blob is complete and verified: tell its children and the scheduler, and keep
         telling the scheduler."""
-        self.suppliers.pop(digest, None)
         self.hub.blob_complete(digest, size)
-        self.seeding[digest] = size
-        self.seeding.move_to_end(digest)
-        while len(self.seeding) > self.config.max_seeding:
-            self.seeding.popitem(last=False)
-        await self._announce(digest, size, with_hashes=digest in self._fell_back)
-        self._fell_back.discard(digest)
+        await self._announce(self.seeds.cached(digest, PieceGeometry.of(size)))
 
-    async def _announce(self, digest: Digest, size: int, *, with_hashes: bool = False) -> None:
-        geometry = PieceGeometry.of(size)
-        pieces = geometry.count
+    async def _announce(self, announcement: Announcement) -> None:
+        digest, geometry = announcement.digest, announcement.geometry
         hashes: dict[int, str] = {}
-        path = self.store.blob_path(digest) if with_hashes else None
+        path = self.store.blob_path(digest) if announcement.with_hashes else None
         if path is not None:
             hashes = await asyncio.to_thread(piece_hashes, path, geometry)
         report = Report(
             self.config.peer_id,
             self.config.address,
-            pieces=pieces,
-            contiguous=size,
+            pieces=geometry.count,
+            contiguous=geometry.size,
             complete=True,
-            size=size,
+            size=geometry.size,
             piece_size=geometry.piece_size,
             hashes=hashes,
         )
         with contextlib.suppress(SchedulerUnavailable):
             view = await self.scheduler.report(str(digest), report)
-            if view.hashes_known < pieces and not hashes:
-                # a scheduler that came up after the download (a restart, a failover) has no
-                # piece hashes: ours are checked against the blob's digest, publish them
+            if announcement.needs_hashes(view.hashes_known):
                 path = self.store.blob_path(digest)
                 if path is not None:
                     hashes = await asyncio.to_thread(piece_hashes, path, geometry)
@@ -238,11 +226,8 @@ class SwarmSource[Hub: HubPort]:
     async def _announce_seeds(self) -> None:
         while True:
             await asyncio.sleep(self.config.seed_announce_interval)
-            for digest, size in list(self.seeding.items()):
-                if self.store.blob_size(digest) is None:
-                    self.seeding.pop(digest, None)
-                    continue
-                await self._announce(digest, size)
+            for announcement in self.seeds.due(lambda d: self.store.blob_size(d) is not None):
+                await self._announce(announcement)
 
     async def _head_size(self, dist: DistributionPath, creds: Credentials | None) -> int:
         """The blob's size from the registry; also proves these credentials may read it."""
