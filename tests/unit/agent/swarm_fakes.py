@@ -46,6 +46,8 @@ class FakeScheduler:
         self.down = down
         self.joins: list[JoinRequest] = []
         self.reports: list[Report] = []
+        self.crashes = 0
+        """reports that raise an unexpected error (a bug) before they are recorded"""
 
     def _view(self, peer_id: str, *, fallback: bool = False) -> TaskView:
         return TaskView(
@@ -68,6 +70,9 @@ class FakeScheduler:
     async def report(self, digest: str, report: Report) -> TaskView:
         if self.down:
             raise SchedulerUnavailable("scheduler down (fake)")
+        if self.crashes:
+            self.crashes -= 1
+            raise RuntimeError("a bug in the scheduler client (fake)")
         self.reports.append(report)
         if report.peer_id == self.fetcher or report.complete:
             for index, sha in report.hashes.items():

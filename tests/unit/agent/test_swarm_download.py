@@ -135,6 +135,17 @@ class TestOriginFetcher:
         assert sorted(sent) == [0, 1, 2, 3]  # each hash published once
         assert sorted(peers.announced) == [0, 1, 2, 3]
 
+    async def test_a_report_that_crashes_is_sent_again(self, store: MemoryStore) -> None:
+        """The state waits for a report's answer: a bug in sending it must not stop every
+        later report (the fetcher's hashes, which its children wait for)."""
+        scheduler = FakeScheduler(len(DATA), fetcher=ME)
+        scheduler.crashes = 1
+        origin = MemoryOrigin({DIGEST: DATA}, delay=0.05)  # about 0.7 s: time for reports
+        d, _ = download(store, scheduler, FakePeers({}), origin, AvoidList())
+        await asyncio.wait_for(d.run(), 10)
+        assert [scheduler.published[i] for i in range(4)] == piece_hashes_of(DATA)
+        assert len(scheduler.reports) >= 2  # not only the final one
+
 
 class TestFallback:
     """Whatever goes wrong in the swarm ends with the rest of the blob from the origin."""

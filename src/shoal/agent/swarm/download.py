@@ -393,6 +393,10 @@ class SwarmDownload:
         except SchedulerUnavailable as exc:
             log.warning("report for %s failed: %s", self.digest, exc)
             return [ds.SchedulerFailed()]
+        except Exception:
+            # the state waits for this report's answer: a bug here must not silence it for good
+            log.exception("report for %s crashed", self.digest)
+            return [ds.SchedulerFailed()]
         events: list[ds.Event] = [self._answer(view)]
         if action.wants_fallback:
             if not view.fallback and not self.state.finished:
