@@ -39,7 +39,8 @@ from shoal.oci.client import UpstreamError
 from shoal.oci.distribution import DistributionPath
 from shoal.oci.errors import DistributionError, ErrorCode
 from shoal.oci.ranges import ByteRange, parse_range
-from shoal.store.blobstore import BlobStore, StoreError
+from shoal.store.blobstore import StoreError
+from shoal.store.contract import CacheStore
 from shoal.store.partial import DigestMismatchError, PartialBlob, PartialState
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ def blob_headers(digest: Digest, size: int, rng: ByteRange | None) -> dict[str, 
 class BlobService:
     def __init__(
         self,
-        store: BlobStore,
+        store: CacheStore,
         upstreams: Upstreams,
         source: BlobSource,
         metrics: AgentMetrics,

@@ -61,7 +61,7 @@ class Agent:
         )
         self._session: aiohttp.ClientSession | None = None
         self._janitor: asyncio.Task[None] | None = None
-        self.swarm: SwarmSource | None = None
+        self.swarm: SwarmSource[PeerHub] | None = None
         self.url = ""
 
     async def start(self) -> str:
@@ -110,7 +110,7 @@ class Agent:
         )
         return self.url
 
-    def _build_swarm(self, origin: OriginSource) -> SwarmSource:
+    def _build_swarm(self, origin: OriginSource) -> SwarmSource[PeerHub]:
         assert self._session is not None
         token = self.config.peer_token()
         scheduler = SchedulerClient(self._session, list(self.config.schedulers), token)

@@ -69,9 +69,9 @@ class SwarmSettings:
     max_unverified: int = _RULES.max_unverified
     """bytes of received pieces that may wait for their published hash (with the requests in
     flight); beyond, no new requests until hashes come."""
-    report_interval: float = _SWARM.report_interval
+    report_interval: float = _RULES.report_interval
     """least seconds between two reports of one download to the scheduler."""
-    heartbeat: float = _SWARM.heartbeat
+    heartbeat: float = _RULES.heartbeat
     """seconds after which a download reports with nothing new; keeps the fetcher's lease
     (the scheduler's lease TTL is 15 s), so it must stay well below that."""
     connect_timeout: float = _SWARM.connect_timeout
@@ -155,14 +155,14 @@ def swarm_configs(settings: SwarmSettings, address: str, token: str | None) -> t
         endgame_after=settings.endgame_after,
         max_requests=settings.max_requests,
         max_unverified=settings.max_unverified,
+        report_interval=settings.report_interval,
+        heartbeat=settings.heartbeat,
     )
     swarm = SwarmConfig(
         peer_id=address,
         address=address,
         token=token,
         rules=rules,
-        report_interval=settings.report_interval,
-        heartbeat=settings.heartbeat,
         connect_timeout=settings.connect_timeout,
         status_wait=settings.status_wait,
         seed_announce_interval=settings.seed_announce_interval,

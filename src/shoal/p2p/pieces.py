@@ -1,6 +1,14 @@
-"""Cutting a blob into pieces: the piece size rule and index/offset arithmetic."""
+"""Cutting a blob into pieces: the piece size rule and index/offset arithmetic.
+
+:class:`PieceGeometry` is the one value a download computes from the blob's size and passes
+on (to its pure state, its I/O and the partial file's piece hashing); the free functions
+below remain for code that holds a size and a piece size of someone else's (a scheduler
+checking what an agent sent).
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 MIN_PIECE = 1 << 20
 MAX_PIECE = 16 << 20
@@ -34,3 +42,42 @@ def piece_span(index: int, size: int, piece_size: int) -> tuple[int, int]:
     if index < 0 or offset >= size:
         raise ValueError(f"piece {index} outside a blob of {size} bytes")
     return offset, min(piece_size, size - offset)
+
+
+@dataclass(frozen=True, slots=True)
+class PieceGeometry:
+    """How one blob is cut: its size, its piece size and how many pieces that makes.
+
+    ``PieceGeometry.of(size)`` applies the swarm's rule (:func:`choose_piece_size`); the
+    constructor takes any piece size (tests, a simulator trying another rule).
+    """
+
+    size: int
+    piece_size: int
+    count: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.size < 0 or self.piece_size <= 0:
+            raise ValueError(f"no pieces of {self.piece_size} bytes in a blob of {self.size} bytes")
+        object.__setattr__(self, "count", piece_count(self.size, self.piece_size))
+
+    @classmethod
+    def of(cls, size: int) -> PieceGeometry:
+        """The swarm's geometry of a blob of ``size`` bytes."""
+        return cls(size, choose_piece_size(size))
+
+    def span(self, index: int) -> tuple[int, int]:
+        """(offset, length) of piece ``index``; ValueError outside the blob."""
+        return piece_span(index, self.size, self.piece_size)
+
+    def offset(self, index: int) -> int:
+        return self.span(index)[0]
+
+    def length(self, index: int) -> int:
+        return self.span(index)[1]
+
+    def pieces_within(self, prefix: int) -> int:
+        """How many whole pieces a prefix of ``prefix`` bytes holds (all of them at the end)."""
+        if prefix >= self.size:
+            return self.count
+        return max(0, prefix) // self.piece_size

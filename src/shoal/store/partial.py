@@ -233,11 +233,12 @@ class PartialBlob:
                 room = self.piece_size - (self.contiguous % self.piece_size)
                 part, view = view[:room], view[room:]
                 self._piece_hasher.update(part)
-                self.contiguous += len(part)
-                if self.contiguous % self.piece_size == 0 or self.contiguous == self.size:
-                    index = (self.contiguous - 1) // self.piece_size
-                    self.piece_hashes[index] = self._piece_hasher.hexdigest()
+                end = self.contiguous + len(part)
+                if end % self.piece_size == 0 or end == self.size:
+                    # the hash first: whoever sees the prefix cover a piece finds its hash
+                    self.piece_hashes[(end - 1) // self.piece_size] = self._piece_hasher.hexdigest()
                     self._piece_hasher = hashlib.sha256()
+                self.contiguous = end
 
     def _absorb_extents(self) -> None:
         """Extend the prefix over extents written earlier out of order (re-reading them)."""

@@ -10,6 +10,7 @@ import pytest
 from shoal.p2p.download_state import (
     Action,
     AddParent,
+    AnnouncePieces,
     AskFallback,
     BytesArrived,
     CancelRequest,
@@ -38,6 +39,7 @@ from shoal.p2p.download_state import (
     Tick,
     WritePiece,
 )
+from shoal.p2p.pieces import PieceGeometry
 
 PIECE = 100
 PIECES = 8
@@ -82,6 +84,21 @@ def deliver(s: DownloadState, peer: str, index: int, sha: str | None = None) -> 
     if any(isinstance(a, WritePiece) and a.index == index for a in out):
         out += s.apply(PieceWritten(index))
     return out
+
+
+class TestGeometry:
+    """The state takes the download's one geometry value, or a size and a piece size."""
+
+    def test_geometry_and_size_agree(self) -> None:
+        g = PieceGeometry(PIECES * PIECE - 7, PIECE)
+        s = DownloadState(peer_id=ME, geometry=g)
+        assert (s.geometry, s.size, s.piece_size, s.count) == (g, g.size, PIECE, PIECES)
+        assert s.missing == set(range(PIECES))
+        assert DownloadState(peer_id=ME, size=g.size, piece_size=PIECE).geometry == g
+
+    def test_neither_is_refused(self) -> None:
+        with pytest.raises(TypeError, match="geometry"):
+            DownloadState(peer_id=ME)
 
 
 class TestOriginOnce:
@@ -318,7 +335,7 @@ class TestStalls:
         clock.now += 0.1
         assert s.apply(Tick()) == [AskFallback("stalled: no progress for 25s")]
         assert s.apply(Tick()) == []  # one ask at a time
-        assert s.apply(FallbackAnswer(granted=True)) == [GiveUp("stalled: no progress for 25s")]
+        assert s.apply(FallbackAnswer(granted=True)) == [GiveUp("stalled: no progress for 25s", fallback_lease=True)]
 
     @pytest.mark.parametrize(
         "moving",
@@ -339,9 +356,9 @@ class TestStalls:
     def test_the_prefix_from_the_origin_prunes_and_completes(self) -> None:
         s = new()
         s.apply(SchedulerAnswer(fetcher=ME))
-        s.apply(PrefixAdvanced(350))
+        assert s.apply(PrefixAdvanced(350)) == [AnnouncePieces((0, 1, 2))]
         assert s.missing == set(range(3, PIECES))
-        assert s.apply(PrefixAdvanced(PIECES * PIECE)) == [Complete()]
+        assert s.apply(PrefixAdvanced(PIECES * PIECE)) == [AnnouncePieces((3, 4, 5, 6, 7)), Complete()]
 
 
 class TestFallbackLeases:
@@ -405,7 +422,7 @@ class TestScheduler:
             s.apply(SchedulerFailed())
         clock.now += 10.1
         assert s.apply(Tick()) == [AskFallback("scheduler: lost")]
-        assert s.apply(FallbackAnswer(granted=True)) == [GiveUp("scheduler: lost")]
+        assert s.apply(FallbackAnswer(granted=True)) == [GiveUp("scheduler: lost", fallback_lease=True)]
 
     def test_an_answer_resets_the_failures(self) -> None:
         clock = Clock()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shoal.p2p.pieces import MAX_PIECE, MIN_PIECE, choose_piece_size, piece_count, piece_span
+from shoal.p2p.pieces import MAX_PIECE, MIN_PIECE, PieceGeometry, choose_piece_size, piece_count, piece_span
 from shoal.p2p.protocol import PeerInfo, Report, TaskView, from_json, to_json
 
 MiB = 1 << 20
@@ -50,6 +50,44 @@ class TestSpans:
     def test_out_of_range(self, index: int) -> None:
         with pytest.raises(ValueError, match="outside"):
             piece_span(index, 5 * MiB + 3, MiB)
+
+
+class TestGeometry:
+    """One value per blob: the rule's piece size, the count, and spans that tile the blob."""
+
+    @pytest.mark.parametrize("size", [0, 1, MiB, MiB + 1, 33 * MiB, 128 * MiB + 5, 600 * MiB])
+    def test_of_follows_the_rule(self, size: int) -> None:
+        g = PieceGeometry.of(size)
+        assert (g.size, g.piece_size, g.count) == (size, choose_piece_size(size), piece_count(size, g.piece_size))
+        assert sum(g.length(i) for i in range(g.count)) == size
+        assert [g.offset(i) for i in range(g.count)] == [i * g.piece_size for i in range(g.count)]
+
+    def test_spans_and_bounds(self) -> None:
+        g = PieceGeometry(5 * MiB + 3, MiB)
+        assert g.count == 6
+        assert g.span(5) == (5 * MiB, 3)
+        with pytest.raises(ValueError, match="outside"):
+            g.span(6)
+
+    @pytest.mark.parametrize(
+        ("prefix", "whole"), [(0, 0), (MiB - 1, 0), (MiB, 1), (5 * MiB + 2, 5), (5 * MiB + 3, 6), (10 * MiB, 6)]
+    )
+    def test_pieces_within_a_prefix(self, prefix: int, whole: int) -> None:
+        assert PieceGeometry(5 * MiB + 3, MiB).pieces_within(prefix) == whole
+
+    def test_empty_blob_has_no_pieces(self) -> None:
+        g = PieceGeometry.of(0)
+        assert g.count == 0
+        assert g.pieces_within(0) == 0
+
+    @pytest.mark.parametrize(("size", "piece"), [(-1, MiB), (10, 0)])
+    def test_nonsense_is_refused(self, size: int, piece: int) -> None:
+        with pytest.raises(ValueError, match="no pieces"):
+            PieceGeometry(size, piece)
+
+    def test_is_a_frozen_value(self) -> None:
+        assert PieceGeometry.of(3 * MiB) == PieceGeometry(3 * MiB, MIN_PIECE)
+        assert hash(PieceGeometry.of(3 * MiB)) == hash(PieceGeometry(3 * MiB, MIN_PIECE))
 
 
 class TestProtocol:

@@ -1,341 +1,51 @@
-"""One blob's download through the swarm as a pure state: events in, actions out.
-
-``shoal.agent.swarm.SwarmDownload`` is the one task that owns a download's state. Here one object
-holds the missing pieces, the requests in flight, each parent's pieces and errors, the lease
-and the stall clocks, and changes only in :meth:`DownloadState.apply`; the task that owns it
-reads I/O workers' results from a queue, applies them, and carries out the returned actions
-(send a request, start or stop the origin fetch, write a verified piece, give up). Time comes
-from an injected clock, so every rule below is a millisecond unit test.
-
-Rules (each is one that ``tests/integration/test_swarm.py`` proves with real processes):
-
-- **Origin once.** Only the lease holder fetches from the origin: a scheduler answer naming us
-  fetcher starts the fetch; one naming another holder while we fetch stops ours.
-- **Pipelining.** A parent's pieces are requestable as soon as it announces them (bitfield, then
-  one "have" per verified piece): a child fetches while its parent is still downloading.
-- **Endgame.** When every piece still missing is already asked for, a free lane asks a
-  second parent for the oldest request (one extra copy at most, after ``endgame_after``);
-  the first copy to arrive wins and the other request is cancelled. The last pieces of a
-  blob otherwise wait on whichever parent's queue they landed in.
-- **Bounded asking.** At most ``max_parents`` parents and ``lanes_per_parent`` requests in flight
-  to each; which piece comes from :func:`shoal.p2p.policy.piece_selection.next_piece`.
-- **Verify, then write.** A piece is written only if its sha256 matches the hash the lease
-  holder published; one that arrives before its hash waits for it (at most ``hash_wait``).
-- **Lying peers.** A corrupt piece drops its parent, bans it for this blob, avoids it for every
-  blob for ``avoid_corrupt_for`` and reports it to the scheduler.
-- **Failing parents.** ``parent_errors`` failed requests in a row drop a parent; a lost parent's
-  pieces stop counting and its requests go back to the pool at once.
-- **Stalls fall back, a few at a time.** With no progress for ``stall_timeout`` (and no origin
-  fetch of ours) the download asks the scheduler for one of the blob's few fallback leases;
-  granted, the rest comes from the origin; refused, it waits in the swarm for another
-  ``stall_timeout``. On saturated cores every node stalls at once: without the limit they
-  would all go to the registry, and its egress would be N times the image. Progress is
-  anything that moved: the verified prefix, pieces held, bytes arriving, or new piece hashes
-  (the fetcher getting further).
-- **Slow parents.** A request unanswered for ``piece_timeout`` is cancelled and counts as a
-  failed request (a dead parent's link may take longer than that to be noticed).
-- **The scheduler may die.** Failed reports alone do not end a download whose pieces keep coming;
-  ``scheduler_failures`` in a row plus ``scheduler_lost_grace`` without progress ask for a
-  fallback lease too (the owner takes an ask that cannot reach the scheduler as a yes:
-  with nobody to coordinate with, the pull must not fail).
-"""
+"""The download's state: every rule of :mod:`shoal.p2p.download_state`, in one object."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from shoal.p2p.pieces import piece_count
+from shoal.p2p.download_state.actions import (
+    Action,
+    AddParent,
+    AnnouncePieces,
+    AskFallback,
+    CancelRequest,
+    Complete,
+    DiscardPiece,
+    DropParent,
+    GiveUp,
+    RequestPiece,
+    SendReport,
+    StartOriginFetch,
+    StopOriginFetch,
+    WritePiece,
+)
+from shoal.p2p.download_state.events import (
+    BytesArrived,
+    Event,
+    FallbackAnswer,
+    HashesKnown,
+    OriginFetchFailed,
+    ParentHas,
+    ParentInfo,
+    ParentLost,
+    PieceArrived,
+    PieceFailed,
+    PieceRejected,
+    PiecesHashed,
+    PieceWritten,
+    PrefixAdvanced,
+    ReportDue,
+    SchedulerAnswer,
+    SchedulerFailed,
+    Tick,
+)
+from shoal.p2p.download_state.reports import ReportBook
+from shoal.p2p.download_state.rules import ASK_RETRY_PAUSES, DownloadRules
+from shoal.p2p.pieces import PieceGeometry
 from shoal.p2p.policy.piece_selection import next_piece
-
-__all__ = [
-    "Action",
-    "AddParent",
-    "AskFallback",
-    "BytesArrived",
-    "CancelRequest",
-    "Complete",
-    "DiscardPiece",
-    "DownloadRules",
-    "DownloadState",
-    "DropParent",
-    "Event",
-    "FallbackAnswer",
-    "GiveUp",
-    "HashesKnown",
-    "OriginFetchFailed",
-    "ParentHas",
-    "ParentInfo",
-    "ParentLost",
-    "PieceArrived",
-    "PieceFailed",
-    "PieceRejected",
-    "PieceWritten",
-    "PrefixAdvanced",
-    "RequestPiece",
-    "SchedulerAnswer",
-    "SchedulerFailed",
-    "StartOriginFetch",
-    "StopOriginFetch",
-    "Tick",
-    "WritePiece",
-]
-
-
-@dataclass(frozen=True, slots=True)
-class DownloadRules:
-    """The swarm's knobs for one download (the agent config's ``swarm:`` section sets them)."""
-
-    max_parents: int = 12
-    lanes_per_parent: int = 2
-    max_requests: int = 12
-    """requests in flight for one download, over all its parents: each arriving piece has a
-    buffer of its own until it is written, so this bounds the download's memory"""
-    stall_timeout: float = 25.0
-    """longer than the scheduler's lease TTL (15 s): a dead fetcher's successor takes over first"""
-    hash_wait: float = 25.0
-    """how long a received piece waits for its published hash before it is discarded"""
-    parent_errors: int = 3
-    avoid_corrupt_for: float = 600.0
-    scheduler_failures: int = 3
-    scheduler_lost_grace: float = 10.0
-    window: int = 4
-    """pieces ahead of the reader wanted in order (``next_piece``)"""
-    piece_timeout: float = 30.0
-    """seconds a request may go unanswered before it is cancelled and counted as failed"""
-    endgame_after: float = 0.5
-    """seconds a request must be out before a second parent is asked for the same piece"""
-    max_unverified: int = 64 << 20
-    """bytes of received pieces waiting for their hash, at most: beyond, no new requests (a
-    scheduler without hashes, or a peer sending junk, must not fill the agent's memory)"""
-
-
-@dataclass(frozen=True, slots=True)
-class ParentInfo:
-    peer_id: str
-    address: str
-
-
-# -- events (what happened) --------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class SchedulerAnswer:
-    """The scheduler's view after a join or a report: our role, the lease holder, parents."""
-
-    fetcher: str | None
-    parents: tuple[ParentInfo, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class SchedulerFailed:
-    """A report did not get through."""
-
-
-@dataclass(frozen=True, slots=True)
-class ParentHas:
-    """A parent holds these pieces (its bitfield, or one "have")."""
-
-    peer_id: str
-    pieces: frozenset[int]
-
-
-@dataclass(frozen=True, slots=True)
-class HashesKnown:
-    """Piece hashes published by the lease holder."""
-
-    hashes: Mapping[int, str]
-
-
-@dataclass(frozen=True, slots=True)
-class PieceArrived:
-    """A worker received a whole piece from ``peer_id`` and hashed it (not written yet)."""
-
-    peer_id: str
-    index: int
-    sha256: str
-
-
-@dataclass(frozen=True, slots=True)
-class PieceWritten:
-    """A verified piece is on disk."""
-
-    index: int
-
-
-@dataclass(frozen=True, slots=True)
-class PieceFailed:
-    """A request to a parent failed (connect, timeout, broken transfer)."""
-
-    peer_id: str
-    index: int
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class PieceRejected:
-    """The parent said it does not have the piece (after all)."""
-
-    peer_id: str
-    index: int
-
-
-@dataclass(frozen=True, slots=True)
-class ParentLost:
-    """The link to a parent broke, or could not be made (``unreachable``: not banned, the
-    scheduler may hand it out again; a parent busy under a rollout is slow to accept)."""
-
-    peer_id: str
-    reason: str
-    unreachable: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class BytesArrived:
-    """Body bytes of pieces still arriving: slow is not stalled."""
-
-    n: int
-
-
-@dataclass(frozen=True, slots=True)
-class PrefixAdvanced:
-    """The blob's verified prefix grew (the origin fetch writes in order)."""
-
-    contiguous: int
-
-
-@dataclass(frozen=True, slots=True)
-class OriginFetchFailed:
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class FallbackAnswer:
-    """The scheduler's word on our ask to fetch the rest from the origin."""
-
-    granted: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Tick:
-    """Time passed (the owner wakes about once a second to let the stall rules look)."""
-
-
-Event = (
-    SchedulerAnswer
-    | SchedulerFailed
-    | ParentHas
-    | HashesKnown
-    | PieceArrived
-    | PieceWritten
-    | PieceFailed
-    | PieceRejected
-    | ParentLost
-    | BytesArrived
-    | PrefixAdvanced
-    | OriginFetchFailed
-    | FallbackAnswer
-    | Tick
-)
-
-# -- actions (what the owner must do) ----------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class AddParent:
-    """Connect to (or reuse the connection to) this parent and say we are interested."""
-
-    parent: ParentInfo
-
-
-@dataclass(frozen=True, slots=True)
-class RequestPiece:
-    peer_id: str
-    index: int
-
-
-@dataclass(frozen=True, slots=True)
-class WritePiece:
-    """Write the piece ``peer_id`` sent: its hash matched."""
-
-    index: int
-    peer_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class DiscardPiece:
-    """Drop the piece ``peer_id`` sent (its buffer is not needed)."""
-
-    index: int
-    reason: str
-    peer_id: str
-    corrupt: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class CancelRequest:
-    """Tell the parent we no longer want this piece (it timed out)."""
-
-    peer_id: str
-    index: int
-
-
-@dataclass(frozen=True, slots=True)
-class DropParent:
-    """Stop using this parent for this blob; if ``avoid_until`` is set, for every blob until then."""
-
-    peer_id: str
-    reason: str
-    avoid_until: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class StartOriginFetch:
-    """We hold the lease: fetch from the origin from the verified prefix on."""
-
-    offset: int
-
-
-@dataclass(frozen=True, slots=True)
-class StopOriginFetch:
-    """The lease went to ``holder``: stop our origin fetch, take the rest from the swarm."""
-
-    holder: str
-
-
-@dataclass(frozen=True, slots=True)
-class AskFallback:
-    """The swarm is stuck: ask the scheduler for a fallback lease before going to the origin."""
-
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class GiveUp:
-    """The swarm cannot finish: fetch the rest from the origin (the pull must not fail)."""
-
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Complete:
-    pass
-
-
-Action = (
-    AddParent
-    | RequestPiece
-    | CancelRequest
-    | WritePiece
-    | DiscardPiece
-    | DropParent
-    | StartOriginFetch
-    | StopOriginFetch
-    | AskFallback
-    | GiveUp
-    | Complete
-)
 
 
 @dataclass
@@ -352,7 +62,8 @@ class DownloadState:
 
     Parameters:
         peer_id: our id (never our own parent).
-        size, piece_size: the blob's; pieces follow :func:`shoal.p2p.pieces.piece_count`.
+        geometry: how the blob is cut (:class:`~shoal.p2p.pieces.PieceGeometry`); ``size``
+            and ``piece_size`` instead make one.
         rules: the knobs.
         clock: monotonic seconds, injected.
         avoided: peer id -> time until which it is avoided (shared by all downloads; read only).
@@ -363,21 +74,27 @@ class DownloadState:
         self,
         *,
         peer_id: str,
-        size: int,
-        piece_size: int,
+        geometry: PieceGeometry | None = None,
+        size: int | None = None,
+        piece_size: int | None = None,
         rules: DownloadRules | None = None,
         clock: Callable[[], float] = time.monotonic,
         avoided: Mapping[str, float] | None = None,
         salt: str = "",
     ) -> None:
+        if geometry is None:
+            if size is None or piece_size is None:
+                raise TypeError("DownloadState needs a geometry, or a size and a piece size")
+            geometry = PieceGeometry(size, piece_size)
         self.peer_id = peer_id
-        self.size = size
-        self.piece_size = piece_size
+        self.geometry = geometry
+        self.size = geometry.size
+        self.piece_size = geometry.piece_size
+        self.count = geometry.count
         self.rules = rules or DownloadRules()
         self.clock = clock
         self.avoided = avoided if avoided is not None else {}
         self.salt = salt
-        self.count = piece_count(size, piece_size)
         self.missing: set[int] = set(range(self.count))
         self.in_flight: dict[int, str] = {}
         """piece -> the parent it is asked of"""
@@ -400,6 +117,17 @@ class DownloadState:
         self.finished = False
         self.asking: str | None = None
         """why we asked for a fallback lease, while the answer is out"""
+        self._ask_sent = False
+        self._ask_failures = 0
+        self.fallback_lease = False
+        """the scheduler granted us a fallback lease (we report to hold it while we fetch)"""
+        self.suppliers: set[str] = set()
+        """lease holders whose published hashes we checked pieces by: a parent whose piece
+        matched only relayed what the holder hashed, so a wrong blob is the holder's"""
+        self.announced: set[int] = set()
+        """pieces told to our children"""
+        self._prefix_announced = 0
+        self.reports = ReportBook(self.rules, self.count, clock())
         self._last_progress = clock()
         self._last_state = self._progress()
 
@@ -408,22 +136,27 @@ class DownloadState:
     def apply(self, event: Event) -> list[Action]:
         """Apply one event; the actions to carry out, in order."""
         if self.finished:
-            return []
+            return self._after_finish(event)
         out: list[Action] = []
         match event:
             case SchedulerAnswer():
                 self._on_answer(event, out)
             case SchedulerFailed():
-                self.sched_failures += 1
+                self._on_scheduler_failed(out)
             case ParentHas():
                 self._on_has(event)
             case HashesKnown():
                 self._on_hashes(event, out)
+            case PiecesHashed():
+                self.reports.hashed(event.hashes)
             case PieceArrived():
                 self._on_arrived(event, out)
             case PieceWritten():
                 self.writing.discard(event.index)
-                self.missing.discard(event.index)
+                if event.index in self.missing:
+                    self.missing.discard(event.index)
+                    self.reports.written += 1
+                self._announce((event.index,), out)
             case PieceFailed():
                 self._on_failed(event, out)
             case PieceRejected():
@@ -436,13 +169,13 @@ class DownloadState:
             case BytesArrived():
                 self.bytes_received += event.n
             case PrefixAdvanced():
-                self._on_prefix(event.contiguous)
+                self._on_prefix(event.contiguous, out)
             case OriginFetchFailed():
                 self.fetching = False
                 self._finish(GiveUp(f"origin: {event.reason}"), out)
             case FallbackAnswer():
                 self._on_fallback(event, out)
-            case Tick():
+            case Tick() | ReportDue():
                 pass
         if not self.finished:
             self._check_time(out)
@@ -450,12 +183,96 @@ class DownloadState:
             # news of one parent's pieces can only fill that parent's lanes (the rest were
             # planned already); every other event may free lanes anywhere
             self._plan(out, only=event.peer_id if isinstance(event, ParentHas) else None)
+        if isinstance(event, ReportDue | PiecesHashed):
+            # reports go out when their time has come (the owner wakes us at ``wake_at``),
+            # or at once for the fetcher's new hashes and a fallback ask
+            self._report_if_due(out)
         return out
+
+    def wake_at(self) -> float | None:
+        """When to apply :class:`ReportDue` next (monotonic seconds), or None: no report is
+        waiting for time (one is out, or the download is over)."""
+        if self.finished and not self.fallback_lease:
+            return None
+        urgent = (self.asking is not None and not self._ask_sent) or (
+            self.fetching and bool(self.reports.unpublished())
+        )
+        wanting = len(self.parents) < self.rules.max_parents and not self.fetching and not self.finished
+        return self.reports.due_at(urgent=urgent, wanting_parents=wanting)
+
+    # -- reports -----------------------------------------------------------------------------
+
+    def _report_if_due(self, out: list[Action]) -> None:
+        due = self.wake_at()
+        if due is not None and due <= self.clock():
+            out.append(self._report(wants_fallback=self.fallback_lease or self.asking is not None))
+
+    def _report(self, *, wants_fallback: bool = False, final: bool = False) -> SendReport:
+        report = SendReport(
+            pieces=self.count - len(self.missing),
+            contiguous=self.contiguous,
+            hashes=self.reports.unpublished(),
+            failed_parents=tuple(sorted(self.unreported_failures)),
+            wants_fallback=wants_fallback,
+            final=final,
+        )
+        if not final:
+            self.reports.sent(report, self.clock())
+            if wants_fallback and self.asking is not None:
+                self._ask_sent = True
+        return report
+
+    def _on_report_answered(self) -> None:
+        report = self.reports.answered()
+        if report is not None:
+            self.unreported_failures.difference_update(report.failed_parents)
+
+    def _on_scheduler_failed(self, out: list[Action]) -> None:
+        self.sched_failures += 1
+        now = self.clock()
+        asked = self._ask_sent and self.asking is not None
+        pause = self.rules.report_interval
+        if asked:
+            self._ask_sent = False
+            self._ask_failures += 1
+            if self._ask_failures > len(ASK_RETRY_PAUSES):
+                # nobody to coordinate with: the pull must not fail
+                self.reports.failed(now, pause)
+                self._finish(GiveUp(self.asking or "scheduler: lost"), out)
+                return
+            pause = ASK_RETRY_PAUSES[self._ask_failures - 1]
+        self.reports.failed(now, pause)
+
+    def _after_finish(self, event: Event) -> list[Action]:
+        """A download that gave up under a fallback lease reports to hold the lease while its
+        owner fetches the rest from the origin; nothing else happens after the end."""
+        if not self.fallback_lease:
+            return []
+        out: list[Action] = []
+        match event:
+            case SchedulerAnswer():
+                self._on_report_answered()
+            case SchedulerFailed():
+                self.reports.failed(self.clock(), self.rules.report_interval)
+            case PrefixAdvanced():
+                self.contiguous = max(self.contiguous, min(event.contiguous, self.size))
+            case ReportDue():
+                self._report_if_due(out)
+        return out
+
+    def _announce(self, indices: Iterable[int], out: list[Action]) -> None:
+        fresh = tuple(i for i in indices if i not in self.announced)
+        if fresh:
+            self.announced.update(fresh)
+            out.append(AnnouncePieces(fresh))
 
     # -- rules -------------------------------------------------------------------------------
 
     def _on_answer(self, view: SchedulerAnswer, out: list[Action]) -> None:
         self.sched_failures = 0
+        self._on_report_answered()
+        if view.fetcher is not None and view.hashes_known:
+            self.suppliers.add(view.fetcher)
         if view.fetcher == self.peer_id and not self.fetching:
             self.fetching = True
             out.append(StartOriginFetch(self.contiguous))
@@ -530,11 +347,14 @@ class DownloadState:
         if p.errors >= self.rules.parent_errors:
             self._drop(event.peer_id, f"{p.errors} failed requests in a row: {event.reason}", out)
 
-    def _on_prefix(self, contiguous: int) -> None:
+    def _on_prefix(self, contiguous: int, out: list[Action]) -> None:
         self.contiguous = max(self.contiguous, min(contiguous, self.size))
-        done = self.count if self.contiguous == self.size else self.contiguous // self.piece_size
+        done = self.geometry.pieces_within(self.contiguous)
         for i in [i for i in self.missing if i < done]:
             self.missing.discard(i)
+        if done > self._prefix_announced:
+            self._announce(range(self._prefix_announced, done), out)
+            self._prefix_announced = done
 
     def _release(self, index: int) -> list[str]:
         """Forget every request of ``index``; the parents it was asked of."""
@@ -566,6 +386,7 @@ class DownloadState:
         if ban:
             self.banned.add(peer)
             self.unreported_failures.add(peer)
+        self.reports.wanted = True
         if p is not None:
             for i, bit in enumerate(p.have):
                 if bit:
@@ -611,15 +432,20 @@ class DownloadState:
     def _on_fallback(self, event: FallbackAnswer, out: list[Action]) -> None:
         if self.asking is None:
             return
+        self._ask_failures = 0
         if event.granted:
-            self._finish(GiveUp(self.asking), out)
+            self.fallback_lease = True
+            self._finish(GiveUp(self.asking, fallback_lease=True), out)
             return
         # refused: the registry is serving others; wait in the swarm for another while
         self.asking = None
+        self._ask_sent = False
         self._last_progress = self.clock()
 
     def _finish(self, action: GiveUp | Complete, out: list[Action]) -> None:
         self.finished = True
+        if isinstance(action, Complete) and self.reports.unpublished():
+            out.append(self._report(final=True))  # our fetch's last hashes: children wait for them
         out.append(action)
 
     def _plan(self, out: list[Action], only: str | None = None) -> None:

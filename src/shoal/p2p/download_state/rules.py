@@ -1,0 +1,46 @@
+"""The knobs of one download's rules (the agent config's ``swarm:`` section sets them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+ASK_RETRY_PAUSES = (0.5, 1.0, 2.0)
+"""seconds between asks for a fallback lease that did not reach the scheduler; after the last
+one an ask that cannot get through is taken as a yes (nobody is left to coordinate with)"""
+REPORT_SHARE = 8
+"""a child reports after every 1/REPORT_SHARE of the blob it wrote: the scheduler ranks
+parents by how much they hold"""
+
+
+@dataclass(frozen=True, slots=True)
+class DownloadRules:
+    """The swarm's knobs for one download."""
+
+    max_parents: int = 12
+    lanes_per_parent: int = 2
+    max_requests: int = 12
+    """requests in flight for one download, over all its parents: each arriving piece has a
+    buffer of its own until it is written, so this bounds the download's memory"""
+    stall_timeout: float = 25.0
+    """longer than the scheduler's lease TTL (15 s): a dead fetcher's successor takes over first"""
+    hash_wait: float = 25.0
+    """how long a received piece waits for its published hash before it is discarded"""
+    parent_errors: int = 3
+    avoid_corrupt_for: float = 600.0
+    scheduler_failures: int = 3
+    scheduler_lost_grace: float = 10.0
+    window: int = 4
+    """pieces ahead of the reader wanted in order (``next_piece``)"""
+    piece_timeout: float = 30.0
+    """seconds a request may go unanswered before it is cancelled and counted as failed"""
+    endgame_after: float = 0.5
+    """seconds a request must be out before a second parent is asked for the same piece"""
+    max_unverified: int = 64 << 20
+    """bytes of received pieces waiting for their hash, at most: beyond, no new requests (a
+    scheduler without hashes, or a peer sending junk, must not fill the agent's memory)"""
+    report_interval: float = 0.5
+    """least seconds between two reports of a child (the fetcher reports each new piece hash
+    at once)"""
+    heartbeat: float = 5.0
+    """seconds after which a download reports even with nothing new: keeps its membership and
+    the fetcher's lease alive (the scheduler's lease lasts 15 s), and brings lease changes"""

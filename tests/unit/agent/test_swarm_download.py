@@ -1,0 +1,185 @@
+"""The download owner and the swarm source with fakes for every port: a fake scheduler,
+fake parents (honest or lying), an in-memory origin and the memory store. The rules are the
+pure state's (tests/unit/p2p); these check that the I/O carries them out."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from shoal.agent import swarm
+from shoal.agent.metrics import AgentMetrics
+from shoal.agent.swarm import AvoidList, SwarmConfig, SwarmDownload, SwarmGaveUpError, SwarmSource
+from shoal.core.digest import Digest
+from shoal.oci.distribution import DistributionPath, PathKind
+from shoal.p2p.download_state import DownloadRules
+from shoal.p2p.pieces import PieceGeometry
+from shoal.p2p.ratelimit import TokenBucket
+from shoal.store.partial import PartialBlob
+from shoal.store.testing import MemoryStore
+
+from .swarm_fakes import FakePeers, FakeScheduler, MemoryOrigin, piece_hashes_of
+
+MiB = 1 << 20
+ME = "127.0.0.9:65001"
+DATA = os.urandom(3 * MiB + 5)  # four pieces of 1 MiB, the last one short
+DIGEST = Digest.of(DATA)
+DIST = DistributionPath(PathKind.BLOB, "reg", "team/app", str(DIGEST), DIGEST)
+FAST = DownloadRules(report_interval=0.05, heartbeat=0.2, stall_timeout=0.6, scheduler_lost_grace=0.3)
+
+
+@pytest.fixture
+def store() -> Iterator[MemoryStore]:
+    s = MemoryStore()
+    yield s
+    s.close()
+
+
+@pytest.fixture(autouse=True)
+def quick(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tick and retry quickly: the rules' clocks are what is under test, not their seconds."""
+    monkeypatch.setattr(swarm.download, "TICK", 0.05)
+    monkeypatch.setattr(swarm.download, "JOIN_RETRY_PAUSES", (0.01, 0.01, 0.01))
+
+
+def config(rules: DownloadRules = FAST) -> SwarmConfig:
+    return SwarmConfig(peer_id=ME, address=ME, token=None, rules=rules, status_wait=0.1)
+
+
+def begin(store: MemoryStore) -> PartialBlob:
+    return store.begin(DIGEST, len(DATA))
+
+
+def download(
+    store: MemoryStore, scheduler: FakeScheduler, peers: FakePeers, origin: MemoryOrigin, avoid: AvoidList
+) -> tuple[SwarmDownload, PartialBlob]:
+    partial = begin(store)
+    d = SwarmDownload(
+        config=config(),
+        partial=partial,
+        dist=DIST,
+        creds=None,
+        geometry=PieceGeometry.of(len(DATA)),
+        scheduler=scheduler,
+        peers=peers,
+        origin=origin,
+        bucket=TokenBucket(0),
+        avoid=avoid,
+        metrics=AgentMetrics(),
+    )
+    return d, partial
+
+
+def source(
+    store: MemoryStore, scheduler: FakeScheduler, peers: FakePeers, origin: MemoryOrigin
+) -> SwarmSource[FakePeers]:
+    return SwarmSource(config(), origin, scheduler, FixedSize(), store, peers, TokenBucket(0), AgentMetrics())
+
+
+class FixedSize:
+    async def blob_size(self, creds: object, dist: DistributionPath) -> int | None:
+        return len(DATA)
+
+
+class TestFromParents:
+    """Pieces come from parents, are checked against the holder's hashes, written, announced."""
+
+    async def test_a_download_completes_from_a_fake_parent(self, store: MemoryStore) -> None:
+        scheduler = FakeScheduler(len(DATA), fetcher="f", parents=["p1"], hashes=piece_hashes_of(DATA))
+        peers, origin = FakePeers({"p1": DATA}), MemoryOrigin({DIGEST: DATA})
+        d, partial = download(store, scheduler, peers, origin, AvoidList())
+        await asyncio.wait_for(d.run(), 10)
+        partial.finish()  # every byte matches the digest
+        assert origin.fills == []
+        assert sorted(peers.announced) == [0, 1, 2, 3]  # each piece told to children once
+        assert sorted(i for _, i in peers.requests) == [0, 1, 2, 3]
+        assert d.suppliers == {"f"}  # the holder whose hashes we trusted
+        assert DIGEST not in peers.sinks  # unregistered at the end
+
+    async def test_a_lying_parent_is_dropped_and_avoided(self, store: MemoryStore) -> None:
+        scheduler = FakeScheduler(len(DATA), fetcher="f", parents=["liar", "p2"], hashes=piece_hashes_of(DATA))
+        peers = FakePeers({"liar": DATA, "p2": DATA}, liars=["liar"])
+        avoid = AvoidList()
+        d, partial = download(store, scheduler, peers, MemoryOrigin({DIGEST: DATA}), avoid)
+        await asyncio.wait_for(d.run(), 10)
+        partial.finish()  # none of the liar's bytes were written
+        assert "liar" in peers.forgotten
+        assert avoid.until["liar"] > 0
+        assert "p2" not in avoid.until
+        assert "liar" in d.state.banned
+
+    async def test_a_parent_that_cannot_be_reached_is_not_banned(self, store: MemoryStore) -> None:
+        scheduler = FakeScheduler(len(DATA), fetcher="f", parents=["gone", "p2"], hashes=piece_hashes_of(DATA))
+        d, partial = download(store, scheduler, FakePeers({"p2": DATA}), MemoryOrigin({DIGEST: DATA}), AvoidList())
+        await asyncio.wait_for(d.run(), 10)
+        partial.finish()
+        assert "gone" not in d.state.banned
+
+
+class TestOriginFetcher:
+    """Named the lease holder, the download fetches from the origin and publishes every
+    piece hash (the last ones in the final report)."""
+
+    async def test_the_fetcher_publishes_all_hashes(self, store: MemoryStore) -> None:
+        scheduler = FakeScheduler(len(DATA), fetcher=ME)
+        peers, origin = FakePeers({}), MemoryOrigin({DIGEST: DATA})
+        d, partial = download(store, scheduler, peers, origin, AvoidList())
+        await asyncio.wait_for(d.run(), 10)
+        partial.finish()
+        assert origin.fills == [(DIGEST, 0)]
+        assert [scheduler.published[i] for i in range(4)] == piece_hashes_of(DATA)
+        sent = [i for r in scheduler.reports for i in r.hashes]
+        assert sorted(sent) == [0, 1, 2, 3]  # each hash published once
+        assert sorted(peers.announced) == [0, 1, 2, 3]
+
+    async def test_a_report_that_crashes_is_sent_again(self, store: MemoryStore) -> None:
+        """The state waits for a report's answer: a bug in sending it must not stop every
+        later report (the fetcher's hashes, which its children wait for)."""
+        scheduler = FakeScheduler(len(DATA), fetcher=ME)
+        scheduler.crashes = 1
+        origin = MemoryOrigin({DIGEST: DATA}, delay=0.05)  # about 0.7 s: time for reports
+        d, _ = download(store, scheduler, FakePeers({}), origin, AvoidList())
+        await asyncio.wait_for(d.run(), 10)
+        assert [scheduler.published[i] for i in range(4)] == piece_hashes_of(DATA)
+        assert len(scheduler.reports) >= 2  # not only the final one
+
+
+class TestFallback:
+    """Whatever goes wrong in the swarm ends with the rest of the blob from the origin."""
+
+    async def test_a_dead_scheduler_sends_the_blob_to_the_origin(self, store: MemoryStore) -> None:
+        scheduler = FakeScheduler(len(DATA), down=True)
+        origin = MemoryOrigin({DIGEST: DATA})
+        src = source(store, scheduler, FakePeers({}), origin)
+        partial = begin(store)
+        await asyncio.wait_for(src.fill(partial, DIST, None), 10)
+        partial.finish()
+        assert origin.fills == [(DIGEST, 0)]
+        assert src.metrics.swarm_fallbacks.labels("scheduler")._value.get() == 1
+
+    async def test_the_join_error_is_the_swarms_to_handle(self, store: MemoryStore) -> None:
+        d, _ = download(store, FakeScheduler(len(DATA), down=True), FakePeers({}), MemoryOrigin({}), AvoidList())
+        with pytest.raises(SwarmGaveUpError, match="scheduler"):
+            await asyncio.wait_for(d.run(), 10)
+
+    async def test_a_stalled_swarm_holds_its_fallback_lease_while_it_fetches(self, store: MemoryStore) -> None:
+        """The holder never publishes hashes: the download stalls, asks, is granted a lease,
+        and reports with wants_fallback every heartbeat while the origin fetch runs."""
+        scheduler = FakeScheduler(len(DATA), fetcher="f", parents=["p1"], grant_fallback=True)
+        origin = MemoryOrigin({DIGEST: DATA}, delay=0.1, chunk=MiB // 2)  # about 0.7 s
+        src = source(store, scheduler, FakePeers({"p1": DATA}), origin)
+        partial = begin(store)
+        await asyncio.wait_for(src.fill(partial, DIST, None), 10)
+        partial.finish()
+        asks = [r for r in scheduler.reports if r.wants_fallback]
+        assert len(asks) >= 3  # the ask, then heartbeats while the origin fetch ran
+        assert asks[-1].contiguous > asks[0].contiguous  # they carry the fetch's progress
+        assert origin.fills == [(DIGEST, 0)]
+        await store.commit(partial)
+        # the blob complete: announced with its piece hashes (a fallback holder publishes them)
+        await src.cached(DIGEST, len(DATA))
+        assert scheduler.reports[-1].complete
+        assert scheduler.reports[-1].hashes == dict(enumerate(piece_hashes_of(DATA)))
