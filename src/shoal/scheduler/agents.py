@@ -15,7 +15,14 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge
 
-from shoal.p2p.presence import AGENT_TTL, AgentAnnouncement, AgentView, agents_to_json, announcement_from_json
+from shoal.p2p.presence import (
+    AGENT_TTL,
+    AgentAnnouncement,
+    AgentView,
+    agents_to_json,
+    announcement_from_json,
+    plain_hostport,
+)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -90,9 +97,9 @@ def foreign_announcement(address: str, source: str | None) -> str | None:
     under another node's name) would collect them. So an agent announces only the address it
     connects from; loopback may announce loopback (one machine: the demo and the tests).
     """
-    host = address.rpartition(":")[0].strip("[]")
     try:
-        announced, seen = ipaddress.ip_address(host), ipaddress.ip_address(source or "")
+        announced = ipaddress.ip_address(plain_hostport(address)[0])
+        seen = ipaddress.ip_address(source or "")
     except ValueError:
         return f"{address!r} is not IP:PORT, or the request has no source address"
     if announced == seen or (announced.is_loopback and seen.is_loopback):
