@@ -23,6 +23,7 @@ from shoal.p2p.presence import (
     announcement_from_json,
     plain_hostport,
 )
+from shoal.scheduler.tls import foreign_to, request_identity
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -36,11 +37,17 @@ class AgentDirectory:
     Parameters:
         ttl: an agent not heard from for this long is no longer listed (and is dropped).
         clock: monotonic seconds (tests pass a fake).
+        node_certificates: announcements come over mutual TLS and must name the node of the
+            caller's certificate (its name and an address of it); otherwise the address must be
+            the one the request comes from.
     """
 
-    def __init__(self, ttl: float = AGENT_TTL, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, ttl: float = AGENT_TTL, clock: Callable[[], float] = time.monotonic, *, node_certificates: bool = False
+    ) -> None:
         self.ttl = ttl
         self.clock = clock
+        self.node_certificates = node_certificates
         self._agents: dict[str, tuple[AgentAnnouncement, float]] = {}
 
     def announce(self, announcement: AgentAnnouncement) -> bool:
@@ -64,10 +71,15 @@ class AgentDirectory:
         views = [AgentView(a, now - seen) for a, seen in self._agents.values()]
         return sorted(views, key=lambda v: v.announcement.address)
 
-    def add_routes(self, app: web.Application, guard: Callable[[Handler], Handler] = lambda handler: handler) -> None:
-        """``guard`` wraps each handler (the scheduler's checks the peer token)."""
-        app.router.add_post("/v1/agents", guard(self._post))
-        app.router.add_get("/v1/agents", guard(self._get))
+    def add_routes(
+        self,
+        app: web.Application,
+        post_guard: Callable[[Handler], Handler] = lambda handler: handler,
+        get_guard: Callable[[Handler], Handler] = lambda handler: handler,
+    ) -> None:
+        """The guards wrap the handlers (the scheduler's check the caller's credential)."""
+        app.router.add_post("/v1/agents", post_guard(self._post))
+        app.router.add_get("/v1/agents", get_guard(self._get))
 
     def add_metrics(self, registry: CollectorRegistry) -> None:
         gauge = Gauge("shoal_scheduler_agents", "Agents that announced themselves within the TTL.", registry=registry)
@@ -78,7 +90,13 @@ class AgentDirectory:
             announcement = announcement_from_json(await request.json())
         except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as exc:
             raise web.HTTPBadRequest(text=f"announcement: {exc}\n") from None
-        refusal = foreign_announcement(announcement.address, request.remote)
+        if self.node_certificates:
+            identity = request_identity(request.transport)
+            if identity is None:
+                raise web.HTTPUnauthorized(text="announcement: a node certificate is required\n")
+            refusal = foreign_to(identity, announcement.peer_id, announcement.address, announcement.node)
+        else:
+            refusal = foreign_announcement(announcement.address, request.remote)
         if refusal is not None:
             raise web.HTTPForbidden(text=f"announcement: {refusal}\n")
         if not self.announce(announcement):
