@@ -44,6 +44,11 @@ def _metric(values: dict[str, float], prefix: str) -> float:
     help="Cap the built-in origin's upload (bytes/s, e.g. 100M) to show a registry bottleneck; 0: none.",
 )
 @click.option(
+    "--insecure-no-tls",
+    is_flag=True,
+    help="Run the scheduler without TLS and the agents without node certificates (compare the cost).",
+)
+@click.option(
     "--workdir",
     type=click.Path(file_okay=False, path_type=Path),
     help="Keep logs and caches here (default: a temporary directory, removed afterwards).",
@@ -56,6 +61,7 @@ def demo(
     origin_url: str | None,
     image: str | None,
     origin_rate: str,
+    insecure_no_tls: bool,
     workdir: Path | None,
 ) -> None:
     """Run an origin, a scheduler and N agents on 127.0.0.x, and pull one image on every node at once."""
@@ -76,6 +82,7 @@ def demo(
                 origin_url,
                 image,
                 parse_size(origin_rate),
+                not insecure_no_tls,
             )
         )
 
@@ -90,6 +97,7 @@ async def _demo(
     origin_url: str | None,
     image: str | None,
     origin_rate: int,
+    tls: bool,
 ) -> None:
     from shoal.demo.imagegen import generate_image
     from shoal.demo.origin import DemoOrigin
@@ -108,7 +116,7 @@ async def _demo(
         image_bytes = 0
     try:
         fleet = LocalFleet(
-            root / "fleet", nodes=nodes, registries={DEMO_REGISTRY: origin_url}, download_pattern=pattern
+            root / "fleet", nodes=nodes, registries={DEMO_REGISTRY: origin_url}, download_pattern=pattern, tls=tls
         )
         console.print(f"starting {'a scheduler and ' if pattern == 'p2p' else ''}{nodes} agents ...")
         await asyncio.to_thread(fleet.start)

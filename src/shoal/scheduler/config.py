@@ -133,8 +133,14 @@ def require_peer_auth(config: SchedulerConfig) -> None:
 
 
 def require_tls(config: SchedulerConfig) -> None:
-    """Refuse a server config with neither a CA for TLS nor the explicit lab opt-out."""
-    if config.tls_ca_dir is None and not config.insecure_no_tls:
+    """Refuse a server config reachable from other hosts with neither a CA for TLS nor the
+    explicit lab opt-out (on loopback nothing crosses a network)."""
+    host = split_hostport(config.listen)[0]
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if config.tls_ca_dir is None and not config.insecure_no_tls and not loopback:
         raise ConfigError(
             "no TLS: give --tls-ca-dir DIR (a CA key pair; the chart mounts one), "
             "or --insecure-no-tls to serve plain HTTP in a lab (tokens then cross the network in clear)"
