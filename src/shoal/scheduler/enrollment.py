@@ -137,6 +137,9 @@ class Enrollment:
         except CaError as exc:
             log.error("cannot issue node certificates: %s", exc)
             raise web.HTTPServiceUnavailable(text="enrollment: the scheduler's CA does not load\n") from None
+        except Exception as exc:  # the Kubernetes client's errors: HTTP, connection, decoding
+            log.error("cannot check an enrollment with the Kubernetes API: %s", str(exc).splitlines()[0][:300])
+            raise web.HTTPServiceUnavailable(text="enrollment: the Kubernetes API does not answer\n") from None
         log.info("issued a certificate to node %s (%s) until %s", grant.name, ", ".join(grant.ips), issued.not_after)
         return web.json_response(
             {
