@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from shoal.cli.scheduler import read_token
+from shoal.cli.scheduler import SCHEDULER_CA_OPTION, read_token, scheduler_connector
 
 
 @click.command()
@@ -24,6 +24,7 @@ from shoal.cli.scheduler import read_token
     envvar="SHOAL_SCHEDULER",
     help="A scheduler (repeatable; give every replica, or the Service): the agents are found through them.",
 )
+@SCHEDULER_CA_OPTION
 @click.option(
     "--peer-token-file",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -49,6 +50,7 @@ from shoal.cli.scheduler import read_token
 def preheat(
     image: str,
     schedulers: tuple[str, ...],
+    scheduler_ca: Path | None,
     peer_token_file: Path | None,
     nodes: str | None,
     creds: str | None,
@@ -83,7 +85,7 @@ def preheat(
     )
 
     async def agents() -> Any:
-        async with aiohttp.ClientSession() as session:
+        async with aiohttp.ClientSession(connector=scheduler_connector(schedulers, scheduler_ca, token)) as session:
             return await list_agents(session, schedulers, token)
 
     listing = asyncio.run(agents())

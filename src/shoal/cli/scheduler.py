@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -218,6 +219,43 @@ def scheduler(
             await node.stop()
 
     run(main())
+
+
+SCHEDULER_CA_OPTION = click.option(
+    "--scheduler-ca",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    envvar="SHOAL_SCHEDULER_CA",
+    help="CA certificate the https schedulers' certificates must chain to (the chart's CA Secret, ca.crt).",
+)
+
+
+def scheduler_connector(schedulers: tuple[str, ...], scheduler_ca: Path | None, token: str | None) -> Any:
+    """An aiohttp connector that verifies https schedulers against ``scheduler_ca``; refuses to
+    send the peer token to a plain-HTTP scheduler on another host (a listener could replay it)."""
+    import ssl
+
+    import aiohttp
+
+    for url in schedulers:
+        if url.startswith("https://") and scheduler_ca is None:
+            raise click.UsageError(f"scheduler {url}: give --scheduler-ca to verify its certificate")
+        host = url.removeprefix("http://").partition("/")[0].rpartition(":")[0].strip("[]")
+        if url.startswith("http://") and token is not None and not (host == "localhost" or _is_loopback(host)):
+            raise click.UsageError(
+                f"scheduler {url}: plain HTTP would send the peer token in clear; use https:// and --scheduler-ca"
+            )
+    if scheduler_ca is None:
+        return aiohttp.TCPConnector()
+    context = ssl.create_default_context(cafile=str(scheduler_ca))
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    return aiohttp.TCPConnector(ssl=context)
+
+
+def _is_loopback(text: str) -> bool:
+    try:
+        return ipaddress.ip_address(text).is_loopback
+    except ValueError:
+        return False
 
 
 def _is_ip(text: str) -> bool:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from shoal.cli.scheduler import read_token
+from shoal.cli.scheduler import SCHEDULER_CA_OPTION, read_token, scheduler_connector
 
 
 @click.command()
@@ -36,6 +36,7 @@ from shoal.cli.scheduler import read_token
     help="Check the cluster through these schedulers (repeatable); without it only the node is checked.",
 )
 @click.option("--webhook", metavar="URL", help="Check that the webhook answers (e.g. https://shoal-webhook.NS.svc).")
+@SCHEDULER_CA_OPTION
 @click.option(
     "--peer-token-file",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -73,6 +74,7 @@ def status(
     registries: tuple[str, ...],
     schedulers: tuple[str, ...],
     webhook: str | None,
+    scheduler_ca: Path | None,
     peer_token_file: Path | None,
     containerd_certs_dir: Path,
     registries_conf_dir: Path,
@@ -93,7 +95,7 @@ def status(
     token = read_token(peer_token_file) if peer_token_file is not None else None
 
     async def gather() -> checks.Report:
-        async with aiohttp.ClientSession() as session:
+        async with aiohttp.ClientSession(connector=scheduler_connector(schedulers, scheduler_ca, token)) as session:
             node = await checks.gather_node(session, agent_url)
             runtime = checks.node_runtime(node, registries, containerd_certs_dir, registries_conf_dir, alias_domain)
             found = checks.node_checks(node, runtime)
