@@ -20,6 +20,7 @@ from cryptography.x509.oid import NameOID
 
 from shoal.agent.enrollment import EnrollmentError, NodeEnrollment
 from shoal.demo.fleet import shoal_argv, wait_healthy
+from shoal.ops.helm import build_values, manifest_documents, render
 from shoal.p2p.enrollment import SchedulerTls
 from shoal.p2p.presence import AgentAnnouncement
 from shoal.p2p.protocol import JoinRequest
@@ -234,3 +235,32 @@ class TestActingAsItself:
         context = ssl.create_default_context(cafile=str(other))
         with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
             urllib.request.urlopen(f"{cluster.url}/healthz", timeout=5, context=context)
+
+
+class TestRBAC:
+    """The chart grants the scheduler exactly the API calls enrollment makes."""
+
+    async def test_granted_verbs_are_the_used_ones(
+        self, cluster: Cluster, session: aiohttp.ClientSession, tmp_path: Path
+    ) -> None:
+        await enrollment(cluster, session, tmp_path, "token-b", "node-b", ("10.0.0.2",)).enroll_once()
+        used = set()
+        for method, path in cluster.api.requests:
+            if path.startswith("/apis/authentication.k8s.io/v1/tokenreviews"):
+                used.add(("ClusterRole", "tokenreviews", "create" if method == "POST" else method))
+            elif path.startswith("/api/v1/nodes/"):
+                used.add(("ClusterRole", "nodes", "get" if method == "GET" else method))
+            elif path.startswith(f"/api/v1/namespaces/{NS}/pods/"):
+                used.add(("Role", "pods", "get" if method == "GET" else method))
+            else:
+                used.add(("?", path, method))
+        rendered = manifest_documents(render(build_values((), ("registries=registry.example.com",))))
+        granted = {
+            (doc["kind"], resource, verb)
+            for doc in rendered
+            if doc["kind"] in ("ClusterRole", "Role") and doc["metadata"]["name"].endswith("-scheduler")
+            for rule in doc["rules"]
+            for resource in rule["resources"]
+            for verb in rule["verbs"]
+        }
+        assert used == granted
