@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 __all__ = ["ClusterProof", "Enrollment"]
 
 MAX_TOKEN = 16 << 10
+MAX_IN_FLIGHT = 8
+"""enrollments checked at once: each costs a TokenReview and two reads of the API server,
+and anyone may ask, so a flood is answered 503 here rather than passed on to the API."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +78,7 @@ class Enrollment:
         self.reserved = reserved
         self.cluster = cluster
         self._peer_token = peer_token.encode() if peer_token is not None else None
+        self._in_flight = 0
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post(ENROLL_PATH, self._post)
@@ -120,8 +124,17 @@ class Enrollment:
             raise web.HTTPBadRequest(text='enrollment: want {"csr": PEM, "token": "..."}\n')
         if len(body["token"]) > MAX_TOKEN:
             raise web.HTTPBadRequest(text=f"enrollment: the token is longer than {MAX_TOKEN} characters\n")
+        if self._in_flight >= MAX_IN_FLIGHT:
+            raise web.HTTPServiceUnavailable(text="enrollment: busy, retry later\n", headers={"Retry-After": "2"})
+        self._in_flight += 1
         try:
-            grant, csr = await self.grant(body["csr"], body["token"], request.remote)
+            return await self._issue(request, body["csr"], body["token"])
+        finally:
+            self._in_flight -= 1
+
+    async def _issue(self, request: web.Request, csr_pem: str, token: str) -> web.Response:
+        try:
+            grant, csr = await self.grant(csr_pem, token, request.remote)
             authority = self.ca.current()
             issued = authority.issue(
                 csr.public_key,

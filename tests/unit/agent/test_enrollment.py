@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 
+from shoal.agent import enrollment as enrollment_module
 from shoal.agent.config import AgentConfig
-from shoal.agent.enrollment import make_csr, node_enrollment, renew_time, tls_problem
+from shoal.agent.enrollment import (
+    EnrollmentError,
+    NodeEnrollment,
+    make_csr,
+    node_enrollment,
+    renew_time,
+    tls_problem,
+)
 from shoal.scheduler.issuance import Grant, grant_for_lab, read_csr
 from shoal.testing.pki import TestCA
 
@@ -75,3 +84,39 @@ class TestTlsProblem:
         async with aiohttp.ClientSession() as session:
             found = node_enrollment(config(tmp_path, *schedulers, tls_dir=tmp_path / "tls"), session)
         assert (found is not None) is enrolls
+
+
+class FlakyEnrollment(NodeEnrollment):
+    """Fails once, then gets a certificate due in 50 ms, then one due in an hour."""
+
+    def __init__(self, session: object) -> None:
+        super().__init__(Path("/nonexistent"), ["https://s:1"], None, lambda: "t", "n", (), session)  # type: ignore[arg-type]
+        self.calls: list[float] = []
+
+    async def enroll_once(self) -> datetime.datetime:
+        self.calls.append(asyncio.get_running_loop().time())
+        now = datetime.datetime.now(datetime.UTC)
+        if len(self.calls) == 1:
+            raise EnrollmentError("scheduler down")
+        if len(self.calls) == 2:
+            return now + datetime.timedelta(milliseconds=50)
+        return now + datetime.timedelta(hours=1)
+
+
+class TestKeepCurrent:
+    """A failure is retried, and a certificate is renewed when due, without anyone asking."""
+
+    async def test_retry_then_renew(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(enrollment_module, "RETRY_MIN", 0.01)
+        loop = FlakyEnrollment(object())
+        loop.start()
+        try:
+            await asyncio.wait_for(loop.enrolled.wait(), 2)
+            while len(loop.calls) < 3:
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.1)
+        finally:
+            await loop.stop()
+        assert len(loop.calls) == 3  # the hour-long certificate is not renewed yet
+        assert loop.calls[1] - loop.calls[0] >= 0.01
+        assert loop.calls[2] - loop.calls[1] >= 0.04
