@@ -23,7 +23,7 @@ from shoal.p2p.presence import (
     announcement_from_json,
     plain_hostport,
 )
-from shoal.scheduler.tls import foreign_to, request_identity
+from shoal.scheduler.tls import refuse_if_foreign, request_identity
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -94,7 +94,8 @@ class AgentDirectory:
             identity = request_identity(request.transport)
             if identity is None:
                 raise web.HTTPUnauthorized(text="announcement: a node certificate is required\n")
-            refusal = foreign_to(identity, announcement.peer_id, announcement.address, announcement.node)
+            refuse_if_foreign(identity, announcement.peer_id, announcement.address, announcement.node)
+            refusal = None
         else:
             refusal = foreign_announcement(announcement.address, request.remote)
         if refusal is not None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from shoal.core.ratelog import RateLimitedLog
 from shoal.p2p.enrollment import ENROLL_PATH
 from shoal.scheduler.ca import CaError, CaSource
 from shoal.scheduler.issuance import (
@@ -79,6 +80,7 @@ class Enrollment:
         self.cluster = cluster
         self._peer_token = peer_token.encode() if peer_token is not None else None
         self._in_flight = 0
+        self._refusals = RateLimitedLog(log, "enrollments refused")
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post(ENROLL_PATH, self._post)
@@ -145,7 +147,7 @@ class Enrollment:
                 client=True,
             )
         except EnrollmentRefused as exc:
-            log.warning("enrollment from %s refused: %s", request.remote, exc)
+            self._refusals.note(f"from {request.remote}: {exc}", f"HTTP {exc.status}")
             raise _refusal(exc) from None
         except CaError as exc:
             log.error("cannot issue node certificates: %s", exc)

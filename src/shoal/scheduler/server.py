@@ -33,7 +33,7 @@ from shoal.scheduler.kube import ClusterFacts
 from shoal.scheduler.metrics import SchedulerMetrics
 from shoal.scheduler.requests import BadRequest, parse_hashes_query, parse_join, parse_leave, parse_report
 from shoal.scheduler.state import ConflictError, FullError, SchedulerState, StateError, UnknownTaskError
-from shoal.scheduler.tls import ServerTls, foreign_to, request_identity
+from shoal.scheduler.tls import ServerTls, refuse_if_foreign, request_identity
 
 log = logging.getLogger(__name__)
 
@@ -265,9 +265,8 @@ class Scheduler:
 
     @staticmethod
     def _as_caller(identity: PeerIdentity | None, peer_id: str, address: str | None) -> None:
-        refusal = foreign_to(identity, peer_id, address) if identity is not None else None
-        if refusal is not None:
-            raise web.HTTPForbidden(text=f"{refusal}\n")
+        if identity is not None:
+            refuse_if_foreign(identity, peer_id, address)
 
     def answer_join(self, digest: str, body: bytes, identity: PeerIdentity | None = None) -> bytes:
         """The whole work of ``POST /v1/tasks/{digest}/join`` but HTTP: the answer's JSON, or

@@ -11,20 +11,26 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import logging
 import ssl
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from shoal.core.ratelog import RateLimitedLog
 from shoal.p2p.enrollment import write_atomically
 from shoal.p2p.presence import plain_hostport
 from shoal.p2p.tls import PeerIdentity, peer_identity
 from shoal.scheduler.ca import CaSource
 
-__all__ = ["ServerTls", "foreign_to", "request_identity"]
+__all__ = ["ServerTls", "foreign_to", "refuse_if_foreign", "request_identity"]
+
+log = logging.getLogger(__name__)
+_FOREIGN = RateLimitedLog(log, "requests naming another node than the caller's certificate refused")
 
 RENEW_AT = 2 / 3
 """share of a certificate's lifetime after which it is replaced."""
@@ -121,3 +127,11 @@ def foreign_to(identity: PeerIdentity, peer_id: str, address: str | None, node: 
     if node and node != identity.name:
         return f"node {node[:80]!r}: the caller's certificate is for node {identity.name}"
     return None
+
+
+def refuse_if_foreign(identity: PeerIdentity, peer_id: str, address: str | None, node: str = "") -> None:
+    """403 (and a rate-limited log line naming the caller) when the request speaks for another node."""
+    refusal = foreign_to(identity, peer_id, address, node)
+    if refusal is not None:
+        _FOREIGN.note(f"{identity.name}: {refusal}")
+        raise web.HTTPForbidden(text=f"{refusal}\n")
