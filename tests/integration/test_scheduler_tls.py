@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import http.client
 import ssl
+import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
@@ -264,3 +265,20 @@ class TestRBAC:
             for verb in rule["verbs"]
         }
         assert used == granted
+
+
+class TestDemo:
+    """``shoal demo`` runs with TLS by default: the scheduler issues each agent its certificate."""
+
+    def test_agents_enroll_and_share(self, tmp_path: Path) -> None:
+        argv = shoal_argv("demo", "--nodes", "2", "--size", "4M", "--layers", "1", "--workdir", str(tmp_path))
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=180, check=False)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        assert "1.00x the image" in done.stdout
+        for i in range(2):
+            cert = leaf(tmp_path / "fleet" / f"node-{i}" / "tls")
+            alt = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            assert [str(ip) for ip in alt.get_values_for_type(x509.IPAddress)] == [f"127.0.0.{i + 2}"]
+        log = (tmp_path / "fleet" / "scheduler-0.log").read_text()
+        assert log.count("issued a certificate to node") >= 2
+        assert "INSECURE" not in log
