@@ -16,7 +16,6 @@ from shoal.scheduler.config import (
     SchedulerConfig,
     require_peer_auth,
     require_tls,
-    split_hostport,
 )
 from shoal.scheduler.policy import PARENT_POLICIES
 
@@ -173,10 +172,6 @@ def scheduler(
     """
     token = read_token(peer_token_file) if peer_token_file is not None else None
     try:
-        ips = list(tls_ips)
-        host = split_hostport(listen)[0]
-        if _is_ip(host) and host not in ("0.0.0.0", "::") and host not in ips:
-            ips.append(host)
         config = SchedulerConfig(
             listen=listen,
             peer_token=token,
@@ -184,7 +179,7 @@ def scheduler(
             tls_ca_dir=tls_ca_dir,
             insecure_no_tls=insecure_no_tls,
             tls_names=tls_names,
-            tls_ips=tuple(ips),
+            tls_ips=tls_ips,
             cert_ttl=parse_duration(cert_ttl),
             agent_service_account=agent_service_account,
             token_audience=token_audience,
@@ -256,14 +251,6 @@ def _is_loopback(text: str) -> bool:
         return ipaddress.ip_address(text).is_loopback
     except ValueError:
         return False
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 __all__ = ["DEFAULT_PORT", "scheduler"]

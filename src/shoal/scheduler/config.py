@@ -71,7 +71,8 @@ class SchedulerConfig:
     tls_names: tuple[str, ...] = ()
     """DNS names clients reach the scheduler by, in its certificate (``*.`` for the replicas)."""
     tls_ips: tuple[str, ...] = ()
-    """IP addresses clients reach the scheduler by, in its certificate."""
+    """IP addresses clients reach the scheduler by, in its certificate (``listen``'s own IP
+    is added, unless it is a wildcard: see :attr:`certificate_ips`)."""
     cert_ttl: float = 24 * 3600.0
     """lifetime of issued node certificates (and the scheduler's own)."""
     agent_service_account: str | None = None
@@ -121,6 +122,18 @@ class SchedulerConfig:
             raise ConfigError(
                 f"parent_policy must be one of {', '.join(sorted(PARENT_POLICIES))}, not {self.parent_policy!r}"
             )
+
+
+def certificate_ips(config: SchedulerConfig) -> tuple[str, ...]:
+    """``tls_ips`` plus the IP ``listen`` names, when it names one (not 0.0.0.0 or ::)."""
+    host = split_hostport(config.listen)[0]
+    try:
+        listen_ip = ipaddress.ip_address(host)
+    except ValueError:
+        return config.tls_ips
+    if listen_ip.is_unspecified or any(ipaddress.ip_address(ip) == listen_ip for ip in config.tls_ips):
+        return config.tls_ips
+    return (*config.tls_ips, host)
 
 
 def require_peer_auth(config: SchedulerConfig) -> None:

@@ -26,7 +26,7 @@ from shoal.p2p.protocol import dumps, loads
 from shoal.p2p.tls import PeerIdentity
 from shoal.scheduler.agents import AgentDirectory
 from shoal.scheduler.ca import CaSource
-from shoal.scheduler.config import SchedulerConfig, require_peer_auth, split_hostport
+from shoal.scheduler.config import SchedulerConfig, certificate_ips, require_peer_auth, split_hostport
 from shoal.scheduler.enrollment import ClusterProof, Enrollment
 from shoal.scheduler.issuance import Reserved
 from shoal.scheduler.kube import ClusterFacts
@@ -98,7 +98,8 @@ class Scheduler:
         if config.tls_ca_dir is not None:
             ca = CaSource(config.tls_ca_dir)
             ttl = datetime.timedelta(seconds=config.cert_ttl)
-            self.tls = ServerTls(ca, config.tls_names, config.tls_ips, ttl)
+            ips = certificate_ips(config)
+            self.tls = ServerTls(ca, config.tls_names, ips, ttl)
             proof = None
             if config.agent_service_account is not None:
                 if cluster is None:
@@ -106,7 +107,7 @@ class Scheduler:
 
                     cluster = KubernetesFacts(config.kubeconfig)
                 proof = ClusterProof(cluster, config.token_audience, config.agent_service_account)
-            reserved = Reserved(config.tls_names, config.tls_ips)
+            reserved = Reserved(config.tls_names, ips)
             self.enrollment = Enrollment(ca, ttl, reserved, cluster=proof, peer_token=config.peer_token)
         self.agents = AgentDirectory(clock=clock, node_certificates=self.tls is not None)
         self.agents.add_metrics(self.metrics.registry)
