@@ -214,6 +214,23 @@ class TestActingAsItself:
         view = await client.join(D, JoinRequest("10.0.0.1:65001", "10.0.0.1:65001", 4 * MiB, MiB))
         assert view.role == "fetcher"
 
+    async def test_one_node_is_not_a_crowd(
+        self, cluster: Cluster, session: aiohttp.ClientSession, tmp_path: Path
+    ) -> None:
+        await enrollment(cluster, session, tmp_path, "token-b", "node-b", ("10.0.0.2",)).enroll_once()
+        client = node_client(cluster, session, tmp_path)
+        digest = "sha256:" + "f" * 64
+        for port in (1, 2):
+            peer = f"10.0.0.2:{port}"
+            await client.join(digest, JoinRequest(peer, peer, 4 * MiB, MiB))
+        with pytest.raises(SchedulerRejected, match="at most 2 peer ids") as refused:
+            await client.join(digest, JoinRequest("10.0.0.2:3", "10.0.0.2:3", 4 * MiB, MiB))
+        assert refused.value.status == 403
+        crowd = AgentAnnouncement(peer_id="10.0.0.2:4", address="10.0.0.2:4", node="node-b")
+        (error,) = (await client.announce(crowd)).values()
+        assert error is not None
+        assert "at most 2 peer ids" in error
+
     async def test_the_peer_token_reads_but_cannot_act_as_a_node(
         self, cluster: Cluster, session: aiohttp.ClientSession
     ) -> None:

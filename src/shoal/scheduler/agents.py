@@ -23,6 +23,7 @@ from shoal.p2p.presence import (
     announcement_from_json,
     plain_hostport,
 )
+from shoal.scheduler.peer_ids import PeerIds
 from shoal.scheduler.tls import refuse_if_foreign, request_identity
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -40,14 +41,21 @@ class AgentDirectory:
         node_certificates: announcements come over mutual TLS and must name the node of the
             caller's certificate (its name and an address of it); otherwise the address must be
             the one the request comes from.
+        peer_ids: with node certificates, bounds the peer ids one node announces.
     """
 
     def __init__(
-        self, ttl: float = AGENT_TTL, clock: Callable[[], float] = time.monotonic, *, node_certificates: bool = False
+        self,
+        ttl: float = AGENT_TTL,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        node_certificates: bool = False,
+        peer_ids: PeerIds | None = None,
     ) -> None:
         self.ttl = ttl
         self.clock = clock
         self.node_certificates = node_certificates
+        self.peer_ids = peer_ids
         self._agents: dict[str, tuple[AgentAnnouncement, float]] = {}
 
     def announce(self, announcement: AgentAnnouncement) -> bool:
@@ -94,7 +102,7 @@ class AgentDirectory:
             identity = request_identity(request.transport)
             if identity is None:
                 raise web.HTTPUnauthorized(text="announcement: a node certificate is required\n")
-            refuse_if_foreign(identity, announcement.peer_id, announcement.address, announcement.node)
+            refuse_if_foreign(identity, announcement.peer_id, announcement.address, announcement.node, self.peer_ids)
             refusal = None
         else:
             refusal = foreign_announcement(announcement.address, request.remote)

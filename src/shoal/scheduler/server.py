@@ -22,6 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from shoal import __version__
 from shoal.core.digest import Digest, DigestError
+from shoal.p2p.presence import AGENT_TTL
 from shoal.p2p.protocol import dumps, loads
 from shoal.p2p.tls import PeerIdentity
 from shoal.scheduler.agents import AgentDirectory
@@ -31,6 +32,7 @@ from shoal.scheduler.enrollment import ClusterProof, Enrollment
 from shoal.scheduler.issuance import Reserved
 from shoal.scheduler.kube import ClusterFacts
 from shoal.scheduler.metrics import SchedulerMetrics
+from shoal.scheduler.peer_ids import PeerIds
 from shoal.scheduler.requests import BadRequest, parse_hashes_query, parse_join, parse_leave, parse_report
 from shoal.scheduler.state import ConflictError, FullError, SchedulerState, StateError, UnknownTaskError
 from shoal.scheduler.tls import ServerTls, refuse_if_foreign, request_identity
@@ -109,7 +111,8 @@ class Scheduler:
                 proof = ClusterProof(cluster, config.token_audience, config.agent_service_account)
             reserved = Reserved(config.tls_names, ips)
             self.enrollment = Enrollment(ca, ttl, reserved, cluster=proof, peer_token=config.peer_token)
-        self.agents = AgentDirectory(clock=clock, node_certificates=self.tls is not None)
+        self.peer_ids = PeerIds(ttl=max(config.peer_ttl, AGENT_TTL), clock=clock)
+        self.agents = AgentDirectory(clock=clock, node_certificates=self.tls is not None, peer_ids=self.peer_ids)
         self.agents.add_metrics(self.metrics.registry)
         self._waiters = _Waiters()
         self._bearer = f"Bearer {config.peer_token}".encode() if config.peer_token is not None else None
@@ -264,10 +267,9 @@ class Scheduler:
         identity = request_identity(request.transport)
         return _json(self.answer_report(request.match_info["digest"], await request.read(), identity))
 
-    @staticmethod
-    def _as_caller(identity: PeerIdentity | None, peer_id: str, address: str | None) -> None:
+    def _as_caller(self, identity: PeerIdentity | None, peer_id: str, address: str | None) -> None:
         if identity is not None:
-            refuse_if_foreign(identity, peer_id, address)
+            refuse_if_foreign(identity, peer_id, address, peer_ids=self.peer_ids)
 
     def answer_join(self, digest: str, body: bytes, identity: PeerIdentity | None = None) -> bytes:
         """The whole work of ``POST /v1/tasks/{digest}/join`` but HTTP: the answer's JSON, or

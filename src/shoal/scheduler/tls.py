@@ -26,6 +26,7 @@ from shoal.p2p.enrollment import write_atomically
 from shoal.p2p.presence import plain_hostport
 from shoal.p2p.tls import PeerIdentity, peer_identity
 from shoal.scheduler.ca import CaSource
+from shoal.scheduler.peer_ids import PeerIds
 
 __all__ = ["ServerTls", "foreign_to", "refuse_if_foreign", "request_identity"]
 
@@ -129,9 +130,14 @@ def foreign_to(identity: PeerIdentity, peer_id: str, address: str | None, node: 
     return None
 
 
-def refuse_if_foreign(identity: PeerIdentity, peer_id: str, address: str | None, node: str = "") -> None:
-    """403 (and a rate-limited log line naming the caller) when the request speaks for another node."""
+def refuse_if_foreign(
+    identity: PeerIdentity, peer_id: str, address: str | None, node: str = "", peer_ids: PeerIds | None = None
+) -> None:
+    """403 (and a rate-limited log line naming the caller) when the request speaks for another
+    node, or for one peer id more than ``peer_ids`` lets one node use."""
     refusal = foreign_to(identity, peer_id, address, node)
+    if refusal is None and peer_ids is not None:
+        refusal = peer_ids.admit(identity.name, peer_id)
     if refusal is not None:
         _FOREIGN.note(f"{identity.name}: {refusal}")
         raise web.HTTPForbidden(text=f"{refusal}\n")
