@@ -14,7 +14,11 @@ from typing import Any, Protocol
 
 from shoal.scheduler.issuance import POD_NAME_EXTRA, POD_UID_EXTRA, NodeFacts, PodFacts, TokenFacts
 
-__all__ = ["ClusterFacts", "KubernetesFacts", "node_facts", "pod_facts", "token_facts"]
+__all__ = ["ClusterFacts", "KubernetesFacts", "KubernetesUnavailable", "node_facts", "pod_facts", "token_facts"]
+
+
+class KubernetesUnavailable(ValueError):
+    """No Kubernetes API configuration: not in a Pod, and no (usable) kubeconfig."""
 
 
 class ClusterFacts(Protocol):
@@ -76,10 +80,16 @@ class KubernetesFacts:
 
         config: Any = _config  # the client library ships no type hints
         configuration = client.Configuration()
-        if kubeconfig:
-            config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
-        else:
-            config.load_incluster_config(client_configuration=configuration)
+        try:
+            if kubeconfig:
+                config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+            else:
+                config.load_incluster_config(client_configuration=configuration)
+        except (config.ConfigException, OSError, ValueError) as exc:
+            where = f"kubeconfig {kubeconfig}" if kubeconfig else "the in-cluster configuration (not in a Pod?)"
+            raise KubernetesUnavailable(
+                f"--agent-service-account needs the Kubernetes API: {where}: {str(exc).rstrip('.')}"
+            ) from None
         api = client.ApiClient(configuration)
         self._api: Any = api
         self._auth: Any = client.AuthenticationV1Api(api)
