@@ -38,6 +38,9 @@ __all__ = ["NodeEnrollment", "node_enrollment", "scheduler_tls", "tls_problem"]
 
 RENEW_AT = 2 / 3
 """share of a certificate's lifetime after which it is renewed."""
+FIRST_WAIT = 5.0
+"""seconds an agent's start waits for its first certificate (so its first pulls and its peer
+wire have one); past it the agent starts without, as a plain caching mirror until enrolled."""
 RETRY_MIN, RETRY_MAX = 2.0, 60.0
 """seconds between failed enrollment attempts (doubling)."""
 TIMEOUT = aiohttp.ClientTimeout(total=20, connect=5)
@@ -157,6 +160,12 @@ class NodeEnrollment:
         write_atomically(self.tls_dir / CA_FILE, answer["ca"].encode(), 0o644)
         write_atomically(self.tls_dir / KEY_FILE, key_pem, 0o600)
         write_atomically(self.tls_dir / CERT_FILE, answer["certificate"].encode(), 0o644)
+
+    async def first_certificate(self, timeout: float = FIRST_WAIT) -> bool:
+        """Wait (a little) until the directory holds a current certificate; True if it does."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.enrolled.wait(), timeout)
+        return self.enrolled.is_set()
 
     def start(self) -> None:
         if self._task is None:

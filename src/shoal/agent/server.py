@@ -77,6 +77,7 @@ class Agent:
         self.enrollment = node_enrollment(self.config, self._session)
         if self.enrollment is not None:
             self.enrollment.start()
+            await self.enrollment.first_certificate()
         self.upstreams = Upstreams(
             self.config.registries, self._session, self.metrics, AccessCache(ttl=self.config.auth_cache_ttl)
         )
