@@ -34,7 +34,7 @@ class TestSchedulerReplicas:
         assert headless["spec"]["clusterIP"] == "None"
         (urls,) = flag(agent_container(rendered)["args"], "--scheduler")
         assert urls.split(",") == [
-            f"http://shoal-scheduler-{i}.shoal-scheduler-headless.shoal-system.svc:8002" for i in range(2)
+            f"https://shoal-scheduler-{i}.shoal-scheduler-headless.shoal-system.svc:8002" for i in range(2)
         ]
         assert find(rendered, "PodDisruptionBudget", "-scheduler")["spec"]["maxUnavailable"] == 1
 
@@ -125,5 +125,5 @@ class TestNotes:
 
     def test_notes_of_a_render(self) -> None:
         text = notes(render(build_values((), ("registries=registry.example.com", "scheduler.port=9000"))))
-        assert "http://shoal-scheduler:9000" in text
+        assert "https://shoal-scheduler:9000" in text  # TLS by default; SHOAL_SCHEDULER_CA is set in the agent
         assert "ConfigMap shoal-dashboard" in text

@@ -88,7 +88,9 @@ class TestSchemas:
     def test_default_objects(self) -> None:
         kinds = sorted((d["kind"], d["metadata"]["name"]) for d in docs())
         assert kinds == [
+            ("ClusterRole", "shoal-scheduler"),
             ("ClusterRole", "shoal-webhook"),
+            ("ClusterRoleBinding", "shoal-scheduler"),
             ("ClusterRoleBinding", "shoal-webhook"),
             ("ConfigMap", "shoal-dashboard"),
             ("DaemonSet", "shoal-agent"),
@@ -98,6 +100,9 @@ class TestSchemas:
             ("PodDisruptionBudget", "shoal-scheduler"),
             ("PodDisruptionBudget", "shoal-webhook"),
             ("PriorityClass", "shoal-node"),
+            ("Role", "shoal-scheduler"),
+            ("RoleBinding", "shoal-scheduler"),
+            ("Secret", "shoal-ca"),
             ("Secret", "shoal-peer-token"),
             ("Secret", "shoal-webhook-tls"),
             ("Service", "shoal-agent"),
@@ -157,8 +162,8 @@ class TestParameters:
         assert flag(args, "--cache-dir") == ["/var/lib/shoal"]
         assert flag(args, "--download-pattern") == ["p2p"]
         assert flag(args, "--scheduler") == [
-            "http://shoal-scheduler-0.shoal-scheduler-headless.shoal-system.svc:8002,"
-            "http://shoal-scheduler-1.shoal-scheduler-headless.shoal-system.svc:8002"
+            "https://shoal-scheduler-0.shoal-scheduler-headless.shoal-system.svc:8002,"
+            "https://shoal-scheduler-1.shoal-scheduler-headless.shoal-system.svc:8002"
         ]
         assert flag(args, "--registry") == ["registry.example.com"]
         assert flag(args, "--peer-token-file") == ["/etc/shoal/peer-token/token"]
@@ -358,16 +363,26 @@ class TestWebhookConfiguration:
 
 
 class TestRBAC:
-    """Only the webhook talks to the API server, and only about Secrets."""
+    """The webhook talks to the API server about Secrets; the scheduler only checks enrollments."""
 
     def test_least_privilege(self) -> None:
         rendered = docs()
-        role = find(rendered, "ClusterRole")
+        role = find(rendered, "ClusterRole", "-webhook")
         assert role["rules"] == [
             {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch"]},
             {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create", "update", "delete"]},
         ]
-        assert not [d for d in rendered if d["kind"] in ("Role", "RoleBinding")]
+        assert find(rendered, "ClusterRole", "-scheduler")["rules"] == [
+            {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
+            {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]},
+        ]
+        namespaced = find(rendered, "Role", "-scheduler")
+        assert namespaced["metadata"]["namespace"] == "shoal-system"
+        assert namespaced["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]
+        assert [d["metadata"]["name"] for d in rendered if d["kind"] in ("Role", "RoleBinding")] == [
+            "shoal-scheduler",
+            "shoal-scheduler",
+        ]
         for component in ("agent", "scheduler"):
             sa = find(rendered, "ServiceAccount", f"-{component}")
             assert sa["automountServiceAccountToken"] is False

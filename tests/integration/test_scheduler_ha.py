@@ -1,5 +1,8 @@
 """Two schedulers, one SIGKILLed mid-rollout: every pull completes, the origin serves about once.
 
+The fleet runs as the chart does: schedulers over TLS 1.3 holding one CA, agents enrolled for
+node certificates; ``shoal status`` lists the cluster through the survivor, verifying it.
+
 Agents spread blobs over both schedulers by rendezvous hashing; the one killed is the owner
 of the largest layer, so the rollout's biggest transfer loses its scheduler while running.
 The origin is Shoal's demo origin capped at 8 MiB/s so that the kill lands mid-blob.
@@ -11,12 +14,12 @@ import asyncio
 import json
 import os
 import signal
-import urllib.request
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from shoal.demo.fleet import LocalFleet
+from shoal.demo.fleet import LocalFleet, shoal_argv
 from shoal.demo.imagegen import GeneratedImage, generate_image
 from shoal.demo.origin import DemoOrigin
 from shoal.demo.puller import pull_image
@@ -41,7 +44,7 @@ class TestSchedulerHA:
     async def test_scheduler_sigkilled_mid_rollout(self, tmp_path: Path, image: GeneratedImage) -> None:
         origin = DemoOrigin({"team/app": image}, upload_rate=8 * MiB)
         url = await origin.start()
-        fleet = LocalFleet(tmp_path / "fleet", nodes=NODES, schedulers=2, registries={REGISTRY: url})
+        fleet = LocalFleet(tmp_path / "fleet", nodes=NODES, schedulers=2, registries={REGISTRY: url}, tls=True)
         await asyncio.to_thread(fleet.start)
         try:
             urls = [u for u, _ in fleet.schedulers]
@@ -56,9 +59,20 @@ class TestSchedulerHA:
             killed_at = origin.blob_bytes_served
             results = await asyncio.gather(*pulls)
             survivor = urls[1 - owner]
-            token = fleet.token_file.read_text()
-            request = urllib.request.Request(f"{survivor}/v1/agents", headers={"Authorization": f"Bearer {token}"})
-            listed = await asyncio.to_thread(lambda: json.load(urllib.request.urlopen(request, timeout=5)))
+            argv = shoal_argv(
+                "status",
+                "--agent",
+                fleet.nodes[0].url,
+                "--scheduler",
+                survivor,
+                "--scheduler-ca",
+                str(fleet.ca_file),
+                "--peer-token-file",
+                str(fleet.token_file),
+                "--json",
+            )
+            done = await asyncio.to_thread(subprocess.run, argv, capture_output=True, text=True, timeout=60)
+            status = {c["name"]: c for c in json.loads(done.stdout)["checks"]}
         finally:
             await asyncio.to_thread(fleet.stop)
             await origin.stop()
@@ -70,4 +84,6 @@ class TestSchedulerHA:
         print(f"\norigin served {ratio:.2f}x the image ({origin.blob_bytes_served} bytes) with a scheduler killed")
         assert ratio < 2.0, f"origin served {ratio:.2f}x the image"
         # the surviving replica still knows every agent (preheat and status keep working)
-        assert len(listed["agents"]) == NODES
+        assert status["agents"]["status"] == "ok", status["agents"]
+        assert status["agents"]["summary"].startswith(f"{NODES}/{NODES}"), status["agents"]
+        assert all((fleet.tls_dir(i) / "node.pem").is_file() for i in range(NODES))

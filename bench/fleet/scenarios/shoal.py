@@ -38,6 +38,7 @@ from bench.fleet.scenarios.base import (
     wait_for_nodes,
 )
 from bench.fleet.scenarios.clients import make_client
+from shoal.scheduler.ca import write_new_ca
 
 __all__ = ["run_p2p", "run_source"]
 
@@ -50,14 +51,13 @@ def _shoal() -> str:
     return str(Path(sys.executable).with_name("shoal"))
 
 
-def _healthy(host: Host, port: int, ip: str = "127.0.0.1") -> bool:
-    return (
-        netns_run(host.netns, ["curl", "-sf", "-o", "/dev/null", f"http://{ip}:{port}/healthz"], timeout=5).returncode
-        == 0
-    )
+def _healthy(host: Host, port: int, ip: str = "127.0.0.1", scheme: str = "http") -> bool:
+    # -k: only whether it answers is the question here; agents verify the scheduler themselves
+    argv = ["curl", "-sfk", "-o", "/dev/null", f"{scheme}://{ip}:{port}/healthz"]
+    return netns_run(host.netns, argv, timeout=5).returncode == 0
 
 
-def _wait_healthy(hosts: list[tuple[Host, int]], procs: dict[str, Proc]) -> str | None:
+def _wait_healthy(hosts: list[tuple[Host, int]], procs: dict[str, Proc], scheme: str = "http") -> str | None:
     deadline = time.monotonic() + _HEALTH_TIMEOUT
     pending = list(hosts)
     while pending and time.monotonic() < deadline:
@@ -65,7 +65,7 @@ def _wait_healthy(hosts: list[tuple[Host, int]], procs: dict[str, Proc]) -> str 
             proc = procs[host.role]
             if proc.poll() is not None:
                 return f"{host.role}: shoal exited with {proc.returncode}"
-            if _healthy(host, port):
+            if _healthy(host, port, scheme=scheme):
                 pending.remove((host, port))
         time.sleep(0.2)
     if pending:
@@ -80,7 +80,9 @@ def _run_shoal(fleet: Fleet, name: str, pattern: str) -> ScenarioResult:
     token = work / "peer-token"
     token.write_text(secrets.token_hex(16) + "\n")
     token.chmod(0o600)
-    scheduler_url = f"http://{plan.svc.ip}:{SCHEDULER_PORT}"
+    # the scheduler over TLS with its own CA, agents enrolled for node certificates (as the chart)
+    ca_dir = write_new_ca(work / "ca").parent
+    scheduler_url = f"https://{plan.svc.ip}:{SCHEDULER_PORT}"
     daemons: dict[str, Proc] = {}
     clients: dict[str, Proc] = {}
     killed: frozenset[str] = frozenset()
@@ -90,16 +92,28 @@ def _run_shoal(fleet: Fleet, name: str, pattern: str) -> ScenarioResult:
         if pattern == "p2p":
             daemons[plan.svc.role] = fleet.procs.spawn(
                 plan.svc.netns,
-                [_shoal(), "scheduler", "--listen", f"0.0.0.0:{SCHEDULER_PORT}", "--peer-token-file", str(token)],
+                [
+                    _shoal(),
+                    "scheduler",
+                    "--listen",
+                    f"0.0.0.0:{SCHEDULER_PORT}",
+                    "--peer-token-file",
+                    str(token),
+                    "--tls-ca-dir",
+                    str(ca_dir),
+                    "--tls-ip",
+                    plan.svc.ip,
+                ],
                 log=work / "scheduler.log",
             )
-            problem = _wait_healthy([(plan.svc, SCHEDULER_PORT)], daemons)
+            problem = _wait_healthy([(plan.svc, SCHEDULER_PORT)], daemons, scheme="https")
             if problem:
                 result.error = f"scheduler: {problem}"
                 return result
         p2p_args: list[str] = []
         if pattern == "p2p":
             p2p_args = ["--scheduler", scheduler_url, "--peer-token-file", str(token)]
+            p2p_args += ["--scheduler-ca", str(ca_dir / "tls.crt")]
         upstream = f"http://{fleet.origin.address}"
         registry_args = ["--registry", f"{fleet.upstream_name}={upstream}"]
         for name in client.agent_registry_names():
@@ -120,6 +134,7 @@ def _run_shoal(fleet: Fleet, name: str, pattern: str) -> ScenarioResult:
                     "--download-pattern",
                     pattern,
                     *p2p_args,
+                    *(["--tls-dir", str(work / host.role / "tls")] if pattern == "p2p" else []),
                 ],
                 log=work / host.role / "agent.log",
             )

@@ -60,6 +60,17 @@ class AgentConfig:
     """port of the webhook's rewrite alias hosts (``<registry host>:<port>``); default: listen port."""
     alias_domain: str = ""
     """DNS suffix of the rewrite alias hosts, as given to the webhook and node-config."""
+    tls_dir: Path | None = None
+    """this node's TLS material (ca.pem, node.pem, node.key; see ``shoal.p2p.tls``): kept
+    current by enrolling with the scheduler, used on the peer wire and towards the scheduler."""
+    scheduler_ca: Path | None = None
+    """CA bundle the scheduler's certificate must chain to before the first enrollment
+    (the chart mounts the CA's certificate); default: ``tls_dir``/ca.pem."""
+    enroll_token_file: Path | None = None
+    """the Pod's projected ServiceAccount token (audience ``shoal``), proof of this node at
+    enrollment; None: the peer token proves membership (a lab)."""
+    insecure_no_tls: bool = False
+    """call http:// schedulers (the peer token then crosses the network in clear): labs only."""
     swarm: SwarmSettings = field(default_factory=SwarmSettings)
     """the swarm's knobs (YAML ``swarm:`` mapping; a few also as flags), see ``shoal.agent.swarm_settings``."""
 
@@ -159,7 +170,7 @@ def load_config(values: dict[str, Any]) -> AgentConfig:
                 kwargs[key] = parse_duration(value)
             elif key in ("cache_max_size", "ratelimit"):
                 kwargs[key] = parse_size(value)
-            elif key in ("cache_dir", "peer_token_file"):
+            elif key in ("cache_dir", "peer_token_file", "tls_dir", "scheduler_ca", "enroll_token_file"):
                 kwargs[key] = Path(value)
             else:
                 kwargs[key] = value

@@ -24,6 +24,7 @@ from aiohttp import web
 
 from shoal import __version__
 from shoal.agent.config import AgentConfig
+from shoal.p2p.enrollment import SchedulerTls
 from shoal.p2p.presence import ANNOUNCE_INTERVAL, AgentAnnouncement
 from shoal.p2p.protocol import to_json
 from shoal.p2p.scheduler_client import SchedulerClient
@@ -32,6 +33,8 @@ from shoal.store.blobstore import BlobStore
 log = logging.getLogger(__name__)
 
 NODE_NAME_ENV = "NODE_NAME"
+FIRST_CERTIFICATE_WAIT = 10.0
+"""seconds the first announcement waits for the node's first certificate."""
 
 
 @dataclass(slots=True)
@@ -59,6 +62,9 @@ class Presence:
         session: the agent's HTTP session (not closed here).
         interval: seconds between announcement rounds.
         clock: Unix seconds.
+        tls: the context for https schedulers.
+        ready: set once this node holds its certificate; the first round waits for it (a
+            little), so it is not refused for want of one.
     """
 
     def __init__(
@@ -69,15 +75,18 @@ class Presence:
         *,
         interval: float = ANNOUNCE_INTERVAL,
         clock: Callable[[], float] = time.time,
+        tls: SchedulerTls | None = None,
+        ready: asyncio.Event | None = None,
     ) -> None:
         self.config = config
+        self.ready = ready
         self.store = store
         self.interval = interval
         self.clock = clock
         self.started = clock()
         self.contacts = {url.rstrip("/"): SchedulerContact() for url in config.schedulers}
         self._client = (
-            SchedulerClient(session, list(config.schedulers), config.peer_token())
+            SchedulerClient(session, list(config.schedulers), config.peer_token(), tls=tls)
             if config.p2p_enabled and config.schedulers
             else None
         )
@@ -124,6 +133,9 @@ class Presence:
                 contact.last_ok = now
 
     async def _announce_periodically(self) -> None:
+        if self.ready is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.ready.wait(), FIRST_CERTIFICATE_WAIT)
         while True:
             try:
                 await self.announce_once()

@@ -18,6 +18,7 @@ from shoal.agent.access import AccessCache
 from shoal.agent.blobs import BlobService, BlobSource
 from shoal.agent.config import AgentConfig, split_hostport
 from shoal.agent.connections import ConnectionGuard
+from shoal.agent.enrollment import NodeEnrollment, node_enrollment, scheduler_tls
 from shoal.agent.manifests import ManifestService
 from shoal.agent.metrics import AgentMetrics
 from shoal.agent.origin import OriginSource
@@ -31,6 +32,7 @@ from shoal.oci.auth import Credentials
 from shoal.oci.client import UpstreamError, UpstreamUnavailable, new_session
 from shoal.oci.distribution import DistributionPath, PathKind, parse_distribution_path
 from shoal.oci.errors import DistributionError, ErrorCode
+from shoal.p2p.enrollment import SchedulerTls
 from shoal.p2p.ratelimit import TokenBucket
 from shoal.p2p.scheduler_client import SchedulerClient
 from shoal.store.blobstore import BlobStore
@@ -62,6 +64,8 @@ class Agent:
         self._session: aiohttp.ClientSession | None = None
         self._janitor: asyncio.Task[None] | None = None
         self.swarm: SwarmSource[PeerHub] | None = None
+        self.scheduler_tls: SchedulerTls | None = None
+        self.enrollment: NodeEnrollment | None = None
         self.url = ""
 
     async def start(self) -> str:
@@ -69,6 +73,11 @@ class Agent:
         self.metrics.cache_bytes.set(self.store.total_size)
         self.metrics.cache_entries.set(self.store.count)
         self._session = new_session()
+        self.scheduler_tls = scheduler_tls(self.config)
+        self.enrollment = node_enrollment(self.config, self._session)
+        if self.enrollment is not None:
+            self.enrollment.start()
+            await self.enrollment.first_certificate()
         self.upstreams = Upstreams(
             self.config.registries, self._session, self.metrics, AccessCache(ttl=self.config.auth_cache_ttl)
         )
@@ -87,7 +96,13 @@ class Agent:
             self.swarm.hub.partials = self.blobs.partials
             self.guard.divert = self.swarm.hub.accept
         self.manifests = ManifestService(self.store, self.upstreams, self.metrics)
-        self.presence = Presence(self.config, self.store, self._session)
+        self.presence = Presence(
+            self.config,
+            self.store,
+            self._session,
+            tls=self.scheduler_tls,
+            ready=self.enrollment.enrolled if self.enrollment is not None else None,
+        )
         app = self.build_app()
         limits = self.config.connection_limits
         self._runner = web.AppRunner(
@@ -113,7 +128,7 @@ class Agent:
     def _build_swarm(self, origin: OriginSource) -> SwarmSource[PeerHub]:
         assert self._session is not None
         token = self.config.peer_token()
-        scheduler = SchedulerClient(self._session, list(self.config.schedulers), token)
+        scheduler = SchedulerClient(self._session, list(self.config.schedulers), token, tls=self.scheduler_tls)
         for advice in self.config.swarm.advice():
             log.warning("%s", advice)
         config, hub_config = swarm_configs(self.config.swarm, self.config.advertise_address, token)
@@ -125,6 +140,8 @@ class Agent:
     async def stop(self) -> None:
         with contextlib.suppress(AttributeError):
             await self.presence.stop()
+        if self.enrollment is not None:
+            await self.enrollment.stop()
         await self.guard.stop()
         if self._listener is not None:
             self._listener.close()

@@ -91,6 +91,28 @@ def merge_flags(values: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]
     default=None,
     help="Serve peers without a secret: anyone reaching the port can read every cached blob. Labs only.",
 )
+@click.option(
+    "--tls-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="This node's TLS material (ca.pem, node.pem, node.key), kept current by enrolling with https schedulers.",
+)
+@click.option(
+    "--scheduler-ca",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="CA bundle the scheduler's certificate must chain to.  [default: --tls-dir's ca.pem]",
+)
+@click.option(
+    "--enroll-token-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The Pod's projected ServiceAccount token (audience shoal) that proves this node at enrollment; "
+    "without it the peer token is sent (a lab).",
+)
+@click.option(
+    "--insecure-no-tls",
+    is_flag=True,
+    default=None,
+    help="Allow http:// schedulers on other hosts: the peer token crosses the network in clear. Labs only.",
+)
 @click.option("--max-connections", type=int, help="Open connections at most.  [default: 4096, below the fd limit]")
 @click.option("--header-timeout", help="Time a new connection has to send a request.  [default: 10s]")
 @click.option("--keepalive-timeout", help="Time an idle keep-alive connection is kept.  [default: 60s]")
@@ -130,6 +152,12 @@ def agent(config_file: Path | None, **flags: Any) -> None:
         raise click.UsageError(str(exc)) from None
     if config.peer_token_file is not None:
         read_token(config.peer_token_file)  # a missing or empty file is a usage error, before anything starts
+
+    from shoal.agent.enrollment import tls_problem
+
+    problem = tls_problem(config)
+    if problem is not None:
+        raise click.UsageError(problem)
 
     from shoal.agent.server import Agent
 

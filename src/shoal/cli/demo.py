@@ -77,6 +77,11 @@ def registry_name(origin_url: str) -> str:
     help="Cap the built-in origin's upload (bytes/s, e.g. 100M) to show a registry bottleneck; 0: none.",
 )
 @click.option(
+    "--insecure-no-tls",
+    is_flag=True,
+    help="Run the scheduler without TLS and the agents without node certificates (compare the cost).",
+)
+@click.option(
     "--workdir",
     type=click.Path(file_okay=False, path_type=Path),
     help="Keep logs and caches here (default: a temporary directory, removed afterwards).",
@@ -89,6 +94,7 @@ def demo(
     origin_url: str | None,
     image: tuple[str, str] | None,
     origin_rate: int,
+    insecure_no_tls: bool,
     workdir: Path | None,
 ) -> None:
     """Run an origin, a scheduler and N agents on 127.0.0.x, and pull one image on every node at once."""
@@ -109,6 +115,7 @@ def demo(
                 origin_url,
                 image,
                 origin_rate,
+                not insecure_no_tls,
             )
         )
 
@@ -123,6 +130,7 @@ async def _demo(
     origin_url: str | None,
     image: tuple[str, str] | None,
     origin_rate: int,
+    tls: bool,
 ) -> None:
     from shoal.demo.imagegen import generate_image
     from shoal.demo.origin import DemoOrigin
@@ -140,7 +148,9 @@ async def _demo(
         (repository, tag), image_bytes = image, 0
         registry = registry_name(origin_url)
     try:
-        fleet = LocalFleet(root / "fleet", nodes=nodes, registries={registry: origin_url}, download_pattern=pattern)
+        fleet = LocalFleet(
+            root / "fleet", nodes=nodes, registries={registry: origin_url}, download_pattern=pattern, tls=tls
+        )
         console.print(f"starting {'a scheduler and ' if pattern == 'p2p' else ''}{nodes} agents ...")
         await asyncio.to_thread(fleet.start)
         try:

@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from shoal.cli.params import URL
-from shoal.cli.scheduler import read_token
+from shoal.cli.scheduler import SCHEDULER_CA_OPTION, read_token, scheduler_connector
 
 
 def no_agents(errors: dict[str, str], refused: tuple[str, ...], token_file: Path | None) -> str:
@@ -40,6 +40,7 @@ def no_agents(errors: dict[str, str], refused: tuple[str, ...], token_file: Path
     envvar="SHOAL_SCHEDULER",
     help="A scheduler (repeatable; give every replica, or the Service): the agents are found through them.",
 )
+@SCHEDULER_CA_OPTION
 @click.option(
     "--peer-token-file",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -65,6 +66,7 @@ def no_agents(errors: dict[str, str], refused: tuple[str, ...], token_file: Path
 def preheat(
     image: str,
     schedulers: tuple[str, ...],
+    scheduler_ca: Path | None,
     peer_token_file: Path | None,
     nodes: str | None,
     creds: str | None,
@@ -99,7 +101,7 @@ def preheat(
     )
 
     async def agents() -> Any:
-        async with aiohttp.ClientSession() as session:
+        async with aiohttp.ClientSession(connector=scheduler_connector(schedulers, scheduler_ca, token)) as session:
             return await list_agents(session, schedulers, token)
 
     listing = asyncio.run(agents())

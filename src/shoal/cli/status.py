@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from shoal.cli.params import URL
-from shoal.cli.scheduler import read_token
+from shoal.cli.scheduler import SCHEDULER_CA_OPTION, read_token, scheduler_connector
 
 
 @click.command()
@@ -42,6 +42,7 @@ from shoal.cli.scheduler import read_token
 @click.option(
     "--webhook", type=URL, metavar="URL", help="Check that the webhook answers (e.g. https://shoal-webhook.NS.svc)."
 )
+@SCHEDULER_CA_OPTION
 @click.option(
     "--peer-token-file",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -91,6 +92,7 @@ def status(
     registries: tuple[str, ...],
     schedulers: tuple[str, ...],
     webhook: str | None,
+    scheduler_ca: Path | None,
     peer_token_file: Path | None,
     host_root: Path | None,
     containerd_certs_dir: str,
@@ -127,7 +129,7 @@ def status(
     hint = checks.IN_POD_HINT if host_root is None and os.environ.get("KUBERNETES_SERVICE_HOST") else None
 
     async def gather() -> checks.Report:
-        async with aiohttp.ClientSession() as session:
+        async with aiohttp.ClientSession(connector=scheduler_connector(schedulers, scheduler_ca, token)) as session:
             node = await checks.gather_node(session, agent_url)
             runtime = checks.node_runtime(node, registries, certs_dir, conf_dir, alias_domain, host_root)
             found = checks.node_checks(node, runtime, hint)

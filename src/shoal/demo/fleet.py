@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import secrets
 import signal
+import ssl
 import sys
 import time
 import urllib.error
@@ -39,13 +40,15 @@ def shoal_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "shoal", *args]
 
 
-def wait_healthy(url: str, process: ManagedProcess, timeout: float = 20.0) -> None:
+def wait_healthy(
+    url: str, process: ManagedProcess, timeout: float = 20.0, context: ssl.SSLContext | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not process.alive():
             raise RuntimeError(f"{url} exited ({process.returncode}):\n{process.log_tail()}")
         try:
-            with urllib.request.urlopen(f"{url}/healthz", timeout=1) as resp:
+            with urllib.request.urlopen(f"{url}/healthz", timeout=1, context=context) as resp:
                 if resp.status == 200:
                     return
         except (urllib.error.URLError, OSError):
@@ -70,6 +73,9 @@ class LocalFleet:
         download_pattern: ``p2p`` (with a scheduler) or ``source`` (no scheduler at all).
         agent_args: extra flags for every agent.
         scheduler_args: extra flags for every scheduler.
+        tls: the scheduler holds a CA (``workdir/ca``), serves TLS 1.3, and each agent
+            enrolls (with the peer token, over TLS pinned to the CA) for a certificate of its
+            127.0.0.x address, kept in ``node-N/tls``.
     """
 
     def __init__(
@@ -82,6 +88,7 @@ class LocalFleet:
         agent_args: tuple[str, ...] = (),
         schedulers: int = 1,
         scheduler_args: tuple[str, ...] = (),
+        tls: bool = False,
     ) -> None:
         self.workdir = workdir
         self.count = nodes
@@ -93,19 +100,39 @@ class LocalFleet:
         self.nodes: list[FleetNode] = []
         self.schedulers: list[tuple[str, ManagedProcess]] = []
         self.token_file = workdir / "peer-token"
+        self.tls = tls
+        self.ca_dir = workdir / "ca"
+
+    @property
+    def ca_file(self) -> Path:
+        """The CA certificate clients verify the schedulers with (``--scheduler-ca``)."""
+        return self.ca_dir / "tls.crt"
+
+    def scheduler_context(self) -> ssl.SSLContext | None:
+        """A client context that verifies the schedulers (None without TLS)."""
+        if not self.tls:
+            return None
+        context = ssl.create_default_context(cafile=str(self.ca_file))
+        context.minimum_version = ssl.TLSVersion.TLSv1_3
+        return context
 
     def start(self) -> Self:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.token_file.write_text(secrets.token_urlsafe(24))
+        if self.tls:
+            from shoal.scheduler.ca import write_new_ca
+
+            write_new_ca(self.ca_dir, common_name="shoal demo CA")
+        scheme = "https" if self.tls else "http"
         try:
             for i in range(self.scheduler_count):
                 port = free_port()
-                self.schedulers.append((f"http://127.0.0.1:{port}", self._scheduler_process(i, port)))
+                self.schedulers.append((f"{scheme}://127.0.0.1:{port}", self._scheduler_process(i, port)))
             port = free_port()
             for i in range(self.count):
                 self._start_agent(i, port)
             for url, proc in self.schedulers:
-                wait_healthy(url, proc)
+                wait_healthy(url, proc, context=self.scheduler_context())
             for node in self.nodes:
                 wait_healthy(node.url, node.process)
         except BaseException:
@@ -121,6 +148,7 @@ class LocalFleet:
                 f"127.0.0.1:{port}",
                 "--peer-token-file",
                 str(self.token_file),
+                *(("--tls-ca-dir", str(self.ca_dir)) if self.tls else ()),
                 *self.scheduler_args,
             ),
             stdout=self.workdir / f"scheduler-{i}.log",
@@ -133,7 +161,7 @@ class LocalFleet:
         port = int(url.rsplit(":", 1)[1])
         fresh = self._scheduler_process(index, port)
         self.schedulers[index] = (url, fresh)
-        wait_healthy(url, fresh)
+        wait_healthy(url, fresh, context=self.scheduler_context())
 
     def _start_agent(self, i: int, port: int) -> None:
         address = f"127.0.0.{i + 2}:{port}"
@@ -150,10 +178,20 @@ class LocalFleet:
             str(self.token_file),
             *(f"--registry={name}={url}" for name, url in self.registries.items()),
             *(f"--scheduler={url}" for url, _ in self.schedulers),
+            *self._agent_tls_args(i),
             *self.agent_args,
         )
         proc = ManagedProcess(argv, stdout=self.workdir / f"node-{i}.log")
         self.nodes.append(FleetNode(i, address, cache, proc))
+
+    def _agent_tls_args(self, i: int) -> tuple[str, ...]:
+        if not self.tls:
+            return ()
+        return ("--tls-dir", str(self.tls_dir(i)), "--scheduler-ca", str(self.ca_file))
+
+    def tls_dir(self, index: int) -> Path:
+        """Where agent ``index`` keeps its node certificate."""
+        return self.workdir / f"node-{index}" / "tls"
 
     def kill(self, index: int) -> None:
         """SIGKILL an agent: a node that dies, not one that shuts down politely."""

@@ -13,6 +13,8 @@ come from the tasks). Like the task API, both calls need the peer token.
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +24,37 @@ ANNOUNCE_INTERVAL = 10.0
 """seconds between an agent's announcements."""
 AGENT_TTL = 35.0
 """seconds after its last announcement that a scheduler drops an agent (three missed rounds)."""
+
+
+_DNS_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+_PORT = re.compile(r"[0-9]{1,5}")
+
+
+def plain_hostport(address: str) -> tuple[str, int]:
+    """``(host, port)`` of ``HOST:PORT`` where HOST is an IP literal (IPv6 in brackets) or a DNS
+    name, and nothing else: no userinfo, path, query or ``@``.
+
+    Announced addresses become URLs (``http://{address}``) in ``shoal status`` and
+    ``shoal preheat``: ``10.0.0.5:1@otherhost`` there would reach ``otherhost``.
+    """
+    host, sep, port = address.rpartition(":")
+    if not sep or not _PORT.fullmatch(port) or not 0 < int(port) < 65536:
+        raise ValueError(f"address {address[:80]!r}: want HOST:PORT with a port in 1..65535")
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise ValueError(f"address {address[:80]!r}: {host[:60]} is not an IPv6 address") from None
+        return host[1:-1], int(port)
+    try:
+        ipaddress.IPv4Address(host)
+        return host, int(port)
+    except ValueError:
+        pass
+    labels = host.rstrip(".").split(".")
+    if len(host) > 253 or not all(_DNS_LABEL.fullmatch(label) for label in labels) or labels[-1].isdigit():
+        raise ValueError(f"address {address[:80]!r}: want an IP address or a DNS name before the port")
+    return host, int(port)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,8 +86,9 @@ class AgentView:
 
 def announcement_from_json(data: Any) -> AgentAnnouncement:
     value: AgentAnnouncement = from_json(AgentAnnouncement, data)
-    if not value.peer_id or not value.address or ":" not in value.address:
-        raise ValueError("AgentAnnouncement: peer_id and address (host:port) are required")
+    if not value.peer_id:
+        raise ValueError("AgentAnnouncement: peer_id is required")
+    plain_hostport(value.address)
     return value
 
 
@@ -71,5 +105,8 @@ def agents_from_json(data: Any) -> list[AgentView]:
             raise ValueError("agent list: want objects")
         fields = dict(item)
         age = float(fields.pop("age", 0.0))
-        views.append(AgentView(announcement_from_json(fields), age))
+        try:
+            views.append(AgentView(announcement_from_json(fields), age))
+        except ValueError:
+            continue  # an entry an older scheduler let through: never contacted, never shown
     return views

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import fields
@@ -18,6 +19,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 
+from shoal.p2p.enrollment import SchedulerTls
 from shoal.p2p.presence import AgentAnnouncement
 from shoal.p2p.protocol import HashesView, JoinRequest, Report, TaskView, bearer, from_json, to_json
 from shoal.p2p.rendezvous import rank_schedulers
@@ -65,9 +67,12 @@ class SchedulerClient:
 
     Parameters:
         session: the agent's HTTP session (not closed here).
-        schedulers: base URLs such as ``http://10.0.0.5:8002``.
-        token: the shared peer secret, sent as ``Authorization: Bearer``.
+        schedulers: base URLs such as ``https://10.0.0.5:8002``.
+        token: the shared peer secret, sent as ``Authorization: Bearer`` to plain-HTTP
+            schedulers only: over TLS the node certificate is the credential, and the
+            secret stays on the node.
         clock: monotonic seconds, for the failed-scheduler cool-down.
+        tls: the context for https schedulers (verifies them, presents the node certificate).
     """
 
     def __init__(
@@ -76,6 +81,7 @@ class SchedulerClient:
         schedulers: Sequence[str],
         token: str | None,
         clock: Callable[[], float] = time.monotonic,
+        tls: SchedulerTls | None = None,
     ) -> None:
         if not schedulers:
             raise ValueError("SchedulerClient needs at least one scheduler URL")
@@ -83,6 +89,7 @@ class SchedulerClient:
         self.schedulers = [url.rstrip("/") for url in schedulers]
         self.headers = bearer(token)
         self.clock = clock
+        self.tls = tls
         self._down_until: dict[str, float] = {}
 
     def ranked(self, digest: str) -> list[str]:
@@ -107,6 +114,14 @@ class SchedulerClient:
     async def leave(self, digest: str, peer_id: str) -> None:
         await self._call("POST", digest, "leave", lambda data: None, json={"peer_id": peer_id})
 
+    def _transport(self, base: str) -> dict[str, Any]:
+        """Per-request arguments for ``base``: the TLS context, or the peer token in clear."""
+        if base.startswith("https://"):
+            if self.tls is None:
+                raise ssl.SSLError(f"{base}: no TLS directory to verify the scheduler with (--tls-dir)")
+            return {"ssl": self.tls.context()}
+        return {"headers": self.headers}
+
     async def announce(self, announcement: AgentAnnouncement) -> dict[str, str | None]:
         """Tell *every* scheduler this agent exists; per URL, None or the error (never raises)."""
 
@@ -114,11 +129,11 @@ class SchedulerClient:
             timeout = aiohttp.ClientTimeout(total=TOTAL_TIMEOUT, connect=CONNECT_TIMEOUT)
             try:
                 async with self.session.post(
-                    f"{base}/v1/agents", json=to_json(announcement), headers=self.headers, timeout=timeout
+                    f"{base}/v1/agents", json=to_json(announcement), timeout=timeout, **self._transport(base)
                 ) as resp:
                     if resp.status >= 400:
                         return f"HTTP {resp.status}: {(await resp.text()).strip()[:200]}"
-            except (aiohttp.ClientError, TimeoutError) as exc:
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 return f"{type(exc).__name__}: {exc}"
             return None
 
@@ -142,7 +157,7 @@ class SchedulerClient:
             url = f"{base}/v1/tasks/{digest}/{action}"
             try:
                 async with self.session.request(
-                    method, url, json=json, params=params, headers=self.headers, timeout=timeout
+                    method, url, json=json, params=params, timeout=timeout, **self._transport(base)
                 ) as resp:
                     if resp.status >= 500:
                         raise aiohttp.ClientResponseError(
@@ -152,7 +167,7 @@ class SchedulerClient:
                         text = (await resp.text()).strip()
                         raise SchedulerRejected(resp.status, text[:500])
                     result = parse(await resp.json())
-            except (aiohttp.ClientError, TimeoutError, ValueError, TypeError) as exc:
+            except (aiohttp.ClientError, TimeoutError, OSError, ValueError, TypeError) as exc:
                 errors.append(f"{base}: {type(exc).__name__}: {exc}")
                 self._down_until[base] = self.clock() + DOWN_FOR
                 log.debug("scheduler %s failed on %s %s: %r", base, action, digest, exc)

@@ -15,7 +15,16 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge
 
-from shoal.p2p.presence import AGENT_TTL, AgentAnnouncement, AgentView, agents_to_json, announcement_from_json
+from shoal.p2p.presence import (
+    AGENT_TTL,
+    AgentAnnouncement,
+    AgentView,
+    agents_to_json,
+    announcement_from_json,
+    plain_hostport,
+)
+from shoal.scheduler.peer_ids import PeerIds
+from shoal.scheduler.tls import refuse_if_foreign, request_identity
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -29,11 +38,24 @@ class AgentDirectory:
     Parameters:
         ttl: an agent not heard from for this long is no longer listed (and is dropped).
         clock: monotonic seconds (tests pass a fake).
+        node_certificates: announcements come over mutual TLS and must name the node of the
+            caller's certificate (its name and an address of it); otherwise the address must be
+            the one the request comes from.
+        peer_ids: with node certificates, bounds the peer ids one node announces.
     """
 
-    def __init__(self, ttl: float = AGENT_TTL, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        ttl: float = AGENT_TTL,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        node_certificates: bool = False,
+        peer_ids: PeerIds | None = None,
+    ) -> None:
         self.ttl = ttl
         self.clock = clock
+        self.node_certificates = node_certificates
+        self.peer_ids = peer_ids
         self._agents: dict[str, tuple[AgentAnnouncement, float]] = {}
 
     def announce(self, announcement: AgentAnnouncement) -> bool:
@@ -57,10 +79,15 @@ class AgentDirectory:
         views = [AgentView(a, now - seen) for a, seen in self._agents.values()]
         return sorted(views, key=lambda v: v.announcement.address)
 
-    def add_routes(self, app: web.Application, guard: Callable[[Handler], Handler] = lambda handler: handler) -> None:
-        """``guard`` wraps each handler (the scheduler's checks the peer token)."""
-        app.router.add_post("/v1/agents", guard(self._post))
-        app.router.add_get("/v1/agents", guard(self._get))
+    def add_routes(
+        self,
+        app: web.Application,
+        post_guard: Callable[[Handler], Handler] = lambda handler: handler,
+        get_guard: Callable[[Handler], Handler] = lambda handler: handler,
+    ) -> None:
+        """The guards wrap the handlers (the scheduler's check the caller's credential)."""
+        app.router.add_post("/v1/agents", post_guard(self._post))
+        app.router.add_get("/v1/agents", get_guard(self._get))
 
     def add_metrics(self, registry: CollectorRegistry) -> None:
         gauge = Gauge("shoal_scheduler_agents", "Agents that announced themselves within the TTL.", registry=registry)
@@ -71,7 +98,14 @@ class AgentDirectory:
             announcement = announcement_from_json(await request.json())
         except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as exc:
             raise web.HTTPBadRequest(text=f"announcement: {exc}\n") from None
-        refusal = foreign_announcement(announcement.address, request.remote)
+        if self.node_certificates:
+            identity = request_identity(request.transport)
+            if identity is None:
+                raise web.HTTPUnauthorized(text="announcement: a node certificate is required\n")
+            refuse_if_foreign(identity, announcement.peer_id, announcement.address, announcement.node, self.peer_ids)
+            refusal = None
+        else:
+            refusal = foreign_announcement(announcement.address, request.remote)
         if refusal is not None:
             raise web.HTTPForbidden(text=f"announcement: {refusal}\n")
         if not self.announce(announcement):
@@ -90,9 +124,9 @@ def foreign_announcement(address: str, source: str | None) -> str | None:
     under another node's name) would collect them. So an agent announces only the address it
     connects from; loopback may announce loopback (one machine: the demo and the tests).
     """
-    host = address.rpartition(":")[0].strip("[]")
     try:
-        announced, seen = ipaddress.ip_address(host), ipaddress.ip_address(source or "")
+        announced = ipaddress.ip_address(plain_hostport(address)[0])
+        seen = ipaddress.ip_address(source or "")
     except ValueError:
         return f"{address!r} is not IP:PORT, or the request has no source address"
     if announced == seen or (announced.is_loopback and seen.is_loopback):

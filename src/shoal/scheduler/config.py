@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
+from pathlib import Path
 
 from shoal.scheduler.policy import PARENT_POLICIES
 
@@ -60,6 +62,26 @@ class SchedulerConfig:
     """how often dead peers and idle tasks are swept."""
     max_wait: float = 30.0
     """upper bound on the ``wait`` of the hashes long-poll."""
+    tls_ca_dir: Path | None = None
+    """directory with the CA key pair (``tls.crt``/``tls.key``): the API is served over TLS 1.3
+    with a certificate issued from it, and agents enroll for node certificates. None: plain
+    HTTP, which the CLI allows only with ``insecure_no_tls``."""
+    insecure_no_tls: bool = False
+    """serve plain HTTP (labs only; logged loudly at start)."""
+    tls_names: tuple[str, ...] = ()
+    """DNS names clients reach the scheduler by, in its certificate (``*.`` for the replicas)."""
+    tls_ips: tuple[str, ...] = ()
+    """IP addresses clients reach the scheduler by, in its certificate (``listen``'s own IP
+    is added, unless it is a wildcard: see :attr:`certificate_ips`)."""
+    cert_ttl: float = 24 * 3600.0
+    """lifetime of issued node certificates (and the scheduler's own)."""
+    agent_service_account: str | None = None
+    """``NAMESPACE:NAME``: agents prove their node with this ServiceAccount's projected token,
+    checked with the Kubernetes API. None: with the peer token (a lab)."""
+    token_audience: str = "shoal"
+    """the audience of the agents' projected ServiceAccount tokens."""
+    kubeconfig: str | None = None
+    """outside a cluster, the kubeconfig of the API server that checks tokens."""
 
     def __post_init__(self) -> None:
         split_hostport(self.listen)
@@ -83,10 +105,35 @@ class SchedulerConfig:
             raise ConfigError(f"fallback_leases must be >= 1, not {self.fallback_leases}")
         if self.max_children < 1:
             raise ConfigError(f"max_children must be >= 1, not {self.max_children}")
+        if self.tls_ca_dir is not None and self.insecure_no_tls:
+            raise ConfigError("insecure_no_tls with a TLS CA directory: choose one")
+        for ip in self.tls_ips:
+            try:
+                ipaddress.ip_address(ip)
+            except ValueError:
+                raise ConfigError(f"tls_ips: {ip!r} is not an IP address") from None
+        if not self.cert_ttl >= 600:
+            raise ConfigError(f"cert_ttl must be at least 600 seconds, not {self.cert_ttl!r}")
+        if self.agent_service_account is not None:
+            namespace, sep, name = self.agent_service_account.partition(":")
+            if not sep or not namespace or not name:
+                raise ConfigError(f"agent_service_account: want NAMESPACE:NAME, not {self.agent_service_account!r}")
         if self.parent_policy not in PARENT_POLICIES:
             raise ConfigError(
                 f"parent_policy must be one of {', '.join(sorted(PARENT_POLICIES))}, not {self.parent_policy!r}"
             )
+
+
+def certificate_ips(config: SchedulerConfig) -> tuple[str, ...]:
+    """``tls_ips`` plus the IP ``listen`` names, when it names one (not 0.0.0.0 or ::)."""
+    host = split_hostport(config.listen)[0]
+    try:
+        listen_ip = ipaddress.ip_address(host)
+    except ValueError:
+        return config.tls_ips
+    if listen_ip.is_unspecified or any(ipaddress.ip_address(ip) == listen_ip for ip in config.tls_ips):
+        return config.tls_ips
+    return (*config.tls_ips, host)
 
 
 def require_peer_auth(config: SchedulerConfig) -> None:
@@ -95,6 +142,21 @@ def require_peer_auth(config: SchedulerConfig) -> None:
         raise ConfigError(
             "no peer token: give --peer-token-file (the secret the agents send), "
             "or --insecure-no-peer-auth to serve unauthenticated in a lab"
+        )
+
+
+def require_tls(config: SchedulerConfig) -> None:
+    """Refuse a server config reachable from other hosts with neither a CA for TLS nor the
+    explicit lab opt-out (on loopback nothing crosses a network)."""
+    host = split_hostport(config.listen)[0]
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if config.tls_ca_dir is None and not config.insecure_no_tls and not loopback:
+        raise ConfigError(
+            "no TLS: give --tls-ca-dir DIR (a CA key pair; the chart mounts one), "
+            "or --insecure-no-tls to serve plain HTTP in a lab (tokens then cross the network in clear)"
         )
 
 

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import MISSING, fields
 from typing import Any
 
+from shoal.p2p.presence import plain_hostport
 from shoal.p2p.protocol import INDEX_RE, JoinRequest, Report
 
 MAX_ID = 256
@@ -66,9 +67,10 @@ def _id(name: str, value: Any) -> str:
 
 def _address(value: Any) -> str:
     address = _id("address", value)
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not DIGITS_RE.fullmatch(port) or not 0 < int(port) < 65536:
-        raise BadRequest(f"address: want HOST:PORT, not {address[:MAX_ID]!r}")
+    try:
+        plain_hostport(address)
+    except ValueError:
+        raise BadRequest(f"address: want HOST:PORT (an IP address or DNS name), not {address[:MAX_ID]!r}") from None
     return address
 
 

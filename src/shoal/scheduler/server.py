@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import functools
 import hmac
 import logging
@@ -21,12 +22,20 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from shoal import __version__
 from shoal.core.digest import Digest, DigestError
+from shoal.p2p.presence import AGENT_TTL
 from shoal.p2p.protocol import dumps, loads
+from shoal.p2p.tls import PeerIdentity
 from shoal.scheduler.agents import AgentDirectory
-from shoal.scheduler.config import SchedulerConfig, require_peer_auth, split_hostport
+from shoal.scheduler.ca import CaSource
+from shoal.scheduler.config import SchedulerConfig, certificate_ips, require_peer_auth, split_hostport
+from shoal.scheduler.enrollment import ClusterProof, Enrollment
+from shoal.scheduler.issuance import Reserved
+from shoal.scheduler.kube import ClusterFacts
 from shoal.scheduler.metrics import SchedulerMetrics
+from shoal.scheduler.peer_ids import PeerIds
 from shoal.scheduler.requests import BadRequest, parse_hashes_query, parse_join, parse_leave, parse_report
 from shoal.scheduler.state import ConflictError, FullError, SchedulerState, StateError, UnknownTaskError
+from shoal.scheduler.tls import ServerTls, refuse_if_foreign, request_identity
 
 log = logging.getLogger(__name__)
 
@@ -68,18 +77,42 @@ class Scheduler:
     """One scheduler. ``url = await scheduler.start()``; ``await scheduler.stop()``.
 
     Parameters:
-        config: what to listen on, the peer token, lease and policy settings. Without a peer
-            token it must say ``insecure_no_peer_auth`` (else ``ConfigError``).
+        config: what to listen on, the peer token, TLS, lease and policy settings. Without a
+            peer token it must say ``insecure_no_peer_auth`` (else ``ConfigError``).
         clock: seconds on a monotonic clock (tests pass a fake).
+        cluster: the Kubernetes API enrollment checks tokens with (tests pass a fake); by
+            default the real one when ``config.agent_service_account`` is set.
+
+    With ``config.tls_ca_dir`` the API is served over TLS 1.3 only, and the task API and
+    announcements need a node certificate: a caller acts only as the node it names.
     """
 
-    def __init__(self, config: SchedulerConfig, clock: Clock = time.monotonic) -> None:
+    def __init__(
+        self, config: SchedulerConfig, clock: Clock = time.monotonic, cluster: ClusterFacts | None = None
+    ) -> None:
         require_peer_auth(config)
         self.config = config
         self.clock = clock
         self.state = SchedulerState(config)
         self.metrics = SchedulerMetrics(self.state)
-        self.agents = AgentDirectory(clock=clock)
+        self.tls: ServerTls | None = None
+        self.enrollment: Enrollment | None = None
+        if config.tls_ca_dir is not None:
+            ca = CaSource(config.tls_ca_dir)
+            ttl = datetime.timedelta(seconds=config.cert_ttl)
+            ips = certificate_ips(config)
+            self.tls = ServerTls(ca, config.tls_names, ips, ttl)
+            proof = None
+            if config.agent_service_account is not None:
+                if cluster is None:
+                    from shoal.scheduler.kube import KubernetesFacts
+
+                    cluster = KubernetesFacts(config.kubeconfig)
+                proof = ClusterProof(cluster, config.token_audience, config.agent_service_account)
+            reserved = Reserved(config.tls_names, ips)
+            self.enrollment = Enrollment(ca, ttl, reserved, cluster=proof, peer_token=config.peer_token)
+        self.peer_ids = PeerIds(ttl=max(config.peer_ttl, AGENT_TTL), clock=clock)
+        self.agents = AgentDirectory(clock=clock, node_certificates=self.tls is not None, peer_ids=self.peer_ids)
         self.agents.add_metrics(self.metrics.registry)
         self._waiters = _Waiters()
         self._bearer = f"Bearer {config.peer_token}".encode() if config.peer_token is not None else None
@@ -93,13 +126,20 @@ class Scheduler:
         self._runner = web.AppRunner(self.build_app(), access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         host, port = split_hostport(self.config.listen)
-        site = web.TCPSite(self._runner, host, port, backlog=1024, reuse_address=True)
+        ssl_context = self.tls.context if self.tls is not None else None
+        site = web.TCPSite(self._runner, host, port, backlog=1024, reuse_address=True, ssl_context=ssl_context)
         await site.start()
         bound = self._runner.addresses[-1]  # (host, port, ...) of the socket just bound; works under uvloop too
         shown = f"[{host}]" if ":" in host else host
-        self.url = f"http://{shown}:{bound[1]}"
+        self.url = f"{'https' if self.tls else 'http'}://{shown}:{bound[1]}"
         self._janitor = asyncio.create_task(self._expire_periodically(), name="scheduler expiry")
         log.info("shoal scheduler %s listening on %s (policy %s)", __version__, self.url, self.config.parent_policy)
+        if self.tls is None:
+            log.warning(
+                "INSECURE: no TLS: every call to %s, and the peer token it carries, crosses the network "
+                "in clear; anyone who captures one can act as any node. Labs only.",
+                self.url,
+            )
         if self.config.insecure_no_peer_auth:
             log.warning(
                 "INSECURE: --insecure-no-peer-auth: the scheduler API is open to anyone who reaches %s; "
@@ -119,35 +159,48 @@ class Scheduler:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self.tls is not None:
+            self.tls.close()
 
     async def _expire_periodically(self) -> None:
         while True:
             await asyncio.sleep(self.config.expire_interval)
             self.state.expire(self.clock())
+            if self.tls is not None:
+                try:
+                    if self.tls.renew_if_due():
+                        log.info("renewed the scheduler's certificate (valid until %s)", self.tls.renew_at)
+                except (OSError, ValueError) as exc:  # a broken CA replacement: keep the current one
+                    log.error("cannot renew the scheduler's certificate: %s", exc)
 
     def build_app(self) -> web.Application:
         app = web.Application(client_max_size=1 << 20)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._metrics)
-        api = self._api
+        node, read = functools.partial(self._api, node=True), functools.partial(self._api, node=False)
         # dynamic routes are tried in the order added: the most frequent call first
-        app.router.add_post("/v1/tasks/{digest}/report", api(self._report))
-        app.router.add_post("/v1/tasks/{digest}/join", api(self._join))
-        app.router.add_get("/v1/tasks/{digest}/hashes", api(self._hashes))
-        app.router.add_post("/v1/tasks/{digest}/leave", api(self._leave))
-        app.router.add_get("/v1/stats", api(self._stats))
-        self.agents.add_routes(app, api)
+        app.router.add_post("/v1/tasks/{digest}/report", node(self._report))
+        app.router.add_post("/v1/tasks/{digest}/join", node(self._join))
+        app.router.add_get("/v1/tasks/{digest}/hashes", node(self._hashes))
+        app.router.add_post("/v1/tasks/{digest}/leave", node(self._leave))
+        app.router.add_get("/v1/stats", read(self._stats))
+        self.agents.add_routes(app, post_guard=node, get_guard=read)
+        if self.enrollment is not None:
+            self.enrollment.add_routes(app)
         return app
 
-    def _api(self, handler: Handler) -> Handler:
-        """``handler`` behind the peer token, with state errors rendered as 4xx/503.
+    def _api(self, handler: Handler, node: bool) -> Handler:
+        """``handler`` behind the caller's credential, with state errors rendered as 4xx/503.
 
-        A wrapper per route rather than an aiohttp middleware: with any middleware aiohttp
-        runs two more coroutines per request, on every call."""
+        With TLS, ``node`` routes need a node certificate (the handler checks the request
+        names that node); the others also take the peer token (the CLI's read-only calls).
+        Without TLS every route takes the peer token. A wrapper per route rather than an
+        aiohttp middleware: with any middleware aiohttp runs two more coroutines per request,
+        on every call."""
 
         @functools.wraps(handler)
         async def api(request: web.Request) -> web.StreamResponse:
-            self._check_token(request)
+            self._authenticate(request, node)
             started = time.monotonic()
             try:
                 response = await handler(request)
@@ -166,6 +219,16 @@ class Scheduler:
             return response
 
         return api
+
+    def _authenticate(self, request: web.Request, node: bool) -> None:
+        if self.tls is None:
+            self._check_token(request)
+            return
+        if request_identity(request.transport) is not None:
+            return
+        if node:
+            raise web.HTTPUnauthorized(text="a node certificate is required (enroll first)\n")
+        self._check_token(request)
 
     def _check_token(self, request: web.Request) -> None:
         if self._bearer is None:
@@ -197,24 +260,34 @@ class Scheduler:
         return web.Response(body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _join(self, request: web.Request) -> web.Response:
-        return _json(self.answer_join(request.match_info["digest"], await request.read()))
+        identity = request_identity(request.transport)
+        return _json(self.answer_join(request.match_info["digest"], await request.read(), identity))
 
     async def _report(self, request: web.Request) -> web.Response:
-        return _json(self.answer_report(request.match_info["digest"], await request.read()))
+        identity = request_identity(request.transport)
+        return _json(self.answer_report(request.match_info["digest"], await request.read(), identity))
 
-    def answer_join(self, digest: str, body: bytes) -> bytes:
+    def _as_caller(self, identity: PeerIdentity | None, peer_id: str, address: str | None) -> None:
+        if identity is not None:
+            refuse_if_foreign(identity, peer_id, address, peer_ids=self.peer_ids)
+
+    def answer_join(self, digest: str, body: bytes, identity: PeerIdentity | None = None) -> bytes:
         """The whole work of ``POST /v1/tasks/{digest}/join`` but HTTP: the answer's JSON, or
-        the exceptions :meth:`_api` renders."""
+        the exceptions :meth:`_api` renders. ``identity``: the caller's node certificate,
+        which must name the peer joining."""
         digest = self._digest(digest)
-        view = self.state.join(digest, parse_join(self._body(body)), self.clock())
+        request = parse_join(self._body(body))
+        self._as_caller(identity, request.peer_id, request.address)
+        view = self.state.join(digest, request, self.clock())
         self._log_state_events()
         self.metrics.parents_per_join.observe(len(view.parents))
         return dumps(view)
 
-    def answer_report(self, digest: str, body: bytes) -> bytes:
+    def answer_report(self, digest: str, body: bytes, identity: PeerIdentity | None = None) -> bytes:
         """The whole work of ``POST /v1/tasks/{digest}/report`` but HTTP (see :meth:`answer_join`)."""
         digest = self._digest(digest)
         rep = parse_report(self._body(body))
+        self._as_caller(identity, rep.peer_id, rep.address)
         known = self._known(digest)
         view = self.state.report(digest, rep, self.clock())
         if view.hashes_known != known:
@@ -258,7 +331,9 @@ class Scheduler:
 
     async def _leave(self, request: web.Request) -> web.Response:
         digest = self._digest(request.match_info["digest"])
-        self.state.leave(digest, parse_leave(self._body(await request.read())))
+        peer_id = parse_leave(self._body(await request.read()))
+        self._as_caller(request_identity(request.transport), peer_id, None)
+        self.state.leave(digest, peer_id)
         return _json(b"{}")
 
     async def _stats(self, request: web.Request) -> web.Response:

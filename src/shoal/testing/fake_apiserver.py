@@ -5,7 +5,10 @@ API server sends it), create, read, replace, delete. Every write bumps a resourc
 is delivered to open watches, so the real ``kubernetes`` client sees real semantics (409 on
 create of an existing name, 404 on a missing one, 410 for an expired version). Core v1
 Nodes: read and replace (409 when the resourceVersion sent is not the current one), for
-``shoal node-ready``.
+``shoal node-ready``. Core v1 Pods: read. TokenReview: tokens registered with
+:meth:`FakeApiServer.add_token` are authenticated for their audiences until they expire,
+with the pod-name/pod-uid extras a projected ServiceAccount token carries; any other token
+is not.
 """
 
 from __future__ import annotations
@@ -24,12 +27,17 @@ from urllib.parse import parse_qs, urlparse
 Json = dict[str, Any]
 _ITEM = re.compile(r"^/api/v1/namespaces/([^/]+)/secrets(?:/([^/]+))?$")
 _NODE = re.compile(r"^/api/v1/nodes/([^/]+)$")
+_POD = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/]+)$")
+_TOKEN_REVIEWS = "/apis/authentication.k8s.io/v1/tokenreviews"
 
 
 class FakeApiServer:
     def __init__(self) -> None:
         self.secrets: dict[tuple[str, str], Json] = {}
         self.nodes: dict[str, Json] = {}
+        self.pods: dict[tuple[str, str], Json] = {}
+        self.tokens: dict[str, Json] = {}
+        """token -> {"user": UserInfo, "audiences": [...], "expires": Unix time}"""
         self.events: list[tuple[int, str, Json]] = []
         self.requests: list[tuple[str, str]] = []
         self.version = 100
@@ -124,6 +132,55 @@ class FakeApiServer:
             found = self.nodes.get(name)
             return copy.deepcopy(found) if found else None
 
+    def put_pod(self, pod: Json) -> Json:
+        with self.changed:
+            pod = copy.deepcopy(pod)
+            meta = pod.setdefault("metadata", {})
+            meta.setdefault("uid", str(uuid.uuid4()))
+            self.version += 1
+            meta["resourceVersion"] = str(self.version)
+            pod.setdefault("apiVersion", "v1")
+            pod.setdefault("kind", "Pod")
+            self.pods[(meta["namespace"], meta["name"])] = pod
+            return copy.deepcopy(pod)
+
+    def remove_pod(self, namespace: str, name: str) -> None:
+        with self.changed:
+            self.pods.pop((namespace, name), None)
+
+    def add_token(
+        self, token: str, service_account: str, pod: Json | None, audiences: list[str], expires_in: float = 3600.0
+    ) -> None:
+        """A projected token of ``NAMESPACE:NAME`` bound to ``pod`` (as the kubelet mints them)."""
+        namespace, _, name = service_account.partition(":")
+        extra: dict[str, list[str]] = {}
+        if pod is not None:
+            extra = {
+                "authentication.kubernetes.io/pod-name": [pod["metadata"]["name"]],
+                "authentication.kubernetes.io/pod-uid": [pod["metadata"]["uid"]],
+            }
+        user = {
+            "username": f"system:serviceaccount:{namespace}:{name}",
+            "uid": str(uuid.uuid4()),
+            "groups": ["system:serviceaccounts", f"system:serviceaccounts:{namespace}", "system:authenticated"],
+            "extra": extra,
+        }
+        with self.changed:
+            self.tokens[token] = {"user": user, "audiences": audiences, "expires": time.time() + expires_in}
+
+    def review(self, spec: Json) -> Json:
+        with self.changed:
+            known = copy.deepcopy(self.tokens.get(str(spec.get("token"))))
+        wanted = list(spec.get("audiences") or [])
+        if known is None:
+            return {"authenticated": False, "error": "invalid bearer token"}
+        if known["expires"] <= time.time():
+            return {"authenticated": False, "error": "invalid bearer token, token has expired"}
+        matched = [a for a in wanted if a in known["audiences"]] if wanted else known["audiences"]
+        if not matched:
+            return {"authenticated": False, "error": "invalid bearer token, token audiences is invalid"}
+        return {"authenticated": True, "user": known["user"], "audiences": matched}
+
     def wait_for(self, predicate: Any, timeout: float = 10.0) -> bool:
         """Poll ``predicate(self)``: it may also look at state outside this server."""
         deadline = time.monotonic() + timeout
@@ -182,6 +239,15 @@ class FakeApiServer:
                         self._watch(since, selector, time.monotonic() + timeout)
                     else:
                         self._list(selector)
+                    return
+                pod = _POD.match(parsed.path)
+                if pod:
+                    with fake.changed:
+                        found_pod = copy.deepcopy(fake.pods.get((pod.group(1), pod.group(2))))
+                    if found_pod is None:
+                        self._status(404, "NotFound", "pod not found")
+                    else:
+                        self._send(200, found_pod)
                     return
                 node = _NODE.match(parsed.path)
                 if node:
@@ -283,6 +349,11 @@ class FakeApiServer:
 
             def do_POST(self) -> None:
                 fake.requests.append(("POST", self.path))
+                if urlparse(self.path).path == _TOKEN_REVIEWS:
+                    review = self._body()
+                    review["status"] = fake.review(review.get("spec") or {})
+                    self._send(201, review)
+                    return
                 match = _ITEM.match(urlparse(self.path).path)
                 if not match or match.group(2):
                     self._status(404, "NotFound", self.path)

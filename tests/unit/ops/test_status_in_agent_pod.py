@@ -18,6 +18,7 @@ from shoal.cli.main import cli
 from shoal.demo.fleet import shoal_argv, wait_healthy
 from shoal.demo.procs import ManagedProcess, free_port
 from shoal.ops.helm import build_values, manifest_documents, notes, render
+from shoal.testing.pki import TestCA
 
 REGISTRY = "registry.example.com"
 Doc = dict[str, Any]
@@ -79,6 +80,11 @@ def lay_out(spec: Doc, tmp_path: Path, agent_port: int, *, mounts: bool = True) 
     env = {e["name"]: e["value"] for e in agent["env"] if "value" in e}
     if "SHOAL_HOST_ROOT" in env:
         env["SHOAL_HOST_ROOT"] = str(container_root / env["SHOAL_HOST_ROOT"].lstrip("/"))
+    if "SHOAL_SCHEDULER_CA" in env:  # the CA Secret's mount: a CA certificate at that path
+        ca_file = container_root / env["SHOAL_SCHEDULER_CA"].lstrip("/")
+        ca_file.parent.mkdir(parents=True, exist_ok=True)
+        ca_file.write_bytes(TestCA.create().pem)
+        env["SHOAL_SCHEDULER_CA"] = str(ca_file)
     return Pod(node_root, container_root, env)
 
 

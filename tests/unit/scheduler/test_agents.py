@@ -6,8 +6,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from shoal.p2p.presence import AgentAnnouncement, agents_from_json
+from shoal.p2p.presence import AgentAnnouncement, agents_from_json, announcement_from_json, plain_hostport
 from shoal.scheduler.agents import AgentDirectory, foreign_announcement
+from shoal.scheduler.requests import BadRequest, parse_join
 
 
 class Clock:
@@ -95,3 +96,66 @@ class TestAnnouncedAddress:
             body = {"peer_id": "p", "address": "10.9.9.9:18999", "node": "worker-7", "schedulers": []}
             assert (await client.post("/v1/agents", json=body)).status == 403
         assert directory.live() == []
+
+
+class TestPlainAddress:
+    """Issue 16 defect 6: ``10.0.0.5:1@otherhost`` passed as 10.0.0.5 and ``shoal status`` then
+    sent its requests to ``otherhost``; an announced address is a plain HOST:PORT or refused."""
+
+    @pytest.mark.parametrize(
+        "address",
+        [
+            "127.0.0.5:1@otherhost",
+            "127.0.0.5:1@otherhost:80",
+            "10.0.0.5:1@otherhost",
+            "127.0.0.5:65001/path",
+            "user@127.0.0.5:65001",
+            "127.0.0.5:65001#x",
+            "127.0.0.5:0",
+            "127.0.0.5:99999",
+            "[fd00::2:65001",
+            "10.0.0.5",
+            "",
+        ],
+    )
+    def test_refused(self, address: str) -> None:
+        with pytest.raises(ValueError, match="address"):
+            plain_hostport(address)
+        with pytest.raises(ValueError, match="address"):
+            announcement_from_json({"peer_id": "p", "address": address})
+
+    @pytest.mark.parametrize(
+        ("address", "host", "port"),
+        [
+            ("10.0.0.5:65001", "10.0.0.5", 65001),
+            ("[fd00::2]:65001", "fd00::2", 65001),
+            ("node-a.example.com:1", "node-a.example.com", 1),
+        ],
+    )
+    def test_accepted(self, address: str, host: str, port: int) -> None:
+        assert plain_hostport(address) == (host, port)
+
+    async def test_the_scheduler_refuses_it(self) -> None:
+        directory = AgentDirectory()
+        app = web.Application()
+        directory.add_routes(app)
+        async with TestClient(TestServer(app)) as client:
+            body = {"peer_id": "p", "address": "127.0.0.5:1@otherhost", "schedulers": []}
+            assert (await client.post("/v1/agents", json=body)).status == 400
+        assert directory.live() == []
+
+    def test_a_listing_drops_what_a_scheduler_should_have_refused(self) -> None:
+        listed = agents_from_json(
+            {
+                "agents": [
+                    {"peer_id": "a", "address": "127.0.0.5:1@otherhost"},
+                    {"peer_id": "b", "address": "10.0.0.2:1"},
+                ]
+            }
+        )
+        assert [v.announcement.address for v in listed] == ["10.0.0.2:1"]
+
+    def test_a_join_with_it_is_a_bad_request(self) -> None:
+        body = {"peer_id": "a", "address": "10.0.0.5:1@otherhost", "size": 1, "piece_size": 1}
+        with pytest.raises(BadRequest, match="address"):
+            parse_join(body)

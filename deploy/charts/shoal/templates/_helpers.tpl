@@ -76,9 +76,21 @@ comma-separated string form. Fails with a clear message when none is configured.
 {{- $name := printf "%s-scheduler" (include "shoal.fullname" .) -}}
 {{- $urls := list -}}
 {{- range $i := until (int .Values.scheduler.replicas) -}}
-{{- $urls = append $urls (printf "http://%s-%d.%s-headless.%s.svc:%v" $name $i $name $.Release.Namespace $.Values.scheduler.port) -}}
+{{- $urls = append $urls (printf "%s://%s-%d.%s-headless.%s.svc:%v" (ternary "https" "http" $.Values.tls.enabled) $name $i $name $.Release.Namespace $.Values.scheduler.port) -}}
 {{- end -}}
 {{ join "," $urls }}
+{{- end -}}
+
+{{/* The Secret holding the node CA (tls.crt, tls.key). */}}
+{{- define "shoal.caSecretName" -}}
+{{- .Values.tls.ca.existingSecret | default (printf "%s-ca" (include "shoal.fullname" .)) -}}
+{{- end -}}
+
+{{/* Names the scheduler's certificate holds: its Service and every replica (wildcard). */}}
+{{- define "shoal.schedulerTlsNames" -}}
+{{- $name := printf "%s-scheduler" (include "shoal.fullname" .) -}}
+{{- $ns := .Release.Namespace -}}
+{{- list $name (printf "%s.%s.svc" $name $ns) (printf "%s.%s.svc.cluster.local" $name $ns) (printf "*.%s-headless.%s.svc" $name $ns) (printf "*.%s-headless.%s.svc.cluster.local" $name $ns) | toJson -}}
 {{- end -}}
 
 {{- define "shoal.securityContext" -}}
