@@ -25,7 +25,7 @@ from shoal.core.digest import Digest
 from shoal.oci.auth import Credentials
 from shoal.oci.client import UpstreamUnavailable
 from shoal.oci.distribution import DistributionPath
-from shoal.store.blobstore import BlobStore
+from shoal.store.blobstore import BlobStore, StoreError
 from shoal.store.containerd_content import ContainerdContent
 from shoal.store.partial import PartialBlob
 
@@ -50,6 +50,8 @@ class HeldSource:
         self.store = store
         self.content = content
         self.cluster = cluster
+        self._from_content: set[Digest] = set()
+        """blobs last filled from containerd's store: a mismatch there is the store's fault"""
 
     async def fill(self, partial: PartialBlob, dist: DistributionPath, creds: Credentials | None) -> None:
         digest = dist.digest
@@ -57,7 +59,11 @@ class HeldSource:
         path = self.content.path(digest) if self.content is not None else None
         if path is not None and partial.contiguous == 0:
             await self.upstreams.authorize(creds, dist)
-            await self._copy(partial, path)
+            self._from_content.add(digest)
+            try:
+                await self._copy(partial, path)
+            except OSError as exc:
+                raise StoreError(f"cannot read {digest} from containerd's content store: {exc}") from exc
             log.info("%s from containerd's content store", digest)
             return
         try:
@@ -91,7 +97,14 @@ class HeldSource:
             os.close(fd)
 
     async def cached(self, digest: Digest, size: int) -> None:
+        self._from_content.discard(digest)
         await self.inner.cached(digest, size)
 
     def rejected(self, digest: Digest) -> bool:
+        """A blob from containerd's store that does not match its digest: the registry may
+        still have it right, so it is fetched again from there."""
+        if digest in self._from_content:
+            self._from_content.discard(digest)
+            log.error("%s in containerd's content store does not match its digest", digest)
+            return True
         return self.inner.rejected(digest)

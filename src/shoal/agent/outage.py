@@ -2,9 +2,11 @@
 
 Unreachable means refused, reset, DNS, TLS, a timeout, a 5xx or a 429 (``UpstreamUnavailable``);
 a 401, 403 or 404 is the registry's word and is never an outage. The first failure marks the
-registry down, so later requests do not each wait for a hung registry; while it is down one
-request every ``probe_interval`` is let through (the probe), and the first answer marks it up
-again, so a moved tag is seen on that very answer.
+registry down. A registry that fails fast (refused, reset, 5xx) is still asked on every
+request: that costs milliseconds, and its first answer ends the outage, so a moved tag is
+seen on that very answer. A registry that made a request wait out the whole timeout (hung)
+is not asked again: requests go straight to what is held, and a prober asks it every
+``probe_interval`` (``probe_due``) until it answers.
 
 While a registry is down, what is held goes to credentials the registry confirmed for that
 repository within ``grace`` seconds (``may_serve_stale``), and each such response is marked
@@ -54,6 +56,8 @@ class RegistryBreaker:
         self.clock = clock
         self.down_since: float | None = None
         self.cause = ""
+        self.hung = False
+        """the last failure was a timeout: requests are not sent until a probe gets an answer"""
         self.outages = 0
         """outages seen so far: the number of the current one while down"""
         self._next_probe = 0.0
@@ -63,13 +67,17 @@ class RegistryBreaker:
         return self.down_since is not None
 
     def admit(self) -> str | None:
-        if self.down_since is None:
+        if self.down_since is None or not self.hung:
             return None
+        return f"is marked down for {self.clock() - self.down_since:.1f}s ({self.cause})"
+
+    def probe_due(self) -> bool:
+        """A hung registry's next probe is due (the prober then reports ``answered``/``failed``)."""
         now = self.clock()
-        if now >= self._next_probe:
-            self._next_probe = now + self.probe_interval
-            return None
-        return f"is marked down since {now - self.down_since:.1f}s ({self.cause})"
+        if not self.hung or now < self._next_probe:
+            return False
+        self._next_probe = now + self.probe_interval
+        return True
 
     def answered(self) -> None:
         if self.down_since is not None:
@@ -77,8 +85,10 @@ class RegistryBreaker:
                 "registry %s answers again after %.1fs down: using it", self.registry, self.clock() - self.down_since
             )
         self.down_since = None
+        self.hung = False
 
-    def failed(self, cause: str) -> None:
+    def failed(self, cause: str, *, hung: bool = False) -> None:
+        """``hung``: the request waited out the whole timeout."""
         now = self.clock()
         if self.down_since is None:
             self.down_since = now
@@ -91,7 +101,9 @@ class RegistryBreaker:
                 self.probe_interval,
             )
         self.cause = cause
-        self._next_probe = now + self.probe_interval
+        if hung and not self.hung:
+            self._next_probe = now + self.probe_interval
+        self.hung = hung
 
 
 @dataclass(slots=True)

@@ -78,6 +78,7 @@ class Agent:
         )
         self._session: aiohttp.ClientSession | None = None
         self._janitor: asyncio.Task[None] | None = None
+        self._prober: asyncio.Task[None] | None = None
         self.swarm: SwarmSource | None = None
         self.url = ""
 
@@ -138,6 +139,7 @@ class Agent:
         bound = self._listener.getsockname()
         self.url = f"http://{host}:{bound[1]}"
         self._janitor = asyncio.create_task(self._evict_periodically())
+        self._prober = asyncio.create_task(self._probe_hung_registries(), name="registry prober")
         self.presence.start()
         log.info(
             "shoal agent %s listening on %s, registries: %s",
@@ -179,10 +181,11 @@ class Agent:
             self._listener.close()
         if self.swarm is not None:
             await self.swarm.close()
-        if self._janitor is not None:
-            self._janitor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._janitor
+        for task in (self._janitor, self._prober):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._runner is not None:
             await self._runner.cleanup()
         with contextlib.suppress(AttributeError):
@@ -191,6 +194,22 @@ class Agent:
             await self._session.close()
         with contextlib.suppress(AttributeError):
             self.ledger.close()
+
+    async def _probe_hung_registries(self) -> None:
+        """A registry marked down because it hung gets no requests; this asks it every
+        ``outage_probe_interval`` whether it answers again (one probe at a time per registry)."""
+        probes: dict[str, asyncio.Task[None]] = {}
+        try:
+            while True:
+                await asyncio.sleep(min(0.25, self.config.outage_probe_interval))
+                for name, breaker in self.stale.breakers.items():
+                    running = probes.get(name)
+                    if (running is None or running.done()) and breaker.probe_due():
+                        probes[name] = asyncio.create_task(self.upstreams.client(name).probe(), name=f"probe {name}")
+        finally:
+            for task in probes.values():
+                task.cancel()
+            await asyncio.gather(*probes.values(), return_exceptions=True)
 
     async def _evict_periodically(self) -> None:
         while True:

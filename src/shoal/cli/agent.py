@@ -99,6 +99,7 @@ def merge_flags(values: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]
     "within this long; 0 turns it off.  [default: 24h]",
 )
 @click.option("--registry-timeout", help="Time the registry has to answer before it counts as down.  [default: 5s]")
+@click.option("--outage-probe-interval", help="Time between probes of a registry marked down as hung.  [default: 2s]")
 @click.option(
     "--containerd-content-dir",
     type=click.Path(file_okay=False, path_type=Path),

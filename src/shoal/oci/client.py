@@ -64,8 +64,9 @@ class Breaker(Protocol):
     def answered(self) -> None:
         """The registry answered (any status below 500 but 429)."""
 
-    def failed(self, cause: str) -> None:
-        """The registry could not answer: refused, reset, DNS, TLS, timeout, 5xx, 429."""
+    def failed(self, cause: str, *, hung: bool = False) -> None:
+        """The registry could not answer: refused, reset, DNS, TLS, timeout, 5xx, 429
+        (``hung``: a timeout, the request waited the whole time)."""
 
 
 class UpstreamStatus(UpstreamError):
@@ -269,6 +270,19 @@ class RegistryClient:
         self._heard(resp.status)
         return resp
 
+    async def probe(self) -> None:
+        """Ask ``/v2/`` whether the registry answers at all (any status but 5xx and 429 is an
+        answer), telling the breaker; past the breaker's refusal, it is the breaker's probe."""
+        url = f"{self.base_url}/v2/"
+        try:
+            async with asyncio.timeout(self.header_timeout):
+                resp = await self._session.get(url, allow_redirects=False)
+            resp.release()
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            self._unreachable(url, exc)
+            return
+        self._heard(resp.status)
+
     def _admit(self) -> None:
         refusal = None if self.breaker is None else self.breaker.admit()
         if refusal is not None:
@@ -285,7 +299,7 @@ class RegistryClient:
     def _unreachable(self, url: str, exc: BaseException) -> UpstreamUnavailable:
         cause = describe_failure(exc, self.header_timeout)
         if self.breaker is not None:
-            self.breaker.failed(cause)
+            self.breaker.failed(cause, hung=isinstance(exc, TimeoutError))
         log.debug("%s at %s: %r", self.name, url, exc)
         return UpstreamUnavailable(f"cannot reach {self.name}: {cause}", registry=self.name, cause=cause)
 

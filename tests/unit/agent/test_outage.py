@@ -35,51 +35,49 @@ class TestMayServeStale:
 
 
 class TestRegistryBreaker:
-    """One failure marks the registry down; one probe per interval; the first answer ends it."""
+    """Fast failures keep asking the registry; a hung one is left alone until a probe answers."""
 
     def test_up_admits_everything(self) -> None:
         breaker = RegistryBreaker("reg", 2.0, FakeClock())
         assert [breaker.admit() for _ in range(3)] == [None, None, None]
         assert not breaker.down
+        assert not breaker.probe_due()
 
-    def test_failure_marks_down_and_refuses_until_the_probe(self) -> None:
-        clock = FakeClock()
-        breaker = RegistryBreaker("reg", 2.0, clock)
+    def test_refused_is_down_but_still_asked(self) -> None:
+        breaker = RegistryBreaker("reg", 2.0, FakeClock())
         breaker.failed("connection refused")
         assert breaker.down
         assert breaker.outages == 1
-        refusal = breaker.admit()
-        assert refusal is not None
-        assert "connection refused" in refusal
-        clock.now += 1.9
-        assert breaker.admit() is not None
-        clock.now += 0.1
-        assert breaker.admit() is None  # this request is the probe
-        assert breaker.admit() is not None  # the others wait for the next one
+        assert breaker.admit() is None  # costs milliseconds; its first answer ends the outage
+        assert not breaker.probe_due()
+        breaker.answered()
+        assert not breaker.down
 
-    def test_failed_probe_keeps_it_down_and_schedules_the_next(self) -> None:
+    def test_hung_refuses_until_a_probe_answers(self) -> None:
         clock = FakeClock()
         breaker = RegistryBreaker("reg", 2.0, clock)
-        breaker.failed("no answer within 5s")
+        breaker.failed("no answer within 5s", hung=True)
+        refusal = breaker.admit()
+        assert refusal is not None
+        assert "no answer within 5s" in refusal
+        assert not breaker.probe_due()
         clock.now += 2.0
-        assert breaker.admit() is None
-        clock.now += 5.0  # the probe hung for the whole timeout
-        breaker.failed("no answer within 5s")
+        assert breaker.probe_due()
+        assert not breaker.probe_due()  # one probe per interval
+        breaker.failed("no answer within 5s", hung=True)  # the probe hung too
         assert breaker.outages == 1
         assert breaker.admit() is not None
         clock.now += 2.0
-        assert breaker.admit() is None
-
-    def test_an_answer_ends_the_outage_at_once(self) -> None:
-        clock = FakeClock()
-        breaker = RegistryBreaker("reg", 2.0, clock)
-        breaker.failed("answered 503")
-        clock.now += 2.0
-        assert breaker.admit() is None
+        assert breaker.probe_due()
         breaker.answered()
+        assert breaker.admit() is None
         assert not breaker.down
-        assert breaker.admit() is None
-        assert breaker.admit() is None
+
+    def test_outages_are_numbered(self) -> None:
+        breaker = RegistryBreaker("reg", 2.0, FakeClock())
+        breaker.failed("answered 503")
+        breaker.failed("answered 503")
+        breaker.answered()
         breaker.failed("connection reset")
         assert breaker.outages == 2
 

@@ -89,3 +89,4 @@ class TestUnreachableRegistry:
         assert again < 0.05  # marked down: no second wait
         assert "marked down" in second.cause
         assert "no answer within 0.5s" in second.cause
+        assert breaker.hung
