@@ -10,6 +10,7 @@ import asyncio
 import base64
 import json
 import socket
+import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from shoal.demo.fleet import LocalFleet, scrape
+from shoal.demo.fleet import LocalFleet, scrape, shoal_argv
 from shoal.demo.imagegen import GeneratedImage, generate_image
 from shoal.demo.procs import ManagedProcess
 from shoal.testing.procs import free_port, wait_until
@@ -198,6 +199,12 @@ class TestRegistryDown:
         assert listed["registries"][REG]["down"] is True
         assert listed["registries"][REG]["cause"] == "connection refused"
         assert [s["image"] for s in listed["stale"]] == [f"{REG}/team/app:v1"]
+        argv = shoal_argv("status", "--agent", cluster.url(0), "--json")
+        done = await asyncio.to_thread(subprocess.run, argv, capture_output=True, text=True, timeout=60, check=False)
+        fallbacks = next(c for c in json.loads(done.stdout)["checks"] if c["name"] == "fallbacks")
+        assert fallbacks["status"] == "warn"
+        assert any(d.startswith(f"stale: {REG}/team/app:v1 (sha256:") for d in fallbacks["details"]), fallbacks
+        assert any(d.startswith(f"registry {REG} down for") for d in fallbacks["details"]), fallbacks
 
     async def test_agent_that_never_pulled_it_gets_it_from_the_cluster(
         self, cluster: Cluster, image: GeneratedImage

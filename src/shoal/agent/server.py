@@ -116,7 +116,7 @@ class Agent:
                 self.store,
                 content,
             )
-        if self._source_override is None:
+        if self._source_override is None and (content is not None or self.cluster is not None):
             source = HeldSource(source, self.upstreams, self.store, content, self.cluster)
         self.blobs = BlobService(
             self.store, self.upstreams, source, self.metrics, origin=origin, send_timeout=self.config.send_timeout
