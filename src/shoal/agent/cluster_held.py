@@ -125,7 +125,7 @@ class ClusterHeld:
                         continue
                     data: Any = await resp.json()
             except (aiohttp.ClientError, TimeoutError, ValueError):
-                continue
+                continue  # every scheduler down too: the last list is better than none
             agents = data.get("agents") if isinstance(data, dict) else None
             if not isinstance(agents, list):
                 continue
@@ -136,7 +136,7 @@ class ClusterHeld:
             ]
             self._peers = (self.clock(), found)
             return found
-        return []
+        return cached
 
     async def manifest(
         self, creds: Credentials | None, dist: DistributionPath, accept: str

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from shoal.agent.cluster_held import REFUSED, ClusterHeld, PeerManifest
 from shoal.agent.metrics import AgentMetrics
-from shoal.agent.upstreams import Upstreams, challenge_error
+from shoal.agent.upstreams import Upstreams, stale_refusal
 from shoal.core.digest import Digest, DigestError
 from shoal.oci.auth import Credentials
 from shoal.oci.client import UpstreamUnavailable
@@ -118,13 +118,7 @@ class ManifestService:
             stale.served("manifest", dist.registry, dist.repository, dist.reference, str(found.digest))
             return found.data, found.digest, found.media_type
         if refused or found == REFUSED:
-            message = (
-                f"registry {dist.registry} cannot be reached ({exc.cause}), and the registry has not "
-                f"confirmed these credentials for {dist.repository} within the outage grace"
-            )
-            if creds is None:
-                raise challenge_error(dist.registry, message)
-            raise DistributionError(ErrorCode.DENIED, message)
+            raise stale_refusal(dist, creds, exc.cause)
         raise exc
 
     async def _open(

@@ -215,6 +215,7 @@ class Agent:
         while True:
             await asyncio.sleep(EVICTION_INTERVAL)
             self.store.evict_expired()
+            self.ledger.forget_before(time.time() - self.config.outage_grace)
             self.metrics.cache_bytes.set(self.store.total_size)
             self.metrics.cache_entries.set(self.store.count)
 

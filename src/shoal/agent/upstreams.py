@@ -69,6 +69,18 @@ def unavailable_error(dist: DistributionPath, cause: str) -> DistributionError:
     )
 
 
+def stale_refusal(dist: DistributionPath, creds: Credentials | None, cause: str) -> DistributionError:
+    """Held, but the registry is down and never confirmed these credentials for the repository
+    within the grace: 401 (send credentials) or 403, never the content."""
+    message = (
+        f"registry {dist.registry} cannot be reached ({cause}), and it has not confirmed these "
+        f"credentials for {dist.repository} within the outage grace"
+    )
+    if creds is None:
+        return challenge_error(dist.registry, message)
+    return DistributionError(ErrorCode.DENIED, message)
+
+
 class Upstreams:
     """One RegistryClient per configured registry, plus who-may-read-what."""
 
@@ -165,12 +177,15 @@ class Upstreams:
         except UpstreamStatus:  # 404: this repository does not hold this digest
             self.metrics.access_checks.labels("refused").inc()
             raise
-        except UpstreamUnavailable:
-            if self.stale is not None and self.stale.may_serve(creds, dist.registry, dist.repository, str(dist.digest)):
-                self.metrics.access_checks.labels("stale").inc()
-                self.stale.served(dist.kind.value, dist.registry, dist.repository, str(dist.digest), str(dist.digest))
-                return
-            raise
+        except UpstreamUnavailable as exc:
+            if self.stale is None or not self.stale.enabled:
+                raise
+            if not self.stale.may_serve(creds, dist.registry, dist.repository, str(dist.digest)):
+                self.metrics.access_checks.labels("refused").inc()
+                raise stale_refusal(dist, creds, exc.cause) from None
+            self.metrics.access_checks.labels("stale").inc()
+            self.stale.served(dist.kind.value, dist.registry, dist.repository, str(dist.digest), str(dist.digest))
+            return
         self.metrics.access_checks.labels("allowed").inc()
         self.access.record(key, True)
         if self.stale is not None:
