@@ -214,6 +214,12 @@ class TestRegistryDown:
         report("cold-node pull from peers (registry refused)", took)
         assert digests == digests_of(image)
         assert scrape(cluster.url(1)).get("shoal_agent_stale_responses_total{kind=blob}", 0) >= len(image.blobs)
+        layer = max(image.blobs, key=lambda b: b.size)
+        async with aiohttp.ClientSession() as session:
+            status, headers, body, _ = await get(session, f"{cluster.url(1)}/v2/{REG}/team/app/blobs/{layer.digest}")
+        assert status == 200
+        assert headers.get("Warning", "").startswith("110 ")
+        assert body == image.blob_path(layer.digest).read_bytes()
 
     async def test_wrong_or_unknown_credentials_get_nothing(self, cluster: Cluster, image: GeneratedImage) -> None:
         cluster.kill_registry()

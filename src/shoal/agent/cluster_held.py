@@ -16,6 +16,7 @@ import asyncio
 import base64
 import hmac
 import logging
+import random
 import ssl
 import time
 from collections.abc import Callable
@@ -45,6 +46,9 @@ PEER_TIMEOUT = 3.0
 PEERS_FOR = 5.0
 """seconds the scheduler's list of agents is reused"""
 CHUNK = 1 << 20
+ASK_AT_ONCE = 16
+"""peers asked for a manifest at once (in random order, until a batch has it): a large cluster
+is not asked whole by every node of an outage; the newest answer in that batch wins"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +114,8 @@ class ClusterHeld:
         self.clock = clock
         self._scheme = "https" if tls is not None else "http"
         self._peers: tuple[float, list[str]] = (float("-inf"), [])
+        self._holders: list[str] = []
+        """peers that recently answered with a manifest: asked first for its blobs"""
 
     # -- the asking side -----------------------------------------------------------------------
     async def peers(self) -> list[str]:
@@ -150,11 +156,18 @@ class ClusterHeld:
             "fp": self.stale.fingerprints.cluster(creds),
             "accept": accept,
         }
-        answers = await asyncio.gather(*(self._ask_manifest(peer, params, dist) for peer in await self.peers()))
-        found = [a for a in answers if isinstance(a, PeerManifest)]
-        if found:
-            return max(found, key=lambda a: (a.tagged_at or 0.0, a.confirmed_at))
-        return REFUSED if REFUSED in answers else None
+        peers = list(await self.peers())
+        random.shuffle(peers)
+        refused = False
+        for start in range(0, len(peers), ASK_AT_ONCE):
+            batch = peers[start : start + ASK_AT_ONCE]
+            answers = await asyncio.gather(*(self._ask_manifest(peer, params, dist) for peer in batch))
+            found = [(a, p) for a, p in zip(answers, batch, strict=True) if isinstance(a, PeerManifest)]
+            refused = refused or REFUSED in answers
+            if found:
+                self._holders = [p for _, p in found] + [p for p in self._holders if p not in batch][:ASK_AT_ONCE]
+                return max((a for a, _ in found), key=lambda a: (a.tagged_at or 0.0, a.confirmed_at))
+        return REFUSED if refused else None
 
     async def _ask_manifest(
         self, peer: str, params: dict[str, str], dist: DistributionPath
@@ -190,7 +203,9 @@ class ClusterHeld:
         """Write the blob into ``partial`` from the first peer that holds it (resuming at the
         next one if a peer breaks off). False when no peer could give it."""
         path = BLOB_PATH.format(digest=digest)
-        for peer in await self.peers():
+        peers = await self.peers()
+        holders = [p for p in self._holders if p in peers]  # who just gave us its manifest
+        for peer in holders + [p for p in peers if p not in holders]:
             offset = partial.contiguous
             headers = {**bearer(self.token), **({"Range": f"bytes={offset}-"} if offset else {})}
             timeout = aiohttp.ClientTimeout(total=None, connect=PEER_TIMEOUT, sock_read=30.0)

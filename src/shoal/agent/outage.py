@@ -130,6 +130,11 @@ def mark_stale(reason: str) -> None:
         mark.reason = reason
 
 
+def image_name(registry: str, repository: str, reference: str) -> str:
+    """``registry/repository:tag`` or ``registry/repository@digest``."""
+    return f"{registry}/{repository}{'@' if ':' in reference else ':'}{reference}"
+
+
 @dataclass(slots=True)
 class StaleImage:
     """One image served stale during the current outage of its registry, for ``shoal status``."""
@@ -165,12 +170,10 @@ class StaleLog:
         self.images = {k: v for k, v in self.images.items() if k[0] != registry or k[3] == outage}
         self.images[key] = StaleImage(registry, repository, reference, digest, now, now)
         log.warning(
-            "registry %s cannot answer (%s): serving %s/%s:%s as held (%s), stale",
+            "registry %s cannot answer (%s): serving %s as held (%s), stale",
             registry,
             cause,
-            registry,
-            repository,
-            reference,
+            image_name(registry, repository, reference),
             digest,
         )
         return True

@@ -24,7 +24,7 @@ from shoal.agent.held_source import HeldSource
 from shoal.agent.manifests import ManifestService
 from shoal.agent.metrics import AgentMetrics
 from shoal.agent.origin import OriginSource
-from shoal.agent.outage import STALE_WARNING, RegistryBreaker, StaleMark, begin_request
+from shoal.agent.outage import STALE_WARNING, RegistryBreaker, StaleMark, begin_request, image_name
 from shoal.agent.peer_hub import PeerHub
 from shoal.agent.preheat import Preheater
 from shoal.agent.presence import Presence
@@ -261,9 +261,7 @@ class Agent:
         }
         stale = [
             {
-                "image": f"{i.registry}/{i.repository}:{i.reference}"
-                if not i.reference.startswith("sha")
-                else f"{i.registry}/{i.repository}@{i.reference}",
+                "image": image_name(i.registry, i.repository, i.reference),
                 "digest": i.digest,
                 "count": i.count,
                 "first": i.first,

@@ -334,14 +334,18 @@ class RegistryClient:
                 query["service"] = params["service"]
             headers = {} if creds is None else {"Authorization": creds.basic_header()}
             try:
-                async with self._session.get(realm, params=query, headers=headers) as resp:
-                    if resp.status in (401, 403):
-                        raise UpstreamUnauthorized(f"{self.name} token service refused the credentials")
-                    if resp.status != 200:
-                        raise UpstreamUnavailable(f"{self.name} token service answered {resp.status}")
-                    body: Any = await resp.json(content_type=None)
+                async with asyncio.timeout(self.header_timeout):
+                    async with self._session.get(realm, params=query, headers=headers) as resp:
+                        if resp.status in (401, 403):
+                            raise UpstreamUnauthorized(f"{self.name} token service refused the credentials")
+                        if resp.status != 200:
+                            cause = f"token service answered {resp.status}"
+                            raise UpstreamUnavailable(f"{self.name} {cause}", registry=self.name, cause=cause)
+                        body: Any = await resp.json(content_type=None)
             except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-                cause = f"token service: {describe_failure(exc, None)}"
+                cause = f"token service: {describe_failure(exc, self.header_timeout)}"
+                if self.breaker is not None and not isinstance(exc, ValueError):
+                    self.breaker.failed(cause, hung=isinstance(exc, TimeoutError))
                 raise UpstreamUnavailable(f"{self.name} {cause}", registry=self.name, cause=cause) from exc
             token = body.get("token") or body.get("access_token") if isinstance(body, dict) else None
             if not isinstance(token, str) or not token:
