@@ -275,6 +275,28 @@ class TestRegistryDown:
             assert status == 200
 
 
+class TestRegistryBack:
+    """A registry that refused comes back: its first answer wins, no probe interval to wait."""
+
+    async def test_moved_tag_served_at_once(
+        self, cluster: Cluster, image: GeneratedImage, moved: GeneratedImage
+    ) -> None:
+        cluster.kill_registry()
+        url = f"{cluster.url(0)}/v2/{REG}/team/app/manifests/v1"
+        async with aiohttp.ClientSession() as session:
+            status, headers, _, _ = await get(session, url)
+            assert status == 200
+            assert headers["Docker-Content-Digest"] == image.top_digest
+            assert "Warning" in headers
+            registry = await asyncio.to_thread(cluster.registry_back)
+            await asyncio.to_thread(registry.push, moved, "team/app", "v1")
+            status, headers, _, _ = await get(session, url)
+        assert status == 200
+        assert headers["Docker-Content-Digest"] == moved.top_digest
+        assert "Warning" not in headers
+        assert scrape(cluster.url(0)).get(f"shoal_agent_registry_down{{registry={REG}}}") == 0
+
+
 class TestHungRegistry:
     """A registry that accepts and never answers costs one bounded wait; back, it wins at once."""
 
