@@ -33,6 +33,7 @@ from shoal.core.digest import Digest, DigestError
 from shoal.oci.auth import Credentials
 from shoal.oci.distribution import DistributionPath
 from shoal.p2p.protocol import bearer
+from shoal.p2p.scheduler_client import SchedulerClient, SchedulerUnavailable
 from shoal.store.blobstore import BlobStore
 from shoal.store.containerd_content import ContainerdContent
 from shoal.store.partial import PartialBlob
@@ -81,7 +82,7 @@ class ClusterHeld:
 
     Parameters:
         session: the agent's HTTP session (not closed here).
-        schedulers: scheduler URLs, to list the live agents.
+        scheduler: lists the live agents (None: no peers).
         address: this agent's advertised host:port (left out of the peers asked).
         token: the cluster's peer secret (None: lab mode, nothing checked).
         stale: this node's record of the registry's answers.
@@ -94,7 +95,7 @@ class ClusterHeld:
     def __init__(
         self,
         session: aiohttp.ClientSession,
-        schedulers: list[str],
+        scheduler: SchedulerClient | None,
         address: str,
         token: str | None,
         stale: StaleAccess,
@@ -104,7 +105,7 @@ class ClusterHeld:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.session = session
-        self.schedulers = [url.rstrip("/") for url in schedulers]
+        self.scheduler = scheduler
         self.address = address
         self.token = token
         self.stale = stale
@@ -119,30 +120,19 @@ class ClusterHeld:
 
     # -- the asking side -----------------------------------------------------------------------
     async def peers(self) -> list[str]:
-        """Addresses of the other live agents, as the first scheduler that answers lists them."""
+        """Addresses of the other live agents, as the scheduler lists them (the last list
+        when every scheduler is down too: better than none)."""
         at, cached = self._peers
-        if self.clock() - at < PEERS_FOR:
+        if self.scheduler is None or self.clock() - at < PEERS_FOR:
             return cached
-        timeout = aiohttp.ClientTimeout(total=PEER_TIMEOUT)
-        for url in self.schedulers:
-            try:
-                async with self.session.get(f"{url}/v1/agents", headers=bearer(self.token), timeout=timeout) as resp:
-                    if resp.status != 200:
-                        continue
-                    data: Any = await resp.json()
-            except (aiohttp.ClientError, TimeoutError, ValueError):
-                continue  # every scheduler down too: the last list is better than none
-            agents = data.get("agents") if isinstance(data, dict) else None
-            if not isinstance(agents, list):
-                continue
-            found = [
-                str(a["address"])
-                for a in agents
-                if isinstance(a, dict) and isinstance(a.get("address"), str) and a["address"] != self.address
-            ]
-            self._peers = (self.clock(), found)
-            return found
-        return cached
+        try:
+            views = await self.scheduler.agents()
+        except SchedulerUnavailable as exc:
+            log.debug("no agent list: %s", exc)
+            return cached
+        found = [v.announcement.address for v in views if v.announcement.address != self.address]
+        self._peers = (self.clock(), found)
+        return found
 
     async def manifest(
         self, creds: Credentials | None, dist: DistributionPath, accept: str

@@ -109,7 +109,7 @@ class Agent:
         if self.config.p2p_enabled:
             self.cluster = ClusterHeld(
                 self._session,
-                list(self.config.schedulers),
+                SchedulerClient(self._session, list(self.config.schedulers), self.config.peer_token()),
                 self.config.advertise_address,
                 self.config.peer_token(),
                 self.stale,

@@ -49,7 +49,7 @@ def _node(root: Path, session: aiohttp.ClientSession, node_key: bytes, token: st
         {"reg": RegistryBreaker("reg")},
         AgentMetrics(),
     )
-    return Node(store, stale, ClusterHeld(session, [], "self:1", token, stale, store))
+    return Node(store, stale, ClusterHeld(session, None, "self:1", token, stale, store))
 
 
 async def _put_blob(store: BlobStore, data: bytes) -> Digest:
