@@ -32,8 +32,9 @@ pytestmark = pytest.mark.real
 
 MiB = 1 << 20
 REG = "registry.test"
-USERS = {"alice": "s3cret"}
+USERS = {"alice": "s3cret", "bob": "hunter2"}
 CREDS = "alice:s3cret"
+BOB = "bob:hunter2"
 WRONG = "alice:guess"
 MANIFEST_ACCEPT = ", ".join(
     [
@@ -220,6 +221,17 @@ class TestRegistryDown:
         assert status == 200
         assert headers.get("Warning", "").startswith("110 ")
         assert body == image.blob_path(layer.digest).read_bytes()
+
+    async def test_a_digest_pinned_pull_with_evidence_only_at_a_peer(
+        self, cluster: Cluster, image: GeneratedImage
+    ) -> None:
+        """Node 1 holds the manifest (alice pulled it there from the cluster); bob was
+        confirmed only on node 0: node 1 asks it, and bob's pull by digest goes through."""
+        await cluster.pull(0, "team/app:v1", "bob-warm", creds=BOB)
+        cluster.kill_registry()
+        await cluster.pull(1, "team/app:v1", "alice-cold")
+        _, digests = await cluster.pull(1, f"team/app@{image.top_digest}", "bob-pinned", creds=BOB)
+        assert digests == digests_of(image)
 
     async def test_wrong_or_unknown_credentials_get_nothing(self, cluster: Cluster, image: GeneratedImage) -> None:
         cluster.kill_registry()

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from shoal.agent.cluster_held import REFUSED, ClusterHeld, PeerManifest
 from shoal.agent.metrics import AgentMetrics
-from shoal.agent.upstreams import Upstreams, stale_refusal
+from shoal.agent.upstreams import StaleRefused, Upstreams, stale_refusal
 from shoal.core.digest import Digest, DigestError
 from shoal.oci.auth import Credentials
 from shoal.oci.client import UpstreamUnavailable
@@ -56,7 +56,14 @@ class ManifestService:
         if dist.digest is not None:
             cached = self.store.get_manifest(dist.digest)
             if cached is not None:
-                await self.upstreams.authorize(creds, dist)
+                try:
+                    await self.upstreams.authorize(creds, dist)
+                except StaleRefused as refused:
+                    if self.cluster is None:
+                        raise
+                    # a peer may have seen the registry confirm these credentials
+                    data, digest, media_type = await self._held(dist, creds, accept, refused.unavailable)
+                    return manifest_response(None if head else data, digest, media_type, len(data))
                 self.metrics.cache_hits.labels("manifest").inc()
                 data, media_type = cached
                 return manifest_response(None if head else data, dist.digest, media_type, len(data))
@@ -118,7 +125,7 @@ class ManifestService:
             stale.served("manifest", dist.registry, dist.repository, dist.reference, str(found.digest))
             return found.data, found.digest, found.media_type
         if refused or found == REFUSED:
-            raise stale_refusal(dist, creds, exc.cause)
+            raise stale_refusal(dist, creds, exc)
         raise exc
 
     async def _open(

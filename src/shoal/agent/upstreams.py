@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from typing import Any
 
 import aiohttp
 
@@ -69,16 +70,25 @@ def unavailable_error(dist: DistributionPath, cause: str) -> DistributionError:
     )
 
 
-def stale_refusal(dist: DistributionPath, creds: Credentials | None, cause: str) -> DistributionError:
-    """Held, but the registry is down and never confirmed these credentials for the repository
-    within the grace: 401 (send credentials) or 403, never the content."""
+class StaleRefused(DistributionError):
+    """Held, but the registry cannot answer and did not confirm these credentials for the
+    repository within the grace (here: a peer may have seen it do so)."""
+
+    def __init__(self, code: ErrorCode, message: str, unavailable: UpstreamUnavailable, **kw: Any) -> None:
+        super().__init__(code, message, **kw)
+        self.unavailable = unavailable
+
+
+def stale_refusal(dist: DistributionPath, creds: Credentials | None, exc: UpstreamUnavailable) -> StaleRefused:
+    """401 (send credentials) or 403 for held content, never the content."""
     message = (
-        f"registry {dist.registry} cannot be reached ({cause}), and it has not confirmed these "
+        f"registry {dist.registry} cannot be reached ({exc.cause}), and it has not confirmed these "
         f"credentials for {dist.repository} within the outage grace"
     )
     if creds is None:
-        return challenge_error(dist.registry, message)
-    return DistributionError(ErrorCode.DENIED, message)
+        challenge = challenge_error(dist.registry, message)
+        return StaleRefused(ErrorCode.UNAUTHORIZED, message, exc, headers=challenge.headers)
+    return StaleRefused(ErrorCode.DENIED, message, exc)
 
 
 class Upstreams:
@@ -182,7 +192,7 @@ class Upstreams:
                 raise
             if not self.stale.may_serve(creds, dist.registry, dist.repository, str(dist.digest)):
                 self.metrics.access_checks.labels("refused").inc()
-                raise stale_refusal(dist, creds, exc.cause) from None
+                raise stale_refusal(dist, creds, exc) from None
             self.metrics.access_checks.labels("stale").inc()
             self.stale.served(dist.kind.value, dist.registry, dist.repository, str(dist.digest), str(dist.digest))
             return
