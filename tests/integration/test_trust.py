@@ -211,7 +211,8 @@ class TestOneClientsFailureIsNotAnothers:
             Gateway(registry.url) as fast,
             Gateway(registry.url, Rules(slow_repos={"team/app": 5.0})) as slow,
         ):
-            agent = await start_agent({REG: fast.url, OTHER: slow.url})
+            # slow, not hung: within registry_timeout (a registry that takes longer counts as down)
+            agent = await start_agent({REG: fast.url, OTHER: slow.url}, registry_timeout="30s")
 
             async def get(name: str) -> tuple[int, bytes]:
                 async with client.get(f"{agent.url}/v2/{name}/team/app/blobs/{digest}") as resp:

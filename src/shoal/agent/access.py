@@ -8,8 +8,8 @@ never taken for another (a client that may read ``pub/app`` could otherwise read
 private blob the node holds by asking for its digest under ``pub/app``).
 
 Asking the registry on every request would undo the cache, so answers are kept for ``ttl``
-seconds (refusals for ``negative_ttl``); a "yes" older than that is still used when the
-registry cannot be reached at all (the client could read it a moment ago).
+seconds (refusals for ``negative_ttl``). When the registry cannot be reached at all, the
+older yeses that count are ``shoal.agent.stale_access``'s (kept on disk, per repository).
 """
 
 from __future__ import annotations
@@ -40,13 +40,11 @@ class AccessCache:
         self,
         ttl: float = 60.0,
         negative_ttl: float = 5.0,
-        stale_grace: float = 24 * 3600.0,
         clock: Callable[[], float] = time.monotonic,
         max_entries: int = 65536,
     ) -> None:
         self.ttl = ttl
         self.negative_ttl = negative_ttl
-        self.stale_grace = stale_grace
         self._clock = clock
         self._max = max_entries
         self._answers: OrderedDict[AccessKey, tuple[bool, float]] = OrderedDict()
@@ -61,10 +59,6 @@ class AccessCache:
         if age <= (self.ttl if allowed else self.negative_ttl):
             return allowed
         return None
-
-    def stale_allowed(self, key: AccessKey) -> bool:
-        answer = self._answers.get(key)
-        return answer is not None and answer[0] and self._clock() - answer[1] <= self.stale_grace
 
     def record(self, key: AccessKey, allowed: bool) -> None:
         self._answers.pop(key, None)

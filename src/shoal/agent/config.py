@@ -71,6 +71,18 @@ class AgentConfig:
     enrollment; None: the peer token proves membership (a lab)."""
     insecure_no_tls: bool = False
     """call http:// schedulers (the peer token then crosses the network in clear): labs only."""
+    outage_grace: float = 24 * 3600.0
+    """seconds after the registry last confirmed a client's credentials for a repository during
+    which, while the registry cannot answer, what the cluster holds of it is still served to
+    that client (marked stale). 0 turns this off."""
+    registry_timeout: float = 5.0
+    """seconds from a request to the registry's response headers: what a hung registry costs
+    before the agent serves what it holds (and marks the registry down)."""
+    outage_probe_interval: float = 2.0
+    """seconds between probes of a registry marked down; its first answer ends the outage."""
+    containerd_content_dir: Path | None = None
+    """containerd's content store (``.../io.containerd.content.v1.content``), read-only: blobs
+    the node's runtime holds are served from it (verified, after the access check)."""
     swarm: SwarmSettings = field(default_factory=SwarmSettings)
     """the swarm's knobs (YAML ``swarm:`` mapping; a few also as flags), see ``shoal.agent.swarm_settings``."""
 
@@ -91,6 +103,10 @@ class AgentConfig:
                 "p2p mode needs a peer secret: --peer-token-file FILE (the chart creates one), "
                 "or --insecure-no-peer-auth in a lab where anyone reaching the port may read every cached blob"
             )
+        if self.outage_grace < 0:
+            raise ConfigError(f"outage_grace must be 0 (off) or positive, not {self.outage_grace:g}")
+        if min(self.registry_timeout, self.outage_probe_interval) <= 0:
+            raise ConfigError("registry_timeout and outage_probe_interval must be positive")
         if min(self.max_connections, self.header_timeout, self.keepalive_timeout, self.send_timeout) <= 0:
             raise ConfigError("max_connections, header_timeout, keepalive_timeout and send_timeout must be positive")
         try:
@@ -166,11 +182,27 @@ def load_config(values: dict[str, Any]) -> AgentConfig:
             elif key in ("schedulers", "scheduler"):
                 items = [value] if isinstance(value, str) else list(value)
                 kwargs["schedulers"] = tuple(str(s).rstrip("/") for s in items)
-            elif key in ("cache_ttl", "auth_cache_ttl", "header_timeout", "keepalive_timeout", "send_timeout"):
+            elif key in (
+                "cache_ttl",
+                "auth_cache_ttl",
+                "header_timeout",
+                "keepalive_timeout",
+                "send_timeout",
+                "outage_grace",
+                "registry_timeout",
+                "outage_probe_interval",
+            ):
                 kwargs[key] = parse_duration(value)
             elif key in ("cache_max_size", "ratelimit"):
                 kwargs[key] = parse_size(value)
-            elif key in ("cache_dir", "peer_token_file", "tls_dir", "scheduler_ca", "enroll_token_file"):
+            elif key in (
+                "cache_dir",
+                "peer_token_file",
+                "tls_dir",
+                "scheduler_ca",
+                "enroll_token_file",
+                "containerd_content_dir",
+            ):
                 kwargs[key] = Path(value)
             else:
                 kwargs[key] = value

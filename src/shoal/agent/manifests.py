@@ -1,24 +1,24 @@
 """Serve manifests: tags always resolve at the registry, digests come from the cache.
 
 A tag is asked of the registry on every request (with the client's own credentials and
-``Accept``), so a moved tag is seen at once. If the registry cannot be reached, the last
-answer for that tag is served, provided these credentials were accepted for the repository
-before. Content fetched by digest is checked against the digest before it is cached.
+``Accept``), so a moved tag is seen at once. If the registry cannot answer, the last answer
+for that tag (here or at a peer) is served, provided the registry confirmed these
+credentials for the repository within the outage grace (``shoal.agent.stale_access``).
+Content fetched by digest is checked against the digest before it is cached.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 
 import aiohttp
 from aiohttp import web
 
-from shoal.agent.access import AccessKey
+from shoal.agent.cluster_held import REFUSED, ClusterHeld, PeerManifest
 from shoal.agent.metrics import AgentMetrics
-from shoal.agent.upstreams import Upstreams
+from shoal.agent.upstreams import StaleRefused, Upstreams, stale_refusal
 from shoal.core.digest import Digest, DigestError
-from shoal.oci.auth import Credentials, fingerprint
+from shoal.oci.auth import Credentials
 from shoal.oci.client import UpstreamUnavailable
 from shoal.oci.distribution import DistributionPath
 from shoal.oci.errors import DistributionError, ErrorCode
@@ -27,8 +27,6 @@ from shoal.store.blobstore import BlobStore
 
 log = logging.getLogger(__name__)
 
-MAX_TAGS_KEPT = 4096
-"""tag answers kept for an unreachable registry (any client may add one per Accept string)"""
 MAX_MANIFEST_BYTES = 4 << 20
 """The distribution registry's own limit; a bigger "manifest" is refused, not buffered."""
 
@@ -43,13 +41,13 @@ def manifest_response(data: bytes | None, digest: Digest, media_type: str, size:
 
 
 class ManifestService:
-    def __init__(self, store: BlobStore, upstreams: Upstreams, metrics: AgentMetrics) -> None:
+    def __init__(
+        self, store: BlobStore, upstreams: Upstreams, metrics: AgentMetrics, cluster: ClusterHeld | None = None
+    ) -> None:
         self.store = store
         self.upstreams = upstreams
         self.metrics = metrics
-        self._last_tag: OrderedDict[tuple[str, str, str, str], Digest] = OrderedDict()
-        """(credentials, registry, repository, tag + Accept) -> the digest last answered, for
-        when the registry is down; least recently answered dropped beyond ``MAX_TAGS_KEPT``"""
+        self.cluster = cluster
 
     async def serve(self, request: web.Request, dist: DistributionPath, creds: Credentials | None) -> web.Response:
         head = request.method == "HEAD"
@@ -58,27 +56,24 @@ class ManifestService:
         if dist.digest is not None:
             cached = self.store.get_manifest(dist.digest)
             if cached is not None:
-                await self.upstreams.authorize(creds, dist)
+                try:
+                    await self.upstreams.authorize(creds, dist)
+                except StaleRefused as refused:
+                    if self.cluster is None:
+                        raise
+                    # a peer may have seen the registry confirm these credentials
+                    data, digest, media_type = await self._held(dist, creds, accept, refused.unavailable)
+                    return manifest_response(None if head else data, digest, media_type, len(data))
                 self.metrics.cache_hits.labels("manifest").inc()
                 data, media_type = cached
                 return manifest_response(None if head else data, dist.digest, media_type, len(data))
         self.metrics.cache_misses.labels("manifest").inc()
-        if head and dist.digest is None:
-            return await self._head_tag(dist, creds, accept)
-        tag_key = (fingerprint(creds), dist.registry, dist.repository, f"{dist.reference} {accept}")
         try:
+            if head and dist.digest is None:
+                return await self._head_tag(dist, creds, accept)
             data, digest, media_type = await self._fetch(dist, creds, accept)
-        except UpstreamUnavailable:
-            stale = self._stale(tag_key, dist) if dist.digest is None else None
-            if stale is None:
-                raise
-            log.warning("registry unreachable; serving the last answer for %s:%s", dist.repository, dist.reference)
-            data, digest, media_type = stale
-        if dist.digest is None:
-            self._last_tag[tag_key] = digest
-            self._last_tag.move_to_end(tag_key)
-            while len(self._last_tag) > MAX_TAGS_KEPT:
-                self._last_tag.popitem(last=False)
+        except UpstreamUnavailable as exc:
+            data, digest, media_type = await self._held(dist, creds, accept, exc)
         return manifest_response(None if head else data, digest, media_type, len(data))
 
     async def _head_tag(self, dist: DistributionPath, creds: Credentials | None, accept: str) -> web.Response:
@@ -93,16 +88,45 @@ class ManifestService:
             ) from None
         self.upstreams.record_allowed(creds, dist, digest)
         media_type = resp.headers.get("Content-Type", "application/octet-stream").split(";")[0]
+        if self.upstreams.stale is not None and self.store.get_manifest(digest) is not None:
+            self.upstreams.stale.tagged(dist.registry, dist.repository, dist.reference, media_type, str(digest))
         return manifest_response(None, digest, media_type, resp.content_length or 0)
 
-    def _stale(self, key: tuple[str, str, str, str], dist: DistributionPath) -> tuple[bytes, Digest, str] | None:
-        digest = self._last_tag.get(key)
-        if digest is None or not self.upstreams.access.stale_allowed(
-            AccessKey(key[0], dist.registry, dist.repository, str(digest))
-        ):
-            return None
-        cached = self.store.get_manifest(digest)
-        return None if cached is None else (cached[0], digest, cached[1])
+    async def _held(
+        self, dist: DistributionPath, creds: Credentials | None, accept: str, exc: UpstreamUnavailable
+    ) -> tuple[bytes, Digest, str]:
+        """The registry cannot answer: the manifest as held here or by a peer, if these
+        credentials were confirmed for the repository within the grace; else the error (401
+        or 403 when it is held but not for these credentials)."""
+        stale = self.upstreams.stale
+        if stale is None or not stale.enabled:
+            raise exc
+        refused = False
+        if dist.digest is not None:
+            digest: str | None = str(dist.digest)
+        else:
+            answer = stale.last_tag(dist.registry, dist.repository, dist.reference, accept)
+            digest = None if answer is None else answer.digest
+        held = None if digest is None else self.store.get_manifest(Digest.parse(digest))
+        if held is not None and digest is not None:
+            if stale.may_serve(creds, dist.registry, dist.repository, digest):
+                stale.served("manifest", dist.registry, dist.repository, dist.reference, digest)
+                return held[0], Digest.parse(digest), held[1]
+            refused = True
+        found = None if self.cluster is None else await self.cluster.manifest(creds, dist, accept)
+        if isinstance(found, PeerManifest):
+            self.store.put_manifest(found.digest, found.data, found.media_type)
+            stale.adopt(creds, dist.registry, dist.repository, found.confirmed_at, str(found.digest))
+            stale.manifest(dist.registry, dist.repository, found.data)
+            if dist.digest is None and found.tagged_at is not None:
+                stale.tagged(
+                    dist.registry, dist.repository, dist.reference, found.media_type, str(found.digest), found.tagged_at
+                )
+            stale.served("manifest", dist.registry, dist.repository, dist.reference, str(found.digest))
+            return found.data, found.digest, found.media_type
+        if refused or found == REFUSED:
+            raise stale_refusal(dist, creds, exc)
+        raise exc
 
     async def _open(
         self, method: str, dist: DistributionPath, creds: Credentials | None, accept: str
@@ -141,4 +165,9 @@ class ManifestService:
             )
         self.upstreams.record_allowed(creds, dist, digest)
         self.store.put_manifest(digest, data, media_type)
+        stale = self.upstreams.stale
+        if stale is not None:
+            stale.manifest(dist.registry, dist.repository, data)
+            if dist.digest is None:
+                stale.tagged(dist.registry, dist.repository, dist.reference, media_type, str(digest))
         return data, digest, media_type

@@ -117,6 +117,25 @@ class AgentMetrics:
             ["result"],
             registry=r,
         )
+        self.stale_responses = Counter(
+            "shoal_agent_stale_responses",
+            "Manifests and blobs served from what the cluster holds because their registry could not "
+            "answer (marked with a Warning header)",
+            ["kind"],
+            registry=r,
+        )
+        self.registry_down = Gauge(
+            "shoal_agent_registry_down",
+            "1 while the registry is marked down (its circuit breaker is open), else 0",
+            ["registry"],
+            registry=r,
+        )
+        self.registry_outages = Gauge(
+            "shoal_agent_registry_outages",
+            "Outages of the registry seen since the agent started",
+            ["registry"],
+            registry=r,
+        )
         self.connections = Gauge("shoal_agent_connections", "Open client and peer connections", registry=r)
         self.connections_closed = Counter(
             "shoal_agent_connections_closed",

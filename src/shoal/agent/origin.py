@@ -24,7 +24,7 @@ from shoal.agent.upstreams import Upstreams
 from shoal.core.digest import Digest
 from shoal.oci.auth import Credentials
 from shoal.oci.blocking import NETWORK_ERRORS, BlockingResponse, Interrupt, InterruptedTransfer, run_in_thread
-from shoal.oci.client import UpstreamUnavailable
+from shoal.oci.client import UpstreamUnavailable, describe_failure
 from shoal.oci.distribution import DistributionPath
 from shoal.p2p.ratelimit import TokenBucket
 from shoal.store.blobstore import BlobStore, StoreError, StoreFullError, is_disk_full
@@ -220,5 +220,8 @@ class OriginSource:
                     RETRIES,
                 )
                 if failures > RETRIES:
-                    raise UpstreamUnavailable(f"{dist.registry} kept failing on {dist.digest}: {exc!r}") from exc
+                    cause = describe_failure(exc, None)
+                    raise UpstreamUnavailable(
+                        f"{dist.registry} kept failing on {dist.digest}: {cause}", registry=dist.registry, cause=cause
+                    ) from exc
                 await asyncio.sleep(0.2 * failures)

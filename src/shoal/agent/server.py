@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import socket
 import time
@@ -16,26 +17,32 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from shoal import __version__
 from shoal.agent.access import AccessCache
 from shoal.agent.blobs import BlobService, BlobSource
+from shoal.agent.cluster_held import ClusterHeld
 from shoal.agent.config import AgentConfig, split_hostport
 from shoal.agent.connections import ConnectionGuard
 from shoal.agent.enrollment import NodeEnrollment, node_enrollment, scheduler_tls
+from shoal.agent.held_source import HeldSource
 from shoal.agent.manifests import ManifestService
 from shoal.agent.metrics import AgentMetrics
 from shoal.agent.origin import OriginSource
+from shoal.agent.outage import STALE_WARNING, RegistryBreaker, StaleMark, begin_request, image_name
 from shoal.agent.peer_hub import PeerHub
 from shoal.agent.preheat import Preheater
 from shoal.agent.presence import Presence
+from shoal.agent.stale_access import StaleAccess
 from shoal.agent.swarm import SwarmSource
 from shoal.agent.swarm_settings import swarm_configs
 from shoal.agent.upstreams import Upstreams, challenge_error, map_upstream_error
 from shoal.oci.auth import Credentials
-from shoal.oci.client import UpstreamError, UpstreamUnavailable, new_session
+from shoal.oci.client import UpstreamError, UpstreamUnavailable, describe_failure, new_session
 from shoal.oci.distribution import DistributionPath, PathKind, parse_distribution_path
 from shoal.oci.errors import DistributionError, ErrorCode
 from shoal.p2p.enrollment import SchedulerTls
 from shoal.p2p.ratelimit import TokenBucket
 from shoal.p2p.scheduler_client import SchedulerClient
 from shoal.store.blobstore import BlobStore
+from shoal.store.containerd_content import ContainerdContent
+from shoal.store.outage_ledger import Fingerprints, OutageLedger, node_key
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +50,18 @@ API_HEADERS = {"Docker-Distribution-API-Version": "registry/2.0"}
 EVICTION_INTERVAL = 300.0
 ROUTE = web.RequestKey("route", str)
 DIST = web.RequestKey("dist", DistributionPath)
+STALE = web.RequestKey("stale", StaleMark)
+OUTAGE_PATH = "/p2p/v1/outage"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _is_down(breaker: RegistryBreaker) -> float:
+    return float(breaker.down)
+
+
+def _outages(breaker: RegistryBreaker) -> float:
+    return float(breaker.outages)
 
 
 class Agent:
@@ -66,6 +83,7 @@ class Agent:
         self.swarm: SwarmSource[PeerHub] | None = None
         self.scheduler_tls: SchedulerTls | None = None
         self.enrollment: NodeEnrollment | None = None
+        self._prober: asyncio.Task[None] | None = None
         self.url = ""
 
     async def start(self) -> str:
@@ -78,8 +96,14 @@ class Agent:
         if self.enrollment is not None:
             self.enrollment.start()
             await self.enrollment.first_certificate()
+        self.stale = self._build_stale()
         self.upstreams = Upstreams(
-            self.config.registries, self._session, self.metrics, AccessCache(ttl=self.config.auth_cache_ttl)
+            self.config.registries,
+            self._session,
+            self.metrics,
+            AccessCache(ttl=self.config.auth_cache_ttl),
+            self.stale,
+            header_timeout=self.config.registry_timeout,
         )
         self.bucket = TokenBucket(self.config.ratelimit)
         origin = OriginSource(self.upstreams, self.store, self.metrics, self.bucket)
@@ -89,13 +113,29 @@ class Agent:
         elif self.config.p2p_enabled:
             self.swarm = self._build_swarm(origin)
             source = self.swarm
+        content = ContainerdContent(self.config.containerd_content_dir) if self.config.containerd_content_dir else None
+        self.cluster: ClusterHeld | None = None
+        if self.config.p2p_enabled:
+            self.cluster = ClusterHeld(
+                self._session,
+                SchedulerClient(
+                    self._session, list(self.config.schedulers), self.config.peer_token(), tls=self.scheduler_tls
+                ),
+                self.config.advertise_address,
+                self.config.peer_token(),
+                self.stale,
+                self.store,
+                content,
+            )
+        if self._source_override is None and (content is not None or self.cluster is not None):
+            source = HeldSource(source, self.upstreams, self.store, content, self.cluster)
         self.blobs = BlobService(
             self.store, self.upstreams, source, self.metrics, origin=origin, send_timeout=self.config.send_timeout
         )
         if self.swarm is not None:
             self.swarm.hub.partials = self.blobs.partials
             self.guard.divert = self.swarm.hub.accept
-        self.manifests = ManifestService(self.store, self.upstreams, self.metrics)
+        self.manifests = ManifestService(self.store, self.upstreams, self.metrics, self.cluster)
         self.presence = Presence(
             self.config,
             self.store,
@@ -116,6 +156,7 @@ class Agent:
         bound = self._listener.getsockname()
         self.url = f"http://{host}:{bound[1]}"
         self._janitor = asyncio.create_task(self._evict_periodically())
+        self._prober = asyncio.create_task(self._probe_hung_registries(), name="registry prober")
         self.presence.start()
         log.info(
             "shoal agent %s listening on %s, registries: %s",
@@ -124,6 +165,18 @@ class Agent:
             ", ".join(f"{k}={v}" for k, v in self.config.registries.items()),
         )
         return self.url
+
+    def _build_stale(self) -> StaleAccess:
+        """The registry's answers on disk next to the cache, and each registry's breaker."""
+        breakers = {name: RegistryBreaker(name, self.config.outage_probe_interval) for name in self.config.registries}
+        for name, breaker in breakers.items():
+            self.metrics.registry_down.labels(name).set_function(functools.partial(_is_down, breaker))
+            self.metrics.registry_outages.labels(name).set_function(functools.partial(_outages, breaker))
+        token = self.config.peer_token()
+        self.ledger = OutageLedger(self.config.cache_dir)
+        fingerprints = Fingerprints(node_key(self.config.cache_dir), (token or "").encode())
+        self.ledger.forget_before(time.time() - self.config.outage_grace)
+        return StaleAccess(self.ledger, fingerprints, self.config.outage_grace, breakers, self.metrics)
 
     def _build_swarm(self, origin: OriginSource) -> SwarmSource[PeerHub]:
         assert self._session is not None
@@ -147,27 +200,49 @@ class Agent:
             self._listener.close()
         if self.swarm is not None:
             await self.swarm.close()
-        if self._janitor is not None:
-            self._janitor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._janitor
+        for task in (self._janitor, self._prober):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._runner is not None:
             await self._runner.cleanup()
         with contextlib.suppress(AttributeError):
             await self.blobs.close()
         if self._session is not None:
             await self._session.close()
+        with contextlib.suppress(AttributeError):
+            self.ledger.close()
+
+    async def _probe_hung_registries(self) -> None:
+        """A registry marked down because it hung gets no requests; this asks it every
+        ``outage_probe_interval`` whether it answers again (one probe at a time per registry)."""
+        probes: dict[str, asyncio.Task[None]] = {}
+        try:
+            while True:
+                await asyncio.sleep(min(0.25, self.config.outage_probe_interval))
+                for name, breaker in self.stale.breakers.items():
+                    running = probes.get(name)
+                    if (running is None or running.done()) and breaker.probe_due():
+                        probes[name] = asyncio.create_task(self.upstreams.client(name).probe(), name=f"probe {name}")
+        finally:
+            for task in probes.values():
+                task.cancel()
+            await asyncio.gather(*probes.values(), return_exceptions=True)
 
     async def _evict_periodically(self) -> None:
         while True:
             await asyncio.sleep(EVICTION_INTERVAL)
             self.store.evict_expired()
+            self.ledger.forget_before(time.time() - self.config.outage_grace)
             self.metrics.cache_bytes.set(self.store.total_size)
             self.metrics.cache_entries.set(self.store.count)
 
     def build_app(self) -> web.Application:
         app = web.Application(middlewares=[self._middleware], client_max_size=1 << 20)
+        app.on_response_prepare.append(self._mark_stale)
         app.router.add_get("/healthz", self._healthz)
+        app.router.add_get(OUTAGE_PATH, self._outage)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_route("*", "/v2{tail:.*}", self._distribution)
         token = self.config.peer_token()
@@ -180,7 +255,40 @@ class Agent:
                 self.config.listen,
             )
         self.presence.add_routes(app)
+        if self.cluster is not None:
+            self.cluster.add_routes(app)
         return app
+
+    @staticmethod
+    async def _mark_stale(request: web.Request, response: web.StreamResponse) -> None:
+        """Before the headers leave: a stale answer says so."""
+        mark = request.get(STALE)
+        if mark is not None and mark.reason is not None and response.status < 400:
+            response.headers["Warning"] = STALE_WARNING
+
+    async def _outage(self, request: web.Request) -> web.Response:
+        """``shoal status``: the registries marked down, and the images served stale meanwhile."""
+        now = time.monotonic()
+        registries = {
+            name: {
+                "down": b.down,
+                "down_for": None if b.down_since is None else round(now - b.down_since, 3),
+                "cause": b.cause if b.down else None,
+                "outages": b.outages,
+            }
+            for name, b in self.stale.breakers.items()
+        }
+        stale = [
+            {
+                "image": image_name(i.registry, i.repository, i.reference),
+                "digest": i.digest,
+                "count": i.count,
+                "first": i.first,
+                "last": i.last,
+            }
+            for i in self.stale.stale_images()
+        ]
+        return web.json_response({"grace": self.config.outage_grace, "registries": registries, "stale": stale})
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -188,6 +296,7 @@ class Agent:
         ``{"errors": [...]}`` body, an upstream failure mapped for the path asked for."""
         started = time.monotonic()
         status = 500
+        request[STALE] = begin_request()
         self.guard.busy(request.protocol)
         try:
             try:
@@ -197,7 +306,10 @@ class Agent:
                 if dist is None:
                     raise
                 if not isinstance(exc, UpstreamError):  # the registry broke off while we read an answer
-                    exc = UpstreamUnavailable(f"{dist.registry} broke off: {exc!r}")
+                    cause = describe_failure(exc, None)
+                    exc = UpstreamUnavailable(
+                        f"{dist.registry} broke off: {cause}", registry=dist.registry, cause=cause
+                    )
                 raise map_upstream_error(exc, dist) from None
             status = response.status
         except DistributionError as exc:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from typing import Any
 
 import aiohttp
 
 from shoal.agent.access import AccessCache, AccessKey
 from shoal.agent.metrics import AgentMetrics
+from shoal.agent.stale_access import StaleAccess
 from shoal.core.digest import Digest
 from shoal.oci.auth import Credentials, TokenCache
 from shoal.oci.client import (
@@ -52,7 +54,41 @@ def map_upstream_error(exc: UpstreamError, dist: DistributionPath) -> Distributi
         return DistributionError(
             ErrorCode.UPSTREAM_INVALID, f"{dist.registry} answered {exc.status}", status=exc.status
         )
+    if isinstance(exc, UpstreamUnavailable):
+        return unavailable_error(dist, exc.cause)
     return DistributionError(ErrorCode.UPSTREAM_UNAVAILABLE, str(exc))
+
+
+def unavailable_error(dist: DistributionPath, cause: str) -> DistributionError:
+    """The registry cannot answer and nothing held may stand in: say which registry and why."""
+    what = f"{dist.registry}/{dist.repository}" + (
+        f"{'@' if dist.digest is not None else ':'}{dist.reference}" if dist.reference else ""
+    )
+    return DistributionError(
+        ErrorCode.UPSTREAM_UNAVAILABLE,
+        f"registry {dist.registry} cannot be reached ({cause}), and {what} is not held for these credentials",
+    )
+
+
+class StaleRefused(DistributionError):
+    """Held, but the registry cannot answer and did not confirm these credentials for the
+    repository within the grace (here: a peer may have seen it do so)."""
+
+    def __init__(self, code: ErrorCode, message: str, unavailable: UpstreamUnavailable, **kw: Any) -> None:
+        super().__init__(code, message, **kw)
+        self.unavailable = unavailable
+
+
+def stale_refusal(dist: DistributionPath, creds: Credentials | None, exc: UpstreamUnavailable) -> StaleRefused:
+    """401 (send credentials) or 403 for held content, never the content."""
+    message = (
+        f"registry {dist.registry} cannot be reached ({exc.cause}), and it has not confirmed these "
+        f"credentials for {dist.repository} within the outage grace"
+    )
+    if creds is None:
+        challenge = challenge_error(dist.registry, message)
+        return StaleRefused(ErrorCode.UNAUTHORIZED, message, exc, headers=challenge.headers)
+    return StaleRefused(ErrorCode.DENIED, message, exc)
 
 
 class Upstreams:
@@ -64,12 +100,24 @@ class Upstreams:
         session: aiohttp.ClientSession,
         metrics: AgentMetrics,
         access: AccessCache,
+        stale: StaleAccess | None = None,
+        *,
+        header_timeout: float | None = None,
     ) -> None:
         tokens = TokenCache()
         self.metrics = metrics
         self.access = access
+        self.stale = stale
         self.clients = {
-            name: RegistryClient(name, url, session, tokens, observe=self._observer(name))
+            name: RegistryClient(
+                name,
+                url,
+                session,
+                tokens,
+                observe=self._observer(name),
+                header_timeout=header_timeout,
+                breaker=None if stale is None else stale.breakers.get(name),
+            )
             for name, url in registries.items()
         }
 
@@ -88,6 +136,8 @@ class Upstreams:
         digest = digest or dist.digest
         if digest is not None:
             self.access.record(AccessKey.of(creds, dist.registry, dist.repository, digest), True)
+            if self.stale is not None:
+                self.stale.confirmed(creds, dist.registry, dist.repository, [str(digest)])
 
     async def blob_size(self, creds: Credentials | None, dist: DistributionPath) -> int | None:
         """HEAD the blob upstream: its size (None if the registry gave none). Proves that
@@ -138,10 +188,15 @@ class Upstreams:
             self.metrics.access_checks.labels("refused").inc()
             raise
         except UpstreamUnavailable as exc:
-            if self.access.stale_allowed(key):
-                self.metrics.access_checks.labels("stale").inc()
-                log.warning("registry unreachable, using an earlier yes for %s: %s", key[1:], exc)
-                return
-            raise
+            if self.stale is None or not self.stale.enabled:
+                raise
+            if not self.stale.may_serve(creds, dist.registry, dist.repository, str(dist.digest)):
+                self.metrics.access_checks.labels("refused").inc()
+                raise stale_refusal(dist, creds, exc) from None
+            self.metrics.access_checks.labels("stale").inc()
+            self.stale.served(dist.kind.value, dist.registry, dist.repository, str(dist.digest), str(dist.digest))
+            return
         self.metrics.access_checks.labels("allowed").inc()
         self.access.record(key, True)
+        if self.stale is not None:
+            self.stale.confirmed(creds, dist.registry, dist.repository, [str(dist.digest)])

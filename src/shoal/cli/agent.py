@@ -118,6 +118,18 @@ def merge_flags(values: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]
 @click.option("--keepalive-timeout", help="Time an idle keep-alive connection is kept.  [default: 60s]")
 @click.option("--send-timeout", help="Time each 8 MiB of a blob response may take to leave.  [default: 30s]")
 @click.option(
+    "--outage-grace",
+    help="While the registry cannot answer, serve what the cluster holds to clients it confirmed "
+    "within this long; 0 turns it off.  [default: 24h]",
+)
+@click.option("--registry-timeout", help="Time the registry has to answer before it counts as down.  [default: 5s]")
+@click.option("--outage-probe-interval", help="Time between probes of a registry marked down as hung.  [default: 2s]")
+@click.option(
+    "--containerd-content-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="containerd's content store (io.containerd.content.v1.content), read-only: a source of blobs.",
+)
+@click.option(
     "--alias-port",
     type=int,
     help="Port of the webhook's rewrite alias hosts <registry host>:<port>.  [default: --listen's port]",

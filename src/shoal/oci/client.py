@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import http.client
 import logging
+import socket
 import ssl
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 from yarl import URL
@@ -42,7 +44,29 @@ class UpstreamDenied(UpstreamError):
 
 
 class UpstreamUnavailable(UpstreamError):
-    """The registry could not be reached, timed out or answered 5xx."""
+    """The registry could not be reached, timed out or answered 5xx (or 429).
+
+    ``cause`` is a short phrase a person can read ("connection refused", "no answer within
+    5s", "answered 503"), never an exception's repr: it ends up in the client's error body."""
+
+    def __init__(self, message: str, *, registry: str = "", cause: str = "") -> None:
+        super().__init__(message)
+        self.registry = registry
+        self.cause = cause or message
+
+
+class Breaker(Protocol):
+    """What a registry client tells its registry's circuit breaker (``shoal.agent.outage``)."""
+
+    def admit(self) -> str | None:
+        """None: send the request; else why not (the registry is marked down)."""
+
+    def answered(self) -> None:
+        """The registry answered (any status below 500 but 429)."""
+
+    def failed(self, cause: str, *, hung: bool = False) -> None:
+        """The registry could not answer: refused, reset, DNS, TLS, timeout, 5xx, 429
+        (``hung``: a timeout, the request waited the whole time)."""
 
 
 class UpstreamStatus(UpstreamError):
@@ -68,8 +92,16 @@ class RegistryClient:
         session: aiohttp.ClientSession,
         tokens: TokenCache,
         observe: LatencyObserver | None = None,
+        *,
+        header_timeout: float | None = None,
+        breaker: Breaker | None = None,
     ) -> None:
+        """``header_timeout``: seconds from sending a request to its response headers (a hung
+        registry costs at most that); ``breaker``: told of every answer and failure, and asked
+        before each request."""
         self.name = name
+        self.header_timeout = header_timeout
+        self.breaker = breaker
         self.base_url = base_url.rstrip("/")
         self._session = session
         self._tokens = tokens
@@ -156,7 +188,9 @@ class RegistryClient:
             resp = await self._send_in_thread(target, redirect_headers(headers), interrupt)
         else:
             resp.close()
-            raise UpstreamUnavailable(f"{self.name}: too many redirects")
+            raise UpstreamUnavailable(
+                f"{self.name}: too many redirects", registry=self.name, cause="too many redirects"
+            )
         if self._observe is not None:
             self._observe(kind, time.monotonic() - started)
         if resp.status < 300:
@@ -168,6 +202,7 @@ class RegistryClient:
         raise self._status_error(status, body, content_type, repository, path)
 
     async def _send_in_thread(self, url: str, headers: dict[str, str], interrupt: Interrupt) -> BlockingResponse:
+        self._admit()
         timeout = self._session.timeout
         send = functools.partial(
             blocking.request,
@@ -180,9 +215,12 @@ class RegistryClient:
             tls=self._tls_context,
         )
         try:
-            return await run_in_thread(send, interrupt, name=f"shoal-get {self.name}")
-        except blocking.NETWORK_ERRORS as exc:
-            raise UpstreamUnavailable(f"cannot reach {self.name} at {url}: {exc!r}") from exc
+            async with asyncio.timeout(self.header_timeout):
+                resp = await run_in_thread(send, interrupt, name=f"shoal-get {self.name}")
+        except (*blocking.NETWORK_ERRORS, TimeoutError) as exc:
+            raise self._unreachable(url, exc) from exc
+        self._heard(resp.status)
+        return resp
 
     def _tls_context(self) -> ssl.SSLContext:
         """Verified TLS as aiohttp's default (built in the worker thread: loading the CA
@@ -218,14 +256,52 @@ class RegistryClient:
         if status == 403:
             return UpstreamDenied(f"{self.name} denied access to {repository}")
         if status == 429 or status >= 500:
-            return UpstreamUnavailable(f"{self.name} answered {status} for {path}")
+            cause = f"answered {status}"
+            return UpstreamUnavailable(f"{self.name} {cause} for {path}", registry=self.name, cause=cause)
         return UpstreamStatus(status, body, content_type)
 
     async def _send(self, method: str, url: str, headers: dict[str, str]) -> aiohttp.ClientResponse:
+        self._admit()
         try:
-            return await self._session.request(method, url, headers=headers, allow_redirects=False)
+            async with asyncio.timeout(self.header_timeout):
+                resp = await self._session.request(method, url, headers=headers, allow_redirects=False)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise UpstreamUnavailable(f"cannot reach {self.name} at {url}: {exc!r}") from exc
+            raise self._unreachable(url, exc) from exc
+        self._heard(resp.status)
+        return resp
+
+    async def probe(self) -> None:
+        """Ask ``/v2/`` whether the registry answers at all (any status but 5xx and 429 is an
+        answer), telling the breaker; past the breaker's refusal, it is the breaker's probe."""
+        url = f"{self.base_url}/v2/"
+        try:
+            async with asyncio.timeout(self.header_timeout):
+                resp = await self._session.get(url, allow_redirects=False)
+            resp.release()
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            self._unreachable(url, exc)
+            return
+        self._heard(resp.status)
+
+    def _admit(self) -> None:
+        refusal = None if self.breaker is None else self.breaker.admit()
+        if refusal is not None:
+            raise UpstreamUnavailable(f"{self.name} {refusal}", registry=self.name, cause=refusal)
+
+    def _heard(self, status: int) -> None:
+        if self.breaker is None:
+            return
+        if status == 429 or status >= 500:
+            self.breaker.failed(f"answered {status}")
+        else:
+            self.breaker.answered()
+
+    def _unreachable(self, url: str, exc: BaseException) -> UpstreamUnavailable:
+        cause = describe_failure(exc, self.header_timeout)
+        if self.breaker is not None:
+            self.breaker.failed(cause, hung=isinstance(exc, TimeoutError))
+        log.debug("%s at %s: %r", self.name, url, exc)
+        return UpstreamUnavailable(f"cannot reach {self.name}: {cause}", registry=self.name, cause=cause)
 
     async def _follow_redirects(
         self, method: str, resp: aiohttp.ClientResponse, headers: Mapping[str, str] | None
@@ -236,7 +312,7 @@ class RegistryClient:
             target = resp.url.join(URL(resp.headers["Location"]))
             resp.release()
             resp = await self._send(method, str(target), redirect_headers(headers))
-        raise UpstreamUnavailable(f"{self.name}: too many redirects")
+        raise UpstreamUnavailable(f"{self.name}: too many redirects", registry=self.name, cause="too many redirects")
 
     async def _bearer(
         self,
@@ -258,14 +334,19 @@ class RegistryClient:
                 query["service"] = params["service"]
             headers = {} if creds is None else {"Authorization": creds.basic_header()}
             try:
-                async with self._session.get(realm, params=query, headers=headers) as resp:
-                    if resp.status in (401, 403):
-                        raise UpstreamUnauthorized(f"{self.name} token service refused the credentials")
-                    if resp.status != 200:
-                        raise UpstreamUnavailable(f"{self.name} token service answered {resp.status}")
-                    body: Any = await resp.json(content_type=None)
+                async with asyncio.timeout(self.header_timeout):
+                    async with self._session.get(realm, params=query, headers=headers) as resp:
+                        if resp.status in (401, 403):
+                            raise UpstreamUnauthorized(f"{self.name} token service refused the credentials")
+                        if resp.status != 200:
+                            cause = f"token service answered {resp.status}"
+                            raise UpstreamUnavailable(f"{self.name} {cause}", registry=self.name, cause=cause)
+                        body: Any = await resp.json(content_type=None)
             except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-                raise UpstreamUnavailable(f"{self.name} token service failed: {exc!r}") from exc
+                cause = f"token service: {describe_failure(exc, self.header_timeout)}"
+                if self.breaker is not None and not isinstance(exc, ValueError):
+                    self.breaker.failed(cause, hung=isinstance(exc, TimeoutError))
+                raise UpstreamUnavailable(f"{self.name} {cause}", registry=self.name, cause=cause) from exc
             token = body.get("token") or body.get("access_token") if isinstance(body, dict) else None
             if not isinstance(token, str) or not token:
                 raise UpstreamUnavailable(f"{self.name} token service sent no token")
@@ -275,6 +356,29 @@ class RegistryClient:
             self._tokens.put(auth_key, value, expires)
             self._token_locks.pop(auth_key, None)
             return value
+
+
+def describe_failure(exc: BaseException, header_timeout: float | None) -> str:
+    """A network failure as a short phrase for people: what happened, never a repr."""
+    if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
+        return f"no answer within {header_timeout:g}s" if header_timeout else "timed out"
+    if isinstance(exc, aiohttp.ClientConnectorDNSError | socket.gaierror):
+        return "DNS lookup failed"
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError | ssl.SSLCertVerificationError):
+        return "TLS certificate not trusted"
+    if isinstance(exc, aiohttp.ClientSSLError | ssl.SSLError):
+        return "TLS handshake failed"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        exc = exc.os_error
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, ConnectionResetError | aiohttp.ServerDisconnectedError | http.client.RemoteDisconnected):
+        return "connection reset"
+    if isinstance(exc, aiohttp.ClientPayloadError | http.client.HTTPException | aiohttp.ClientResponseError):
+        return "broken answer"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return "connection failed"
 
 
 async def _read_small(resp: aiohttp.ClientResponse, limit: int = 64 << 10) -> bytes:

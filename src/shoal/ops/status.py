@@ -81,6 +81,8 @@ class NodeFacts:
     metrics: dict[str, float] = field(default_factory=dict)
     scheduler_probe: dict[str, str | None] = field(default_factory=dict)
     """scheduler URL -> None (answers /healthz from here) or the error."""
+    outage: dict[str, Any] | None = None
+    """the agent's ``/p2p/v1/outage``: registries marked down, images served stale."""
 
 
 async def _get_json(session: aiohttp.ClientSession, url: str, **kw: Any) -> Any:
@@ -112,6 +114,10 @@ async def gather_node(session: aiohttp.ClientSession, agent_url: str) -> NodeFac
         facts.node = await _get_json(session, f"{facts.agent_url}/p2p/v1/node")
     except (aiohttp.ClientError, TimeoutError, OSError, ValueError):
         facts.node = None  # an agent older than this command: fewer checks
+    try:
+        facts.outage = await _get_json(session, f"{facts.agent_url}/p2p/v1/outage")
+    except (aiohttp.ClientError, TimeoutError, OSError, ValueError):
+        facts.outage = None
     try:
         async with session.get(f"{facts.agent_url}/metrics", timeout=TIMEOUT) as resp:
             facts.metrics = flatten(await resp.text())
@@ -278,10 +284,23 @@ def fallbacks_check(facts: NodeFacts) -> Check:
     traffic = f"{format_bytes(origin)} from the registry, {format_bytes(peers)} from peers since the agent started"
     details = [f"swarm gave up ({reason}): {n:.0f}x" for reason, n in sorted(swarm.items())]
     details += [f"registry fetch failed ({reason}): {n:.0f}x" for reason, n in sorted(upstream.items())]
+    outage = outage_details(facts.outage)
+    if outage:
+        return Check("fallbacks", Status.WARN, f"registry outage: serving what the cluster holds; {traffic}", outage)
     if swarm or upstream:
         total = sum(swarm.values()) + sum(upstream.values())
         return Check("fallbacks", Status.WARN, f"{total:.0f} fallbacks or registry errors; {traffic}", details)
     return Check("fallbacks", Status.OK, f"none; {traffic}")
+
+
+def outage_details(outage: dict[str, Any] | None) -> list[str]:
+    """Registries marked down, and each image served stale in their current outage."""
+    if not outage:
+        return []
+    down = {name: r for name, r in (outage.get("registries") or {}).items() if r.get("down")}
+    details = [f"registry {name} down for {r.get('down_for', 0):.0f}s: {r.get('cause')}" for name, r in down.items()]
+    details += [f"stale: {i['image']} ({i['digest']}), served {i['count']}x" for i in outage.get("stale") or []]
+    return details
 
 
 def node_checks(facts: NodeFacts, runtime: list[RuntimeConfig] | None, hint: str | None = None) -> list[Check]:

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import aiohttp
 
 from shoal.p2p.enrollment import SchedulerTls
-from shoal.p2p.presence import AgentAnnouncement
+from shoal.p2p.presence import AgentAnnouncement, AgentView, agents_from_json
 from shoal.p2p.protocol import HashesView, JoinRequest, Report, TaskView, bearer, from_json, to_json
 from shoal.p2p.rendezvous import rank_schedulers
 
@@ -139,6 +139,21 @@ class SchedulerClient:
 
         results = await asyncio.gather(*(one(base) for base in self.schedulers))
         return dict(zip(self.schedulers, results, strict=True))
+
+    async def agents(self) -> list[AgentView]:
+        """The live agents, as the first scheduler that answers lists them."""
+        timeout = aiohttp.ClientTimeout(total=TOTAL_TIMEOUT, connect=CONNECT_TIMEOUT)
+        errors: list[str] = []
+        for base in self.schedulers:
+            try:
+                async with self.session.get(f"{base}/v1/agents", headers=self.headers, timeout=timeout) as resp:
+                    if resp.status != 200:
+                        errors.append(f"{base}: HTTP {resp.status}")
+                        continue
+                    return agents_from_json(await resp.json())
+            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                errors.append(f"{base}: {type(exc).__name__}: {exc}")
+        raise SchedulerUnavailable("; ".join(errors) or "no scheduler")
 
     async def _call(
         self,

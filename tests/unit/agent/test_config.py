@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -168,3 +168,43 @@ class TestAliases:
     def test_bad_alias_domain(self) -> None:
         with pytest.raises(ConfigError, match="alias_domain"):
             load_config({"registries": ["a.io"], "alias_domain": "not a domain"})
+
+
+class TestOutageSettings:
+    """outage_grace, registry_timeout, outage_probe_interval and the containerd store."""
+
+    REG: ClassVar[dict[str, Any]] = {"registries": {"registry.test": "http://127.0.0.1:5000"}}
+
+    def test_defaults(self) -> None:
+        config = load_config(self.REG)
+        assert config.outage_grace == 24 * 3600.0
+        assert config.registry_timeout == 5.0
+        assert config.outage_probe_interval == 2.0
+        assert config.containerd_content_dir is None
+
+    def test_units_and_off(self) -> None:
+        config = load_config(
+            {
+                **self.REG,
+                "outage_grace": "0",
+                "registry_timeout": "1500ms",
+                "outage_probe_interval": "10s",
+                "containerd_content_dir": "/var/lib/containerd/io.containerd.content.v1.content",
+            }
+        )
+        assert config.outage_grace == 0.0
+        assert config.registry_timeout == 1.5
+        assert config.outage_probe_interval == 10.0
+        assert config.containerd_content_dir == Path("/var/lib/containerd/io.containerd.content.v1.content")
+
+    @pytest.mark.parametrize(
+        ("values", "match"),
+        [
+            ({"outage_grace": "-1h"}, "outage_grace"),
+            ({"registry_timeout": "0"}, "registry_timeout"),
+            ({"outage_probe_interval": 0}, "outage_probe_interval"),
+        ],
+    )
+    def test_refused(self, values: dict[str, Any], match: str) -> None:
+        with pytest.raises(ConfigError, match=match):
+            load_config({**self.REG, **values})

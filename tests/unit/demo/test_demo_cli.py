@@ -66,6 +66,6 @@ class TestOriginDown:
         assert len(causes) >= 2
         joined = " ".join(result.output.split())
         assert f"manifest 127.0.0.1:{port}/a/b:c: HTTP 502" in joined
-        assert f"cannot reach 127.0.0.1:{port}" in joined
+        assert f"registry 127.0.0.1:{port} cannot be reached (connection refused)" in joined
         assert "Error: 2 of 2 pulls failed" in result.output
         assert "Traceback" not in result.output

@@ -1,0 +1,412 @@
+"""Registry outages with real processes: a private docker-registry (htpasswd), killed, then
+replaced by a socket that accepts and never answers; a scheduler and three agents.
+
+Times are printed (``-s``) as ``OUTAGE-TIME <what>: <seconds>`` lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from shoal.demo.fleet import LocalFleet, scrape, shoal_argv
+from shoal.demo.imagegen import GeneratedImage, generate_image
+from shoal.demo.procs import ManagedProcess
+from shoal.testing.procs import free_port, wait_until
+from shoal.testing.registry import DistributionRegistry
+from shoal.testing.skopeo import layout_digests, skopeo_pull
+
+pytestmark = pytest.mark.real
+
+MiB = 1 << 20
+REG = "registry.test"
+USERS = {"alice": "s3cret", "bob": "hunter2"}
+CREDS = "alice:s3cret"
+BOB = "bob:hunter2"
+WRONG = "alice:guess"
+MANIFEST_ACCEPT = ", ".join(
+    [
+        "application/vnd.oci.image.index.v1+json",
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.docker.distribution.manifest.v2+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+    ]
+)
+REGISTRY_TIMEOUT = 2.0
+PROBE_INTERVAL = 1.0
+
+
+def report(what: str, seconds: float) -> None:
+    print(f"OUTAGE-TIME {what}: {seconds:.3f}s")
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory: pytest.TempPathFactory) -> GeneratedImage:
+    return generate_image(tmp_path_factory.mktemp("images") / "outage", size=8 * MiB, layers=3, seed=41)
+
+
+@pytest.fixture(scope="module")
+def moved(tmp_path_factory: pytest.TempPathFactory) -> GeneratedImage:
+    return generate_image(tmp_path_factory.mktemp("images") / "moved", size=2 * MiB, layers=1, seed=42)
+
+
+def digests_of(image: GeneratedImage) -> set[str]:
+    return {b.digest for b in [*image.manifests, *image.blobs]}
+
+
+class HungRegistry:
+    """A socket on the registry's address that accepts connections and never answers."""
+
+    def __init__(self, host: str) -> None:
+        addr, port = host.rsplit(":", 1)
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((addr, int(port)))
+        self.sock.listen(128)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@dataclass
+class Cluster:
+    workdir: Path
+    registry: DistributionRegistry
+    fleet: LocalFleet
+    host: str
+
+    def url(self, node: int) -> str:
+        return self.fleet.nodes[node].url
+
+    def ref(self, node: int, repo_tag: str) -> str:
+        return f"{self.fleet.nodes[node].address}/{REG}/{repo_tag}"
+
+    async def pull(self, node: int, repo_tag: str, dest: str, creds: str | None = CREDS) -> tuple[float, set[str]]:
+        started = time.monotonic()
+        result = await asyncio.to_thread(skopeo_pull, self.ref(node, repo_tag), self.workdir / dest, creds=creds)
+        took = time.monotonic() - started
+        assert result.returncode == 0, result.stderr
+        return took, layout_digests(self.workdir / dest)
+
+    def kill_registry(self) -> None:
+        self.registry.stop()
+
+    def restart_agent(self, node: int) -> None:
+        """Kill an agent by PID and start it again on the same cache and address."""
+        fleet_node = self.fleet.nodes[node]
+        argv = fleet_node.process.argv
+        self.fleet.kill(node)
+        fleet_node.process = ManagedProcess([*argv], stdout=self.workdir / f"node-{node}-restarted.log")
+        wait_until(lambda: _healthy(fleet_node.url), timeout=20, what="restarted agent healthy")
+        wait_until(lambda: _listed(self.fleet) == 3, timeout=30, what="restarted agent announced")
+
+    def registry_back(self) -> DistributionRegistry:
+        self.registry = DistributionRegistry(self.workdir / "registry", users=USERS, addr=self.host).start()
+        return self.registry
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/healthz", timeout=1) as resp:
+            return bool(resp.status == 200)
+    except OSError:
+        return False
+
+
+def _listed(fleet: LocalFleet) -> int:
+    request = urllib.request.Request(
+        f"{fleet.schedulers[0][0]}/v1/agents", headers={"Authorization": f"Bearer {fleet.token_file.read_text()}"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=3) as resp:
+            return len(json.loads(resp.read())["agents"])
+    except OSError:
+        return 0
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, image: GeneratedImage) -> Iterator[Cluster]:
+    """A private registry holding team/app:v1, three agents that node 0 pulled it through."""
+    host = f"127.0.0.1:{free_port()}"
+    registry = DistributionRegistry(tmp_path / "registry", users=USERS, addr=host).start()
+    c: Cluster | None = None
+    try:
+        registry.push(image, "team/app", "v1")
+        args = (
+            "--registry-timeout",
+            f"{REGISTRY_TIMEOUT:g}s",
+            "--outage-probe-interval",
+            f"{PROBE_INTERVAL:g}s",
+        )
+        with LocalFleet(tmp_path / "fleet", nodes=3, registries={REG: registry.url}, agent_args=args) as fleet:
+            wait_until(lambda: _listed(fleet) == 3, timeout=30, what="three agents announced")
+            c = Cluster(tmp_path, registry, fleet, host)
+            result = skopeo_pull(c.ref(0, "team/app:v1"), tmp_path / "warm", creds=CREDS)
+            assert result.returncode == 0, result.stderr
+            yield c
+    finally:
+        registry.stop()
+        if c is not None:
+            c.registry.stop()  # the one started when the registry came back
+
+
+async def get(
+    session: aiohttp.ClientSession, url: str, creds: str | None = CREDS, method: str = "GET"
+) -> tuple[int, dict[str, str], bytes, float]:
+    headers = {"Accept": MANIFEST_ACCEPT}
+    if creds is not None:
+        headers["Authorization"] = "Basic " + base64.b64encode(creds.encode()).decode()
+    started = time.monotonic()
+    async with session.request(method, url, headers=headers) as resp:
+        body = await resp.read()
+        return resp.status, dict(resp.headers), body, time.monotonic() - started
+
+
+def outage_status(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(f"{url}/p2p/v1/outage", timeout=5) as resp:
+        data: dict[str, Any] = json.loads(resp.read())
+        return data
+
+
+class TestRegistryDown:
+    """The registry killed: held images keep being pulled, by confirmed credentials only."""
+
+    async def test_restarted_agent_serves_the_image_by_tag(self, cluster: Cluster, image: GeneratedImage) -> None:
+        cluster.kill_registry()
+        await asyncio.to_thread(cluster.restart_agent, 0)
+        took, digests = await cluster.pull(0, "team/app:v1", "after-restart")
+        report("stale pull, restarted agent (registry refused)", took)
+        assert digests == digests_of(image)
+        async with aiohttp.ClientSession() as session:
+            status, headers, _, _ = await get(session, f"{cluster.url(0)}/v2/{REG}/team/app/manifests/v1")
+        assert status == 200
+        assert headers.get("Warning", "").startswith("110 ")
+        metrics = scrape(cluster.url(0))
+        assert metrics.get("shoal_agent_stale_responses_total{kind=manifest}", 0) >= 1
+        assert metrics.get(f"shoal_agent_registry_down{{registry={REG}}}") == 1
+        listed = outage_status(cluster.url(0))
+        assert listed["registries"][REG]["down"] is True
+        assert listed["registries"][REG]["cause"] == "connection refused"
+        assert [s["image"] for s in listed["stale"]] == [f"{REG}/team/app:v1"]
+        argv = shoal_argv("status", "--agent", cluster.url(0), "--json")
+        done = await asyncio.to_thread(subprocess.run, argv, capture_output=True, text=True, timeout=60, check=False)
+        fallbacks = next(c for c in json.loads(done.stdout)["checks"] if c["name"] == "fallbacks")
+        assert fallbacks["status"] == "warn"
+        assert any(d.startswith(f"stale: {REG}/team/app:v1 (sha256:") for d in fallbacks["details"]), fallbacks
+        assert any(d.startswith(f"registry {REG} down for") for d in fallbacks["details"]), fallbacks
+
+    async def test_agent_that_never_pulled_it_gets_it_from_the_cluster(
+        self, cluster: Cluster, image: GeneratedImage
+    ) -> None:
+        cluster.kill_registry()
+        took, digests = await cluster.pull(1, "team/app:v1", "cold")
+        report("cold-node pull from peers (registry refused)", took)
+        assert digests == digests_of(image)
+        assert scrape(cluster.url(1)).get("shoal_agent_stale_responses_total{kind=blob}", 0) >= len(image.blobs)
+        layer = max(image.blobs, key=lambda b: b.size)
+        async with aiohttp.ClientSession() as session:
+            status, headers, body, _ = await get(session, f"{cluster.url(1)}/v2/{REG}/team/app/blobs/{layer.digest}")
+        assert status == 200
+        assert headers.get("Warning", "").startswith("110 ")
+        assert body == image.blob_path(layer.digest).read_bytes()
+
+    async def test_a_digest_pinned_pull_with_evidence_only_at_a_peer(
+        self, cluster: Cluster, image: GeneratedImage
+    ) -> None:
+        """Node 1 holds the manifest (alice pulled it there from the cluster); bob was
+        confirmed only on node 0: node 1 asks it, and bob's pull by digest goes through."""
+        await cluster.pull(0, "team/app:v1", "bob-warm", creds=BOB)
+        cluster.kill_registry()
+        await cluster.pull(1, "team/app:v1", "alice-cold")
+        _, digests = await cluster.pull(1, f"team/app@{image.top_digest}", "bob-pinned", creds=BOB)
+        assert digests == digests_of(image)
+
+    async def test_wrong_or_unknown_credentials_get_nothing(self, cluster: Cluster, image: GeneratedImage) -> None:
+        cluster.kill_registry()
+        layer = max(image.blobs, key=lambda b: b.size)
+        async with aiohttp.ClientSession() as session:
+            for node in (0, 1):  # the node that holds it, and one that would ask its peers
+                base = f"{cluster.url(node)}/v2/{REG}/team/app"
+                status, headers, body, _ = await get(session, f"{base}/manifests/v1", creds=WRONG)
+                assert status == 403, body
+                assert json.loads(body)["errors"][0]["code"] == "DENIED"
+                status, headers, body, _ = await get(session, f"{base}/manifests/v1", creds=None)
+                assert status == 401, body
+                assert "WWW-Authenticate" in headers
+                for creds, refused in ((WRONG, 403), (None, 401)):
+                    status, _, body, _ = await get(session, f"{base}/blobs/{layer.digest}", creds=creds)
+                    # node 0 holds the blob: refused; node 1 does not, and may not ask for it
+                    assert status == (refused if node == 0 else 502), status
+                    assert len(body) < 4096
+                    assert "errors" in json.loads(body)
+        for creds, dest in ((WRONG, "wrong"), (None, "anonymous")):
+            result = await asyncio.to_thread(
+                skopeo_pull, cluster.ref(1, "team/app:v1"), cluster.workdir / dest, creds=creds
+            )
+            assert result.returncode != 0
+            assert not any(d in layout_digests(cluster.workdir / dest) for d in digests_of(image))
+
+    async def test_uncached_image_fails_fast_with_an_oci_error(self, cluster: Cluster) -> None:
+        cluster.kill_registry()
+        async with aiohttp.ClientSession() as session:
+            status, _, body, took = await get(session, f"{cluster.url(1)}/v2/{REG}/team/other/manifests/v1")
+            report("uncached image error (registry refused)", took)
+            assert status == 502
+            assert took < 1.0
+            error = json.loads(body)["errors"][0]
+            assert error["code"] == "UPSTREAM_UNAVAILABLE"
+            assert REG in error["message"]
+            assert "connection refused" in error["message"]
+            assert "Error(" not in error["message"]
+            hung = HungRegistry(cluster.host)
+            try:
+                status, _, body, first = await get(session, f"{cluster.url(2)}/v2/{REG}/team/other/manifests/v1")
+                report("outage detected, hung registry (first request)", first)
+                assert status == 502
+                assert first < REGISTRY_TIMEOUT + 1.0
+                assert "no answer within" in json.loads(body)["errors"][0]["message"]
+                status, _, _, later = await get(session, f"{cluster.url(2)}/v2/{REG}/team/other/manifests/v2")
+                report("uncached image error, hung registry marked down", later)
+                assert status == 502
+                assert later < 0.5
+            finally:
+                hung.close()
+            status, _, _, _ = await get(session, f"{cluster.url(2)}/healthz", creds=None)
+            assert status == 200
+
+
+class TestRegistryBack:
+    """A registry that refused comes back: its first answer wins, no probe interval to wait."""
+
+    async def test_moved_tag_served_at_once(
+        self, cluster: Cluster, image: GeneratedImage, moved: GeneratedImage
+    ) -> None:
+        cluster.kill_registry()
+        url = f"{cluster.url(0)}/v2/{REG}/team/app/manifests/v1"
+        async with aiohttp.ClientSession() as session:
+            status, headers, _, _ = await get(session, url)
+            assert status == 200
+            assert headers["Docker-Content-Digest"] == image.top_digest
+            assert "Warning" in headers
+            registry = await asyncio.to_thread(cluster.registry_back)
+            await asyncio.to_thread(registry.push, moved, "team/app", "v1")
+            status, headers, _, _ = await get(session, url)
+        assert status == 200
+        assert headers["Docker-Content-Digest"] == moved.top_digest
+        assert "Warning" not in headers
+        assert scrape(cluster.url(0)).get(f"shoal_agent_registry_down{{registry={REG}}}") == 0
+
+
+class TestHungRegistry:
+    """A registry that accepts and never answers costs one bounded wait; back, it wins at once."""
+
+    async def test_hung_then_back_with_a_moved_tag(
+        self, cluster: Cluster, image: GeneratedImage, moved: GeneratedImage
+    ) -> None:
+        cluster.kill_registry()
+        hung = HungRegistry(cluster.host)
+        try:
+            took, digests = await cluster.pull(2, "team/app:v1", "hung-cold")
+            report("cold-node pull, hung registry (includes the one bounded wait)", took)
+            assert digests == digests_of(image)
+            assert took < REGISTRY_TIMEOUT + 10.0
+            took, digests = await cluster.pull(2, "team/app:v1", "hung-again")
+            report("stale pull, hung registry already marked down on this node", took)
+            assert digests == digests_of(image)
+            assert took < 1.5  # no second wait
+            took, digests = await cluster.pull(0, "team/app:v1", "hung-warm")
+            report("stale pull, hung registry first seen by this node (one bounded wait)", took)
+            assert digests == digests_of(image)
+        finally:
+            hung.close()
+        registry = await asyncio.to_thread(cluster.registry_back)
+        registry.push(moved, "team/app", "v1")
+        await asyncio.sleep(PROBE_INTERVAL + 0.5)  # the prober finds it answering again
+        async with aiohttp.ClientSession() as session:
+            status, headers, _, _ = await get(session, f"{cluster.url(0)}/v2/{REG}/team/app/manifests/v1")
+        assert status == 200
+        assert headers["Docker-Content-Digest"] == moved.top_digest
+        assert "Warning" not in headers
+        _, digests = await cluster.pull(0, "team/app:v1", "moved")
+        assert digests == digests_of(moved)
+
+
+class TestContainerdContentStore:
+    """Blobs containerd 1.6 already holds (``ctr pull``) are served from its content store,
+    checked against their digests, under the same access rule, also during an outage."""
+
+    async def test_served_verified_and_during_an_outage(self, tmp_path: Path, image: GeneratedImage) -> None:
+        from shoal.testing.containerd import Containerd, write_hosts_toml
+
+        host = f"127.0.0.1:{free_port()}"
+        registry = DistributionRegistry(tmp_path / "registry", users=USERS, addr=host).start()
+        try:
+            registry.push(image, "team/app", "v1")
+            with Containerd(tmp_path / "containerd") as ctrd:
+                ctrd.pull_direct(registry.ref("team/app", "v1"), user=CREDS)
+                content = ctrd.root / "io.containerd.content.v1.content"
+                layers = sorted(image.blobs, key=lambda b: b.size)
+                assert {b.digest for b in layers} <= ctrd.content_digests()
+                bad = layers[-1]  # the biggest layer, corrupted in containerd's store
+                path = content / "blobs" / "sha256" / bad.digest.removeprefix("sha256:")
+                path.chmod(0o644)
+                path.write_bytes(b"\0" * bad.size)
+                with LocalFleet(
+                    tmp_path / "fleet",
+                    nodes=1,
+                    registries={REG: registry.url},
+                    download_pattern="source",
+                    agent_args=("--containerd-content-dir", str(content)),
+                ) as fleet:
+                    node = fleet.nodes[0]
+                    ref = f"{node.address}/{REG}/team/app:v1"
+                    mark = registry.mark()
+                    first = await asyncio.to_thread(skopeo_pull, ref, tmp_path / "first", creds=CREDS)
+                    if first.returncode == 0:  # the corrupt copy was cut off, never completed
+                        assert layout_digests(tmp_path / "first") == digests_of(image)
+                    await asyncio.sleep(1.0)  # the refetch of the corrupt layer lands
+                    again = await asyncio.to_thread(skopeo_pull, ref, tmp_path / "again", creds=CREDS)
+                    assert again.returncode == 0, again.stderr
+                    assert layout_digests(tmp_path / "again") == digests_of(image)
+                    # only the corrupted layer came from the registry; the rest from containerd
+                    assert registry.blob_bytes_by_digest(mark) == {bad.digest: bad.size}
+                    metrics = scrape(node.url)
+                    assert metrics.get("shoal_agent_digest_mismatches_total{source=swarm}", 0) >= 1
+                    # an outage, and the blobs have left Shoal's cache: containerd's copies serve
+                    registry.stop()
+                    argv = node.process.argv
+                    fleet.kill(0)
+                    for blob in (node.cache_dir / "blobs").rglob("*"):
+                        if blob.is_file() and bad.digest.removeprefix("sha256:") not in blob.name:
+                            blob.unlink()
+                    node.process = ManagedProcess([*argv], stdout=tmp_path / "restarted.log")
+                    wait_until(lambda: _healthy(node.url), timeout=20, what="restarted agent healthy")
+                    started = time.monotonic()
+                    stale = await asyncio.to_thread(skopeo_pull, ref, tmp_path / "stale", creds=CREDS)
+                    report("stale pull from containerd's content store (registry refused)", time.monotonic() - started)
+                    assert stale.returncode == 0, stale.stderr
+                    assert layout_digests(tmp_path / "stale") == digests_of(image)
+                    wrong = await asyncio.to_thread(skopeo_pull, ref, tmp_path / "wrong", creds=WRONG)
+                    assert wrong.returncode != 0
+                    # the runtime itself, through the agent as its mirror (it resolves the tag with
+                    # a HEAD): its content store emptied first, the registry still down
+                    ctrd.forget()
+                    hosts = write_hosts_toml(tmp_path / "hosts", REG, mirrors=[node.url], server=f"http://{host}")
+                    started = time.monotonic()
+                    await asyncio.to_thread(ctrd.pull, f"{REG}/team/app:v1", hosts_dir=hosts.parent.parent, user=CREDS)
+                    report("ctr pull through the agent (registry refused)", time.monotonic() - started)
+                    assert ctrd.unpacked(f"{REG}/team/app:v1")
+        finally:
+            registry.stop()
