@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from shoal.ops.chart_values import brief_parameter_problems, helm_problems
 from shoal.ops.helm import (
     NAMESPACE,
     RELEASE,
@@ -59,13 +60,33 @@ def _values_options(func: Any) -> Any:
     return func
 
 
+class ValuesError(click.ClickException):
+    """A value the person gave that the chart cannot take: a usage error (exit status 2)."""
+
+    exit_code = 2
+
+
 def _helm_call(action: str, call: Any) -> Any:
     import helm_python
 
     try:
         return call()
+    except (helm_python.HelmValuesError, helm_python.HelmRenderError) as exc:
+        problems = helm_problems(str(exc))
+        if problems:
+            raise ValuesError("\n".join(problems)) from None
+        raise click.ClickException(f"{action} failed: {exc}") from None
     except helm_python.HelmError as exc:
         raise click.ClickException(f"{action} failed: {exc}") from None
+
+
+def _read_values(values_files: tuple[str, ...], sets: tuple[str, ...]) -> dict[str, Any]:
+    """``-f`` files then ``--set``s; the brief's parameters with no meaning here are refused."""
+    values: dict[str, Any] = _helm_call("reading values", lambda: build_values(values_files, sets))
+    problems = brief_parameter_problems(values)
+    if problems:
+        raise ValuesError("\n".join(problems))
+    return values
 
 
 @click.command()
@@ -83,7 +104,7 @@ def install(
     timeout: int,
 ) -> None:
     """Install Shoal (like ``onectl addon install``), e.g. ``--set registries=reg.example.com``."""
-    values = _helm_call("reading values", lambda: build_values(values_files, sets))
+    values = _read_values(values_files, sets)
     chart_path = Path(chart) if chart else default_chart()
     rendered = _helm_call(
         "rendering",
@@ -132,7 +153,7 @@ def upgrade(
     ``onectl addon upgrade``. With ``--dry-run`` the chart defaults plus the given values are
     rendered offline.
     """
-    values = _helm_call("reading values", lambda: build_values(values_files, sets))
+    values = _read_values(values_files, sets)
     chart_path = Path(chart) if chart else default_chart()
     if dry_run:
         rendered = _helm_call(
