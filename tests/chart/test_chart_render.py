@@ -242,7 +242,9 @@ class TestParameters:
         ]
 
     def test_upgrade_changes_agent_ttl(self) -> None:
-        result = CliRunner().invoke(upgrade, ["--dry-run", "--set", BASE, "--set", "p2p.plusMode.cacheTTL=72h"])
+        result = CliRunner().invoke(
+            upgrade, ["--dry-run", "--reset-values", "--set", BASE, "--set", "p2p.plusMode.cacheTTL=72h"]
+        )
         assert result.exit_code == 0, result.output
         rendered = [d for d in yaml.safe_load_all(result.output) if d]
         assert flag(agent_container(rendered)["args"], "--cache-ttl") == ["72h"]

@@ -15,13 +15,16 @@ from shoal.ops.chart_values import brief_parameter_problems, helm_problems
 from shoal.ops.helm import (
     NAMESPACE,
     RELEASE,
+    ReleaseValuesError,
     as_comment,
     build_values,
+    deep_merge,
     default_chart,
     helm_config,
     manifests_text,
     notes,
     release_notes,
+    release_values,
     release_version,
     render,
 )
@@ -55,7 +58,7 @@ def _values_options(func: Any) -> Any:
         default=None,
         help="Chart directory or .tgz (default: the bundled chart).",
     )(func)
-    func = click.option("--dry-run", is_flag=True, help="Print the manifests; touch no cluster.")(func)
+    func = click.option("--dry-run", is_flag=True, help="Print the manifests; change nothing in the cluster.")(func)
     func = click.option("--timeout", default=300, show_default=True, help="Seconds to wait.")(func)
     return func
 
@@ -150,20 +153,28 @@ def upgrade(
     """Change parameters of an installed Shoal, e.g. ``--set p2p.plusMode.cacheTTL=72h``.
 
     The release's current values are kept and the new ones applied on top, like
-    ``onectl addon upgrade``. With ``--dry-run`` the chart defaults plus the given values are
-    rendered offline.
+    ``onectl addon upgrade``; ``--dry-run`` reads them from the cluster too, and prints the
+    manifests the upgrade would apply.
     """
     values = _read_values(values_files, sets)
     chart_path = Path(chart) if chart else default_chart()
+    config = helm_config(kubeconfig, kube_context, namespace)
+    if not reset_values:
+        try:
+            values = deep_merge(release_values(config, release_name, namespace), values)
+        except ReleaseValuesError as exc:
+            raise click.ClickException(
+                f"cannot read the installed release's values to keep them: {exc}; "
+                "--reset-values starts from the chart's defaults instead"
+            ) from None
+    rendered = _helm_call(
+        "rendering",
+        lambda: render(values, chart=chart_path, release=release_name, namespace=namespace, upgrade=True),
+    )
     if dry_run:
-        rendered = _helm_call(
-            "rendering",
-            lambda: render(values, chart=chart_path, release=release_name, namespace=namespace, upgrade=True),
-        )
         click.echo(manifests_text(rendered), nl=False)
         click.echo("# NOTES:\n" + as_comment(notes(rendered)), nl=False)
         return
-    config = helm_config(kubeconfig, kube_context, namespace)
     release = _helm_call(
         "upgrade",
         lambda: config.upgrade(
@@ -173,8 +184,7 @@ def upgrade(
             namespace=namespace,
             timeout=timeout,
             wait="watcher",
-            reuse_values=not reset_values,
-            reset_values=reset_values,
+            reset_values=True,  # the release's values are already merged into ``values``
         ),
     )
     click.echo(f"Addon {release_name}, version {release_version(release)} upgraded.")

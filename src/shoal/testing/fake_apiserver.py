@@ -174,6 +174,9 @@ class FakeApiServer:
                 parsed = urlparse(self.path)
                 query = parse_qs(parsed.query)
                 fake.requests.append(("GET", self.path))
+                if parsed.path == "/version":
+                    self._send(200, {"major": "1", "minor": "32", "gitVersion": "v1.32.0"})
+                    return
                 if parsed.path == "/api/v1/secrets":
                     selector = query.get("fieldSelector", [""])[0]
                     if query.get("watch", ["false"])[0] == "true":
@@ -192,6 +195,9 @@ class FakeApiServer:
                         self._send(200, found_node)
                     return
                 match = _ITEM.match(parsed.path)
+                if match and not match.group(2):
+                    self._list(query.get("fieldSelector", [""])[0], match.group(1), query.get("labelSelector", [""])[0])
+                    return
                 if match and match.group(2):
                     found = fake.get(match.group(1), match.group(2))
                     if found is None:
@@ -207,9 +213,19 @@ class FakeApiServer:
                 field, _, value = selector.partition("=")
                 return field == "type" and secret.get("type") == value
 
-            def _list(self, selector: str) -> None:
+            def _labelled(self, secret: Json, selector: str) -> bool:
+                """Equality-based label selectors (``a=b,c=d``), the form Helm's storage sends."""
+                labels = secret.get("metadata", {}).get("labels") or {}
+                pairs = (term.partition("=") for term in selector.split(",") if term)
+                return all(labels.get(key) == value for key, _, value in pairs)
+
+            def _list(self, selector: str, namespace: str = "", labels: str = "") -> None:
                 with fake.changed:
-                    items = [copy.deepcopy(s) for s in fake.secrets.values() if self._matches(s, selector)]
+                    items = [
+                        copy.deepcopy(s)
+                        for (ns, _), s in fake.secrets.items()
+                        if self._matches(s, selector) and namespace in ("", ns) and self._labelled(s, labels)
+                    ]
                     version = fake.version
                 self._send(
                     200,
