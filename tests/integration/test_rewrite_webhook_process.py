@@ -99,7 +99,8 @@ def test_webhook_process(apiserver: FakeApiServer, tmp_path: Path) -> None:
             },
         }
         review = admission_review(pod, "team-a")
-        wait_until(lambda: "patch" in _post(port, review)["response"], what="secret cache synced", process=process)
+        synced = lambda: "warnings" not in _post(port, review)["response"]  # noqa: E731
+        wait_until(synced, what="secret cache synced", process=process)
         answer = _post(port, review)["response"]
         patched = apply_json_patch(pod, json.loads(base64.b64decode(answer["patch"])))
         assert patched["spec"]["containers"][0]["image"] == "harbor.local:65001/team/app:v1"

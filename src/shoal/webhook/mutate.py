@@ -52,19 +52,39 @@ class Rewrite:
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """What to answer: an empty patch means "admit unchanged"; ``reason`` goes to the log."""
+    """What to answer: an empty patch means "admit unchanged"; ``reason`` goes to the log.
+
+    ``skipped``: the Pod asked for acceleration and is left alone; ``reason`` then also goes
+    to the person who created it (an AdmissionResponse warning, which kubectl prints) and
+    onto the Pod (the ``<prefix>/p2p-skipped`` annotation, the only change in ``patch``).
+    """
 
     patch: tuple[Json, ...]
     secrets: tuple[Json, ...]
     reason: str
+    skipped: bool = False
 
     @property
     def mutated(self) -> bool:
-        return bool(self.patch)
+        """True when images were rewritten (a skip annotation alone does not count)."""
+        return bool(self.patch) and not self.skipped
 
 
 def unchanged(reason: str) -> Decision:
     return Decision((), (), reason)
+
+
+def _annotate(pod: Json, annotations: dict[str, str]) -> list[Json]:
+    if "annotations" not in (pod.get("metadata") or {}):
+        return [{"op": "add", "path": "/metadata/annotations", "value": annotations}]
+    return [
+        {"op": "add", "path": f"/metadata/annotations/{escape_pointer(k)}", "value": v} for k, v in annotations.items()
+    ]
+
+
+def skipped(pod: Json, config: WebhookConfig, reason: str) -> Decision:
+    """Leave a Pod that asked for acceleration alone, and record why on it."""
+    return Decision(tuple(_annotate(pod, {config.skipped_key: reason})), (), reason, skipped=True)
 
 
 def escape_pointer(token: str) -> str:
@@ -204,21 +224,21 @@ def decide(request: Json, scope: Scope, config: WebhookConfig, secrets: Mapping[
         return unchanged("already injected")
     elsewhere = runs_without_node_config(pod["spec"])
     if elsewhere is not None:
-        return unchanged(f"{elsewhere}: no node-config there to fall back to the registry")
+        return skipped(pod, config, f"{elsewhere}: no node-config there to fall back to the registry")
     rewrites = plan_rewrites(pod["spec"], config)
     if not rewrites:
-        return unchanged("no image from an accelerated registry")
+        return skipped(pod, config, "no image from an accelerated registry")
 
     names = [str(ref.get("name", "")) for ref in pod["spec"].get("imagePullSecrets") or [] if ref]
     derived: list[Json] = []
     if names and secrets is None:
-        return unchanged("pull secret cache not ready")
+        return skipped(pod, config, "pull secret cache not ready")
     covered: set[str] = set()
     for name in names:
         assert secrets is not None
         original = secrets.get(name)
         if original is None:
-            return unchanged(f"pull secret {name!r} is missing")
+            return skipped(pod, config, f"pull secret {name!r} is missing")
         covered |= covered_registries(read_dockerconfig(original), config)
         secret = derive_secret(original, config)
         if secret is not None and secret["metadata"]["name"] not in names:
@@ -226,20 +246,10 @@ def decide(request: Json, scope: Scope, config: WebhookConfig, secrets: Mapping[
     if not config.rewrite_without_pull_secret:
         rewrites = [r for r in rewrites if r.registry in covered]
         if not rewrites:
-            return unchanged("no pull secret of the Pod holds credentials for its accelerated registries")
+            return skipped(pod, config, "no pull secret of the Pod holds credentials for its accelerated registries")
 
     patch: list[Json] = [{"op": "replace", "path": r.pointer, "value": r.image} for r in rewrites]
-    new_annotations = {
-        config.mode_key: ENABLED_VALUE,
-        config.config_key: p2p_config(rewrites, config),
-    }
-    if "annotations" not in (pod.get("metadata") or {}):
-        patch.append({"op": "add", "path": "/metadata/annotations", "value": new_annotations})
-    else:
-        patch.extend(
-            {"op": "add", "path": f"/metadata/annotations/{escape_pointer(k)}", "value": v}
-            for k, v in new_annotations.items()
-        )
+    patch += _annotate(pod, {config.mode_key: ENABLED_VALUE, config.config_key: p2p_config(rewrites, config)})
     refs = [{"name": s["metadata"]["name"]} for s in derived]
     if refs and "imagePullSecrets" not in pod["spec"]:
         patch.append({"op": "add", "path": "/spec/imagePullSecrets", "value": refs})
@@ -277,6 +287,15 @@ def _rewritten_registries(annotation: object, config: WebhookConfig) -> set[str]
     return {ref.registry for ref in refs if ref is not None}
 
 
+WARNING_LIMIT = 256  # the API server may truncate longer warnings
+
+
+def warning(reason: str) -> str:
+    """One printable line (warnings travel as HTTP headers), within the API server's limit."""
+    text = " ".join(f"shoal: image acceleration skipped: {reason}".split())
+    return "".join(c if c.isprintable() else "?" for c in text)[:WARNING_LIMIT]
+
+
 def review_response(review: Json, decision: Decision) -> Json:
     """The AdmissionReview v1 answer; always ``allowed`` (the webhook never blocks a Pod)."""
     request = review.get("request") or {}
@@ -284,6 +303,8 @@ def review_response(review: Json, decision: Decision) -> Json:
     if decision.patch:
         response["patchType"] = "JSONPatch"
         response["patch"] = base64.b64encode(json.dumps(list(decision.patch)).encode()).decode()
+    if decision.skipped:
+        response["warnings"] = [warning(decision.reason)]
     return {
         "apiVersion": review.get("apiVersion", "admission.k8s.io/v1"),
         "kind": "AdmissionReview",

@@ -71,6 +71,15 @@ def admit(
     return decision, apply_json_patch(pod, list(decision.patch))
 
 
+SKIPPED = "k8s.aliyun.com/p2p-skipped"
+
+
+def left_alone(pod: Json, reason: str) -> Json:
+    """``pod`` as stored after a skip: untouched but for the annotation saying why."""
+    stored: Json = merge_patch(pod, {"metadata": {"annotations": {SKIPPED: reason}}})
+    return stored
+
+
 def dockerconfig(secret: Json) -> Json:
     loaded: Json = json.loads(base64.b64decode(secret["data"][".dockerconfigjson"]))
     return loaded
@@ -283,7 +292,7 @@ class TestSkipRules:
         decision, patched = admit(brief_pod(), Scope.POD, secrets("default", "secret-regcred"))
         assert not decision.mutated
         assert decision.reason == "pull secret 'test-registry' is missing"
-        assert patched == brief_pod()
+        assert patched == left_alone(brief_pod(), decision.reason)
 
     def test_cache_not_ready_means_no_injection(self) -> None:
         decision, _ = admit(brief_pod(), Scope.POD, None)
@@ -307,7 +316,7 @@ class TestSkipRules:
         decision, patched = admit(pod, Scope.POD, secrets())
         assert not decision.mutated
         assert "no pull secret" in decision.reason
-        assert patched == pod
+        assert patched == left_alone(pod, decision.reason)
         assert admit(pod, Scope.POD, secrets(), ANONYMOUS)[0].mutated  # the operator's opt-in
 
     @pytest.mark.parametrize(
@@ -323,7 +332,7 @@ class TestSkipRules:
         decision, patched = admit(pod, Scope.POD, secrets())
         assert not decision.mutated
         assert "no node-config there" in decision.reason
-        assert patched == pod
+        assert patched == left_alone(pod, decision.reason)
         linux = merge_patch(brief_pod(), {"spec": {"nodeSelector": {"kubernetes.io/os": "linux"}}})
         assert admit(linux, Scope.POD, secrets())[0].mutated
 
