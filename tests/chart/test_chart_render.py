@@ -70,6 +70,10 @@ PARAMETER_SETS = [
     ("agent.priorityClassName=system-node-critical",),
     ("nodeConfig.registriesConfDir=", "nodeConfig.requireConfigPath=true"),
     ("agent.swarm.maxParents=3", "agent.swarm.stallTimeout=40s", "agent.swarm.maxPeerLinks=256"),
+    (
+        "networkPolicy.webhookFrom[0].ipBlock.cidr=10.0.0.0/28",
+        "networkPolicy.schedulerFrom[0].ipBlock.cidr=10.1.0.0/16",
+    ),
 ]
 
 
@@ -95,6 +99,8 @@ class TestSchemas:
             ("DaemonSet", "shoal-node-config"),
             ("Deployment", "shoal-webhook"),
             ("MutatingWebhookConfiguration", "shoal"),
+            ("NetworkPolicy", "shoal-scheduler"),
+            ("NetworkPolicy", "shoal-webhook"),
             ("PodDisruptionBudget", "shoal-scheduler"),
             ("PodDisruptionBudget", "shoal-webhook"),
             ("PriorityClass", "shoal-node"),
@@ -304,7 +310,7 @@ class TestWebhookConfiguration:
         for entry in (pod_entry, ns_entry):
             assert entry["failurePolicy"] == "Ignore"
             assert entry["timeoutSeconds"] <= 5
-            assert entry["sideEffects"] == "NoneOnDryRun"
+            assert entry["sideEffects"] == "None"
             assert entry["admissionReviewVersions"] == ["v1"]
             assert {"operations": ["CREATE"], "resources": ["pods"]}.items() <= entry["rules"][0].items()
         assert pod_entry["clientConfig"]["service"]["path"] == "/mutate"
@@ -360,7 +366,7 @@ class TestWebhookConfiguration:
 
 
 class TestRBAC:
-    """Only the webhook talks to the API server, and only about Secrets."""
+    """Only the webhook talks to the API server: Secrets, and a read-only watch of labelled Pods."""
 
     def test_least_privilege(self) -> None:
         rendered = docs()
@@ -368,6 +374,7 @@ class TestRBAC:
         assert role["rules"] == [
             {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch"]},
             {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create", "update", "delete"]},
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
         ]
         assert not [d for d in rendered if d["kind"] in ("Role", "RoleBinding")]
         for component in ("agent", "scheduler"):

@@ -5,7 +5,8 @@ API server sends it), create, read, replace, delete. Every write bumps a resourc
 is delivered to open watches, so the real ``kubernetes`` client sees real semantics (409 on
 create of an existing name, 404 on a missing one, 410 for an expired version). Core v1
 Nodes: read and replace (409 when the resourceVersion sent is not the current one), for
-``shoal node-ready``.
+``shoal node-ready``. Core v1 Pods: list and watch across namespaces by label, for the
+webhook's controller (Pods are added with ``put_pod``, as the API server would store them).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class FakeApiServer:
     def __init__(self) -> None:
         self.secrets: dict[tuple[str, str], Json] = {}
         self.nodes: dict[str, Json] = {}
+        self.pods: dict[tuple[str, str], Json] = {}
         self.events: list[tuple[int, str, Json]] = []
         self.requests: list[tuple[str, str]] = []
         self.version = 100
@@ -109,6 +111,22 @@ class FakeApiServer:
             found = self.secrets.get((namespace, name))
             return copy.deepcopy(found) if found else None
 
+    def put_pod(self, pod: Json) -> Json:
+        with self.changed:
+            pod = copy.deepcopy(pod)
+            meta = pod.setdefault("metadata", {})
+            meta.setdefault("name", meta.get("generateName", "pod-") + uuid.uuid4().hex[:5])
+            key = (meta["namespace"], meta["name"])
+            kind = "MODIFIED" if key in self.pods else "ADDED"
+            self.version += 1
+            meta["resourceVersion"] = str(self.version)
+            pod.setdefault("apiVersion", "v1")
+            pod["kind"] = "Pod"
+            self.pods[key] = pod
+            self.events.append((self.version, kind, copy.deepcopy(pod)))
+            self.changed.notify_all()
+            return copy.deepcopy(pod)
+
     def put_node(self, node: Json) -> Json:
         with self.changed:
             node = copy.deepcopy(node)
@@ -177,14 +195,18 @@ class FakeApiServer:
                 if parsed.path == "/version":
                     self._send(200, {"major": "1", "minor": "32", "gitVersion": "v1.32.0"})
                     return
-                if parsed.path == "/api/v1/secrets":
+                if parsed.path in ("/api/v1/secrets", "/api/v1/pods"):
+                    resource = "Secret" if parsed.path.endswith("secrets") else "Pod"
                     selector = query.get("fieldSelector", [""])[0]
+                    labels = query.get("labelSelector", [""])[0]
                     if query.get("watch", ["false"])[0] == "true":
                         timeout = float(query.get("timeoutSeconds", ["300"])[0])
                         since = int(query.get("resourceVersion", ["0"])[0])
-                        self._watch(since, selector, time.monotonic() + timeout)
+                        self._watch(since, selector, time.monotonic() + timeout, resource, labels)
+                    elif resource == "Pod":
+                        self._list_pods(labels)
                     else:
-                        self._list(selector)
+                        self._list(selector, "", labels)
                     return
                 node = _NODE.match(parsed.path)
                 if node:
@@ -219,6 +241,13 @@ class FakeApiServer:
                 pairs = (term.partition("=") for term in selector.split(",") if term)
                 return all(labels.get(key) == value for key, _, value in pairs)
 
+            def _list_pods(self, labels: str) -> None:
+                with fake.changed:
+                    items = [copy.deepcopy(p) for p in fake.pods.values() if self._labelled(p, labels)]
+                    version = fake.version
+                body = {"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": str(version)}}
+                self._send(200, {**body, "items": items})
+
             def _list(self, selector: str, namespace: str = "", labels: str = "") -> None:
                 with fake.changed:
                     items = [
@@ -237,7 +266,7 @@ class FakeApiServer:
                     },
                 )
 
-            def _watch(self, since: int, selector: str, deadline: float) -> None:
+            def _watch(self, since: int, selector: str, deadline: float, resource: str, labels: str) -> None:
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Transfer-Encoding", "chunked")
@@ -278,7 +307,8 @@ class FakeApiServer:
                         pending = [e for e in fake.events if e[0] > sent]
                     for version, kind, obj in pending:
                         sent = version
-                        if self._matches(obj, selector):
+                        wanted = obj.get("kind") == resource and self._labelled(obj, labels)
+                        if wanted and self._matches(obj, selector):
                             try:
                                 self._chunk({"type": kind, "object": obj})
                             except OSError:

@@ -13,8 +13,7 @@ from shoal.webhook.mutate import Scope, decide, review_response, warning
 from shoal.webhook.server import create_app
 
 from .k8s_fixtures import BRIEF_REGISTRY, Json, admission_review, apply_json_patch, merge_patch
-from .test_webhook_mutate import CONFIG, P2P_CONFIG, SKIPPED, brief_pod, secrets
-from .test_webhook_server import RecordingSource
+from .test_webhook_mutate import CONFIG, P2P_CONFIG, SKIPPED, brief_pod
 
 PREFIX = "shoal: image acceleration skipped: "
 
@@ -22,7 +21,7 @@ PREFIX = "shoal: image acceleration skipped: "
 def answer(pod: Json, config: WebhookConfig = CONFIG, scope: Scope = Scope.POD) -> tuple[Json, Json]:
     """The AdmissionResponse for ``pod`` and the Pod as the API server would store it."""
     review = admission_review(pod, pod["metadata"].get("namespace", "default"))
-    response = review_response(review, decide(review["request"], scope, config, secrets()))["response"]
+    response = review_response(review, decide(review["request"], scope, config))["response"]
     operations = json.loads(base64.b64decode(response["patch"])) if "patch" in response else []
     return response, apply_json_patch(pod, operations)
 
@@ -51,7 +50,7 @@ class TestSkippedPods:
         ("pod", "reason"),
         [
             (foreign_image(), "no image from an accelerated registry"),
-            (no_pull_secret(), "no pull secret"),
+            (no_pull_secret(), "no pull secret to carry credentials to the alias host"),
             (windows(), "Pod selects Windows nodes"),
         ],
         ids=["foreign-registry", "no-pull-secret", "windows"],
@@ -112,7 +111,7 @@ def test_a_warning_is_one_printable_line_within_the_limit() -> None:
 
 
 async def test_the_endpoint_returns_the_warning() -> None:
-    async with TestClient(TestServer(create_app(CONFIG, RecordingSource()))) as client:
+    async with TestClient(TestServer(create_app(CONFIG))) as client:
         response = await client.post("/mutate", json=admission_review(foreign_image(), "default"))
         body = await response.json()
     assert body["response"]["warnings"] == [PREFIX + "no image from an accelerated registry"]
