@@ -59,15 +59,6 @@ def read_dockerconfig(secret: Json) -> Json | None:
     return decoded if isinstance(decoded, dict) else None
 
 
-def covered_registries(dockerconfig: Json | None, config: WebhookConfig) -> set[str]:
-    """The accelerated registries a decoded ``.dockerconfigjson`` holds credentials for."""
-    auths = (dockerconfig or {}).get("auths")
-    if not isinstance(auths, dict):
-        return set()
-    hosts = {split_auth_key(key)[0] for key, entry in auths.items() if isinstance(entry, dict)}
-    return hosts & config.registries
-
-
 def derive_dockerconfig(dockerconfig: Json, config: WebhookConfig) -> Json | None:
     """Only the entries for accelerated registries, re-keyed under their alias hosts.
 
