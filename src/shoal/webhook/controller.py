@@ -266,7 +266,7 @@ class SecretSync:
     def _safe_reconcile(self, event_type: str, secret: Json) -> None:
         try:
             self.reconcile(event_type, secret)
-        except ApiException as exc:
+        except (ApiException, ForeignSecretError) as exc:
             meta = _meta(secret)
             log.warning("reconcile of %s/%s failed: %s", meta.get("namespace"), meta.get("name"), exc)
             self.on_error()

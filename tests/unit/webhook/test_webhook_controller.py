@@ -285,3 +285,26 @@ class TestPodsInTheApi:
         assert decide(request, Scope.POD, CONFIG).mutated
         apiserver.wait_for(lambda _: False, timeout=0.3)
         assert writes(apiserver) == []
+
+    def test_a_users_own_secret_under_the_derived_name_stops_nothing(
+        self, sync: SecretSync, apiserver: FakeApiServer
+    ) -> None:
+        """Found while moving the writes to the controller: the refusal to overwrite a user's
+        Secret escaped the Secret watch, which then relisted for ever."""
+        mine = {"type": "Opaque", "metadata": {"name": DERIVED, "namespace": "team-d"}, "data": {"k": "dg=="}}
+        apiserver.put(mine)  # not a pull secret: not in the controller's cache
+        errors: list[int] = []
+        sync.on_error = lambda: errors.append(1)
+        apiserver.put_pod(admitted(brief_pod("team-d")))
+        apiserver.wait_for(lambda _: False, timeout=0.3)
+        lists = sum(1 for _, p in apiserver.requests if p.startswith("/api/v1/secrets?") and "watch" not in p)
+        late = original()
+        late["metadata"]["namespace"] = "team-d"
+        apiserver.put(late)
+        assert apiserver.wait_for(lambda _: errors == [1])
+        apiserver.put(with_namespace(load("secret-regcred"), "team-e"))
+        assert apiserver.wait_for(lambda _: "regcred" in (sync.secrets_in("team-e") or {}))
+        assert sum(1 for _, p in apiserver.requests if p.startswith("/api/v1/secrets?") and "watch" not in p) == lists
+        kept = apiserver.get("team-d", DERIVED)
+        assert kept is not None
+        assert (kept["type"], kept["data"]) == ("Opaque", mine["data"])
