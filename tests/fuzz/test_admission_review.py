@@ -92,7 +92,7 @@ secret_maps = st.none() | st.dictionaries(
 
 
 def check(request: dict[str, Any], scope: Scope, secrets: Any) -> None:
-    decision = decide(request, scope, CONFIG, secrets)
+    decision = decide(request, scope, CONFIG)
     assert isinstance(decision, Decision)
     json.dumps(list(decision.patch))
     aliases = {CONFIG.alias(registry) for registry in CONFIG.registries}

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import aiohttp
@@ -23,14 +22,6 @@ from shoal.webhook.config import WebhookConfig
 from shoal.webhook.server import create_app
 
 METRIC = re.compile(r"\bshoal_[a-z0-9_]+\b")
-
-
-class NoSecrets:
-    def secrets_in(self, namespace: str) -> Mapping[str, dict[str, object]] | None:
-        return {}
-
-    async def ensure(self, secrets: Sequence[dict[str, object]]) -> None:
-        return None
 
 
 def dashboard_metrics() -> set[str]:
@@ -85,7 +76,7 @@ class TestDashboardMetrics:
                 }
             )
         )
-        webhook = TestServer(create_app(WebhookConfig.build(["registry.example.com"]), NoSecrets()))
+        webhook = TestServer(create_app(WebhookConfig.build(["registry.example.com"])))
         try:
             await agent.start()
             await webhook.start_server()

@@ -2,7 +2,8 @@
 
 The image and the pull credentials come from the webhook's own answer: an AdmissionReview
 for a labelled Pod is posted to the webhook app, its JSONPatch applied, the derived pull
-secret it created read the way kubelet reads it. ``shoal node-config --mode rewrite``
+secret its controller makes for the name the patch adds read the way kubelet reads it.
+``shoal node-config --mode rewrite``
 writes certs.d for the alias host; a real containerd 1.6 pulls the rewritten image with
 those credentials from an htpasswd docker-registry: through the agent when it is up (origin
 bytes once for two cold nodes), from the registry when it is down.
@@ -13,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from shoal.testing.admission import admission_review, apply_json_patch, kubelet_
 from shoal.testing.containerd import Containerd
 from shoal.testing.registry import DistributionRegistry
 from shoal.webhook.config import WebhookConfig
+from shoal.webhook.pullsecrets import derive_secret
 from shoal.webhook.server import create_app
 
 AgentStarter = Callable[..., Awaitable[Agent]]
@@ -51,21 +53,7 @@ def pull_secret(user: str, password: str) -> Json:
     }
 
 
-class Secrets:
-    """The webhook's SecretSource: the namespace's secrets, and what it was asked to create."""
-
-    def __init__(self, secrets: Mapping[str, Json]) -> None:
-        self.secrets = dict(secrets)
-        self.created: list[Json] = []
-
-    def secrets_in(self, namespace: str) -> Mapping[str, Json] | None:
-        return self.secrets
-
-    async def ensure(self, secrets: Sequence[Json]) -> None:
-        self.created.extend(secrets)
-
-
-async def admitted_pod(config: WebhookConfig, source: Secrets) -> Json:
+async def admitted_pod(config: WebhookConfig) -> Json:
     pod = {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -76,7 +64,7 @@ async def admitted_pod(config: WebhookConfig, source: Secrets) -> Json:
         },
     }
     review = admission_review(pod, "team-a")
-    async with TestClient(TestServer(create_app(config, source))) as http:
+    async with TestClient(TestServer(create_app(config))) as http:
         response = await http.post("/mutate", json=review)
         answer = await response.json()
     patch = json.loads(base64.b64decode(answer["response"]["patch"]))
@@ -92,12 +80,13 @@ async def test_rewritten_pod_pulls_with_agent_up_and_down(
 ) -> None:
     private_registry.push(small_image, "team/app", "v1")
     user, password = next(iter(private_registry.users.items()))
-    source = Secrets({"regcred": pull_secret(user, password)})
-    pod = await admitted_pod(WebhookConfig.build([NAME]), source)
+    config = WebhookConfig.build([NAME])
+    pod = await admitted_pod(config)
 
     image = pod["spec"]["containers"][0]["image"]
     assert image == "harbor.local:65001/team/app:v1"
-    (derived,) = source.created
+    derived = derive_secret(pull_secret(user, password), config)
+    assert derived is not None
     assert pod["spec"]["imagePullSecrets"] == [{"name": "regcred"}, {"name": derived["metadata"]["name"]}]
     creds = kubelet_credentials(derived["data"][".dockerconfigjson"], image)
     assert creds == (user, password)

@@ -1,6 +1,7 @@
-"""``shoal webhook`` as the chart runs it: a real process over HTTPS, its Secret controller on
-the fake API server. It rewrites to the alias host, creates the derived pull secret, and
-serves a renewed certificate (a kubelet-style ``..data`` swap) without a restart."""
+"""``shoal webhook`` as the chart runs it: a real process over HTTPS, its controller on the fake
+API server. It rewrites to the alias host, creates the derived pull secret once the Pod is in
+the API (and never for a review posted straight to it), and serves a renewed certificate (a
+kubelet-style ``..data`` swap) without a restart."""
 
 from __future__ import annotations
 
@@ -99,10 +100,12 @@ def test_webhook_process(apiserver: FakeApiServer, tmp_path: Path) -> None:
             },
         }
         review = admission_review(pod, "team-a")
-        wait_until(lambda: "patch" in _post(port, review)["response"], what="secret cache synced", process=process)
         answer = _post(port, review)["response"]
         patched = apply_json_patch(pod, json.loads(base64.b64decode(answer["patch"])))
         assert patched["spec"]["containers"][0]["image"] == "harbor.local:65001/team/app:v1"
+        assert apiserver.get("team-a", "acr-credential-regcred-p2p") is None  # not for a review
+        apiserver.put_pod(patched)  # the API server stores the admitted Pod
+        assert apiserver.wait_for(lambda s: s.get("team-a", "acr-credential-regcred-p2p") is not None, timeout=30)
         derived = apiserver.get("team-a", "acr-credential-regcred-p2p")
         assert derived is not None
         assert list(json.loads(base64.b64decode(derived["data"][".dockerconfigjson"]))["auths"]) == [
@@ -114,6 +117,47 @@ def test_webhook_process(apiserver: FakeApiServer, tmp_path: Path) -> None:
         wait_until(
             lambda: served(port) == fingerprint(tmp_path / "v2/tls.crt"), what="renewed certificate", process=process
         )
+        assert process.alive()
+    finally:
+        process.stop()
+
+
+def test_forged_reviews_write_nothing_and_tell_nothing(apiserver: FakeApiServer, tmp_path: Path) -> None:
+    """Review finding (issue 16, defect 5): a review posted straight to /mutate naming team-b
+    created a derived Secret there, and whether a patch came back told whether a pull secret
+    of that name existed in team-b."""
+    existing = apiserver.get("team-a", "regcred")
+    assert existing is not None
+    existing["metadata"] = {"name": "regcred", "namespace": "team-b"}
+    apiserver.put(existing)
+    pair(tmp_path / "tls", "forged")
+    port = free_port()
+    argv = [sys.executable, "-m", "shoal", "webhook", "--listen", f"127.0.0.1:{port}"]
+    argv += ["--tls-cert", str(tmp_path / "tls/tls.crt"), "--tls-key", str(tmp_path / "tls/tls.key")]
+    argv += ["--registry", "harbor.local:5000", "--kubeconfig", str(apiserver.write_kubeconfig(tmp_path / "kc"))]
+    process = ManagedProcess(argv, stdout=tmp_path / "webhook.log")
+    try:
+        wait_until(lambda: _answers(port), what="shoal webhook", process=process, timeout=30)
+        assert apiserver.wait_for(lambda s: any("watch=true" in p for _, p in s.requests), timeout=30)
+
+        def forged(secret: str) -> dict[str, Any]:
+            pod = {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": "probe", "namespace": "team-b", "labels": {MODE: "p2p"}},
+                "spec": {
+                    "imagePullSecrets": [{"name": secret}],
+                    "containers": [{"name": "a", "image": "harbor.local:5000/team/app:v1"}],
+                },
+            }
+            response: dict[str, Any] = _post(port, admission_review(pod, "team-b", uid="u"))["response"]
+            return json.loads(base64.b64decode(response["patch"])) if "patch" in response else {}
+
+        exists, missing = forged("regcred"), forged("no-such-secret")
+        assert json.dumps(exists).replace("regcred", "X") == json.dumps(missing).replace("no-such-secret", "X")
+        apiserver.wait_for(lambda _: False, timeout=1.0)
+        assert [r for r in apiserver.requests if r[0] != "GET"] == []
+        assert apiserver.get("team-b", "acr-credential-regcred-p2p") is None
         assert process.alive()
     finally:
         process.stop()

@@ -33,14 +33,6 @@ MiB = 1 << 20
 REGISTRY = "registry.test"
 
 
-class NoSecrets:
-    def secrets_in(self, namespace: str) -> dict[str, Any]:
-        return {}
-
-    async def ensure(self, secrets: object) -> None:
-        return None
-
-
 @pytest.fixture(scope="module")
 def image(tmp_path_factory: pytest.TempPathFactory) -> GeneratedImage:
     return generate_image(tmp_path_factory.mktemp("images") / "status", size=4 * MiB, layers=2, seed=31)
@@ -128,7 +120,7 @@ class TestStatus:
 
     async def test_healthy(self, setup: Setup) -> None:
         setup.hosts_toml(0)
-        webhook = TestServer(create_app(WebhookConfig.build([REGISTRY]), NoSecrets()))
+        webhook = TestServer(create_app(WebhookConfig.build([REGISTRY])))
         await webhook.start_server()
         try:
             code, report = await setup.status(0, "--webhook", str(webhook.make_url("")).rstrip("/"))

@@ -11,16 +11,20 @@ from typing import Any
 
 import click
 
+from shoal.ops.chart_values import brief_parameter_problems, helm_problems
 from shoal.ops.helm import (
     NAMESPACE,
     RELEASE,
+    ReleaseValuesError,
     as_comment,
     build_values,
+    deep_merge,
     default_chart,
     helm_config,
     manifests_text,
     notes,
     release_notes,
+    release_values,
     release_version,
     render,
 )
@@ -54,9 +58,15 @@ def _values_options(func: Any) -> Any:
         default=None,
         help="Chart directory or .tgz (default: the bundled chart).",
     )(func)
-    func = click.option("--dry-run", is_flag=True, help="Print the manifests; touch no cluster.")(func)
+    func = click.option("--dry-run", is_flag=True, help="Print the manifests; change nothing in the cluster.")(func)
     func = click.option("--timeout", default=300, show_default=True, help="Seconds to wait.")(func)
     return func
+
+
+class ValuesError(click.ClickException):
+    """A value the person gave that the chart cannot take: a usage error (exit status 2)."""
+
+    exit_code = 2
 
 
 def _helm_call(action: str, call: Any) -> Any:
@@ -64,8 +74,22 @@ def _helm_call(action: str, call: Any) -> Any:
 
     try:
         return call()
+    except (helm_python.HelmValuesError, helm_python.HelmRenderError) as exc:
+        problems = helm_problems(str(exc))
+        if problems:
+            raise ValuesError("\n".join(problems)) from None
+        raise click.ClickException(f"{action} failed: {exc}") from None
     except helm_python.HelmError as exc:
         raise click.ClickException(f"{action} failed: {exc}") from None
+
+
+def _read_values(values_files: tuple[str, ...], sets: tuple[str, ...]) -> dict[str, Any]:
+    """``-f`` files then ``--set``s; the brief's parameters with no meaning here are refused."""
+    values: dict[str, Any] = _helm_call("reading values", lambda: build_values(values_files, sets))
+    problems = brief_parameter_problems(values)
+    if problems:
+        raise ValuesError("\n".join(problems))
+    return values
 
 
 @click.command()
@@ -83,7 +107,7 @@ def install(
     timeout: int,
 ) -> None:
     """Install Shoal (like ``onectl addon install``), e.g. ``--set registries=reg.example.com``."""
-    values = _helm_call("reading values", lambda: build_values(values_files, sets))
+    values = _read_values(values_files, sets)
     chart_path = Path(chart) if chart else default_chart()
     rendered = _helm_call(
         "rendering",
@@ -129,20 +153,28 @@ def upgrade(
     """Change parameters of an installed Shoal, e.g. ``--set p2p.plusMode.cacheTTL=72h``.
 
     The release's current values are kept and the new ones applied on top, like
-    ``onectl addon upgrade``. With ``--dry-run`` the chart defaults plus the given values are
-    rendered offline.
+    ``onectl addon upgrade``; ``--dry-run`` reads them from the cluster too, and prints the
+    manifests the upgrade would apply.
     """
-    values = _helm_call("reading values", lambda: build_values(values_files, sets))
+    values = _read_values(values_files, sets)
     chart_path = Path(chart) if chart else default_chart()
+    config = helm_config(kubeconfig, kube_context, namespace)
+    if not reset_values:
+        try:
+            values = deep_merge(release_values(config, release_name, namespace), values)
+        except ReleaseValuesError as exc:
+            raise click.ClickException(
+                f"cannot read the installed release's values to keep them: {exc}; "
+                "--reset-values starts from the chart's defaults instead"
+            ) from None
+    rendered = _helm_call(
+        "rendering",
+        lambda: render(values, chart=chart_path, release=release_name, namespace=namespace, upgrade=True),
+    )
     if dry_run:
-        rendered = _helm_call(
-            "rendering",
-            lambda: render(values, chart=chart_path, release=release_name, namespace=namespace, upgrade=True),
-        )
         click.echo(manifests_text(rendered), nl=False)
         click.echo("# NOTES:\n" + as_comment(notes(rendered)), nl=False)
         return
-    config = helm_config(kubeconfig, kube_context, namespace)
     release = _helm_call(
         "upgrade",
         lambda: config.upgrade(
@@ -152,8 +184,7 @@ def upgrade(
             namespace=namespace,
             timeout=timeout,
             wait="watcher",
-            reuse_values=not reset_values,
-            reset_values=reset_values,
+            reset_values=True,  # the release's values are already merged into ``values``
         ),
     )
     click.echo(f"Addon {release_name}, version {release_version(release)} upgraded.")

@@ -116,7 +116,7 @@ def webhook(
     metrics = WebhookMetrics()
     sync.on_error = metrics.secret_sync_errors.labels("controller").inc
     sync.start()
-    app = create_app(config, sync, webhook_metrics=metrics)
+    app = create_app(config, webhook_metrics=metrics)
     ssl_context = None
     if not insecure:
         ssl_context = tls_context(str(tls_cert), str(tls_key))

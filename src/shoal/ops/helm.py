@@ -7,6 +7,7 @@ Values, ``--set`` syntax, the schema check and release storage behave exactly as
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +91,41 @@ def helm_config(kubeconfig: str | None, context: str | None, namespace: str) -> 
     import helm_python
 
     return helm_python.Config(kubeconfig_path=kubeconfig, kube_context=context, namespace=namespace)
+
+
+class ReleaseValuesError(RuntimeError):
+    """The installed release's values could not be read; the message says why, in words."""
+
+
+_UNREACHABLE = re.compile(r'Get "(?P<url>[a-z]+://[^/"]+)[^"]*": (?:.*: )?(?P<cause>[^:]+)$')
+_NO_KUBECONFIG = re.compile(r"stat (?P<path>.+): no such file or directory$")
+
+
+def unreachable_cluster(message: str) -> str:
+    """Helm's "kubernetes cluster unreachable: ..." as "no cluster reachable at URL (cause)"."""
+    detail = message.removeprefix("kubernetes cluster unreachable:").strip()
+    if match := _UNREACHABLE.search(detail):
+        return f"no cluster reachable at {match['url']} ({match['cause'].strip()})"
+    if match := _NO_KUBECONFIG.search(detail):
+        return f"no cluster reachable: kubeconfig {match['path']} does not exist"
+    return f"no cluster reachable ({detail})"
+
+
+def release_values(config: Any, release: str, namespace: str) -> dict[str, Any]:
+    """The values given to the installed ``release`` (``helm get values``), as ``--reuse-values`` keeps them.
+
+    Raises:
+        ReleaseValuesError: no cluster reachable, or no such release in ``namespace``.
+    """
+    import helm_python
+
+    try:
+        values = config.get_values(release)
+    except helm_python.HelmNotFoundError:
+        raise ReleaseValuesError(f"release {release} is not installed in namespace {namespace}") from None
+    except helm_python.HelmKubeError as exc:
+        raise ReleaseValuesError(unreachable_cluster(str(exc))) from None
+    return dict(values or {})
 
 
 def notes(rendered: dict[str, str]) -> str:

@@ -5,10 +5,11 @@ API server sends it), create, read, replace, delete. Every write bumps a resourc
 is delivered to open watches, so the real ``kubernetes`` client sees real semantics (409 on
 create of an existing name, 404 on a missing one, 410 for an expired version). Core v1
 Nodes: read and replace (409 when the resourceVersion sent is not the current one), for
-``shoal node-ready``. Core v1 Pods: read. TokenReview: tokens registered with
-:meth:`FakeApiServer.add_token` are authenticated for their audiences until they expire,
-with the pod-name/pod-uid extras a projected ServiceAccount token carries; any other token
-is not.
+``shoal node-ready``. Core v1 Pods: read, and list and watch across namespaces by label, for
+the webhook's controller (Pods are added with ``put_pod``, as the API server would store them).
+TokenReview: tokens registered with :meth:`FakeApiServer.add_token` are authenticated for
+their audiences until they expire, with the pod-name/pod-uid extras a projected
+ServiceAccount token carries; any other token is not.
 """
 
 from __future__ import annotations
@@ -117,6 +118,23 @@ class FakeApiServer:
             found = self.secrets.get((namespace, name))
             return copy.deepcopy(found) if found else None
 
+    def put_pod(self, pod: Json) -> Json:
+        with self.changed:
+            pod = copy.deepcopy(pod)
+            meta = pod.setdefault("metadata", {})
+            meta.setdefault("name", meta.get("generateName", "pod-") + uuid.uuid4().hex[:5])
+            meta.setdefault("uid", str(uuid.uuid4()))
+            key = (meta["namespace"], meta["name"])
+            kind = "MODIFIED" if key in self.pods else "ADDED"
+            self.version += 1
+            meta["resourceVersion"] = str(self.version)
+            pod.setdefault("apiVersion", "v1")
+            pod["kind"] = "Pod"
+            self.pods[key] = pod
+            self.events.append((self.version, kind, copy.deepcopy(pod)))
+            self.changed.notify_all()
+            return copy.deepcopy(pod)
+
     def put_node(self, node: Json) -> Json:
         with self.changed:
             node = copy.deepcopy(node)
@@ -132,21 +150,13 @@ class FakeApiServer:
             found = self.nodes.get(name)
             return copy.deepcopy(found) if found else None
 
-    def put_pod(self, pod: Json) -> Json:
-        with self.changed:
-            pod = copy.deepcopy(pod)
-            meta = pod.setdefault("metadata", {})
-            meta.setdefault("uid", str(uuid.uuid4()))
-            self.version += 1
-            meta["resourceVersion"] = str(self.version)
-            pod.setdefault("apiVersion", "v1")
-            pod.setdefault("kind", "Pod")
-            self.pods[(meta["namespace"], meta["name"])] = pod
-            return copy.deepcopy(pod)
-
     def remove_pod(self, namespace: str, name: str) -> None:
         with self.changed:
-            self.pods.pop((namespace, name), None)
+            pod = self.pods.pop((namespace, name), None)
+            if pod is not None:
+                self.version += 1
+                self.events.append((self.version, "DELETED", copy.deepcopy(pod)))
+                self.changed.notify_all()
 
     def add_token(
         self, token: str, service_account: str, pod: Json | None, audiences: list[str], expires_in: float = 3600.0
@@ -231,14 +241,21 @@ class FakeApiServer:
                 parsed = urlparse(self.path)
                 query = parse_qs(parsed.query)
                 fake.requests.append(("GET", self.path))
-                if parsed.path == "/api/v1/secrets":
+                if parsed.path == "/version":
+                    self._send(200, {"major": "1", "minor": "32", "gitVersion": "v1.32.0"})
+                    return
+                if parsed.path in ("/api/v1/secrets", "/api/v1/pods"):
+                    resource = "Secret" if parsed.path.endswith("secrets") else "Pod"
                     selector = query.get("fieldSelector", [""])[0]
+                    labels = query.get("labelSelector", [""])[0]
                     if query.get("watch", ["false"])[0] == "true":
                         timeout = float(query.get("timeoutSeconds", ["300"])[0])
                         since = int(query.get("resourceVersion", ["0"])[0])
-                        self._watch(since, selector, time.monotonic() + timeout)
+                        self._watch(since, selector, time.monotonic() + timeout, resource, labels)
+                    elif resource == "Pod":
+                        self._list_pods(labels)
                     else:
-                        self._list(selector)
+                        self._list(selector, "", labels)
                     return
                 pod = _POD.match(parsed.path)
                 if pod:
@@ -258,6 +275,9 @@ class FakeApiServer:
                         self._send(200, found_node)
                     return
                 match = _ITEM.match(parsed.path)
+                if match and not match.group(2):
+                    self._list(query.get("fieldSelector", [""])[0], match.group(1), query.get("labelSelector", [""])[0])
+                    return
                 if match and match.group(2):
                     found = fake.get(match.group(1), match.group(2))
                     if found is None:
@@ -273,9 +293,26 @@ class FakeApiServer:
                 field, _, value = selector.partition("=")
                 return field == "type" and secret.get("type") == value
 
-            def _list(self, selector: str) -> None:
+            def _labelled(self, secret: Json, selector: str) -> bool:
+                """Equality-based label selectors (``a=b,c=d``), the form Helm's storage sends."""
+                labels = secret.get("metadata", {}).get("labels") or {}
+                pairs = (term.partition("=") for term in selector.split(",") if term)
+                return all(labels.get(key) == value for key, _, value in pairs)
+
+            def _list_pods(self, labels: str) -> None:
                 with fake.changed:
-                    items = [copy.deepcopy(s) for s in fake.secrets.values() if self._matches(s, selector)]
+                    items = [copy.deepcopy(p) for p in fake.pods.values() if self._labelled(p, labels)]
+                    version = fake.version
+                body = {"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": str(version)}}
+                self._send(200, {**body, "items": items})
+
+            def _list(self, selector: str, namespace: str = "", labels: str = "") -> None:
+                with fake.changed:
+                    items = [
+                        copy.deepcopy(s)
+                        for (ns, _), s in fake.secrets.items()
+                        if self._matches(s, selector) and namespace in ("", ns) and self._labelled(s, labels)
+                    ]
                     version = fake.version
                 self._send(
                     200,
@@ -287,7 +324,7 @@ class FakeApiServer:
                     },
                 )
 
-            def _watch(self, since: int, selector: str, deadline: float) -> None:
+            def _watch(self, since: int, selector: str, deadline: float, resource: str, labels: str) -> None:
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Transfer-Encoding", "chunked")
@@ -328,7 +365,8 @@ class FakeApiServer:
                         pending = [e for e in fake.events if e[0] > sent]
                     for version, kind, obj in pending:
                         sent = version
-                        if self._matches(obj, selector):
+                        wanted = obj.get("kind") == resource and self._labelled(obj, labels)
+                        if wanted and self._matches(obj, selector):
                             try:
                                 self._chunk({"type": kind, "object": obj})
                             except OSError:

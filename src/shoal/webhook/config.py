@@ -97,6 +97,11 @@ class WebhookConfig:
         """Annotation recording what was rewritten; its presence marks a Pod as injected."""
         return f"{self.label_prefix}/p2p-config"
 
+    @property
+    def skipped_key(self) -> str:
+        """Annotation saying why a Pod that asked for acceleration was left alone."""
+        return f"{self.label_prefix}/p2p-skipped"
+
     def alias(self, registry: str) -> str:
         """The alias host images of ``registry`` are rewritten to."""
         return alias_host(registry, self.p2p_port, self.alias_domain)

@@ -12,8 +12,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 
 MUTATED = "mutated"
 UNCHANGED = "unchanged"
+SKIPPED = "skipped"
+"""the Pod asked for acceleration and was left alone, with a warning saying why."""
 ERROR = "error"
-"""admitted unchanged because something failed (an internal error, or no derived pull secret)."""
+"""admitted unchanged because something failed (an internal error)."""
 
 
 class WebhookMetrics:
@@ -23,26 +25,26 @@ class WebhookMetrics:
         self.admissions = Counter(
             "shoal_webhook_admissions",
             "Admission reviews answered, by entry point (pod label or namespace) and decision "
-            "(mutated, unchanged, error: admitted unchanged because something failed)",
+            "(mutated; skipped: asked for acceleration, left alone with a warning; unchanged; "
+            "error: admitted unchanged because something failed)",
             ["scope", "decision"],
             registry=r,
         )
         self.admission_seconds = Histogram(
             "shoal_webhook_admission_duration_seconds",
-            "Time to answer an admission review (derived pull secrets included)",
+            "Time to answer an admission review",
             ["scope"],
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5),
             registry=r,
         )
         self.secret_sync_errors = Counter(
             "shoal_webhook_pull_secret_sync_errors",
-            "Derived pull secrets that could not be created or updated, by stage "
-            "(admission: while answering; controller: while following the originals)",
+            "Derived pull secrets that could not be created or updated, or failed watches, by stage "
+            "(controller: the only writer, for Pods it sees in the API)",
             ["stage"],
             registry=r,
         )
-        for stage in ("admission", "controller"):
-            self.secret_sync_errors.labels(stage)
+        self.secret_sync_errors.labels("controller")
 
     def observe(self, scope: str, decision: str, seconds: float) -> None:
         self.admissions.labels(scope, decision).inc()

@@ -1,4 +1,4 @@
-"""The admission decision for one Pod, as a pure function: JSONPatch plus Secrets to ensure.
+"""The admission decision for one Pod, as a pure function of the AdmissionRequest: a JSONPatch.
 
 The MutatingWebhookConfiguration has two entries: one selects Pods carrying the accelerate
 label (``objectSelector``, path ``/mutate``), one selects Pods in a labelled namespace
@@ -8,17 +8,17 @@ already injected Pod and returns no patch.
 
 Images move to their registry's alias host (``harbor.local:5000/team/app:v1`` ->
 ``harbor.local:65001/team/app:v1``), which node-config routes to the agent with the registry
-as fallback, so a rewritten Pod pulls on a node whose agent is down or absent. An image is
-moved only when one of the Pod's pull secrets holds credentials for its registry (they are
-copied to the alias host): credentials that come from the node (kubelet credential
-providers, the node's config.json) name the original host and would not follow.
+as fallback, so a rewritten Pod pulls on a node whose agent is down or absent. Images move
+only in Pods that name pull secrets: each gets a derived secret (its credentials re-keyed to
+the alias hosts, made by the controller) added beside it. Credentials that come from the node
+(kubelet credential providers, the node's config.json) name the original host and would not
+follow, so a Pod without pull secrets is left alone unless the operator says otherwise.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -26,7 +26,7 @@ from typing import Any
 from shoal import __version__
 from shoal.core.reference import ImageReference, ReferenceError
 from shoal.webhook.config import ENABLED_VALUE, WebhookConfig
-from shoal.webhook.pullsecrets import covered_registries, derive_secret, read_dockerconfig
+from shoal.webhook.pullsecrets import USES_DERIVED_LABEL, derived_names
 
 Json = dict[str, Any]
 CONTAINER_LISTS = ("initContainers", "containers", "ephemeralContainers")
@@ -52,19 +52,38 @@ class Rewrite:
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """What to answer: an empty patch means "admit unchanged"; ``reason`` goes to the log."""
+    """What to answer: an empty patch means "admit unchanged"; ``reason`` goes to the log.
+
+    ``skipped``: the Pod asked for acceleration and is left alone; ``reason`` then also goes
+    to the person who created it (an AdmissionResponse warning, which kubectl prints) and
+    onto the Pod (the ``<prefix>/p2p-skipped`` annotation, the only change in ``patch``).
+    """
 
     patch: tuple[Json, ...]
-    secrets: tuple[Json, ...]
     reason: str
+    skipped: bool = False
 
     @property
     def mutated(self) -> bool:
-        return bool(self.patch)
+        """True when images were rewritten (a skip annotation alone does not count)."""
+        return bool(self.patch) and not self.skipped
 
 
 def unchanged(reason: str) -> Decision:
-    return Decision((), (), reason)
+    return Decision((), reason)
+
+
+def _annotate(pod: Json, annotations: dict[str, str]) -> list[Json]:
+    if "annotations" not in (pod.get("metadata") or {}):
+        return [{"op": "add", "path": "/metadata/annotations", "value": annotations}]
+    return [
+        {"op": "add", "path": f"/metadata/annotations/{escape_pointer(k)}", "value": v} for k, v in annotations.items()
+    ]
+
+
+def skipped(pod: Json, config: WebhookConfig, reason: str) -> Decision:
+    """Leave a Pod that asked for acceleration alone, and record why on it."""
+    return Decision(tuple(_annotate(pod, {config.skipped_key: reason})), reason, skipped=True)
 
 
 def escape_pointer(token: str) -> str:
@@ -176,11 +195,13 @@ def malformed(request: Json) -> str | None:
     return None
 
 
-def decide(request: Json, scope: Scope, config: WebhookConfig, secrets: Mapping[str, Json] | None) -> Decision:
-    """Decide for one AdmissionRequest; ``secrets`` are the Secrets of its namespace by name.
+def decide(request: Json, scope: Scope, config: WebhookConfig) -> Decision:
+    """Decide for one AdmissionRequest, from the request alone.
 
-    ``secrets`` is None while the Secret cache is not synced; a Pod that references pull
-    secrets is then left alone, because a missing secret cannot be told from an unknown one.
+    Nothing outside the request is consulted: the webhook's port answers anyone who can reach
+    it, so the answer must not tell whether a Secret exists in some namespace. The derived
+    pull secrets the patch names are created by the controller for Pods it sees in the API
+    (``controller.SecretSync``), never for a review body.
 
     When in doubt the answer is "unchanged": a Pod must never become unpullable.
     """
@@ -204,48 +225,36 @@ def decide(request: Json, scope: Scope, config: WebhookConfig, secrets: Mapping[
         return unchanged("already injected")
     elsewhere = runs_without_node_config(pod["spec"])
     if elsewhere is not None:
-        return unchanged(f"{elsewhere}: no node-config there to fall back to the registry")
+        return skipped(pod, config, f"{elsewhere}: no node-config there to fall back to the registry")
     rewrites = plan_rewrites(pod["spec"], config)
     if not rewrites:
-        return unchanged("no image from an accelerated registry")
-
+        return skipped(pod, config, "no image from an accelerated registry")
     names = [str(ref.get("name", "")) for ref in pod["spec"].get("imagePullSecrets") or [] if ref]
-    derived: list[Json] = []
-    if names and secrets is None:
-        return unchanged("pull secret cache not ready")
-    covered: set[str] = set()
-    for name in names:
-        assert secrets is not None
-        original = secrets.get(name)
-        if original is None:
-            return unchanged(f"pull secret {name!r} is missing")
-        covered |= covered_registries(read_dockerconfig(original), config)
-        secret = derive_secret(original, config)
-        if secret is not None and secret["metadata"]["name"] not in names:
-            derived.append(secret)
-    if not config.rewrite_without_pull_secret:
-        rewrites = [r for r in rewrites if r.registry in covered]
-        if not rewrites:
-            return unchanged("no pull secret of the Pod holds credentials for its accelerated registries")
+    if not names and not config.rewrite_without_pull_secret:
+        return skipped(pod, config, NO_PULL_SECRET)
 
     patch: list[Json] = [{"op": "replace", "path": r.pointer, "value": r.image} for r in rewrites]
-    new_annotations = {
-        config.mode_key: ENABLED_VALUE,
-        config.config_key: p2p_config(rewrites, config),
-    }
-    if "annotations" not in (pod.get("metadata") or {}):
-        patch.append({"op": "add", "path": "/metadata/annotations", "value": new_annotations})
-    else:
-        patch.extend(
-            {"op": "add", "path": f"/metadata/annotations/{escape_pointer(k)}", "value": v}
-            for k, v in new_annotations.items()
-        )
-    refs = [{"name": s["metadata"]["name"]} for s in derived]
+    patch += _annotate(pod, {config.mode_key: ENABLED_VALUE, config.config_key: p2p_config(rewrites, config)})
+    refs = [{"name": name} for name in derived_names(names, config)]
     if refs and "imagePullSecrets" not in pod["spec"]:
         patch.append({"op": "add", "path": "/spec/imagePullSecrets", "value": refs})
     else:
         patch.extend({"op": "add", "path": "/spec/imagePullSecrets/-", "value": r} for r in refs)
-    return Decision(tuple(patch), tuple(derived), f"rewrote {len(rewrites)} image(s)")
+    if refs:
+        patch += _label(pod, {USES_DERIVED_LABEL: "true"})
+    return Decision(tuple(patch), f"rewrote {len(rewrites)} image(s)")
+
+
+NO_PULL_SECRET = (
+    "no pull secret to carry credentials to the alias host: the Pod's credentials come from the node "
+    "(webhook.rewriteWithoutPullSecret rewrites such Pods)"
+)
+
+
+def _label(pod: Json, labels: dict[str, str]) -> list[Json]:
+    if "labels" not in (pod.get("metadata") or {}):
+        return [{"op": "add", "path": "/metadata/labels", "value": labels}]
+    return [{"op": "add", "path": f"/metadata/labels/{escape_pointer(k)}", "value": v} for k, v in labels.items()]
 
 
 def _decide_ephemeral(pod: Json, config: WebhookConfig) -> Decision:
@@ -265,7 +274,7 @@ def _decide_ephemeral(pod: Json, config: WebhookConfig) -> Decision:
     if not rewrites:
         return unchanged("no ephemeral image from an accelerated registry")
     patch = tuple({"op": "replace", "path": r.pointer, "value": r.image} for r in rewrites)
-    return Decision(patch, (), f"rewrote {len(rewrites)} ephemeral image(s)")
+    return Decision(patch, f"rewrote {len(rewrites)} ephemeral image(s)")
 
 
 def _rewritten_registries(annotation: object, config: WebhookConfig) -> set[str]:
@@ -277,6 +286,15 @@ def _rewritten_registries(annotation: object, config: WebhookConfig) -> set[str]
     return {ref.registry for ref in refs if ref is not None}
 
 
+WARNING_LIMIT = 256  # the API server may truncate longer warnings
+
+
+def warning(reason: str) -> str:
+    """One printable line (warnings travel as HTTP headers), within the API server's limit."""
+    text = " ".join(f"shoal: image acceleration skipped: {reason}".split())
+    return "".join(c if c.isprintable() else "?" for c in text)[:WARNING_LIMIT]
+
+
 def review_response(review: Json, decision: Decision) -> Json:
     """The AdmissionReview v1 answer; always ``allowed`` (the webhook never blocks a Pod)."""
     request = review.get("request") or {}
@@ -284,6 +302,8 @@ def review_response(review: Json, decision: Decision) -> Json:
     if decision.patch:
         response["patchType"] = "JSONPatch"
         response["patch"] = base64.b64encode(json.dumps(list(decision.patch)).encode()).decode()
+    if decision.skipped:
+        response["warnings"] = [warning(decision.reason)]
     return {
         "apiVersion": review.get("apiVersion", "admission.k8s.io/v1"),
         "kind": "AdmissionReview",

@@ -21,6 +21,8 @@ DOCKERCONFIGJSON = "kubernetes.io/dockerconfigjson"
 DOCKERCONFIGJSON_KEY = ".dockerconfigjson"
 DERIVED_LABEL = "shoal.io/derived-pull-secret"
 DERIVED_FROM_ANNOTATION = "shoal.io/derived-from"
+USES_DERIVED_LABEL = "shoal.io/uses-derived-pull-secret"
+"""on Pods the webhook gave derived pull secrets: the controller watches Pods by this label."""
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "shoal-webhook"
 
@@ -55,15 +57,6 @@ def read_dockerconfig(secret: Json) -> Json | None:
     except (binascii.Error, ValueError):
         return None
     return decoded if isinstance(decoded, dict) else None
-
-
-def covered_registries(dockerconfig: Json | None, config: WebhookConfig) -> set[str]:
-    """The accelerated registries a decoded ``.dockerconfigjson`` holds credentials for."""
-    auths = (dockerconfig or {}).get("auths")
-    if not isinstance(auths, dict):
-        return set()
-    hosts = {split_auth_key(key)[0] for key, entry in auths.items() if isinstance(entry, dict)}
-    return hosts & config.registries
 
 
 def derive_dockerconfig(dockerconfig: Json, config: WebhookConfig) -> Json | None:
@@ -120,6 +113,29 @@ def derive_secret(original: Json, config: WebhookConfig) -> Json | None:
         "metadata": metadata,
         "data": {DOCKERCONFIGJSON_KEY: encoded},
     }
+
+
+def derived_names(names: list[str], config: WebhookConfig) -> list[str]:
+    """The derived pull secrets to add beside a Pod's ``names``, in order, none twice."""
+    present = set(names)
+    derivatives = {config.derived_secret_name(name) for name in names}
+    out: list[str] = []
+    for name in names:
+        derived = config.derived_secret_name(name)
+        if name in derivatives:
+            continue  # itself the derived copy of another of the Pod's secrets
+        if derived not in present and derived not in out:
+            out.append(derived)
+    return out
+
+
+def wanted_derived(pod: Json, config: WebhookConfig) -> list[tuple[str, str]]:
+    """``(original, derived)`` pull secret names a Pod in the API references side by side."""
+    spec = pod.get("spec") if isinstance(pod.get("spec"), dict) else {}
+    refs = (spec or {}).get("imagePullSecrets") or []
+    names = {str(ref.get("name", "")) for ref in refs if isinstance(ref, dict)}
+    pairs = ((name, config.derived_secret_name(name)) for name in names)
+    return sorted((original, derived) for original, derived in pairs if derived in names)
 
 
 def needs_update(existing: Json, desired: Json) -> bool:

@@ -1,45 +1,28 @@
 """HTTPS edge of the webhook: AdmissionReview in, AdmissionReview out, never a blocked Pod.
 
-Handlers only parse, call the pure ``decide`` and, unless the request is a dry run, ask the
-``SecretSource`` to create the derived pull secrets before answering. Any failure on that
-path answers "admit unchanged".
+Handlers only parse and call the pure ``decide``; they have no side effects and read nothing
+but the request, because anyone who can reach the port can post a review naming any
+namespace. Derived pull secrets are the controller's job, for Pods it sees in the API. Any
+failure answers "admit unchanged".
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import ssl
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 from aiohttp import web
 
 from shoal.webhook import metrics
 from shoal.webhook.config import WebhookConfig
-from shoal.webhook.mutate import Decision, Scope, decide, review_response, unchanged
+from shoal.webhook.mutate import Scope, decide, review_response, unchanged
 
 log = logging.getLogger(__name__)
 Json = dict[str, Any]
-ENSURE_TIMEOUT = 2.0  # below the chart's 3 s webhook timeout: answer before the API server gives up
-
-
-class SecretSource(Protocol):
-    """What the server needs from the controller: a Secret cache and a way to write."""
-
-    def secrets_in(self, namespace: str) -> Mapping[str, Json] | None:
-        """The namespace's pull secrets by name, or None until the cache is synced."""
-        ...
-
-    async def ensure(self, secrets: Sequence[Json]) -> None:
-        """Create or update derived Secrets; raises on failure."""
-        ...
-
 
 CONFIG_KEY = web.AppKey("config", WebhookConfig)
-SOURCE_KEY = web.AppKey("source", SecretSource)
-TIMEOUT_KEY = web.AppKey("ensure_timeout", float)
 
 
 async def admit(request: web.Request, scope: Scope) -> web.Response:
@@ -50,16 +33,11 @@ async def admit(request: web.Request, scope: Scope) -> web.Response:
             raise TypeError("request is not an object")
     except (ValueError, KeyError, TypeError) as exc:
         raise web.HTTPBadRequest(text=f"not an AdmissionReview: {exc}") from None
-    config, source = request.app[CONFIG_KEY], request.app[SOURCE_KEY]
     namespace = str(admission.get("namespace") or "")
     started, outcome = time.monotonic(), metrics.ERROR
     try:
-        decision = decide(admission, scope, config, source.secrets_in(namespace))
-        wanted = decision
-        decision = await _apply_side_effects(request.app, admission, decision)
-        outcome = (
-            metrics.ERROR if decision is not wanted else metrics.MUTATED if decision.mutated else metrics.UNCHANGED
-        )
+        decision = decide(admission, scope, request.app[CONFIG_KEY])
+        outcome = metrics.MUTATED if decision.mutated else metrics.SKIPPED if decision.skipped else metrics.UNCHANGED
     except Exception as exc:  # when in doubt, do not mutate
         log.exception("admission failed; admitting unchanged")
         decision = unchanged(f"internal error: {exc}")
@@ -79,19 +57,6 @@ async def admit(request: web.Request, scope: Scope) -> web.Response:
     return web.json_response(review_response(review, decision))
 
 
-async def _apply_side_effects(app: web.Application, admission: Json, decision: Decision) -> Decision:
-    if not decision.secrets or admission.get("dryRun"):
-        return decision
-    try:
-        async with asyncio.timeout(app[TIMEOUT_KEY]):
-            await app[SOURCE_KEY].ensure(decision.secrets)
-    except Exception as exc:
-        log.warning("could not ensure derived pull secrets: %r", exc)
-        app[metrics.METRICS_KEY].secret_sync_errors.labels("admission").inc()
-        return unchanged(f"could not create derived pull secret: {exc!r}")
-    return decision
-
-
 async def mutate_pod(request: web.Request) -> web.Response:
     return await admit(request, Scope.POD)
 
@@ -104,18 +69,10 @@ async def healthz(request: web.Request) -> web.Response:
     return web.Response(text="ok")
 
 
-def create_app(
-    config: WebhookConfig,
-    source: SecretSource,
-    *,
-    ensure_timeout: float = ENSURE_TIMEOUT,
-    webhook_metrics: metrics.WebhookMetrics | None = None,
-) -> web.Application:
+def create_app(config: WebhookConfig, *, webhook_metrics: metrics.WebhookMetrics | None = None) -> web.Application:
     """Routes: ``POST /mutate`` (Pod label entry), ``POST /mutate/namespace``, ``GET /healthz``, ``GET /metrics``."""
     app = web.Application(client_max_size=8 * 1024 * 1024)
     app[CONFIG_KEY] = config
-    app[SOURCE_KEY] = source
-    app[TIMEOUT_KEY] = ensure_timeout
     app[metrics.METRICS_KEY] = webhook_metrics or metrics.WebhookMetrics()
     app.router.add_get("/metrics", app[metrics.METRICS_KEY].handler)
     app.router.add_post("/mutate", mutate_pod)

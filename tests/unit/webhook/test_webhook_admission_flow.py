@@ -17,7 +17,7 @@ from .k8s_fixtures import (
     apply_json_patch,
     load,
 )
-from .test_webhook_mutate import brief_pod, secrets
+from .test_webhook_mutate import brief_pod
 
 Json = dict[str, Any]
 PATH_SCOPE = {"/mutate": Scope.POD, "/mutate/namespace": Scope.NAMESPACE}
@@ -64,7 +64,7 @@ def admit_through_api_server(pod: Json, namespace: Json) -> tuple[Json, list[str
             continue
         called.append(entry["name"])
         scope = PATH_SCOPE[entry["clientConfig"]["service"]["path"]]
-        decision = decide(admission_review(pod, name)["request"], scope, CONFIG, secrets(name))
+        decision = decide(admission_review(pod, name)["request"], scope, CONFIG)
         pod = apply_json_patch(pod, list(decision.patch))
     return pod, called
 

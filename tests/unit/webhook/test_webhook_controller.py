@@ -6,6 +6,7 @@ import base64
 import json
 import re
 from collections.abc import Iterator
+from urllib.parse import unquote
 
 import pytest
 from kubernetes import client
@@ -15,8 +16,9 @@ from shoal.testing.fake_apiserver import FakeApiServer
 from shoal.webhook.config import WebhookConfig
 from shoal.webhook.controller import ForeignSecretError, SecretSync
 from shoal.webhook.mutate import Scope, decide
+from shoal.webhook.pullsecrets import derive_secret
 
-from .k8s_fixtures import BRIEF_REGISTRY, Json, admission_review, load, with_namespace
+from .k8s_fixtures import BRIEF_REGISTRY, Json, admission_review, apply_json_patch, load, with_namespace
 from .test_webhook_mutate import brief_pod
 
 CONFIG = WebhookConfig.build([BRIEF_REGISTRY])
@@ -71,8 +73,14 @@ def sync(apiserver: FakeApiServer, core: client.CoreV1Api) -> Iterator[SecretSyn
 
 
 def derived_in_default(pod: Json, sync: SecretSync) -> list[Json]:
-    request = admission_review(pod, "default")["request"]
-    return list(decide(request, Scope.POD, CONFIG, sync.secrets_in("default")).secrets)
+    """The derived Secrets the pull secrets ``pod`` names imply, from the controller's cache."""
+    cached = sync.secrets_in("default") or {}
+    implied = (derive_secret(cached[name], CONFIG) for name in pod_pull_secrets(pod))
+    return [secret for secret in implied if secret is not None]
+
+
+def pod_pull_secrets(pod: Json) -> list[str]:
+    return [str(ref["name"]) for ref in pod["spec"].get("imagePullSecrets") or []]
 
 
 class TestSecretSync:
@@ -145,18 +153,14 @@ class TestSecretSync:
         assert apiserver.get("default", DERIVED) is None
         assert not [r for r in apiserver.requests if r[0] in ("POST", "PUT", "DELETE")]
 
-    async def test_async_ensure(self, sync: SecretSync, apiserver: FakeApiServer) -> None:
-        await sync.ensure(derived_in_default(brief_pod(), sync))
-        assert apiserver.get("default", DERIVED) is not None
-
 
 class TestStartup:
     """A derived secret left behind by an original deleted while the webhook was down."""
 
     def test_orphan_is_removed_on_first_list(self, apiserver: FakeApiServer, core: client.CoreV1Api) -> None:
         stored = apiserver.put(original())
-        request = admission_review(brief_pod(), "default")["request"]
-        (derived,) = decide(request, Scope.POD, CONFIG, {"test-registry": stored}).secrets
+        derived = derive_secret(stored, CONFIG)
+        assert derived is not None
         apiserver.put(derived)
         apiserver.remove("default", "test-registry")
         assert apiserver.get("default", DERIVED) is not None
@@ -175,6 +179,12 @@ class TestStartup:
             apiserver.put(with_namespace(load("secret-regcred"), "team-b"))
             assert apiserver.wait_for(lambda _, s=sync: "regcred" in (s.secrets_in("team-b") or {}))
             assert sum(1 for m, p in apiserver.requests if "watch" not in p) > lists_before
+
+
+def resource(path: str) -> str:
+    """The resource of one request of the fake's log: ``secrets`` or ``pods``."""
+    parts = path.split("?")[0].split("/")
+    return parts[3] if parts[3] != "namespaces" else parts[5]
 
 
 def rbac_verb(method: str, path: str) -> str:
@@ -200,11 +210,101 @@ class TestRBAC:
         assert apiserver.wait_for(lambda s: "rotated" in json.dumps(creds(s.get("default", DERIVED))))
         apiserver.remove("default", "test-registry")  # followed: delete
         assert apiserver.wait_for(lambda s: s.get("default", DERIVED) is None)
-        used = {rbac_verb(method, path) for method, path in apiserver.requests}
-        assert all(path.startswith(("/api/v1/secrets", "/api/v1/namespaces/")) for _, path in apiserver.requests)
+        assert apiserver.wait_for(lambda s: any(p.startswith("/api/v1/pods?") and "watch" in p for _, p in s.requests))
+        used = {(resource(path), rbac_verb(method, path)) for method, path in apiserver.requests}
 
         rendered = manifest_documents(render(build_values((), ("registries=" + BRIEF_REGISTRY,))))
         (role,) = [d for d in rendered if d["kind"] == "ClusterRole" and d["metadata"]["name"].endswith("-webhook")]
-        granted = {verb for rule in role["rules"] for verb in rule["verbs"]}
-        assert {res for rule in role["rules"] for res in rule["resources"]} == {"secrets"}
-        assert used == granted == {"get", "list", "watch", "create", "update", "delete"}
+        granted = {(res, verb) for rule in role["rules"] for res in rule["resources"] for verb in rule["verbs"]}
+        on_secrets = {("secrets", verb) for verb in ("get", "list", "watch", "create", "update", "delete")}
+        assert used == granted == on_secrets | {("pods", "list"), ("pods", "watch")}
+
+
+def admitted(pod: Json, name: str = "app-1") -> Json:
+    """``pod`` as the API server stores it after the webhook's patch."""
+    namespace = pod["metadata"]["namespace"]
+    request = admission_review(pod, namespace)["request"]
+    stored: Json = apply_json_patch(pod, list(decide(request, Scope.POD, CONFIG).patch))
+    stored["metadata"]["name"] = name
+    return stored
+
+
+def writes(apiserver: FakeApiServer) -> list[tuple[str, str]]:
+    return [r for r in apiserver.requests if r[0] in ("POST", "PUT", "DELETE")]
+
+
+class TestPodsInTheApi:
+    """Derived Secrets are made for Pods the API server stored, never for a review body."""
+
+    def test_a_stored_pod_gets_its_derived_secret(self, sync: SecretSync, apiserver: FakeApiServer) -> None:
+        pod = admitted(brief_pod())
+        assert apiserver.get("default", DERIVED) is None
+        apiserver.put_pod(pod)
+        assert apiserver.wait_for(lambda s: s.get("default", DERIVED) is not None)
+        assert creds(apiserver.get("default", DERIVED)) == {
+            "auths": {f"{BRIEF_REGISTRY}:65001": {"username": "builder", "password": "s3cret"}}
+        }
+        watches = [p for _, p in apiserver.requests if p.startswith("/api/v1/pods?")]
+        assert watches
+        assert all("labelSelector=shoal.io/uses-derived-pull-secret=true" in unquote(p) for p in watches)
+
+    def test_the_original_may_come_after_the_pod(self, sync: SecretSync, apiserver: FakeApiServer) -> None:
+        apiserver.put_pod(admitted(brief_pod("team-c")))
+        apiserver.wait_for(lambda _: False, timeout=0.3)
+        assert apiserver.get("team-c", DERIVED) is None
+        late = original()
+        late["metadata"]["namespace"] = "team-c"
+        apiserver.put(late)
+        assert apiserver.wait_for(lambda s: s.get("team-c", DERIVED) is not None)
+
+    def test_no_copy_without_credentials_for_an_accelerated_registry(
+        self, sync: SecretSync, apiserver: FakeApiServer
+    ) -> None:
+        pod = brief_pod()
+        pod["spec"]["imagePullSecrets"] = [{"name": "quay"}]
+        apiserver.put_pod(admitted(pod))
+        apiserver.put_pod(admitted(brief_pod(), name="marker"))  # processed after the first
+        assert apiserver.wait_for(lambda s: s.get("default", DERIVED) is not None)
+        assert apiserver.get("default", "acr-credential-quay-p2p") is None
+
+    def test_unlabelled_pods_are_not_seen(self, sync: SecretSync, apiserver: FakeApiServer) -> None:
+        pod = admitted(brief_pod())
+        del pod["metadata"]["labels"]["shoal.io/uses-derived-pull-secret"]
+        apiserver.put_pod(pod)
+        apiserver.wait_for(lambda _: False, timeout=0.3)
+        assert writes(apiserver) == []
+
+    def test_a_review_posted_to_the_webhook_writes_nothing(self, sync: SecretSync, apiserver: FakeApiServer) -> None:
+        """Review finding (issue 16, defect 5): a forged AdmissionReview naming namespace
+        team-b made the webhook create a derived Secret there."""
+        forged = original()
+        forged["metadata"]["namespace"] = "team-b"
+        apiserver.put(forged)
+        assert apiserver.wait_for(lambda _: "test-registry" in (sync.secrets_in("team-b") or {}))
+        request = admission_review(brief_pod("team-b"), "team-b")["request"]
+        assert decide(request, Scope.POD, CONFIG).mutated
+        apiserver.wait_for(lambda _: False, timeout=0.3)
+        assert writes(apiserver) == []
+
+    def test_a_users_own_secret_under_the_derived_name_stops_nothing(
+        self, sync: SecretSync, apiserver: FakeApiServer
+    ) -> None:
+        """Found while moving the writes to the controller: the refusal to overwrite a user's
+        Secret escaped the Secret watch, which then relisted for ever."""
+        mine = {"type": "Opaque", "metadata": {"name": DERIVED, "namespace": "team-d"}, "data": {"k": "dg=="}}
+        apiserver.put(mine)  # not a pull secret: not in the controller's cache
+        errors: list[int] = []
+        sync.on_error = lambda: errors.append(1)
+        apiserver.put_pod(admitted(brief_pod("team-d")))
+        apiserver.wait_for(lambda _: False, timeout=0.3)
+        lists = sum(1 for _, p in apiserver.requests if p.startswith("/api/v1/secrets?") and "watch" not in p)
+        late = original()
+        late["metadata"]["namespace"] = "team-d"
+        apiserver.put(late)
+        assert apiserver.wait_for(lambda _: errors == [1])
+        apiserver.put(with_namespace(load("secret-regcred"), "team-e"))
+        assert apiserver.wait_for(lambda _: "regcred" in (sync.secrets_in("team-e") or {}))
+        assert sum(1 for _, p in apiserver.requests if p.startswith("/api/v1/secrets?") and "watch" not in p) == lists
+        kept = apiserver.get("team-d", DERIVED)
+        assert kept is not None
+        assert (kept["type"], kept["data"]) == ("Opaque", mine["data"])

@@ -11,6 +11,7 @@ import pytest
 
 from shoal.webhook.config import ConfigError, WebhookConfig
 from shoal.webhook.mutate import Decision, Scope, decide, review_response, rewrite_image
+from shoal.webhook.pullsecrets import USES_DERIVED_LABEL, derive_secret
 
 from .k8s_fixtures import (
     BRIEF_IMAGE,
@@ -62,13 +63,25 @@ def secrets(namespace: str = "default", *names: str) -> dict[str, Json]:
     return out
 
 
-def admit(
-    pod: Json, scope: Scope, available: dict[str, Json] | None, config: WebhookConfig = CONFIG
-) -> tuple[Decision, Json]:
+def admit(pod: Json, scope: Scope, config: WebhookConfig = CONFIG) -> tuple[Decision, Json]:
     """Run the decision and return the Pod as the API server would store it."""
     namespace = pod["metadata"].get("namespace", "default")
-    decision = decide(admission_review(pod, namespace)["request"], scope, config, available)
+    decision = decide(admission_review(pod, namespace)["request"], scope, config)
     return decision, apply_json_patch(pod, list(decision.patch))
+
+
+SKIPPED = "k8s.aliyun.com/p2p-skipped"
+
+
+def left_alone(pod: Json, reason: str) -> Json:
+    """``pod`` as stored after a skip: untouched but for the annotation saying why."""
+    stored: Json = merge_patch(pod, {"metadata": {"annotations": {SKIPPED: reason}}})
+    return stored
+
+
+def names(pod: Json) -> list[str]:
+    """The pull secrets a Pod names, in order."""
+    return [str(ref["name"]) for ref in pod["spec"].get("imagePullSecrets") or []]
 
 
 def dockerconfig(secret: Json) -> Json:
@@ -89,7 +102,7 @@ class TestBriefExpectedOutput:
     """Step 5 of the brief: annotations, rewritten image and the injected pull credential."""
 
     def test_label_on_pod_template(self) -> None:
-        decision, pod = admit(brief_pod(), Scope.POD, secrets())
+        decision, pod = admit(brief_pod(), Scope.POD)
         assert decision.mutated
         annotations = pod["metadata"]["annotations"]
         assert annotations[MODE] == "p2p"
@@ -110,9 +123,10 @@ class TestBriefExpectedOutput:
         ]
 
     def test_derived_secret_differs_only_in_registry_key(self) -> None:
-        decision, _ = admit(brief_pod(), Scope.POD, secrets())
-        (derived,) = decision.secrets
+        """What the controller creates for the name the patch adds."""
         original = secrets()["test-registry"]
+        derived = derive_secret(original, CONFIG)
+        assert derived is not None
         assert derived["metadata"]["name"] == "acr-credential-test-registry-p2p"
         assert derived["metadata"]["namespace"] == "default"
         assert derived["type"] == "kubernetes.io/dockerconfigjson"
@@ -127,14 +141,15 @@ class TestBriefExpectedOutput:
     def test_label_on_namespace(self) -> None:
         pod = brief_pod("team-a", label=False)
         assert MODE not in pod["metadata"]["labels"]
-        decision, patched = admit(pod, Scope.NAMESPACE, secrets("team-a"))
+        decision, patched = admit(pod, Scope.NAMESPACE)
         assert decision.mutated
         assert patched["spec"]["containers"][0]["image"] == ALIAS_IMAGE
-        assert decision.secrets[0]["metadata"]["namespace"] == "team-a"
+        assert names(patched) == ["test-registry", "acr-credential-test-registry-p2p"]
+        assert patched["metadata"]["labels"][USES_DERIVED_LABEL] == "true"
 
     def test_label_on_both_is_idempotent(self) -> None:
-        first, pod = admit(brief_pod(), Scope.POD, secrets())
-        second, again = admit(pod, Scope.NAMESPACE, secrets())
+        first, pod = admit(brief_pod(), Scope.POD)
+        second, again = admit(pod, Scope.NAMESPACE)
         assert first.mutated
         assert not second.mutated
         assert second.reason == "already injected"
@@ -142,13 +157,13 @@ class TestBriefExpectedOutput:
 
     def test_label_on_neither(self) -> None:
         pod = brief_pod(label=False)
-        decision, patched = admit(pod, Scope.POD, secrets())
+        decision, patched = admit(pod, Scope.POD)
         assert not decision.mutated
         assert patched == pod
 
     def test_pod_label_opts_out_of_labelled_namespace(self) -> None:
         pod = merge_patch(brief_pod(), {"metadata": {"labels": {MODE: "none"}}})
-        decision, _ = admit(pod, Scope.NAMESPACE, secrets())
+        decision, _ = admit(pod, Scope.NAMESPACE)
         assert not decision.mutated
 
 
@@ -170,16 +185,16 @@ class TestImages:
             ),
             "default",
         )
-        decision, patched = admit(pod, Scope.POD, secrets())
+        _decision, patched = admit(pod, Scope.POD)
         app, sidecar = patched["spec"]["containers"]
         assert app["image"] == "registry.example.com:65001/team/app:v1"
         assert sidecar["image"] == "quay.io/org/sidecar:2"
         assert len(json.loads(patched["metadata"]["annotations"][P2P_CONFIG])["images"]) == 1
-        assert [s["metadata"]["name"] for s in decision.secrets] == ["acr-credential-regcred-p2p"]
+        assert names(patched) == ["regcred", "acr-credential-regcred-p2p"]
 
     def test_only_foreign_images_is_not_injected(self) -> None:
         config = WebhookConfig.build(["ghcr.io"])
-        decision, _ = admit(brief_pod(), Scope.POD, secrets(), config)
+        decision, _ = admit(brief_pod(), Scope.POD, config)
         assert not decision.mutated
         assert decision.reason == "no image from an accelerated registry"
 
@@ -191,7 +206,7 @@ class TestImages:
             ),
             "default",
         )
-        _, patched = admit(pod, Scope.POD, {}, ANONYMOUS)
+        _, patched = admit(pod, Scope.POD, ANONYMOUS)
         assert patched["spec"]["containers"][0]["image"] == (f"registry.example.com:65001/team/migrate@{DIGEST}")
         assert "imagePullSecrets" not in patched["spec"]
 
@@ -210,9 +225,11 @@ class TestImages:
             ),
             "default",
         )
-        decision, patched = admit(pod, Scope.POD, secrets())
+        _decision, patched = admit(pod, Scope.POD)
         assert patched["spec"]["containers"][0]["image"] == ("docker.io:65001/library/nginx:1.27")
-        (derived,) = decision.secrets
+        assert names(patched) == ["hub", "acr-credential-hub-p2p"]
+        derived = derive_secret(secrets()["hub"], CONFIG)
+        assert derived is not None
         assert list(dockerconfig(derived)["auths"]) == ["docker.io:65001"]
 
     def test_init_containers(self) -> None:
@@ -227,7 +244,7 @@ class TestImages:
                 }
             },
         )
-        _, patched = admit(pod, Scope.POD, secrets(), ANONYMOUS)
+        _, patched = admit(pod, Scope.POD, ANONYMOUS)
         init = patched["spec"]["initContainers"]
         assert init[0]["image"] == "docker.io:65001/library/busybox:1.36"
         assert init[1]["image"] == "quay.io/org/tool:1"
@@ -235,29 +252,29 @@ class TestImages:
         assert [r["container"] for r in recorded] == ["fetch", "test"]
 
     def test_ephemeral_container_added_to_injected_pod(self) -> None:
-        _, pod = admit(brief_pod(), Scope.POD, secrets())
+        _, pod = admit(brief_pod(), Scope.POD)
         pod["spec"]["ephemeralContainers"] = [
             {"name": "debugger", "image": f"{BRIEF_REGISTRY}/tools/debug:1"},
             {"name": "shell", "image": "quay.io/org/shell:1"},
             {"name": "hub", "image": "busybox"},  # no credentials followed for Docker Hub
         ]
         request = admission_review(pod, "default", operation="UPDATE", sub_resource="ephemeralcontainers")["request"]
-        decision = decide(request, Scope.POD, CONFIG, secrets())
+        decision = decide(request, Scope.POD, CONFIG)
         patched = apply_json_patch(pod, list(decision.patch))
         ephemeral = patched["spec"]["ephemeralContainers"]
         assert ephemeral[0]["image"] == f"{BRIEF_REGISTRY}:65001/tools/debug:1"
         assert ephemeral[1]["image"] == "quay.io/org/shell:1"
         assert ephemeral[2]["image"] == "busybox"
-        anonymous = decide(request, Scope.POD, ANONYMOUS, secrets())
+        anonymous = decide(request, Scope.POD, ANONYMOUS)
         assert len(anonymous.patch) == 2
         assert patched["spec"]["containers"] == pod["spec"]["containers"]
-        assert decision.secrets == ()
+        assert names(patched) == names(pod)
 
     def test_ephemeral_container_in_pod_not_injected(self) -> None:
         pod = brief_pod(label=False)
         pod["spec"]["ephemeralContainers"] = [{"name": "debugger", "image": "busybox"}]
         request = admission_review(pod, "default", operation="UPDATE", sub_resource="ephemeralcontainers")["request"]
-        assert not decide(request, Scope.NAMESPACE, CONFIG, secrets()).mutated
+        assert not decide(request, Scope.NAMESPACE, CONFIG).mutated
 
     @pytest.mark.parametrize(
         ("image", "expected"),
@@ -279,36 +296,37 @@ class TestImages:
 class TestSkipRules:
     """The brief's skip rules: when in doubt, the Pod is left exactly as it was."""
 
-    def test_missing_pull_secret_means_no_injection(self) -> None:
-        decision, patched = admit(brief_pod(), Scope.POD, secrets("default", "secret-regcred"))
-        assert not decision.mutated
-        assert decision.reason == "pull secret 'test-registry' is missing"
-        assert patched == brief_pod()
-
-    def test_cache_not_ready_means_no_injection(self) -> None:
-        decision, _ = admit(brief_pod(), Scope.POD, None)
-        assert not decision.mutated
+    def test_the_answer_never_depends_on_the_namespaces_secrets(self) -> None:
+        """Review finding (issue 16, defect 5): a missing pull secret used to leave the Pod
+        alone, so whether a patch came back told anyone who could post to the webhook whether
+        a Secret of that name existed in any namespace. The answer is from the Pod alone; the
+        controller makes the derived copy only where the original exists."""
+        decision, patched = admit(brief_pod("team-b"), Scope.POD)
+        assert decision.mutated
+        assert names(patched) == ["test-registry", "acr-credential-test-registry-p2p"]
 
     def test_already_injected(self) -> None:
         pod = merge_patch(brief_pod(), {"metadata": {"annotations": {P2P_CONFIG: "{}"}}})
-        decision, _ = admit(pod, Scope.POD, secrets())
+        decision, _ = admit(pod, Scope.POD)
         assert not decision.mutated
 
     def test_secret_for_other_registry_is_not_derived(self) -> None:
         pod = merge_patch(brief_pod(), {"spec": {"imagePullSecrets": None}})
         pod["spec"]["imagePullSecrets"] = [{"name": "test-registry"}, {"name": "quay"}]
-        decision, patched = admit(pod, Scope.POD, secrets())
-        assert [s["metadata"]["name"] for s in decision.secrets] == ["acr-credential-test-registry-p2p"]
-        assert patched["spec"]["imagePullSecrets"][-1] == {"name": "acr-credential-test-registry-p2p"}
+        _, patched = admit(pod, Scope.POD)
+        derived = ["acr-credential-test-registry-p2p", "acr-credential-quay-p2p"]
+        assert names(patched) == ["test-registry", "quay", *derived]
+        assert derive_secret(secrets()["quay"], CONFIG) is None  # so the controller makes no copy of it
+        assert derive_secret(secrets()["test-registry"], CONFIG) is not None
 
     def test_node_credentials_pod_is_left_alone(self) -> None:
         pod = brief_pod()
         del pod["spec"]["imagePullSecrets"]  # credentials from the node's credential provider
-        decision, patched = admit(pod, Scope.POD, secrets())
+        decision, patched = admit(pod, Scope.POD)
         assert not decision.mutated
         assert "no pull secret" in decision.reason
-        assert patched == pod
-        assert admit(pod, Scope.POD, secrets(), ANONYMOUS)[0].mutated  # the operator's opt-in
+        assert patched == left_alone(pod, decision.reason)
+        assert admit(pod, Scope.POD, ANONYMOUS)[0].mutated  # the operator's opt-in
 
     @pytest.mark.parametrize(
         "spec_patch",
@@ -320,14 +338,16 @@ class TestSkipRules:
     )
     def test_pods_for_nodes_without_node_config_are_left_alone(self, spec_patch: Json) -> None:
         pod = merge_patch(brief_pod(), {"spec": spec_patch})
-        decision, patched = admit(pod, Scope.POD, secrets())
+        decision, patched = admit(pod, Scope.POD)
         assert not decision.mutated
         assert "no node-config there" in decision.reason
-        assert patched == pod
+        assert patched == left_alone(pod, decision.reason)
         linux = merge_patch(brief_pod(), {"spec": {"nodeSelector": {"kubernetes.io/os": "linux"}}})
-        assert admit(linux, Scope.POD, secrets())[0].mutated
+        assert admit(linux, Scope.POD)[0].mutated
 
-    def test_only_images_whose_credentials_follow_are_rewritten(self) -> None:
+    def test_every_accelerated_image_of_a_pod_with_pull_secrets_moves(self) -> None:
+        """Which registries a pull secret covers is not known from the Pod alone: all move, and
+        an image whose credentials come from the node then pulls with none (documented)."""
         pod = merge_patch(
             brief_pod(),
             {
@@ -338,13 +358,13 @@ class TestSkipRules:
                 }
             },
         )
-        _, patched = admit(pod, Scope.POD, secrets())
-        assert patched["spec"]["initContainers"][0]["image"] == "busybox:1.36"
+        _, patched = admit(pod, Scope.POD)
+        assert patched["spec"]["initContainers"][0]["image"] == "docker.io:65001/library/busybox:1.36"
         assert patched["spec"]["containers"][0]["image"] == ALIAS_IMAGE
 
     def test_not_a_create(self) -> None:
         request = admission_review(brief_pod(), "default", operation="UPDATE")["request"]
-        assert not decide(request, Scope.POD, CONFIG, secrets()).mutated
+        assert not decide(request, Scope.POD, CONFIG).mutated
 
 
 class TestRegistryWithPort:
@@ -359,9 +379,11 @@ class TestRegistryWithPort:
         ).decode()
         pod = merge_patch(brief_pod(), {"spec": {"imagePullSecrets": [{"name": "regcred"}]}})
         pod["spec"]["containers"][0]["image"] = "harbor.local:5000/team/app:v1"
-        decision, patched = admit(pod, Scope.POD, {"regcred": secret}, config)
+        _, patched = admit(pod, Scope.POD, config)
         assert patched["spec"]["containers"][0]["image"] == "harbor.local:65001/team/app:v1"
-        (derived,) = decision.secrets
+        assert names(patched) == ["regcred", "acr-credential-regcred-p2p"]
+        derived = derive_secret(secret, config)
+        assert derived is not None
         assert dockerconfig(derived) == {"auths": {"harbor.local:65001": auth}}
 
 
@@ -380,7 +402,7 @@ class TestConfig:
         pod = brief_pod(label=False)
         pod["metadata"]["labels"]["shoal.io/image-accelerate-mode"] = "p2p"
         pod["metadata"]["annotations"] = {"team": "x"}
-        decision, patched = admit(pod, Scope.POD, secrets(), config)
+        _decision, patched = admit(pod, Scope.POD, config)
         annotations = patched["metadata"]["annotations"]
         assert annotations["team"] == "x"
         assert annotations["shoal.io/image-accelerate-mode"] == "p2p"
@@ -390,7 +412,7 @@ class TestConfig:
         )
         assert patched["spec"]["imagePullSecrets"][-1] == {"name": "test-registry-shoal"}
         assert MODE not in annotations
-        assert decision.secrets[0]["metadata"]["name"] == "test-registry-shoal"
+        assert patched["metadata"]["labels"][USES_DERIVED_LABEL] == "true"
 
     @pytest.mark.parametrize(
         ("registries", "kwargs"),
@@ -414,7 +436,7 @@ class TestReviewResponse:
 
     def test_response(self) -> None:
         review = admission_review(brief_pod(), "default", uid="abc")
-        decision = decide(review["request"], Scope.POD, CONFIG, secrets())
+        decision = decide(review["request"], Scope.POD, CONFIG)
         response = review_response(review, decision)
         assert response["apiVersion"] == "admission.k8s.io/v1"
         assert response["response"]["uid"] == "abc"
@@ -424,5 +446,5 @@ class TestReviewResponse:
 
     def test_unchanged_response_has_no_patch(self) -> None:
         review = admission_review(brief_pod(label=False), "default")
-        response = review_response(review, decide(review["request"], Scope.POD, CONFIG, {}))
+        response = review_response(review, decide(review["request"], Scope.POD, CONFIG))
         assert response["response"] == {"uid": review["request"]["uid"], "allowed": True}

@@ -11,9 +11,11 @@ from shoal.webhook.config import WebhookConfig
 from shoal.webhook.pullsecrets import (
     derive_dockerconfig,
     derive_secret,
+    derived_names,
     needs_update,
     read_dockerconfig,
     split_auth_key,
+    wanted_derived,
 )
 
 CONFIG = WebhookConfig.build(["registry.example.com", "docker.io"])
@@ -80,3 +82,18 @@ class TestDerive:
         assert not needs_update(first, first)
         assert first["metadata"]["labels"]["shoal.io/derived-pull-secret"] == "true"
         assert first["metadata"]["annotations"]["shoal.io/derived-from"] == "orig"
+
+
+class TestDerivedNames:
+    """The names the webhook adds, and the pairs the controller reads back from a stored Pod."""
+
+    def test_one_copy_per_original_never_a_copy_of_a_copy(self) -> None:
+        config = WebhookConfig.build(["registry.example.com"])
+        names = ["a", "acr-credential-a-p2p", "b", "b"]
+        assert derived_names(names, config) == ["acr-credential-b-p2p"]
+
+    def test_pairs_of_a_stored_pod(self) -> None:
+        config = WebhookConfig.build(["registry.example.com"])
+        pod = {"spec": {"imagePullSecrets": [{"name": "b"}, {"name": "acr-credential-b-p2p"}, {"name": "c"}]}}
+        assert wanted_derived(pod, config) == [("b", "acr-credential-b-p2p")]
+        assert wanted_derived({"spec": "x"}, config) == []
