@@ -21,16 +21,23 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
-import os
 import socket
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 from shoal.agent.metrics import AgentMetrics
-from shoal.agent.peer_link import LinkError, PeerLink, PieceBody, answer, dial, split_address
+from shoal.agent.peer_link import (
+    MAX_QUEUED_PIECES,
+    LinkError,
+    PeerLink,
+    PieceBody,
+    PieceFile,
+    answer,
+    dial,
+    split_address,
+)
 from shoal.core.digest import Digest, DigestError
 from shoal.p2p import wire
 from shoal.p2p.pieces import choose_piece_size, piece_count, piece_span
@@ -122,6 +129,8 @@ class PeerHub:
         self._copies: dict[str, dict[int, int]] = {}
         """blobs still downloading here -> how often each piece went to a child"""
         self._refused: dict[tuple[PeerLink, str], set[int]] = {}
+        self._delayed: dict[PeerLink, dict[tuple[str, int], asyncio.TimerHandle]] = {}
+        """pieces a link's child may have once the upload rate allows (not yet queued)"""
         self._liveness: asyncio.Task[None] | None = None
         self._answers = ThreadPoolExecutor(max_workers=HANDSHAKE_THREADS, thread_name_prefix="shoal-answer")
         self._dials = ThreadPoolExecutor(max_workers=HANDSHAKE_THREADS, thread_name_prefix="shoal-dial")
@@ -311,8 +320,10 @@ class PeerHub:
                     self._forget_child(link, event.digest)
                 case wire.Request():
                     self._on_request(link, event)
+                case wire.Cancel():
+                    self._on_cancel(link, event)
                 case _:
-                    pass  # KEEPALIVE, CANCEL (the writer skips a cancelled piece itself)
+                    pass  # KEEPALIVE
         self._deliver_haves(link, haves)
 
     def _deliver_haves(self, link: PeerLink, haves: dict[str, list[int]]) -> None:
@@ -353,6 +364,8 @@ class PeerHub:
         for digest in list(self._told.get(link, {})):
             self._forget_child(link, digest)
         self._told.pop(link, None)
+        for handle in self._delayed.pop(link, {}).values():
+            handle.cancel()
 
     def _sink_for(self, link: PeerLink, digest: str) -> PieceSink | None:
         if self._via.get((link.peer_id, digest)) is not link:
@@ -458,25 +471,40 @@ class PeerHub:
         if source is None:
             self._refuse(link, event)
             return
-        path, offset, length, complete = source
+        file, offset, length, complete = source
         copies = None if complete else self._copies.get(event.digest)
         if copies is not None and copies.get(event.index, 0) >= self.config.superseed_copies:
             self._refuse(link, event)
             return
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except OSError:
-            self._refuse(link, event)
+        delayed = self._delayed.setdefault(link, {})
+        if link.queued_pieces + len(delayed) >= MAX_QUEUED_PIECES:
+            self._refuse(link, event)  # a peer that does not read what it asked for
             return
         if copies is not None:
             # counted when accepted, not when sent: a piece takes a while to leave on a slow
             # link, and every child asks for the newest piece at once
             copies[event.index] = copies.get(event.index, 0) + 1
         delay = 0.0 if self._bucket.rate <= 0 else self._bucket.delay_for(length)
-        if delay > 0:
-            self._loop.call_later(delay, link.send_piece, event.digest, event.index, fd, offset, length)
-        else:
-            link.send_piece(event.digest, event.index, fd, offset, length)
+        if delay <= 0:
+            link.send_piece(event.digest, event.index, file, offset, length)
+            return
+        key = (event.digest, event.index)
+
+        def send_later() -> None:
+            delayed.pop(key, None)
+            link.send_piece(event.digest, event.index, file, offset, length)
+
+        delayed[key] = self._loop.call_later(delay, send_later)
+
+    def _on_cancel(self, link: PeerLink, event: wire.Cancel) -> None:
+        """A cancelled piece leaves the queue now: it holds no slot while the writer is busy
+        (or blocked on a peer that does not read)."""
+        handle = self._delayed.get(link, {}).pop((event.digest, event.index), None)
+        if handle is not None:
+            handle.cancel()
+        elif not link.cancel_piece(event.digest, event.index):
+            return  # on its way already, or answered
+        self.link_piece_dropped(link, event.digest, event.index, False)
 
     def _refuse(self, link: PeerLink, event: wire.Request) -> None:
         self._refused.setdefault((link, event.digest), set()).add(event.index)
@@ -486,8 +514,8 @@ class PeerHub:
         self._metrics.pieces_refused.inc()
         link.send(wire.Reject(event.digest, event.index))
 
-    def _piece_source(self, digest: str, index: int) -> tuple[Path, int, int, bool] | None:
-        """(file, offset, length, blob complete) of a piece we hold verified, or None."""
+    def _piece_source(self, digest: str, index: int) -> tuple[PieceFile, int, int, bool] | None:
+        """(where its file is, offset, length, blob complete) of a piece we hold verified, or None."""
         key = Digest.parse(digest)
         path = self._store.blob_path(key)
         size = self._store.blob_size(key)
@@ -496,14 +524,19 @@ class PeerHub:
             partial = self._downloading(key)
             if partial is None or partial.size is None:
                 return None
-            path, size = partial.path, partial.size
+            size = partial.size
         try:
             offset, length = piece_span(index, size, choose_piece_size(size))
         except ValueError:
             return None
-        if partial is not None and not partial.has(offset, length):
-            return None
-        return path, offset, length, partial is None
+        if partial is not None:
+            if not partial.has(offset, length):
+                return None
+            download = partial
+            return (lambda: download.path), offset, length, False
+        cached = path
+        assert cached is not None
+        return (lambda: cached), offset, length, True
 
     def _downloading(self, key: Digest) -> PartialBlob | None:
         """The download of ``key`` here, if its verified pieces may be served."""

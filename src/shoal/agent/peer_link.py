@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from shoal.p2p import wire
@@ -43,6 +44,11 @@ SEND_TIMEOUT = 60.0
 """seconds one send may block (SO_SNDTIMEO): a peer that stops reading loses its link"""
 MAX_QUEUED_BYTES = 8 << 20
 """control frames queued for a peer that does not read them, at most; then its link closes"""
+MAX_QUEUED_PIECES = wire.MAX_REQUESTS
+"""pieces waiting for the writer on one link, at most (the hub refuses requests beyond)"""
+_OPEN_ATTEMPTS = 3
+"""opens of a queued piece's file: a download's file is renamed into the cache between the
+rename and the new path being set, for a moment neither name is what ``file`` says"""
 
 
 class LinkError(Exception):
@@ -74,11 +80,16 @@ class LinkHandler(Protocol):
     def link_closed(self, link: PeerLink, reason: str) -> None: ...
 
 
+PieceFile = Callable[[], Path]
+"""Where a queued piece's blob is when the writer gets to it (a download's file is renamed
+into the cache when it completes)"""
+
+
 @dataclass(frozen=True, slots=True)
 class _PieceOut:
     digest: str
     index: int
-    fd: int
+    file: PieceFile
     offset: int
     length: int
 
@@ -94,6 +105,15 @@ class _PieceReady:
 _STOP = _Stop()
 _PIECE_READY = _PieceReady()
 _Item = wire.Event | _PieceReady | _Stop
+
+
+def _open_piece(item: _PieceOut) -> int | None:
+    for attempt in range(_OPEN_ATTEMPTS):
+        try:
+            return os.open(item.file(), os.O_RDONLY)
+        except OSError:
+            time.sleep(0.001 * attempt)
+    return None
 
 
 def _frame_size(event: object) -> int:
@@ -244,6 +264,8 @@ class PeerLink:
         self._out: queue.SimpleQueue[_Item] = queue.SimpleQueue()
         """control frames, in order; the writer sends all that are queued before each piece"""
         self._pieces: collections.deque[_PieceOut] = collections.deque()
+        """pieces to send, in order (the loop adds and cancels, the writer takes)"""
+        self._pieces_lock = threading.Lock()
         self._queued_bytes = 0
         """about how many bytes of control frames wait in ``_out`` (the loop adds, the writer
         takes away: a lost update under a race only moves the bound a little)"""
@@ -269,15 +291,30 @@ class PeerLink:
             return
         self._out.put(event)
 
-    def send_piece(self, digest: str, index: int, fd: int, offset: int, length: int) -> None:
-        """Queue a piece: the writer sends its body from ``fd`` and closes ``fd``."""
+    def send_piece(self, digest: str, index: int, file: PieceFile, offset: int, length: int) -> None:
+        """Queue a piece. No file is held while it waits: the writer opens ``file()`` when
+        the piece's turn comes, sends the body and closes it, so a peer that does not read
+        holds at most one descriptor here however many pieces it asks for."""
         if self.closed:
-            os.close(fd)
             return
-        self._pieces.append(_PieceOut(digest, index, fd, offset, length))
+        with self._pieces_lock:
+            self._pieces.append(_PieceOut(digest, index, file, offset, length))
         self._out.put(_PIECE_READY)
-        if self.closed:  # the writer ended meanwhile: nobody else will close the file
-            self._drop_queued()
+
+    @property
+    def queued_pieces(self) -> int:
+        """Pieces waiting for the writer."""
+        return len(self._pieces)
+
+    def cancel_piece(self, digest: str, index: int) -> bool:
+        """Take a queued piece out of the queue (its request was cancelled); False if it is
+        not queued (not yet, or already on its way)."""
+        with self._pieces_lock:
+            for item in self._pieces:
+                if item.digest == digest and item.index == index:
+                    self._pieces.remove(item)
+                    return True
+        return False
 
     def keepalive(self) -> None:
         with self._lock:
@@ -386,21 +423,18 @@ class PeerLink:
     def _write_forever(self) -> None:
         """Control frames jump the queue of pieces: a HAVE, a REQUEST or a CANCEL waits for
         at most the piece being sent, never for the pieces queued behind it."""
-        owed = 0
-        """pieces queued whose wake-up was already taken"""
         try:
             while True:
-                items = [] if owed else [self._out.get()]
+                items = [] if self._pieces else [self._out.get()]
                 with contextlib.suppress(queue.Empty):
                     while len(items) < 256:
                         items.append(self._out.get_nowait())
-                alive, ready = self._send_control(items)
-                owed += ready
-                if not alive:
+                if not self._send_control(items):
                     break
-                if owed:
-                    owed -= 1
-                    self._send_piece(self._pieces.popleft())
+                with self._pieces_lock:
+                    item = self._pieces.popleft() if self._pieces else None
+                if item is not None:
+                    self._send_piece(item)
         except OSError as exc:
             log.debug("writing to %s failed: %s", self.peer_id, exc)
         finally:
@@ -409,11 +443,10 @@ class PeerLink:
             self._shutdown()
             self._end()
 
-    def _send_control(self, items: list[_Item]) -> tuple[bool, int]:
-        """Send the control frames among ``items``: (False at the end of the stream, pieces
-        that became ready)."""
+    def _send_control(self, items: list[_Item]) -> bool:
+        """Send the control frames among ``items``; False at the end of the stream (a
+        ``_PieceReady`` only woke the writer: pieces are taken from their own queue)."""
         pending = bytearray()
-        ready = 0
         alive = True
         self._queued_bytes -= sum(_frame_size(i) for i in items if not isinstance(i, _Stop | _PieceReady))
         for item in items:
@@ -421,16 +454,22 @@ class PeerLink:
                 alive = False
                 break
             if isinstance(item, _PieceReady):
-                ready += 1
                 continue
             frame = self._encode(item)
             if frame is not None:
                 pending += frame
         if pending:
             self._sock.sendall(pending)
-        return alive, ready
+        return alive
 
     def _send_piece(self, item: _PieceOut) -> None:
+        fd = _open_piece(item)
+        if fd is None:  # evicted meanwhile: say so rather than leave the request hanging
+            reject = self._encode(wire.Reject(item.digest, item.index))
+            if reject is not None:
+                self._sock.sendall(reject)
+            self._post(self._handler.link_piece_dropped, item.digest, item.index, False)
+            return
         try:
             header = self._encode(wire.Piece(item.digest, item.index, item.length))
             if header is None:  # cancelled meanwhile
@@ -438,12 +477,12 @@ class PeerLink:
                 return
             self._sock.sendall(header)
             try:
-                self._sendfile(item)
+                self._sendfile(fd, item)
             except OSError:
                 self._post(self._handler.link_piece_dropped, item.digest, item.index, True)
                 raise
         finally:
-            os.close(item.fd)
+            os.close(fd)
         self._post(self._handler.link_piece_sent, item.digest, item.index, item.length)
 
     def _encode(self, event: wire.Event) -> bytes | None:
@@ -455,11 +494,11 @@ class PeerLink:
                 log.debug("not sending %s to %s: %s", type(event).__name__, self.peer_id, exc)
                 return None
 
-    def _sendfile(self, item: _PieceOut) -> None:
+    def _sendfile(self, fd: int, item: _PieceOut) -> None:
         sent = 0
         out = self._sock.fileno()
         while sent < item.length:
-            n = os.sendfile(out, item.fd, item.offset + sent, item.length - sent)
+            n = os.sendfile(out, fd, item.offset + sent, item.length - sent)
             if n == 0:
                 raise OSError(f"piece {item.index} of {item.digest[:19]}: the file ended early")
             sent += n
@@ -467,9 +506,8 @@ class PeerLink:
             self._conn.body_sent(item.length)
 
     def _drop_queued(self) -> None:
-        with contextlib.suppress(IndexError):
-            while True:
-                os.close(self._pieces.popleft().fd)
+        with self._pieces_lock:
+            self._pieces.clear()
 
     def _close_grace(self) -> bool:
         """Give the writer a moment to send our CLOSE; False if it is still busy after it."""

@@ -5,7 +5,7 @@ blob's piece at most ``superseed_copies`` times), and the routing of a parent's 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import cast
 
@@ -35,9 +35,14 @@ class FakeLink:
     def send(self, event: wire.Event) -> None:
         self.sent.append(event)
 
-    def send_piece(self, digest: str, index: int, fd: int, offset: int, length: int) -> None:
-        os.close(fd)
+    queued_pieces = 0
+
+    def send_piece(self, digest: str, index: int, file: Callable[[], Path], offset: int, length: int) -> None:
+        assert file().is_file()
         self.pieces.append((digest, index, offset, length))
+
+    def cancel_piece(self, digest: str, index: int) -> bool:
+        return False
 
     def close(self, reason: str) -> None:
         self.closed, self.reason = True, reason

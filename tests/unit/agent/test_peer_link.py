@@ -167,7 +167,7 @@ class TestLink:
         b.send(wire.Bitfield.of(DIGEST, 2, [1]))
         a.send(wire.Request(DIGEST, 1))
         await server.until(lambda: len(server.events) == 2)
-        b.send_piece(DIGEST, 1, os.open(blob, os.O_RDONLY), 2 << 20, 1 << 20)
+        b.send_piece(DIGEST, 1, lambda: blob, 2 << 20, 1 << 20)
         await client.until(lambda: client.pieces)
         (piece,) = client.pieces
         assert (piece.digest, piece.index) == (DIGEST, 1)
@@ -189,8 +189,7 @@ class TestLink:
         a.send(wire.Request(DIGEST, 0))
         a.send(wire.Cancel(DIGEST, 0))
         await server.until(lambda: len(server.events) == 3)
-        fd = os.open(blob, os.O_RDONLY)
-        b.send_piece(DIGEST, 0, fd, 0, 100)
+        b.send_piece(DIGEST, 0, lambda: blob, 0, 100)
         b.send(wire.KeepAlive())  # not due: dropped, the link lives on
         b.send(wire.Bitfield.of(DIGEST, 1, [0]))
         await client.until(lambda: client.events)
