@@ -61,6 +61,9 @@ LIVENESS_PERIOD = 5.0
 class PieceSink(Protocol):
     """A download, as the hub sees it (called on the event loop)."""
 
+    size: int
+    """the blob's size: a parent's PIECE must be exactly the length of the piece asked for"""
+
     def parent_has(self, peer_id: str, pieces: Iterable[int]) -> None: ...
 
     def piece_arrived(self, peer_id: str, body: PieceBody) -> None: ...
@@ -268,10 +271,11 @@ class PeerHub:
         """Connect to the parent (or reuse the link) and ask what it holds of the blob."""
         link = await self.link_to(peer_id, address)
         key = (peer_id, str(digest))
-        if key in self._via or str(digest) not in self._sinks:
+        sink = self._sinks.get(str(digest))
+        if key in self._via or sink is None:
             return
         self._via[key] = link
-        link.send(wire.Interested(str(digest), pieces))
+        link.send(wire.Interested(str(digest), pieces, size=sink.size))
 
     def bytes_from(self, peer_id: str, digest: Digest) -> int:
         """Piece bytes received so far on the link a download asks ``peer_id`` on."""

@@ -6,17 +6,20 @@ failed on the code before its fix."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
+import threading
 import time
-from collections.abc import AsyncIterator
+import tracemalloc
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 
 import pytest
 
 from shoal.agent.metrics import AgentMetrics
 from shoal.agent.peer_hub import HubConfig, PeerHub
-from shoal.agent.peer_link import peer_secret
+from shoal.agent.peer_link import PieceBody, answer, peer_secret
 from shoal.core.digest import Digest
 from shoal.p2p import wire
 from shoal.p2p.ratelimit import TokenBucket
@@ -119,3 +122,86 @@ class TestCancelledRequestsHoldNothing:
         assert open_descriptors() - before < 8
         assert not link.closed
         client.close()
+
+
+class Download:
+    """A PieceSink that records what its parent did."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.has: list[int] = []
+        self.arrived: list[int] = []
+        self.lost: list[str] = []
+
+    def parent_has(self, peer_id: str, pieces: Iterable[int]) -> None:
+        self.has.extend(pieces)
+
+    def piece_arrived(self, peer_id: str, body: PieceBody) -> None:
+        self.arrived.append(body.index)
+
+    def piece_rejected(self, peer_id: str, index: int) -> None:
+        pass
+
+    def parent_lost(self, peer_id: str, reason: str) -> None:
+        self.lost.append(reason)
+
+
+class LyingParent:
+    """A parent that answers every REQUEST with a PIECE header of ``length`` bytes, then stalls."""
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        sock, _ = self.listener.accept()
+        with sock:
+            conn = answer(sock, sock.recv(1), self.address, SECRET, wire.NonceLog(), lambda _: None)
+            sock.settimeout(0.2)
+            while not self.stop.is_set():
+                event = conn.next_event()
+                if event is wire.NEED_DATA:
+                    with contextlib.suppress(TimeoutError):
+                        conn.receive_data(sock.recv(65536))
+                    continue
+                if isinstance(event, wire.Interested):
+                    sock.sendall(conn.send(wire.Bitfield.of(event.digest, event.pieces, range(event.pieces))))
+                elif isinstance(event, wire.Request):
+                    header = _frame(_T.PIECE, _digest(event.digest) + _u32(event.index, "i") + _u32(self.length, "n"))
+                    sock.sendall(header)  # and no body: the child waits for it
+                elif not isinstance(event, wire.KeepAlive):
+                    return
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        self.listener.close()
+
+
+class TestALongerPieceThanAskedFor:
+    """Defect 4: a parent answered a 2 MiB piece with a 64 MiB PIECE header and stalled; the
+    child allocated the full length first (6 such parents: RSS 45 -> 432 MiB)."""
+
+    async def test_closes_the_link_before_anything_is_allocated(self, hub: PeerHub) -> None:
+        size = 64 * MiB  # 32 pieces of 2 MiB
+        parent = LyingParent(64 * MiB)
+        digest = Digest.of(b"a blob of 64 MiB")
+        download = Download(size)
+        hub.register(digest, download)
+        try:
+            await hub.add_parent(digest, 32, parent.address, parent.address)
+            await until(lambda: download.has)
+            tracemalloc.start()
+            assert hub.request(parent.address, digest, 0)
+            await until(lambda: download.lost, timeout=3.0)
+            _, peak = tracemalloc.get_traced_memory()
+            tracemalloc.stop()
+            assert "protocol error" in download.lost[0]
+            assert peak < 4 * MiB
+        finally:
+            tracemalloc.stop()
+            parent.close()

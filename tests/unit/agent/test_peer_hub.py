@@ -52,6 +52,8 @@ class FakeLink:
 
 
 class Sink:
+    size = 64 << 20
+
     def __init__(self) -> None:
         self.has: list[tuple[str, list[int]]] = []
         self.arrived: list[tuple[str, int]] = []

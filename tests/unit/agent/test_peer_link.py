@@ -193,6 +193,7 @@ class TestLink:
         b.send(wire.KeepAlive())  # not due: dropped, the link lives on
         b.send(wire.Bitfield.of(DIGEST, 1, [0]))
         await client.until(lambda: client.events)
+        await server.until(lambda: server.dropped)  # control frames go out before a queued piece
         assert client.events == [wire.Bitfield.of(DIGEST, 1, [0])]
         assert not client.pieces
         assert not server.sent
@@ -285,8 +286,11 @@ class TestExhaustion:
         a._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         # the client end stops reading: its reader thread is parked on a lock we hold
         with a._lock:
-            for _ in range(peer_link.MAX_QUEUED_BYTES // (64 << 10) + 2):
+            # the kernel's buffers take a few MiB before the writer blocks: queue well past the bound
+            for _ in range(4 * (peer_link.MAX_QUEUED_BYTES // (64 << 10))):
                 b.send(wire.Bitfield.of(DIGEST, 8 * ((64 << 10) - 80), ()))
+                if b.closed:
+                    break
             assert b.closed
         await server.until(lambda: server.closed)
         a.abort()
