@@ -39,9 +39,11 @@ from shoal.agent.peer_link import (
     split_address,
 )
 from shoal.core.digest import Digest, DigestError
+from shoal.core.ratelog import RateLimitedLog
 from shoal.p2p import wire
 from shoal.p2p.pieces import choose_piece_size, piece_count, piece_span
 from shoal.p2p.ratelimit import TokenBucket
+from shoal.p2p.wire.admission import Admission, AdmissionLimits
 from shoal.store.blobstore import BlobStore
 from shoal.store.partial import PartialBlob, PartialState
 
@@ -50,10 +52,14 @@ log = logging.getLogger(__name__)
 HANDSHAKE_THREADS = 32
 """threads for inbound handshakes, and as many for outbound dials (apart: peers that stall
 their handshakes cannot keep this agent from reaching its parents)"""
-MAX_PENDING_HANDSHAKES = 64
-"""inbound handshakes in progress, at most (each holds a thread for up to 10 s)"""
-LINKS_PER_PEER = 2
-"""links with one peer id: two peers that dial each other at once make two"""
+FIRST_MESSAGE_TIMEOUT = 2.0
+"""seconds a new connection has to deliver its whole first message (HELLO, or a TLS
+ClientHello) before it takes a handshake thread: waiting for it costs the event loop nothing"""
+ANSWER_TIMEOUT = 4.0
+"""seconds the rest of an inbound handshake may take, in its thread"""
+MAX_FIRST_MESSAGE = 1 << 10
+"""a HELLO is under 300 bytes"""
+MAX_TLS_RECORD = (16 << 10) + 2048
 LIVENESS_PERIOD = 5.0
 """seconds between liveness checks of all links (a keepalive where one is due)"""
 
@@ -79,7 +85,12 @@ class HubConfig:
     secret: bytes
     connect_timeout: float = 10.0
     max_links: int = 1024
+    peer_links_per_address: int = 4
     superseed_copies: int = 2
+
+    @property
+    def admission(self) -> AdmissionLimits:
+        return AdmissionLimits(max_links=self.max_links, links_per_address=self.peer_links_per_address)
 
 
 def foreign_peer_id(peer_id: str, source: str) -> str | None:
@@ -97,6 +108,47 @@ def foreign_peer_id(peer_id: str, source: str) -> str | None:
     if seen.is_loopback or claimed == seen:
         return None
     return f"peer id {peer_id} claimed from {source}"
+
+
+def _own_host(peer_id: str) -> str | None:
+    """The address to dial from: our own (so the peer sees the address our id names), when
+    the id names a specific one."""
+    with contextlib.suppress(LinkError, ValueError):
+        host = ipaddress.ip_address(split_address(peer_id)[0])
+        if not host.is_unspecified:
+            return str(host)
+    return None
+
+
+async def _first_message(loop: asyncio.AbstractEventLoop, sock: socket.socket, first: bytes) -> bytes:
+    """``first`` and what follows it up to the end of the connection's first message (a HELLO
+    frame, or a TLS record), read without a thread within ``FIRST_MESSAGE_TIMEOUT``."""
+    sock.setblocking(False)
+    data = bytearray(first)
+    async with asyncio.timeout(FIRST_MESSAGE_TIMEOUT):
+        while (need := _first_message_size(data)) is None or len(data) < need:
+            chunk = await loop.sock_recv(sock, 4096)
+            if not chunk:
+                raise LinkError("closed before its first message")
+            data += chunk
+    return bytes(data)
+
+
+def _first_message_size(data: bytes | bytearray) -> int | None:
+    """Bytes of the first message, once its header is in ``data``; raises on anything else."""
+    if data[:1] == b"\x16":  # TLS handshake record: type, version:2, length:2
+        if len(data) < 5:
+            return None
+        length = int.from_bytes(data[3:5])
+        if length > MAX_TLS_RECORD:
+            raise LinkError(f"first TLS record of {length} bytes")
+        return 5 + length
+    if len(data) < 4:
+        return None
+    length = int.from_bytes(data[:4])
+    if not 1 <= length <= MAX_FIRST_MESSAGE:
+        raise LinkError(f"first frame of {length} bytes")
+    return 4 + length
 
 
 class PeerHub:
@@ -119,8 +171,11 @@ class PeerHub:
         self.links: dict[str, PeerLink] = {}
         """peer id -> the link used to reach it (the newest)"""
         self._all: set[PeerLink] = set()
-        self._pending = 0
-        """handshakes in progress (count against ``max_links``)"""
+        self._admission = Admission(config.admission)
+        self._inbound: dict[PeerLink, tuple[str, str]] = {}
+        """inbound links -> (source address, identity) they were admitted under"""
+        self._handshakes: set[asyncio.Task[None]] = set()
+        self._refusals = RateLimitedLog(log, "refusing peer connections")
         self._dialing: dict[str, asyncio.Future[PeerLink]] = {}
         self._sinks: dict[str, PieceSink] = {}
         """digest -> the download taking pieces of it"""
@@ -150,6 +205,8 @@ class PeerHub:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._liveness
         self.closed = True
+        for task in list(self._handshakes):
+            task.cancel()
         for link in list(self._all):
             link.close("agent stopping")
         self._answers.shutdown(wait=False, cancel_futures=True)
@@ -158,51 +215,58 @@ class PeerHub:
     # -- connections ---------------------------------------------------------------------
     def accept(self, sock: socket.socket, first: bytes) -> None:
         """A connection on the agent's port that speaks the peer protocol (from the guard)."""
-        if (
-            self.closed
-            or self._pending >= MAX_PENDING_HANDSHAKES
-            or len(self._all) + self._pending >= self.config.max_links
-        ):
-            log.warning("refusing a peer connection: %d links, %d handshakes", len(self._all), self._pending)
-            self._metrics.peer_links_refused.inc()
-            sock.close()
-            return
-        self._pending += 1
         try:
             source = sock.getpeername()[0]
         except OSError:
-            self._pending -= 1
             sock.close()
             return
+        refusal = "agent stopping" if self.closed else self._admission.begin_handshake(source)
+        if refusal is not None:
+            self._refuse_connection(sock, refusal)
+            return
+        task = asyncio.create_task(self._answer(sock, first, source), name=f"peer handshake {source}")
+        self._handshakes.add(task)
+        task.add_done_callback(self._handshakes.discard)
 
-        def check(peer_id: str) -> str | None:
-            return foreign_peer_id(peer_id, source)
-
-        sock.setblocking(True)
-        future = self._loop.run_in_executor(
-            self._answers, answer, sock, first, self.config.peer_id, self.config.secret, self._nonces, check
-        )
-        future.add_done_callback(lambda f: self._accepted(f, sock, source))
-
-    def _accepted(self, future: asyncio.Future[wire.Connection], sock: socket.socket, source: str) -> None:
-        self._pending -= 1
+    async def _answer(self, sock: socket.socket, first: bytes, source: str) -> None:
         try:
-            conn = future.result()
+            first = await _first_message(self._loop, sock, first)
+            sock.setblocking(True)
+            conn = await self._loop.run_in_executor(
+                self._answers,
+                answer,
+                sock,
+                first,
+                self.config.peer_id,
+                self.config.secret,
+                self._nonces,
+                lambda peer_id: foreign_peer_id(peer_id, source),
+                ANSWER_TIMEOUT,
+            )
         except asyncio.CancelledError:  # the agent is stopping
             sock.close()
+            raise
+        except TimeoutError:
+            self._refuse_connection(sock, f"peer connection from {source}: handshake not complete in time")
             return
         except Exception as exc:
-            log.warning("peer connection from %s refused: %s", source, exc)
-            self._metrics.peer_links_refused.inc()
-            sock.close()
+            self._refuse_connection(sock, f"peer connection from {source}: {exc}")
             return
+        finally:
+            self._admission.end_handshake(source)
         assert conn.peer_id is not None
-        if sum(1 for link in self._all if link.peer_id == conn.peer_id) >= LINKS_PER_PEER:
-            log.warning("refusing another link from %s (%s): it has %d", conn.peer_id, source, LINKS_PER_PEER)
-            self._metrics.peer_links_refused.inc()
-            sock.close()
+        refusal = "agent stopping" if self.closed else self._admission.admit(source, conn.peer_id)
+        if refusal is not None:
+            self._refuse_connection(sock, f"peer link from {source} ({conn.peer_id}): {refusal}")
             return
-        self._add(PeerLink(sock, conn, self._loop, self, outbound=False))
+        link = PeerLink(sock, conn, self._loop, self, outbound=False)
+        self._inbound[link] = (source, conn.peer_id)
+        self._add(link)
+
+    def _refuse_connection(self, sock: socket.socket, why: str) -> None:
+        self._metrics.peer_links_refused.inc()
+        self._refusals.note(why)
+        sock.close()
 
     async def link_to(self, peer_id: str, address: str) -> PeerLink:
         """The link to ``peer_id`` (dialling ``address`` if there is none yet)."""
@@ -210,11 +274,13 @@ class PeerHub:
         if link is not None and not link.closed:
             return link
         dialing = self._dialing.get(peer_id)
-        if dialing is None and (self.closed or len(self._all) + self._pending >= self.config.max_links):
-            raise LinkError(f"not dialling {peer_id}: {len(self._all)} peer links open")
         if dialing is None:
+            refusal = "agent stopping" if self.closed else self._admission.may_dial()
+            if refusal is not None:
+                raise LinkError(f"not dialling {peer_id}: {refusal}")
             dialing = self._loop.create_future()
             self._dialing[peer_id] = dialing
+            self._admission.dialling += 1
             try:
                 sock, conn = await self._loop.run_in_executor(
                     self._dials,
@@ -224,6 +290,7 @@ class PeerHub:
                     self.config.peer_id,
                     self.config.secret,
                     self.config.connect_timeout,
+                    _own_host(self.config.peer_id),
                 )
                 link = PeerLink(sock, conn, self._loop, self, outbound=True)
                 self._add(link)
@@ -234,13 +301,17 @@ class PeerHub:
                 raise
             finally:
                 del self._dialing[peer_id]
+                self._admission.dialling -= 1
         return await asyncio.shield(dialing)
 
     def _add(self, link: PeerLink) -> None:
         if self.closed:
+            self._inbound.pop(link, None)
             link.close("agent stopping")
             link.start()
             return
+        if link.outbound:
+            self._admission.outbound += 1
         self._all.add(link)
         self.links[link.peer_id] = link
         self._metrics.peer_links.set(len(self._all))
@@ -356,6 +427,11 @@ class PeerHub:
         if link not in self._all:
             return
         self._all.discard(link)
+        admitted = self._inbound.pop(link, None)
+        if admitted is not None:
+            self._admission.release(*admitted)
+        elif link.outbound:
+            self._admission.outbound -= 1
         self._metrics.peer_links.set(len(self._all))
         if self.links.get(link.peer_id) is link:
             del self.links[link.peer_id]

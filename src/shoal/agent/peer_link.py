@@ -149,7 +149,7 @@ def _read_event(sock: socket.socket, conn: wire.Connection, deadline: float) -> 
         if event is wire.NEED_DATA:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise LinkError(f"handshake not complete within {HANDSHAKE_TIMEOUT:.0f}s")
+                raise LinkError("handshake not complete in time")
             sock.settimeout(remaining)
             conn.receive_data(sock.recv(4096))
             continue
@@ -158,13 +158,21 @@ def _read_event(sock: socket.socket, conn: wire.Connection, deadline: float) -> 
         return event
 
 
+def _connect(host: str, port: int, timeout: float, source: str | None) -> socket.socket:
+    if source is not None:
+        with contextlib.suppress(OSError):  # not an address of ours here: any will do
+            return socket.create_connection((host, port), timeout=timeout, source_address=(source, 0))
+    return socket.create_connection((host, port), timeout=timeout)
+
+
 def dial(
-    address: str, expected_id: str, own_id: str, secret: bytes, timeout: float
+    address: str, expected_id: str, own_id: str, secret: bytes, timeout: float, source: str | None = None
 ) -> tuple[socket.socket, wire.Connection]:
-    """Connect and authenticate as the client (blocking: run in a thread)."""
+    """Connect (from our own address ``source``, when given, so the peer sees the address our
+    id names) and authenticate as the client (blocking: run in a thread)."""
     host, port = split_address(address)
     try:
-        sock = socket.create_connection((host, port), timeout=timeout)
+        sock = _connect(host, port, timeout, source)
     except OSError as exc:
         raise LinkError(f"cannot connect to {address}: {exc}") from None
     try:
@@ -201,14 +209,16 @@ def answer(
     secret: bytes,
     replay_guard: wire.NonceLog,
     check_id: Callable[[str], str | None],
+    timeout: float | None = None,
 ) -> wire.Connection:
     """Authenticate a connecting peer as the server (blocking: run in a thread).
 
     ``first`` is what was read off the socket before it was recognised as a peer connection;
     ``check_id`` says why a claimed peer id is refused (or None).
     """
-    deadline = time.monotonic() + HANDSHAKE_TIMEOUT
-    sock.settimeout(HANDSHAKE_TIMEOUT)
+    timeout = HANDSHAKE_TIMEOUT if timeout is None else timeout
+    deadline = time.monotonic() + timeout
+    sock.settimeout(timeout)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     conn = wire.Connection(wire.Role.SERVER, secret=secret, replay_guard=replay_guard)
     lock = threading.Lock()

@@ -88,6 +88,9 @@ class SwarmSettings:
     max_peer_links: int = _HUB.max_links
     """peer links (in and out) open at once; beyond it new ones are refused. Each costs a file
     descriptor and its buffers, apart from ``max_connections`` (which counts HTTP clients)."""
+    peer_links_per_address: int = _HUB.peer_links_per_address
+    """links other nodes may open to this one from one address: a node dials from its own, so a
+    few suffice; raise it only in a lab that runs many agents on one address."""
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -174,6 +177,7 @@ def swarm_configs(settings: SwarmSettings, address: str, token: str | None) -> t
         secret=peer_secret(token),
         connect_timeout=settings.connect_timeout,
         max_links=settings.max_peer_links,
+        peer_links_per_address=settings.peer_links_per_address,
         superseed_copies=settings.superseed_copies,
     )
     return swarm, hub

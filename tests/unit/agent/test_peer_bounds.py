@@ -29,6 +29,8 @@ from shoal.store.blobstore import BlobStore
 MiB = 1 << 20
 SECRET = peer_secret("token")
 HUB_ID = "127.0.0.1:7000"
+LINKS_PER_ADDRESS = 4
+"""the default of ``swarm.peer_links_per_address``"""
 
 
 def open_descriptors() -> int:
@@ -59,12 +61,13 @@ async def hub(store: BlobStore) -> AsyncIterator[PeerHub]:
     await h.close()
 
 
-def connect(*, rcvbuf: int | None = None) -> tuple[socket.socket, socket.socket]:
-    """A loopback connection: (client end, server end)."""
+def connect(*, rcvbuf: int | None = None, source: str = "127.0.0.1") -> tuple[socket.socket, socket.socket]:
+    """A loopback connection from ``source``: (client end, server end)."""
     listener = socket.create_server(("127.0.0.1", 0))
     client = socket.socket()
     if rcvbuf is not None:
         client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    client.bind((source, 0))
     client.connect(listener.getsockname())
     server, _ = listener.accept()
     listener.close()
@@ -72,9 +75,11 @@ def connect(*, rcvbuf: int | None = None) -> tuple[socket.socket, socket.socket]
     return client, server
 
 
-async def join(hub: PeerHub, peer_id: str = "127.0.0.1:5555", *, rcvbuf: int | None = None) -> socket.socket:
+async def join(
+    hub: PeerHub, peer_id: str = "127.0.0.1:5555", *, rcvbuf: int | None = None, source: str = "127.0.0.1"
+) -> socket.socket:
     """A raw peer that completed the handshake with ``hub`` (as the agent's port hands it over)."""
-    client, server = connect(rcvbuf=rcvbuf)
+    client, server = connect(rcvbuf=rcvbuf, source=source)
     conn = wire.Connection(wire.Role.CLIENT, secret=SECRET)
     client.sendall(conn.send(wire.Hello(peer_id)))
     hub.accept(server, server.recv(1))
@@ -83,11 +88,23 @@ async def join(hub: PeerHub, peer_id: str = "127.0.0.1:5555", *, rcvbuf: int | N
         client.settimeout(5)
         while (event := conn.next_event()) is wire.NEED_DATA:
             conn.receive_data(client.recv(4096))
-        assert isinstance(event, wire.Welcome), event
+        assert isinstance(event, wire.Welcome), f"{peer_id} from {source}: {event}"
         client.sendall(conn.send(wire.Auth()))
 
-    await asyncio.to_thread(finish)
+    try:
+        await asyncio.to_thread(finish)
+    except BaseException:
+        client.close()
+        raise
     return client
+
+
+def link_threads() -> int:
+    return sum(1 for t in threading.enumerate() if t.name.startswith("peer-"))
+
+
+def links_from(hub: PeerHub, prefix: str) -> int:
+    return sum(1 for link in hub._all if link.peer_id.startswith(prefix) and not link.closed)
 
 
 def raw(kind: _T, digest: str, *numbers: int) -> bytes:
@@ -205,3 +222,114 @@ class TestALongerPieceThanAskedFor:
         finally:
             tracemalloc.stop()
             parent.close()
+
+
+class Parent:
+    """A peer that answers one handshake as ``peer_id`` and then keeps the link open."""
+
+    def __init__(self, peer_id: str = "127.0.0.9:1") -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
+        self.peer_id = peer_id
+        self.sock: socket.socket | None = None
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        sock, _ = self.listener.accept()
+        self.sock = sock
+        answer(sock, sock.recv(1), self.peer_id, SECRET, wire.NonceLog(), lambda _: None)
+
+    def close(self) -> None:
+        self.thread.join(5)
+        self.listener.close()
+        if self.sock is not None:
+            self.sock.close()
+
+
+class TestHandshakeFlood:
+    """Defect 2: with no secret at all, 64 connections that each sent one byte 0x00 held every
+    handshake slot for 10 s; real peers were refused."""
+
+    async def test_a_flood_from_one_address_does_not_delay_a_peer_from_another(self, hub: PeerHub) -> None:
+        flood = []
+        for _ in range(200):
+            client, server = connect(source="127.0.0.1")
+            client.sendall(b"\x00")
+            hub.accept(server, server.recv(1))
+            flood.append(client)
+        try:
+            started = time.monotonic()
+            real = await join(hub, "127.0.0.3:5555", source="127.0.0.3")
+            assert time.monotonic() - started < 1.0
+            await until(lambda: links_from(hub, "127.0.0.3:") == 1)
+            real.close()
+        finally:
+            for client in flood:
+                client.close()
+
+    async def test_a_silent_connection_ends_quickly_and_holds_no_thread(self, hub: PeerHub) -> None:
+        threads = threading.active_count()
+        clients = []
+        for _ in range(4):
+            client, server = connect(source="127.0.0.4")
+            client.sendall(b"\x00")
+            hub.accept(server, server.recv(1))
+            clients.append(client)
+        await asyncio.sleep(0.2)
+        assert threading.active_count() == threads
+        started = time.monotonic()
+        for client in clients:
+            client.settimeout(4)
+            assert await asyncio.to_thread(client.recv, 1) == b""  # closed by the agent
+            client.close()
+        assert time.monotonic() - started < 3.0
+
+
+class TestLinksPerAddress:
+    """Defect 3: one secret holder opened 1,024 links under different peer ids (any port of its
+    own address passes the id check): threads 43 -> 2,091, and the agent could not dial its
+    own parents."""
+
+    async def test_one_address_gets_a_few_links_and_the_agent_still_dials(self, store: BlobStore) -> None:
+        config = HubConfig(peer_id=HUB_ID, secret=SECRET, max_links=16)
+        hub = PeerHub(config, store, {}, AgentMetrics(), TokenBucket(0))
+        hub.start()
+        clients = []
+        try:
+            for i in range(12):  # a handful of addresses, several ids each
+                for n in range(4):
+                    source = f"127.0.0.{20 + i}"
+                    with contextlib.suppress(AssertionError, OSError):
+                        clients.append(await join(hub, f"{source}:{1000 + n}", source=source))
+            await asyncio.sleep(0.3)
+            per_address = [links_from(hub, f"127.0.0.{20 + i}:") for i in range(12)]
+            assert max(per_address) <= LINKS_PER_ADDRESS
+            assert sum(per_address) <= 12  # a quarter of the 16 stays for the agent's own dials
+            threads = link_threads()
+            for n in range(40):  # one address, many ids: refused beyond the cap
+                with contextlib.suppress(AssertionError, OSError):
+                    clients.append(await join(hub, f"127.0.0.40:{2000 + n}", source="127.0.0.40"))
+            await asyncio.sleep(0.3)
+            assert links_from(hub, "127.0.0.40:") == 0  # every inbound slot is taken already
+            assert link_threads() == threads
+            parent = Parent()
+            link = await hub.link_to(parent.peer_id, parent.address)
+            assert not link.closed
+            parent.close()
+        finally:
+            for client in clients:
+                client.close()
+            await hub.close()
+
+    async def test_one_address_many_ids(self, hub: PeerHub) -> None:
+        clients = []
+        try:
+            for n in range(40):
+                with contextlib.suppress(AssertionError, OSError):
+                    clients.append(await join(hub, f"127.0.0.41:{3000 + n}", source="127.0.0.41"))
+            await asyncio.sleep(0.3)
+            assert links_from(hub, "127.0.0.41:") == LINKS_PER_ADDRESS
+        finally:
+            for client in clients:
+                client.close()

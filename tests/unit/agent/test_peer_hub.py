@@ -24,6 +24,8 @@ MiB = 1 << 20
 
 
 class FakeLink:
+    outbound = False
+
     def __init__(self, peer_id: str) -> None:
         self.peer_id = peer_id
         self.closed = False
