@@ -84,17 +84,17 @@ class WirePeer:
 
 def bitfield_of(address: str, peer_id: str, secret: bytes, digest: str, size: int) -> int:
     """Dial an agent as a peer and ask about ``digest``: how many pieces it says it holds."""
-    sock, conn = dial(address, peer_id, "127.0.0.1:1", secret, 5.0)
+    channel, conn = dial(address, peer_id, "127.0.0.1:1", secret, 5.0)
     try:
-        sock.settimeout(5.0)
-        sock.sendall(conn.send(wire.Interested(digest, piece_count(size, choose_piece_size(size)))))
+        channel.sock.settimeout(5.0)
+        channel.sendall(conn.send(wire.Interested(digest, piece_count(size, choose_piece_size(size)))))
         while True:
             event = conn.next_event()
             if event is wire.NEED_DATA:
-                conn.receive_data(sock.recv(65536))
+                conn.receive_data(channel.recv(65536))
             elif isinstance(event, wire.Bitfield):
                 return sum(1 for _ in event.indices())
             elif not isinstance(event, wire.KeepAlive):
                 raise AssertionError(f"unexpected {event!r}")
     finally:
-        sock.close()
+        channel.sock.close()

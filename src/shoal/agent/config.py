@@ -44,6 +44,11 @@ class AgentConfig:
     peer_token_file: Path | None = None
     insecure_no_peer_auth: bool = False
     """serve peers (and ask the scheduler) without a peer secret: for labs only, logged loudly."""
+    tls_dir: Path | None = None
+    """directory of this node's TLS material (ca.pem, node.pem, node.key; see ``shoal.p2p.tls``):
+    given, the peer wire is TLS 1.3 with node certificates on both sides."""
+    insecure_peer_wire: bool = False
+    """run the peer wire in clear even with ``tls_dir``: for lab comparisons only, logged loudly."""
     auth_cache_ttl: float = 60.0
     """seconds a registry's yes/no on (credentials, repository, digest) is reused for cached content."""
     max_connections: int = 4096
@@ -114,6 +119,11 @@ class AgentConfig:
         return token
 
     @property
+    def peer_wire_tls(self) -> Path | None:
+        """The TLS directory the peer wire uses (None: it runs in clear)."""
+        return None if self.insecure_peer_wire else self.tls_dir
+
+    @property
     def p2p_enabled(self) -> bool:
         return self.download_pattern == "p2p" and bool(self.schedulers)
 
@@ -159,7 +169,7 @@ def load_config(values: dict[str, Any]) -> AgentConfig:
                 kwargs[key] = parse_duration(value)
             elif key in ("cache_max_size", "ratelimit"):
                 kwargs[key] = parse_size(value)
-            elif key in ("cache_dir", "peer_token_file"):
+            elif key in ("cache_dir", "peer_token_file", "tls_dir"):
                 kwargs[key] = Path(value)
             else:
                 kwargs[key] = value

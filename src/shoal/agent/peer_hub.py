@@ -43,6 +43,7 @@ from shoal.core.ratelog import RateLimitedLog
 from shoal.p2p import wire
 from shoal.p2p.pieces import choose_piece_size, piece_count, piece_span
 from shoal.p2p.ratelimit import TokenBucket
+from shoal.p2p.tls import PeerIdentity, TlsContexts
 from shoal.p2p.wire.admission import Admission, AdmissionLimits
 from shoal.store.blobstore import BlobStore
 from shoal.store.partial import PartialBlob, PartialState
@@ -87,6 +88,8 @@ class HubConfig:
     max_links: int = 1024
     peer_links_per_address: int = 4
     superseed_copies: int = 2
+    tls: TlsContexts | None = None
+    """TLS 1.3 with node certificates on every link (None: the lab's clear peer wire)"""
 
     @property
     def admission(self) -> AdmissionLimits:
@@ -149,6 +152,34 @@ def _first_message_size(data: bytes | bytearray) -> int | None:
     if not 1 <= length <= MAX_FIRST_MESSAGE:
         raise LinkError(f"first frame of {length} bytes")
     return 4 + length
+
+
+def foreign_identity(peer_id: str, source: str, identity: PeerIdentity | None) -> str | None:
+    """Why a peer whose verified certificate names ``identity``, connecting from ``source``,
+    may not call itself ``peer_id`` (or None): the certificate must name the address the
+    connection comes from and the address the id names (no loopback exemption: a node dials
+    from its own address)."""
+    if identity is None:
+        return "no client certificate"
+    if not identity.has_ip(source):
+        return f"certificate of {identity.name} ({', '.join(identity.ips) or 'no IP'}) presented from {source}"
+    try:
+        host, _ = split_address(peer_id)
+    except LinkError:
+        return f"peer id {peer_id[:64]!r} is not IP:PORT"
+    if not identity.has_ip(host):
+        return f"peer id {peer_id} is not an address of {identity.name}"
+    return None
+
+
+def _wrong_protocol(first: bytes, tls: bool) -> str | None:
+    """Why a connection that starts with ``first`` does not speak our peer wire (or None)."""
+    speaks_tls = first[:1] == b"\x16"
+    if tls and not speaks_tls:
+        return "a peer connection in clear: this agent's peer wire is TLS only"
+    if not tls and speaks_tls:
+        return "a TLS peer connection: this agent's peer wire is in clear (--insecure-peer-wire)"
+    return None
 
 
 class PeerHub:
@@ -220,7 +251,9 @@ class PeerHub:
         except OSError:
             sock.close()
             return
-        refusal = "agent stopping" if self.closed else self._admission.begin_handshake(source)
+        refusal = "agent stopping" if self.closed else _wrong_protocol(first, self.config.tls is not None)
+        if refusal is None:
+            refusal = self._admission.begin_handshake(source)
         if refusal is not None:
             self._refuse_connection(sock, refusal)
             return
@@ -229,10 +262,17 @@ class PeerHub:
         task.add_done_callback(self._handshakes.discard)
 
     async def _answer(self, sock: socket.socket, first: bytes, source: str) -> None:
+        tls = self.config.tls
+
+        def check(peer_id: str, identity: PeerIdentity | None) -> str | None:
+            if tls is None:
+                return foreign_peer_id(peer_id, source)
+            return foreign_identity(peer_id, source, identity)
+
         try:
             first = await _first_message(self._loop, sock, first)
             sock.setblocking(True)
-            conn = await self._loop.run_in_executor(
+            channel, conn = await self._loop.run_in_executor(
                 self._answers,
                 answer,
                 sock,
@@ -240,8 +280,9 @@ class PeerHub:
                 self.config.peer_id,
                 self.config.secret,
                 self._nonces,
-                lambda peer_id: foreign_peer_id(peer_id, source),
+                check,
                 ANSWER_TIMEOUT,
+                None if tls is None else tls.server_context(),
             )
         except asyncio.CancelledError:  # the agent is stopping
             sock.close()
@@ -255,12 +296,13 @@ class PeerHub:
         finally:
             self._admission.end_handshake(source)
         assert conn.peer_id is not None
-        refusal = "agent stopping" if self.closed else self._admission.admit(source, conn.peer_id)
+        identity = conn.peer_id if channel.identity is None else channel.identity.name
+        refusal = "agent stopping" if self.closed else self._admission.admit(source, identity)
         if refusal is not None:
             self._refuse_connection(sock, f"peer link from {source} ({conn.peer_id}): {refusal}")
             return
-        link = PeerLink(sock, conn, self._loop, self, outbound=False)
-        self._inbound[link] = (source, conn.peer_id)
+        link = PeerLink(channel, conn, self._loop, self, outbound=False)
+        self._inbound[link] = (source, identity)
         self._add(link)
 
     def _refuse_connection(self, sock: socket.socket, why: str) -> None:
@@ -282,7 +324,8 @@ class PeerHub:
             self._dialing[peer_id] = dialing
             self._admission.dialling += 1
             try:
-                sock, conn = await self._loop.run_in_executor(
+                tls = None if self.config.tls is None else self.config.tls.client_context()
+                channel, conn = await self._loop.run_in_executor(
                     self._dials,
                     dial,
                     address,
@@ -291,8 +334,9 @@ class PeerHub:
                     self.config.secret,
                     self.config.connect_timeout,
                     _own_host(self.config.peer_id),
+                    tls,
                 )
-                link = PeerLink(sock, conn, self._loop, self, outbound=True)
+                link = PeerLink(channel, conn, self._loop, self, outbound=True)
                 self._add(link)
                 dialing.set_result(link)
             except BaseException as exc:

@@ -1,9 +1,10 @@
 """One peer connection's I/O: a blocking socket, a reader thread and a writer thread around the
 sans-I/O :class:`shoal.p2p.wire.Connection`.
 
-Bulk bytes never touch the event loop. The writer sends a piece with ``os.sendfile`` straight
-from the blob's file; the reader takes a piece body with ``recv_into`` (``MSG_WAITALL``) into a
-buffer of the piece's size and hashes it in its own thread (``hashlib`` releases the GIL). The
+Bulk bytes never touch the event loop. The writer sends a piece straight from the blob's file
+(``os.sendfile`` in clear; under TLS through one reusable buffer, see :mod:`.peer_channel`);
+the reader takes a piece body into a buffer of the piece's size (``recv_into``) and hashes it
+in its own thread (``hashlib`` releases the GIL). The
 loop hears of a connection once per batch of control frames and once per whole piece, through
 ``call_soon_threadsafe``: per piece, Python does a constant amount of work, whatever its size.
 
@@ -21,6 +22,7 @@ import logging
 import os
 import queue
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -29,7 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from shoal.agent.peer_channel import PlainChannel, TlsChannel, TlsHandshakeError, tls_handshake
 from shoal.p2p import wire
+from shoal.p2p.tls import PeerIdentity
 
 log = logging.getLogger(__name__)
 
@@ -136,13 +140,16 @@ def split_address(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def _send_all(sock: socket.socket, conn: wire.Connection, lock: threading.Lock, event: wire.Event) -> None:
+Channel = PlainChannel | TlsChannel
+
+
+def _send_all(channel: Channel, conn: wire.Connection, lock: threading.Lock, event: wire.Event) -> None:
     with lock:
         data = conn.send(event)
-    sock.sendall(data)
+    channel.sendall(data)
 
 
-def _read_event(sock: socket.socket, conn: wire.Connection, deadline: float) -> wire.Event:
+def _read_event(channel: Channel, conn: wire.Connection, deadline: float) -> wire.Event:
     """The next handshake event (blocking, until ``deadline`` on the monotonic clock)."""
     while True:
         event = conn.next_event()
@@ -150,8 +157,8 @@ def _read_event(sock: socket.socket, conn: wire.Connection, deadline: float) -> 
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise LinkError("handshake not complete in time")
-            sock.settimeout(remaining)
-            conn.receive_data(sock.recv(4096))
+            channel.sock.settimeout(remaining)
+            conn.receive_data(channel.recv(4096))
             continue
         if isinstance(event, wire.Signal):
             raise wire.RemoteProtocolError("piece body during the handshake")
@@ -165,11 +172,27 @@ def _connect(host: str, port: int, timeout: float, source: str | None) -> socket
     return socket.create_connection((host, port), timeout=timeout)
 
 
+def not_the_node_dialled(identity: PeerIdentity | None, host: str) -> str | None:
+    """Why the certificate the dialled peer presented is not that of ``host`` (or None)."""
+    if identity is None:
+        return "no certificate"
+    if not identity.has_ip(host):
+        return f"its certificate is for {identity.name} ({', '.join(identity.ips) or 'no IP'}), not {host}"
+    return None
+
+
 def dial(
-    address: str, expected_id: str, own_id: str, secret: bytes, timeout: float, source: str | None = None
-) -> tuple[socket.socket, wire.Connection]:
+    address: str,
+    expected_id: str,
+    own_id: str,
+    secret: bytes,
+    timeout: float,
+    source: str | None = None,
+    tls: ssl.SSLContext | None = None,
+) -> tuple[Channel, wire.Connection]:
     """Connect (from our own address ``source``, when given, so the peer sees the address our
-    id names) and authenticate as the client (blocking: run in a thread)."""
+    id names), run TLS when given a context (the peer's certificate must name the host we
+    dialled) and authenticate as the client (blocking: run in a thread)."""
     host, port = split_address(address)
     try:
         sock = _connect(host, port, timeout, source)
@@ -179,20 +202,26 @@ def dial(
         deadline = time.monotonic() + HANDSHAKE_TIMEOUT
         sock.settimeout(HANDSHAKE_TIMEOUT)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        channel: Channel = PlainChannel(sock)
+        if tls is not None:
+            channel = tls_handshake(sock, tls, server=False, first=b"", deadline=deadline)
+            wrong = not_the_node_dialled(channel.identity, host)
+            if wrong is not None:
+                raise LinkError(f"{address} is not the node we dialled: {wrong}")
         conn = wire.Connection(wire.Role.CLIENT, secret=secret)
         lock = threading.Lock()
-        _send_all(sock, conn, lock, wire.Hello(own_id))
-        event = _read_event(sock, conn, deadline)
+        _send_all(channel, conn, lock, wire.Hello(own_id))
+        event = _read_event(channel, conn, deadline)
         if isinstance(event, wire.Close):
             raise LinkError(f"{address} refused us: {event.reason}")
         if not isinstance(event, wire.Welcome):
             raise LinkError(f"{address} answered {type(event).__name__} to HELLO")
         if event.peer_id != expected_id:
             raise LinkError(f"{address} says it is {event.peer_id!r}, not {expected_id!r}")
-        _send_all(sock, conn, lock, wire.Auth())
+        _send_all(channel, conn, lock, wire.Auth())
         _bulk_mode(sock)
-        return sock, conn
-    except (OSError, wire.ProtocolError, LinkError) as exc:
+        return channel, conn
+    except (OSError, wire.ProtocolError, LinkError, TlsHandshakeError) as exc:
         sock.close()
         if isinstance(exc, LinkError):
             raise
@@ -208,35 +237,46 @@ def answer(
     own_id: str,
     secret: bytes,
     replay_guard: wire.NonceLog,
-    check_id: Callable[[str], str | None],
+    check_id: Callable[[str, PeerIdentity | None], str | None],
     timeout: float | None = None,
-) -> wire.Connection:
+    tls: ssl.SSLContext | None = None,
+) -> tuple[Channel, wire.Connection]:
     """Authenticate a connecting peer as the server (blocking: run in a thread).
 
     ``first`` is what was read off the socket before it was recognised as a peer connection;
-    ``check_id`` says why a claimed peer id is refused (or None).
+    with ``tls`` it is the start of the TLS handshake. ``check_id`` says why a claimed peer
+    id is refused (or None), given the identity its verified certificate names (None
+    without TLS). The caller closes ``sock`` on failure.
     """
     timeout = HANDSHAKE_TIMEOUT if timeout is None else timeout
     deadline = time.monotonic() + timeout
     sock.settimeout(timeout)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    channel: Channel = PlainChannel(sock)
+    if tls is not None:
+        try:
+            channel = tls_handshake(sock, tls, server=True, first=first, deadline=deadline)
+        except TlsHandshakeError as exc:
+            raise LinkError(str(exc)) from None
+        first = b""
     conn = wire.Connection(wire.Role.SERVER, secret=secret, replay_guard=replay_guard)
     lock = threading.Lock()
-    conn.receive_data(first)
-    event = _read_event(sock, conn, deadline)
+    if first:
+        conn.receive_data(first)
+    event = _read_event(channel, conn, deadline)
     if not isinstance(event, wire.Hello):
         raise LinkError(f"expected HELLO, got {type(event).__name__}")
-    refusal = check_id(event.peer_id)
+    refusal = check_id(event.peer_id, channel.identity)
     if refusal is not None:
         with contextlib.suppress(OSError, wire.ProtocolError):
-            _send_all(sock, conn, lock, wire.Close(refusal[:200]))
+            _send_all(channel, conn, lock, wire.Close(refusal[:200]))
         raise LinkError(refusal)
-    _send_all(sock, conn, lock, wire.Welcome(own_id))
-    event = _read_event(sock, conn, deadline)
+    _send_all(channel, conn, lock, wire.Welcome(own_id))
+    event = _read_event(channel, conn, deadline)
     if not isinstance(event, wire.Auth):
         raise LinkError(f"expected AUTH, got {type(event).__name__}")
     _bulk_mode(sock)
-    return conn
+    return channel, conn
 
 
 def _bulk_mode(sock: socket.socket) -> None:
@@ -252,7 +292,7 @@ class PeerLink:
 
     def __init__(
         self,
-        sock: socket.socket,
+        channel: Channel,
         conn: wire.Connection,
         loop: asyncio.AbstractEventLoop,
         handler: LinkHandler,
@@ -266,7 +306,10 @@ class PeerLink:
         """piece body bytes received (a plain counter the reader thread bumps)"""
         self.closed = False
         self.reason = ""
-        self._sock = sock
+        self._channel = channel
+        self._sock = channel.sock
+        self.identity = channel.identity
+        """who the peer's verified certificate says it is (None without TLS)"""
         self._conn = conn
         self._lock = threading.Lock()
         self._loop = loop
@@ -364,7 +407,7 @@ class PeerLink:
             if not self._drain():
                 return
             while True:
-                n = self._sock.recv_into(buf)
+                n = self._channel.recv_into(view)
                 with self._lock:
                     self._conn.receive_data(bytes(view[:n]))
                 if not self._drain():
@@ -421,7 +464,7 @@ class PeerLink:
         view[:got] = early
         self.bytes_in += got
         while got < piece.length:
-            n = self._sock.recv_into(view[got:], min(BODY_SLICE, piece.length - got), socket.MSG_WAITALL)
+            n = self._channel.recv_exactly(view[got : got + min(BODY_SLICE, piece.length - got)])
             if n == 0:
                 raise wire.RemoteProtocolError(f"connection closed inside piece {piece.index}")
             got += n
@@ -469,7 +512,7 @@ class PeerLink:
             if frame is not None:
                 pending += frame
         if pending:
-            self._sock.sendall(pending)
+            self._channel.sendall(pending)
         return alive
 
     def _send_piece(self, item: _PieceOut) -> None:
@@ -477,7 +520,7 @@ class PeerLink:
         if fd is None:  # evicted meanwhile: say so rather than leave the request hanging
             reject = self._encode(wire.Reject(item.digest, item.index))
             if reject is not None:
-                self._sock.sendall(reject)
+                self._channel.sendall(reject)
             self._post(self._handler.link_piece_dropped, item.digest, item.index, False)
             return
         try:
@@ -485,7 +528,7 @@ class PeerLink:
             if header is None:  # cancelled meanwhile
                 self._post(self._handler.link_piece_dropped, item.digest, item.index, False)
                 return
-            self._sock.sendall(header)
+            self._channel.sendall(header)
             try:
                 self._sendfile(fd, item)
             except OSError:
@@ -505,13 +548,10 @@ class PeerLink:
                 return None
 
     def _sendfile(self, fd: int, item: _PieceOut) -> None:
-        sent = 0
-        out = self._sock.fileno()
-        while sent < item.length:
-            n = os.sendfile(out, fd, item.offset + sent, item.length - sent)
-            if n == 0:
-                raise OSError(f"piece {item.index} of {item.digest[:19]}: the file ended early")
-            sent += n
+        try:
+            self._channel.send_file(fd, item.offset, item.length)
+        except OSError as exc:
+            raise OSError(f"piece {item.index} of {item.digest[:19]}: {exc}") from None
         with self._lock:
             self._conn.body_sent(item.length)
 

@@ -89,6 +89,18 @@ def merge_flags(values: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]
     default=None,
     help="Serve peers without a secret: anyone reaching the port can read every cached blob. Labs only.",
 )
+@click.option(
+    "--tls-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory with this node's ca.pem, node.pem and node.key: the peer wire runs TLS 1.3 with "
+    "node certificates (reloaded when the files change).",
+)
+@click.option(
+    "--insecure-peer-wire",
+    is_flag=True,
+    default=None,
+    help="Run the peer wire in clear even with --tls-dir: layers cross the network readable. Labs only.",
+)
 @click.option("--max-connections", type=int, help="Open connections at most.  [default: 4096, below the fd limit]")
 @click.option("--header-timeout", help="Time a new connection has to send a request.  [default: 10s]")
 @click.option("--keepalive-timeout", help="Time an idle keep-alive connection is kept.  [default: 60s]")

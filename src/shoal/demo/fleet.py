@@ -19,6 +19,7 @@ from types import TracebackType
 from typing import Self
 
 from shoal.core.promtext import flatten
+from shoal.demo.pki import TestCA
 from shoal.demo.procs import ManagedProcess, free_port
 
 
@@ -70,6 +71,8 @@ class LocalFleet:
         download_pattern: ``p2p`` (with a scheduler) or ``source`` (no scheduler at all).
         agent_args: extra flags for every agent.
         scheduler_args: extra flags for every scheduler.
+        tls: the peer wire in TLS 1.3, each node with a certificate for its own address from
+            a throwaway CA in ``workdir`` (False: in clear, for lab comparisons).
     """
 
     def __init__(
@@ -82,6 +85,7 @@ class LocalFleet:
         agent_args: tuple[str, ...] = (),
         schedulers: int = 1,
         scheduler_args: tuple[str, ...] = (),
+        tls: bool = True,
     ) -> None:
         self.workdir = workdir
         self.count = nodes
@@ -93,10 +97,13 @@ class LocalFleet:
         self.nodes: list[FleetNode] = []
         self.schedulers: list[tuple[str, ManagedProcess]] = []
         self.token_file = workdir / "peer-token"
+        self.tls = tls
+        self._ca: TestCA | None = None
 
     def start(self) -> Self:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.token_file.write_text(secrets.token_urlsafe(24))
+        self._ca = TestCA.create("shoal demo fleet CA") if self.tls else None
         try:
             for i in range(self.scheduler_count):
                 port = free_port()
@@ -138,6 +145,10 @@ class LocalFleet:
     def _start_agent(self, i: int, port: int) -> None:
         address = f"127.0.0.{i + 2}:{port}"
         cache = self.workdir / f"node-{i}" / "cache"
+        tls: tuple[str, ...] = ("--insecure-peer-wire",)
+        if self._ca is not None:
+            host = address.rpartition(":")[0]
+            tls = ("--tls-dir", str(self._ca.issue(self.workdir / f"node-{i}" / "tls", f"node-{i}", ips=(host,))))
         argv = shoal_argv(
             "agent",
             "--listen",
@@ -150,6 +161,7 @@ class LocalFleet:
             str(self.token_file),
             *(f"--registry={name}={url}" for name, url in self.registries.items()),
             *(f"--scheduler={url}" for url, _ in self.schedulers),
+            *tls,
             *self.agent_args,
         )
         proc = ManagedProcess(argv, stdout=self.workdir / f"node-{i}.log")

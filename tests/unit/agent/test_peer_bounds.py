@@ -18,13 +18,16 @@ from pathlib import Path
 import pytest
 
 from shoal.agent.metrics import AgentMetrics
+from shoal.agent.peer_channel import tls_handshake
 from shoal.agent.peer_hub import HubConfig, PeerHub
 from shoal.agent.peer_link import PieceBody, answer, peer_secret
 from shoal.core.digest import Digest
 from shoal.p2p import wire
 from shoal.p2p.ratelimit import TokenBucket
+from shoal.p2p.tls import TlsDirectory
 from shoal.p2p.wire.codec import _T, _digest, _frame, _u32
 from shoal.store.blobstore import BlobStore
+from shoal.testing.pki import TestCA
 
 MiB = 1 << 20
 SECRET = peer_secret("token")
@@ -177,7 +180,7 @@ class LyingParent:
     def _serve(self) -> None:
         sock, _ = self.listener.accept()
         with sock:
-            conn = answer(sock, sock.recv(1), self.address, SECRET, wire.NonceLog(), lambda _: None)
+            _, conn = answer(sock, sock.recv(1), self.address, SECRET, wire.NonceLog(), lambda _, __: None)
             sock.settimeout(0.2)
             while not self.stop.is_set():
                 event = conn.next_event()
@@ -238,7 +241,7 @@ class Parent:
     def _serve(self) -> None:
         sock, _ = self.listener.accept()
         self.sock = sock
-        answer(sock, sock.recv(1), self.peer_id, SECRET, wire.NonceLog(), lambda _: None)
+        answer(sock, sock.recv(1), self.peer_id, SECRET, wire.NonceLog(), lambda _, __: None)
 
     def close(self) -> None:
         self.thread.join(5)
@@ -333,3 +336,61 @@ class TestLinksPerAddress:
         finally:
             for client in clients:
                 client.close()
+
+
+async def join_tls(hub: PeerHub, tls: TlsDirectory, peer_id: str, source: str) -> socket.socket:
+    """A peer that runs TLS with ``tls``'s certificate, then the wire handshake, from ``source``."""
+    client, server = connect(source=source)
+
+    def handshake() -> None:
+        deadline = time.monotonic() + 5
+        channel = tls_handshake(client, tls.client_context(), server=False, first=b"", deadline=deadline)
+        conn = wire.Connection(wire.Role.CLIENT, secret=SECRET)
+        channel.sendall(conn.send(wire.Hello(peer_id)))
+        while (event := conn.next_event()) is wire.NEED_DATA:
+            conn.receive_data(channel.recv(4096))
+        assert isinstance(event, wire.Welcome), f"{peer_id} from {source}: {event}"
+        channel.sendall(conn.send(wire.Auth()))
+
+    done = asyncio.ensure_future(asyncio.to_thread(handshake))
+    hub.accept(server, await asyncio.to_thread(server.recv, 1))
+    try:
+        await done
+    except BaseException:
+        client.close()
+        raise
+    return client
+
+
+class TestTlsLinks:
+    """With TLS, a link is a certificate: it must be the connection's own address, and one
+    node gets ``links_per_identity`` links however many ids and ports it tries."""
+
+    async def test_identity_and_address_are_checked(self, store: BlobStore, tmp_path: Path) -> None:
+        ca = TestCA.create()
+        own = TlsDirectory(ca.issue(tmp_path / "hub", "node-hub", ips=("127.0.0.1",)))
+        config = HubConfig(peer_id=HUB_ID, secret=SECRET, tls=own, peer_links_per_address=16)
+        hub = PeerHub(config, store, {}, AgentMetrics(), TokenBucket(0))
+        hub.start()
+        node_b = TlsDirectory(ca.issue(tmp_path / "b", "node-b", ips=("127.0.0.50",)))
+        clients = []
+        try:
+            clients.append(await join_tls(hub, node_b, "127.0.0.50:1", "127.0.0.50"))
+            await until(lambda: links_from(hub, "127.0.0.50:") == 1)
+            (link,) = hub._all
+            assert link.identity is not None
+            assert link.identity.name == "node-b"
+            for port in range(2, 8):  # the same node under other ports: two links at most
+                with contextlib.suppress(AssertionError, OSError):
+                    clients.append(await join_tls(hub, node_b, f"127.0.0.50:{port}", "127.0.0.50"))
+            await asyncio.sleep(0.3)
+            assert links_from(hub, "127.0.0.50:") == 2
+            with pytest.raises((AssertionError, OSError)):  # node-b's certificate from another address
+                clients.append(await join_tls(hub, node_b, "127.0.0.50:9", "127.0.0.51"))
+            with pytest.raises((AssertionError, OSError)):  # a plain peer to a TLS agent
+                clients.append(await join(hub, "127.0.0.52:1", source="127.0.0.52"))
+            assert links_from(hub, "127.0.0.5") == 2
+        finally:
+            for client in clients:
+                client.close()
+            await hub.close()

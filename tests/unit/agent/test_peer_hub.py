@@ -12,11 +12,12 @@ from typing import cast
 import pytest
 
 from shoal.agent.metrics import AgentMetrics
-from shoal.agent.peer_hub import HubConfig, PeerHub, foreign_peer_id
+from shoal.agent.peer_hub import HubConfig, PeerHub, _wrong_protocol, foreign_identity, foreign_peer_id
 from shoal.agent.peer_link import PeerLink, PieceBody, peer_secret
 from shoal.core.digest import Digest
 from shoal.p2p import wire
 from shoal.p2p.ratelimit import TokenBucket
+from shoal.p2p.tls import PeerIdentity
 from shoal.store.blobstore import BlobStore
 from shoal.store.partial import PartialBlob
 
@@ -249,6 +250,43 @@ class TestPeerIds:
     )
     def test_a_peer_may_only_call_itself_by_its_own_address(self, peer_id: str, source: str, refused: bool) -> None:
         assert (foreign_peer_id(peer_id, source) is not None) == refused
+
+
+class TestCertificateIdentities:
+    """With TLS, the verified certificate decides: it must name the address the connection
+    comes from and the address the claimed peer id names; loopback is no exception."""
+
+    NODE = PeerIdentity("node-a", ("node-a",), ("10.0.0.5", "127.0.0.2"))
+
+    @pytest.mark.parametrize(
+        ("peer_id", "source", "identity", "refusal"),
+        [
+            ("10.0.0.5:65001", "10.0.0.5", NODE, None),
+            ("127.0.0.2:65001", "127.0.0.2", NODE, None),
+            ("10.0.0.5:65001", "10.0.0.6", NODE, "presented from 10.0.0.6"),
+            ("10.0.0.6:65001", "10.0.0.5", NODE, "not an address of node-a"),
+            ("10.0.0.5:65001", "127.0.0.1", NODE, "presented from 127.0.0.1"),
+            ("node-a:65001", "10.0.0.5", NODE, "not an address of node-a"),
+            ("10.0.0.5", "10.0.0.5", NODE, "not IP:PORT"),
+            ("10.0.0.5:65001", "10.0.0.5", None, "no client certificate"),
+        ],
+    )
+    def test_the_certificate_must_name_the_source_and_the_id(
+        self, peer_id: str, source: str, identity: PeerIdentity | None, refusal: str | None
+    ) -> None:
+        got = foreign_identity(peer_id, source, identity)
+        if refusal is None:
+            assert got is None
+        else:
+            assert got is not None
+            assert refusal in got
+
+    @pytest.mark.parametrize(
+        ("first", "tls", "refused"),
+        [(b"\x00", False, False), (b"\x16", True, False), (b"\x00", True, True), (b"\x16", False, True)],
+    )
+    def test_a_connection_must_speak_the_wire_this_agent_runs(self, first: bytes, tls: bool, refused: bool) -> None:
+        assert (_wrong_protocol(first, tls) is not None) == refused
 
 
 class TestHaveBatches:
