@@ -7,12 +7,13 @@ TLS channel drives an ``ssl.SSLObject`` over memory buffers under one lock that 
 held for in-memory work (encrypting, decrypting: both release the GIL), never around a
 socket call. Socket reads happen in the reader, socket writes in the writer, outside the
 lock; only the writer takes encrypted bytes out, so records leave in the order they were
-made. A piece body goes out from the page cache through one reusable buffer (``preadv``),
-is encrypted in slices, and comes in decrypted straight into the piece's buffer.
+made. A piece body is encrypted straight from the page cache (the file mapped, in slices)
+and comes in decrypted straight into the piece's buffer.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
 import socket
 import ssl
@@ -24,8 +25,7 @@ from shoal.p2p.tls import PeerIdentity, peer_identity
 __all__ = ["PlainChannel", "TlsChannel", "TlsHandshakeError", "tls_handshake"]
 
 SEND_SLICE = 256 << 10
-"""bytes encrypted (and a file read) per step: the TLS writer's memory, and how long it
-holds the lock"""
+"""bytes encrypted per step: the TLS writer's memory, and how long it holds the lock"""
 RAW_READ = 256 << 10
 """encrypted bytes taken from the socket per read"""
 
@@ -79,7 +79,6 @@ class TlsChannel:
         self._lock = threading.Lock()
         """held only around SSLObject and BIO calls, never around a socket call"""
         self._raw = bytearray(RAW_READ)  # the reader's
-        self._file_buffer = bytearray(SEND_SLICE)  # the writer's
         self.identity = peer_identity(tls.getpeercert())
 
     # -- the writer ------------------------------------------------------------------------
@@ -100,14 +99,17 @@ class TlsChannel:
             self.sock.sendall(records)
 
     def send_file(self, fd: int, offset: int, length: int) -> None:
-        buffer = memoryview(self._file_buffer)
-        sent = 0
-        while sent < length:
-            n = os.preadv(fd, [buffer[: min(SEND_SLICE, length - sent)]], offset + sent)
-            if n == 0:
-                raise OSError("the file ended early")
-            self.sendall(buffer[:n])
-            sent += n
+        """Encrypt straight from the page cache: the piece's range of the file mapped (no copy
+        into a buffer first; blobs are never truncated, only unlinked, which a mapping survives)."""
+        start = offset - offset % mmap.ALLOCATIONGRANULARITY
+        if os.fstat(fd).st_size < offset + length:
+            raise OSError("the file ended early")
+        with mmap.mmap(fd, offset + length - start, offset=start, access=mmap.ACCESS_READ) as mapped:
+            view = memoryview(mapped)
+            try:
+                self.sendall(view[offset - start :])
+            finally:
+                view.release()
 
     # -- the reader ------------------------------------------------------------------------
     def recv(self, n: int) -> bytes:
@@ -116,18 +118,27 @@ class TlsChannel:
         return bytes(out[:got])
 
     def recv_into(self, view: memoryview) -> int:
-        """Some decrypted bytes into ``view`` (0: the peer closed)."""
+        """Decrypted bytes into ``view``: as many as are here, at least one (0: the peer closed)."""
         while True:
-            with self._lock:
-                try:
-                    n: int = self._tls.read(len(view), view)  # type: ignore[assignment]  # with a buffer: a count
-                    return n
-                except ssl.SSLWantReadError:
-                    pass
-                except ssl.SSLZeroReturnError:
-                    return 0
-            if not self._fill():
+            got = self._decrypt_into(view)
+            if got:
+                return got
+            if got == 0 or not self._fill():
                 return 0
+
+    def _decrypt_into(self, view: memoryview) -> int | None:
+        """Every whole record already received, into ``view`` (None: none yet; 0: closed)."""
+        got = 0
+        with self._lock:
+            while got < len(view):
+                try:
+                    n: int = self._tls.read(len(view) - got, view[got:])  # type: ignore[assignment]  # a count
+                except ssl.SSLWantReadError:
+                    break
+                except ssl.SSLZeroReturnError:
+                    return got
+                got += n
+        return got or None
 
     def recv_exactly(self, view: memoryview) -> int:
         got = 0
