@@ -98,12 +98,13 @@ class LocalFleet:
         self.schedulers: list[tuple[str, ManagedProcess]] = []
         self.token_file = workdir / "peer-token"
         self.tls = tls
-        self._ca: TestCA | None = None
+        self.ca: TestCA | None = None
+        """the fleet's throwaway CA (with ``tls``), to give a test's own peer a certificate"""
 
     def start(self) -> Self:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.token_file.write_text(secrets.token_urlsafe(24))
-        self._ca = TestCA.create("shoal demo fleet CA") if self.tls else None
+        self.ca = TestCA.create("shoal demo fleet CA") if self.tls else None
         try:
             for i in range(self.scheduler_count):
                 port = free_port()
@@ -146,9 +147,9 @@ class LocalFleet:
         address = f"127.0.0.{i + 2}:{port}"
         cache = self.workdir / f"node-{i}" / "cache"
         tls: tuple[str, ...] = ("--insecure-peer-wire",)
-        if self._ca is not None:
+        if self.ca is not None:
             host = address.rpartition(":")[0]
-            tls = ("--tls-dir", str(self._ca.issue(self.workdir / f"node-{i}" / "tls", f"node-{i}", ips=(host,))))
+            tls = ("--tls-dir", str(self.ca.issue(self.workdir / f"node-{i}" / "tls", f"node-{i}", ips=(host,))))
         argv = shoal_argv(
             "agent",
             "--listen",
