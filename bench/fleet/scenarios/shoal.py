@@ -11,7 +11,9 @@ With ``--client ctr`` each node's containerd uses the agent as the origin's mirr
 ``--registry <origin-ip>:5000=http://<origin-ip>:5000`` (see ``clients.py``).
 
 ``source`` (``--download-pattern source``): every agent fetches from the origin itself.
-``p2p``: agents share pieces through the scheduler.
+``p2p``: agents share pieces through the scheduler, the peer wire in clear
+(``--insecure-peer-wire``); ``p2p-tls``: the same with TLS 1.3, each node with a certificate
+for its address from a throwaway CA (what encryption costs: compare the two).
 With ``Fleet.kill_fraction`` > 0, that share of agents is SIGKILLed (by PID) at
 ``kill_after`` seconds (default: 30% of the lower bound); the rest must still finish.
 """
@@ -38,8 +40,9 @@ from bench.fleet.scenarios.base import (
     wait_for_nodes,
 )
 from bench.fleet.scenarios.clients import make_client
+from shoal.demo.pki import TestCA
 
-__all__ = ["run_p2p", "run_source"]
+__all__ = ["run_p2p", "run_p2p_tls", "run_source"]
 
 AGENT_PORT = 65001
 SCHEDULER_PORT = 8002
@@ -73,7 +76,7 @@ def _wait_healthy(hosts: list[tuple[Host, int]], procs: dict[str, Proc]) -> str 
     return None
 
 
-def _run_shoal(fleet: Fleet, name: str, pattern: str) -> ScenarioResult:
+def _run_shoal(fleet: Fleet, name: str, pattern: str, *, tls: bool = False) -> ScenarioResult:
     result = new_result(fleet, name)
     work = fleet.scenario_dir(name)
     plan = fleet.plan
@@ -86,6 +89,7 @@ def _run_shoal(fleet: Fleet, name: str, pattern: str) -> ScenarioResult:
     killed: frozenset[str] = frozenset()
     client = make_client(fleet, work)
     checks: dict[str, str | None] = {}
+    ca = TestCA.create("shoal bench fleet CA") if tls else None
     try:
         if pattern == "p2p":
             daemons[plan.svc.role] = fleet.procs.spawn(
@@ -105,6 +109,9 @@ def _run_shoal(fleet: Fleet, name: str, pattern: str) -> ScenarioResult:
         for name in client.agent_registry_names():
             registry_args += ["--registry", f"{name}={upstream}"]
         for host in plan.nodes:
+            wire_args = ["--insecure-peer-wire"] if pattern == "p2p" else []
+            if ca is not None:
+                wire_args = ["--tls-dir", str(ca.issue(work / host.role / "tls", host.role, ips=(host.ip,)))]
             daemons[host.role] = fleet.procs.spawn(
                 host.netns,
                 [
@@ -120,6 +127,7 @@ def _run_shoal(fleet: Fleet, name: str, pattern: str) -> ScenarioResult:
                     "--download-pattern",
                     pattern,
                     *p2p_args,
+                    *wire_args,
                 ],
                 log=work / host.role / "agent.log",
             )
@@ -197,5 +205,10 @@ def run_source(fleet: Fleet) -> ScenarioResult:
 
 
 def run_p2p(fleet: Fleet) -> ScenarioResult:
-    """Scenario 3: Shoal P2P."""
+    """Scenario 3: Shoal P2P, the peer wire in clear."""
     return _run_shoal(fleet, "p2p", "p2p")
+
+
+def run_p2p_tls(fleet: Fleet) -> ScenarioResult:
+    """Scenario 3 with the peer wire in TLS 1.3 and node certificates."""
+    return _run_shoal(fleet, "p2p-tls", "p2p", tls=True)
