@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import socket
 from collections.abc import Iterable, Mapping
@@ -28,6 +27,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from shoal.agent.metrics import AgentMetrics
+from shoal.agent.peer_checks import first_message_size, foreign_identity, foreign_peer_id, own_host, wrong_protocol
 from shoal.agent.peer_link import (
     MAX_QUEUED_PIECES,
     LinkError,
@@ -36,7 +36,6 @@ from shoal.agent.peer_link import (
     PieceFile,
     answer,
     dial,
-    split_address,
 )
 from shoal.core.digest import Digest, DigestError
 from shoal.core.ratelog import RateLimitedLog
@@ -58,9 +57,6 @@ FIRST_MESSAGE_TIMEOUT = 2.0
 ClientHello) before it takes a handshake thread: waiting for it costs the event loop nothing"""
 ANSWER_TIMEOUT = 4.0
 """seconds the rest of an inbound handshake may take, in its thread"""
-MAX_FIRST_MESSAGE = 1 << 10
-"""a HELLO is under 300 bytes"""
-MAX_TLS_RECORD = (16 << 10) + 2048
 LIVENESS_PERIOD = 5.0
 """seconds between liveness checks of all links (a keepalive where one is due)"""
 
@@ -96,90 +92,18 @@ class HubConfig:
         return AdmissionLimits(max_links=self.max_links, links_per_address=self.peer_links_per_address)
 
 
-def foreign_peer_id(peer_id: str, source: str) -> str | None:
-    """Why a peer connecting from ``source`` may not call itself ``peer_id`` (or None).
-
-    Peer ids are the ``host:port`` a peer is reached at; what we learn of a peer (a corrupt
-    piece, a failed request) is filed under its id, so a node must not take another's.
-    Loopback connections are exempt: a lab runs many agents on one host.
-    """
-    try:
-        host, _ = split_address(peer_id)
-        claimed, seen = ipaddress.ip_address(host), ipaddress.ip_address(source)
-    except (LinkError, ValueError):
-        return f"peer id {peer_id[:64]!r} is not IP:PORT"
-    if seen.is_loopback or claimed == seen:
-        return None
-    return f"peer id {peer_id} claimed from {source}"
-
-
-def _own_host(peer_id: str) -> str | None:
-    """The address to dial from: our own (so the peer sees the address our id names), when
-    the id names a specific one."""
-    with contextlib.suppress(LinkError, ValueError):
-        host = ipaddress.ip_address(split_address(peer_id)[0])
-        if not host.is_unspecified:
-            return str(host)
-    return None
-
-
 async def _first_message(loop: asyncio.AbstractEventLoop, sock: socket.socket, first: bytes) -> bytes:
     """``first`` and what follows it up to the end of the connection's first message (a HELLO
     frame, or a TLS record), read without a thread within ``FIRST_MESSAGE_TIMEOUT``."""
     sock.setblocking(False)
     data = bytearray(first)
     async with asyncio.timeout(FIRST_MESSAGE_TIMEOUT):
-        while (need := _first_message_size(data)) is None or len(data) < need:
+        while (need := first_message_size(data)) is None or len(data) < need:
             chunk = await loop.sock_recv(sock, 4096)
             if not chunk:
                 raise LinkError("closed before its first message")
             data += chunk
     return bytes(data)
-
-
-def _first_message_size(data: bytes | bytearray) -> int | None:
-    """Bytes of the first message, once its header is in ``data``; raises on anything else."""
-    if data[:1] == b"\x16":  # TLS handshake record: type, version:2, length:2
-        if len(data) < 5:
-            return None
-        length = int.from_bytes(data[3:5])
-        if length > MAX_TLS_RECORD:
-            raise LinkError(f"first TLS record of {length} bytes")
-        return 5 + length
-    if len(data) < 4:
-        return None
-    length = int.from_bytes(data[:4])
-    if not 1 <= length <= MAX_FIRST_MESSAGE:
-        raise LinkError(f"first frame of {length} bytes")
-    return 4 + length
-
-
-def foreign_identity(peer_id: str, source: str, identity: PeerIdentity | None) -> str | None:
-    """Why a peer whose verified certificate names ``identity``, connecting from ``source``,
-    may not call itself ``peer_id`` (or None): the certificate must name the address the
-    connection comes from and the address the id names (no loopback exemption: a node dials
-    from its own address)."""
-    if identity is None:
-        return "no client certificate"
-    if not identity.has_ip(source):
-        return f"certificate of {identity.name} ({', '.join(identity.ips) or 'no IP'}) presented from {source}"
-    try:
-        host, _ = split_address(peer_id)
-    except LinkError:
-        return f"peer id {peer_id[:64]!r} is not IP:PORT"
-    if not identity.has_ip(host):
-        return f"peer id {peer_id} is not an address of {identity.name}"
-    return None
-
-
-def _wrong_protocol(first: bytes, tls: bool) -> str | None:
-    """Why a connection that starts with ``first`` does not speak our peer wire (or None)."""
-    speaks_tls = first[:1] == b"\x16"
-    if tls and not speaks_tls:
-        return "a peer connection in clear: this agent's peer wire is TLS only"
-    if not tls and speaks_tls:
-        return "a TLS peer connection: this agent's peer wire is in clear (--insecure-peer-wire)"
-    return None
 
 
 class PeerHub:
@@ -251,7 +175,7 @@ class PeerHub:
         except OSError:
             sock.close()
             return
-        refusal = "agent stopping" if self.closed else _wrong_protocol(first, self.config.tls is not None)
+        refusal = "agent stopping" if self.closed else wrong_protocol(first, self.config.tls is not None)
         if refusal is None:
             refusal = self._admission.begin_handshake(source)
         if refusal is not None:
@@ -333,7 +257,7 @@ class PeerHub:
                     self.config.peer_id,
                     self.config.secret,
                     self.config.connect_timeout,
-                    _own_host(self.config.peer_id),
+                    own_host(self.config.peer_id),
                     tls,
                 )
                 link = PeerLink(channel, conn, self._loop, self, outbound=True)

@@ -12,7 +12,8 @@ from typing import cast
 import pytest
 
 from shoal.agent.metrics import AgentMetrics
-from shoal.agent.peer_hub import HubConfig, PeerHub, _wrong_protocol, foreign_identity, foreign_peer_id
+from shoal.agent.peer_checks import foreign_identity, foreign_peer_id, wrong_protocol
+from shoal.agent.peer_hub import HubConfig, PeerHub
 from shoal.agent.peer_link import PeerLink, PieceBody, peer_secret
 from shoal.core.digest import Digest
 from shoal.p2p import wire
@@ -286,7 +287,7 @@ class TestCertificateIdentities:
         [(b"\x00", False, False), (b"\x16", True, False), (b"\x00", True, True), (b"\x16", False, True)],
     )
     def test_a_connection_must_speak_the_wire_this_agent_runs(self, first: bytes, tls: bool, refused: bool) -> None:
-        assert (_wrong_protocol(first, tls) is not None) == refused
+        assert (wrong_protocol(first, tls) is not None) == refused
 
 
 class TestHaveBatches:
