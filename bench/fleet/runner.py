@@ -137,7 +137,7 @@ def check_results(results: Sequence[ScenarioResult], *, kills: bool) -> list[str
             problems.append(f"{where}: origin egress not measured")
         elif r.scenario in ("direct", "source") and not kills and egress != r.nodes * f:
             problems.append(f"{where}: origin egress {egress} B, want N x image = {r.nodes * f} B")
-        elif r.scenario == "p2p" and not kills and egress != f:
+        elif r.scenario in ("p2p", "p2p-tls") and not kills and egress != f:
             problems.append(f"{where}: origin egress {egress} B = {egress / f:.3f}x image, want 1.00x")
         elif r.scenario == "bittorrent" and egress < f:
             problems.append(f"{where}: seeder uploaded {egress} B, less than one copy ({f} B)")

@@ -159,6 +159,8 @@ def encode(ev: Event) -> bytes:
     assert isinstance(ev, Interested | NotInterested | Bitfield | Have | Request | Piece | Cancel | Reject)
     payload = raw_digest(ev.digest)
     for f in fields(ev)[1:]:
+        if not f.compare:  # ours only (an interest's blob size): not on the wire
+            continue
         value = getattr(ev, f.name)
         payload += value if isinstance(value, bytes) else struct.pack(">I", value)
     return raw_frame(CODES[type(ev)], payload)

@@ -23,6 +23,7 @@ from shoal.agent.peer_link import peer_secret
 from shoal.demo.fleet import LocalFleet, shoal_argv
 from shoal.demo.imagegen import GeneratedImage, generate_image
 from shoal.p2p.pieces import choose_piece_size, piece_count
+from shoal.p2p.tls import TlsDirectory
 from shoal.testing.registry import DistributionRegistry
 from shoal.testing.skopeo import layout_digests, skopeo_pull
 
@@ -83,7 +84,9 @@ class Cluster:
         """The node says (as a peer would hear it) that it holds every piece of the blob."""
         size = next(b.size for b in self.image.blobs if b.digest == digest)
         address = node_url.removeprefix("http://")
-        held = bitfield_of(address, address, peer_secret(self.token.strip()), digest, size)
+        assert self.fleet.ca is not None  # the prober dials as a node on 127.0.0.1
+        prober = TlsDirectory(self.fleet.ca.issue(self.workdir / "prober", "prober", ips=("127.0.0.1",)))
+        held = bitfield_of(address, address, peer_secret(self.token.strip()), digest, size, prober)
         return held == piece_count(size, choose_piece_size(size))
 
 

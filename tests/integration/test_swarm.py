@@ -18,6 +18,7 @@ from shoal.demo.fleet import LocalFleet, scrape
 from shoal.demo.imagegen import GeneratedImage, generate_image
 from shoal.demo.origin import DemoOrigin
 from shoal.demo.puller import pull_image
+from shoal.p2p.tls import TlsDirectory
 from shoal.testing.registry import DistributionRegistry
 from shoal.testing.skopeo import layout_digests, skopeo_pull
 
@@ -313,9 +314,13 @@ class TestPeerSecret:
         with LocalFleet(tmp_path / "fleet", nodes=1, registries={REGISTRY: "http://127.0.0.1:9"}) as fleet:
             digest = "sha256:" + "a" * 64
             node = fleet.nodes[0].address
+            assert fleet.ca is not None  # a caller with a node certificate but not the token
+            tls = TlsDirectory(fleet.ca.issue(tmp_path / "caller", "caller", ips=("127.0.0.1",))).client_context()
             for secret in (peer_secret(None), peer_secret("not-the-token")):
                 with pytest.raises(LinkError, match="authentication"):
-                    dial(node, node, "127.0.0.1:1", secret, 5.0)
+                    dial(node, node, "127.0.0.1:1", secret, 5.0, "127.0.0.1", tls)
+            with pytest.raises(LinkError):  # nor without a certificate, in clear
+                dial(node, node, "127.0.0.1:1", peer_secret(fleet.token_file.read_text().strip()), 5.0)
             targets = [
                 ("POST", f"{fleet.schedulers[0][0]}/v1/tasks/{digest}/join"),
                 ("GET", f"{fleet.schedulers[0][0]}/v1/tasks/{digest}/hashes"),
@@ -351,7 +356,9 @@ class TestLyingPeer:
             return os.urandom(piece_span(index, sizes[digest], choose_piece_size(sizes[digest]))[1])
 
         counts = {d: piece_count(size, choose_piece_size(size)) for d, size in sizes.items()}
-        peer = WirePeer("127.0.0.90", token, counts, random_body)
+        assert fleet.ca is not None  # the liar is a compromised node: a valid certificate for its address
+        identity = TlsDirectory(fleet.ca.issue(tmp_path / "liar", "liar", ips=("127.0.0.90",)))
+        peer = WirePeer("127.0.0.90", token, counts, random_body, tls=identity)
         liar = await peer.start()
         lies = peer.requests
         try:
@@ -422,7 +429,9 @@ class TestLyingLeaseHolder:
             return garbage(digest, index, piece_span(index, sizes[digest], choose_piece_size(sizes[digest]))[1])
 
         counts = {d: piece_count(size, choose_piece_size(size)) for d, size in sizes.items()}
-        peer = WirePeer("127.0.0.91", token, counts, lie)
+        assert fleet.ca is not None  # the liar is a compromised node: a valid certificate for its address
+        identity = TlsDirectory(fleet.ca.issue(tmp_path / "liar", "liar", ips=("127.0.0.91",)))
+        peer = WirePeer("127.0.0.91", token, counts, lie, tls=identity)
         liar = await peer.start()
 
         async def claim(session: aiohttp.ClientSession) -> set[str]:

@@ -20,13 +20,16 @@ from pathlib import Path
 import aiohttp
 import pytest
 from agent_helpers import REG, basic, cache_files, fill_disk, largest_layer, pull, settled
+from capture import Tcpdump, tcp_streams
 from gateway import Gateway, Rules
 from wire_peer import bitfield_of
 
 from shoal.agent.peer_link import LinkError, dial, peer_secret
 from shoal.agent.server import Agent
 from shoal.core.digest import Digest
+from shoal.demo.fleet import LocalFleet, scrape
 from shoal.demo.imagegen import GeneratedImage
+from shoal.demo.puller import pull_image
 from shoal.oci.mediatypes import DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, MANIFEST_TYPES, OCI_INDEX, OCI_MANIFEST
 from shoal.p2p.pieces import choose_piece_size, piece_count
 from shoal.testing.procs import free_port, wait_until
@@ -542,3 +545,42 @@ def _healthz(port: int, timeout: float = 3.0) -> bool:
         return status == "ok"
     except (OSError, ValueError):
         return False
+
+
+class TestNothingInClearOnThePeerWire:
+    """Issue 16: a capture of the node network during a pull found every sampled window of
+    the layers in clear. Two agent processes with node certificates; tcpdump on loopback,
+    only the agents' peer traffic (between 127.0.0.2 and 127.0.0.3 on their port: the pull
+    client and the scheduler are elsewhere); the second node takes the layer from the first.
+    With TLS no 64 KiB window of the layer and no peer token is in the capture; in clear
+    (``tls=False``) the same test finds the windows, so it can fail."""
+
+    @pytest.mark.parametrize("tls", [True, False], ids=["tls", "clear"])
+    def test_capture_of_a_pull_between_two_agents(
+        self, tmp_path: Path, registry: DistributionRegistry, small_image: GeneratedImage, tls: bool
+    ) -> None:
+        registry.push(small_image, "team/app", "v1")
+        digest, size = largest_layer(small_image)
+        layer = small_image.blob_path(digest).read_bytes()
+        with LocalFleet(tmp_path / "fleet", nodes=2, registries={REG: registry.url}, tls=tls) as fleet:
+            first, second = fleet.nodes
+            port = int(first.address.rpartition(":")[2])
+            token = fleet.token_file.read_text().strip().encode()
+            capture = tmp_path / "peer.pcap"
+            with Tcpdump("lo", f"tcp port {port} and not host 127.0.0.1", capture) as tcpdump:
+                for node in (first, second):  # one after the other: the second's parent is the first
+                    asyncio.run(pull_image(node.url, f"{REG}/team/app", "v1"))
+            peer_bytes = scrape(second.url).get("shoal_agent_peer_bytes_total{direction=download}", 0.0)
+        assert peer_bytes >= size, "the layer did not cross the peer wire"
+        assert tcpdump.dropped == 0, "the capture is not complete"
+        streams = tcp_streams(capture)
+        wire_bytes = b"".join(streams.values())
+        assert len(wire_bytes) >= size
+        piece = choose_piece_size(size)  # a window inside one piece: pieces may cross in any order
+        windows = [layer[at + piece // 3 : at + piece // 3 + (64 << 10)] for at in range(0, size - piece + 1, piece)]
+        found = sum(1 for window in windows if window in wire_bytes)
+        if tls:
+            assert found == 0, f"{found} of {len(windows)} windows of the layer in clear"
+            assert token not in wire_bytes
+        else:
+            assert found == len(windows)

@@ -11,14 +11,25 @@ from collections.abc import Callable
 from shoal.agent.peer_link import dial, peer_secret
 from shoal.p2p import wire
 from shoal.p2p.pieces import choose_piece_size, piece_count
+from shoal.p2p.tls import TlsDirectory
 
 
 class WirePeer:
     """Serves every blob in ``pieces`` (digest -> piece count) as complete; a REQUEST gets
-    ``body(digest, index)``. ``requests`` records what was asked."""
+    ``body(digest, index)``. ``requests`` records what was asked. With ``tls`` (a node
+    certificate of the fleet's CA for ``host``) it is a compromised node: a peer with a valid
+    identity that lies about content."""
 
-    def __init__(self, host: str, token: str, pieces: dict[str, int], body: Callable[[str, int], bytes]) -> None:
+    def __init__(
+        self,
+        host: str,
+        token: str,
+        pieces: dict[str, int],
+        body: Callable[[str, int], bytes],
+        tls: TlsDirectory | None = None,
+    ) -> None:
         self.host = host
+        self.tls = tls
         self.secret = peer_secret(token.strip())
         self.pieces = pieces
         self.body = body
@@ -28,7 +39,8 @@ class WirePeer:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> str:
-        self._server = await asyncio.start_server(self._serve, self.host, 0)
+        context = None if self.tls is None else self.tls.server_context()
+        self._server = await asyncio.start_server(self._serve, self.host, 0, ssl=context)
         port = self._server.sockets[0].getsockname()[1]
         self.address = f"{self.host}:{port}"
         return self.address
@@ -82,19 +94,23 @@ class WirePeer:
                 return []
 
 
-def bitfield_of(address: str, peer_id: str, secret: bytes, digest: str, size: int) -> int:
-    """Dial an agent as a peer and ask about ``digest``: how many pieces it says it holds."""
-    sock, conn = dial(address, peer_id, "127.0.0.1:1", secret, 5.0)
+def bitfield_of(
+    address: str, peer_id: str, secret: bytes, digest: str, size: int, tls: TlsDirectory | None = None
+) -> int:
+    """Dial an agent as a peer (from 127.0.0.1, with ``tls``'s certificate for it when the
+    agent runs TLS) and ask about ``digest``: how many pieces it says it holds."""
+    context = None if tls is None else tls.client_context()
+    channel, conn = dial(address, peer_id, "127.0.0.1:1", secret, 5.0, "127.0.0.1", context)
     try:
-        sock.settimeout(5.0)
-        sock.sendall(conn.send(wire.Interested(digest, piece_count(size, choose_piece_size(size)))))
+        channel.sock.settimeout(5.0)
+        channel.sendall(conn.send(wire.Interested(digest, piece_count(size, choose_piece_size(size)))))
         while True:
             event = conn.next_event()
             if event is wire.NEED_DATA:
-                conn.receive_data(sock.recv(65536))
+                conn.receive_data(channel.recv(65536))
             elif isinstance(event, wire.Bitfield):
                 return sum(1 for _ in event.indices())
             elif not isinstance(event, wire.KeepAlive):
                 raise AssertionError(f"unexpected {event!r}")
     finally:
-        sock.close()
+        channel.sock.close()

@@ -136,7 +136,16 @@ class TestSwarmSettings:
 
 
 SCHEDULER_ROWS = [row for row in table("scheduler.md", "| flag | default") if row[1] not in ("required", "off")]
-SCHEDULER_WORDS = {"--max-blob-size": ("1 TiB", 1 << 40), "--listen": ("`0.0.0.0:8002`", "0.0.0.0:8002")}
+SCHEDULER_WORDS = {
+    "--max-blob-size": ("1 TiB", 1 << 40),
+    "--listen": ("`0.0.0.0:8002`", "0.0.0.0:8002"),
+    "--cert-ttl": ("`24h`", 24 * 3600.0),
+    "--tls-ca-dir": ("required off loopback", None),
+    "--tls-name": ("(the `--listen` IP)", ()),
+    "--agent-service-account": ("none (lab)", None),
+    "--kubeconfig": ("in-cluster", None),
+}
+FIELDS = {"--tls-name": "tls_names"}
 
 
 class TestSchedulerFlags:
@@ -145,7 +154,7 @@ class TestSchedulerFlags:
     @pytest.mark.parametrize("row", SCHEDULER_ROWS, ids=lambda r: r[0].split()[0].strip("`"))
     def test_documented_default_is_the_codes(self, row: list[str]) -> None:
         flag = row[0].split()[0].strip("`")
-        field = flag.removeprefix("--").replace("-", "_")
+        field = FIELDS.get(flag, flag.removeprefix("--").replace("-", "_"))
         code = getattr(SCHEDULER, field)
         option = next(p for p in scheduler.params if p.name == field)
         if flag in SCHEDULER_WORDS:
@@ -155,7 +164,10 @@ class TestSchedulerFlags:
             assert row[1].strip("`") == code
         else:
             assert float(row[1]) == pytest.approx(code), f"scheduler.md {flag}"
-        assert option.default in (None, code), f"shoal scheduler {flag}"
+        default = option.default if isinstance(option.default, str | int | float | tuple) else None  # unset
+        if isinstance(default, str) and isinstance(code, float):
+            default = parse_duration(default)
+        assert default in (None, code), f"shoal scheduler {flag}"
 
 
 # values.yaml settings the code also defines, and how the chart's value maps onto it.
@@ -170,6 +182,10 @@ CODE_DEFAULTS: dict[str, tuple[Any, Any]] = {
     "webhook.secretSuffix": (WEBHOOK.secret_suffix, str),
     "webhook.rewriteWithoutPullSecret": (WEBHOOK.rewrite_without_pull_secret, bool),
     "aliasDomain": (WEBHOOK.alias_domain, str),
+    "agent.outageGrace": (AGENT["outage_grace"], parse_duration),
+    "agent.registryTimeout": (AGENT["registry_timeout"], parse_duration),
+    "tls.certTTL": (SCHEDULER.cert_ttl, parse_duration),
+    "tls.tokenAudience": (SCHEDULER.token_audience, str),
 }
 # Settings only the chart has (Kubernetes objects, or a choice the chart makes for its agents).
 CHART_ONLY = {
@@ -188,7 +204,8 @@ CHART_ONLY = {
     "monitoring.podMonitor.interval", "monitoring.podMonitor.labels", "monitoring.serviceMonitor.enabled",
     "monitoring.serviceMonitor.interval", "monitoring.serviceMonitor.labels", "monitoring.dashboard.enabled",
     "monitoring.dashboard.labels", "monitoring.dashboard.namespace", "networkPolicy.enabled",
-    "networkPolicy.webhookFrom", "networkPolicy.schedulerFrom",
+    "networkPolicy.webhookFrom", "networkPolicy.schedulerFrom", "agent.containerdContentDir", "tls.enabled",
+    "tls.ca.existingSecret", "tls.ca.certManager.enabled",
 }  # fmt: skip
 SWARM_VALUES = {f"agent.swarm.{k}" for k in VALUES["agent"]["swarm"]}
 

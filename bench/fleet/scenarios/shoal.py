@@ -11,7 +11,9 @@ With ``--client ctr`` each node's containerd uses the agent as the origin's mirr
 ``--registry <origin-ip>:5000=http://<origin-ip>:5000`` (see ``clients.py``).
 
 ``source`` (``--download-pattern source``): every agent fetches from the origin itself.
-``p2p``: agents share pieces through the scheduler.
+``p2p``: agents share pieces through the scheduler, the peer wire in clear
+(``--insecure-peer-wire``); ``p2p-tls``: the same with TLS 1.3, each node with a certificate
+for its address from a throwaway CA (what encryption costs: compare the two).
 With ``Fleet.kill_fraction`` > 0, that share of agents is SIGKILLed (by PID) at
 ``kill_after`` seconds (default: 30% of the lower bound); the rest must still finish.
 """
@@ -40,7 +42,7 @@ from bench.fleet.scenarios.base import (
 from bench.fleet.scenarios.clients import make_client
 from shoal.scheduler.ca import write_new_ca
 
-__all__ = ["run_p2p", "run_source"]
+__all__ = ["run_p2p", "run_p2p_tls", "run_source"]
 
 AGENT_PORT = 65001
 SCHEDULER_PORT = 8002
@@ -73,7 +75,7 @@ def _wait_healthy(hosts: list[tuple[Host, int]], procs: dict[str, Proc], scheme:
     return None
 
 
-def _run_shoal(fleet: Fleet, name: str, pattern: str) -> ScenarioResult:
+def _run_shoal(fleet: Fleet, name: str, pattern: str, *, tls: bool = False) -> ScenarioResult:
     result = new_result(fleet, name)
     work = fleet.scenario_dir(name)
     plan = fleet.plan
@@ -119,6 +121,8 @@ def _run_shoal(fleet: Fleet, name: str, pattern: str) -> ScenarioResult:
         for name in client.agent_registry_names():
             registry_args += ["--registry", f"{name}={upstream}"]
         for host in plan.nodes:
+            # the peer wire runs TLS with the enrolled certificate unless this scenario compares it in clear
+            wire_args = ["--insecure-peer-wire"] if pattern == "p2p" and not tls else []
             daemons[host.role] = fleet.procs.spawn(
                 host.netns,
                 [
@@ -135,6 +139,7 @@ def _run_shoal(fleet: Fleet, name: str, pattern: str) -> ScenarioResult:
                     pattern,
                     *p2p_args,
                     *(["--tls-dir", str(work / host.role / "tls")] if pattern == "p2p" else []),
+                    *wire_args,
                 ],
                 log=work / host.role / "agent.log",
             )
@@ -212,5 +217,10 @@ def run_source(fleet: Fleet) -> ScenarioResult:
 
 
 def run_p2p(fleet: Fleet) -> ScenarioResult:
-    """Scenario 3: Shoal P2P."""
+    """Scenario 3: Shoal P2P, the peer wire in clear."""
     return _run_shoal(fleet, "p2p", "p2p")
+
+
+def run_p2p_tls(fleet: Fleet) -> ScenarioResult:
+    """Scenario 3 with the peer wire in TLS 1.3 and node certificates."""
+    return _run_shoal(fleet, "p2p-tls", "p2p", tls=True)

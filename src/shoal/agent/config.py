@@ -44,6 +44,8 @@ class AgentConfig:
     peer_token_file: Path | None = None
     insecure_no_peer_auth: bool = False
     """serve peers (and ask the scheduler) without a peer secret: for labs only, logged loudly."""
+    insecure_peer_wire: bool = False
+    """run the peer wire in clear even with ``tls_dir``: for lab comparisons only, logged loudly."""
     auth_cache_ttl: float = 60.0
     """seconds a registry's yes/no on (credentials, repository, digest) is reused for cached content."""
     max_connections: int = 4096
@@ -62,7 +64,8 @@ class AgentConfig:
     """DNS suffix of the rewrite alias hosts, as given to the webhook and node-config."""
     tls_dir: Path | None = None
     """this node's TLS material (ca.pem, node.pem, node.key; see ``shoal.p2p.tls``): kept
-    current by enrolling with the scheduler, used on the peer wire and towards the scheduler."""
+    current by enrolling with the scheduler; given, the peer wire and the scheduler calls are
+    TLS 1.3 with node certificates on both sides."""
     scheduler_ca: Path | None = None
     """CA bundle the scheduler's certificate must chain to before the first enrollment
     (the chart mounts the CA's certificate); default: ``tls_dir``/ca.pem."""
@@ -139,6 +142,11 @@ class AgentConfig:
         if not token:
             raise ConfigError(f"peer_token_file: {self.peer_token_file} is empty")
         return token
+
+    @property
+    def peer_wire_tls(self) -> Path | None:
+        """The TLS directory the peer wire uses (None: it runs in clear)."""
+        return None if self.insecure_peer_wire else self.tls_dir
 
     @property
     def p2p_enabled(self) -> bool:

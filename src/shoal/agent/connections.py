@@ -93,9 +93,10 @@ PeerDivert = Callable[[socket.socket, bytes], None]
 
 
 def speaks_peer_protocol(first: bytes) -> bool:
-    """A peer frame starts with its length's high byte, 0 (frames are at most 64 KiB); an
-    HTTP request starts with a method's letter."""
-    return first[:1] == b"\0"
+    """A peer frame starts with its length's high byte, 0 (frames are at most 64 KiB), a TLS
+    peer connection with a handshake record (0x16); an HTTP request starts with a method's
+    letter (the mirror itself is plain HTTP: a TLS client there is a peer)."""
+    return first[:1] in (b"\0", b"\x16")
 
 
 class _GuardedProtocol(asyncio.Protocol):

@@ -19,22 +19,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
-import os
 import socket
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 from shoal.agent.metrics import AgentMetrics
-from shoal.agent.peer_link import LinkError, PeerLink, PieceBody, answer, dial, split_address
+from shoal.agent.peer_checks import first_message_size, foreign_identity, foreign_peer_id, own_host, wrong_protocol
+from shoal.agent.peer_link import (
+    MAX_QUEUED_PIECES,
+    LinkError,
+    PeerLink,
+    PieceBody,
+    PieceFile,
+    answer,
+    dial,
+)
 from shoal.core.digest import Digest, DigestError
+from shoal.core.ratelog import RateLimitedLog
 from shoal.p2p import wire
 from shoal.p2p.pieces import choose_piece_size, piece_count, piece_span
 from shoal.p2p.ratelimit import TokenBucket
+from shoal.p2p.tls import PeerIdentity, TlsContexts
+from shoal.p2p.wire.admission import Admission, AdmissionLimits
 from shoal.store.blobstore import BlobStore
 from shoal.store.partial import PartialBlob, PartialState
 
@@ -43,16 +52,22 @@ log = logging.getLogger(__name__)
 HANDSHAKE_THREADS = 32
 """threads for inbound handshakes, and as many for outbound dials (apart: peers that stall
 their handshakes cannot keep this agent from reaching its parents)"""
-MAX_PENDING_HANDSHAKES = 64
-"""inbound handshakes in progress, at most (each holds a thread for up to 10 s)"""
-LINKS_PER_PEER = 2
-"""links with one peer id: two peers that dial each other at once make two"""
+FIRST_MESSAGE_TIMEOUT = 2.0
+"""seconds a new connection has to deliver its whole first message (HELLO, or a TLS
+ClientHello) before it takes a handshake thread: waiting for it costs the event loop nothing"""
+ANSWER_TIMEOUT = 4.0
+"""seconds the rest of an inbound handshake may take, in its thread"""
 LIVENESS_PERIOD = 5.0
 """seconds between liveness checks of all links (a keepalive where one is due)"""
 
 
 class PieceSink(Protocol):
     """A download, as the hub sees it (called on the event loop)."""
+
+    @property
+    def size(self) -> int:
+        """the blob's size: a parent's PIECE must be exactly the length of the piece asked for"""
+        ...
 
     def parent_has(self, peer_id: str, pieces: Iterable[int]) -> None: ...
 
@@ -69,24 +84,28 @@ class HubConfig:
     secret: bytes
     connect_timeout: float = 10.0
     max_links: int = 1024
+    peer_links_per_address: int = 4
     superseed_copies: int = 2
+    tls: TlsContexts | None = None
+    """TLS 1.3 with node certificates on every link (None: the lab's clear peer wire)"""
+
+    @property
+    def admission(self) -> AdmissionLimits:
+        return AdmissionLimits(max_links=self.max_links, links_per_address=self.peer_links_per_address)
 
 
-def foreign_peer_id(peer_id: str, source: str) -> str | None:
-    """Why a peer connecting from ``source`` may not call itself ``peer_id`` (or None).
-
-    Peer ids are the ``host:port`` a peer is reached at; what we learn of a peer (a corrupt
-    piece, a failed request) is filed under its id, so a node must not take another's.
-    Loopback connections are exempt: a lab runs many agents on one host.
-    """
-    try:
-        host, _ = split_address(peer_id)
-        claimed, seen = ipaddress.ip_address(host), ipaddress.ip_address(source)
-    except (LinkError, ValueError):
-        return f"peer id {peer_id[:64]!r} is not IP:PORT"
-    if seen.is_loopback or claimed == seen:
-        return None
-    return f"peer id {peer_id} claimed from {source}"
+async def _first_message(loop: asyncio.AbstractEventLoop, sock: socket.socket, first: bytes) -> bytes:
+    """``first`` and what follows it up to the end of the connection's first message (a HELLO
+    frame, or a TLS record), read without a thread within ``FIRST_MESSAGE_TIMEOUT``."""
+    sock.setblocking(False)
+    data = bytearray(first)
+    async with asyncio.timeout(FIRST_MESSAGE_TIMEOUT):
+        while (need := first_message_size(data)) is None or len(data) < need:
+            chunk = await loop.sock_recv(sock, 4096)
+            if not chunk:
+                raise LinkError("closed before its first message")
+            data += chunk
+    return bytes(data)
 
 
 class PeerHub:
@@ -109,8 +128,11 @@ class PeerHub:
         self.links: dict[str, PeerLink] = {}
         """peer id -> the link used to reach it (the newest)"""
         self._all: set[PeerLink] = set()
-        self._pending = 0
-        """handshakes in progress (count against ``max_links``)"""
+        self._admission = Admission(config.admission)
+        self._inbound: dict[PeerLink, tuple[str, str]] = {}
+        """inbound links -> (source address, identity) they were admitted under"""
+        self._handshakes: set[asyncio.Task[None]] = set()
+        self._refusals = RateLimitedLog(log, "refusing peer connections")
         self._dialing: dict[str, asyncio.Future[PeerLink]] = {}
         self._sinks: dict[str, PieceSink] = {}
         """digest -> the download taking pieces of it"""
@@ -122,6 +144,8 @@ class PeerHub:
         self._copies: dict[str, dict[int, int]] = {}
         """blobs still downloading here -> how often each piece went to a child"""
         self._refused: dict[tuple[PeerLink, str], set[int]] = {}
+        self._delayed: dict[PeerLink, dict[tuple[str, int], asyncio.TimerHandle]] = {}
+        """pieces a link's child may have once the upload rate allows (not yet queued)"""
         self._liveness: asyncio.Task[None] | None = None
         self._answers = ThreadPoolExecutor(max_workers=HANDSHAKE_THREADS, thread_name_prefix="shoal-answer")
         self._dials = ThreadPoolExecutor(max_workers=HANDSHAKE_THREADS, thread_name_prefix="shoal-dial")
@@ -138,6 +162,8 @@ class PeerHub:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._liveness
         self.closed = True
+        for task in list(self._handshakes):
+            task.cancel()
         for link in list(self._all):
             link.close("agent stopping")
         self._answers.shutdown(wait=False, cancel_futures=True)
@@ -146,51 +172,69 @@ class PeerHub:
     # -- connections ---------------------------------------------------------------------
     def accept(self, sock: socket.socket, first: bytes) -> None:
         """A connection on the agent's port that speaks the peer protocol (from the guard)."""
-        if (
-            self.closed
-            or self._pending >= MAX_PENDING_HANDSHAKES
-            or len(self._all) + self._pending >= self.config.max_links
-        ):
-            log.warning("refusing a peer connection: %d links, %d handshakes", len(self._all), self._pending)
-            self._metrics.peer_links_refused.inc()
-            sock.close()
-            return
-        self._pending += 1
         try:
             source = sock.getpeername()[0]
         except OSError:
-            self._pending -= 1
             sock.close()
             return
+        refusal = "agent stopping" if self.closed else wrong_protocol(first, self.config.tls is not None)
+        if refusal is None:
+            refusal = self._admission.begin_handshake(source)
+        if refusal is not None:
+            self._refuse_connection(sock, refusal)
+            return
+        task = asyncio.create_task(self._answer(sock, first, source), name=f"peer handshake {source}")
+        self._handshakes.add(task)
+        task.add_done_callback(self._handshakes.discard)
 
-        def check(peer_id: str) -> str | None:
-            return foreign_peer_id(peer_id, source)
+    async def _answer(self, sock: socket.socket, first: bytes, source: str) -> None:
+        tls = self.config.tls
 
-        sock.setblocking(True)
-        future = self._loop.run_in_executor(
-            self._answers, answer, sock, first, self.config.peer_id, self.config.secret, self._nonces, check
-        )
-        future.add_done_callback(lambda f: self._accepted(f, sock, source))
+        def check(peer_id: str, identity: PeerIdentity | None) -> str | None:
+            if tls is None:
+                return foreign_peer_id(peer_id, source)
+            return foreign_identity(peer_id, source, identity)
 
-    def _accepted(self, future: asyncio.Future[wire.Connection], sock: socket.socket, source: str) -> None:
-        self._pending -= 1
         try:
-            conn = future.result()
+            first = await _first_message(self._loop, sock, first)
+            sock.setblocking(True)
+            channel, conn = await self._loop.run_in_executor(
+                self._answers,
+                answer,
+                sock,
+                first,
+                self.config.peer_id,
+                self.config.secret,
+                self._nonces,
+                check,
+                ANSWER_TIMEOUT,
+                None if tls is None else tls.server_context(),
+            )
         except asyncio.CancelledError:  # the agent is stopping
             sock.close()
+            raise
+        except TimeoutError:
+            self._refuse_connection(sock, f"peer connection from {source}: handshake not complete in time")
             return
         except Exception as exc:
-            log.warning("peer connection from %s refused: %s", source, exc)
-            self._metrics.peer_links_refused.inc()
-            sock.close()
+            self._refuse_connection(sock, f"peer connection from {source}: {exc}")
             return
+        finally:
+            self._admission.end_handshake(source)
         assert conn.peer_id is not None
-        if sum(1 for link in self._all if link.peer_id == conn.peer_id) >= LINKS_PER_PEER:
-            log.warning("refusing another link from %s (%s): it has %d", conn.peer_id, source, LINKS_PER_PEER)
-            self._metrics.peer_links_refused.inc()
-            sock.close()
+        identity = conn.peer_id if channel.identity is None else channel.identity.name
+        refusal = "agent stopping" if self.closed else self._admission.admit(source, identity)
+        if refusal is not None:
+            self._refuse_connection(sock, f"peer link from {source} ({conn.peer_id}): {refusal}")
             return
-        self._add(PeerLink(sock, conn, self._loop, self, outbound=False))
+        link = PeerLink(channel, conn, self._loop, self, outbound=False)
+        self._inbound[link] = (source, identity)
+        self._add(link)
+
+    def _refuse_connection(self, sock: socket.socket, why: str) -> None:
+        self._metrics.peer_links_refused.inc()
+        self._refusals.note(why)
+        sock.close()
 
     async def link_to(self, peer_id: str, address: str) -> PeerLink:
         """The link to ``peer_id`` (dialling ``address`` if there is none yet)."""
@@ -198,13 +242,16 @@ class PeerHub:
         if link is not None and not link.closed:
             return link
         dialing = self._dialing.get(peer_id)
-        if dialing is None and (self.closed or len(self._all) + self._pending >= self.config.max_links):
-            raise LinkError(f"not dialling {peer_id}: {len(self._all)} peer links open")
         if dialing is None:
+            refusal = "agent stopping" if self.closed else self._admission.may_dial()
+            if refusal is not None:
+                raise LinkError(f"not dialling {peer_id}: {refusal}")
             dialing = self._loop.create_future()
             self._dialing[peer_id] = dialing
+            self._admission.dialling += 1
             try:
-                sock, conn = await self._loop.run_in_executor(
+                tls = None if self.config.tls is None else self.config.tls.client_context()
+                channel, conn = await self._loop.run_in_executor(
                     self._dials,
                     dial,
                     address,
@@ -212,8 +259,10 @@ class PeerHub:
                     self.config.peer_id,
                     self.config.secret,
                     self.config.connect_timeout,
+                    own_host(self.config.peer_id),
+                    tls,
                 )
-                link = PeerLink(sock, conn, self._loop, self, outbound=True)
+                link = PeerLink(channel, conn, self._loop, self, outbound=True)
                 self._add(link)
                 dialing.set_result(link)
             except BaseException as exc:
@@ -222,13 +271,17 @@ class PeerHub:
                 raise
             finally:
                 del self._dialing[peer_id]
+                self._admission.dialling -= 1
         return await asyncio.shield(dialing)
 
     def _add(self, link: PeerLink) -> None:
         if self.closed:
+            self._inbound.pop(link, None)
             link.close("agent stopping")
             link.start()
             return
+        if link.outbound:
+            self._admission.outbound += 1
         self._all.add(link)
         self.links[link.peer_id] = link
         self._metrics.peer_links.set(len(self._all))
@@ -259,10 +312,11 @@ class PeerHub:
         """Connect to the parent (or reuse the link) and ask what it holds of the blob."""
         link = await self.link_to(peer_id, address)
         key = (peer_id, str(digest))
-        if key in self._via or str(digest) not in self._sinks:
+        sink = self._sinks.get(str(digest))
+        if key in self._via or sink is None:
             return
         self._via[key] = link
-        link.send(wire.Interested(str(digest), pieces))
+        link.send(wire.Interested(str(digest), pieces, size=sink.size))
 
     def bytes_from(self, peer_id: str, digest: Digest) -> int:
         """Piece bytes received so far on the link a download asks ``peer_id`` on."""
@@ -311,8 +365,10 @@ class PeerHub:
                     self._forget_child(link, event.digest)
                 case wire.Request():
                     self._on_request(link, event)
+                case wire.Cancel():
+                    self._on_cancel(link, event)
                 case _:
-                    pass  # KEEPALIVE, CANCEL (the writer skips a cancelled piece itself)
+                    pass  # KEEPALIVE
         self._deliver_haves(link, haves)
 
     def _deliver_haves(self, link: PeerLink, haves: dict[str, list[int]]) -> None:
@@ -341,6 +397,11 @@ class PeerHub:
         if link not in self._all:
             return
         self._all.discard(link)
+        admitted = self._inbound.pop(link, None)
+        if admitted is not None:
+            self._admission.release(*admitted)
+        elif link.outbound:
+            self._admission.outbound -= 1
         self._metrics.peer_links.set(len(self._all))
         if self.links.get(link.peer_id) is link:
             del self.links[link.peer_id]
@@ -353,6 +414,8 @@ class PeerHub:
         for digest in list(self._told.get(link, {})):
             self._forget_child(link, digest)
         self._told.pop(link, None)
+        for handle in self._delayed.pop(link, {}).values():
+            handle.cancel()
 
     def _sink_for(self, link: PeerLink, digest: str) -> PieceSink | None:
         if self._via.get((link.peer_id, digest)) is not link:
@@ -458,25 +521,40 @@ class PeerHub:
         if source is None:
             self._refuse(link, event)
             return
-        path, offset, length, complete = source
+        file, offset, length, complete = source
         copies = None if complete else self._copies.get(event.digest)
         if copies is not None and copies.get(event.index, 0) >= self.config.superseed_copies:
             self._refuse(link, event)
             return
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except OSError:
-            self._refuse(link, event)
+        delayed = self._delayed.setdefault(link, {})
+        if link.queued_pieces + len(delayed) >= MAX_QUEUED_PIECES:
+            self._refuse(link, event)  # a peer that does not read what it asked for
             return
         if copies is not None:
             # counted when accepted, not when sent: a piece takes a while to leave on a slow
             # link, and every child asks for the newest piece at once
             copies[event.index] = copies.get(event.index, 0) + 1
         delay = 0.0 if self._bucket.rate <= 0 else self._bucket.delay_for(length)
-        if delay > 0:
-            self._loop.call_later(delay, link.send_piece, event.digest, event.index, fd, offset, length)
-        else:
-            link.send_piece(event.digest, event.index, fd, offset, length)
+        if delay <= 0:
+            link.send_piece(event.digest, event.index, file, offset, length)
+            return
+        key = (event.digest, event.index)
+
+        def send_later() -> None:
+            delayed.pop(key, None)
+            link.send_piece(event.digest, event.index, file, offset, length)
+
+        delayed[key] = self._loop.call_later(delay, send_later)
+
+    def _on_cancel(self, link: PeerLink, event: wire.Cancel) -> None:
+        """A cancelled piece leaves the queue now: it holds no slot while the writer is busy
+        (or blocked on a peer that does not read)."""
+        handle = self._delayed.get(link, {}).pop((event.digest, event.index), None)
+        if handle is not None:
+            handle.cancel()
+        elif not link.cancel_piece(event.digest, event.index):
+            return  # on its way already, or answered
+        self.link_piece_dropped(link, event.digest, event.index, False)
 
     def _refuse(self, link: PeerLink, event: wire.Request) -> None:
         self._refused.setdefault((link, event.digest), set()).add(event.index)
@@ -486,8 +564,8 @@ class PeerHub:
         self._metrics.pieces_refused.inc()
         link.send(wire.Reject(event.digest, event.index))
 
-    def _piece_source(self, digest: str, index: int) -> tuple[Path, int, int, bool] | None:
-        """(file, offset, length, blob complete) of a piece we hold verified, or None."""
+    def _piece_source(self, digest: str, index: int) -> tuple[PieceFile, int, int, bool] | None:
+        """(where its file is, offset, length, blob complete) of a piece we hold verified, or None."""
         key = Digest.parse(digest)
         path = self._store.blob_path(key)
         size = self._store.blob_size(key)
@@ -496,14 +574,19 @@ class PeerHub:
             partial = self._downloading(key)
             if partial is None or partial.size is None:
                 return None
-            path, size = partial.path, partial.size
+            size = partial.size
         try:
             offset, length = piece_span(index, size, choose_piece_size(size))
         except ValueError:
             return None
-        if partial is not None and not partial.has(offset, length):
-            return None
-        return path, offset, length, partial is None
+        if partial is not None:
+            if not partial.has(offset, length):
+                return None
+            download = partial
+            return (lambda: download.path), offset, length, False
+        cached = path
+        assert cached is not None
+        return (lambda: cached), offset, length, True
 
     def _downloading(self, key: Digest) -> PartialBlob | None:
         """The download of ``key`` here, if its verified pieces may be served."""

@@ -1,9 +1,10 @@
 """One peer connection's I/O: a blocking socket, a reader thread and a writer thread around the
 sans-I/O :class:`shoal.p2p.wire.Connection`.
 
-Bulk bytes never touch the event loop. The writer sends a piece with ``os.sendfile`` straight
-from the blob's file; the reader takes a piece body with ``recv_into`` (``MSG_WAITALL``) into a
-buffer of the piece's size and hashes it in its own thread (``hashlib`` releases the GIL). The
+Bulk bytes never touch the event loop. The writer sends a piece straight from the blob's file
+(``os.sendfile`` in clear; under TLS through one reusable buffer, see :mod:`.peer_channel`);
+the reader takes a piece body into a buffer of the piece's size (``recv_into``) and hashes it
+in its own thread (``hashlib`` releases the GIL). The
 loop hears of a connection once per batch of control frames and once per whole piece, through
 ``call_soon_threadsafe``: per piece, Python does a constant amount of work, whatever its size.
 
@@ -21,14 +22,18 @@ import logging
 import os
 import queue
 import socket
+import ssl
 import struct
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
+from shoal.agent.peer_channel import PlainChannel, TlsChannel, TlsHandshakeError, tls_handshake
 from shoal.p2p import wire
+from shoal.p2p.tls import PeerIdentity
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +48,11 @@ SEND_TIMEOUT = 60.0
 """seconds one send may block (SO_SNDTIMEO): a peer that stops reading loses its link"""
 MAX_QUEUED_BYTES = 8 << 20
 """control frames queued for a peer that does not read them, at most; then its link closes"""
+MAX_QUEUED_PIECES = wire.MAX_REQUESTS
+"""pieces waiting for the writer on one link, at most (the hub refuses requests beyond)"""
+_OPEN_ATTEMPTS = 3
+"""opens of a queued piece's file: a download's file is renamed into the cache between the
+rename and the new path being set, for a moment neither name is what ``file`` says"""
 
 
 class LinkError(Exception):
@@ -74,11 +84,16 @@ class LinkHandler(Protocol):
     def link_closed(self, link: PeerLink, reason: str) -> None: ...
 
 
+PieceFile = Callable[[], Path]
+"""Where a queued piece's blob is when the writer gets to it (a download's file is renamed
+into the cache when it completes)"""
+
+
 @dataclass(frozen=True, slots=True)
 class _PieceOut:
     digest: str
     index: int
-    fd: int
+    file: PieceFile
     offset: int
     length: int
 
@@ -94,6 +109,15 @@ class _PieceReady:
 _STOP = _Stop()
 _PIECE_READY = _PieceReady()
 _Item = wire.Event | _PieceReady | _Stop
+
+
+def _open_piece(item: _PieceOut) -> int | None:
+    for attempt in range(_OPEN_ATTEMPTS):
+        try:
+            return os.open(item.file(), os.O_RDONLY)
+        except OSError:
+            time.sleep(0.001 * attempt)
+    return None
 
 
 def _frame_size(event: object) -> int:
@@ -116,55 +140,88 @@ def split_address(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def _send_all(sock: socket.socket, conn: wire.Connection, lock: threading.Lock, event: wire.Event) -> None:
+Channel = PlainChannel | TlsChannel
+
+
+def _send_all(channel: Channel, conn: wire.Connection, lock: threading.Lock, event: wire.Event) -> None:
     with lock:
         data = conn.send(event)
-    sock.sendall(data)
+    channel.sendall(data)
 
 
-def _read_event(sock: socket.socket, conn: wire.Connection, deadline: float) -> wire.Event:
+def _read_event(channel: Channel, conn: wire.Connection, deadline: float) -> wire.Event:
     """The next handshake event (blocking, until ``deadline`` on the monotonic clock)."""
     while True:
         event = conn.next_event()
         if event is wire.NEED_DATA:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise LinkError(f"handshake not complete within {HANDSHAKE_TIMEOUT:.0f}s")
-            sock.settimeout(remaining)
-            conn.receive_data(sock.recv(4096))
+                raise LinkError("handshake not complete in time")
+            channel.sock.settimeout(remaining)
+            conn.receive_data(channel.recv(4096))
             continue
         if isinstance(event, wire.Signal):
             raise wire.RemoteProtocolError("piece body during the handshake")
         return event
 
 
+def _connect(host: str, port: int, timeout: float, source: str | None) -> socket.socket:
+    if source is not None:
+        with contextlib.suppress(OSError):  # not an address of ours here: any will do
+            return socket.create_connection((host, port), timeout=timeout, source_address=(source, 0))
+    return socket.create_connection((host, port), timeout=timeout)
+
+
+def not_the_node_dialled(identity: PeerIdentity | None, host: str) -> str | None:
+    """Why the certificate the dialled peer presented is not that of ``host`` (or None)."""
+    if identity is None:
+        return "no certificate"
+    if not identity.has_ip(host):
+        return f"its certificate is for {identity.name} ({', '.join(identity.ips) or 'no IP'}), not {host}"
+    return None
+
+
 def dial(
-    address: str, expected_id: str, own_id: str, secret: bytes, timeout: float
-) -> tuple[socket.socket, wire.Connection]:
-    """Connect and authenticate as the client (blocking: run in a thread)."""
+    address: str,
+    expected_id: str,
+    own_id: str,
+    secret: bytes,
+    timeout: float,
+    source: str | None = None,
+    tls: ssl.SSLContext | None = None,
+) -> tuple[Channel, wire.Connection]:
+    """Connect (from our own address ``source``, when given, so the peer sees the address our
+    id names), run TLS when given a context (the peer's certificate must name the host we
+    dialled) and authenticate as the client (blocking: run in a thread)."""
     host, port = split_address(address)
     try:
-        sock = socket.create_connection((host, port), timeout=timeout)
+        sock = _connect(host, port, timeout, source)
     except OSError as exc:
         raise LinkError(f"cannot connect to {address}: {exc}") from None
     try:
         deadline = time.monotonic() + HANDSHAKE_TIMEOUT
         sock.settimeout(HANDSHAKE_TIMEOUT)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        channel: Channel = PlainChannel(sock)
+        if tls is not None:
+            channel = tls_handshake(sock, tls, server=False, first=b"", deadline=deadline)
+            wrong = not_the_node_dialled(channel.identity, host)
+            if wrong is not None:
+                raise LinkError(f"{address} is not the node we dialled: {wrong}")
         conn = wire.Connection(wire.Role.CLIENT, secret=secret)
         lock = threading.Lock()
-        _send_all(sock, conn, lock, wire.Hello(own_id))
-        event = _read_event(sock, conn, deadline)
+        _send_all(channel, conn, lock, wire.Hello(own_id))
+        event = _read_event(channel, conn, deadline)
         if isinstance(event, wire.Close):
             raise LinkError(f"{address} refused us: {event.reason}")
         if not isinstance(event, wire.Welcome):
             raise LinkError(f"{address} answered {type(event).__name__} to HELLO")
         if event.peer_id != expected_id:
             raise LinkError(f"{address} says it is {event.peer_id!r}, not {expected_id!r}")
-        _send_all(sock, conn, lock, wire.Auth())
+        _send_all(channel, conn, lock, wire.Auth())
         _bulk_mode(sock)
-        return sock, conn
-    except (OSError, wire.ProtocolError, LinkError) as exc:
+        return channel, conn
+    except (OSError, wire.ProtocolError, LinkError, TlsHandshakeError) as exc:
         sock.close()
         if isinstance(exc, LinkError):
             raise
@@ -180,33 +237,46 @@ def answer(
     own_id: str,
     secret: bytes,
     replay_guard: wire.NonceLog,
-    check_id: Callable[[str], str | None],
-) -> wire.Connection:
+    check_id: Callable[[str, PeerIdentity | None], str | None],
+    timeout: float | None = None,
+    tls: ssl.SSLContext | None = None,
+) -> tuple[Channel, wire.Connection]:
     """Authenticate a connecting peer as the server (blocking: run in a thread).
 
     ``first`` is what was read off the socket before it was recognised as a peer connection;
-    ``check_id`` says why a claimed peer id is refused (or None).
+    with ``tls`` it is the start of the TLS handshake. ``check_id`` says why a claimed peer
+    id is refused (or None), given the identity its verified certificate names (None
+    without TLS). The caller closes ``sock`` on failure.
     """
-    deadline = time.monotonic() + HANDSHAKE_TIMEOUT
-    sock.settimeout(HANDSHAKE_TIMEOUT)
+    timeout = HANDSHAKE_TIMEOUT if timeout is None else timeout
+    deadline = time.monotonic() + timeout
+    sock.settimeout(timeout)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    channel: Channel = PlainChannel(sock)
+    if tls is not None:
+        try:
+            channel = tls_handshake(sock, tls, server=True, first=first, deadline=deadline)
+        except TlsHandshakeError as exc:
+            raise LinkError(str(exc)) from None
+        first = b""
     conn = wire.Connection(wire.Role.SERVER, secret=secret, replay_guard=replay_guard)
     lock = threading.Lock()
-    conn.receive_data(first)
-    event = _read_event(sock, conn, deadline)
+    if first:
+        conn.receive_data(first)
+    event = _read_event(channel, conn, deadline)
     if not isinstance(event, wire.Hello):
         raise LinkError(f"expected HELLO, got {type(event).__name__}")
-    refusal = check_id(event.peer_id)
+    refusal = check_id(event.peer_id, channel.identity)
     if refusal is not None:
         with contextlib.suppress(OSError, wire.ProtocolError):
-            _send_all(sock, conn, lock, wire.Close(refusal[:200]))
+            _send_all(channel, conn, lock, wire.Close(refusal[:200]))
         raise LinkError(refusal)
-    _send_all(sock, conn, lock, wire.Welcome(own_id))
-    event = _read_event(sock, conn, deadline)
+    _send_all(channel, conn, lock, wire.Welcome(own_id))
+    event = _read_event(channel, conn, deadline)
     if not isinstance(event, wire.Auth):
         raise LinkError(f"expected AUTH, got {type(event).__name__}")
     _bulk_mode(sock)
-    return conn
+    return channel, conn
 
 
 def _bulk_mode(sock: socket.socket) -> None:
@@ -222,7 +292,7 @@ class PeerLink:
 
     def __init__(
         self,
-        sock: socket.socket,
+        channel: Channel,
         conn: wire.Connection,
         loop: asyncio.AbstractEventLoop,
         handler: LinkHandler,
@@ -236,7 +306,10 @@ class PeerLink:
         """piece body bytes received (a plain counter the reader thread bumps)"""
         self.closed = False
         self.reason = ""
-        self._sock = sock
+        self._channel = channel
+        self._sock = channel.sock
+        self.identity = channel.identity
+        """who the peer's verified certificate says it is (None without TLS)"""
         self._conn = conn
         self._lock = threading.Lock()
         self._loop = loop
@@ -244,6 +317,8 @@ class PeerLink:
         self._out: queue.SimpleQueue[_Item] = queue.SimpleQueue()
         """control frames, in order; the writer sends all that are queued before each piece"""
         self._pieces: collections.deque[_PieceOut] = collections.deque()
+        """pieces to send, in order (the loop adds and cancels, the writer takes)"""
+        self._pieces_lock = threading.Lock()
         self._queued_bytes = 0
         """about how many bytes of control frames wait in ``_out`` (the loop adds, the writer
         takes away: a lost update under a race only moves the bound a little)"""
@@ -269,15 +344,30 @@ class PeerLink:
             return
         self._out.put(event)
 
-    def send_piece(self, digest: str, index: int, fd: int, offset: int, length: int) -> None:
-        """Queue a piece: the writer sends its body from ``fd`` and closes ``fd``."""
+    def send_piece(self, digest: str, index: int, file: PieceFile, offset: int, length: int) -> None:
+        """Queue a piece. No file is held while it waits: the writer opens ``file()`` when
+        the piece's turn comes, sends the body and closes it, so a peer that does not read
+        holds at most one descriptor here however many pieces it asks for."""
         if self.closed:
-            os.close(fd)
             return
-        self._pieces.append(_PieceOut(digest, index, fd, offset, length))
+        with self._pieces_lock:
+            self._pieces.append(_PieceOut(digest, index, file, offset, length))
         self._out.put(_PIECE_READY)
-        if self.closed:  # the writer ended meanwhile: nobody else will close the file
-            self._drop_queued()
+
+    @property
+    def queued_pieces(self) -> int:
+        """Pieces waiting for the writer."""
+        return len(self._pieces)
+
+    def cancel_piece(self, digest: str, index: int) -> bool:
+        """Take a queued piece out of the queue (its request was cancelled); False if it is
+        not queued (not yet, or already on its way)."""
+        with self._pieces_lock:
+            for item in self._pieces:
+                if item.digest == digest and item.index == index:
+                    self._pieces.remove(item)
+                    return True
+        return False
 
     def keepalive(self) -> None:
         with self._lock:
@@ -317,7 +407,7 @@ class PeerLink:
             if not self._drain():
                 return
             while True:
-                n = self._sock.recv_into(buf)
+                n = self._channel.recv_into(view)
                 with self._lock:
                     self._conn.receive_data(bytes(view[:n]))
                 if not self._drain():
@@ -374,7 +464,7 @@ class PeerLink:
         view[:got] = early
         self.bytes_in += got
         while got < piece.length:
-            n = self._sock.recv_into(view[got:], min(BODY_SLICE, piece.length - got), socket.MSG_WAITALL)
+            n = self._channel.recv_exactly(view[got : got + min(BODY_SLICE, piece.length - got)])
             if n == 0:
                 raise wire.RemoteProtocolError(f"connection closed inside piece {piece.index}")
             got += n
@@ -386,21 +476,18 @@ class PeerLink:
     def _write_forever(self) -> None:
         """Control frames jump the queue of pieces: a HAVE, a REQUEST or a CANCEL waits for
         at most the piece being sent, never for the pieces queued behind it."""
-        owed = 0
-        """pieces queued whose wake-up was already taken"""
         try:
             while True:
-                items = [] if owed else [self._out.get()]
+                items = [] if self._pieces else [self._out.get()]
                 with contextlib.suppress(queue.Empty):
                     while len(items) < 256:
                         items.append(self._out.get_nowait())
-                alive, ready = self._send_control(items)
-                owed += ready
-                if not alive:
+                if not self._send_control(items):
                     break
-                if owed:
-                    owed -= 1
-                    self._send_piece(self._pieces.popleft())
+                with self._pieces_lock:
+                    item = self._pieces.popleft() if self._pieces else None
+                if item is not None:
+                    self._send_piece(item)
         except OSError as exc:
             log.debug("writing to %s failed: %s", self.peer_id, exc)
         finally:
@@ -409,11 +496,10 @@ class PeerLink:
             self._shutdown()
             self._end()
 
-    def _send_control(self, items: list[_Item]) -> tuple[bool, int]:
-        """Send the control frames among ``items``: (False at the end of the stream, pieces
-        that became ready)."""
+    def _send_control(self, items: list[_Item]) -> bool:
+        """Send the control frames among ``items``; False at the end of the stream (a
+        ``_PieceReady`` only woke the writer: pieces are taken from their own queue)."""
         pending = bytearray()
-        ready = 0
         alive = True
         self._queued_bytes -= sum(_frame_size(i) for i in items if not isinstance(i, _Stop | _PieceReady))
         for item in items:
@@ -421,29 +507,35 @@ class PeerLink:
                 alive = False
                 break
             if isinstance(item, _PieceReady):
-                ready += 1
                 continue
             frame = self._encode(item)
             if frame is not None:
                 pending += frame
         if pending:
-            self._sock.sendall(pending)
-        return alive, ready
+            self._channel.sendall(pending)
+        return alive
 
     def _send_piece(self, item: _PieceOut) -> None:
+        fd = _open_piece(item)
+        if fd is None:  # evicted meanwhile: say so rather than leave the request hanging
+            reject = self._encode(wire.Reject(item.digest, item.index))
+            if reject is not None:
+                self._channel.sendall(reject)
+            self._post(self._handler.link_piece_dropped, item.digest, item.index, False)
+            return
         try:
             header = self._encode(wire.Piece(item.digest, item.index, item.length))
             if header is None:  # cancelled meanwhile
                 self._post(self._handler.link_piece_dropped, item.digest, item.index, False)
                 return
-            self._sock.sendall(header)
+            self._channel.sendall(header)
             try:
-                self._sendfile(item)
+                self._sendfile(fd, item)
             except OSError:
                 self._post(self._handler.link_piece_dropped, item.digest, item.index, True)
                 raise
         finally:
-            os.close(item.fd)
+            os.close(fd)
         self._post(self._handler.link_piece_sent, item.digest, item.index, item.length)
 
     def _encode(self, event: wire.Event) -> bytes | None:
@@ -455,21 +547,17 @@ class PeerLink:
                 log.debug("not sending %s to %s: %s", type(event).__name__, self.peer_id, exc)
                 return None
 
-    def _sendfile(self, item: _PieceOut) -> None:
-        sent = 0
-        out = self._sock.fileno()
-        while sent < item.length:
-            n = os.sendfile(out, item.fd, item.offset + sent, item.length - sent)
-            if n == 0:
-                raise OSError(f"piece {item.index} of {item.digest[:19]}: the file ended early")
-            sent += n
+    def _sendfile(self, fd: int, item: _PieceOut) -> None:
+        try:
+            self._channel.send_file(fd, item.offset, item.length)
+        except OSError as exc:
+            raise OSError(f"piece {item.index} of {item.digest[:19]}: {exc}") from None
         with self._lock:
             self._conn.body_sent(item.length)
 
     def _drop_queued(self) -> None:
-        with contextlib.suppress(IndexError):
-            while True:
-                os.close(self._pieces.popleft().fd)
+        with self._pieces_lock:
+            self._pieces.clear()
 
     def _close_grace(self) -> bool:
         """Give the writer a moment to send our CLOSE; False if it is still busy after it."""

@@ -27,6 +27,7 @@ from shoal.agent.metrics import AgentMetrics
 from shoal.agent.origin import OriginSource
 from shoal.agent.outage import STALE_WARNING, RegistryBreaker, StaleMark, begin_request, image_name
 from shoal.agent.peer_hub import PeerHub
+from shoal.agent.peer_tls_setup import peer_wire_tls
 from shoal.agent.preheat import Preheater
 from shoal.agent.presence import Presence
 from shoal.agent.stale_access import StaleAccess
@@ -184,7 +185,9 @@ class Agent:
         scheduler = SchedulerClient(self._session, list(self.config.schedulers), token, tls=self.scheduler_tls)
         for advice in self.config.swarm.advice():
             log.warning("%s", advice)
-        config, hub_config = swarm_configs(self.config.swarm, self.config.advertise_address, token)
+        config, hub_config = swarm_configs(
+            self.config.swarm, self.config.advertise_address, token, peer_wire_tls(self.config)
+        )
         hub = PeerHub(hub_config, self.store, {}, self.metrics, self.bucket)
         swarm = SwarmSource(config, origin, scheduler, self.upstreams, self.store, hub, self.bucket, self.metrics)
         swarm.start()

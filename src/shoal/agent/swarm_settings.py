@@ -17,6 +17,7 @@ from shoal.agent.peer_link import peer_secret
 from shoal.agent.swarm import SwarmConfig
 from shoal.core.units import parse_duration
 from shoal.p2p.download_state import DownloadRules
+from shoal.p2p.tls import TlsContexts
 
 __all__ = ["SCHEDULER_LEASE_TTL", "SwarmSettings", "SwarmSettingsError", "parse_swarm", "swarm_configs"]
 
@@ -88,6 +89,9 @@ class SwarmSettings:
     max_peer_links: int = _HUB.max_links
     """peer links (in and out) open at once; beyond it new ones are refused. Each costs a file
     descriptor and its buffers, apart from ``max_connections`` (which counts HTTP clients)."""
+    peer_links_per_address: int = _HUB.peer_links_per_address
+    """links other nodes may open to this one from one address: a node dials from its own, so a
+    few suffice; raise it only in a lab that runs many agents on one address."""
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -139,8 +143,11 @@ def parse_swarm(values: Any) -> SwarmSettings:
     return SwarmSettings(**kwargs)
 
 
-def swarm_configs(settings: SwarmSettings, address: str, token: str | None) -> tuple[SwarmConfig, HubConfig]:
-    """The swarm's and the peer hub's configs for an agent reached at ``address``."""
+def swarm_configs(
+    settings: SwarmSettings, address: str, token: str | None, tls: TlsContexts | None = None
+) -> tuple[SwarmConfig, HubConfig]:
+    """The swarm's and the peer hub's configs for an agent reached at ``address`` (its peer
+    wire in TLS with ``tls``, else in clear)."""
     rules = DownloadRules(
         max_parents=settings.max_parents,
         lanes_per_parent=settings.lanes_per_parent,
@@ -174,6 +181,8 @@ def swarm_configs(settings: SwarmSettings, address: str, token: str | None) -> t
         secret=peer_secret(token),
         connect_timeout=settings.connect_timeout,
         max_links=settings.max_peer_links,
+        peer_links_per_address=settings.peer_links_per_address,
         superseed_copies=settings.superseed_copies,
+        tls=tls,
     )
     return swarm, hub

@@ -94,7 +94,8 @@ def merge_flags(values: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]
 @click.option(
     "--tls-dir",
     type=click.Path(file_okay=False, path_type=Path),
-    help="This node's TLS material (ca.pem, node.pem, node.key), kept current by enrolling with https schedulers.",
+    help="This node's TLS material (ca.pem, node.pem, node.key), kept current by enrolling with https "
+    "schedulers: the peer wire and the scheduler calls run TLS 1.3 with it (reloaded when the files change).",
 )
 @click.option(
     "--scheduler-ca",
@@ -112,6 +113,12 @@ def merge_flags(values: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]
     is_flag=True,
     default=None,
     help="Allow http:// schedulers on other hosts: the peer token crosses the network in clear. Labs only.",
+)
+@click.option(
+    "--insecure-peer-wire",
+    is_flag=True,
+    default=None,
+    help="Run the peer wire in clear even with --tls-dir: layers cross the network readable. Labs only.",
 )
 @click.option("--max-connections", type=int, help="Open connections at most.  [default: 4096, below the fd limit]")
 @click.option("--header-timeout", help="Time a new connection has to send a request.  [default: 10s]")

@@ -20,6 +20,7 @@ from types import TracebackType
 from typing import Self
 
 from shoal.core.promtext import flatten
+from shoal.demo.pki import TestCA
 from shoal.demo.procs import ManagedProcess, free_port
 
 
@@ -73,9 +74,10 @@ class LocalFleet:
         download_pattern: ``p2p`` (with a scheduler) or ``source`` (no scheduler at all).
         agent_args: extra flags for every agent.
         scheduler_args: extra flags for every scheduler.
-        tls: the scheduler holds a CA (``workdir/ca``), serves TLS 1.3, and each agent
-            enrolls (with the peer token, over TLS pinned to the CA) for a certificate of its
-            127.0.0.x address, kept in ``node-N/tls``.
+        tls: the scheduler holds a CA (``workdir/ca``) and serves TLS 1.3; each agent enrolls
+            (with the peer token, over TLS pinned to the CA) for a certificate of its 127.0.0.x
+            address, kept in ``node-N/tls``, and runs the peer wire in TLS 1.3 with it. False:
+            everything in clear, for lab comparisons.
     """
 
     def __init__(
@@ -88,7 +90,7 @@ class LocalFleet:
         agent_args: tuple[str, ...] = (),
         schedulers: int = 1,
         scheduler_args: tuple[str, ...] = (),
-        tls: bool = False,
+        tls: bool = True,
     ) -> None:
         self.workdir = workdir
         self.count = nodes
@@ -115,6 +117,8 @@ class LocalFleet:
         context = ssl.create_default_context(cafile=str(self.ca_file))
         context.minimum_version = ssl.TLSVersion.TLSv1_3
         return context
+        self.ca: TestCA | None = None
+        """the scheduler's CA (with ``tls``), to give a test's own peer a certificate"""
 
     def start(self) -> Self:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -123,6 +127,7 @@ class LocalFleet:
             from shoal.scheduler.ca import write_new_ca
 
             write_new_ca(self.ca_dir, common_name="shoal demo CA")
+            self.ca = TestCA.load(self.ca_dir)
         scheme = "https" if self.tls else "http"
         try:
             for i in range(self.scheduler_count):
@@ -186,6 +191,8 @@ class LocalFleet:
 
     def _agent_tls_args(self, i: int) -> tuple[str, ...]:
         if not self.tls:
+            return ("--insecure-peer-wire",)
+        if not self.schedulers:  # source mode: no scheduler to enroll with, and no peer wire
             return ()
         return ("--tls-dir", str(self.tls_dir(i)), "--scheduler-ca", str(self.ca_file))
 

@@ -131,6 +131,7 @@ class TestPeerDiversion:
         from shoal.agent.connections import speaks_peer_protocol
 
         assert speaks_peer_protocol(b"\x00\x00\x00\x2a\x01")
+        assert speaks_peer_protocol(b"\x16\x03\x01\x02\x00")  # a TLS ClientHello
         assert not speaks_peer_protocol(b"GET / HTTP/1.1\r\n")
         g, _ = guard(Clock(), max_connections=8)
         diverted: asyncio.Queue[tuple[socket.socket, bytes]] = asyncio.Queue()

@@ -5,18 +5,20 @@ blob's piece at most ``superseed_copies`` times), and the routing of a parent's 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import cast
 
 import pytest
 
 from shoal.agent.metrics import AgentMetrics
-from shoal.agent.peer_hub import HubConfig, PeerHub, foreign_peer_id
+from shoal.agent.peer_checks import foreign_identity, foreign_peer_id, wrong_protocol
+from shoal.agent.peer_hub import HubConfig, PeerHub
 from shoal.agent.peer_link import PeerLink, PieceBody, peer_secret
 from shoal.core.digest import Digest
 from shoal.p2p import wire
 from shoal.p2p.ratelimit import TokenBucket
+from shoal.p2p.tls import PeerIdentity
 from shoal.store.blobstore import BlobStore
 from shoal.store.partial import PartialBlob
 
@@ -24,6 +26,8 @@ MiB = 1 << 20
 
 
 class FakeLink:
+    outbound = False
+
     def __init__(self, peer_id: str) -> None:
         self.peer_id = peer_id
         self.closed = False
@@ -35,9 +39,14 @@ class FakeLink:
     def send(self, event: wire.Event) -> None:
         self.sent.append(event)
 
-    def send_piece(self, digest: str, index: int, fd: int, offset: int, length: int) -> None:
-        os.close(fd)
+    queued_pieces = 0
+
+    def send_piece(self, digest: str, index: int, file: Callable[[], Path], offset: int, length: int) -> None:
+        assert file().is_file()
         self.pieces.append((digest, index, offset, length))
+
+    def cancel_piece(self, digest: str, index: int) -> bool:
+        return False
 
     def close(self, reason: str) -> None:
         self.closed, self.reason = True, reason
@@ -47,6 +56,8 @@ class FakeLink:
 
 
 class Sink:
+    size = 64 << 20
+
     def __init__(self) -> None:
         self.has: list[tuple[str, list[int]]] = []
         self.arrived: list[tuple[str, int]] = []
@@ -240,6 +251,43 @@ class TestPeerIds:
     )
     def test_a_peer_may_only_call_itself_by_its_own_address(self, peer_id: str, source: str, refused: bool) -> None:
         assert (foreign_peer_id(peer_id, source) is not None) == refused
+
+
+class TestCertificateIdentities:
+    """With TLS, the verified certificate decides: it must name the address the connection
+    comes from and the address the claimed peer id names; loopback is no exception."""
+
+    NODE = PeerIdentity("node-a", ("node-a",), ("10.0.0.5", "127.0.0.2"))
+
+    @pytest.mark.parametrize(
+        ("peer_id", "source", "identity", "refusal"),
+        [
+            ("10.0.0.5:65001", "10.0.0.5", NODE, None),
+            ("127.0.0.2:65001", "127.0.0.2", NODE, None),
+            ("10.0.0.5:65001", "10.0.0.6", NODE, "presented from 10.0.0.6"),
+            ("10.0.0.6:65001", "10.0.0.5", NODE, "not an address of node-a"),
+            ("10.0.0.5:65001", "127.0.0.1", NODE, "presented from 127.0.0.1"),
+            ("node-a:65001", "10.0.0.5", NODE, "not an address of node-a"),
+            ("10.0.0.5", "10.0.0.5", NODE, "not IP:PORT"),
+            ("10.0.0.5:65001", "10.0.0.5", None, "no client certificate"),
+        ],
+    )
+    def test_the_certificate_must_name_the_source_and_the_id(
+        self, peer_id: str, source: str, identity: PeerIdentity | None, refusal: str | None
+    ) -> None:
+        got = foreign_identity(peer_id, source, identity)
+        if refusal is None:
+            assert got is None
+        else:
+            assert got is not None
+            assert refusal in got
+
+    @pytest.mark.parametrize(
+        ("first", "tls", "refused"),
+        [(b"\x00", False, False), (b"\x16", True, False), (b"\x00", True, True), (b"\x16", False, True)],
+    )
+    def test_a_connection_must_speak_the_wire_this_agent_runs(self, first: bytes, tls: bool, refused: bool) -> None:
+        assert (wrong_protocol(first, tls) is not None) == refused
 
 
 class TestHaveBatches:

@@ -8,13 +8,17 @@ import contextlib
 import hashlib
 import os
 import socket
+import ssl
 import threading
 from pathlib import Path
 
 import pytest
 
-from shoal.agent.peer_link import LinkError, PeerLink, PieceBody, answer, dial, peer_secret
+from shoal.agent.peer_channel import PlainChannel
+from shoal.agent.peer_link import Channel, LinkError, PeerLink, PieceBody, answer, dial, peer_secret
 from shoal.p2p import wire
+from shoal.p2p.tls import PeerIdentity, TlsDirectory
+from shoal.testing.pki import TestCA
 
 DIGEST = "sha256:" + "ab" * 32
 SECRET = peer_secret("token")
@@ -62,25 +66,37 @@ class Recorder:
 
 
 class Listener:
-    """A loopback listener whose accepted connections run the server handshake in a thread."""
+    """A loopback listener whose accepted connection runs the server handshake in a thread."""
 
-    def __init__(self, own_id: str = "127.0.0.1:7000", secret: bytes = SECRET, refuse: str | None = None) -> None:
+    def __init__(
+        self,
+        own_id: str = "127.0.0.1:7000",
+        secret: bytes = SECRET,
+        refuse: str | None = None,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.address = f"127.0.0.1:{self.sock.getsockname()[1]}"
         self.own_id = own_id
         self.secret = secret
         self.refuse = refuse
-        self.result: list[tuple[socket.socket, wire.Connection] | BaseException] = []
+        self.tls = tls
+        self.identities: list[PeerIdentity | None] = []
+        self.result: list[tuple[Channel, wire.Connection] | BaseException] = []
         self.thread = threading.Thread(target=self._accept, daemon=True)
         self.thread.start()
+
+    def _check(self, peer_id: str, identity: PeerIdentity | None) -> str | None:
+        self.identities.append(identity)
+        return self.refuse
 
     def _accept(self) -> None:
         conn_sock, _ = self.sock.accept()
         self.sock.close()
         try:
             first = conn_sock.recv(1)
-            conn = answer(conn_sock, first, self.own_id, self.secret, wire.NonceLog(), lambda _id: self.refuse)
-            self.result.append((conn_sock, conn))
+            outcome = answer(conn_sock, first, self.own_id, self.secret, wire.NonceLog(), self._check, tls=self.tls)
+            self.result.append(outcome)
         except BaseException as exc:  # handed to the test
             self.result.append(exc)
             conn_sock.close()
@@ -91,9 +107,9 @@ class Listener:
         self.sock.close()
         for outcome in self.result:
             if not isinstance(outcome, BaseException):
-                outcome[0].close()
+                outcome[0].sock.close()
 
-    def server(self) -> tuple[socket.socket, wire.Connection]:
+    def server(self) -> tuple[Channel, wire.Connection]:
         self.thread.join(5)
         outcome = self.result[0]
         if isinstance(outcome, BaseException):
@@ -104,12 +120,13 @@ class Listener:
 class TestHandshake:
     def test_both_sides_authenticate(self) -> None:
         listener = Listener()
-        sock, conn = dial(listener.address, "127.0.0.1:7000", "127.0.0.1:7001", SECRET, 5.0)
-        server_sock, server_conn = listener.server()
+        channel, conn = dial(listener.address, "127.0.0.1:7000", "127.0.0.1:7001", SECRET, 5.0)
+        server_channel, server_conn = listener.server()
         assert conn.peer_id == "127.0.0.1:7000"
         assert server_conn.peer_id == "127.0.0.1:7001"
-        sock.close()
-        server_sock.close()
+        assert listener.identities == [None]
+        channel.sock.close()
+        server_channel.sock.close()
 
     def test_a_peer_without_the_secret_is_refused(self) -> None:
         listener = Listener()
@@ -139,35 +156,107 @@ class TestHandshake:
             dial(address, "x", "127.0.0.1:7001", SECRET, 2.0)
 
 
-async def linked(tmp_path: Path) -> tuple[PeerLink, Recorder, PeerLink, Recorder]:
+class TestTlsHandshake:
+    """TLS 1.3 with node certificates: each side learns who the other is, the dialler checks it
+    reached the node it meant to, and nobody without a certificate of our CA gets a link."""
+
+    def test_both_sides_learn_the_others_identity(self, tmp_path: Path) -> None:
+        ca = TestCA.create()
+        server = TlsDirectory(ca.issue(tmp_path / "a", "node-a", ips=("127.0.0.1",)))
+        client = TlsDirectory(ca.issue(tmp_path / "b", "node-b", ips=("127.0.0.1", "10.0.0.2")))
+        listener = Listener(tls=server.server_context())
+        channel, _conn = dial(
+            listener.address, "127.0.0.1:7000", "127.0.0.1:7001", SECRET, 5.0, tls=client.client_context()
+        )
+        server_channel, server_conn = listener.server()
+        assert channel.encrypted
+        assert channel.identity is not None
+        assert channel.identity.name == "node-a"
+        (seen,) = listener.identities
+        assert seen is not None
+        assert (seen.name, seen.ips) == ("node-b", ("127.0.0.1", "10.0.0.2"))
+        assert server_conn.peer_id == "127.0.0.1:7001"
+        channel.sock.close()
+        server_channel.sock.close()
+
+    def test_a_node_that_is_not_the_one_dialled_is_refused(self, tmp_path: Path) -> None:
+        ca = TestCA.create()
+        elsewhere = TlsDirectory(ca.issue(tmp_path / "a", "node-x", ips=("10.0.0.9",)))
+        client = TlsDirectory(ca.issue(tmp_path / "b", "node-b", ips=("127.0.0.1",)))
+        listener = Listener(tls=elsewhere.server_context())
+        with pytest.raises(LinkError, match=r"not the node we dialled: its certificate is for node-x \(10\.0\.0\.9\)"):
+            dial(listener.address, "127.0.0.1:7000", "127.0.0.1:7001", SECRET, 5.0, tls=client.client_context())
+        listener.dispose()
+
+    @pytest.mark.parametrize("client_kind", ["another CA", "no certificate"])
+    def test_a_client_without_a_certificate_of_our_ca_is_refused(self, tmp_path: Path, client_kind: str) -> None:
+        server = TlsDirectory(TestCA.create().issue(tmp_path / "a", "node-a", ips=("127.0.0.1",)))
+        if client_kind == "another CA":  # it trusts ours, so it goes on to present its own
+            other = TestCA.create("another CA").issue(tmp_path / "b", "node-b", ips=("127.0.0.1",))
+            context = TlsDirectory(other).client_context()
+        else:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            context.check_hostname = False
+        context.load_verify_locations(cafile=tmp_path / "a" / "ca.pem")
+        listener = Listener(tls=server.server_context())
+        with pytest.raises(LinkError):
+            dial(listener.address, "127.0.0.1:7000", "127.0.0.1:7001", SECRET, 5.0, tls=context)
+        with pytest.raises(LinkError, match="TLS handshake failed"):
+            listener.server()
+        listener.dispose()
+
+
+@pytest.fixture(params=["clear", "tls"])
+def wire_tls(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext] | None:
+    """(server, client) TLS contexts of two nodes on 127.0.0.1, or None for the clear wire."""
+    if request.param == "clear":
+        return None
+    ca = TestCA.create()
+    server = TlsDirectory(ca.issue(tmp_path / "tls-server", "node-a", ips=("127.0.0.1",)))
+    client = TlsDirectory(ca.issue(tmp_path / "tls-client", "node-b", ips=("127.0.0.1",)))
+    return server.server_context(), client.client_context()
+
+
+async def linked(
+    tls: tuple[ssl.SSLContext, ssl.SSLContext] | None = None,
+) -> tuple[PeerLink, Recorder, PeerLink, Recorder]:
     """A client link and a server link joined over loopback, both started."""
-    listener = Listener()
-    client_sock, client_conn = await asyncio.to_thread(
-        dial, listener.address, "127.0.0.1:7000", "127.0.0.1:7001", SECRET, 5.0
+    listener = Listener(tls=None if tls is None else tls[0])
+    client_channel, client_conn = await asyncio.to_thread(
+        dial,
+        listener.address,
+        "127.0.0.1:7000",
+        "127.0.0.1:7001",
+        SECRET,
+        5.0,
+        None,
+        None if tls is None else tls[1],
     )
-    server_sock, server_conn = await asyncio.to_thread(listener.server)
+    server_channel, server_conn = await asyncio.to_thread(listener.server)
     loop = asyncio.get_running_loop()
     client, server = Recorder(), Recorder()
-    a = PeerLink(client_sock, client_conn, loop, client, outbound=True)
-    b = PeerLink(server_sock, server_conn, loop, server, outbound=False)
+    a = PeerLink(client_channel, client_conn, loop, client, outbound=True)
+    b = PeerLink(server_channel, server_conn, loop, server, outbound=False)
     a.start()
     b.start()
     return a, client, b, server
 
 
 class TestLink:
-    async def test_a_piece_goes_out_by_sendfile_and_arrives_hashed(self, tmp_path: Path) -> None:
+    async def test_a_piece_goes_out_and_arrives_hashed(
+        self, tmp_path: Path, wire_tls: tuple[ssl.SSLContext, ssl.SSLContext] | None
+    ) -> None:
         blob = tmp_path / "blob"
         data = os.urandom(3 << 20)
         blob.write_bytes(data)
-        a, client, b, server = await linked(tmp_path)
+        a, client, b, server = await linked(wire_tls)
         a.send(wire.Interested(DIGEST, 2))
         await server.until(lambda: server.events)
         assert server.events == [wire.Interested(DIGEST, 2)]
         b.send(wire.Bitfield.of(DIGEST, 2, [1]))
         a.send(wire.Request(DIGEST, 1))
         await server.until(lambda: len(server.events) == 2)
-        b.send_piece(DIGEST, 1, os.open(blob, os.O_RDONLY), 2 << 20, 1 << 20)
+        b.send_piece(DIGEST, 1, lambda: blob, 2 << 20, 1 << 20)
         await client.until(lambda: client.pieces)
         (piece,) = client.pieces
         assert (piece.digest, piece.index) == (DIGEST, 1)
@@ -181,19 +270,21 @@ class TestLink:
         await client.until(lambda: client.closed)
         assert "done" in server.closed[0]
 
-    async def test_a_cancelled_piece_is_not_sent(self, tmp_path: Path) -> None:
+    async def test_a_cancelled_piece_is_not_sent(
+        self, tmp_path: Path, wire_tls: tuple[ssl.SSLContext, ssl.SSLContext] | None
+    ) -> None:
         blob = tmp_path / "blob"
         blob.write_bytes(b"x" * 100)
-        a, client, b, server = await linked(tmp_path)
+        a, client, b, server = await linked(wire_tls)
         a.send(wire.Interested(DIGEST, 1))
         a.send(wire.Request(DIGEST, 0))
         a.send(wire.Cancel(DIGEST, 0))
         await server.until(lambda: len(server.events) == 3)
-        fd = os.open(blob, os.O_RDONLY)
-        b.send_piece(DIGEST, 0, fd, 0, 100)
+        b.send_piece(DIGEST, 0, lambda: blob, 0, 100)
         b.send(wire.KeepAlive())  # not due: dropped, the link lives on
         b.send(wire.Bitfield.of(DIGEST, 1, [0]))
         await client.until(lambda: client.events)
+        await server.until(lambda: server.dropped)  # control frames go out before a queued piece
         assert client.events == [wire.Bitfield.of(DIGEST, 1, [0])]
         assert not client.pieces
         assert not server.sent
@@ -216,7 +307,7 @@ class TestLink:
         done: list[wire.Connection] = []
         thread = threading.Thread(
             target=lambda: done.append(
-                answer(server_sock, first, "127.0.0.1:7000", SECRET, wire.NonceLog(), lambda _: None)
+                answer(server_sock, first, "127.0.0.1:7000", SECRET, wire.NonceLog(), lambda _, __: None)[1]
             )
         )
         thread.start()
@@ -226,7 +317,7 @@ class TestLink:
         raw.sendall(client.send(wire.Auth()) + client.send(wire.Interested(DIGEST, 3)))
         thread.join(5)
         recorder = Recorder()
-        link = PeerLink(server_sock, done[0], asyncio.get_running_loop(), recorder, outbound=False)
+        link = PeerLink(PlainChannel(server_sock), done[0], asyncio.get_running_loop(), recorder, outbound=False)
         link.start()
         await recorder.until(lambda: recorder.events)
         assert recorder.events == [wire.Interested(DIGEST, 3)]
@@ -234,8 +325,8 @@ class TestLink:
         raw.close()
         await recorder.until(lambda: recorder.closed)
 
-    async def test_a_peer_breaking_the_protocol_is_cut_off(self, tmp_path: Path) -> None:
-        a, client, b, server = await linked(tmp_path)
+    async def test_a_peer_breaking_the_protocol_is_cut_off(self) -> None:
+        a, client, b, server = await linked()
         b.send(wire.Bitfield.of(DIGEST, 1, [0]))  # never asked: dropped by our own state (a local error)
         a.send(wire.Interested(DIGEST, 1))
         await server.until(lambda: server.events)
@@ -272,22 +363,25 @@ class TestExhaustion:
         thread.start()
         started = time.monotonic()
         with pytest.raises((LinkError, TimeoutError)):
-            answer(b, b.recv(1), "127.0.0.1:7000", SECRET, wire.NonceLog(), lambda _: None)
+            answer(b, b.recv(1), "127.0.0.1:7000", SECRET, wire.NonceLog(), lambda _, __: None)
         assert time.monotonic() - started < 2.0
         stop.set()
         thread.join(2)
         a.close()
         b.close()
 
-    async def test_a_peer_that_does_not_read_loses_its_link(self, tmp_path: Path) -> None:
+    async def test_a_peer_that_does_not_read_loses_its_link(self) -> None:
         from shoal.agent import peer_link
 
-        a, client, b, server = await linked(tmp_path)
+        a, client, b, server = await linked()
         a._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         # the client end stops reading: its reader thread is parked on a lock we hold
         with a._lock:
-            for _ in range(peer_link.MAX_QUEUED_BYTES // (64 << 10) + 2):
+            # the kernel's buffers take a few MiB before the writer blocks: queue well past the bound
+            for _ in range(4 * (peer_link.MAX_QUEUED_BYTES // (64 << 10))):
                 b.send(wire.Bitfield.of(DIGEST, 8 * ((64 << 10) - 80), ()))
+                if b.closed:
+                    break
             assert b.closed
         await server.until(lambda: server.closed)
         a.abort()

@@ -27,7 +27,8 @@ def _closed_port() -> int:
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFleet]:
     """A scheduler and one agent mirroring a registry that is down."""
     origin = f"http://127.0.0.1:{_closed_port()}"
-    with LocalFleet(tmp_path_factory.mktemp("fleet"), nodes=1, registries={"registry.down": origin}) as running:
+    fleet = LocalFleet(tmp_path_factory.mktemp("fleet"), nodes=1, registries={"registry.down": origin}, tls=False)
+    with fleet as running:  # the messages, not TLS, are under test here
         _wait_for_agent(running)
         yield running
 

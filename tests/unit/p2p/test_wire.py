@@ -645,6 +645,31 @@ class TestRules:
         with pytest.raises(LocalProtocolError, match="1001 bytes"):
             server.send(Piece(D1, 0, 1001))
 
+    @pytest.mark.parametrize(
+        ("index", "length"), [(0, 64 << 20), (0, (2 << 20) - 1), (31, 2 << 20), (31, (1 << 20) - 1)]
+    )
+    def test_a_piece_that_is_not_the_length_asked_for(self, index: int, length: int) -> None:
+        """Defect 4 (issue 16): the PIECE header is refused before a body byte is read or a
+        buffer allocated, when we said the blob's size (63 MiB: 32 pieces of 2 MiB, the last
+        one 1 MiB)."""
+        client, server = established()
+        deliver(client.send(Interested(D1, 32, size=63 << 20)), server)
+        deliver(client.send(Request(D1, index)), server)
+        client.receive_data(frame(0x21, raw_digest() + struct.pack(">II", index, length)))
+        with pytest.raises(RemoteProtocolError, match=f"PIECE {index} of {length} bytes, the piece is"):
+            client.next_event()
+
+    def test_a_piece_of_the_right_length(self) -> None:
+        client, server = established()
+        deliver(client.send(Interested(D1, 32, size=63 << 20)), server)
+        deliver(client.send(Request(D1, 31)), server)
+        assert deliver(server.send(Piece(D1, 31, 1 << 20)), client) == [Piece(D1, 31, 1 << 20), BODY]
+
+    def test_a_size_that_does_not_match_the_piece_count(self) -> None:
+        client, _server = established()
+        with pytest.raises(LocalProtocolError, match="does not have 10 pieces"):
+            client.send(Interested(D1, 10, size=64 << 20))
+
     def test_a_cancel_racing_the_piece_is_dropped(self) -> None:
         client, server = established()
         deliver(client.send(Interested(D1, 10)), server)

@@ -123,6 +123,11 @@ class SwarmDownload:
         """The scheduler gave us a fallback lease (not: the scheduler could not be asked)."""
         return self.state.fallback_lease
 
+    @property
+    def size(self) -> int:
+        """The blob's size: the hub holds each parent's PIECE to the length of the piece asked for."""
+        return self.geometry.size
+
     # -- the hub's calls (PieceSink) ------------------------------------------------------
     def parent_has(self, peer_id: str, pieces: Iterable[int]) -> None:
         self.events.put_nowait(ds.ParentHas(peer_id, frozenset(pieces)))

@@ -3,13 +3,15 @@
 Rules the state machine enforces (a peer's breach is a :class:`RemoteProtocolError`, ours a
 :class:`LocalProtocolError`): handshake frames in order and only then; a BITFIELD only in
 answer to INTERESTED and a HAVE only after it; a PIECE or REJECT only for a request in flight;
-at most ``max_requests`` of the peer's requests in flight; piece bodies at most ``max_piece``;
-nothing after CLOSE. Frames that can race a message of ours are dropped, not errors: BITFIELD
-and HAVE after our NOT_INTERESTED, CANCEL after we answered. A PIECE we cancelled still arrives
-as an event (its body must be read off the stream). Keepalives: :meth:`Connection.send` allows
-one only when nothing was sent for ``keepalive_interval``, and a peer gets a bucket of 4 that
-refills at 2 per interval (bursts after a starved reader pass, a flood does not), so liveness
-costs a bounded number of frames per second per connection however long it lives.
+at most ``max_requests`` of the peer's requests in flight; piece bodies at most ``max_piece``,
+and exactly the requested piece's length when we said the blob's size (so a parent cannot make
+us allocate more than we asked for); nothing after CLOSE. Frames that can race a message of
+ours are dropped, not errors: BITFIELD and HAVE after our NOT_INTERESTED, CANCEL after we
+answered. A PIECE we cancelled still arrives as an event (its body must be read off the
+stream). Keepalives: :meth:`Connection.send` allows one only when nothing was sent for
+``keepalive_interval``, and a peer gets a bucket of 4 that refills at 2 per interval (bursts
+after a starved reader pass, a flood does not), so liveness costs a bounded number of frames
+per second per connection however long it lives.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from shoal.p2p.pieces import choose_piece_size, piece_count, piece_span
 
 from .codec import (
     _T,
@@ -76,6 +80,8 @@ class _Interest:
     """One side's interest in a blob on this connection."""
 
     pieces: int
+    size: int | None = None
+    """ours: the blob's size, when we said it (the piece geometry follows from it)"""
     bitfield: bool = False
     """the answering BITFIELD went out (their interest) or came in (ours)"""
     stale: int = 0
@@ -163,6 +169,8 @@ class Connection:
         """blobs we said NOT_INTERESTED in: their BITFIELD and HAVE may still be on the way"""
         self._they_want: dict[str, _Interest] = {}
         self._our_requests: dict[tuple[str, int], bool] = {}  # -> cancelled
+        self._request_lengths: dict[tuple[str, int], int] = {}
+        """our requests of pieces whose length we know: the PIECE must match"""
         self._their_requests: set[tuple[str, int]] = set()
 
     # -- receiving -----------------------------------------------------------------------
@@ -406,18 +414,24 @@ class Connection:
         return event
 
     def _on_piece(self, event: Piece) -> Event:
-        if (event.digest, event.index) not in self._our_requests:
+        key = (event.digest, event.index)
+        if key not in self._our_requests:
             raise RemoteProtocolError(f"PIECE {event.index} of {event.digest[:19]} nobody asked for")
         if not 1 <= event.length <= self.max_piece:
             raise RemoteProtocolError(f"PIECE body of {event.length} bytes (allowed 1..{self.max_piece})")
-        del self._our_requests[(event.digest, event.index)]
+        want = self._request_lengths.pop(key, None)
+        if want is not None and event.length != want:
+            raise RemoteProtocolError(f"PIECE {event.index} of {event.length} bytes, the piece is {want}")
+        del self._our_requests[key]
         self._recv_body = event.length
         return event
 
     def _on_reject(self, event: Reject) -> Event:
-        if (event.digest, event.index) not in self._our_requests:
+        key = (event.digest, event.index)
+        if key not in self._our_requests:
             raise RemoteProtocolError(f"REJECT of piece {event.index} nobody asked for")
-        del self._our_requests[(event.digest, event.index)]
+        del self._our_requests[key]
+        self._request_lengths.pop(key, None)
         return event
 
     # -- sending -------------------------------------------------------------------------
@@ -476,10 +490,12 @@ class Connection:
                 raise LocalProtocolError(f"already interested in {event.digest[:19]}")
             if not 1 <= event.pieces <= self.max_bitfield_pieces:
                 raise LocalProtocolError(f"interest in a blob of {event.pieces} pieces")
+            if event.size is not None and piece_count(event.size, choose_piece_size(event.size)) != event.pieces:
+                raise LocalProtocolError(f"a blob of {event.size} bytes does not have {event.pieces} pieces")
             frame = _frame(_T.INTERESTED, d + _u32(event.pieces, "pieces"))
             renewed = event.digest in self._retracted
             stale = self._retracted.pop(event.digest, 0)
-            self._we_want[event.digest] = _Interest(event.pieces, stale=stale, renewed=renewed)
+            self._we_want[event.digest] = _Interest(event.pieces, event.size, stale=stale, renewed=renewed)
             return frame
         if isinstance(event, NotInterested):
             if event.digest not in self._we_want:
@@ -519,6 +535,8 @@ class Connection:
             if key in self._our_requests:
                 raise LocalProtocolError(f"piece {event.index} already requested")
             self._our_requests[key] = False
+            if ours.size is not None:
+                self._request_lengths[key] = piece_span(event.index, ours.size, choose_piece_size(ours.size))[1]
             return _frame(_T.REQUEST, d + index)
         if isinstance(event, Cancel):
             if self._our_requests.get(key) is not False:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 class ProtocolError(Exception):
@@ -63,6 +63,9 @@ class Auth:
 class Interested:
     digest: str
     pieces: int
+    size: int | None = field(default=None, compare=False)
+    """Ours only, never on the wire: the blob's size in bytes. Given, every PIECE of it must be
+    exactly the length of the piece asked for, checked before its body is read."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,197 @@
+"""The byte stream under a peer link: plain TCP, or TLS 1.3 over it.
+
+A link has a reader thread and a writer thread on one socket. Plain TCP allows that as is,
+and sends piece bodies kernel to kernel with ``os.sendfile``. TLS does not: an OpenSSL
+connection must not be used by two threads at once, and there is no kernel TLS here, so the
+TLS channel drives an ``ssl.SSLObject`` over memory buffers under one lock that is only ever
+held for in-memory work (encrypting, decrypting: both release the GIL), never around a
+socket call. Socket reads happen in the reader, socket writes in the writer, outside the
+lock; only the writer takes encrypted bytes out, so records leave in the order they were
+made. A piece body is encrypted straight from the page cache (the file mapped, in slices)
+and comes in decrypted straight into the piece's buffer.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import socket
+import ssl
+import threading
+import time
+
+from shoal.p2p.tls import PeerIdentity, peer_identity
+
+__all__ = ["PlainChannel", "TlsChannel", "TlsHandshakeError", "tls_handshake"]
+
+SEND_SLICE = 256 << 10
+"""bytes encrypted per step: the TLS writer's memory, and how long it holds the lock"""
+RAW_READ = 256 << 10
+"""encrypted bytes taken from the socket per read"""
+
+
+class TlsHandshakeError(Exception):
+    """The TLS handshake failed: no certificate, one our CA did not issue, or a broken peer."""
+
+
+class PlainChannel:
+    """A TCP socket as it is: ``sendfile`` out, ``recv_into`` in."""
+
+    encrypted = False
+    identity: PeerIdentity | None = None
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def sendall(self, data: bytes | bytearray | memoryview) -> None:
+        self.sock.sendall(data)
+
+    def recv(self, n: int) -> bytes:
+        return self.sock.recv(n)
+
+    def recv_into(self, view: memoryview) -> int:
+        return self.sock.recv_into(view)
+
+    def recv_exactly(self, view: memoryview) -> int:
+        """Fill ``view`` (fewer bytes only at the end of the stream)."""
+        return self.sock.recv_into(view, len(view), socket.MSG_WAITALL)
+
+    def send_file(self, fd: int, offset: int, length: int) -> None:
+        sent = 0
+        out = self.sock.fileno()
+        while sent < length:
+            n = os.sendfile(out, fd, offset + sent, length - sent)
+            if n == 0:
+                raise OSError("the file ended early")
+            sent += n
+
+
+class TlsChannel:
+    """TLS 1.3 on a blocking socket, one reader and one writer thread (see the module)."""
+
+    encrypted = True
+
+    def __init__(self, sock: socket.socket, tls: ssl.SSLObject, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO):
+        self.sock = sock
+        self._tls = tls
+        self._incoming = incoming
+        self._outgoing = outgoing
+        self._lock = threading.Lock()
+        """held only around SSLObject and BIO calls, never around a socket call"""
+        self._raw = bytearray(RAW_READ)  # the reader's
+        self.identity = peer_identity(tls.getpeercert())
+
+    # -- the writer ------------------------------------------------------------------------
+    def sendall(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data)
+        for at in range(0, len(view), SEND_SLICE):
+            with self._lock:
+                self._tls.write(view[at : at + SEND_SLICE])
+                records = self._outgoing.read()
+            self.sock.sendall(records)
+        if not view:
+            self._flush()
+
+    def _flush(self) -> None:
+        with self._lock:
+            records = self._outgoing.read()
+        if records:
+            self.sock.sendall(records)
+
+    def send_file(self, fd: int, offset: int, length: int) -> None:
+        """Encrypt straight from the page cache: the piece's range of the file mapped (no copy
+        into a buffer first; blobs are never truncated, only unlinked, which a mapping survives)."""
+        start = offset - offset % mmap.ALLOCATIONGRANULARITY
+        if os.fstat(fd).st_size < offset + length:
+            raise OSError("the file ended early")
+        with mmap.mmap(fd, offset + length - start, offset=start, access=mmap.ACCESS_READ) as mapped:
+            view = memoryview(mapped)
+            try:
+                self.sendall(view[offset - start :])
+            finally:
+                view.release()
+
+    # -- the reader ------------------------------------------------------------------------
+    def recv(self, n: int) -> bytes:
+        out = bytearray(n)
+        got = self.recv_into(memoryview(out))
+        return bytes(out[:got])
+
+    def recv_into(self, view: memoryview) -> int:
+        """Decrypted bytes into ``view``: as many as are here, at least one (0: the peer closed)."""
+        while True:
+            got = self._decrypt_into(view)
+            if got:
+                return got
+            if got == 0 or not self._fill():
+                return 0
+
+    def _decrypt_into(self, view: memoryview) -> int | None:
+        """Every whole record already received, into ``view`` (None: none yet; 0: closed)."""
+        got = 0
+        with self._lock:
+            while got < len(view):
+                try:
+                    n: int = self._tls.read(len(view) - got, view[got:])  # type: ignore[assignment]  # a count
+                except ssl.SSLWantReadError:
+                    break
+                except ssl.SSLZeroReturnError:
+                    return got
+                got += n
+        return got or None
+
+    def recv_exactly(self, view: memoryview) -> int:
+        got = 0
+        while got < len(view):
+            n = self.recv_into(view[got:])
+            if n == 0:
+                break
+            got += n
+        return got
+
+    def _fill(self) -> bool:
+        """More encrypted bytes from the socket; False at its end."""
+        n = self.sock.recv_into(self._raw)
+        if n == 0:
+            return False
+        with self._lock:
+            self._incoming.write(memoryview(self._raw)[:n])
+        return True
+
+
+def tls_handshake(
+    sock: socket.socket, context: ssl.SSLContext, *, server: bool, first: bytes, deadline: float
+) -> TlsChannel:
+    """Run the TLS handshake on a blocking ``sock`` until ``deadline`` (monotonic seconds).
+
+    ``first``: bytes the server already read off the socket (the start of the ClientHello).
+    """
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_side=server)
+    if first:
+        incoming.write(first)
+    try:
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                pass
+            if outgoing.pending:
+                sock.sendall(outgoing.read())
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TlsHandshakeError("TLS handshake not complete in time")
+            sock.settimeout(remaining)
+            data = sock.recv(RAW_READ)
+            if not data:
+                raise TlsHandshakeError("closed during the TLS handshake")
+            incoming.write(data)
+        if outgoing.pending:
+            sock.sendall(outgoing.read())
+    except ssl.SSLError as exc:
+        reason = exc.reason or exc.strerror or str(exc)
+        raise TlsHandshakeError(f"TLS handshake failed: {reason}") from None
+    except TimeoutError:
+        raise TlsHandshakeError("TLS handshake not complete in time") from None
+    return TlsChannel(sock, tls, incoming, outgoing)
