@@ -18,6 +18,11 @@ accepts up to ``backlog`` sockets per wake-up before any of them is counted, and
 descriptor limit logs a traceback for every failed accept. Whether a connection is busy is
 told by the server's middleware (``busy`` / ``idle`` around each request), so the guard needs
 nothing from aiohttp's internals.
+
+A connection whose first bytes are a TLS ClientHello is the peer wire, unless the hello offers
+HTTP by ALPN (``shoal.agent.tls_sniff``): then, when the guard has ``https``, the same server
+answers it over TLS (an ``asyncio`` SSL protocol between the socket and the server's protocol,
+fed the hello already read). The runtime's plain HTTP is untouched.
 """
 
 from __future__ import annotations
@@ -28,14 +33,18 @@ import logging
 import os
 import resource
 import socket
+import ssl
 import time
+from asyncio.sslproto import SSLProtocol
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
 from prometheus_client import Counter, Gauge
 
+from shoal.agent.tls_sniff import MAX_HELLO, NotAClientHello, offered_alpn
 from shoal.core.ratelog import RateLimitedLog
+from shoal.p2p.node_https import HTTP_ALPN
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +99,12 @@ class _Conn:
 
 PeerDivert = Callable[[socket.socket, bytes], None]
 """Takes over a connection that speaks the peer protocol: its socket, and the bytes read."""
+HttpsContext = Callable[[], ssl.SSLContext]
+"""The server context for HTTP over TLS on the agent's port (read for each connection)."""
+
+
+def starts_tls(first: bytes) -> bool:
+    return first[:1] == b"\x16"
 
 
 def speaks_peer_protocol(first: bytes) -> bool:
@@ -103,7 +118,8 @@ class _GuardedProtocol(asyncio.Protocol):
     """Passes everything to the server's protocol; tells the guard when the connection ends.
 
     The server's protocol sees the connection only once its first bytes show it is HTTP: a
-    connection that speaks the peer protocol goes to the guard's ``divert`` instead.
+    connection that speaks the peer protocol goes to the guard's ``divert`` instead, and HTTP
+    over TLS reaches the server's protocol through an SSL protocol (``self._tls``).
     """
 
     def __init__(self, guard: ConnectionGuard, inner: asyncio.Protocol) -> None:
@@ -112,12 +128,14 @@ class _GuardedProtocol(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._made = False
         self._diverted = False
+        self._hello = b""
+        self._tls: SSLProtocol | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports have every Transport method but are not its subclass
         self._transport = cast(asyncio.Transport, transport)
         self._guard.admit(self._inner, self._transport)
-        if self._guard.divert is None:
+        if self._guard.divert is None and self._guard.https is None:
             self._make()
 
     def _make(self) -> None:
@@ -128,13 +146,59 @@ class _GuardedProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._diverted:
             return
+        if self._tls is not None:
+            _feed(self._tls, data)
+            return
         if not self._made:
+            if self._hello or (self._guard.https is not None and starts_tls(data)):
+                self._sniff(data)
+                return
             divert = self._guard.divert
             if divert is not None and speaks_peer_protocol(data):
                 self._divert(divert, data)
                 return
             self._make()
         self._inner.data_received(data)
+
+    def _sniff(self, data: bytes) -> None:
+        """Gather the ClientHello; HTTP by ALPN goes to the server over TLS, the rest to the
+        peer wire (which refuses what it does not speak)."""
+        self._hello += data
+        try:
+            alpn = offered_alpn(self._hello)
+        except NotAClientHello:
+            alpn = ()
+        if alpn is None and len(self._hello) < MAX_HELLO:
+            return
+        first, self._hello = self._hello, b""
+        https = self._guard.https
+        if alpn is not None and HTTP_ALPN in alpn and https is not None:
+            self._start_tls(https, first)
+        elif self._guard.divert is not None:
+            self._divert(self._guard.divert, first)
+        else:
+            assert self._transport is not None
+            self._transport.abort()
+
+    def _start_tls(self, https: HttpsContext, first: bytes) -> None:
+        assert self._transport is not None
+        try:
+            context = https()
+        except (ssl.SSLError, OSError, ValueError) as exc:  # the TLS directory is not complete yet
+            self._guard.note_refused(f"no TLS for HTTP: {exc}")
+            self._transport.abort()
+            return
+        self._made = True
+        self._tls = SSLProtocol(
+            asyncio.get_running_loop(),
+            self._inner,
+            context,
+            None,  # type: ignore[arg-type]  # no waiter: the server's protocol is told when it is up
+            server_side=True,
+            ssl_handshake_timeout=max(1, round(self._guard.limits.header_timeout)),
+        )
+        self._tls.connection_made(self._transport)
+        _feed(self._tls, first)
 
     def _divert(self, divert: PeerDivert, first: bytes) -> None:
         """Hand the socket over: a duplicate descriptor outlives the transport, which closes
@@ -154,22 +218,42 @@ class _GuardedProtocol(asyncio.Protocol):
         divert(sock, first)
 
     def eof_received(self) -> bool | None:
+        if self._tls is not None:
+            self._tls.eof_received()
+            return None
         if not self._made:
             return None
         return self._inner.eof_received()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._guard.release(self._inner)
-        if self._made:
+        if self._tls is not None:
+            self._tls.connection_lost(exc)
+        elif self._made:
             self._inner.connection_lost(exc)
 
     def pause_writing(self) -> None:
-        if self._made:
+        if self._tls is not None:
+            self._tls.pause_writing()
+        elif self._made:
             self._inner.pause_writing()
 
     def resume_writing(self) -> None:
-        if self._made:
+        if self._tls is not None:
+            self._tls.resume_writing()
+        elif self._made:
             self._inner.resume_writing()
+
+
+def _feed(tls: SSLProtocol, data: bytes) -> None:
+    """Give bytes read from the socket to the SSL protocol (a buffered protocol)."""
+    view = memoryview(data)
+    while view:
+        buffer = tls.get_buffer(len(view))
+        n = min(len(buffer), len(view))
+        buffer[:n] = view[:n]
+        tls.buffer_updated(n)
+        view = view[n:]
 
 
 class ConnectionGuard:
@@ -195,6 +279,8 @@ class ConnectionGuard:
         self._log = RateLimitedLog(log, f"closing connections (limit {self.max_connections})", clock=clock)
         self.divert: PeerDivert | None = None
         """where connections that speak the peer protocol go (None: all are HTTP)"""
+        self.https: HttpsContext | None = None
+        """the server context for HTTP over TLS (None: TLS clients are the peer wire's)"""
 
     def serve(self, sock: socket.socket, factory: Callable[[], asyncio.Protocol]) -> None:
         """Accept connections on the listening ``sock`` for ``factory``'s protocol."""

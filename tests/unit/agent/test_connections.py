@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
+import ssl
+import time
+from pathlib import Path
 
+import aiohttp
 import pytest
+from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from shoal.agent.connections import ConnectionGuard, ConnectionLimits, effective_limit
+from shoal.demo.pki import TestCA
+from shoal.p2p.node_https import NodeHttps
+from shoal.p2p.tls import peer_identity
 
 
 class FakeTransport(asyncio.Transport):
@@ -162,4 +172,94 @@ class TestPeerDiversion:
             http.close()
         finally:
             await g.stop()
+            listener.close()
+
+
+def _sock_handshake_in_pieces(port: int, context: ssl.SSLContext, request: bytes) -> bytes:
+    """A TLS client that sends its ClientHello in two writes, then ``request``; the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = context.wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")
+        with contextlib.suppress(ssl.SSLWantReadError):
+            tls.do_handshake()
+        hello = outgoing.read()
+        sock.sendall(hello[:7])
+        time.sleep(0.1)
+        sock.sendall(hello[7:])
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                sock.sendall(outgoing.read())
+                incoming.write(sock.recv(65536))
+        tls.write(request)
+        sock.sendall(outgoing.read())
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.endswith(b"ok"):
+            data = sock.recv(65536)
+            if not data:
+                break
+            incoming.write(data)
+            with contextlib.suppress(ssl.SSLWantReadError):
+                while True:
+                    answer += tls.read(65536)
+        return answer
+
+
+class TestHttpsOnTheSamePort:
+    """With ``https``, a ClientHello offering HTTP by ALPN is answered by the same HTTP server
+    over TLS (the caller's certificate visible to it); one without ALPN still goes to the peer
+    wire; plain HTTP is untouched."""
+
+    async def test_alpn_decides(self, tmp_path: Path) -> None:
+        ca = TestCA.create()
+        server_tls = NodeHttps(ca.issue(tmp_path / "server", "server", ips=("127.0.0.1",)))
+        client_tls = NodeHttps(ca.issue(tmp_path / "client", "node-b", ips=("127.0.0.1",)))
+        g, _ = guard(Clock(), max_connections=8)
+        diverted: asyncio.Queue[tuple[socket.socket, bytes]] = asyncio.Queue()
+        g.divert = lambda sock, first: diverted.put_nowait((sock, first))
+        g.https = server_tls.server_context
+
+        async def whoami(request: web.BaseRequest) -> web.Response:
+            assert request.transport is not None
+            identity = peer_identity(request.transport.get_extra_info("peercert"))
+            return web.Response(text=f"{request.scheme} {identity.name if identity else '-'} ok")
+
+        server = web.Server(whoami)
+        listener = socket.create_server(("127.0.0.1", 0))
+        g.serve(listener, server)
+        port = listener.getsockname()[1]
+        try:
+            async with aiohttp.ClientSession() as session:
+                async with session.get(f"https://127.0.0.1:{port}/", ssl=client_tls.client_context()) as resp:
+                    assert await resp.text() == "https node-b ok"
+                async with session.get(f"http://127.0.0.1:{port}/") as resp:
+                    assert await resp.text() == "http - ok"
+                anonymous = ssl.create_default_context(cafile=str(tmp_path / "server" / "ca.pem"))
+                anonymous.set_alpn_protocols(["http/1.1"])
+                async with session.get(f"https://127.0.0.1:{port}/", ssl=anonymous) as resp:
+                    assert await resp.text() == "https - ok"
+            assert diverted.empty()
+            split = await asyncio.to_thread(
+                _sock_handshake_in_pieces, port, client_tls.client_context(), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+            )
+            assert split.startswith(b"HTTP/1.1 200"), split
+            assert split.endswith(b"https node-b ok"), split
+            peer_wire = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            peer_wire.check_hostname = False
+            peer_wire.verify_mode = ssl.CERT_NONE
+            raw = socket.create_connection(("127.0.0.1", port))
+            bio_in, bio_out = ssl.MemoryBIO(), ssl.MemoryBIO()
+            with contextlib.suppress(ssl.SSLWantReadError):
+                peer_wire.wrap_bio(bio_in, bio_out).do_handshake()
+            hello = bio_out.read()
+            await asyncio.to_thread(raw.sendall, hello)
+            sock, first = await asyncio.wait_for(diverted.get(), 5)
+            assert first == hello
+            sock.close()
+            raw.close()
+        finally:
+            await g.stop()
+            await server.shutdown(1)
             listener.close()
