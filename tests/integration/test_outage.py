@@ -130,7 +130,7 @@ def _listed(fleet: LocalFleet) -> int:
         f"{fleet.schedulers[0][0]}/v1/agents", headers={"Authorization": f"Bearer {fleet.token_file.read_text()}"}
     )
     try:
-        with urllib.request.urlopen(request, timeout=3) as resp:
+        with urllib.request.urlopen(request, timeout=3, context=fleet.scheduler_context()) as resp:
             return len(json.loads(resp.read())["agents"])
     except OSError:
         return 0

@@ -146,12 +146,12 @@ class SchedulerClient:
         errors: list[str] = []
         for base in self.schedulers:
             try:
-                async with self.session.get(f"{base}/v1/agents", headers=self.headers, timeout=timeout) as resp:
+                async with self.session.get(f"{base}/v1/agents", timeout=timeout, **self._transport(base)) as resp:
                     if resp.status != 200:
                         errors.append(f"{base}: HTTP {resp.status}")
                         continue
                     return agents_from_json(await resp.json())
-            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
                 errors.append(f"{base}: {type(exc).__name__}: {exc}")
         raise SchedulerUnavailable("; ".join(errors) or "no scheduler")
 
