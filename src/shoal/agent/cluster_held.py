@@ -7,16 +7,24 @@ travel: the client's fingerprint keyed by the cluster's secret does, and the pee
 up. A peer that holds the manifest but has no such evidence answers 403 and sends nothing.
 Manifests are checked against their digest, blobs against theirs (``PartialBlob``).
 
-Both routes require the peer token, like the other ``/p2p/v1/`` routes that serve content.
+With a TLS directory, peers are asked over HTTPS on the agent's port (``shoal.p2p.node_https``)
+and both sides check the other's node certificate: the asker presents its own, connecting from
+the address it names; the answerer serves only a caller whose certificate names the address it
+calls from (as on the peer wire); the asker's TLS accepts only a certificate naming the peer it
+dialled. Nothing crosses the network in clear, and no token is sent. Without TLS (labs) both
+routes require the peer token, like the other ``/p2p/v1/`` routes that serve content.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hmac
+import ipaddress
 import logging
 import random
+import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -32,8 +40,10 @@ from shoal.agent.stale_access import StaleAccess
 from shoal.core.digest import Digest, DigestError
 from shoal.oci.auth import Credentials
 from shoal.oci.distribution import DistributionPath
+from shoal.p2p.node_https import NodeHttps
 from shoal.p2p.protocol import bearer
 from shoal.p2p.scheduler_client import SchedulerClient, SchedulerUnavailable
+from shoal.p2p.tls import peer_identity
 from shoal.store.blobstore import BlobStore
 from shoal.store.containerd_content import ContainerdContent
 from shoal.store.partial import PartialBlob
@@ -77,6 +87,32 @@ def _check_token(request: web.Request, token: str | None) -> None:
         raise web.HTTPUnauthorized(text="peer token required\n")
 
 
+def _check_node(request: web.Request) -> None:
+    """The caller is a node: over TLS, with a certificate of the CA naming its address."""
+    transport = request.transport
+    if transport is None or transport.get_extra_info("sslcontext") is None:
+        raise web.HTTPForbidden(text="held content is served over TLS only, to nodes with a certificate\n")
+    identity = peer_identity(transport.get_extra_info("peercert"))
+    if identity is None:
+        raise web.HTTPForbidden(text="a node certificate is required\n")
+    if request.remote is None or not identity.has_ip(request.remote):
+        raise web.HTTPForbidden(text=f"the certificate of {identity.name!r} does not name {request.remote}\n")
+
+
+def own_source(address: str) -> tuple[str, int] | None:
+    """Where to connect from so peers see the address our certificate names (None: this
+    host does not have that address, any will do)."""
+    host = address.rpartition(":")[0].strip("[]")
+    try:
+        family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    except ValueError:
+        return None
+    with contextlib.suppress(OSError), socket.socket(family) as probe:
+        probe.bind((host, 0))
+        return (host, 0)
+    return None
+
+
 class ClusterHeld:
     """Asks peers for what they hold, and answers them.
 
@@ -88,7 +124,7 @@ class ClusterHeld:
         stale: this node's record of the registry's answers.
         store: this node's cache.
         content: the node's containerd content store, if configured.
-        tls: a client TLS context for peers (None: plain HTTP).
+        https: this node's TLS material for HTTPS between nodes (None: plain HTTP with the token).
         clock: monotonic seconds.
     """
 
@@ -101,7 +137,7 @@ class ClusterHeld:
         stale: StaleAccess,
         store: BlobStore,
         content: ContainerdContent | None = None,
-        tls: ssl.SSLContext | None = None,
+        https: NodeHttps | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.session = session
@@ -111,9 +147,11 @@ class ClusterHeld:
         self.stale = stale
         self.store = store
         self.content = content
-        self.tls = tls
+        self.https = https
         self.clock = clock
-        self._scheme = "https" if tls is not None else "http"
+        self._scheme = "https" if https is not None else "http"
+        self._tls_session: aiohttp.ClientSession | None = None
+        """with TLS: a session that connects from our own address (what our certificate names)"""
         self._peers: tuple[float, list[str]] = (float("-inf"), [])
         self._holders: list[str] = []
         """peers that recently answered with a manifest: asked first for its blobs"""
@@ -165,8 +203,8 @@ class ClusterHeld:
         timeout = aiohttp.ClientTimeout(total=PEER_TIMEOUT)
         url = f"{self._scheme}://{peer}{MANIFEST_PATH}"
         try:
-            async with self.session.get(
-                url, params=params, headers=bearer(self.token), timeout=timeout, ssl=self.tls or True
+            async with self._peer_session().get(
+                url, params=params, headers=self._auth(), timeout=timeout, ssl=self._ssl()
             ) as resp:
                 if resp.status == 403:
                     return REFUSED
@@ -197,11 +235,11 @@ class ClusterHeld:
         holders = [p for p in self._holders if p in peers]  # who just gave us its manifest
         for peer in holders + [p for p in peers if p not in holders]:
             offset = partial.contiguous
-            headers = {**bearer(self.token), **({"Range": f"bytes={offset}-"} if offset else {})}
+            headers = {**self._auth(), **({"Range": f"bytes={offset}-"} if offset else {})}
             timeout = aiohttp.ClientTimeout(total=None, connect=PEER_TIMEOUT, sock_read=30.0)
             try:
-                async with self.session.get(
-                    f"{self._scheme}://{peer}{path}", headers=headers, timeout=timeout, ssl=self.tls or True
+                async with self._peer_session().get(
+                    f"{self._scheme}://{peer}{path}", headers=headers, timeout=timeout, ssl=self._ssl()
                 ) as resp:
                     if resp.status not in (200, 206) or (offset and resp.status != 206):
                         continue
@@ -222,13 +260,38 @@ class ClusterHeld:
                 return True
         return False
 
+    def _peer_session(self) -> aiohttp.ClientSession:
+        if self.https is None:
+            return self.session
+        if self._tls_session is None:
+            connector = aiohttp.TCPConnector(local_addr=own_source(self.address), limit_per_host=ASK_AT_ONCE)
+            self._tls_session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+        return self._tls_session
+
+    async def close(self) -> None:
+        if self._tls_session is not None:
+            await self._tls_session.close()
+
+    def _auth(self) -> dict[str, str]:
+        """The token only without TLS: with it, the node certificate says who asks."""
+        return {} if self.https is not None else bearer(self.token)
+
+    def _ssl(self) -> ssl.SSLContext | bool:
+        return self.https.client_context() if self.https is not None else True
+
     # -- the answering side --------------------------------------------------------------------
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get(MANIFEST_PATH, self._serve_manifest)
         app.router.add_get(BLOB_PATH, self._serve_blob)
 
+    def _check_caller(self, request: web.Request) -> None:
+        if self.https is not None:
+            _check_node(request)
+        else:
+            _check_token(request, self.token)
+
     async def _serve_manifest(self, request: web.Request) -> web.Response:
-        _check_token(request, self.token)
+        self._check_caller(request)
         q = request.query
         registry, repository, reference, fp = (q.get(k, "") for k in ("registry", "repository", "reference", "fp"))
         tagged_at: float | None = None
@@ -257,7 +320,7 @@ class ClusterHeld:
         )
 
     async def _serve_blob(self, request: web.Request) -> web.StreamResponse:
-        _check_token(request, self.token)
+        self._check_caller(request)
         try:
             digest = Digest.parse(request.match_info["digest"])
         except DigestError:

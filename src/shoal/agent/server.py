@@ -39,6 +39,7 @@ from shoal.oci.client import UpstreamError, UpstreamUnavailable, describe_failur
 from shoal.oci.distribution import DistributionPath, PathKind, parse_distribution_path
 from shoal.oci.errors import DistributionError, ErrorCode
 from shoal.p2p.enrollment import SchedulerTls
+from shoal.p2p.node_https import NodeHttps
 from shoal.p2p.ratelimit import TokenBucket
 from shoal.p2p.scheduler_client import SchedulerClient
 from shoal.store.blobstore import BlobStore
@@ -116,6 +117,9 @@ class Agent:
             source = self.swarm
         content = ContainerdContent(self.config.containerd_content_dir) if self.config.containerd_content_dir else None
         self.cluster: ClusterHeld | None = None
+        self.https = NodeHttps(self.config.tls_dir) if self.config.tls_dir is not None else None
+        if self.https is not None:
+            self.guard.https = self.https.server_context
         if self.config.p2p_enabled:
             self.cluster = ClusterHeld(
                 self._session,
@@ -127,6 +131,7 @@ class Agent:
                 self.stale,
                 self.store,
                 content,
+                https=self.https,
             )
         if self._source_override is None and (content is not None or self.cluster is not None):
             source = HeldSource(source, self.upstreams, self.store, content, self.cluster)
@@ -199,6 +204,9 @@ class Agent:
         if self.enrollment is not None:
             await self.enrollment.stop()
         await self.guard.stop()
+        cluster: ClusterHeld | None = getattr(self, "cluster", None)  # None before start()
+        if cluster is not None:
+            await cluster.close()
         if self._listener is not None:
             self._listener.close()
         if self.swarm is not None:

@@ -34,7 +34,9 @@ class NodeHttps:
         return context
 
     def client_context(self) -> ssl.SSLContext:
+        """Verifies that the peer's certificate names the address dialled (an IP SAN)."""
         context = self._tls.client_context()
+        context.check_hostname = True
         context.set_alpn_protocols([HTTP_ALPN])
         return context
 
