@@ -20,6 +20,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from capture import Tcpdump, tcp_streams
 
 from shoal.demo.fleet import LocalFleet, scrape, shoal_argv
 from shoal.demo.imagegen import GeneratedImage, generate_image
@@ -285,6 +286,63 @@ class TestRegistryDown:
                 hung.close()
             status, _, _, _ = await get(session, f"{cluster.url(2)}/healthz", creds=None)
             assert status == 200
+
+
+class TestHeldContentOverTls:
+    """Issue 16: during an outage nodes asked each other for manifests and blobs in clear,
+    with the peer token. With node certificates a cold node gets them over TLS: a capture of
+    the node network (the agents' port, less the pull client's connection to its node)
+    holds no manifest, no window of a layer, no token. And only a node can ask."""
+
+    async def test_a_capture_of_a_cold_pull_from_peers(
+        self, cluster: Cluster, image: GeneratedImage, tmp_path: Path
+    ) -> None:
+        cluster.kill_registry()
+        cold = cluster.fleet.nodes[1].address.rpartition(":")
+        port = int(cold[2])
+        capture = tmp_path / "outage.pcap"
+        with Tcpdump("lo", f"tcp port {port}", capture) as tcpdump:
+            _, digests = await cluster.pull(1, "team/app:v1", "cold-tls")
+        assert digests == digests_of(image)
+        assert tcpdump.dropped == 0, "the capture is not complete"
+        client = ("127.0.0.1", cold[0])  # the pull client and the node it pulls through
+        wire = b"".join(
+            data for flow, data in tcp_streams(capture).items() if (flow[0], flow[2]) not in (client, client[::-1])
+        )
+        assert len(wire) > image.blob_bytes // 2, "the image did not cross the node network"
+        token = cluster.fleet.token_file.read_text().strip().encode()
+        assert token not in wire
+        for manifest in image.manifests:
+            data = image.blob_path(manifest.digest).read_bytes()
+            assert data not in wire
+            assert base64.b64encode(data) not in wire
+        layer = image.blob_path(max(image.blobs, key=lambda b: b.size).digest).read_bytes()
+        windows = [layer[at : at + 4096] for at in range(0, len(layer) - 4096, 1 << 20)]
+        assert not [w for w in windows if w in wire]
+
+    async def test_only_a_node_reads_held_content(self, cluster: Cluster, tmp_path: Path) -> None:
+        from shoal.p2p.node_https import NodeHttps, agent_client_context
+
+        fleet = cluster.fleet
+        assert fleet.ca is not None
+        address = fleet.nodes[0].address
+        url = f"https://{address}/p2p/v1/held/manifest?registry={REG}&repository=team/app&reference=v1&fp=x"
+        token = {"Authorization": f"Bearer {fleet.token_file.read_text().strip()}"}
+        async with aiohttp.ClientSession() as session:
+            async with session.get(url, ssl=agent_client_context(fleet.ca_file), headers=token) as resp:
+                assert resp.status == 403  # the token does not make a person's client a node
+                assert "a node certificate is required" in await resp.text()
+            elsewhere = NodeHttps(fleet.ca.issue(tmp_path / "elsewhere", "elsewhere", ips=("127.0.0.9",)))
+            async with session.get(url, ssl=elsewhere.client_context()) as resp:
+                assert resp.status == 403  # a node's certificate, but not of the address calling
+                assert "does not name 127.0.0.1" in await resp.text()
+            async with session.get(url.replace("https:", "http:"), headers=token) as resp:
+                assert resp.status == 403
+                assert "TLS only" in await resp.text()
+            local = NodeHttps(fleet.ca.issue(tmp_path / "local", "local", ips=("127.0.0.1",)))
+            async with session.get(url, ssl=local.client_context()) as resp:
+                assert resp.status == 403  # a node: let in, and refused only for want of evidence
+                assert "no confirmation of these credentials" in await resp.text()
 
 
 class TestRegistryBack:
