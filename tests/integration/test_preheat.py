@@ -7,6 +7,7 @@ through any agent then costs the registry no blob bytes.
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import time
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from capture import Flow, Tcpdump, tcp_streams
 from wire_peer import bitfield_of
 
 from shoal.agent.peer_link import peer_secret
@@ -54,7 +56,7 @@ class Cluster:
 
     def get(self, url: str) -> object:
         request = urllib.request.Request(url, headers={"Authorization": f"Bearer {self.token}"})
-        with urllib.request.urlopen(request, timeout=10) as resp:
+        with urllib.request.urlopen(request, timeout=10, context=self.fleet.scheduler_context()) as resp:
             return json.load(resp)
 
     def wait_for_agents(self, count: int) -> None:
@@ -76,6 +78,8 @@ class Cluster:
             self.fleet.schedulers[0][0],
             "--peer-token-file",
             str(self.fleet.token_file),
+            "--ca",
+            str(self.fleet.ca_file),
             *args,
         )
         return subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
@@ -88,6 +92,14 @@ class Cluster:
         prober = TlsDirectory(self.fleet.ca.issue(self.workdir / "prober", "prober", ips=("127.0.0.1",)))
         held = bitfield_of(address, address, peer_secret(self.token.strip()), digest, size, prober)
         return held == piece_count(size, choose_piece_size(size))
+
+
+def node_network(streams: dict[Flow, bytes], port: int) -> bytes:
+    """What crossed the agents' port, less each agent's pulls through its own mirror (a
+    request for ``/v2/``: on a node that is loopback, here an agent's 127.0.0.x to itself)."""
+    own = {flow for flow, data in streams.items() if flow[3] == port and data.startswith((b"GET /v2/", b"HEAD /v2/"))}
+    own |= {(dst, dport, src, sport) for src, sport, dst, dport in own}
+    return b"".join(data for flow, data in streams.items() if flow not in own)
 
 
 @pytest.fixture
@@ -122,6 +134,21 @@ class TestPreheat:
             assert layout_digests(out) >= {b.digest for b in image.blobs}
         assert reg.blob_bytes_served(mark) == 0
 
+    def test_no_secret_crosses_the_network_in_clear(self, cluster: Cluster) -> None:
+        """Issue 16: preheat sent the peer token and the registry credentials to every agent
+        in clear. A capture of the agents' port during a preheat holds neither."""
+        port = int(cluster.fleet.nodes[0].address.rpartition(":")[2])
+        capture = cluster.workdir / "preheat.pcap"
+        with Tcpdump("lo", f"tcp port {port}", capture) as tcpdump:
+            done = cluster.preheat("--creds", "alice:s3cret", "--nodes", "2")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert tcpdump.dropped == 0, "the capture is not complete"
+        wire = node_network(tcp_streams(capture), port)
+        assert b"\x16\x03" in wire, "no TLS on the agents' port"
+        assert cluster.token.strip().encode() not in wire
+        assert base64.b64encode(b"alice:s3cret") not in wire
+        assert b"s3cret" not in wire
+
     def test_a_count_of_nodes_warms_only_that_many(self, cluster: Cluster) -> None:
         done = cluster.preheat("--creds", "alice:s3cret", "--nodes", "2", "--json")
         assert done.returncode == 0, done.stderr
@@ -151,7 +178,6 @@ class TestPreheat:
         assert "401" in done.stdout
 
     def test_credentials_from_a_docker_config_file(self, cluster: Cluster) -> None:
-        import base64
 
         authfile = cluster.workdir / "config.json"
         auth = base64.b64encode(b"alice:s3cret").decode()

@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from shoal.cli.params import URL
-from shoal.cli.scheduler import SCHEDULER_CA_OPTION, read_token, scheduler_connector
+from shoal.cli.scheduler import read_token, scheduler_connector
 
 
 def no_agents(errors: dict[str, str], refused: tuple[str, ...], token_file: Path | None) -> str:
@@ -40,7 +40,21 @@ def no_agents(errors: dict[str, str], refused: tuple[str, ...], token_file: Path
     envvar="SHOAL_SCHEDULER",
     help="A scheduler (repeatable; give every replica, or the Service): the agents are found through them.",
 )
-@SCHEDULER_CA_OPTION
+@click.option(
+    "--ca",
+    "--scheduler-ca",
+    "ca",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    envvar="SHOAL_SCHEDULER_CA",
+    help="The cluster's CA certificate (the chart's CA Secret, ca.crt): https schedulers and the agents "
+    "must present certificates it issued. With it, agents are asked over TLS.",
+)
+@click.option(
+    "--insecure-agent-http",
+    is_flag=True,
+    help="Without --ca, ask agents on other hosts over plain HTTP: the peer token and the registry "
+    "credentials cross the network in clear. Labs only.",
+)
 @click.option(
     "--peer-token-file",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -66,7 +80,8 @@ def no_agents(errors: dict[str, str], refused: tuple[str, ...], token_file: Path
 def preheat(
     image: str,
     schedulers: tuple[str, ...],
-    scheduler_ca: Path | None,
+    ca: Path | None,
+    insecure_agent_http: bool,
     peer_token_file: Path | None,
     nodes: str | None,
     creds: str | None,
@@ -86,7 +101,14 @@ def preheat(
     from shoal.core.reference import ImageReference, ReferenceError
     from shoal.ops.cluster import list_agents
     from shoal.ops.credentials import CredentialsError, find_credentials
-    from shoal.ops.preheat import NodeResult, SelectionError, preheat_nodes_json, select_nodes, summarize
+    from shoal.ops.preheat import (
+        NodeResult,
+        SelectionError,
+        clear_text_refusal,
+        preheat_nodes_json,
+        select_nodes,
+        summarize,
+    )
     from shoal.ops.preheat import preheat as run_preheat
     from shoal.p2p.preheat import PreheatRequest
 
@@ -101,7 +123,7 @@ def preheat(
     )
 
     async def agents() -> Any:
-        async with aiohttp.ClientSession(connector=scheduler_connector(schedulers, scheduler_ca, token)) as session:
+        async with aiohttp.ClientSession(connector=scheduler_connector(schedulers, ca, token)) as session:
             return await list_agents(session, schedulers, token)
 
     listing = asyncio.run(agents())
@@ -113,6 +135,14 @@ def preheat(
         chosen = select_nodes([v.announcement for v in listing.agents], nodes)
     except SelectionError as exc:
         raise click.UsageError(str(exc)) from None
+    if ca is None:
+        secrets = [s for s, given in (("the peer token", token), ("the registry credentials", found)) if given]
+        refusal = clear_text_refusal(chosen, secrets)
+        if refusal is not None and not insecure_agent_http:
+            raise click.UsageError(refusal)
+        if refusal is not None:
+            sent = " and ".join(secrets)
+            click.echo(f"INSECURE: --insecure-agent-http: {sent} cross the network in clear. Labs only.", err=True)
     click.echo(f"preheating {ref} on {len(chosen)} node(s)", err=True)
     finished: list[str] = []
 
@@ -128,7 +158,9 @@ def preheat(
             click.echo(f"[{len(finished)}/{len(chosen)}] {who} {ok}", err=True)
 
     started = time.monotonic()
-    results: list[NodeResult] = asyncio.run(run_preheat(chosen, request, token, on_event=progress, timeout=timeout))
+    results: list[NodeResult] = asyncio.run(
+        run_preheat(chosen, request, token, ca=ca, on_event=progress, timeout=timeout)
+    )
     seconds = time.monotonic() - started
     if as_json:
         click.echo(json.dumps(preheat_nodes_json(str(ref), results, seconds), indent=2))

@@ -4,15 +4,23 @@ The agents are found through the schedulers (they announce themselves at start);
 agent is asked to pull the image through its own mirror (``shoal.p2p.preheat``), all at once,
 as in a rollout, so the registry serves each blob once. Choosing nodes and summing up are
 pure functions; only :func:`preheat` does I/O.
+
+The request carries the peer token and the user's registry credentials, so it goes to each
+agent over TLS, the agent's certificate verified against the cluster's CA and required to
+name the agent's address (``shoal.p2p.node_https``). Plain HTTP is for agents on this host,
+or labs that say so (:func:`clear_text_refusal`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -20,6 +28,7 @@ import aiohttp
 from shoal.core.error_body import http_error
 from shoal.core.units import format_bytes
 from shoal.ops.failures import describe_call
+from shoal.p2p.node_https import agent_client_context
 from shoal.p2p.preheat import PREHEAT_PATH, PreheatRequest
 from shoal.p2p.presence import AgentAnnouncement
 from shoal.p2p.protocol import bearer, to_json
@@ -77,6 +86,29 @@ def select_nodes(agents: Sequence[AgentAnnouncement], nodes: str | None) -> list
     return chosen
 
 
+def _on_this_host(address: str) -> bool:
+    host = address.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def clear_text_refusal(agents: Sequence[AgentAnnouncement], secrets: list[str]) -> str | None:
+    """Why preheating ``agents`` over plain HTTP would give away ``secrets`` (what the request
+    carries, e.g. "the peer token"), or None: only agents on this host are reached in clear."""
+    remote = [a.address for a in agents if not _on_this_host(a.address)]
+    if not remote or not secrets:
+        return None
+    more = f" and {len(remote) - 1} more" if len(remote) > 1 else ""
+    return (
+        f"agent {remote[0]}{more}: plain HTTP would send {' and '.join(secrets)} in clear; "
+        "give --ca (the cluster's CA certificate), or --insecure-agent-http in a lab"
+    )
+
+
 def summarize(image: str, results: Sequence[NodeResult], seconds: float) -> str:
     """The closing lines: which nodes hold the image, which do not and why."""
     held = [r for r in results if r.held]
@@ -112,13 +144,17 @@ async def preheat_node(
     request: PreheatRequest,
     token: str | None,
     on_event: OnEvent | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> NodeResult:
-    """Ask one agent to pull the image; never raises (failures are in the result)."""
+    """Ask one agent to pull the image (over TLS with ``tls``); never raises (failures are in
+    the result)."""
     result = NodeResult(agent)
     started = time.monotonic()
-    url = f"http://{agent.address}"
+    url = f"{'https' if tls is not None else 'http'}://{agent.address}"
     try:
-        async with session.post(f"{url}{PREHEAT_PATH}", json=to_json(request), headers=bearer(token)) as resp:
+        async with session.post(
+            f"{url}{PREHEAT_PATH}", json=to_json(request), headers=bearer(token), ssl=tls if tls is not None else True
+        ) as resp:
             if resp.status != 200:
                 result.error = f"the agent answered {http_error(resp.status, await resp.read())}"
             else:
@@ -131,7 +167,7 @@ async def preheat_node(
                         on_event(agent, event)
                 if not result.held and result.error is None and not result.missing:
                     result.error = "the agent ended the answer early"
-    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+    except (aiohttp.ClientError, TimeoutError, ValueError, ssl.SSLError) as exc:
         result.error = describe_call(exc, "the agent", url)
     result.seconds = time.monotonic() - started
     return result
@@ -142,13 +178,16 @@ async def preheat(
     request: PreheatRequest,
     token: str | None,
     *,
+    ca: Path | None = None,
     on_event: OnEvent | None = None,
     timeout: float = 3600.0,
 ) -> list[NodeResult]:
-    """Preheat every agent in ``agents`` at the same time; results in the same order."""
+    """Preheat every agent in ``agents`` at the same time; results in the same order. With
+    ``ca``, over TLS (agents' certificates must chain to it); else in clear."""
+    tls = agent_client_context(ca) if ca is not None else None
     client_timeout = aiohttp.ClientTimeout(total=timeout, connect=10)
     async with aiohttp.ClientSession(timeout=client_timeout) as session:
-        return list(await asyncio.gather(*(preheat_node(session, a, request, token, on_event) for a in agents)))
+        return list(await asyncio.gather(*(preheat_node(session, a, request, token, on_event, tls) for a in agents)))
 
 
 def preheat_nodes_json(image: str, results: Sequence[NodeResult], seconds: float) -> dict[str, Any]:

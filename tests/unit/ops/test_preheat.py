@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shoal.ops.preheat import NodeResult, SelectionError, apply_event, select_nodes, summarize
+from shoal.ops.preheat import NodeResult, SelectionError, apply_event, clear_text_refusal, select_nodes, summarize
 from shoal.p2p.presence import AgentAnnouncement
 
 AGENTS = [
@@ -57,3 +57,28 @@ class TestSummary:
         assert "FAILED 10.0.0.4:65001: manifest team/app:v1: HTTP 401" in text
         assert good.done_blobs == 1
         assert good.held
+
+
+class TestClearTextRefusal:
+    """Secrets go to agents on other hosts only over TLS; agents on this host, or a request
+    without secrets, may be reached in clear."""
+
+    def local(self, *addresses: str) -> list[AgentAnnouncement]:
+        return [AgentAnnouncement(peer_id=a, address=a) for a in addresses]
+
+    def test_other_hosts_with_secrets(self) -> None:
+        refusal = clear_text_refusal(AGENTS, ["the peer token", "the registry credentials"])
+        assert refusal is not None
+        assert refusal.startswith("agent 10.0.0.3:65001 and 2 more: plain HTTP would send the peer token and ")
+        assert "--ca" in refusal
+        assert "--insecure-agent-http" in refusal
+
+    @pytest.mark.parametrize(
+        ("addresses", "secrets"),
+        [
+            (("127.0.0.1:65001", "127.0.0.9:65001", "[::1]:65001", "localhost:65001"), ["the peer token"]),
+            (("10.0.0.2:65001",), []),
+        ],
+    )
+    def test_allowed_in_clear(self, addresses: tuple[str, ...], secrets: list[str]) -> None:
+        assert clear_text_refusal(self.local(*addresses), secrets) is None
