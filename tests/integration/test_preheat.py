@@ -178,7 +178,6 @@ class TestPreheat:
         assert "401" in done.stdout
 
     def test_credentials_from_a_docker_config_file(self, cluster: Cluster) -> None:
-
         authfile = cluster.workdir / "config.json"
         auth = base64.b64encode(b"alice:s3cret").decode()
         authfile.write_text(json.dumps({"auths": {f"https://{REGISTRY}": {"auth": auth}}}))

@@ -104,6 +104,8 @@ class LocalFleet:
         self.token_file = workdir / "peer-token"
         self.tls = tls
         self.ca_dir = workdir / "ca"
+        self.ca: TestCA | None = None
+        """the scheduler's CA (with ``tls``), to give a test's own peer a certificate"""
 
     @property
     def ca_file(self) -> Path:
@@ -117,8 +119,6 @@ class LocalFleet:
         context = ssl.create_default_context(cafile=str(self.ca_file))
         context.minimum_version = ssl.TLSVersion.TLSv1_3
         return context
-        self.ca: TestCA | None = None
-        """the scheduler's CA (with ``tls``), to give a test's own peer a certificate"""
 
     def start(self) -> Self:
         self.workdir.mkdir(parents=True, exist_ok=True)
