@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from shoal.agent.cluster_held import REFUSED, ClusterHeld, PeerManifest
+from shoal.agent.cluster_held import REFUSED, ClusterHeld, PeerManifest, own_source
 from shoal.agent.metrics import AgentMetrics
 from shoal.agent.outage import RegistryBreaker
 from shoal.agent.stale_access import StaleAccess
@@ -182,3 +182,19 @@ class TestBlobFromPeers:
         partial = asker.store.begin(missing, None)
         assert not await asker.cluster.fill_blob(partial, missing)
         partial.fail(RuntimeError("test over"))
+
+
+class TestOwnSource:
+    """A node asks its peers from the address its certificate names, when this host has it."""
+
+    @pytest.mark.parametrize(
+        ("address", "expected"),
+        [
+            ("127.0.0.5:65001", ("127.0.0.5", 0)),
+            ("[::1]:65001", ("::1", 0)),
+            ("192.0.2.77:65001", None),  # TEST-NET-1: not an address of this host
+            ("node-a:65001", None),
+        ],
+    )
+    def test_table(self, address: str, expected: tuple[str, int] | None) -> None:
+        assert own_source(address) == expected
