@@ -78,6 +78,8 @@ class Setup:
             self.fleet.schedulers[0][0],
             "--peer-token-file",
             str(self.fleet.token_file),
+            "--scheduler-ca",
+            str(self.fleet.ca_file),
             "--json",
             *extra,
         )
@@ -109,7 +111,7 @@ def _agents_listed(fleet: LocalFleet) -> int:
         f"{fleet.schedulers[0][0]}/v1/agents", headers={"Authorization": f"Bearer {fleet.token_file.read_text()}"}
     )
     try:
-        with urllib.request.urlopen(request, timeout=3) as resp:
+        with urllib.request.urlopen(request, timeout=3, context=fleet.scheduler_context()) as resp:
             return len(json.loads(resp.read())["agents"])
     except OSError:
         return 0

@@ -327,8 +327,8 @@ class TestPeerSecret:
             ]
             for method, target in targets:
                 request = urllib.request.Request(target, method=method, data=b"{}" if method == "POST" else None)
-                with pytest.raises(urllib.error.HTTPError) as info:
-                    urllib.request.urlopen(request, timeout=5)
+                with pytest.raises(urllib.error.HTTPError) as info:  # over TLS, without a node certificate
+                    urllib.request.urlopen(request, timeout=5, context=fleet.scheduler_context())
                 info.value.close()
                 assert info.value.code == 401, target
 
@@ -365,7 +365,9 @@ class TestLyingPeer:
             # node 0 fetches from the origin and publishes every piece hash
             await pull_image(fleet.nodes[0].url, f"{REGISTRY}/team/app", "latest")
             # the liar claims to hold every blob, complete
-            async with aiohttp.ClientSession() as session:
+            # the liar talks to the scheduler as the node its certificate names
+            connector = aiohttp.TCPConnector(ssl=identity.client_context())
+            async with aiohttp.ClientSession(connector=connector) as session:
                 for digest, size in sizes.items():
                     ps = choose_piece_size(size)
                     report = Report(liar, liar, piece_count(size, ps), size, complete=True, size=size, piece_size=ps)
@@ -457,7 +459,9 @@ class TestLyingLeaseHolder:
                 await asyncio.sleep(1.0)
 
         try:
-            async with aiohttp.ClientSession() as session:
+            # the liar talks to the scheduler as the node its certificate names
+            connector = aiohttp.TCPConnector(ssl=identity.client_context())
+            async with aiohttp.ClientSession(connector=connector) as session:
                 for digest, size in sizes.items():  # the liar is first: it takes every lease
                     join = JoinRequest(liar, liar, size, choose_piece_size(size))
                     async with session.post(
