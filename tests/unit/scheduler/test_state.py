@@ -213,12 +213,16 @@ class TestLease:
         s.leave(D, "a")
         assert report(s, "b", 3).role == "fetcher"
 
-    def test_needed_when_complete_peer_is_suspect(self) -> None:
+    def test_not_needed_again_when_the_complete_peer_is_only_suspect(self) -> None:
+        # a seed that timed out for a child (busy serving the swarm) still holds pieces every
+        # child checks against the known hashes: no second read of the blob from the origin
         s = state()
         join(s, "a", 0)
         report(s, "a", 1, pieces=10, complete=True, hashes=all_hashes())
         join(s, "b", 2)
-        assert report(s, "b", 3, failed=["a"]).role == "fetcher"
+        view = report(s, "b", 3, failed=["a"])
+        assert (view.role, view.fetcher) == ("peer", None)
+        assert report(s, "c", 4).role == "peer"
 
     def test_needed_when_hashes_are_missing_despite_a_complete_peer(self) -> None:
         # e.g. after failing over to this scheduler: seeders re-announce, hashes are gone. The
