@@ -66,8 +66,9 @@ def build_fleet(spec: FleetSpec) -> Fleet:
     rates = [spec.origin_bandwidth] + [
         spec.bandwidth / spec.slow_factor if i in slow else spec.bandwidth for i in range(1, n + 1)
     ]
-    # the origin sits in zone 0; nodes are spread evenly over the zones (then shuffled)
-    zone = [0] + [i % spec.zones for i in range(n)]
+    # nodes are spread evenly over the zones (then shuffled); the origin is in none (-1): its
+    # bytes are origin egress, not cross-zone copies, and no zone's cap applies to them
+    zone = [-1] + [i % spec.zones for i in range(n)]
     tail = zone[1:]
     rng.shuffle(tail)
     zone[1:] = tail

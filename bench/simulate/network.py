@@ -70,6 +70,7 @@ class Network:
         self.n = n
         self.zones = list(zones) if zones is not None else [0] * n
         self.zone_count = max(self.zones) + 1
+        """zones are 0..zone_count-1; a node in zone -1 (the origin) is outside every zone"""
         caps = list(up) + list(down)
         self.cross_base = len(caps)
         if cross_zone is not None:
@@ -188,7 +189,7 @@ class Network:
 
     def _account(self, link: Link, nbytes: float) -> None:
         self.sent_by[link.src] += nbytes
-        if self.zones[link.src] != self.zones[link.dst]:
+        if self._crosses(link.src, link.dst):
             self.cross_zone_bytes += nbytes
 
     def _next_or_stop(self, link: Link) -> None:
@@ -208,7 +209,7 @@ class Network:
         self.slot_link[slot] = link
         src, dst = link.src, link.dst
         cross = self.inf
-        if self.cross_limited and self.zones[src] != self.zones[dst]:
+        if self.cross_limited and self._crosses(src, dst):
             cross = self.cross_base + self.zones[src] * self.zone_count + self.zones[dst]
         res = (src, self.n + dst, cross)
         self.res[slot] = res
@@ -233,6 +234,10 @@ class Network:
         self.free.append(slot)
         link.slot = -1
         self._touch()
+
+    def _crosses(self, src: int, dst: int) -> bool:
+        a, b = self.zones[src], self.zones[dst]
+        return a != b and a >= 0 and b >= 0
 
     def _touch(self) -> None:
         self.dirty = True

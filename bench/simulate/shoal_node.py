@@ -91,6 +91,7 @@ class SimAgent:
         self.node = node
         self.peer_id = f"n{node}"
         self.address = f"10.77.{node // 250}.{node % 250}:65001"
+        self.zone = f"zone-{services.world.fleet.zone[node]}"
         self.services = services
         self.rules = rules
         self.avoid: dict[str, float] = {}
@@ -237,7 +238,9 @@ class SimDownload:
 
     # -- start -----------------------------------------------------------------------------
     def start(self) -> None:
-        join = JoinRequest(self.agent.peer_id, self.agent.address, self.blob.size, self.blob.piece_size)
+        join = JoinRequest(
+            self.agent.peer_id, self.agent.address, self.blob.size, self.blob.piece_size, zone=self.agent.zone
+        )
         self._schedulers().join(self.agent.node, self.blob.digest, join, self._joined)
 
     def _schedulers(self) -> Replicas:
@@ -454,6 +457,7 @@ class SimDownload:
             size=self.blob.size,
             piece_size=self.blob.piece_size,
             wants_fallback=wants_fallback,
+            zone=self.agent.zone,
         )
         self.last_report = self.world.clock.now
         self.last_reported_written = self.written
@@ -494,6 +498,7 @@ class SimDownload:
             size=self.blob.size,
             piece_size=self.blob.piece_size,
             hashes=dict(enumerate(self.blob.hashes)) if with_hashes else {},
+            zone=self.agent.zone,
         )
 
         def answered(view: TaskView | None) -> None:
