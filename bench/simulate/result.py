@@ -63,7 +63,7 @@ def summarize(
         bound_term=bound.binding,
         ratio_to_bound=round(slowest / bound.seconds, 3),
         origin_egress_ratio=round(float(world.net.sent_by[ORIGIN]) / image, 4),
-        cross_zone_copies=round(world.net.cross_zone_bytes / image, 3),
+        cross_zone_copies=round(float(world.net.cross_zone_bytes) / image, 3),
         finished=len(times),
         survivors=len(survivors),
         dead=len(world.dead),

@@ -153,9 +153,16 @@ class SimAgent:
         world.message(self.node, child, lambda: agent.parent_has(self.peer_id, digest, pieces))
 
     def parent_has(self, parent: str, digest: str, pieces: list[int]) -> None:
+        """A HAVE arrived. One of pieces the download holds already is dropped here: the state
+        could not use it (a holder's pieces count only for pieces still missing), and HAVEs
+        are most of a large rollout's events (each piece is announced by every parent)."""
         download = self.downloads.get(digest)
-        if download is not None:
-            download.apply(ds.ParentHas(parent, frozenset(pieces)))
+        if download is None or download.state.finished:
+            return
+        missing = download.state.missing
+        wanted = frozenset(i for i in pieces if i in missing)
+        if wanted:
+            download.apply(ds.ParentHas(parent, wanted))
 
     def superseed(self, digest: str, on: bool) -> None:
         serving = self.serving.setdefault(digest, _Serving())

@@ -62,6 +62,7 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass, field, replace
+from typing import cast
 
 from shoal.p2p.pieces import choose_piece_size, piece_count
 from shoal.p2p.protocol import HashesView, JoinRequest, PeerInfo, Report, Stats, TaskView
@@ -236,6 +237,8 @@ class Task:
     hashes: list[str | None] = field(default_factory=list)
     """empty until the first hash is published, then one entry per piece."""
     hashes_known: int = 0
+    hash_run: int = 0
+    """hashes known from piece 0 on without a gap (what most long-polls ask for)"""
     suspects: dict[str, float] = field(default_factory=dict)
     """peer id -> until when it is not handed out."""
     publishers: dict[str, None] = field(default_factory=dict)
@@ -358,6 +361,8 @@ class SchedulerState:
         task = self.tasks.get(digest)
         if task is None:
             return HashesView(start, [], 0)
+        if start <= task.hash_run:
+            return HashesView(start, cast("list[str]", task.hashes[start : task.hash_run]), task.total)
         run: list[str] = []
         for value in task.hashes[start:]:
             if value is None:
@@ -491,13 +496,15 @@ class SchedulerState:
                 task.hashes_known += 1
             elif known != value:
                 self.hash_conflicts += 1
+        while task.hash_run < task.total and task.hashes[task.hash_run] is not None:
+            task.hash_run += 1
 
     def _distrust(self, task: Task, reporter: str, named: list[str], now: float) -> None:
         """Drop the task's hashes when ``named`` includes a peer that published some."""
         blamed = tuple(p for p in named if p in task.publishers and p != reporter)
         if not blamed or not task.hashes_known or now - task.hashes_reset_at < self.config.lease_ttl:
             return
-        task.hashes, task.hashes_known, task.hashes_reset_at = [], 0, now
+        task.hashes, task.hashes_known, task.hashes_reset_at, task.hash_run = [], 0, now, 0
         task.publishers.clear()
         if task.holder in blamed:
             self._set_holder(task, None)
@@ -633,11 +640,11 @@ class SchedulerState:
             if parent is not None and len(chosen) < limit:
                 chosen[peer_id] = parent
         if len(chosen) < limit:
-            pool = (
-                task.seeders.sample(self.sample_size, self.rng)
-                + task.partials.sample(self.sample_size, self.rng)
-                + task.joiners.sample(self.sample_size, self.rng)
-            )
+            # a sample per bag sized by the places to fill: a report that needs one more parent
+            # need not look at dozens (the rollout's reports are most of the scheduler's work)
+            k = min(self.sample_size, 4 + 2 * (limit - len(chosen)))
+            rng = self.rng
+            pool = task.seeders.sample(k, rng) + task.partials.sample(k, rng) + task.joiners.sample(k, rng)
             if task.holder is not None:
                 pool.append(task.holder)
             zone = member.peer.zone

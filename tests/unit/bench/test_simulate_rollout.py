@@ -88,3 +88,31 @@ def test_rollout_of_a_fleet_with_slow_nodes_finishes_above_the_bound() -> None:
     assert result.finished == 6
     assert result.bound_term == "download"
     assert result.ratio_to_bound >= 1.0
+
+
+class TestFailures:
+    """Nodes and a scheduler replica die mid-rollout; every survivor still gets the image."""
+
+    def test_churn_kills_the_fraction_and_survivors_finish(self) -> None:
+        spec = FleetSpec(nodes=20, size=16 * MIB, layers=2, bandwidth=12.5e6, origin_bandwidth=12.5e6, churn=0.2)
+        result = run_rollout(build_fleet(spec), policy="shoal")
+        assert result.dead == 4
+        assert result.finished == result.survivors == 16
+        assert result.origin_egress_ratio >= 1.0
+
+    def test_bittorrent_survives_churn_too(self) -> None:
+        spec = FleetSpec(nodes=20, size=16 * MIB, layers=2, bandwidth=12.5e6, origin_bandwidth=12.5e6, churn=0.2)
+        result = run_rollout(build_fleet(spec), policy="bittorrent")
+        assert result.finished == result.survivors == 16
+
+    def test_a_dead_replica_moves_its_blobs_to_the_other(self) -> None:
+        spec = FleetSpec(nodes=10, size=16 * MIB, layers=4, bandwidth=12.5e6, origin_bandwidth=12.5e6)
+        result = run_rollout(build_fleet(spec), policy="shoal", replicas=2, scheduler_death=0.3)
+        assert result.finished == 10
+        assert result.scheduler_calls > 0
+
+    def test_zones_are_crossed_about_once_each(self) -> None:
+        spec = FleetSpec(nodes=30, size=16 * MIB, layers=2, bandwidth=12.5e6, origin_bandwidth=12.5e6, zones=3)
+        result = run_rollout(build_fleet(spec), policy="shoal")
+        assert result.finished == 30
+        assert 0 < result.cross_zone_copies <= 1.1 * 2
