@@ -113,7 +113,7 @@ class Agent:
     def _build_swarm(self, origin: OriginSource) -> SwarmSource:
         assert self._session is not None
         token = self.config.peer_token()
-        scheduler = SchedulerClient(self._session, list(self.config.schedulers), token)
+        scheduler = SchedulerClient(self._session, list(self.config.schedulers), token, zone=self.config.zone)
         for advice in self.config.swarm.advice():
             log.warning("%s", advice)
         config, hub_config = swarm_configs(self.config.swarm, self.config.advertise_address, token)

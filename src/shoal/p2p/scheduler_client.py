@@ -68,6 +68,7 @@ class SchedulerClient:
         schedulers: base URLs such as ``http://10.0.0.5:8002``.
         token: the shared peer secret, sent as ``Authorization: Bearer``.
         clock: monotonic seconds, for the failed-scheduler cool-down.
+        zone: this node's topology zone, added to every join and report that has none.
     """
 
     def __init__(
@@ -76,6 +77,7 @@ class SchedulerClient:
         schedulers: Sequence[str],
         token: str | None,
         clock: Callable[[], float] = time.monotonic,
+        zone: str = "",
     ) -> None:
         if not schedulers:
             raise ValueError("SchedulerClient needs at least one scheduler URL")
@@ -83,6 +85,7 @@ class SchedulerClient:
         self.schedulers = [url.rstrip("/") for url in schedulers]
         self.headers = bearer(token)
         self.clock = clock
+        self.zone = zone
         self._down_until: dict[str, float] = {}
 
     def ranked(self, digest: str) -> list[str]:
@@ -92,10 +95,15 @@ class SchedulerClient:
         return sorted(ranked, key=lambda url: self._down_until.get(url, 0.0) > now)
 
     async def join(self, digest: str, request: JoinRequest) -> TaskView:
-        return await self._call("POST", digest, "join", _task_view, json=to_json(request))
+        body = to_json(request)
+        if self.zone and not request.zone:
+            body["zone"] = self.zone
+        return await self._call("POST", digest, "join", _task_view, json=body)
 
     async def report(self, digest: str, report: Report) -> TaskView:
         body = to_json(report)
+        if self.zone and not report.zone:
+            body["zone"] = self.zone
         body["hashes"] = {str(k): v for k, v in report.hashes.items()}
         return await self._call("POST", digest, "report", _task_view, json=body)
 
