@@ -7,12 +7,16 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import fields
+from typing import Any
 
 from bench.fleet.shaping import parse_rate
 from bench.simulate.fleet import FleetSpec, build_fleet
 from bench.simulate.result import RolloutResult
 from bench.simulate.rollout import POLICIES, run_rollout
 from shoal.core.units import parse_size
+from shoal.p2p.download_state import DownloadRules
+from shoal.scheduler.config import SchedulerConfig
 
 
 def parser() -> argparse.ArgumentParser:
@@ -43,6 +47,20 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--time-limit", type=float, default=None, help="virtual seconds to give up after (default 20x bound)"
     )
+    p.add_argument(
+        "--rule",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a DownloadRules field for every download (e.g. max_requests=24); repeatable",
+    )
+    p.add_argument(
+        "--scheduler-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a SchedulerConfig field (e.g. max_children=4); repeatable",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object on the last line")
     return p
 
@@ -68,6 +86,20 @@ def spec_from(args: argparse.Namespace) -> FleetSpec:
     )
 
 
+def overrides(cls: type[Any], pairs: list[str], flag: str) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs as fields of the dataclass ``cls``, each converted to its default's type."""
+    known = {f.name: f for f in fields(cls)}
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        field = known.get(key)
+        if not sep or field is None:
+            raise ValueError(f"{flag} {pair}: want KEY=VALUE with KEY one of {', '.join(sorted(known))}")
+        kind: Any = type(field.default)
+        out[key] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
+    return out
+
+
 def render(result: RolloutResult) -> str:
     r = result
     lines = [
@@ -91,6 +123,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError("want --scheduler-replicas >= 1")
         if args.scheduler_death is not None and args.scheduler_replicas < 2:
             raise ValueError("--scheduler-death needs --scheduler-replicas >= 2 (one must survive)")
+        rules = DownloadRules(**overrides(DownloadRules, args.rule, "--rule"))
+        config = SchedulerConfig(
+            insecure_no_peer_auth=True, **overrides(SchedulerConfig, args.scheduler_option, "--scheduler-option")
+        )
     except ValueError as exc:
         print(f"bench.simulate: {exc}", file=sys.stderr)
         return 2
@@ -103,6 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         rate_interval=args.rate_interval,
         time_limit=args.time_limit,
         started=started,
+        rules=rules,
+        config=config,
     )
     print(render(result))
     if args.json:

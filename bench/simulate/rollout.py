@@ -10,6 +10,8 @@ from bench.simulate.churn import schedule_deaths
 from bench.simulate.fleet import Fleet
 from bench.simulate.result import RolloutResult, summarize
 from bench.simulate.world import ORIGIN, World
+from shoal.p2p.download_state import DownloadRules
+from shoal.scheduler.config import SchedulerConfig
 
 POLICIES = ("shoal", "bittorrent")
 
@@ -23,6 +25,8 @@ def run_rollout(
     rate_interval: float = 0.005,
     time_limit: float | None = None,
     started: float | None = None,
+    rules: DownloadRules | None = None,
+    config: SchedulerConfig | None = None,
 ) -> RolloutResult:
     """Simulate ``policy`` on ``fleet`` until every survivor holds the image (or ``time_limit``)."""
     started = time.monotonic() if started is None else started
@@ -42,7 +46,7 @@ def run_rollout(
     elif policy == "shoal":
         from bench.simulate.shoal_fleet import ShoalFleet
 
-        shoal = ShoalFleet(world, replicas=replicas, seed=spec.seed)
+        shoal = ShoalFleet(world, replicas=replicas, seed=spec.seed, config=config, rules=rules)
         schedule_deaths(world, spec.churn, bound.seconds, spec.seed, shoal.kill)
         if scheduler_death is not None:
             world.timers.at(scheduler_death * bound.seconds, lambda: shoal.schedulers.kill(0))

@@ -116,3 +116,11 @@ class TestFailures:
         result = run_rollout(build_fleet(spec), policy="shoal")
         assert result.finished == 30
         assert 0 < result.cross_zone_copies <= 1.1 * 2
+
+
+def test_rules_and_scheduler_options_reach_the_cores(capsys: pytest.CaptureFixture[str]) -> None:
+    base = run(SMALL, capsys)
+    changed = run([*SMALL, "--rule", "max_requests=1", "--scheduler-option", "max_parents=1"], capsys)
+    assert changed["finished"] == 8
+    assert changed["slowest_s"] != base["slowest_s"]
+    assert main([*SMALL, "--rule", "nope=1"]) == 2
