@@ -61,6 +61,12 @@ def parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="a SchedulerConfig field (e.g. max_children=4); repeatable",
     )
+    p.add_argument(
+        "--upload-slots",
+        type=int,
+        default=None,
+        help="links a node sends on at once, one piece per turn (default: every link with a request)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object on the last line")
     return p
 
@@ -141,6 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         started=started,
         rules=rules,
         config=config,
+        upload_slots=args.upload_slots,
     )
     print(render(result))
     if args.json:

@@ -53,6 +53,8 @@ class Network:
             from one zone to another (one cap per ordered pair of zones), None for no cap.
         rate_interval: least virtual seconds between two max-min recomputations.
         batch: pieces finishing within this many seconds of each other are delivered together.
+        upload_slots: links a node sends on at once (None: all that have something queued);
+            the others wait their turn, one piece per turn, in order.
     """
 
     def __init__(
@@ -64,8 +66,12 @@ class Network:
         cross_zone: float | None = None,
         rate_interval: float = 0.005,
         batch: float = 0.001,
+        upload_slots: int | None = None,
     ) -> None:
         n = len(up)
+        self.upload_slots = upload_slots
+        self.sending = [0] * n
+        self.waiting: list[deque[Link]] = [deque() for _ in range(n)]
         self.clock = clock
         self.n = n
         self.zones = list(zones) if zones is not None else [0] * n
@@ -109,8 +115,8 @@ class Network:
             self.node_links[dst].add(link)
         transfer = Transfer(link, nbytes, on_done)
         link.queue.append(transfer)
-        if link.slot < 0:
-            self._start(link)
+        if link.slot < 0 and len(link.queue) == 1:
+            self._start_or_wait(link)
         return transfer
 
     def cancel(self, transfer: Transfer) -> None:
@@ -175,7 +181,12 @@ class Network:
                 continue
             transfer = link.queue.popleft()
             self._account(link, transfer.nbytes)
-            self._next_or_stop(link)
+            if self.waiting[link.src] and link.queue:
+                self._stop(link)  # its turn is over: the next waiting link sends one piece
+                self.waiting[link.src].append(link)
+                self._start_waiting(link.src)
+            else:
+                self._next_or_stop(link)
             done.append(transfer)
         for transfer in done:
             transfer.on_done()
@@ -200,8 +211,24 @@ class Network:
         else:
             self._stop(link)
 
+    def _start_or_wait(self, link: Link) -> None:
+        if self.upload_slots is not None and self.sending[link.src] >= self.upload_slots:
+            self.waiting[link.src].append(link)
+        else:
+            self._start(link)
+
+    def _start_waiting(self, src: int) -> None:
+        waiting = self.waiting[src]
+        while waiting and (self.upload_slots is None or self.sending[src] < self.upload_slots):
+            link = waiting.popleft()
+            while link.queue and link.queue[0].cancelled:
+                link.queue.popleft()
+            if link.queue and link.slot < 0:
+                self._start(link)
+
     def _start(self, link: Link) -> None:
         self._advance(self.clock.now)
+        self.sending[link.src] += 1
         if not self.free:
             self._grow()
         slot = self.free.pop()
@@ -233,7 +260,10 @@ class Network:
         self.slot_link[slot] = None
         self.free.append(slot)
         link.slot = -1
+        self.sending[link.src] -= 1
         self._touch()
+        if self.waiting[link.src]:
+            self._start_waiting(link.src)
 
     def _crosses(self, src: int, dst: int) -> bool:
         a, b = self.zones[src], self.zones[dst]

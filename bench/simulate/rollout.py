@@ -27,10 +27,11 @@ def run_rollout(
     started: float | None = None,
     rules: DownloadRules | None = None,
     config: SchedulerConfig | None = None,
+    upload_slots: int | None = None,
 ) -> RolloutResult:
     """Simulate ``policy`` on ``fleet`` until every survivor holds the image (or ``time_limit``)."""
     started = time.monotonic() if started is None else started
-    world = World(fleet, rate_interval=rate_interval)
+    world = World(fleet, rate_interval=rate_interval, upload_slots=upload_slots)
     nodes = list(world.nodes)
     bound = fleet_bound(
         sum(fleet.layers), fleet.up[ORIGIN], [fleet.up[n] for n in nodes], [fleet.down[n] for n in nodes]

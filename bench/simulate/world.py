@@ -17,7 +17,9 @@ class World:
     rate_interval, batch: the network's recomputation interval and delivery batch (seconds).
     """
 
-    def __init__(self, fleet: Fleet, *, rate_interval: float = 0.005, batch: float = 0.001) -> None:
+    def __init__(
+        self, fleet: Fleet, *, rate_interval: float = 0.005, batch: float = 0.001, upload_slots: int | None = None
+    ) -> None:
         spec = fleet.spec
         self.fleet = fleet
         self.clock = Clock()
@@ -30,6 +32,7 @@ class World:
             spec.cross_zone_bandwidth,
             rate_interval=rate_interval,
             batch=batch,
+            upload_slots=upload_slots,
         )
         self.done_at: dict[int, float] = {}
         self.dead: set[int] = set()

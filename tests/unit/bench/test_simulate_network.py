@@ -119,3 +119,15 @@ class TestNetwork:
         assert done["cross"] == pytest.approx(1.0)  # 10 B/s across zones
         assert done["local"] == pytest.approx(1.1)  # 90 B/s (node 1 shares its 100) for 1 s, then 100 B/s
         assert net.cross_zone_bytes == pytest.approx(10.0)
+
+    def test_upload_slots_take_turns_one_piece_each(self) -> None:
+        clock = Clock()
+        net = Network(clock, up=[10.0] * 3, down=[100.0] * 3, rate_interval=0.0, batch=0.0, upload_slots=1)
+        done: list[tuple[str, float]] = []
+        net.send(0, 1, 10, lambda: done.append(("1a", clock.now)))
+        net.send(0, 1, 10, lambda: done.append(("1b", clock.now)))
+        net.send(0, 2, 10, lambda: done.append(("2a", clock.now)))
+        self.drive(net, clock)
+        # one link at a time at the full 10 B/s; node 2's piece goes between node 1's two
+        assert [name for name, _ in done] == ["1a", "2a", "1b"]
+        assert [t for _, t in done] == pytest.approx([1.0, 2.0, 3.0])
