@@ -235,7 +235,6 @@ class SimDownload:
         self.hash_known = 0
         self.bytes_seen = 0.0
         self.done = False
-        self.fallback_granted = False
         self.gave_up = False
         self._ticked = 0.0
 
@@ -399,7 +398,6 @@ class SimDownload:
     def _give_up_now(self, reason: str) -> None:
         """The rest comes from the origin (``SwarmSource.fill`` after ``SwarmGaveUpError``)."""
         self.gave_up = True
-        self.fallback_granted = "stalled" in reason or "scheduler" in reason
         for t in list(self.requests.values()):
             if t is not None:
                 self.world.net.cancel(t)
@@ -482,7 +480,6 @@ class SimDownload:
             self.state.unreported_failures.difference_update(failed)
             self.apply(self._answer(view))
             if wants_fallback:
-                self.fallback_granted = view.fallback
                 self.apply(ds.FallbackAnswer(granted=view.fallback))
             if self.report_again:
                 self.report_again = False
