@@ -107,13 +107,15 @@ class FullError(StateError):
 class PeerRecord:
     """One agent, shared by all its tasks."""
 
-    __slots__ = ("address", "bucket_start", "current", "leases", "peer_id", "previous", "tasks", "zone")
+    __slots__ = ("address", "bucket_start", "current", "gateway_of", "leases", "peer_id", "previous", "tasks", "zone")
 
     def __init__(self, peer_id: str, address: str, zone: str = "") -> None:
         self.peer_id = peer_id
         self.address = address
         self.zone = zone
         """its topology zone ("" if unknown: then every peer counts as in its zone)"""
+        self.gateway_of = 0
+        """tasks whose blob this peer brings into its zone"""
         self.tasks = 0
         self.leases = 0
         """origin leases this peer holds, over all tasks"""
@@ -629,6 +631,8 @@ class SchedulerState:
         for peer_id in list(gateways):
             if self._usable_parent(task, peer_id, now) is None:
                 del gateways[peer_id]
+                if (peer := self.peers.get(peer_id)) is not None:
+                    peer.gateway_of -= 1
         return len(gateways) >= ZONE_GATEWAYS
 
     def _parents(self, task: Task, member: Member, now: float) -> list[PeerInfo]:
@@ -648,7 +652,14 @@ class SchedulerState:
             if task.holder is not None:
                 pool.append(task.holder)
             zone = member.peer.zone
-            local_only = bool(zone) and me not in task.gateways.get(zone, ()) and self._zone_fed(task, zone, now)
+            # a peer that already brings another blob into its zone leaves a young task's to
+            # another member (the first node of a rollout joins every layer first: as the
+            # gateway of all of them, its links carried every layer's first copy into the
+            # zone); after LEASE_SPREAD_WAIT it may take it (a zone of one node)
+            spread = member.peer.gateway_of > 0 and now - task.created < LEASE_SPREAD_WAIT
+            local_only = (
+                bool(zone) and me not in task.gateways.get(zone, ()) and (spread or self._zone_fed(task, zone, now))
+            )
             window = self.config.child_window
             candidates: list[Candidate] = []
             found: dict[str, Member] = {}
@@ -673,7 +684,8 @@ class SchedulerState:
             for peer_id in picked:
                 chosen[peer_id] = found[peer_id]
                 found[peer_id].peer.assign(now, window)
-                if zone and found[peer_id].peer.zone not in ("", zone):
+                if zone and found[peer_id].peer.zone not in ("", zone) and me not in task.gateways.get(zone, ()):
                     task.gateways.setdefault(zone, {})[me] = None
+                    member.peer.gateway_of += 1
         member.handed = tuple(chosen)
         return [p.as_parent() for p in chosen.values()]

@@ -112,10 +112,12 @@ class TestFailures:
         assert result.scheduler_calls > 0
 
     def test_zones_are_crossed_about_once_each(self) -> None:
-        spec = FleetSpec(nodes=30, size=16 * MIB, layers=2, bandwidth=12.5e6, origin_bandwidth=12.5e6, zones=3)
+        # one copy per zone other than the first would be 2.0; endgame copies and a
+        # replaced gateway add some (2.1-2.4 at this size; ~20 without the zone rule)
+        spec = FleetSpec(nodes=30, size=64 * MIB, layers=2, bandwidth=12.5e6, origin_bandwidth=12.5e6, zones=3)
         result = run_rollout(build_fleet(spec), policy="shoal")
         assert result.finished == 30
-        assert 0 < result.cross_zone_copies <= 1.1 * 2
+        assert 1.9 <= result.cross_zone_copies <= 2.5
 
 
 def test_rules_and_scheduler_options_reach_the_cores(capsys: pytest.CaptureFixture[str]) -> None:

@@ -752,6 +752,25 @@ class TestZones:
         view = s.report(D, Report("b2", "b2:1", pieces=0, contiguous=0, size=SIZE, piece_size=MiB, zone="b"), 36)
         assert "a1" in [p.peer_id for p in view.parents]
 
+    def test_gateways_spread_over_members(self) -> None:
+        s = state(max_parents=4)
+        for digest in (D, E):
+            s.join(digest, JoinRequest("a1", "a1:1", SIZE, MiB, zone="a"), 0)
+        assert "a1" in self.zjoin(s, "b1", "b", 0.1)  # b1 brings D into zone b
+        # E is young and b1 already a gateway: zone a's peers are left to another member
+        assert s.join(E, JoinRequest("b1", "b1:1", SIZE, MiB, zone="b"), 0.1).parents == []
+        view = s.join(E, JoinRequest("b2", "b2:1", SIZE, MiB, zone="b"), 0.2)
+        assert "a1" in [p.peer_id for p in view.parents]
+
+    def test_a_lone_member_brings_every_blob_after_the_wait(self) -> None:
+        s = state(max_parents=4)
+        for digest in (D, E):
+            s.join(digest, JoinRequest("a1", "a1:1", SIZE, MiB, zone="a"), 0)
+        self.zjoin(s, "b1", "b", 0.1)
+        assert s.join(E, JoinRequest("b1", "b1:1", SIZE, MiB, zone="b"), 0.1).parents == []
+        rep = Report("b1", "b1:1", pieces=0, contiguous=0, size=SIZE, piece_size=MiB, zone="b")
+        assert [p.peer_id for p in s.report(E, rep, 1.5).parents] == ["a1"]
+
     def test_unknown_zones_mix_freely(self) -> None:
         s = state(max_parents=4)
         self.zjoin(s, "x", "", 0)
