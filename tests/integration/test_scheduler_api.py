@@ -129,6 +129,13 @@ class TestRefusals:
                     assert resp.status == 401, (method, path, headers)
         assert scheduler.state.stats().joins == scheduler.state.stats().reports == 0
 
+    async def test_the_client_sends_its_zone(self, scheduler: Scheduler, session: aiohttp.ClientSession) -> None:
+        zoned = SchedulerClient(session, [scheduler.url], TOKEN, zone="eu-west-1b")
+        await zoned.join(D, join_req("a"))
+        assert scheduler.state.peers["a"].zone == "eu-west-1b"
+        await zoned.report(D, Report("b", "127.0.0.1:1002", 0, 0, size=4 * MiB, piece_size=MiB))
+        assert scheduler.state.peers["b"].zone == "eu-west-1b"
+
     async def test_wrong_token_through_client(self, scheduler: Scheduler, session: aiohttp.ClientSession) -> None:
         bad = SchedulerClient(session, [scheduler.url], "wrong")
         with pytest.raises(SchedulerRejected) as info:

@@ -38,6 +38,9 @@ class AgentConfig:
     cache_max_size: int | None = None
     """bytes; least recently used blobs are evicted beyond it. None: only the disk limits it."""
     schedulers: tuple[str, ...] = ()
+    zone: str = ""
+    """this node's topology zone (its ``topology.kubernetes.io/zone`` label), sent to the
+    scheduler, which prefers parents in the same zone; "" when unknown."""
     ratelimit: int = 512 << 20
     """total upload+download bytes per second for peer traffic and origin fetches."""
     download_pattern: str = "p2p"

@@ -187,7 +187,9 @@ class Agent:
     def _build_swarm(self, origin: OriginSource) -> SwarmSource[PeerHub]:
         assert self._session is not None
         token = self.config.peer_token()
-        scheduler = SchedulerClient(self._session, list(self.config.schedulers), token, tls=self.scheduler_tls)
+        scheduler = SchedulerClient(
+            self._session, list(self.config.schedulers), token, tls=self.scheduler_tls, zone=self.config.zone
+        )
         for advice in self.config.swarm.advice():
             log.warning("%s", advice)
         config, hub_config = swarm_configs(

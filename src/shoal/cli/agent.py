@@ -74,6 +74,7 @@ def merge_flags(values: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]
     metavar="URL",
     help="Scheduler URL (repeatable, or comma-separated; blobs are spread over them by rendezvous hashing).",
 )
+@click.option("--zone", help="This node's topology zone; the scheduler prefers parents in it.  [default: none]")
 @click.option("--ratelimit", help="Total upload+download bytes per second.  [default: 512M]")
 @click.option(
     "--download-pattern",

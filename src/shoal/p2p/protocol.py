@@ -72,6 +72,8 @@ class JoinRequest:
     pieces: int = 0
     """pieces already held (an agent re-joining after a scheduler restart)."""
     complete: bool = False
+    zone: str = ""
+    """the node's topology zone (``topology.kubernetes.io/zone``); "" if unknown."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +96,8 @@ class Report:
     """the swarm is stuck here: may this peer fetch the rest from the origin? (see TaskView.fallback)"""
     """the blob built from pieces that all matched the published hashes failed its digest: the
     hashes are wrong. The scheduler drops them if a peer in ``failed_parents`` published them."""
+    zone: str = ""
+    """as in :class:`JoinRequest` (a report may be the first a new scheduler hears of a peer)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -73,6 +73,7 @@ class SchedulerClient:
             secret stays on the node.
         clock: monotonic seconds, for the failed-scheduler cool-down.
         tls: the context for https schedulers (verifies them, presents the node certificate).
+        zone: this node's topology zone, added to every join and report that has none.
     """
 
     def __init__(
@@ -82,6 +83,7 @@ class SchedulerClient:
         token: str | None,
         clock: Callable[[], float] = time.monotonic,
         tls: SchedulerTls | None = None,
+        zone: str = "",
     ) -> None:
         if not schedulers:
             raise ValueError("SchedulerClient needs at least one scheduler URL")
@@ -90,6 +92,7 @@ class SchedulerClient:
         self.headers = bearer(token)
         self.clock = clock
         self.tls = tls
+        self.zone = zone
         self._down_until: dict[str, float] = {}
 
     def ranked(self, digest: str) -> list[str]:
@@ -99,10 +102,15 @@ class SchedulerClient:
         return sorted(ranked, key=lambda url: self._down_until.get(url, 0.0) > now)
 
     async def join(self, digest: str, request: JoinRequest) -> TaskView:
-        return await self._call("POST", digest, "join", _task_view, json=to_json(request))
+        body = to_json(request)
+        if self.zone and not request.zone:
+            body["zone"] = self.zone
+        return await self._call("POST", digest, "join", _task_view, json=body)
 
     async def report(self, digest: str, report: Report) -> TaskView:
         body = to_json(report)
+        if self.zone and not report.zone:
+            body["zone"] = self.zone
         body["hashes"] = {str(k): v for k, v in report.hashes.items()}
         return await self._call("POST", digest, "report", _task_view, json=body)
 

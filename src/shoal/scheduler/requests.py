@@ -74,6 +74,12 @@ def _address(value: Any) -> str:
     return address
 
 
+def _zone(value: Any) -> str:
+    if type(value) is not str or len(value) > MAX_ID or (value and not ID_RE.fullmatch(value)):
+        raise BadRequest(f"zone: want a string of at most {MAX_ID} printable ASCII characters")
+    return value
+
+
 def _index(key: Any) -> int:
     if type(key) is str and INDEX_RE.fullmatch(key):
         return _int("hashes index", int(key))
@@ -134,6 +140,7 @@ def parse_join(data: Any) -> JoinRequest:
         piece_size=_int("piece_size", body["piece_size"], 1),
         pieces=_int("pieces", get("pieces", 0)),
         complete=_bool("complete", get("complete", False)),
+        zone=_zone(get("zone", "")),
     )
 
 
@@ -152,6 +159,7 @@ def parse_report(data: Any) -> Report:
         piece_size=_int("piece_size", get("piece_size", 0)),
         bad_hashes=_bool("bad_hashes", get("bad_hashes", False)),
         wants_fallback=_bool("wants_fallback", get("wants_fallback", False)),
+        zone=_zone(get("zone", "")),
     )
 
 

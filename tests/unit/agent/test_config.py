@@ -24,6 +24,10 @@ class TestLoadConfig:
         assert not config.p2p_enabled  # no scheduler: a plain mirror
         assert config.peer_token() is None
 
+    def test_zone_key(self) -> None:
+        assert load_config({"registries": ["r.test"]}).zone == ""
+        assert load_config({"registries": ["r.test"], "zone": "eu-west-1b"}).zone == "eu-west-1b"
+
     def test_units_and_lists(self, tmp_path: Path) -> None:
         config = load_config(
             {

@@ -213,12 +213,16 @@ class TestLease:
         s.leave(D, "a")
         assert report(s, "b", 3).role == "fetcher"
 
-    def test_needed_when_complete_peer_is_suspect(self) -> None:
+    def test_not_needed_again_when_the_complete_peer_is_only_suspect(self) -> None:
+        # a seed that timed out for a child (busy serving the swarm) still holds pieces every
+        # child checks against the known hashes: no second read of the blob from the origin
         s = state()
         join(s, "a", 0)
         report(s, "a", 1, pieces=10, complete=True, hashes=all_hashes())
         join(s, "b", 2)
-        assert report(s, "b", 3, failed=["a"]).role == "fetcher"
+        view = report(s, "b", 3, failed=["a"])
+        assert (view.role, view.fetcher) == ("peer", None)
+        assert report(s, "c", 4).role == "peer"
 
     def test_needed_when_hashes_are_missing_despite_a_complete_peer(self) -> None:
         # e.g. after failing over to this scheduler: seeders re-announce, hashes are gone. The
@@ -368,13 +372,24 @@ class TestParents:
         assert [p.peer_id for p in view.parents] == ["a"]
         assert view.parents[0].address == "a:1"
 
-    def test_never_yourself_nor_empty_peers(self) -> None:
+    def test_never_yourself_but_peers_without_pieces_yet(self) -> None:
+        # b holds nothing yet, but will (and pushes what it gets): handing out only early
+        # holders made every downloader a child of the same few nodes
         s = state()
         join(s, "a", 0)
         join(s, "b", 0)
         view = join(s, "c", 0)
-        assert [p.peer_id for p in view.parents] == ["a"]
-        assert [p.peer_id for p in report(s, "a", 1).parents] == []
+        assert sorted(p.peer_id for p in view.parents) == ["a", "b"]
+        assert sorted(p.peer_id for p in report(s, "a", 1).parents) == ["b", "c"]
+
+    def test_holders_below_the_child_cap_come_before_empty_peers(self) -> None:
+        s = state(max_parents=1, max_children=2)
+        join(s, "a", 0)
+        report(s, "a", 0, pieces=3)
+        assert [p.peer_id for p in join(s, "b", 0).parents] == ["a"]
+        assert [p.peer_id for p in join(s, "c", 0).parents] == ["a"]
+        # a has its two children now: an empty peer takes the next one
+        assert [p.peer_id for p in join(s, "d", 0).parents] in (["b"], ["c"])
 
     def test_complete_peers_come_first(self) -> None:
         s = state(max_parents=2)
@@ -706,3 +721,58 @@ class TestFallbackHoldersHashes:
         report(s, "a", 1.0, pieces=10, complete=True, hashes=all_hashes())  # no lease: ignored
         assert s.tasks[D].hashes_known == 0
         assert ask_fallback(s, "b", 2.0).fallback
+
+
+class TestZones:
+    """Parents in the downloader's zone first; one member per zone takes a blob from others."""
+
+    def zjoin(self, s: SchedulerState, peer: str, zone: str, now: float) -> list[str]:
+        view = s.join(D, JoinRequest(peer, f"{peer}:1", SIZE, MiB, zone=zone), now)
+        return [p.peer_id for p in view.parents]
+
+    def test_one_gateway_per_zone_the_rest_stay_in_their_zone(self) -> None:
+        s = state(max_parents=4)
+        self.zjoin(s, "a1", "a", 0)  # the fetcher, in zone a
+        for i in range(2, 5):
+            assert self.zjoin(s, f"a{i}", "a", 0.1) != []
+        first_b = self.zjoin(s, "b1", "b", 0.2)
+        assert first_b  # only zone a holds anything: b1 takes it from there
+        for i in range(2, 6):
+            parents = self.zjoin(s, f"b{i}", "b", 0.3)
+            assert parents
+            assert all(p.startswith("b") for p in parents), parents
+
+    def test_a_dead_gateway_is_replaced(self) -> None:
+        s = state(max_parents=4, peer_ttl=30.0)
+        self.zjoin(s, "a1", "a", 0)
+        self.zjoin(s, "b1", "b", 1)
+        assert all(p.startswith("b") for p in self.zjoin(s, "b2", "b", 1))
+        # b1 goes silent; a1 and b2 keep reporting
+        report(s, "a1", 35, pieces=4)
+        view = s.report(D, Report("b2", "b2:1", pieces=0, contiguous=0, size=SIZE, piece_size=MiB, zone="b"), 36)
+        assert "a1" in [p.peer_id for p in view.parents]
+
+    def test_gateways_spread_over_members(self) -> None:
+        s = state(max_parents=4)
+        for digest in (D, E):
+            s.join(digest, JoinRequest("a1", "a1:1", SIZE, MiB, zone="a"), 0)
+        assert "a1" in self.zjoin(s, "b1", "b", 0.1)  # b1 brings D into zone b
+        # E is young and b1 already a gateway: zone a's peers are left to another member
+        assert s.join(E, JoinRequest("b1", "b1:1", SIZE, MiB, zone="b"), 0.1).parents == []
+        view = s.join(E, JoinRequest("b2", "b2:1", SIZE, MiB, zone="b"), 0.2)
+        assert "a1" in [p.peer_id for p in view.parents]
+
+    def test_a_lone_member_brings_every_blob_after_the_wait(self) -> None:
+        s = state(max_parents=4)
+        for digest in (D, E):
+            s.join(digest, JoinRequest("a1", "a1:1", SIZE, MiB, zone="a"), 0)
+        self.zjoin(s, "b1", "b", 0.1)
+        assert s.join(E, JoinRequest("b1", "b1:1", SIZE, MiB, zone="b"), 0.1).parents == []
+        rep = Report("b1", "b1:1", pieces=0, contiguous=0, size=SIZE, piece_size=MiB, zone="b")
+        assert [p.peer_id for p in s.report(E, rep, 1.5).parents] == ["a1"]
+
+    def test_unknown_zones_mix_freely(self) -> None:
+        s = state(max_parents=4)
+        self.zjoin(s, "x", "", 0)
+        assert self.zjoin(s, "y", "b", 0) == ["x"]
+        assert sorted(self.zjoin(s, "z", "", 0)) == ["x", "y"]

@@ -20,6 +20,8 @@ class Candidate(NamedTuple):
     complete: bool
     children: int
     """children assigned to it (any blob) within the scheduler's child window: its upload load."""
+    same_zone: bool = True
+    """in the downloader's topology zone (or either zone unknown)."""
 
 
 class ParentPolicy(Protocol):

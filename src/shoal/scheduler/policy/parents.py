@@ -1,6 +1,8 @@
 """The default parent policy, ``least-loaded``: lightly loaded parents first, children spread.
 
-A parent's load is the number of children the scheduler handed it recently (over all blobs:
+Parents in the downloader's zone come before any other; below the child cap, those holding
+pieces come before those that hold none yet (a joiner is a parent for later: it pushes what it
+gets). A parent's load is the number of children the scheduler handed it recently (over all blobs:
 upload bandwidth belongs to the node, not the blob). Among equally loaded parents, complete
 ones come first, then those holding more pieces; remaining ties are broken at random so that
 a wave of joiners does not all land on the same peer. A parent already at ``max_children``
@@ -22,6 +24,14 @@ def choose_parents(candidates: Sequence[Candidate], *, limit: int, max_children:
     tiebreak = {c.peer_id: rng.random() for c in candidates}
     ranked = sorted(
         candidates,
-        key=lambda c: (c.children >= max_children, c.children, not c.complete, -c.pieces, tiebreak[c.peer_id]),
+        key=lambda c: (
+            not c.same_zone,
+            c.children >= max_children,
+            c.pieces == 0 and not c.complete,
+            c.children,
+            not c.complete,
+            -c.pieces,
+            tiebreak[c.peer_id],
+        ),
     )
     return [c.peer_id for c in ranked[:limit]]
