@@ -284,7 +284,7 @@ class RegistryClient:
                         taken = True
                         return task.result()
                 else:
-                    raise self._gave_up(step, hung, wait.waited)
+                    raise self._gave_up(step, hung, sent=wait.sent_at is not None)
         finally:
             if task is not None and not taken:
                 task.cancel()
@@ -292,9 +292,9 @@ class RegistryClient:
                 if not isinstance(result, BaseException):
                     release(result)
 
-    def _gave_up(self, step: Step, hung: str | None, waited: float) -> UpstreamUnavailable:
+    def _gave_up(self, step: Step, hung: str | None, *, sent: bool) -> UpstreamUnavailable:
         """Stopped waiting: marked hung already (nothing sent), or no answer within a bound."""
-        if step is Step.SERVE_HELD and waited == 0.0 and hung is not None:
+        if not sent and hung is not None:
             return UpstreamUnavailable(f"{self.name} {hung}", registry=self.name, cause=hung)
         bound = self.header_timeout if step is Step.SERVE_HELD else self.answer_timeout
         cause = f"no answer within {bound:g}s"
