@@ -514,6 +514,18 @@ class TestSlowRegistry:
         assert scrape(slow_cluster.url(0)).get("shoal_agent_stale_responses_total{kind=manifest}", 0) >= 1
         listed = outage_status(slow_cluster.url(0))
         assert listed["registries"][REG]["cause"] == f"no answer within {REGISTRY_TIMEOUT:g}s"
+        # node 0 marked the registry hung; node 1 holds team/other, but not for bob: nothing
+        # may stand in, so bob's request still goes to the registry, whose answer wins
+        async with aiohttp.ClientSession() as session:
+            url = f"{slow_cluster.url(0)}/v2/{REG}/team/other/manifests/v1"
+            status, headers, _, took = await get(session, url, creds=BOB)
+        report(
+            f"manifest nobody holds for these credentials, registry marked hung and {slow_front.delay:g}s slow", took
+        )
+        assert status == 200
+        assert headers["Docker-Content-Digest"] == moved.top_digest
+        assert "Warning" not in headers
+        assert took >= slow_front.delay
 
 
 class TestHungRegistry:
