@@ -151,7 +151,7 @@ class BlobService:
                 size = await asyncio.shield(partial.size_known)
             except StoreError:
                 break
-            except UpstreamError:
+            except (UpstreamError, DistributionError):  # DistributionError: refused during an outage
                 if mine:
                     raise
                 partial = None  # another client's download failed for its own reasons: start ours
@@ -197,7 +197,7 @@ class BlobService:
             self.metrics.digest_mismatches.labels("origin" if source is self.origin else "swarm").inc()
             refetch = source is not self.origin and source.rejected(partial.digest)
             log.error("%s%s", exc, ": fetching it again from the origin" if refetch else "")
-        except (UpstreamError, StoreError) as exc:
+        except (UpstreamError, StoreError, DistributionError) as exc:
             log.warning("download of %s failed: %s", partial.digest, exc)
             self.metrics.upstream_errors.labels(dist.registry, type(exc).__name__).inc()
             partial.fail(exc)

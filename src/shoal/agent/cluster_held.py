@@ -5,6 +5,8 @@ for the manifest. A peer answers with the manifest and its evidence: when the re
 confirmed the client's credentials for that repository. The credentials themselves never
 travel: the client's fingerprint keyed by the cluster's secret does, and the peer looks that
 up. A peer that holds the manifest but has no such evidence answers 403 and sends nothing.
+A blob is asked for the same way first (a HEAD with the fingerprint: held, and with evidence
+or not), so a client no node saw confirmed gets 401/403, and a 502 only when nobody holds it.
 Manifests are checked against their digest, blobs against theirs (``PartialBlob``).
 
 With a TLS directory, peers are asked over HTTPS on the agent's port (``shoal.p2p.node_https``)
@@ -52,6 +54,8 @@ log = logging.getLogger(__name__)
 
 MANIFEST_PATH = "/p2p/v1/held/manifest"
 BLOB_PATH = "/p2p/v1/held/blobs/{digest}"
+CONFIRMED_AT = "Shoal-Confirmed-At"
+"""a peer's answer to a blob HEAD: when the registry confirmed the asker's credentials"""
 PEER_TIMEOUT = 3.0
 """seconds a peer has to answer a manifest or blob request's headers"""
 PEERS_FOR = 5.0
@@ -77,6 +81,15 @@ class PeerManifest:
 
 REFUSED = "refused"
 """a peer holds it, but no peer saw the registry confirm these credentials"""
+
+
+@dataclass(frozen=True, slots=True)
+class PeerBlob:
+    """Peers that hold a blob, and the newest evidence one of them gave for the asker's
+    credentials (None: none did; the asker's own evidence may still do)."""
+
+    holders: list[str]
+    confirmed_at: float | None
 
 
 def _check_token(request: web.Request, token: str | None) -> None:
@@ -227,6 +240,43 @@ class ClusterHeld:
             return REFUSED
         return PeerManifest(data, digest, media_type, confirmed_at, tagged_at)
 
+    async def blob(self, creds: Credentials | None, dist: DistributionPath) -> PeerBlob | None:
+        """Which peers hold the blob, and their evidence for ``creds`` (None: no peer holds it)."""
+        params = {
+            "registry": dist.registry,
+            "repository": dist.repository,
+            "fp": self.stale.fingerprints.cluster(creds),
+        }
+        url_path = BLOB_PATH.format(digest=dist.digest)
+        peers = list(await self.peers())
+        random.shuffle(peers)
+        for start in range(0, len(peers), ASK_AT_ONCE):
+            batch = peers[start : start + ASK_AT_ONCE]
+            answers = await asyncio.gather(*(self._ask_blob(peer, url_path, params) for peer in batch))
+            holders = [p for a, p in zip(answers, batch, strict=True) if a is not None]
+            if holders:
+                self._holders = holders + [p for p in self._holders if p not in batch][:ASK_AT_ONCE]
+                times = [a for a in answers if isinstance(a, float)]
+                fresh = [t for t in times if may_serve_stale(t, self.stale.clock(), self.stale.grace)]
+                return PeerBlob(holders, max(fresh) if fresh else None)
+        return None
+
+    async def _ask_blob(self, peer: str, path: str, params: dict[str, str]) -> float | str | None:
+        """A peer's evidence (when confirmed), ``REFUSED`` (held, no evidence), None (not held)."""
+        timeout = aiohttp.ClientTimeout(total=PEER_TIMEOUT)
+        try:
+            async with self._peer_session().head(
+                f"{self._scheme}://{peer}{path}", params=params, headers=self._auth(), timeout=timeout, ssl=self._ssl()
+            ) as resp:
+                if resp.status == 403:
+                    return REFUSED
+                if resp.status != 200:
+                    return None
+                return float(resp.headers.get(CONFIRMED_AT, ""))
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            log.debug("peer %s on %s: %r", peer, path, exc)
+            return None
+
     async def fill_blob(self, partial: PartialBlob, digest: Digest) -> bool:
         """Write the blob into ``partial`` from the first peer that holds it (resuming at the
         next one if a peer breaks off). False when no peer could give it."""
@@ -330,4 +380,12 @@ class ClusterHeld:
             path = self.content.path(digest)
         if path is None:
             raise web.HTTPNotFound(text="blob not held\n")
-        return web.FileResponse(path, headers={"Content-Type": "application/octet-stream"})
+        headers = {"Content-Type": "application/octet-stream"}
+        fp = request.query.get("fp")
+        if fp is not None:  # asked whether these credentials were confirmed (the asker decides)
+            q = request.query
+            confirmed_at = self.stale.evidence(fp, q.get("registry", ""), q.get("repository", ""), str(digest))
+            if confirmed_at is None:
+                raise web.HTTPForbidden(text="no confirmation of these credentials for this repository\n")
+            headers[CONFIRMED_AT] = repr(confirmed_at)
+        return web.FileResponse(path, headers=headers)

@@ -5,7 +5,12 @@ the registry cannot answer, what the other agents hold.
       yes, or during an outage a confirmation within the grace); spares the registry.
     * Else the usual source (the swarm, or the registry).
     * That failing because the registry cannot answer: from a peer, if these credentials were
-      confirmed for the repository and the repository holds the digest.
+      confirmed for the repository (here or at that peer) and the repository holds the digest;
+      401/403 when peers hold it but none saw these credentials confirmed; the registry's
+      error (502) only when nobody holds it.
+
+The registry is waited for briefly only while a peer holds the blob for these credentials
+(``held_instead``): else as long as a direct pull would wait.
 
 Whatever the source, ``PartialBlob`` checks the bytes against the digest before the blob is
 cached or its last byte is sent.
@@ -19,11 +24,11 @@ import os
 from pathlib import Path
 
 from shoal.agent.blobs import BlobSource
-from shoal.agent.cluster_held import ClusterHeld
-from shoal.agent.upstreams import Upstreams
+from shoal.agent.cluster_held import ClusterHeld, PeerBlob
+from shoal.agent.upstreams import Upstreams, stale_refusal
 from shoal.core.digest import Digest
 from shoal.oci.auth import Credentials
-from shoal.oci.client import UpstreamUnavailable
+from shoal.oci.client import UpstreamUnavailable, held_instead
 from shoal.oci.distribution import DistributionPath
 from shoal.store.blobstore import BlobStore, StoreError
 from shoal.store.containerd_content import ContainerdContent
@@ -66,16 +71,38 @@ class HeldSource:
                 raise StoreError(f"cannot read {digest} from containerd's content store: {exc}") from exc
             log.info("%s from containerd's content store", digest)
             return
-        try:
+        stale = self.upstreams.stale
+        cluster = self.cluster
+        if cluster is None or stale is None or not stale.enabled:
             await self.inner.fill(partial, dist, creds)
-        except UpstreamUnavailable:
-            stale = self.upstreams.stale
-            if self.cluster is None or stale is None:
-                raise
+            return
+        asked: list[PeerBlob | None] = []
+
+        async def in_cluster() -> PeerBlob | None:
+            if not asked:
+                asked.append(await cluster.blob(creds, dist))
+            return asked[0]
+
+        async def held() -> bool:
+            found = await in_cluster()
+            if found is None:
+                return False
+            local = stale.may_serve(creds, dist.registry, dist.repository, str(digest))
+            return local or found.confirmed_at is not None
+
+        try:
+            with held_instead(held):
+                await self.inner.fill(partial, dist, creds)
+        except UpstreamUnavailable as exc:
             if not stale.may_serve(creds, dist.registry, dist.repository, str(digest)):
-                raise
+                found = await in_cluster()
+                if found is None:
+                    raise  # nobody holds it: the registry's error
+                if found.confirmed_at is None:
+                    raise stale_refusal(dist, creds, exc) from None
+                stale.adopt(creds, dist.registry, dist.repository, found.confirmed_at, str(digest))
             stale.served("blob", dist.registry, dist.repository, str(digest), str(digest))
-            if not await self.cluster.fill_blob(partial, digest):
+            if not await cluster.fill_blob(partial, digest):
                 raise
             log.info("%s from a peer: %s cannot answer", digest, dist.registry)
 

@@ -4,12 +4,15 @@ A tag is asked of the registry on every request (with the client's own credentia
 ``Accept``), so a moved tag is seen at once. If the registry cannot answer, the last answer
 for that tag (here or at a peer) is served, provided the registry confirmed these
 credentials for the repository within the outage grace (``shoal.agent.stale_access``).
+The registry is waited for briefly only when such an answer is held; else as long as a
+direct pull would wait (``shoal.oci.registry_wait``).
 Content fetched by digest is checked against the digest before it is cached.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
@@ -19,7 +22,7 @@ from shoal.agent.metrics import AgentMetrics
 from shoal.agent.upstreams import StaleRefused, Upstreams, stale_refusal
 from shoal.core.digest import Digest, DigestError
 from shoal.oci.auth import Credentials
-from shoal.oci.client import UpstreamUnavailable
+from shoal.oci.client import Fallback, UpstreamUnavailable
 from shoal.oci.distribution import DistributionPath
 from shoal.oci.errors import DistributionError, ErrorCode
 from shoal.oci.mediatypes import DEFAULT_ACCEPT
@@ -40,6 +43,34 @@ def manifest_response(data: bytes | None, digest: Digest, media_type: str, size:
     return web.Response(body=data, headers=headers) if data is not None else web.Response(headers=headers)
 
 
+@dataclass(frozen=True, slots=True)
+class HeldManifest:
+    """A manifest held (here or at a peer) that may go to the asking credentials."""
+
+    data: bytes
+    digest: Digest
+    media_type: str
+
+
+class HeldLookup:
+    """What is held for one request, looked up once: during the registry's wait (is there
+    something to serve instead?) or after it failed (serve it)."""
+
+    def __init__(self, service: ManifestService, dist: DistributionPath, creds: Credentials | None, accept: str):
+        self._service, self._dist, self._creds, self._accept = service, dist, creds, accept
+        self._answer: HeldManifest | str | None = None
+        self._asked = False
+
+    async def answer(self) -> HeldManifest | str | None:
+        if not self._asked:
+            self._answer = await self._service.lookup_held(self._dist, self._creds, self._accept)
+            self._asked = True
+        return self._answer
+
+    async def available(self) -> bool:
+        return isinstance(await self.answer(), HeldManifest)
+
+
 class ManifestService:
     def __init__(
         self, store: BlobStore, upstreams: Upstreams, metrics: AgentMetrics, cluster: ClusterHeld | None = None
@@ -53,16 +84,18 @@ class ManifestService:
         head = request.method == "HEAD"
         # Go clients (skopeo, containerd) send one Accept header per media type: pass them all
         accept = ", ".join(request.headers.getall("Accept", [])) or DEFAULT_ACCEPT
+        held = HeldLookup(self, dist, creds, accept)
         if dist.digest is not None:
             cached = self.store.get_manifest(dist.digest)
             if cached is not None:
                 try:
-                    await self.upstreams.authorize(creds, dist)
+                    # a peer may have seen the registry confirm these credentials
+                    fallback = held.available if self.cluster is not None else None
+                    await self.upstreams.authorize(creds, dist, fallback)
                 except StaleRefused as refused:
                     if self.cluster is None:
                         raise
-                    # a peer may have seen the registry confirm these credentials
-                    data, digest, media_type = await self._held(dist, creds, accept, refused.unavailable)
+                    data, digest, media_type = await self._held(held, dist, creds, refused.unavailable)
                     return manifest_response(None if head else data, digest, media_type, len(data))
                 self.metrics.cache_hits.labels("manifest").inc()
                 data, media_type = cached
@@ -70,15 +103,17 @@ class ManifestService:
         self.metrics.cache_misses.labels("manifest").inc()
         try:
             if head and dist.digest is None:
-                return await self._head_tag(dist, creds, accept)
-            data, digest, media_type = await self._fetch(dist, creds, accept)
+                return await self._head_tag(dist, creds, accept, held.available)
+            data, digest, media_type = await self._fetch(dist, creds, accept, held.available)
         except UpstreamUnavailable as exc:
-            data, digest, media_type = await self._held(dist, creds, accept, exc)
+            data, digest, media_type = await self._held(held, dist, creds, exc)
         return manifest_response(None if head else data, digest, media_type, len(data))
 
-    async def _head_tag(self, dist: DistributionPath, creds: Credentials | None, accept: str) -> web.Response:
+    async def _head_tag(
+        self, dist: DistributionPath, creds: Credentials | None, accept: str, fallback: Fallback
+    ) -> web.Response:
         """HEAD a tag upstream: registries such as Docker Hub do not count HEADs as pulls."""
-        resp = await self._open("HEAD", dist, creds, accept)
+        resp = await self._open("HEAD", dist, creds, accept, fallback)
         resp.release()
         try:
             digest = Digest.parse(resp.headers.get("Docker-Content-Digest", ""))
@@ -93,7 +128,7 @@ class ManifestService:
         return manifest_response(None, digest, media_type, resp.content_length or 0)
 
     async def _held(
-        self, dist: DistributionPath, creds: Credentials | None, accept: str, exc: UpstreamUnavailable
+        self, held: HeldLookup, dist: DistributionPath, creds: Credentials | None, exc: UpstreamUnavailable
     ) -> tuple[bytes, Digest, str]:
         """The registry cannot answer: the manifest as held here or by a peer, if these
         credentials were confirmed for the repository within the grace; else the error (401
@@ -101,6 +136,22 @@ class ManifestService:
         stale = self.upstreams.stale
         if stale is None or not stale.enabled:
             raise exc
+        found = await held.answer()
+        if isinstance(found, HeldManifest):
+            stale.served("manifest", dist.registry, dist.repository, dist.reference, str(found.digest))
+            return found.data, found.digest, found.media_type
+        if found == REFUSED:
+            raise stale_refusal(dist, creds, exc)
+        raise exc
+
+    async def lookup_held(
+        self, dist: DistributionPath, creds: Credentials | None, accept: str
+    ) -> HeldManifest | str | None:
+        """The manifest held here or by a peer for these credentials; ``REFUSED`` when it is
+        held but not for them; None when nobody holds it (or outages are not served)."""
+        stale = self.upstreams.stale
+        if stale is None or not stale.enabled:
+            return None
         refused = False
         if dist.digest is not None:
             digest: str | None = str(dist.digest)
@@ -110,8 +161,7 @@ class ManifestService:
         held = None if digest is None else self.store.get_manifest(Digest.parse(digest))
         if held is not None and digest is not None:
             if stale.may_serve(creds, dist.registry, dist.repository, digest):
-                stale.served("manifest", dist.registry, dist.repository, dist.reference, digest)
-                return held[0], Digest.parse(digest), held[1]
+                return HeldManifest(held[0], Digest.parse(digest), held[1])
             refused = True
         found = None if self.cluster is None else await self.cluster.manifest(creds, dist, accept)
         if isinstance(found, PeerManifest):
@@ -122,14 +172,11 @@ class ManifestService:
                 stale.tagged(
                     dist.registry, dist.repository, dist.reference, found.media_type, str(found.digest), found.tagged_at
                 )
-            stale.served("manifest", dist.registry, dist.repository, dist.reference, str(found.digest))
-            return found.data, found.digest, found.media_type
-        if refused or found == REFUSED:
-            raise stale_refusal(dist, creds, exc)
-        raise exc
+            return HeldManifest(found.data, found.digest, found.media_type)
+        return REFUSED if refused or found == REFUSED else None
 
     async def _open(
-        self, method: str, dist: DistributionPath, creds: Credentials | None, accept: str
+        self, method: str, dist: DistributionPath, creds: Credentials | None, accept: str, fallback: Fallback
     ) -> aiohttp.ClientResponse:
         return await self.upstreams.client(dist.registry).open(
             method,
@@ -138,10 +185,13 @@ class ManifestService:
             creds=creds,
             headers={"Accept": accept},
             kind="manifest",
+            fallback=fallback,
         )
 
-    async def _fetch(self, dist: DistributionPath, creds: Credentials | None, accept: str) -> tuple[bytes, Digest, str]:
-        resp = await self._open("GET", dist, creds, accept)
+    async def _fetch(
+        self, dist: DistributionPath, creds: Credentials | None, accept: str, fallback: Fallback
+    ) -> tuple[bytes, Digest, str]:
+        resp = await self._open("GET", dist, creds, accept, fallback)
         async with resp:
             if (resp.content_length or 0) > MAX_MANIFEST_BYTES:
                 raise DistributionError(ErrorCode.MANIFEST_INVALID, "manifest larger than 4 MiB")

@@ -4,9 +4,13 @@ Unreachable means refused, reset, DNS, TLS, a timeout, a 5xx or a 429 (``Upstrea
 a 401, 403 or 404 is the registry's word and is never an outage. The first failure marks the
 registry down. A registry that fails fast (refused, reset, 5xx) is still asked on every
 request: that costs milliseconds, and its first answer ends the outage, so a moved tag is
-seen on that very answer. A registry that made a request wait out the whole timeout (hung)
-is not asked again: requests go straight to what is held, and a prober asks it every
-``probe_interval`` (``probe_due``) until it answers.
+seen on that very answer. A registry that hung (a request waited out its bounded wait) is
+marked hung: requests for what is held go straight to it, requests for anything else are
+still sent (a real answer wins), and a prober asks it every ``probe_interval``
+(``probe_due``) until it answers.
+
+How long one request waits for the registry is ``RegistryWait``'s: the short bound
+(``registry_timeout``) only when something held can be served instead; else the long one.
 
 While a registry is down, what is held goes to credentials the registry confirmed for that
 repository within ``grace`` seconds (``may_serve_stale``), and each such response is marked
@@ -66,7 +70,8 @@ class RegistryBreaker:
     def down(self) -> bool:
         return self.down_since is not None
 
-    def admit(self) -> str | None:
+    def marked_hung(self) -> str | None:
+        """None unless the registry hung: then why it is marked down (for the client's error)."""
         if self.down_since is None or not self.hung:
             return None
         return f"is marked down for {self.clock() - self.down_since:.1f}s ({self.cause})"

@@ -14,6 +14,7 @@ from shoal.agent.stale_access import StaleAccess
 from shoal.core.digest import Digest
 from shoal.oci.auth import Credentials, TokenCache
 from shoal.oci.client import (
+    Fallback,
     LatencyObserver,
     RegistryClient,
     UpstreamDenied,
@@ -153,14 +154,18 @@ class Upstreams:
         self.record_allowed(creds, dist)
         return resp.content_length
 
-    async def authorize(self, creds: Credentials | None, dist: DistributionPath) -> None:
+    async def authorize(
+        self, creds: Credentials | None, dist: DistributionPath, fallback: Fallback | None = None
+    ) -> None:
         """Raise unless the registry confirms that ``dist.repository`` holds ``dist.digest``
         for ``creds``: asked before any cached byte of it goes to the client.
 
         One HEAD of that blob or manifest in that repository with the client's own
         credentials, its answer cached per (credentials, registry, repository, digest). A
         manifest HEAD carries the same ``Accept`` list as a GET: without it distribution
-        answers 404 for OCI manifests and indexes."""
+        answers 404 for OCI manifests and indexes. The registry is waited for briefly only
+        when the held copy may go to these credentials without it (or ``fallback`` says
+        something else may): else as long as a direct pull would wait."""
         assert dist.digest is not None
         key = AccessKey.of(creds, dist.registry, dist.repository, dist.digest)
         known = self.access.lookup(key)
@@ -170,6 +175,13 @@ class Upstreams:
             raise challenge_error(dist.registry, f"{dist.repository}@{dist.digest}: credentials not accepted")
         manifest = dist.kind is PathKind.MANIFEST
         path = f"/v2/{dist.repository}/{'manifests' if manifest else 'blobs'}/{dist.digest}"
+        stale = self.stale
+
+        async def held() -> bool:
+            if stale is not None and stale.may_serve(creds, dist.registry, dist.repository, str(dist.digest)):
+                return True
+            return fallback is not None and await fallback()
+
         try:
             resp = await self.client(dist.registry).open(
                 "HEAD",
@@ -178,6 +190,7 @@ class Upstreams:
                 creds=creds,
                 headers={"Accept": DEFAULT_ACCEPT} if manifest else None,
                 kind="auth",
+                fallback=held,
             )
             resp.release()
         except (UpstreamUnauthorized, UpstreamDenied):

@@ -130,7 +130,10 @@ def merge_flags(values: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]
     help="While the registry cannot answer, serve what the cluster holds to clients it confirmed "
     "within this long; 0 turns it off.  [default: 24h]",
 )
-@click.option("--registry-timeout", help="Time the registry has to answer before it counts as down.  [default: 5s]")
+@click.option(
+    "--registry-timeout",
+    help="Time the registry has to answer before held content is served instead.  [default: 5s]",
+)
 @click.option("--outage-probe-interval", help="Time between probes of a registry marked down as hung.  [default: 2s]")
 @click.option(
     "--containerd-content-dir",

@@ -3,11 +3,16 @@
 Runs the registry's auth flow on a 401 (Bearer token from the realm, or Basic), caches
 tokens per credential and scope, and follows redirects to object storage *without* the
 ``Authorization`` header. Errors come out as the small ``Upstream*`` hierarchy.
+
+How long a request waits for its answer is ``registry_wait``'s: the short bound only when the
+caller can serve something held instead (``held_instead``, or ``fallback=``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import functools
 import http.client
 import logging
@@ -15,7 +20,7 @@ import socket
 import ssl
 import time
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
 from typing import Any, Protocol
 
 import aiohttp
@@ -24,6 +29,7 @@ from yarl import URL
 from shoal.oci import blocking
 from shoal.oci.auth import Credentials, TokenCache, fingerprint, parse_challenge, pull_scope
 from shoal.oci.blocking import BlockingResponse, Interrupt, run_in_thread
+from shoal.oci.registry_wait import ANSWER_TIMEOUT, RegistryWait, Step, WaitLimits
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +64,8 @@ class UpstreamUnavailable(UpstreamError):
 class Breaker(Protocol):
     """What a registry client tells its registry's circuit breaker (``shoal.agent.outage``)."""
 
-    def admit(self) -> str | None:
-        """None: send the request; else why not (the registry is marked down)."""
+    def marked_hung(self) -> str | None:
+        """None unless a request to the registry waited out its bound: then why it is marked down."""
 
     def answered(self) -> None:
         """The registry answered (any status below 500 but 429)."""
@@ -81,6 +87,22 @@ class UpstreamStatus(UpstreamError):
 
 LatencyObserver = Callable[[str, float], None]
 
+Fallback = Callable[[], Awaitable[bool]]
+"""True when something held can be served (to this client) instead of the registry's answer"""
+
+_FALLBACK: contextvars.ContextVar[Fallback | None] = contextvars.ContextVar("shoal_held_fallback", default=None)
+
+
+@contextlib.contextmanager
+def held_instead(fallback: Fallback) -> Iterator[None]:
+    """Registry requests made in this block (and tasks it starts) may stop waiting after the
+    short bound when ``fallback`` says something held can answer instead."""
+    token = _FALLBACK.set(fallback)
+    try:
+        yield
+    finally:
+        _FALLBACK.reset(token)
+
 
 class RegistryClient:
     """Talks to one registry (``name`` as written in image references) at ``base_url``."""
@@ -95,12 +117,15 @@ class RegistryClient:
         *,
         header_timeout: float | None = None,
         breaker: Breaker | None = None,
+        answer_timeout: float = ANSWER_TIMEOUT,
     ) -> None:
-        """``header_timeout``: seconds from sending a request to its response headers (a hung
-        registry costs at most that); ``breaker``: told of every answer and failure, and asked
-        before each request."""
+        """``header_timeout``: seconds a request waits for its answer when something held can
+        be served instead (a hung registry costs at most that); ``answer_timeout``: when
+        nothing can; ``breaker``: told of every answer and failure, and asked before each
+        request."""
         self.name = name
         self.header_timeout = header_timeout
+        self.answer_timeout = answer_timeout
         self.breaker = breaker
         self.base_url = base_url.rstrip("/")
         self._session = session
@@ -118,12 +143,26 @@ class RegistryClient:
         creds: Credentials | None,
         headers: Mapping[str, str] | None = None,
         kind: str = "other",
+        fallback: Fallback | None = None,
     ) -> aiohttp.ClientResponse:
         """Send a request and return the (successful or 404-ish) response, unread.
 
         The caller must release the response. 2xx and 206 are returned; 401/403/5xx and
         connection errors raise; other statuses raise UpstreamStatus with the body.
+        ``fallback`` (default: the one ``held_instead`` set) lets the wait be short.
         """
+        request = functools.partial(self._open_now, method, path, repository, creds, headers, kind)
+        return await self._wait_for(request, fallback, aiohttp.ClientResponse.release)
+
+    async def _open_now(
+        self,
+        method: str,
+        path: str,
+        repository: str,
+        creds: Credentials | None,
+        headers: Mapping[str, str] | None,
+        kind: str,
+    ) -> aiohttp.ClientResponse:
         url = f"{self.base_url}{path}"
         scope = pull_scope(repository)
         fp = fingerprint(creds)
@@ -160,10 +199,24 @@ class RegistryClient:
         headers: Mapping[str, str] | None = None,
         kind: str = "other",
         interrupt: Interrupt,
+        fallback: Fallback | None = None,
     ) -> BlockingResponse:
         """``open`` for a GET whose body a worker thread will read (``blocking``): the same
-        auth flow, redirects and errors, each blocking step in a thread of its own, stopped by
-        ``interrupt`` when the caller is cancelled. The caller must close the response."""
+        auth flow, redirects, errors and wait, each blocking step in a thread of its own,
+        stopped by ``interrupt`` when the caller is cancelled. The caller must close the
+        response."""
+        request = functools.partial(self._open_in_thread_now, path, repository, creds, headers, kind, interrupt)
+        return await self._wait_for(request, fallback, BlockingResponse.close)
+
+    async def _open_in_thread_now(
+        self,
+        path: str,
+        repository: str,
+        creds: Credentials | None,
+        headers: Mapping[str, str] | None,
+        kind: str,
+        interrupt: Interrupt,
+    ) -> BlockingResponse:
         url = f"{self.base_url}{path}"
         scope = pull_scope(repository)
         auth_key = (fingerprint(creds), self.name, scope, "auth")
@@ -201,8 +254,55 @@ class RegistryClient:
         resp.close()
         raise self._status_error(status, body, content_type, repository, path)
 
+    async def _wait_for[T](
+        self, request: Callable[[], Coroutine[Any, Any, T]], fallback: Fallback | None, release: Callable[[T], object]
+    ) -> T:
+        """Run ``request`` (the whole exchange up to the response headers) as ``RegistryWait``
+        says: the short bound only when something held can answer instead, one request only."""
+        fallback = fallback or _FALLBACK.get()
+        hung = None if self.breaker is None else self.breaker.marked_hung()
+        wait = RegistryWait(
+            WaitLimits(self.header_timeout, self.answer_timeout), hung is not None, asyncio.get_running_loop().time
+        )
+        task: asyncio.Task[T] | None = None
+        taken = False
+        try:
+            while True:
+                step, seconds = wait.next()
+                if step is Step.SEND:
+                    task = asyncio.create_task(request(), name=f"registry {self.name}")
+                    wait.sent()
+                elif step is Step.ASK_HELD:
+                    wait.learnt(fallback is not None and await fallback())
+                    if task is not None and task.done():  # it answered meanwhile: a real answer wins
+                        taken = True
+                        return task.result()
+                elif step is Step.WAIT:
+                    assert task is not None
+                    done, _ = await asyncio.wait({task}, timeout=seconds)
+                    if done:
+                        taken = True
+                        return task.result()
+                else:
+                    raise self._gave_up(step, hung, sent=wait.sent_at is not None)
+        finally:
+            if task is not None and not taken:
+                task.cancel()
+                (result,) = await asyncio.gather(task, return_exceptions=True)
+                if not isinstance(result, BaseException):
+                    release(result)
+
+    def _gave_up(self, step: Step, hung: str | None, *, sent: bool) -> UpstreamUnavailable:
+        """Stopped waiting: marked hung already (nothing sent), or no answer within a bound."""
+        if not sent and hung is not None:
+            return UpstreamUnavailable(f"{self.name} {hung}", registry=self.name, cause=hung)
+        bound = self.header_timeout if step is Step.SERVE_HELD else self.answer_timeout
+        cause = f"no answer within {bound:g}s"
+        if self.breaker is not None:
+            self.breaker.failed(cause, hung=True)
+        return UpstreamUnavailable(f"cannot reach {self.name}: {cause}", registry=self.name, cause=cause)
+
     async def _send_in_thread(self, url: str, headers: dict[str, str], interrupt: Interrupt) -> BlockingResponse:
-        self._admit()
         timeout = self._session.timeout
         send = functools.partial(
             blocking.request,
@@ -215,8 +315,7 @@ class RegistryClient:
             tls=self._tls_context,
         )
         try:
-            async with asyncio.timeout(self.header_timeout):
-                resp = await run_in_thread(send, interrupt, name=f"shoal-get {self.name}")
+            resp = await run_in_thread(send, interrupt, name=f"shoal-get {self.name}")
         except (*blocking.NETWORK_ERRORS, TimeoutError) as exc:
             raise self._unreachable(url, exc) from exc
         self._heard(resp.status)
@@ -261,10 +360,8 @@ class RegistryClient:
         return UpstreamStatus(status, body, content_type)
 
     async def _send(self, method: str, url: str, headers: dict[str, str]) -> aiohttp.ClientResponse:
-        self._admit()
         try:
-            async with asyncio.timeout(self.header_timeout):
-                resp = await self._session.request(method, url, headers=headers, allow_redirects=False)
+            resp = await self._session.request(method, url, headers=headers, allow_redirects=False)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise self._unreachable(url, exc) from exc
         self._heard(resp.status)
@@ -279,14 +376,11 @@ class RegistryClient:
                 resp = await self._session.get(url, allow_redirects=False)
             resp.release()
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            self._unreachable(url, exc)
+            cause = describe_failure(exc, self.header_timeout)
+            if self.breaker is not None:
+                self.breaker.failed(cause, hung=isinstance(exc, TimeoutError))
             return
         self._heard(resp.status)
-
-    def _admit(self) -> None:
-        refusal = None if self.breaker is None else self.breaker.admit()
-        if refusal is not None:
-            raise UpstreamUnavailable(f"{self.name} {refusal}", registry=self.name, cause=refusal)
 
     def _heard(self, status: int) -> None:
         if self.breaker is None:
@@ -297,7 +391,7 @@ class RegistryClient:
             self.breaker.answered()
 
     def _unreachable(self, url: str, exc: BaseException) -> UpstreamUnavailable:
-        cause = describe_failure(exc, self.header_timeout)
+        cause = describe_failure(exc, None)
         if self.breaker is not None:
             self.breaker.failed(cause, hung=isinstance(exc, TimeoutError))
         log.debug("%s at %s: %r", self.name, url, exc)
@@ -334,16 +428,15 @@ class RegistryClient:
                 query["service"] = params["service"]
             headers = {} if creds is None else {"Authorization": creds.basic_header()}
             try:
-                async with asyncio.timeout(self.header_timeout):
-                    async with self._session.get(realm, params=query, headers=headers) as resp:
-                        if resp.status in (401, 403):
-                            raise UpstreamUnauthorized(f"{self.name} token service refused the credentials")
-                        if resp.status != 200:
-                            cause = f"token service answered {resp.status}"
-                            raise UpstreamUnavailable(f"{self.name} {cause}", registry=self.name, cause=cause)
-                        body: Any = await resp.json(content_type=None)
+                async with self._session.get(realm, params=query, headers=headers) as resp:
+                    if resp.status in (401, 403):
+                        raise UpstreamUnauthorized(f"{self.name} token service refused the credentials")
+                    if resp.status != 200:
+                        cause = f"token service answered {resp.status}"
+                        raise UpstreamUnavailable(f"{self.name} {cause}", registry=self.name, cause=cause)
+                    body: Any = await resp.json(content_type=None)
             except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-                cause = f"token service: {describe_failure(exc, self.header_timeout)}"
+                cause = f"token service: {describe_failure(exc, None)}"
                 if self.breaker is not None and not isinstance(exc, ValueError):
                     self.breaker.failed(cause, hung=isinstance(exc, TimeoutError))
                 raise UpstreamUnavailable(f"{self.name} {cause}", registry=self.name, cause=cause) from exc

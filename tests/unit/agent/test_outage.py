@@ -39,7 +39,7 @@ class TestRegistryBreaker:
 
     def test_up_admits_everything(self) -> None:
         breaker = RegistryBreaker("reg", 2.0, FakeClock())
-        assert [breaker.admit() for _ in range(3)] == [None, None, None]
+        assert [breaker.marked_hung() for _ in range(3)] == [None, None, None]
         assert not breaker.down
         assert not breaker.probe_due()
 
@@ -48,7 +48,7 @@ class TestRegistryBreaker:
         breaker.failed("connection refused")
         assert breaker.down
         assert breaker.outages == 1
-        assert breaker.admit() is None  # costs milliseconds; its first answer ends the outage
+        assert breaker.marked_hung() is None  # costs milliseconds; its first answer ends the outage
         assert not breaker.probe_due()
         breaker.answered()
         assert not breaker.down
@@ -57,7 +57,7 @@ class TestRegistryBreaker:
         clock = FakeClock()
         breaker = RegistryBreaker("reg", 2.0, clock)
         breaker.failed("no answer within 5s", hung=True)
-        refusal = breaker.admit()
+        refusal = breaker.marked_hung()
         assert refusal is not None
         assert "no answer within 5s" in refusal
         assert not breaker.probe_due()
@@ -66,11 +66,11 @@ class TestRegistryBreaker:
         assert not breaker.probe_due()  # one probe per interval
         breaker.failed("no answer within 5s", hung=True)  # the probe hung too
         assert breaker.outages == 1
-        assert breaker.admit() is not None
+        assert breaker.marked_hung() is not None
         clock.now += 2.0
         assert breaker.probe_due()
         breaker.answered()
-        assert breaker.admit() is None
+        assert breaker.marked_hung() is None
         assert not breaker.down
 
     def test_outages_are_numbered(self) -> None:
