@@ -328,8 +328,8 @@ class PeerLink:
         self._writer = threading.Thread(target=self._write_forever, name=f"peer-out {self.peer_id}", daemon=True)
 
     def start(self) -> None:
-        self._reader.start()
         self._writer.start()
+        self._reader.start()
 
     # -- from the event loop -------------------------------------------------------------
     def send(self, event: wire.Event) -> None:
@@ -560,7 +560,10 @@ class PeerLink:
             self._pieces.clear()
 
     def _close_grace(self) -> bool:
-        """Give the writer a moment to send our CLOSE; False if it is still busy after it."""
+        """Give the writer a moment to send our CLOSE; False if it is still busy after it. A
+        writer not started yet finds the stop when it starts, and closes the socket itself."""
+        if self._writer.ident is None:
+            return True
         self._writer.join(1.0)
         return not self._writer.is_alive()
 

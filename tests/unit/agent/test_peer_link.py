@@ -337,6 +337,28 @@ class TestLink:
         await server.until(lambda: server.closed)
 
 
+class TestEarlyEnd:
+    """Found in the N=40 TLS fleet: a reader that ended before its writer had started
+    raised ``cannot join thread before it is started`` and never closed the socket."""
+
+    async def test_a_link_whose_peer_is_gone_before_the_writer_starts(self) -> None:
+        listener = Listener()
+        channel, conn = await asyncio.to_thread(
+            dial, listener.address, "127.0.0.1:7000", "127.0.0.1:7001", SECRET, 5.0, None, None
+        )
+        server_channel, _ = await asyncio.to_thread(listener.server)
+        server_channel.sock.close()  # the peer goes away at once
+        recorder = Recorder()
+        link = PeerLink(channel, conn, asyncio.get_running_loop(), recorder, outbound=True)
+        link._reader.start()  # the reader alone: it meets the end before the writer runs
+        await recorder.until(lambda: recorder.closed)
+        link._reader.join(5)
+        assert not link._reader.is_alive()
+        link._writer.start()  # the writer then finds the stop and the last one out closes
+        link._writer.join(5)
+        assert link._sock.fileno() == -1
+
+
 class TestExhaustion:
     """A peer cannot hold this agent's threads or memory: found by review, each test failed
     on the code before its fix."""
