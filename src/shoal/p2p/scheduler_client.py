@@ -27,8 +27,12 @@ from shoal.p2p.rendezvous import rank_schedulers
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-CONNECT_TIMEOUT = 3.0
-TOTAL_TIMEOUT = 8.0
+# A refused or reset connection fails over at once; these bound a scheduler that is slow to
+# answer. The connect bound covers the TLS handshake and the wait for a pooled connection:
+# when a whole fleet joins at once on busy cores that can take seconds, and a bound too short
+# sends every download to the origin (docs/fleet-benchmark.md).
+CONNECT_TIMEOUT = 10.0
+TOTAL_TIMEOUT = 15.0
 DOWN_FOR = 10.0
 """seconds a failed scheduler goes to the end of every ranking."""
 
