@@ -11,8 +11,8 @@ the partial file's watch (``PiecesHashed`` then ``PrefixAdvanced``).
 
 :class:`SimAgent` plays ``SwarmSource``: the join retries, the origin fill after ``GiveUp``
 (holding a granted fallback lease meanwhile, as ``keep_fallback`` does), and the seeding
-announcements of the pure ``shoal.agent.swarm.seeds.SeedBook``. Its serving side is
-:mod:`bench.simulate.serving` (``PeerHub``'s rules, which no pure core holds yet).
+announcements of the pure ``shoal.agent.swarm.seeds.SeedBook``; its serving side (``PeerHub``'s)
+carries out the pure ``shoal.p2p.serving.ServingBook``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from functools import partial
 
 from bench.simulate.network import Transfer
 from bench.simulate.scheduler import Replicas
-from bench.simulate.serving import Serving
 from bench.simulate.world import ORIGIN, World
 from shoal.agent.swarm.config import SwarmConfig
 from shoal.agent.swarm.download import JOIN_RETRY_PAUSES, TICK
@@ -33,6 +32,7 @@ from shoal.core.digest import Digest
 from shoal.p2p import download_state as ds
 from shoal.p2p.pieces import PieceGeometry
 from shoal.p2p.protocol import HashesView, JoinRequest, Report, TaskView
+from shoal.p2p.serving import Haves, ServingBook
 
 AGENT = SwarmConfig(peer_id="", address="", token=None)
 """the agent's defaults for what lies outside the download rules (seeding, superseeding)"""
@@ -85,7 +85,7 @@ class SimAgent:
         self.held: dict[str, set[int]] = {}
         """verified pieces of every blob here (complete blobs: all)"""
         self.complete: set[str] = set()
-        self.serving = Serving(self.peer_id, self.held, self._send_have, AGENT.superseed_copies)
+        self.serving = ServingBook(superseed_copies=AGENT.superseed_copies)
         self.seeds = SeedBook(me=self.peer_id, max_seeding=AGENT.max_seeding, avoid_for=rules.avoid_corrupt_for)
         self._blobs: dict[str, Blob] = {}
         self._on_done = on_done
@@ -108,7 +108,7 @@ class SimAgent:
         """The blob is complete and verified (``SwarmSource.cached``)."""
         self.complete.add(blob.digest)
         self.held[blob.digest] = set(range(blob.count))
-        self.serving.blob_complete(blob.digest, blob.count)
+        self.send_haves(blob.digest, self.serving.blob_complete(blob.digest, blob.count))
         self._announce(self.seeds.cached(Digest.parse(blob.digest), blob.geometry))
         if len(self.complete) == self._wanted:
             self._on_done(self.node)
@@ -145,9 +145,14 @@ class SimAgent:
         self.world.timers.after(AGENT.seed_announce_interval, self._announce_seeds)
 
     # -- serving (PeerHub) ----------------------------------------------------------------------
-    def _send_have(self, child: int, digest: str, pieces: list[int]) -> None:
-        agent = self.services.agents[child]
-        self.world.message(self.node, child, lambda: agent.parent_has(self.peer_id, digest, pieces))
+    def send_haves(self, digest: str, haves: Haves) -> None:
+        for child, pieces in haves:
+            assert isinstance(child, int)
+            agent = self.services.agents[child]
+            self.world.message(self.node, child, partial(agent.parent_has, self.peer_id, digest, pieces))
+
+    def interested(self, child: int, digest: str) -> frozenset[int]:
+        return self.serving.interested(child, digest, self.held.get(digest, ()))
 
     def parent_has(self, parent: str, digest: str, pieces: list[int]) -> None:
         """A HAVE arrived. One of pieces the download holds already is dropped here: the state
@@ -165,7 +170,7 @@ class SimAgent:
         self, child: int, blob: Blob, index: int, arrived: Callable[[], None], rejected: Callable[[], None]
     ) -> Transfer | None:
         """A child asks for a piece: send it (a transfer on our link to it), or refuse."""
-        if not self.serving.accept(child, blob.digest, index):
+        if not self.serving.accept(child, blob.digest, index, held=index in self.held.get(blob.digest, ())):
             rejected()
             return None
         return self.world.net.send(self.node, child, blob.geometry.length(index), arrived)
@@ -263,7 +268,7 @@ class SimDownload:
                 if avoid_until is not None:
                     self.agent.avoid[peer_id] = max(avoid_until, self.agent.avoid.get(peer_id, 0.0))
             case ds.AnnouncePieces(indices):
-                self.agent.serving.announce(self.digest, indices)
+                self.agent.send_haves(self.digest, self.agent.serving.announce(self.digest, indices))
             case ds.SendReport():
                 self._send_report(action)
             case ds.StartOriginFetch(offset):
@@ -272,7 +277,8 @@ class SimDownload:
                 self.agent.serving.superseed(self.digest)
             case ds.StopOriginFetch():
                 self._stop_origin()
-                self.agent.serving.stop_superseeding(self.digest)
+                haves = self.agent.serving.stop_superseeding(self.digest, self.held.__contains__)
+                self.agent.send_haves(self.digest, haves)
             case ds.AskFallback():
                 pass  # the ask goes as the next SendReport
             case ds.GiveUp():
@@ -354,7 +360,7 @@ class SimDownload:
         other = self.agent.services.agents[node]
 
         def interested() -> None:
-            pieces = other.serving.interested(me, self.digest)
+            pieces = other.interested(me, self.digest)
             world.message(node, me, lambda: self.apply(ds.ParentHas(parent.peer_id, pieces)))
 
         world.message(me, node, interested)

@@ -10,12 +10,12 @@ from dataclasses import dataclass, field
 import pytest
 from bench.simulate.fleet import FleetSpec, build_fleet
 from bench.simulate.scheduler import Replicas
-from bench.simulate.serving import Serving
 from bench.simulate.shoal_fleet import ShoalFleet
 from bench.simulate.world import World
 
 from shoal.p2p import download_state as ds
 from shoal.p2p.protocol import Report, TaskView
+from shoal.p2p.serving import Haves, ServingBook
 
 MIB = 1 << 20
 
@@ -28,7 +28,8 @@ class Tally:
     asked_final: int = 0
     sent_reports: list[Report] = field(default_factory=list)
     asked_announced: Counter[tuple[str, str, int]] = field(default_factory=Counter)
-    announced: Counter[tuple[str, str, int]] = field(default_factory=Counter)
+    announced: Counter[tuple[int, str, int]] = field(default_factory=Counter)
+    """(id of the serving book, digest, piece) the adapter announced"""
     gave_up: list[ds.GiveUp] = field(default_factory=list)
 
     @property
@@ -63,16 +64,16 @@ def watch(monkeypatch: pytest.MonkeyPatch) -> Tally:
         tally.sent_reports.append(rep)
         report(self, node, digest, rep, answer)
 
-    announce = Serving.announce
+    announce = ServingBook.announce
 
-    def counting_announce(self: Serving, digest: str, indices: Iterable[int]) -> None:
+    def counting_announce(self: ServingBook, digest: str, indices: Iterable[int]) -> Haves:
         indices = tuple(indices)
-        tally.announced.update((self.me, digest, i) for i in indices)
-        announce(self, digest, indices)
+        tally.announced.update((id(self), digest, i) for i in indices)
+        return announce(self, digest, indices)
 
     monkeypatch.setattr(ds.DownloadState, "apply", counting_apply)
     monkeypatch.setattr(Replicas, "report", counting_report)
-    monkeypatch.setattr(Serving, "announce", counting_announce)
+    monkeypatch.setattr(ServingBook, "announce", counting_announce)
     return tally
 
 
@@ -109,11 +110,13 @@ class TestOnlyTheCoreSpeaks:
         assert all(not r.hashes for r in complete)
         assert all(len(a.seeds.seeding) == 2 for a in fleet.services.agents.values())
 
-    def test_every_have_before_completion_is_an_announcement_of_the_core(self, monkeypatch: pytest.MonkeyPatch) -> None:
+    def test_the_adapter_announces_exactly_what_the_core_asked_for(self, monkeypatch: pytest.MonkeyPatch) -> None:
         tally = watch(monkeypatch)
-        rollout(SPEC)
-        assert tally.asked_announced
-        assert set(tally.announced) <= set(tally.asked_announced)
+        fleet = rollout(SPEC)
+        books = {id(a.serving): a.peer_id for a in fleet.services.agents.values()}
+        announced = Counter({(books[b], d, i): n for (b, d, i), n in tally.announced.items()})
+        assert len(tally.asked_announced) > 8 * 2
+        assert announced == tally.asked_announced
 
 
 class TestFallback:
