@@ -1,48 +1,41 @@
-"""One simulated Shoal agent: the I/O around the real ``DownloadState`` of each of its blobs.
+"""One simulated Shoal agent: the I/O around the real cores of each of its blobs, in virtual time.
 
-:class:`SimDownload` does, in virtual time, what ``shoal.agent.swarm.SwarmDownload`` does
-around the pure state: it joins the task, applies events and carries out the returned
-actions. Besides carrying out actions, it performs these swarm duties itself, as
-``SwarmDownload`` does today (they are rules kept outside the pure core, and each copy here
-must follow the agent's):
+:class:`SimDownload` does what ``shoal.agent.swarm.download.SwarmDownload`` does around the
+pure ``DownloadState``: it joins the task, applies events, carries out the returned actions
+and applies ``ReportDue`` at ``state.wake_at()``. Every swarm rule (report timing and
+content, announcements, hash publication, the fallback ask and its retries, holding a
+fallback lease) comes from the state's actions; the adapter sends what they say and feeds
+back what happened. Like ``SwarmDownload``, it also runs the I/O loops around the state:
+the hashes long-poll (``HashesKnown``), a tick a second (``Tick`` or ``BytesArrived``), and
+the partial file's watch (``PiecesHashed`` then ``PrefixAdvanced``).
 
-1. report timing: report when something happened (a new piece hash, a dropped parent, an
-   eighth of the blob more), never more often than ``report_interval`` unless fetching, and
-   at least every ``heartbeat`` (``2 x report_interval`` while short of parents);
-2. what a report carries: pieces held, the verified prefix, piece hashes not sent yet,
-   ``unreported_failures`` (cleared after the report: a mutation outside ``apply``);
-3. announcements: a HAVE to every interested child when a piece is written or the prefix
-   passes it; the blob complete: announce what children were refused;
-4. hash publication: the fetcher's prefix hashes go with its next report, at once;
-5. the hashes long-poll from the first unknown piece, fed back as ``HashesKnown``;
-6. the clock: a ``Tick`` (or ``BytesArrived``) every second;
-7. the fallback ask (a report with ``wants_fallback``), the seed's re-announcement every
-   ``seed_announce_interval`` once complete (with all hashes when the scheduler lacks them).
-
-:class:`SimAgent` plays ``PeerHub``'s serving side: the bitfield for an interested child,
-HAVEs, requests answered from verified pieces, superseeding while fetching from the origin
-(a piece accepted for ``superseed_copies`` children is refused to more).
+:class:`SimAgent` plays ``SwarmSource``: the join retries, the origin fill after ``GiveUp``
+(holding a granted fallback lease meanwhile, as ``keep_fallback`` does), and the seeding
+announcements of the pure ``shoal.agent.swarm.seeds.SeedBook``; its serving side (``PeerHub``'s)
+carries out the pure ``shoal.p2p.serving.ServingBook``.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from functools import partial
 
 from bench.simulate.network import Transfer
 from bench.simulate.scheduler import Replicas
 from bench.simulate.world import ORIGIN, World
+from shoal.agent.swarm.config import SwarmConfig
+from shoal.agent.swarm.download import JOIN_RETRY_PAUSES, TICK
+from shoal.agent.swarm.seeds import Announcement, SeedBook
+from shoal.core.digest import Digest
 from shoal.p2p import download_state as ds
-from shoal.p2p.pieces import piece_count, piece_span
+from shoal.p2p.pieces import PieceGeometry
 from shoal.p2p.protocol import HashesView, JoinRequest, Report, TaskView
+from shoal.p2p.serving import Haves, ServingBook
 
-TICK = 1.0
-REPORT_INTERVAL = 0.5
-HEARTBEAT = 5.0
-SEED_ANNOUNCE = 10.0
-SUPERSEED_COPIES = 2
+AGENT = SwarmConfig(peer_id="", address="", token=None)
+"""the agent's defaults for what lies outside the download rules (seeding, superseeding)"""
 DEAD_LINK_NOTICED = 5.0
 """seconds until a link to a dead peer is noticed (the hub's liveness period)"""
 CONNECT_REFUSED = 1.0
@@ -51,18 +44,20 @@ CONNECT_REFUSED = 1.0
 @dataclass(frozen=True, slots=True)
 class Blob:
     digest: str
-    size: int
-    piece_size: int
-    count: int
+    geometry: PieceGeometry
     hashes: tuple[str, ...]
     """the true sha256 of every piece (the simulated bytes)"""
+
+    @property
+    def count(self) -> int:
+        return self.geometry.count
 
 
 def make_blob(layer: int, size: int, piece_size: int) -> Blob:
     digest = "sha256:" + hashlib.sha256(f"layer {layer} of {size}".encode()).hexdigest()
-    count = piece_count(size, piece_size)
-    hashes = tuple(hashlib.sha256(f"{digest}/{i}".encode()).hexdigest() for i in range(count))
-    return Blob(digest, size, piece_size, count, hashes)
+    geometry = PieceGeometry(size, piece_size)
+    hashes = tuple(hashlib.sha256(f"{digest}/{i}".encode()).hexdigest() for i in range(geometry.count))
+    return Blob(digest, geometry, hashes)
 
 
 class Services:
@@ -74,18 +69,8 @@ class Services:
     scheduler: Replicas
 
 
-@dataclass(slots=True)
-class _Serving:
-    """A blob this agent serves: which children were told which pieces."""
-
-    told: dict[int, set[int]] = field(default_factory=dict)
-    refused: dict[int, set[int]] = field(default_factory=dict)
-    copies: dict[int, int] | None = None
-    """superseeding: piece -> children it was accepted for"""
-
-
 class SimAgent:
-    """One node's agent: its downloads and the serving side of its links."""
+    """One node's agent: its downloads, its seeding announcements and the serving side of its links."""
 
     def __init__(self, node: int, services: Services, rules: ds.DownloadRules, on_done: Callable[[int], None]) -> None:
         self.node = node
@@ -93,64 +78,81 @@ class SimAgent:
         self.address = f"10.77.{node // 250}.{node % 250}:65001"
         self.zone = f"zone-{services.world.fleet.zone[node]}"
         self.services = services
+        self.world = services.world
         self.rules = rules
         self.avoid: dict[str, float] = {}
         self.downloads: dict[str, SimDownload] = {}
         self.held: dict[str, set[int]] = {}
         """verified pieces of every blob here (complete blobs: all)"""
         self.complete: set[str] = set()
-        self.serving: dict[str, _Serving] = {}
+        self.serving = ServingBook(superseed_copies=AGENT.superseed_copies)
+        self.seeds = SeedBook(me=self.peer_id, max_seeding=AGENT.max_seeding, avoid_for=rules.avoid_corrupt_for)
+        self._blobs: dict[str, Blob] = {}
         self._on_done = on_done
         self._wanted = 0
 
+    @property
+    def dead(self) -> bool:
+        return self.node in self.world.dead
+
     def pull(self, blobs: list[Blob]) -> None:
         self._wanted = len(blobs)
+        self.world.timers.after(AGENT.seed_announce_interval, self._announce_seeds)
         for blob in blobs:
+            self._blobs[blob.digest] = blob
             download = SimDownload(self, blob)
             self.downloads[blob.digest] = download
             download.start()
 
     def blob_done(self, blob: Blob) -> None:
+        """The blob is complete and verified (``SwarmSource.cached``)."""
         self.complete.add(blob.digest)
         self.held[blob.digest] = set(range(blob.count))
-        serving = self.serving.get(blob.digest)
-        if serving is not None:
-            serving.copies = None
-            for child, told in serving.told.items():
-                refused = serving.refused.pop(child, set())
-                fresh = [i for i in range(blob.count) if i not in told or i in refused]
-                told.update(fresh)
-                self._have(child, blob.digest, fresh)
+        self.send_haves(blob.digest, self.serving.blob_complete(blob.digest, blob.count))
+        self._announce(self.seeds.cached(Digest.parse(blob.digest), blob.geometry))
         if len(self.complete) == self._wanted:
             self._on_done(self.node)
 
-    # -- serving (PeerHub) -----------------------------------------------------------------
-    def interested(self, child: int, digest: str, reply: Callable[[frozenset[int]], None]) -> None:
-        pieces = frozenset(self.held.get(digest, ()))
-        self.serving.setdefault(digest, _Serving()).told[child] = set(pieces)
-        reply(pieces)
+    # -- seeding (SwarmSource and SeedBook) ---------------------------------------------------
+    def report(self, digest: str, report: Report, answer: Callable[[TaskView | None], None]) -> None:
+        self.services.scheduler.report(self.node, digest, replace(report, zone=self.zone), answer)
 
-    def not_interested(self, child: int, digest: str) -> None:
-        serving = self.serving.get(digest)
-        if serving is not None:
-            serving.told.pop(child, None)
-            serving.refused.pop(child, None)
+    def _announce(self, announcement: Announcement) -> None:
+        digest, geometry = str(announcement.digest), announcement.geometry
+        blob = self._blobs[digest]
+        report = Report(
+            self.peer_id,
+            self.address,
+            pieces=geometry.count,
+            contiguous=geometry.size,
+            complete=True,
+            size=geometry.size,
+            piece_size=geometry.piece_size,
+            hashes=dict(enumerate(blob.hashes)) if announcement.with_hashes else {},
+        )
 
-    def announce(self, digest: str, indices: list[int]) -> None:
-        """Pieces verified here: one HAVE each to every interested child not told yet."""
-        serving = self.serving.get(digest)
-        if serving is None:
+        def answered(view: TaskView | None) -> None:
+            if view is not None and announcement.needs_hashes(view.hashes_known):
+                self.report(digest, replace(report, hashes=dict(enumerate(blob.hashes))), lambda _: None)
+
+        self.report(digest, report, answered)
+
+    def _announce_seeds(self) -> None:
+        if self.dead:
             return
-        for child, told in serving.told.items():
-            fresh = [i for i in indices if i not in told]
-            if fresh:
-                told.update(fresh)
-                self._have(child, digest, fresh)
+        for announcement in self.seeds.due(lambda d: str(d) in self.complete):
+            self._announce(announcement)
+        self.world.timers.after(AGENT.seed_announce_interval, self._announce_seeds)
 
-    def _have(self, child: int, digest: str, pieces: list[int]) -> None:
-        world = self.services.world
-        agent = self.services.agents[child]
-        world.message(self.node, child, lambda: agent.parent_has(self.peer_id, digest, pieces))
+    # -- serving (PeerHub) ----------------------------------------------------------------------
+    def send_haves(self, digest: str, haves: Haves) -> None:
+        for child, pieces in haves:
+            assert isinstance(child, int)
+            agent = self.services.agents[child]
+            self.world.message(self.node, child, partial(agent.parent_has, self.peer_id, digest, pieces))
+
+    def interested(self, child: int, digest: str) -> frozenset[int]:
+        return self.serving.interested(child, digest, self.held.get(digest, ()))
 
     def parent_has(self, parent: str, digest: str, pieces: list[int]) -> None:
         """A HAVE arrived. One of pieces the download holds already is dropped here: the state
@@ -164,42 +166,14 @@ class SimAgent:
         if wanted:
             download.apply(ds.ParentHas(parent, wanted))
 
-    def superseed(self, digest: str, on: bool) -> None:
-        serving = self.serving.setdefault(digest, _Serving())
-        if on:
-            serving.copies = serving.copies if serving.copies is not None else {}
-            return
-        serving.copies = None
-        for child, refused in list(serving.refused.items()):
-            told = serving.told.get(child)
-            if told is None:
-                continue
-            fresh = sorted(i for i in refused if i in self.held.get(digest, ()) and i not in told)
-            told.update(fresh)
-            if fresh:
-                self._have(child, digest, fresh)
-        serving.refused.clear()
-
     def request(
         self, child: int, blob: Blob, index: int, arrived: Callable[[], None], rejected: Callable[[], None]
     ) -> Transfer | None:
         """A child asks for a piece: send it (a transfer on our link to it), or refuse."""
-        digest = blob.digest
-        if index not in self.held.get(digest, ()):
+        if not self.serving.accept(child, blob.digest, index, held=index in self.held.get(blob.digest, ())):
             rejected()
             return None
-        serving = self.serving.setdefault(digest, _Serving())
-        if serving.copies is not None and digest not in self.complete:
-            if serving.copies.get(index, 0) >= SUPERSEED_COPIES:
-                serving.refused.setdefault(child, set()).add(index)
-                told = serving.told.get(child)
-                if told is not None:
-                    told.discard(index)
-                rejected()
-                return None
-            serving.copies[index] = serving.copies.get(index, 0) + 1
-        _, length = piece_span(index, blob.size, blob.piece_size)
-        return self.services.world.net.send(self.node, child, length, arrived)
+        return self.world.net.send(self.node, child, blob.geometry.length(index), arrived)
 
 
 class SimDownload:
@@ -208,11 +182,11 @@ class SimDownload:
     def __init__(self, agent: SimAgent, blob: Blob) -> None:
         self.agent = agent
         self.blob = blob
-        self.world = agent.services.world
+        self.digest = blob.digest
+        self.world = agent.world
         self.state = ds.DownloadState(
             peer_id=agent.peer_id,
-            size=blob.size,
-            piece_size=blob.piece_size,
+            geometry=blob.geometry,
             rules=agent.rules,
             clock=self.world.clock,
             avoided=agent.avoid,
@@ -222,20 +196,21 @@ class SimDownload:
         self.requests: dict[tuple[str, int], Transfer | None] = {}
         self.origin_transfers: list[Transfer] = []
         self.prefix = 0
-        """pieces held in order from 0 (the verified prefix, in pieces)"""
+        """pieces held in order from 0 (the partial file's verified prefix, in pieces)"""
+        self.hashing = False
+        """the partial file hashes pieces as its prefix grows (set by our origin fetch)"""
         self.piece_hashes: dict[int, str] = {}
-        """hashes this node computed of its prefix while it read the origin (PartialBlob's)"""
-        self.hashes_sent: set[int] = set()
-        self.written = 0
-        self.last_reported_written = 0
-        self.last_report = 0.0
-        self.report_timer: int | None = None
-        self.report_in_flight = False
-        self.report_again = False
+        """hashes of the prefix (``PartialBlob.piece_hashes``)"""
         self.hash_known = 0
         self.bytes_seen = 0.0
+        """bytes of pieces received from parents"""
+        self.reports_sent = 0
+        """``SendReport`` actions carried out (the final one included)"""
         self.done = False
-        self.gave_up = False
+        self.swarm_over = False
+        """the swarm part is over (complete, or gave up: the origin fills the rest)"""
+        self._wake: int | None = None
+        self._wake_at: float | None = None
         self._ticked = 0.0
 
     @property
@@ -243,31 +218,35 @@ class SimDownload:
         return self.agent.node in self.world.dead
 
     # -- start -----------------------------------------------------------------------------
-    def start(self) -> None:
+    def start(self, attempt: int = 0) -> None:
+        """Join the task; a failed join is tried again (``SwarmDownload._join``)."""
+        geometry = self.blob.geometry
         join = JoinRequest(
-            self.agent.peer_id, self.agent.address, self.blob.size, self.blob.piece_size, zone=self.agent.zone
+            self.agent.peer_id, self.agent.address, geometry.size, geometry.piece_size, zone=self.agent.zone
         )
-        self._schedulers().join(self.agent.node, self.blob.digest, join, self._joined)
 
-    def _schedulers(self) -> Replicas:
-        return self.agent.services.scheduler
+        def answered(view: TaskView | None) -> None:
+            if view is not None:
+                self._joined(view)
+            elif attempt < len(JOIN_RETRY_PAUSES):
+                self.world.timers.after(JOIN_RETRY_PAUSES[attempt], lambda: self.start(attempt + 1))
+            else:
+                self._give_up(ds.GiveUp("scheduler: join failed"))
 
-    def _joined(self, view: TaskView | None) -> None:
-        if view is None:
-            self._give_up_now("scheduler: join failed")
-            return
-        self.last_report = self.world.clock.now
+        self.agent.services.scheduler.join(self.agent.node, self.digest, join, answered)
+
+    def _joined(self, view: TaskView) -> None:
         self.apply(self._answer(view))
         self._tick()
         self._poll_hashes()
-        self._schedule_report()
 
     # -- the owner -------------------------------------------------------------------------
     def apply(self, event: ds.Event) -> None:
-        if self.done or self.dead:
+        if self.swarm_over or self.dead:
             return
         for action in self.state.apply(event):
             self._do(action)
+        self._schedule_wake()
 
     def _do(self, action: ds.Action) -> None:
         match action:
@@ -276,9 +255,7 @@ class SimDownload:
             case ds.RequestPiece(peer_id, index):
                 self._request(peer_id, index)
             case ds.CancelRequest(peer_id, index):
-                transfer = self.requests.pop((peer_id, index), None)
-                if transfer is not None:
-                    self.world.net.cancel(transfer)
+                self._cancel(peer_id, index)
             case ds.WritePiece(index, peer_id):
                 self.requests.pop((peer_id, index), None)
                 self._write(index)
@@ -287,27 +264,88 @@ class SimDownload:
             case ds.DropParent(peer_id, _, avoid_until):
                 parent_node = self.agent.services.peer_ids.get(peer_id)
                 if parent_node is not None:
-                    self.agent.services.agents[parent_node].not_interested(self.agent.node, self.blob.digest)
+                    self.agent.services.agents[parent_node].serving.not_interested(self.agent.node, self.digest)
                 if avoid_until is not None:
-                    self.agent.avoid[peer_id] = avoid_until
-                self._report_due()
+                    self.agent.avoid[peer_id] = max(avoid_until, self.agent.avoid.get(peer_id, 0.0))
+            case ds.AnnouncePieces(indices):
+                self.agent.send_haves(self.digest, self.agent.serving.announce(self.digest, indices))
+            case ds.SendReport():
+                self._send_report(action)
             case ds.StartOriginFetch(offset):
-                self._fetch_origin(offset // self.blob.piece_size)
-                self.agent.superseed(self.blob.digest, True)
+                self.hashing = self.hashing or offset % self.blob.geometry.piece_size == 0
+                self._fetch_origin(self.blob.geometry.pieces_within(offset))
+                self.agent.serving.superseed(self.digest)
             case ds.StopOriginFetch():
-                for t in self.origin_transfers:
-                    self.world.net.cancel(t)
-                self.origin_transfers = []
-                self.agent.superseed(self.blob.digest, False)
+                self._stop_origin()
+                haves = self.agent.serving.stop_superseeding(self.digest, self.held.__contains__)
+                self.agent.send_haves(self.digest, haves)
             case ds.AskFallback():
-                self._report(wants_fallback=True)
-            case ds.GiveUp(reason):
-                self._give_up_now(reason)
+                pass  # the ask goes as the next SendReport
+            case ds.GiveUp():
+                self._give_up(action)
             case ds.Complete():
+                # a final SendReport (the fetcher's last hashes) went out just before
+                self._end_swarm()
                 self._complete()
 
-    def _answer(self, view: TaskView) -> ds.SchedulerAnswer:
-        return ds.SchedulerAnswer(view.fetcher, tuple(ds.ParentInfo(p.peer_id, p.address) for p in view.parents))
+    @staticmethod
+    def _answer(view: TaskView) -> ds.SchedulerAnswer:
+        parents = tuple(ds.ParentInfo(p.peer_id, p.address) for p in view.parents)
+        return ds.SchedulerAnswer(view.fetcher, parents, view.hashes_known)
+
+    def _schedule_wake(self) -> None:
+        """Have ``ReportDue`` applied when the state asks for it."""
+        at = self.state.wake_at()
+        if at == self._wake_at:
+            return
+        timers = self.world.timers
+        if self._wake is not None:
+            timers.cancel(self._wake)
+            self._wake = None
+        self._wake_at = at
+        if at is not None:
+            self._wake = timers.at(at, self._ring)
+
+    def _ring(self) -> None:
+        self._wake, self._wake_at = None, None
+        if self.swarm_over:
+            self._keep_fallback()
+        else:
+            self.apply(ds.ReportDue())
+
+    # -- reports ---------------------------------------------------------------------------
+    def _send_report(self, action: ds.SendReport) -> None:
+        """Carry out a ``SendReport``; its answer (or failure) goes back to the state."""
+        self.reports_sent += 1
+        geometry = self.blob.geometry
+        report = Report(
+            self.agent.peer_id,
+            self.agent.address,
+            pieces=action.pieces,
+            contiguous=action.contiguous,
+            hashes=dict(action.hashes),
+            failed_parents=list(action.failed_parents),
+            size=geometry.size,
+            piece_size=geometry.piece_size,
+            wants_fallback=action.wants_fallback,
+        )
+        if action.final:
+            self.agent.report(self.digest, report, lambda _: None)  # its answer is not applied
+            return
+
+        def answered(view: TaskView | None) -> None:
+            events: list[ds.Event] = [ds.SchedulerFailed()]
+            if view is not None:
+                events = [self._answer(view)]
+                if action.wants_fallback:
+                    events.append(ds.FallbackAnswer(granted=view.fallback))
+            for event in events:
+                if self.swarm_over:
+                    self._apply_after(event)
+                else:
+                    self.apply(event)
+
+        self.agent.report(self.digest, report, answered)
 
     # -- actions ---------------------------------------------------------------------------
     def _add_parent(self, parent: ds.ParentInfo) -> None:
@@ -321,10 +359,11 @@ class SimDownload:
             return
         other = self.agent.services.agents[node]
 
-        def bitfield(pieces: frozenset[int]) -> None:
+        def interested() -> None:
+            pieces = other.interested(me, self.digest)
             world.message(node, me, lambda: self.apply(ds.ParentHas(parent.peer_id, pieces)))
 
-        world.message(me, node, lambda: other.interested(me, self.blob.digest, bitfield))
+        world.message(me, node, interested)
 
     def _request(self, peer_id: str, index: int) -> None:
         node = self.agent.services.peer_ids[peer_id]
@@ -336,7 +375,7 @@ class SimDownload:
 
         def arrived() -> None:
             def deliver() -> None:
-                self.bytes_seen += piece_span(index, self.blob.size, self.blob.piece_size)[1]
+                self.bytes_seen += self.blob.geometry.length(index)
                 self.apply(ds.PieceArrived(peer_id, index, self.blob.hashes[index]))
 
             world.message(node, me, deliver)
@@ -354,183 +393,141 @@ class SimDownload:
 
         world.message(me, node, at_parent)
 
+    def _cancel(self, peer_id: str, index: int) -> None:
+        transfer = self.requests.pop((peer_id, index), None)
+        if transfer is None:
+            return
+        if self.world.net.progress(transfer) == 0:
+            node = self.agent.services.peer_ids[peer_id]
+            self.agent.services.agents[node].serving.dropped(self.digest, index)
+        self.world.net.cancel(transfer)
+
     def _write(self, index: int) -> None:
+        """The piece is on file: the partial file's news first, then the write's (as the agent)."""
         self.held.add(index)
-        self.written += 1
+        self._observe_partial()
         self.apply(ds.PieceWritten(index))
+
+    def _observe_partial(self) -> None:
+        """``SwarmDownload._observe_partial``: new prefix hashes, then the verified prefix."""
+        before = self.prefix
         self._absorb()
-        self.agent.announce(self.blob.digest, [index])
-        if self.written - self.last_reported_written >= max(1, self.blob.count // 8):
-            self._report_due()
+        if self.prefix == before:
+            return  # nothing the state has not heard
+        if self.hashing:
+            fresh = {i: self.blob.hashes[i] for i in range(before, self.prefix) if i not in self.piece_hashes}
+            self.piece_hashes.update(fresh)
+            if fresh:
+                self.apply(ds.PiecesHashed(fresh))
+        self.apply(ds.PrefixAdvanced(self._contiguous()))
 
     def _absorb(self) -> None:
         while self.prefix < self.blob.count and self.prefix in self.held:
             self.prefix += 1
 
     def _contiguous(self) -> int:
-        return self.blob.size if self.prefix >= self.blob.count else self.prefix * self.blob.piece_size
+        return self.blob.geometry.size if self.prefix >= self.blob.count else self.blob.geometry.offset(self.prefix)
 
-    def _fetch_origin(self, first: int, *, fallback: bool = False) -> None:
-        """Read pieces from the origin in order, from ``first`` (one flow: a GET with a Range)."""
+    def _fetch_origin(self, first: int) -> None:
+        """Read pieces from the origin in order, from ``first`` (one flow: a GET with a Range);
+        after ``GiveUp`` pieces held beyond the prefix are skipped."""
+        geometry = self.blob.geometry
         for index in range(first, self.blob.count):
-            if fallback and index in self.held:
+            if self.swarm_over and index in self.held:
                 continue
-            _, length = piece_span(index, self.blob.size, self.blob.piece_size)
-            transfer = self.world.net.send(ORIGIN, self.agent.node, length, partial(self._from_origin, index, fallback))
+            transfer = self.world.net.send(
+                ORIGIN, self.agent.node, geometry.length(index), partial(self._from_origin, index)
+            )
             self.origin_transfers.append(transfer)
 
-    def _from_origin(self, index: int, fallback: bool) -> None:
-        if self.dead:
-            return
-        self.held.add(index)
-        self.bytes_seen += piece_span(index, self.blob.size, self.blob.piece_size)[1]
-        if not fallback:
-            self.piece_hashes[index] = self.blob.hashes[index]
-        self._absorb()
-        if fallback:
-            if self.prefix >= self.blob.count:
-                self._complete_after_fallback()
-            return
-        self.agent.announce(self.blob.digest, [index])
-        self.apply(ds.PrefixAdvanced(self._contiguous()))
-        self._report_due()
-
-    def _give_up_now(self, reason: str) -> None:
-        """The rest comes from the origin (``SwarmSource.fill`` after ``SwarmGaveUpError``)."""
-        self.gave_up = True
-        for t in list(self.requests.values()):
-            if t is not None:
-                self.world.net.cancel(t)
-        self.requests.clear()
+    def _stop_origin(self) -> None:
         for t in self.origin_transfers:
             self.world.net.cancel(t)
         self.origin_transfers = []
-        self.agent.superseed(self.blob.digest, False)
-        if self.prefix >= self.blob.count:
-            self._complete_after_fallback()
-            return
-        self._fetch_origin(0, fallback=True)
 
-    def _complete_after_fallback(self) -> None:
-        self.piece_hashes = dict(enumerate(self.blob.hashes))
-        self._complete()
+    def _from_origin(self, index: int) -> None:
+        if self.dead:
+            return
+        self.held.add(index)
+        if self.swarm_over:
+            self._absorb()
+            if self.prefix >= self.blob.count:
+                self._complete()
+            return
+        self._observe_partial()
+
+    # -- the end of the swarm ----------------------------------------------------------------
+    def _end_swarm(self) -> None:
+        """``run()``'s end: stop the requests, the origin fetch and the loops."""
+        self.swarm_over = True
+        for t in self.requests.values():
+            if t is not None:
+                self.world.net.cancel(t)
+        self.requests.clear()
+        self._stop_origin()
+        if self._wake is not None:
+            self.world.timers.cancel(self._wake)
+            self._wake, self._wake_at = None, None
+        self.agent.seeds.supplied(Digest.parse(self.digest), self.blob.geometry, self.state.suppliers)
+
+    def _give_up(self, action: ds.GiveUp) -> None:
+        """``SwarmSource.fill`` after ``SwarmGaveUpError``: the rest from the origin, holding a
+        granted fallback lease meanwhile (``keep_fallback``)."""
+        self._end_swarm()
+        if action.fallback_lease:
+            self.agent.seeds.fallen_back(Digest.parse(self.digest))
+            self._schedule_wake()
+        self._absorb()
+        if self.prefix >= self.blob.count:
+            self._complete()
+            return
+        self._fetch_origin(self.prefix)
+
+    def _keep_fallback(self) -> None:
+        """A heartbeat that holds the fallback lease while the origin fills the rest."""
+        if self.done or self.dead:
+            return
+        self._absorb()
+        for event in (ds.PrefixAdvanced(self._contiguous()), ds.ReportDue()):
+            self._apply_after(event)
+
+    def _apply_after(self, event: ds.Event) -> None:
+        """An event for a state that gave up under a fallback lease (it only reports)."""
+        if self.done or self.dead:
+            return
+        for action in self.state.apply(event):
+            if isinstance(action, ds.SendReport):
+                self._send_report(action)
+        self._schedule_wake()
 
     def _complete(self) -> None:
         if self.done:
             return
         self.done = True
+        if self._wake is not None:
+            self.world.timers.cancel(self._wake)
+            self._wake, self._wake_at = None, None
         self.agent.blob_done(self.blob)
-        self._announce_seed(with_hashes=self.gave_up)
 
-    # -- reports ---------------------------------------------------------------------------
-    def _report_due(self) -> None:
-        """Something happened: report now if fetching, else once ``report_interval`` passed."""
-        if self.done:
-            return
-        if self.report_in_flight:
-            self.report_again = True
-            return
-        when = (
-            self.world.clock.now
-            if self.state.fetching
-            else max(self.world.clock.now, self.last_report + REPORT_INTERVAL)
-        )
-        self._schedule_report(when)
-
-    def _schedule_report(self, when: float | None = None) -> None:
-        if when is None:
-            wanting = len(self.state.parents) < self.state.rules.max_parents and not self.state.fetching
-            when = self.last_report + (2 * REPORT_INTERVAL if wanting else HEARTBEAT)
-        if self.report_timer is not None:
-            self.world.timers.cancel(self.report_timer)
-        self.report_timer = self.world.timers.at(when, self._report)
-
-    def _report(self, wants_fallback: bool = False) -> None:
-        if self.done or self.dead:
-            return
-        if not wants_fallback:
-            self.report_timer = None
-        new = {i: h for i, h in self.piece_hashes.items() if i not in self.hashes_sent}
-        failed = sorted(self.state.unreported_failures)
-        report = Report(
-            self.agent.peer_id,
-            self.agent.address,
-            pieces=self.blob.count - len(self.state.missing),
-            contiguous=self._contiguous(),
-            hashes=new,
-            failed_parents=failed,
-            size=self.blob.size,
-            piece_size=self.blob.piece_size,
-            wants_fallback=wants_fallback,
-            zone=self.agent.zone,
-        )
-        self.last_report = self.world.clock.now
-        self.last_reported_written = self.written
-        self.report_in_flight = True
-
-        def answered(view: TaskView | None) -> None:
-            self.report_in_flight = False
-            if view is None:
-                self.apply(ds.SchedulerFailed())
-                if wants_fallback:
-                    self.apply(ds.FallbackAnswer(granted=True))
-                self._schedule_report(self.world.clock.now + REPORT_INTERVAL)
-                return
-            self.hashes_sent.update(new)
-            self.state.unreported_failures.difference_update(failed)
-            self.apply(self._answer(view))
-            if wants_fallback:
-                self.apply(ds.FallbackAnswer(granted=view.fallback))
-            if self.report_again:
-                self.report_again = False
-                self._report_due()
-            elif self.report_timer is None:
-                self._schedule_report()
-
-        self._schedulers().report(self.agent.node, self.blob.digest, report, answered)
-
-    def _announce_seed(self, *, with_hashes: bool) -> None:
-        """The blob is complete here: tell the scheduler now and every ``SEED_ANNOUNCE``."""
-        if self.dead:
-            return
-        report = Report(
-            self.agent.peer_id,
-            self.agent.address,
-            pieces=self.blob.count,
-            contiguous=self.blob.size,
-            complete=True,
-            size=self.blob.size,
-            piece_size=self.blob.piece_size,
-            hashes=dict(enumerate(self.blob.hashes)) if with_hashes else {},
-            zone=self.agent.zone,
-        )
-
-        def answered(view: TaskView | None) -> None:
-            if view is not None and view.hashes_known < self.blob.count and not with_hashes:
-                # a scheduler without our hashes (a failover): publish them (SwarmSource._announce)
-                full = replace(report, hashes=dict(enumerate(self.blob.hashes)))
-                self._schedulers().report(self.agent.node, self.blob.digest, full, lambda _: None)
-
-        self._schedulers().report(self.agent.node, self.blob.digest, report, answered)
-        self.world.timers.after(SEED_ANNOUNCE, lambda: self._announce_seed(with_hashes=False))
-
+    # -- loops (SwarmDownload's) ---------------------------------------------------------------
     def _poll_hashes(self) -> None:
-        if self.done or self.dead or self.hash_known >= self.blob.count:
+        if self.swarm_over or self.dead or self.hash_known >= self.blob.count:
             return
 
         def answered(view: HashesView | None) -> None:
             if view is None:
-                self.world.timers.after(REPORT_INTERVAL, self._poll_hashes)
+                self.world.timers.after(self.state.rules.report_interval, self._poll_hashes)
                 return
             if view.hashes:
                 self.apply(ds.HashesKnown({view.start + i: h for i, h in enumerate(view.hashes)}))
                 self.hash_known = max(self.hash_known, view.start + len(view.hashes))
             self._poll_hashes()
 
-        self._schedulers().hashes(self.agent.node, self.blob.digest, self.hash_known, answered)
+        self.agent.services.scheduler.hashes(self.agent.node, self.digest, self.hash_known, answered)
 
     def _tick(self) -> None:
-        if self.done or self.dead:
+        """The clock, and bytes still arriving on parents' links (slow is not stalled)."""
+        if self.swarm_over or self.dead:
             return
         progress = self.bytes_seen + sum(self.world.net.progress(t) for t in self.requests.values() if t is not None)
         if progress > self._ticked:

@@ -1,0 +1,158 @@
+"""The simulator's agent drives the real cores: every report, announcement and fallback comes
+from ``DownloadState``'s actions, none from a rule of its own."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import pytest
+from bench.simulate.fleet import FleetSpec, build_fleet
+from bench.simulate.scheduler import Replicas
+from bench.simulate.shoal_fleet import ShoalFleet
+from bench.simulate.world import World
+
+from shoal.p2p import download_state as ds
+from shoal.p2p.protocol import Report, TaskView
+from shoal.p2p.serving import Haves, ServingBook
+
+MIB = 1 << 20
+
+
+@dataclass
+class Tally:
+    """What the cores asked for, and what the adapter did."""
+
+    asked_reports: int = 0
+    asked_final: int = 0
+    sent_reports: list[Report] = field(default_factory=list)
+    asked_announced: Counter[tuple[str, str, int]] = field(default_factory=Counter)
+    announced: Counter[tuple[int, str, int]] = field(default_factory=Counter)
+    """(id of the serving book, digest, piece) the adapter announced"""
+    gave_up: list[ds.GiveUp] = field(default_factory=list)
+    heartbeats: int = 0
+    """reports asked for by a state that gave up under a fallback lease (to hold it)"""
+
+    @property
+    def download_reports(self) -> list[Report]:
+        return [r for r in self.sent_reports if not r.complete]
+
+
+def watch(monkeypatch: pytest.MonkeyPatch) -> Tally:
+    """Count the ``SendReport`` and ``AnnouncePieces`` actions the real state returns, the
+    reports that reach a scheduler replica, and the HAVEs the serving side sends."""
+    tally = Tally()
+    apply = ds.DownloadState.apply
+
+    def counting_apply(self: ds.DownloadState, event: ds.Event) -> list[ds.Action]:
+        over = self.finished
+        actions = apply(self, event)
+        for action in actions:
+            if isinstance(action, ds.SendReport):
+                tally.asked_reports += 1
+                tally.asked_final += action.final
+                tally.heartbeats += over
+            elif isinstance(action, ds.AnnouncePieces):
+                digest = self.salt.split("/", 1)[1]
+                tally.asked_announced.update((self.peer_id, digest, i) for i in action.indices)
+            elif isinstance(action, ds.GiveUp):
+                tally.gave_up.append(action)
+        return actions
+
+    report = Replicas.report
+
+    def counting_report(
+        self: Replicas, node: int, digest: str, rep: Report, answer: Callable[[TaskView | None], None]
+    ) -> None:
+        tally.sent_reports.append(rep)
+        report(self, node, digest, rep, answer)
+
+    announce = ServingBook.announce
+
+    def counting_announce(self: ServingBook, digest: str, indices: Iterable[int]) -> Haves:
+        indices = tuple(indices)
+        tally.announced.update((id(self), digest, i) for i in indices)
+        return announce(self, digest, indices)
+
+    monkeypatch.setattr(ds.DownloadState, "apply", counting_apply)
+    monkeypatch.setattr(Replicas, "report", counting_report)
+    monkeypatch.setattr(ServingBook, "announce", counting_announce)
+    return tally
+
+
+def rollout(spec: FleetSpec, *, rules: ds.DownloadRules | None = None) -> ShoalFleet:
+    world = World(build_fleet(spec))
+    fleet = ShoalFleet(world, seed=spec.seed, rules=rules)
+    fleet.start()
+    world.run(600.0)
+    return fleet
+
+
+SPEC = FleetSpec(nodes=8, size=24 * MIB, layers=2, bandwidth=12.5e6, origin_bandwidth=12.5e6, seed=2)
+
+
+class TestOnlyTheCoreSpeaks:
+    def test_every_report_is_one_the_core_asked_for(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        tally = watch(monkeypatch)
+        fleet = rollout(SPEC)
+        assert len(fleet.world.done_at) == 8
+        assert tally.asked_reports > 8 * 2  # joins answered, shares reported, hashes published
+        assert len(tally.download_reports) == tally.asked_reports
+        sent = sum(d.reports_sent for a in fleet.services.agents.values() for d in a.downloads.values())
+        assert sent == tally.asked_reports
+        # the fetchers' last hashes went in a final report: children waited for them
+        assert tally.asked_final >= 1
+
+    def test_seeds_announce_through_the_seed_book(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        tally = watch(monkeypatch)
+        fleet = rollout(SPEC)
+        complete = [r for r in tally.sent_reports if r.complete]
+        # every node announces each of its 2 blobs once when complete (the rollout is shorter
+        # than the 10 s between repeated announcements, and nobody fell back)
+        assert len(complete) == 8 * 2
+        assert all(not r.hashes for r in complete)
+        assert all(len(a.seeds.seeding) == 2 for a in fleet.services.agents.values())
+
+    def test_the_adapter_announces_exactly_what_the_core_asked_for(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        tally = watch(monkeypatch)
+        fleet = rollout(SPEC)
+        books = {id(a.serving): a.peer_id for a in fleet.services.agents.values()}
+        announced = Counter({(books[b], d, i): n for (b, d, i), n in tally.announced.items()})
+        assert len(tally.asked_announced) > 8 * 2
+        assert announced == tally.asked_announced
+
+
+class TestFallback:
+    def test_a_stalled_download_holds_its_fallback_lease_with_the_cores_heartbeats(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # the origin sends a 1 MiB piece in 4 s; children that see nothing for 1 s stall
+        spec = FleetSpec(nodes=4, size=4 * MIB, layers=1, bandwidth=12.5e6, origin_bandwidth=0.25e6, seed=1)
+        rules = ds.DownloadRules(stall_timeout=1.0, heartbeat=1.0)
+        tally = watch(monkeypatch)
+        fleet = rollout(spec, rules=rules)
+        assert len(fleet.world.done_at) == 4
+        leased = [g for g in tally.gave_up if g.fallback_lease]
+        assert leased, "no download was granted a fallback lease"
+        # after the lease was granted the state kept asking for reports to hold it, and
+        # they reached the scheduler as asks for the lease
+        assert tally.heartbeats >= len(leased)
+        holding = [r for r in tally.download_reports if r.wants_fallback]
+        assert len(holding) >= len(leased) + tally.heartbeats
+        assert len(tally.download_reports) == tally.asked_reports
+        # a blob fetched under a fallback lease publishes its hashes with its announcement
+        assert any(r.complete and r.hashes for r in tally.sent_reports)
+
+    def test_no_scheduler_left_ends_in_the_origin_after_the_cores_retries(self) -> None:
+        spec = FleetSpec(nodes=4, size=8 * MIB, layers=1, bandwidth=12.5e6, origin_bandwidth=1.25e6, seed=1)
+        world = World(build_fleet(spec))
+        fleet = ShoalFleet(world, seed=1)
+        fleet.start()
+        world.timers.at(1.0, lambda: fleet.schedulers.kill(0))
+        world.run(600.0)
+        assert len(world.done_at) == 4
+        states = [d.state for a in fleet.services.agents.values() for d in a.downloads.values()]
+        gave_up = [s for s in states if not s.fetching and s.asking is not None]
+        assert gave_up, "nobody asked for a fallback"
+        assert all(not s.fallback_lease for s in gave_up)

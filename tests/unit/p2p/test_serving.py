@@ -1,0 +1,75 @@
+"""The serving rules: a child hears of a piece once, only verified pieces go out, and a
+superseeding fetcher sends each new piece to a few children only."""
+
+from __future__ import annotations
+
+from shoal.p2p.serving import ServingBook
+
+D = "sha256:" + "ab" * 32
+
+
+def book(copies: int = 2) -> ServingBook:
+    return ServingBook(superseed_copies=copies)
+
+
+class TestTelling:
+    def test_the_bitfield_is_what_is_held_and_a_have_goes_once(self) -> None:
+        b = book()
+        assert b.interested("a", D, [0, 2]) == frozenset({0, 2})
+        assert b.interested("b", D, []) == frozenset()
+        assert b.announce(D, [1, 2]) == [("a", [1]), ("b", [1, 2])]
+        assert b.announce(D, [1, 2]) == []
+
+    def test_nobody_interested_hears_nothing(self) -> None:
+        b = book()
+        assert b.announce(D, [0]) == []
+        b.interested("a", D, [])
+        b.not_interested("a", D)
+        assert b.announce(D, [0]) == []
+
+    def test_a_refused_piece_is_announced_again(self) -> None:
+        b = book()
+        b.interested("a", D, [0])
+        assert not b.accept("a", D, 1, held=False)
+        b.refuse("a", D, 0)  # the owner's own reason (a full send queue)
+        assert b.announce(D, [0, 1]) == [("a", [0, 1])]
+
+
+class TestSuperseeding:
+    def test_a_new_piece_goes_to_as_many_children_as_allowed(self) -> None:
+        b = book(copies=2)
+        for child in "abc":
+            b.interested(child, D, [])
+        b.superseed(D)
+        assert b.accept("a", D, 0, held=True)
+        assert b.accept("b", D, 0, held=True)
+        assert not b.accept("c", D, 0, held=True)
+        b.dropped(D, 0)  # a's copy was cancelled before it left
+        assert b.accept("c", D, 0, held=True)
+
+    def test_without_superseeding_every_child_gets_it(self) -> None:
+        b = book(copies=1)
+        assert all(b.accept(child, D, 0, held=True) for child in "abcd")
+
+    def test_the_blob_complete_announces_the_refused_and_untold(self) -> None:
+        b = book(copies=1)
+        b.interested("a", D, [0])
+        b.interested("b", D, [0])
+        b.superseed(D)
+        assert b.accept("a", D, 0, held=True)
+        assert not b.accept("b", D, 0, held=True)
+        assert b.blob_complete(D, 3) == [("a", [1, 2]), ("b", [0, 1, 2])]
+        assert b.accept("c", D, 0, held=True)  # complete: no limit any more
+
+    def test_stopping_announces_the_refused_pieces_held(self) -> None:
+        b = book(copies=1)
+        b.interested("a", D, [0, 1])
+        b.interested("b", D, [0, 1])
+        b.superseed(D)
+        assert b.accept("a", D, 0, held=True)
+        assert b.accept("a", D, 1, held=True)
+        assert not b.accept("b", D, 0, held=True)
+        assert not b.accept("b", D, 1, held=True)
+        assert b.stop_superseeding(D, holds=lambda i: i == 1) == [("b", [1])]
+        assert b.accept("b", D, 0, held=True)
+        assert b.stop_superseeding(D, holds=lambda i: True) == []  # not superseeding any more
