@@ -14,9 +14,11 @@ ServiceAccount token carries; any other token is not.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import re
+import socket
 import threading
 import time
 import uuid
@@ -32,6 +34,36 @@ _POD = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/]+)$")
 _TOKEN_REVIEWS = "/apis/authentication.k8s.io/v1/tokenreviews"
 
 
+class _Server(ThreadingHTTPServer):
+    """Remembers its open connections, so that closing the server ends the keep-alive ones
+    a client (Helm's Go client, the kubernetes package) still holds: their handler threads
+    then close the sockets, instead of a garbage collector much later."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+        super().__init__(address, handler)
+        self.open_requests: set[socket.socket] = set()
+        self.open_lock = threading.Lock()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self.open_lock:
+            self.open_requests.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self.open_lock:
+            self.open_requests.discard(request)
+        super().shutdown_request(request)
+
+    def end_open_requests(self) -> None:
+        with self.open_lock:
+            still_open = list(self.open_requests)
+        for request in still_open:
+            with contextlib.suppress(OSError):
+                request.shutdown(socket.SHUT_RDWR)
+
+
 class FakeApiServer:
     def __init__(self) -> None:
         self.secrets: dict[tuple[str, str], Json] = {}
@@ -45,8 +77,7 @@ class FakeApiServer:
         self.changed = threading.Condition()
         self.closing = False
         self.generation = 0
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
+        self._server = _Server(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property
@@ -83,6 +114,7 @@ class FakeApiServer:
             self.changed.notify_all()
         self._server.shutdown()
         self._server.server_close()
+        self._server.end_open_requests()
 
     # -- state changes, as kubectl would make them --------------------------------------
 
