@@ -372,12 +372,28 @@ class TestFallbackLeases:
         clock.now += 25.1
         assert s.apply(Tick()) == [AskFallback("stalled: no progress for 25s")]
         clock.now += 3
-        assert s.apply(FallbackAnswer(granted=False)) == []
+        assert s.apply(FallbackAnswer(granted=False)) == [DropParent("p1", "told of no piece while we stalled")]
         clock.now += 24.9
         assert s.apply(Tick()) == []
         assert not s.finished
         clock.now += 0.2
         assert s.apply(Tick()) == [AskFallback("stalled: no progress for 25s")]
+
+    def test_a_parent_silent_through_a_refused_stall_is_asked_afresh(self) -> None:
+        """Seen in CI: a parent completed the blob while our interest was on its way, we never
+        heard of a piece, and every fallback ask was refused (a complete copy exists): stuck
+        for ever. Dropped without a ban, the parent comes back with the scheduler's next answer."""
+        clock = Clock()
+        s = new(clock)
+        with_parents(s, 1, 2)
+        s.apply(ParentHas("p2", frozenset({0})))
+        clock.now += 25.1
+        s.apply(Tick())
+        dropped = s.apply(FallbackAnswer(granted=False))
+        assert dropped == [DropParent("p1", "told of no piece while we stalled")]
+        assert "p1" not in s.banned
+        again = with_parents(s, 1, 2)
+        assert AddParent(parent(1)) in again
 
     def test_progress_while_asking_does_not_cancel_the_ask_but_a_late_answer_is_ignored_after(self) -> None:
         clock = Clock()

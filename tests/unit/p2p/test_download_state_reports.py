@@ -269,7 +269,7 @@ class TestFallbackAsk:
         s = self.stuck(clock)
         s.apply(ReportDue())
         s.apply(SchedulerAnswer("f"))
-        assert s.apply(FallbackAnswer(granted=False)) == []
+        assert s.apply(FallbackAnswer(granted=False)) == [DropParent("p1", "told of no piece while we stalled")]
         (regular,) = reports(due(s, clock))
         assert not regular.wants_fallback
 

@@ -437,10 +437,15 @@ class DownloadState:
             self.fallback_lease = True
             self._finish(GiveUp(self.asking, fallback_lease=True), out)
             return
-        # refused: the registry is serving others; wait in the swarm for another while
+        # refused: the registry is serving others; wait in the swarm for another while. A
+        # parent that told us of no piece in all that time is asked afresh: dropped, not banned,
+        # the scheduler's next answer names it again and renewed interest brings a new bitfield
+        # (a bitfield lost to a race with the parent's completion must not stall us for ever).
         self.asking = None
         self._ask_sent = False
         self._last_progress = self.clock()
+        for peer in [peer for peer, p in self.parents.items() if not any(p.have)]:
+            self._drop(peer, "told of no piece while we stalled", out, ban=False)
 
     def _finish(self, action: GiveUp | Complete, out: list[Action]) -> None:
         self.finished = True
