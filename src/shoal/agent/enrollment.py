@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from shoal.agent.config import AgentConfig, split_hostport
+from shoal.core.hosts import is_ip_literal, is_loopback_host
 from shoal.p2p.enrollment import ENROLL_PATH, SchedulerTls, write_atomically
 from shoal.p2p.tls import CA_FILE, CERT_FILE, KEY_FILE
 
@@ -58,7 +59,7 @@ def make_csr(name: str, ips: Sequence[str]) -> tuple[bytes, str]:
     """(the new private key as PEM, a CSR for ``name`` and ``ips`` as PEM)."""
     key = ec.generate_private_key(ec.SECP256R1())
     alt: list[x509.GeneralName] = [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
-    if not _is_ip(name):
+    if not is_ip_literal(name):
         alt.insert(0, x509.DNSName(name))
     builder = x509.CertificateSigningRequestBuilder().subject_name(
         x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
@@ -70,14 +71,6 @@ def make_csr(name: str, ips: Sequence[str]) -> tuple[bytes, str]:
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
     return key_pem, csr.public_bytes(serialization.Encoding.PEM).decode()
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 class EnrollmentError(Exception):
@@ -233,7 +226,7 @@ def node_enrollment(config: AgentConfig, session: aiohttp.ClientSession) -> Node
 
     host = split_hostport(config.advertise_address, "advertise")[0]
     name = os.environ.get(NODE_NAME_ENV) or host
-    ips = [host] if _is_ip(host) else []
+    ips = [host] if is_ip_literal(host) else []
     return NodeEnrollment(config.tls_dir, schedulers, tls, token, name, ips, session)
 
 
@@ -251,7 +244,7 @@ def tls_problem(config: AgentConfig) -> str | None:
                 return f"scheduler {url}: https needs --tls-dir (where this node's certificate is kept)"
             continue
         host = url.removeprefix("http://").partition("/")[0].rpartition(":")[0].strip("[]") or url
-        loopback = host == "localhost" or (_is_ip(host) and ipaddress.ip_address(host).is_loopback)
+        loopback = is_loopback_host(host)
         if not loopback and not config.insecure_no_tls:
             return (
                 f"scheduler {url}: plain HTTP sends the peer token in clear; use https:// with --tls-dir, "

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import ipaddress
 from pathlib import Path
 from typing import Any
 
 import click
 
 from shoal.cli.runtime import run, run_until_signalled
+from shoal.core.hosts import is_loopback_host
 from shoal.core.units import parse_duration
 from shoal.scheduler.config import (
     DEFAULT_PORT,
@@ -239,7 +239,7 @@ def scheduler_connector(schedulers: tuple[str, ...], scheduler_ca: Path | None, 
         if url.startswith("https://") and scheduler_ca is None:
             raise click.UsageError(f"scheduler {url}: give --scheduler-ca to verify its certificate")
         host = url.removeprefix("http://").partition("/")[0].rpartition(":")[0].strip("[]")
-        if url.startswith("http://") and token is not None and not (host == "localhost" or _is_loopback(host)):
+        if url.startswith("http://") and token is not None and not is_loopback_host(host):
             raise click.UsageError(
                 f"scheduler {url}: plain HTTP would send the peer token in clear; use https:// and --scheduler-ca"
             )
@@ -248,13 +248,6 @@ def scheduler_connector(schedulers: tuple[str, ...], scheduler_ca: Path | None, 
     context = ssl.create_default_context(cafile=str(scheduler_ca))
     context.minimum_version = ssl.TLSVersion.TLSv1_3
     return aiohttp.TCPConnector(ssl=context)
-
-
-def _is_loopback(text: str) -> bool:
-    try:
-        return ipaddress.ip_address(text).is_loopback
-    except ValueError:
-        return False
 
 
 __all__ = ["DEFAULT_PORT", "scheduler"]

@@ -14,7 +14,6 @@ or labs that say so (:func:`clear_text_refusal`).
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import ssl
 import time
@@ -26,6 +25,7 @@ from typing import Any
 import aiohttp
 
 from shoal.core.error_body import http_error
+from shoal.core.hosts import is_loopback_host
 from shoal.core.units import format_bytes
 from shoal.ops.failures import describe_call
 from shoal.p2p.node_https import agent_client_context
@@ -87,13 +87,7 @@ def select_nodes(agents: Sequence[AgentAnnouncement], nodes: str | None) -> list
 
 
 def _on_this_host(address: str) -> bool:
-    host = address.rpartition(":")[0].strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return is_loopback_host(address.rpartition(":")[0])
 
 
 def clear_text_refusal(agents: Sequence[AgentAnnouncement], secrets: list[str]) -> str | None:

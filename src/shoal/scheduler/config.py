@@ -6,6 +6,7 @@ import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
+from shoal.core.hosts import is_loopback_host
 from shoal.scheduler.policy import PARENT_POLICIES
 
 DEFAULT_PORT = 8002
@@ -149,10 +150,7 @@ def require_tls(config: SchedulerConfig) -> None:
     """Refuse a server config reachable from other hosts with neither a CA for TLS nor the
     explicit lab opt-out (on loopback nothing crosses a network)."""
     host = split_hostport(config.listen)[0]
-    try:
-        loopback = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = host == "localhost"
+    loopback = is_loopback_host(host)
     if config.tls_ca_dir is None and not config.insecure_no_tls and not loopback:
         raise ConfigError(
             "no TLS: give --tls-ca-dir DIR (a CA key pair; the chart mounts one), "

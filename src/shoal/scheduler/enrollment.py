@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import datetime
 import hmac
-import ipaddress
 import json
 import logging
 from dataclasses import dataclass
 
 from aiohttp import web
 
+from shoal.core.hosts import is_ip_literal
 from shoal.core.ratelog import RateLimitedLog
 from shoal.p2p.enrollment import ENROLL_PATH
 from shoal.scheduler.ca import CaError, CaSource
@@ -141,7 +141,7 @@ class Enrollment:
             issued = authority.issue(
                 csr.public_key,
                 grant.name,
-                dns_names=[] if _is_ip(grant.name) else [grant.name],
+                dns_names=[] if is_ip_literal(grant.name) else [grant.name],
                 ips=grant.ips,
                 valid_for=self.valid_for,
                 client=True,
@@ -163,14 +163,6 @@ class Enrollment:
                 "not_after": issued.not_after.isoformat(),
             }
         )
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _refusal(exc: EnrollmentRefused) -> web.HTTPException:
