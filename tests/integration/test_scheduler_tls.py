@@ -45,8 +45,12 @@ def pod(name: str, node: str, account: str = SA) -> dict[str, Any]:
     }
 
 
-def node(name: str, ip: str) -> dict[str, Any]:
-    return {"metadata": {"name": name}, "status": {"addresses": [{"type": "InternalIP", "address": ip}]}}
+def node(name: str, ip: str, zone: str = "") -> dict[str, Any]:
+    labels = {"topology.kubernetes.io/zone": zone} if zone else {}
+    return {
+        "metadata": {"name": name, "labels": labels},
+        "status": {"addresses": [{"type": "InternalIP", "address": ip}]},
+    }
 
 
 @dataclass
@@ -64,11 +68,14 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     api = FakeApiServer().start()
     api.put_node(node("node-a", "10.0.0.1"))
     api.put_node(node("node-b", "10.0.0.2"))
+    api.put_node(node("node-z", "10.0.0.26", zone="eu-1a"))
     pod_a = api.put_pod(pod("agent-a", "node-a"))
     pod_b = api.put_pod(pod("agent-b", "node-b"))
+    pod_z = api.put_pod(pod("agent-z", "node-z"))
     other = api.put_pod(pod("intruder", "node-b", account="default"))
     api.add_token("token-a", f"{NS}:{SA}", pod_a, [AUDIENCE])
     api.add_token("token-b", f"{NS}:{SA}", pod_b, [AUDIENCE])
+    api.add_token("token-z", f"{NS}:{SA}", pod_z, [AUDIENCE])
     api.add_token("token-other-account", f"{NS}:default", other, [AUDIENCE])
     api.add_token("token-expired", f"{NS}:{SA}", pod_a, [AUDIENCE], expires_in=-1)
     api.add_token("token-for-the-api", f"{NS}:{SA}", pod_a, ["https://kubernetes.default.svc"])
@@ -165,6 +172,17 @@ class TestEnrollment:
         with pytest.raises(EnrollmentError, match=why):
             await enrollment(cluster, session, tmp_path, token, name, ips).enroll_once()
         assert not (tmp_path / CERT_FILE).exists()
+
+    async def test_the_nodes_zone_label_is_in_its_certificate(
+        self, cluster: Cluster, session: aiohttp.ClientSession, tmp_path: Path
+    ) -> None:
+        await enrollment(cluster, session, tmp_path, "token-z", "node-z", ("10.0.0.26",)).enroll_once()
+        alt = leaf(tmp_path).extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert alt.get_values_for_type(x509.UniformResourceIdentifier) == ["urn:shoal:zone:eu-1a"]
+        unzoned = tmp_path / "a"
+        await enrollment(cluster, session, unzoned, "token-a", "node-a", ("10.0.0.1",)).enroll_once()
+        alt = leaf(unzoned).extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert alt.get_values_for_type(x509.UniformResourceIdentifier) == []
 
     async def test_a_deleted_pods_token_is_refused(
         self, cluster: Cluster, session: aiohttp.ClientSession, tmp_path: Path

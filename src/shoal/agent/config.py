@@ -13,6 +13,7 @@ from shoal.agent.swarm_settings import SwarmSettings, SwarmSettingsError, parse_
 from shoal.core.aliases import AliasError, alias_table
 from shoal.core.registry_spec import parse_registry as parse_registry  # re-exported
 from shoal.core.units import parse_duration, parse_size
+from shoal.p2p.tls import is_zone
 
 DEFAULT_PORT = 65001
 DOWNLOAD_PATTERNS = ("p2p", "source")
@@ -40,7 +41,8 @@ class AgentConfig:
     schedulers: tuple[str, ...] = ()
     zone: str = ""
     """this node's topology zone (its ``topology.kubernetes.io/zone`` label), sent to the
-    scheduler, which prefers parents in the same zone; "" when unknown."""
+    scheduler, which prefers parents in the same zone; "" when unknown. With a node
+    certificate the scheduler takes the zone the certificate names (read from the Node)."""
     ratelimit: int = 512 << 20
     """total upload+download bytes per second for peer traffic and origin fetches."""
     download_pattern: str = "p2p"
@@ -119,6 +121,10 @@ class AgentConfig:
             _ = self.aliases
         except AliasError as exc:
             raise ConfigError(f"alias_domain: {exc}") from None
+        if self.zone and not is_zone(self.zone):
+            raise ConfigError(
+                f"zone: {self.zone[:80]!r} is not a zone name (a label value: letters, digits, '-_.', at most 63)"
+            )
 
     @property
     def connection_limits(self) -> ConnectionLimits:

@@ -31,7 +31,7 @@ from cryptography.x509.oid import NameOID
 from shoal.agent.config import AgentConfig, split_hostport
 from shoal.core.hosts import is_ip_literal, is_loopback_host
 from shoal.p2p.enrollment import ENROLL_PATH, SchedulerTls, write_atomically
-from shoal.p2p.tls import CA_FILE, CERT_FILE, KEY_FILE
+from shoal.p2p.tls import CA_FILE, CERT_FILE, KEY_FILE, zone_uri
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +55,14 @@ def renew_time(cert_pem: bytes) -> datetime.datetime:
     return start + (end - start) * RENEW_AT
 
 
-def make_csr(name: str, ips: Sequence[str]) -> tuple[bytes, str]:
-    """(the new private key as PEM, a CSR for ``name`` and ``ips`` as PEM)."""
+def make_csr(name: str, ips: Sequence[str], zone: str = "") -> tuple[bytes, str]:
+    """(the new private key as PEM, a CSR for ``name``, ``ips`` and ``zone`` as PEM)."""
     key = ec.generate_private_key(ec.SECP256R1())
     alt: list[x509.GeneralName] = [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
     if not is_ip_literal(name):
         alt.insert(0, x509.DNSName(name))
+    if zone:
+        alt.append(x509.UniformResourceIdentifier(zone_uri(zone)))
     builder = x509.CertificateSigningRequestBuilder().subject_name(
         x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     )
@@ -85,6 +87,7 @@ class NodeEnrollment:
     token: reads the proof to send (called for every attempt: projected tokens rotate).
     name: the node name asked for (the scheduler decides what it grants).
     ips: the addresses asked for.
+    zone: the topology zone asked for ("": whatever the scheduler finds on the Node).
     session: the agent's HTTP session (not closed here).
     clock: the current time (tests pass a fake).
     """
@@ -99,6 +102,7 @@ class NodeEnrollment:
         ips: Sequence[str],
         session: aiohttp.ClientSession,
         clock: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.UTC),
+        zone: str = "",
     ) -> None:
         self.tls_dir = tls_dir
         self.schedulers = [s.rstrip("/") for s in schedulers]
@@ -106,6 +110,7 @@ class NodeEnrollment:
         self.token = token
         self.name = name
         self.ips = tuple(ips)
+        self.zone = zone
         self.session = session
         self.clock = clock
         self.enrolled = asyncio.Event()
@@ -120,7 +125,7 @@ class NodeEnrollment:
 
     async def enroll_once(self) -> datetime.datetime:
         """Get a certificate and write it; returns when to renew. Raises ``EnrollmentError``."""
-        key_pem, csr = make_csr(self.name, self.ips)
+        key_pem, csr = make_csr(self.name, self.ips, self.zone)
         try:
             proof = self.token()
         except (OSError, ValueError) as exc:
@@ -227,7 +232,7 @@ def node_enrollment(config: AgentConfig, session: aiohttp.ClientSession) -> Node
     host = split_hostport(config.advertise_address, "advertise")[0]
     name = os.environ.get(NODE_NAME_ENV) or host
     ips = [host] if is_ip_literal(host) else []
-    return NodeEnrollment(config.tls_dir, schedulers, tls, token, name, ips, session)
+    return NodeEnrollment(config.tls_dir, schedulers, tls, token, name, ips, session, zone=config.zone)
 
 
 def tls_problem(config: AgentConfig) -> str | None:

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from shoal.p2p.tls import CA_FILE, CERT_FILE, KEY_FILE
+from shoal.p2p.tls import CA_FILE, CERT_FILE, KEY_FILE, zone_uri
 
 __all__ = ["TestCA"]
 
@@ -79,12 +79,15 @@ class TestCA:
         ips: tuple[str, ...] = (),
         dns_names: tuple[str, ...] = (),
         valid_for: datetime.timedelta = datetime.timedelta(hours=1),
+        zone: str = "",
     ) -> Path:
-        """Write ca.pem, node.pem and node.key for `name` (its IPs and DNS names) into `directory`."""
+        """Write ca.pem, node.pem and node.key for `name` (its IPs, DNS names and zone) into `directory`."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
         alt: list[x509.GeneralName] = [x509.DNSName(n) for n in (name, *dns_names)]
         alt += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
+        if zone:
+            alt.append(x509.UniformResourceIdentifier(zone_uri(zone)))
         cert = (
             x509.CertificateBuilder()
             .subject_name(_name(name))

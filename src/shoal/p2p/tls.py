@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import ssl
 import threading
 from dataclasses import dataclass
@@ -24,16 +25,37 @@ __all__ = [
     "CA_FILE",
     "CERT_FILE",
     "KEY_FILE",
+    "ZONE_URI_PREFIX",
     "PeerIdentity",
     "TlsContexts",
     "TlsDirectory",
     "TlsMaterialError",
+    "is_zone",
     "peer_identity",
+    "zone_uri",
 ]
 
 CA_FILE = "ca.pem"
 CERT_FILE = "node.pem"
 KEY_FILE = "node.key"
+ZONE_URI_PREFIX = "urn:shoal:zone:"
+"""a node certificate names its topology zone as a URI subject alternative name with this
+prefix: the scheduler read it from the Node's ``topology.kubernetes.io/zone`` label, so the
+zone a caller's certificate names is one that caller cannot choose"""
+_ZONE_RE = re.compile(r"^(?:[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)$")
+
+
+def is_zone(text: str) -> bool:
+    """True for a valid zone: a Kubernetes label value (at most 63 characters of letters,
+    digits, ``-_.``, alphanumeric at both ends), never empty."""
+    return bool(_ZONE_RE.match(text))
+
+
+def zone_uri(zone: str) -> str:
+    """The subject alternative name that carries ``zone`` (see :data:`ZONE_URI_PREFIX`)."""
+    if not is_zone(zone):
+        raise ValueError(f"zone {zone[:80]!r}: not a label value")
+    return ZONE_URI_PREFIX + zone
 
 
 class TlsMaterialError(ValueError):
@@ -55,6 +77,8 @@ class PeerIdentity:
     name: str
     dns_names: tuple[str, ...]
     ips: tuple[str, ...]
+    zone: str = ""
+    """the topology zone the certificate names; "" when it names none"""
 
     def has_ip(self, host: str) -> bool:
         try:
@@ -75,12 +99,15 @@ def peer_identity(cert: dict[str, Any] | None) -> PeerIdentity | None:
                 common_name = str(value)
     dns: list[str] = []
     ips: list[str] = []
+    zone = ""
     for kind, value in cert.get("subjectAltName", ()):
         if kind == "DNS":
             dns.append(str(value))
         elif kind == "IP Address":
             ips.append(str(value).strip())
-    return PeerIdentity(name=common_name, dns_names=tuple(dns), ips=tuple(ips))
+        elif kind == "URI" and str(value).startswith(ZONE_URI_PREFIX) and is_zone(str(value)[len(ZONE_URI_PREFIX) :]):
+            zone = str(value)[len(ZONE_URI_PREFIX) :]
+    return PeerIdentity(name=common_name, dns_names=tuple(dns), ips=tuple(ips), zone=zone)
 
 
 def _tls13(context: ssl.SSLContext) -> ssl.SSLContext:

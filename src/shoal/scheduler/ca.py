@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from shoal.p2p.enrollment import write_atomically
+from shoal.p2p.tls import zone_uri
 
 __all__ = ["CaError", "CaSource", "CertificateAuthority", "IssuedCertificate", "load_ca", "write_new_ca"]
 
@@ -79,6 +80,7 @@ class CertificateAuthority:
         ips: Sequence[str],
         valid_for: datetime.timedelta,
         client: bool,
+        zone: str = "",
         now: datetime.datetime | None = None,
     ) -> IssuedCertificate:
         """A leaf for ``name``: node certificates (``client``) may authenticate both ends of a
@@ -87,6 +89,8 @@ class CertificateAuthority:
         not_after = min(now + valid_for, self.cert.not_valid_after_utc)
         alt: list[x509.GeneralName] = [x509.DNSName(n) for n in dns_names]
         alt += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
+        if zone:
+            alt.append(x509.UniformResourceIdentifier(zone_uri(zone)))
         usages = [ExtendedKeyUsageOID.SERVER_AUTH] + ([ExtendedKeyUsageOID.CLIENT_AUTH] if client else [])
         builder = (
             x509.CertificateBuilder()

@@ -143,6 +143,7 @@ class Enrollment:
                 grant.name,
                 dns_names=[] if is_ip_literal(grant.name) else [grant.name],
                 ips=grant.ips,
+                zone=grant.zone,
                 valid_for=self.valid_for,
                 client=True,
             )

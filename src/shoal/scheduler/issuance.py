@@ -17,6 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtensionOID, NameOID
 
+from shoal.p2p.tls import ZONE_URI_PREFIX, is_zone
 from shoal.scheduler.ca import PublicKey
 
 __all__ = [
@@ -53,6 +54,8 @@ class CsrRequest:
     common_name: str
     dns_names: tuple[str, ...]
     ips: tuple[str, ...]
+    zone: str = ""
+    """the topology zone it asks to be named in ("" for none)"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +84,8 @@ class PodFacts:
 class NodeFacts:
     name: str
     internal_ips: tuple[str, ...]
+    zone: str = ""
+    """its ``topology.kubernetes.io/zone`` label ("" without one)"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,10 +110,11 @@ class Reserved:
 
 @dataclass(frozen=True, slots=True)
 class Grant:
-    """The certificate to issue: CN ``name``, SAN ``name`` and ``ips``."""
+    """The certificate to issue: CN ``name``, SAN ``name``, ``ips`` and the ``zone``'s URI."""
 
     name: str
     ips: tuple[str, ...]
+    zone: str = ""
 
 
 def read_csr(pem: str) -> CsrRequest:
@@ -131,6 +137,7 @@ def read_csr(pem: str) -> CsrRequest:
         raise EnrollmentRefused("csr: the subject must be exactly one common name (the node's name)", 400)
     dns: list[str] = []
     ips: list[str] = []
+    zones: list[str] = []
     for ext in csr.extensions:
         if ext.oid != ExtensionOID.SUBJECT_ALTERNATIVE_NAME:
             raise EnrollmentRefused(
@@ -141,12 +148,18 @@ def read_csr(pem: str) -> CsrRequest:
                 dns.append(general.value)
             elif isinstance(general, x509.IPAddress):
                 ips.append(str(general.value))
+            elif isinstance(general, x509.UniformResourceIdentifier) and general.value.startswith(ZONE_URI_PREFIX):
+                zones.append(general.value[len(ZONE_URI_PREFIX) :])
             else:
-                raise EnrollmentRefused("csr: only DNS and IP subject alternative names may be asked")
-    return CsrRequest(key, str(names[0]), tuple(dns), tuple(ips))
+                raise EnrollmentRefused(
+                    f"csr: only DNS, IP and {ZONE_URI_PREFIX}ZONE subject alternative names may be asked", 400
+                )
+    if len(zones) > 1 or not all(is_zone(z) for z in zones):
+        raise EnrollmentRefused("csr: at most one zone, a Kubernetes label value", 400)
+    return CsrRequest(key, str(names[0]), tuple(dns), tuple(ips), zones[0] if zones else "")
 
 
-def _check_asks(csr: CsrRequest, name: str, ips: Sequence[str], reserved: Reserved) -> Grant:
+def _check_asks(csr: CsrRequest, name: str, ips: Sequence[str], reserved: Reserved, zone: str) -> Grant:
     if reserved.holds(name) or any(reserved.holds_ip(ip) for ip in ips):
         raise EnrollmentRefused(f"node {name}: its name or address is the scheduler's own")
     if csr.common_name != name:
@@ -162,7 +175,9 @@ def _check_asks(csr: CsrRequest, name: str, ips: Sequence[str], reserved: Reserv
         raise EnrollmentRefused(
             f"csr: asks for addresses {', '.join(extra_ips)[:200]}; node {name} has {', '.join(ips) or 'none'}"
         )
-    return Grant(name, tuple(ips))
+    if csr.zone and csr.zone != zone:
+        raise EnrollmentRefused(f"csr: asks for zone {csr.zone!r}; node {name} is in {zone or 'no zone'!r}")
+    return Grant(name, tuple(ips), zone)
 
 
 def grant_for_pod(
@@ -175,7 +190,7 @@ def grant_for_pod(
     service_account: str,
     reserved: Reserved = Reserved(),
 ) -> Grant:
-    """The certificate an agent Pod's token proves: its own Node's name and InternalIPs.
+    """The certificate an agent Pod's token proves: its own Node's name, InternalIPs and zone.
 
     ``service_account`` is ``NAMESPACE:NAME`` of the agent DaemonSet's ServiceAccount; the
     token must be bound to a live Pod running as it (pod name and uid from the token, checked
@@ -200,12 +215,12 @@ def grant_for_pod(
         raise EnrollmentRefused(f"node {node.name}: has no InternalIP address", 503)
     if any(ipaddress.ip_address(ip).is_loopback for ip in node.internal_ips):
         raise EnrollmentRefused(f"node {node.name}: an InternalIP is a loopback address")
-    return _check_asks(csr, node.name, node.internal_ips, reserved)
+    return _check_asks(csr, node.name, node.internal_ips, reserved, node.zone)
 
 
 def grant_for_lab(csr: CsrRequest, source: str, *, reserved: Reserved = Reserved()) -> Grant:
-    """The certificate a peer-token holder gets in a lab: the name it asks for, and the address
-    it connects from (on one machine, where every agent connects from 127.0.0.1, any loopback
+    """The certificate a peer-token holder gets in a lab: the name and zone it asks for, and the
+    address it connects from (on one machine, where every agent connects from 127.0.0.1, any loopback
     address it asks for). The caller has already checked the peer token."""
     try:
         seen = ipaddress.ip_address(source)
@@ -217,4 +232,4 @@ def grant_for_lab(csr: CsrRequest, source: str, *, reserved: Reserved = Reserved
         ips = [str(seen)]
     if not csr.common_name or len(csr.common_name) > 253:
         raise EnrollmentRefused("csr: want the node's name as common name", 400)
-    return _check_asks(csr, csr.common_name, ips, reserved)
+    return _check_asks(csr, csr.common_name, ips, reserved, csr.zone)

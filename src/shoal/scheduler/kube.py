@@ -12,9 +12,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Protocol
 
+from shoal.p2p.tls import is_zone
 from shoal.scheduler.issuance import POD_NAME_EXTRA, POD_UID_EXTRA, NodeFacts, PodFacts, TokenFacts
 
 __all__ = ["ClusterFacts", "KubernetesFacts", "KubernetesUnavailable", "node_facts", "pod_facts", "token_facts"]
+
+ZONE_LABEL = "topology.kubernetes.io/zone"
+"""the well-known Node label a node certificate's zone comes from"""
 
 
 class KubernetesUnavailable(ValueError):
@@ -64,7 +68,9 @@ def pod_facts(pod: dict[str, Any]) -> PodFacts:
 def node_facts(node: dict[str, Any]) -> NodeFacts:
     addresses = (node.get("status") or {}).get("addresses") or []
     ips = tuple(str(a["address"]) for a in addresses if a.get("type") == "InternalIP" and a.get("address"))
-    return NodeFacts(name=str((node.get("metadata") or {}).get("name") or ""), internal_ips=ips)
+    meta = node.get("metadata") or {}
+    zone = str((meta.get("labels") or {}).get(ZONE_LABEL) or "")
+    return NodeFacts(name=str(meta.get("name") or ""), internal_ips=ips, zone=zone if is_zone(zone) else "")
 
 
 class KubernetesFacts:

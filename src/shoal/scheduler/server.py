@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime
 import functools
 import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -23,7 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from shoal import __version__
 from shoal.core.digest import Digest, DigestError
 from shoal.p2p.presence import AGENT_TTL
-from shoal.p2p.protocol import dumps, loads
+from shoal.p2p.protocol import JoinRequest, Report, dumps, loads
 from shoal.p2p.tls import PeerIdentity
 from shoal.scheduler.agents import AgentDirectory
 from shoal.scheduler.ca import CaSource
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Clock = Callable[[], float]
+_Zoned = TypeVar("_Zoned", JoinRequest, Report)
 
 
 class _Waiters:
@@ -271,6 +273,14 @@ class Scheduler:
         if identity is not None:
             refuse_if_foreign(identity, peer_id, address, peer_ids=self.peer_ids)
 
+    @staticmethod
+    def _certified_zone(request: _Zoned, identity: PeerIdentity | None) -> _Zoned:
+        """The zone a caller's certificate names outranks the one it announces: the scheduler
+        read it from the caller's Node, so a node cannot pose as another zone's gateway."""
+        if identity is None or not identity.zone or identity.zone == request.zone:
+            return request
+        return dataclasses.replace(request, zone=identity.zone)
+
     def answer_join(self, digest: str, body: bytes, identity: PeerIdentity | None = None) -> bytes:
         """The whole work of ``POST /v1/tasks/{digest}/join`` but HTTP: the answer's JSON, or
         the exceptions :meth:`_api` renders. ``identity``: the caller's node certificate,
@@ -278,6 +288,7 @@ class Scheduler:
         digest = self._digest(digest)
         request = parse_join(self._body(body))
         self._as_caller(identity, request.peer_id, request.address)
+        request = self._certified_zone(request, identity)
         view = self.state.join(digest, request, self.clock())
         self._log_state_events()
         self.metrics.parents_per_join.observe(len(view.parents))
@@ -288,6 +299,7 @@ class Scheduler:
         digest = self._digest(digest)
         rep = parse_report(self._body(body))
         self._as_caller(identity, rep.peer_id, rep.address)
+        rep = self._certified_zone(rep, identity)
         known = self._known(digest)
         view = self.state.report(digest, rep, self.clock())
         if view.hashes_known != known:

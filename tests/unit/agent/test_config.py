@@ -103,6 +103,8 @@ class TestLoadConfig:
             ({"registries": ["bad_host!"]}, "registry"),
             ({"registries": ["r.test=ftp://x"]}, "http"),
             ({"registries": 5}, "registries"),
+            ({"registries": ["r.test"], "zone": "eu west"}, "zone: 'eu west' is not a zone name"),
+            ({"registries": ["r.test"], "zone": "x" * 64}, "zone"),
         ],
     )
     def test_refused(self, values: dict[str, Any], match: str) -> None:

@@ -37,6 +37,11 @@ class TestCsr:
         assert b"PRIVATE KEY" in key_pem
         assert grant_for_lab(read_csr(csr), "10.0.0.1") == Grant("node-a", ("10.0.0.1",))
 
+    def test_a_configured_zone_is_asked_for(self) -> None:
+        request = read_csr(make_csr("node-a", ["10.0.0.1"], "rack-3")[1])
+        assert request.zone == "rack-3"
+        assert grant_for_lab(request, "10.0.0.1") == Grant("node-a", ("10.0.0.1",), "rack-3")
+
     def test_an_address_as_name_is_not_a_dns_name(self) -> None:
         request = read_csr(make_csr("127.0.0.2", ["127.0.0.2"])[1])
         assert request.dns_names == ()

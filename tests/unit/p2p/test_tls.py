@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from shoal.p2p.tls import PeerIdentity, TlsDirectory, TlsMaterialError, peer_identity
+from shoal.p2p.tls import PeerIdentity, TlsDirectory, TlsMaterialError, is_zone, peer_identity, zone_uri
 from shoal.testing.pki import TestCA
 
 
@@ -50,6 +50,31 @@ class TestTlsDirectory:
         assert server_id is not None
         assert server_id.name == "node-a"
         assert not server_id.has_ip("10.0.0.2")
+
+    def test_the_zone_a_certificate_names(self, tmp_path: Path) -> None:
+        ca = TestCA.create()
+        a = TlsDirectory(ca.issue(tmp_path / "a", "node-a", ips=("10.0.0.1",), zone="eu-west-1a"))
+        b = TlsDirectory(ca.issue(tmp_path / "b", "node-b", ips=("10.0.0.2",)))
+        client_id, server_id, _ = _handshake(b, a)
+        assert client_id is not None
+        assert client_id.zone == "eu-west-1a"
+        assert server_id is not None
+        assert server_id.zone == ""
+
+    @pytest.mark.parametrize("zone", ["", "a b", "-edge", "x" * 64, "zone/1", "ü"])
+    def test_a_zone_is_a_label_value(self, zone: str) -> None:
+        assert not is_zone(zone)
+        with pytest.raises(ValueError, match="not a label value"):
+            zone_uri(zone)
+
+    def test_other_uris_name_no_zone(self) -> None:
+        cert = {
+            "subject": ((("commonName", "n"),),),
+            "subjectAltName": (("URI", "urn:shoal:zone:a b"), ("URI", "https://x")),
+        }
+        identity = peer_identity(cert)
+        assert identity is not None
+        assert identity.zone == ""
 
     def test_a_certificate_from_another_ca_is_refused(self, tmp_path: Path) -> None:
         a = TlsDirectory(TestCA.create().issue(tmp_path / "a", "node-a"))

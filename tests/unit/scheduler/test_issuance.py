@@ -41,13 +41,16 @@ POD_B = PodFacts("shoal", "agent-b", "uid-b", "shoal-agent", "node-b")
 NODE_B = NodeFacts("node-b", ("10.0.0.2",))
 
 
-def csr_pem(name: str, dns: tuple[str, ...] = (), ips: tuple[str, ...] = (), *, ca: bool = False) -> str:
+def csr_pem(
+    name: str, dns: tuple[str, ...] = (), ips: tuple[str, ...] = (), *, ca: bool = False, uris: tuple[str, ...] = ()
+) -> str:
     key = ec.generate_private_key(ec.SECP256R1())
     builder = x509.CertificateSigningRequestBuilder().subject_name(
         x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     )
     alt: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
     alt += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
+    alt += [x509.UniformResourceIdentifier(uri) for uri in uris]
     if alt:
         builder = builder.add_extension(x509.SubjectAlternativeName(alt), critical=False)
     if ca:
@@ -69,6 +72,26 @@ class TestPodGrants:
 
     def test_a_csr_asking_less_gets_the_whole_node(self) -> None:
         assert grant(csr_pem("node-a")) == Grant("node-a", ("10.0.0.1",))
+
+    def test_the_nodes_zone_label_goes_into_the_grant(self) -> None:
+        zoned = dataclasses.replace(NODE_A, zone="zone-1")
+        assert grant(csr_pem("node-a"), node=zoned) == Grant("node-a", ("10.0.0.1",), "zone-1")
+        assert grant(csr_pem("node-a", uris=("urn:shoal:zone:zone-1",)), node=zoned).zone == "zone-1"
+
+    @pytest.mark.parametrize("zone", ["zone-2", ""])
+    def test_a_csr_asking_for_another_zone_is_refused(self, zone: str) -> None:
+        node = dataclasses.replace(NODE_A, zone=zone)
+        with pytest.raises(EnrollmentRefused, match="asks for zone 'zone-1'"):
+            grant(csr_pem("node-a", uris=("urn:shoal:zone:zone-1",)), node=node)
+
+    @pytest.mark.parametrize(
+        "uris",
+        [("urn:shoal:zone:a b",), ("urn:shoal:zone:a", "urn:shoal:zone:b"), ("https://evil.example/",)],
+    )
+    def test_a_csr_with_a_bad_zone_or_uri_is_a_bad_request(self, uris: tuple[str, ...]) -> None:
+        with pytest.raises(EnrollmentRefused) as refused:
+            read_csr(csr_pem("node-a", uris=uris))
+        assert refused.value.status == 400
 
     def test_a_token_for_node_a_cannot_get_node_b(self) -> None:
         with pytest.raises(EnrollmentRefused, match="common name 'node-b'"):
@@ -157,6 +180,10 @@ class TestLabGrants:
     def test_the_source_address(self) -> None:
         assert grant_for_lab(read_csr(csr_pem("n1", ips=("10.0.0.5",))), "10.0.0.5") == Grant("n1", ("10.0.0.5",))
 
+    def test_the_zone_it_asks_for(self) -> None:
+        csr = read_csr(csr_pem("n1", ips=("10.0.0.5",), uris=("urn:shoal:zone:rack-3",)))
+        assert grant_for_lab(csr, "10.0.0.5") == Grant("n1", ("10.0.0.5",), "rack-3")
+
     def test_another_address_is_refused(self) -> None:
         with pytest.raises(EnrollmentRefused, match=r"addresses 10\.0\.0\.6"):
             grant_for_lab(read_csr(csr_pem("n1", ips=("10.0.0.6",))), "10.0.0.5")
@@ -219,6 +246,28 @@ class TestIssuedCertificate:
         assert set(usages) == {ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH}
         assert not cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
         cert.verify_directly_issued_by(ca.current().cert)
+        assert alt.get_values_for_type(x509.UniformResourceIdentifier) == []
+
+    async def test_the_nodes_zone_is_in_its_certificate(self, tmp_path: Path) -> None:
+        write_new_ca(tmp_path / "ca")
+        ca = CaSource(tmp_path / "ca")
+        cluster = FakeCluster()
+        cluster.nodes["node-a"] = dataclasses.replace(NODE_A, zone="eu-1a")
+        enrollment = Enrollment(
+            ca, datetime.timedelta(hours=1), Reserved(), cluster=ClusterProof(cluster, "shoal", AGENTS), peer_token=None
+        )
+        granted, csr = await enrollment.grant(csr_pem("node-a"), "token-a", "10.9.9.9")
+        issued = ca.current().issue(
+            csr.public_key,
+            granted.name,
+            dns_names=[],
+            ips=granted.ips,
+            zone=granted.zone,
+            valid_for=enrollment.valid_for,
+            client=True,
+        )
+        alt = x509.load_pem_x509_certificate(issued.pem).extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        assert alt.value.get_values_for_type(x509.UniformResourceIdentifier) == ["urn:shoal:zone:eu-1a"]
 
     async def test_an_unknown_token_is_refused(self, tmp_path: Path) -> None:
         write_new_ca(tmp_path / "ca")
