@@ -113,6 +113,30 @@ class TestConnectionsPerAgent:
             await session.close()
         assert opened.count <= scheduler_client.CALLS_IN_FLIGHT
 
+    async def test_a_report_with_piece_hashes_does_not_wait_for_a_slot(
+        self, scheduler: Scheduler, tmp_path: Path
+    ) -> None:
+        """The lease holder's piece hashes are on every child's critical path: with this agent's
+        shared connections busy they still go at once; a plain report waits its turn."""
+        digest = f"sha256:{9:064x}"
+        async with aiohttp.ClientSession() as session:
+            client = SchedulerClient(session, [scheduler.url], None, tls=node_tls(tmp_path))
+            assert (await client.join(digest, JoinRequest(ME, ME, 8 * MiB, MiB))).role == "fetcher"
+            slots = scheduler_client._SLOTS[session][scheduler.url]
+            for _ in range(scheduler_client.CALLS_IN_FLIGHT):
+                await slots.acquire()  # as if two reports of other downloads were in flight
+            plain = Report(ME, ME, pieces=1, contiguous=MiB, size=8 * MiB, piece_size=MiB)
+            waiting = asyncio.create_task(client.report(digest, plain))
+            try:
+                hashed = Report(ME, ME, pieces=1, contiguous=MiB, hashes={0: "a" * 64}, size=8 * MiB, piece_size=MiB)
+                view = await asyncio.wait_for(client.report(digest, hashed), 5)
+                assert view.hashes_known == 1
+                assert not waiting.done()
+            finally:
+                for _ in range(scheduler_client.CALLS_IN_FLIGHT):
+                    slots.release()
+            await waiting
+
 
 class TestSlowHandshake:
     async def test_a_handshake_slower_than_the_old_connect_bound_is_waited_for(

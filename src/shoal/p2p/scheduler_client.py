@@ -43,7 +43,8 @@ CALLS_IN_FLIGHT = 2
 """short calls (join, report, leave, announce, list) in flight from one HTTP session to one
 scheduler, at most; the others wait for one of these connections. Every call beyond the open
 connections would open one more, and a TLS handshake costs the scheduler as much CPU as ~15
-calls on a kept-alive connection. Hashes long-polls hold a connection each and do not count."""
+calls on a kept-alive connection. Hashes long-polls hold a connection each and do not count,
+nor do reports carrying piece hashes (children wait for those)."""
 
 _SLOTS: weakref.WeakKeyDictionary[aiohttp.ClientSession, dict[str, asyncio.Semaphore]] = weakref.WeakKeyDictionary()
 """per session (its connection pool), per scheduler: the short calls' slots; shared by every
@@ -134,13 +135,15 @@ class SchedulerClient:
         if self.zone and not report.zone:
             body["zone"] = self.zone
         body["hashes"] = {str(k): v for k, v in report.hashes.items()}
-        return await self._call("POST", digest, "report", _task_view, json=body)
+        # piece hashes are on every child's critical path: they do not queue behind this
+        # agent's other short calls (only a lease holder, or a seed announcing, sends them)
+        return await self._call("POST", digest, "report", _task_view, json=body, own_slot=bool(report.hashes))
 
     async def hashes(self, digest: str, start: int, wait: float = 0.0) -> HashesView:
         params = {"from": str(start), "wait": str(wait)}
         timeout = _timeout(wait)
         return await self._call(
-            "GET", digest, "hashes", _hashes_view, params=params, timeout=timeout, long_poll=wait > 0
+            "GET", digest, "hashes", _hashes_view, params=params, timeout=timeout, own_slot=wait > 0
         )
 
     async def leave(self, digest: str, peer_id: str) -> None:
@@ -155,10 +158,11 @@ class SchedulerClient:
         return {"headers": self.headers}
 
     @contextlib.asynccontextmanager
-    async def _slot(self, base: str, long_poll: bool = False) -> AsyncIterator[None]:
+    async def _slot(self, base: str, own: bool = False) -> AsyncIterator[None]:
         """Hold one of the short calls' slots towards ``base`` (``TimeoutError`` after
-        :data:`TOTAL_TIMEOUT`); a long-poll passes straight through."""
-        if long_poll:
+        :data:`TOTAL_TIMEOUT`); a long-poll or a report with piece hashes (``own``) passes
+        straight through, on a connection of its own when the shared ones are busy."""
+        if own:
             yield
             return
         slots = _SLOTS.setdefault(self.session, {})
@@ -221,7 +225,7 @@ class SchedulerClient:
         json: Any = None,
         params: dict[str, str] | None = None,
         timeout: aiohttp.ClientTimeout | None = None,
-        long_poll: bool = False,
+        own_slot: bool = False,
     ) -> T:
         timeout = timeout or _timeout()
         errors: list[str] = []
@@ -229,7 +233,7 @@ class SchedulerClient:
             url = f"{base}/v1/tasks/{digest}/{action}"
             try:
                 async with (
-                    self._slot(base, long_poll),
+                    self._slot(base, own_slot),
                     self.session.request(
                         method, url, json=json, params=params, timeout=timeout, **self._transport(base)
                     ) as resp,
