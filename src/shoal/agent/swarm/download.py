@@ -37,6 +37,9 @@ JOIN_PATIENCE = 30.0
 """seconds a download keeps asking for a scheduler to join before its blob goes to the origin
 (docs/agent.md, "No scheduler"): enough to outlast a scheduler restart or a rollout's burst
 of joins, short enough that a pull through a node without a scheduler stays usable"""
+JOIN_ATTEMPTS = 4
+"""joins asked at least, however long each took: a scheduler that is slow rather than gone
+(each join timing out after the call's 15 s bound) is asked as often as a quick no"""
 JOIN_FIRST_PAUSE = 0.5
 JOIN_LONGEST_PAUSE = 8.0
 TICK = 1.0
@@ -47,11 +50,13 @@ def join_pause(failures: int, waited: float, draw: float) -> float | None:
     """The pause before the next join after ``failures`` failed ones, ``waited`` seconds after
     the first began; None: ask no more, the origin serves the blob. The pauses double from
     :data:`JOIN_FIRST_PAUSE` to :data:`JOIN_LONGEST_PAUSE`, each drawn from its upper half
-    (``draw`` in [0, 1)): a fleet that failed together does not ask again together."""
-    if waited >= JOIN_PATIENCE:
+    (``draw`` in [0, 1)): a fleet that failed together does not ask again together. The
+    asking stops after :data:`JOIN_PATIENCE` and at least :data:`JOIN_ATTEMPTS` joins."""
+    if waited >= JOIN_PATIENCE and failures >= JOIN_ATTEMPTS:
         return None
     step: float = min(JOIN_LONGEST_PAUSE, JOIN_FIRST_PAUSE * 2.0 ** max(0, failures - 1))
-    return min(step * (0.5 + draw / 2), JOIN_PATIENCE - waited)
+    pause = step * (0.5 + draw / 2)
+    return pause if waited >= JOIN_PATIENCE else min(pause, JOIN_PATIENCE - waited)
 
 
 class SwarmGaveUpError(Exception):
