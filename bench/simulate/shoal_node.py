@@ -18,6 +18,7 @@ carries out the pure ``shoal.p2p.serving.ServingBook``.
 from __future__ import annotations
 
 import hashlib
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
@@ -26,7 +27,7 @@ from bench.simulate.network import Transfer
 from bench.simulate.scheduler import Replicas
 from bench.simulate.world import ORIGIN, World
 from shoal.agent.swarm.config import SwarmConfig
-from shoal.agent.swarm.download import JOIN_RETRY_PAUSES, TICK
+from shoal.agent.swarm.download import TICK, join_pause
 from shoal.agent.swarm.seeds import Announcement, SeedBook
 from shoal.core.digest import Digest
 from shoal.p2p import download_state as ds
@@ -218,8 +219,9 @@ class SimDownload:
         return self.agent.node in self.world.dead
 
     # -- start -----------------------------------------------------------------------------
-    def start(self, attempt: int = 0) -> None:
+    def start(self, attempt: int = 0, first: float | None = None) -> None:
         """Join the task; a failed join is tried again (``SwarmDownload._join``)."""
+        started = self.world.clock() if first is None else first
         geometry = self.blob.geometry
         join = JoinRequest(
             self.agent.peer_id, self.agent.address, geometry.size, geometry.piece_size, zone=self.agent.zone
@@ -228,10 +230,13 @@ class SimDownload:
         def answered(view: TaskView | None) -> None:
             if view is not None:
                 self._joined(view)
-            elif attempt < len(JOIN_RETRY_PAUSES):
-                self.world.timers.after(JOIN_RETRY_PAUSES[attempt], lambda: self.start(attempt + 1))
-            else:
+                return
+            draw = random.Random(f"join/{self.agent.peer_id}/{self.digest}/{attempt}").random()
+            pause = join_pause(attempt + 1, self.world.clock() - started, draw)
+            if pause is None:
                 self._give_up(ds.GiveUp("scheduler: join failed"))
+            else:
+                self.world.timers.after(pause, lambda: self.start(attempt + 1, started))
 
         self.agent.services.scheduler.join(self.agent.node, self.digest, join, answered)
 

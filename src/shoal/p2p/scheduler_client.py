@@ -10,10 +10,12 @@ attempt, not one per call. When every scheduler fails the call raises
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 import time
-from collections.abc import Callable, Sequence
+import weakref
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import fields
 from typing import Any, TypeVar
 
@@ -27,14 +29,26 @@ from shoal.p2p.rendezvous import rank_schedulers
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# A refused or reset connection fails over at once; these bound a scheduler that is slow to
-# answer. The connect bound covers the TLS handshake and the wait for a pooled connection:
-# when a whole fleet joins at once on busy cores that can take seconds, and a bound too short
-# sends every download to the origin (docs/fleet-benchmark.md).
-CONNECT_TIMEOUT = 10.0
 TOTAL_TIMEOUT = 15.0
+"""seconds one call to one scheduler may take: connect, TLS handshake, queueing, answer.
+A refused or reset connection fails over at once; this bounds a scheduler that is slow."""
+CONNECT_TIMEOUT = TOTAL_TIMEOUT
+"""what a scheduler that never answers costs one call. There is no shorter bound for the
+connect alone: aiohttp's connect bounds include the TLS handshake, and a caller that gives up
+on a handshake queued at a busy scheduler leaves it the handshake's work all the same, then
+queues its retry behind everyone else's (docs/scheduler.md, "Connections")."""
 DOWN_FOR = 10.0
 """seconds a failed scheduler goes to the end of every ranking."""
+CALLS_IN_FLIGHT = 2
+"""short calls (join, report, leave, announce, list) in flight from one HTTP session to one
+scheduler, at most; the others wait for one of these connections. Every call beyond the open
+connections would open one more, and a TLS handshake costs the scheduler as much CPU as ~15
+calls on a kept-alive connection. Hashes long-polls hold a connection each and do not count,
+nor do reports carrying piece hashes (children wait for those)."""
+
+_SLOTS: weakref.WeakKeyDictionary[aiohttp.ClientSession, dict[str, asyncio.Semaphore]] = weakref.WeakKeyDictionary()
+"""per session (its connection pool), per scheduler: the short calls' slots; shared by every
+client of one agent (swarm, presence, cluster listing)."""
 
 
 class SchedulerUnavailable(Exception):
@@ -47,6 +61,11 @@ class SchedulerRejected(SchedulerUnavailable):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(f"scheduler answered {status}: {message}")
         self.status = status
+
+
+def _timeout(wait: float = 0.0) -> aiohttp.ClientTimeout:
+    """One bound for the whole call (see :data:`CONNECT_TIMEOUT`)."""
+    return aiohttp.ClientTimeout(total=wait + TOTAL_TIMEOUT)
 
 
 _TASK_VIEW_FIELDS = frozenset(f.name for f in fields(TaskView))
@@ -116,12 +135,16 @@ class SchedulerClient:
         if self.zone and not report.zone:
             body["zone"] = self.zone
         body["hashes"] = {str(k): v for k, v in report.hashes.items()}
-        return await self._call("POST", digest, "report", _task_view, json=body)
+        # piece hashes are on every child's critical path: they do not queue behind this
+        # agent's other short calls (only a lease holder, or a seed announcing, sends them)
+        return await self._call("POST", digest, "report", _task_view, json=body, own_slot=bool(report.hashes))
 
     async def hashes(self, digest: str, start: int, wait: float = 0.0) -> HashesView:
         params = {"from": str(start), "wait": str(wait)}
-        timeout = aiohttp.ClientTimeout(total=wait + TOTAL_TIMEOUT, connect=CONNECT_TIMEOUT)
-        return await self._call("GET", digest, "hashes", _hashes_view, params=params, timeout=timeout)
+        timeout = _timeout(wait)
+        return await self._call(
+            "GET", digest, "hashes", _hashes_view, params=params, timeout=timeout, own_slot=wait > 0
+        )
 
     async def leave(self, digest: str, peer_id: str) -> None:
         await self._call("POST", digest, "leave", lambda data: None, json={"peer_id": peer_id})
@@ -134,15 +157,37 @@ class SchedulerClient:
             return {"ssl": self.tls.context()}
         return {"headers": self.headers}
 
+    @contextlib.asynccontextmanager
+    async def _slot(self, base: str, own: bool = False) -> AsyncIterator[None]:
+        """Hold one of the short calls' slots towards ``base`` (``TimeoutError`` after
+        :data:`TOTAL_TIMEOUT`); a long-poll or a report with piece hashes (``own``) passes
+        straight through, on a connection of its own when the shared ones are busy."""
+        if own:
+            yield
+            return
+        slots = _SLOTS.setdefault(self.session, {})
+        slot = slots.get(base)
+        if slot is None:
+            slot = slots[base] = asyncio.Semaphore(CALLS_IN_FLIGHT)
+        async with asyncio.timeout(TOTAL_TIMEOUT):
+            await slot.acquire()
+        try:
+            yield
+        finally:
+            slot.release()
+
     async def announce(self, announcement: AgentAnnouncement) -> dict[str, str | None]:
         """Tell *every* scheduler this agent exists; per URL, None or the error (never raises)."""
 
         async def one(base: str) -> str | None:
-            timeout = aiohttp.ClientTimeout(total=TOTAL_TIMEOUT, connect=CONNECT_TIMEOUT)
+            timeout = _timeout()
             try:
-                async with self.session.post(
-                    f"{base}/v1/agents", json=to_json(announcement), timeout=timeout, **self._transport(base)
-                ) as resp:
+                async with (
+                    self._slot(base),
+                    self.session.post(
+                        f"{base}/v1/agents", json=to_json(announcement), timeout=timeout, **self._transport(base)
+                    ) as resp,
+                ):
                     if resp.status >= 400:
                         return f"HTTP {resp.status}: {(await resp.text()).strip()[:200]}"
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
@@ -154,11 +199,14 @@ class SchedulerClient:
 
     async def agents(self) -> list[AgentView]:
         """The live agents, as the first scheduler that answers lists them."""
-        timeout = aiohttp.ClientTimeout(total=TOTAL_TIMEOUT, connect=CONNECT_TIMEOUT)
+        timeout = _timeout()
         errors: list[str] = []
         for base in self.schedulers:
             try:
-                async with self.session.get(f"{base}/v1/agents", timeout=timeout, **self._transport(base)) as resp:
+                async with (
+                    self._slot(base),
+                    self.session.get(f"{base}/v1/agents", timeout=timeout, **self._transport(base)) as resp,
+                ):
                     if resp.status != 200:
                         errors.append(f"{base}: HTTP {resp.status}")
                         continue
@@ -177,15 +225,19 @@ class SchedulerClient:
         json: Any = None,
         params: dict[str, str] | None = None,
         timeout: aiohttp.ClientTimeout | None = None,
+        own_slot: bool = False,
     ) -> T:
-        timeout = timeout or aiohttp.ClientTimeout(total=TOTAL_TIMEOUT, connect=CONNECT_TIMEOUT)
+        timeout = timeout or _timeout()
         errors: list[str] = []
         for base in self.ranked(digest):
             url = f"{base}/v1/tasks/{digest}/{action}"
             try:
-                async with self.session.request(
-                    method, url, json=json, params=params, timeout=timeout, **self._transport(base)
-                ) as resp:
+                async with (
+                    self._slot(base, own_slot),
+                    self.session.request(
+                        method, url, json=json, params=params, timeout=timeout, **self._transport(base)
+                    ) as resp,
+                ):
                     if resp.status >= 500:
                         raise aiohttp.ClientResponseError(
                             resp.request_info, resp.history, status=resp.status, message=resp.reason or ""

@@ -56,6 +56,9 @@ class ServerTls:
         self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.context.minimum_version = ssl.TLSVersion.TLSv1_3
         self.context.verify_mode = ssl.CERT_OPTIONAL
+        # no TLS 1.3 session tickets: asyncio's clients (agents, CLI) cannot resume a session,
+        # and making two tickets per handshake costs a third of the handshake's crypto
+        self.context.num_tickets = 0
         self.renew_at = datetime.datetime.min.replace(tzinfo=datetime.UTC)
         self._trust = b""
         self.renew()

@@ -15,7 +15,7 @@ from shoal.oci.auth import Credentials
 from shoal.oci.distribution import DistributionPath
 from shoal.p2p.pieces import PieceGeometry
 from shoal.p2p.protocol import HashesView, JoinRequest, PeerInfo, Report, TaskView
-from shoal.p2p.scheduler_client import SchedulerUnavailable
+from shoal.p2p.scheduler_client import SchedulerRejected, SchedulerUnavailable
 from shoal.store.partial import PartialBlob
 
 
@@ -37,6 +37,8 @@ class FakeScheduler:
         hashes: list[str] | None = None,
         grant_fallback: bool = False,
         down: bool = False,
+        fail_joins: int = 0,
+        reject_joins: bool = False,
     ) -> None:
         self.geometry = PieceGeometry.of(size)
         self.fetcher = fetcher
@@ -44,6 +46,10 @@ class FakeScheduler:
         self.published: dict[int, str] = dict(enumerate(hashes or []))
         self.grant_fallback = grant_fallback
         self.down = down
+        self.fail_joins = fail_joins
+        """joins that fail (unreachable) before one gets through"""
+        self.reject_joins = reject_joins
+        self.join_attempts = 0
         self.joins: list[JoinRequest] = []
         self.reports: list[Report] = []
         self.crashes = 0
@@ -62,7 +68,10 @@ class FakeScheduler:
         )
 
     async def join(self, digest: str, request: JoinRequest) -> TaskView:
-        if self.down:
+        self.join_attempts += 1
+        if self.reject_joins:
+            raise SchedulerRejected(403, "not this node (fake)")
+        if self.down or self.join_attempts <= self.fail_joins:
             raise SchedulerUnavailable("scheduler down (fake)")
         self.joins.append(request)
         return self._view(request.peer_id)

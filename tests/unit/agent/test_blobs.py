@@ -86,7 +86,8 @@ def store() -> Iterator[MemoryStore]:
 @pytest.fixture(autouse=True)
 def quick(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(swarm.download, "TICK", 0.05)
-    monkeypatch.setattr(swarm.download, "JOIN_RETRY_PAUSES", (0.01, 0.01, 0.01))
+    monkeypatch.setattr(swarm.download, "JOIN_PATIENCE", 0.05)
+    monkeypatch.setattr(swarm.download, "JOIN_FIRST_PAUSE", 0.01)
 
 
 MakeSource = Callable[[MemoryStore, Upstreams, MemoryOrigin], BlobSource]

@@ -42,7 +42,8 @@ def store() -> Iterator[MemoryStore]:
 def quick(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tick and retry quickly: the rules' clocks are what is under test, not their seconds."""
     monkeypatch.setattr(swarm.download, "TICK", 0.05)
-    monkeypatch.setattr(swarm.download, "JOIN_RETRY_PAUSES", (0.01, 0.01, 0.01))
+    monkeypatch.setattr(swarm.download, "JOIN_PATIENCE", 0.05)
+    monkeypatch.setattr(swarm.download, "JOIN_FIRST_PAUSE", 0.01)
 
 
 def config(rules: DownloadRules = FAST) -> SwarmConfig:
@@ -159,6 +160,34 @@ class TestFallback:
         partial.finish()
         assert origin.fills == [(DIGEST, 0)]
         assert src.metrics.swarm_fallbacks.labels("scheduler")._value.get() == 1
+
+    async def test_a_scheduler_back_within_the_patience_is_joined(
+        self, store: MemoryStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Six failed joins (a scheduler restarting, or swamped by a rollout's first second)
+        still end in the swarm: the blob comes from a parent, not from the origin."""
+        monkeypatch.setattr(swarm.download, "JOIN_PATIENCE", 5.0)
+        monkeypatch.setattr(swarm.download, "JOIN_LONGEST_PAUSE", 0.02)
+        scheduler = FakeScheduler(len(DATA), fail_joins=6, parents=["p1"], hashes=piece_hashes_of(DATA))
+        origin = MemoryOrigin({DIGEST: DATA})
+        src = source(store, scheduler, FakePeers({"p1": DATA}), origin)
+        partial = begin(store)
+        await asyncio.wait_for(src.fill(partial, DIST, None), 10)
+        partial.finish()
+        assert scheduler.join_attempts == 7
+        assert origin.fills == []
+        assert partial.contiguous == len(DATA)
+
+    async def test_a_scheduler_that_says_no_is_not_asked_again(
+        self, store: MemoryStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A 4xx is the scheduler's answer, not its absence: the origin at once, no waiting."""
+        monkeypatch.setattr(swarm.download, "JOIN_PATIENCE", 5.0)
+        scheduler = FakeScheduler(len(DATA), reject_joins=True)
+        d, _ = download(store, scheduler, FakePeers({}), MemoryOrigin({}), AvoidList())
+        with pytest.raises(SwarmGaveUpError, match="403"):
+            await asyncio.wait_for(d.run(), 1)
+        assert scheduler.join_attempts == 1
 
     async def test_the_join_error_is_the_swarms_to_handle(self, store: MemoryStore) -> None:
         d, _ = download(store, FakeScheduler(len(DATA), down=True), FakePeers({}), MemoryOrigin({}), AvoidList())

@@ -14,12 +14,12 @@ Every swarm rule lives in :mod:`shoal.p2p.download_state`; this package is the I
 """
 
 from shoal.agent.swarm.config import SwarmConfig
-from shoal.agent.swarm.download import JOIN_RETRY_PAUSES, TICK, SwarmDownload, SwarmGaveUpError
+from shoal.agent.swarm.download import JOIN_PATIENCE, TICK, SwarmDownload, SwarmGaveUpError, join_pause
 from shoal.agent.swarm.ports import AvoidList, HubPort, OriginFill, PeerPort, SchedulerPort, SeedStore, SizeLookup
 from shoal.agent.swarm.source import SwarmSource, piece_hashes
 
 __all__ = [
-    "JOIN_RETRY_PAUSES",
+    "JOIN_PATIENCE",
     "TICK",
     "AvoidList",
     "HubPort",
@@ -32,5 +32,6 @@ __all__ = [
     "SwarmDownload",
     "SwarmGaveUpError",
     "SwarmSource",
+    "join_pause",
     "piece_hashes",
 ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
@@ -26,16 +27,36 @@ from shoal.p2p import download_state as ds
 from shoal.p2p.pieces import PieceGeometry
 from shoal.p2p.protocol import JoinRequest, Report, TaskView
 from shoal.p2p.ratelimit import TokenBucket
-from shoal.p2p.scheduler_client import SchedulerUnavailable
+from shoal.p2p.scheduler_client import SchedulerRejected, SchedulerUnavailable
 from shoal.store.blobstore import StoreError, StoreFullError, is_disk_full
 from shoal.store.partial import PartialBlob
 
 log = logging.getLogger(__name__)
 
-JOIN_RETRY_PAUSES = ds.ASK_RETRY_PAUSES
-"""pauses between join attempts: four attempts in all"""
+JOIN_PATIENCE = 30.0
+"""seconds a download keeps asking for a scheduler to join before its blob goes to the origin
+(docs/agent.md, "No scheduler"): enough to outlast a scheduler restart or a rollout's burst
+of joins, short enough that a pull through a node without a scheduler stays usable"""
+JOIN_ATTEMPTS = 4
+"""joins asked at least, however long each took: a scheduler that is slow rather than gone
+(each join timing out after the call's 15 s bound) is asked as often as a quick no"""
+JOIN_FIRST_PAUSE = 0.5
+JOIN_LONGEST_PAUSE = 8.0
 TICK = 1.0
 """seconds between the owner's clock ticks (stall, piece-timeout and hash-wait rules)"""
+
+
+def join_pause(failures: int, waited: float, draw: float) -> float | None:
+    """The pause before the next join after ``failures`` failed ones, ``waited`` seconds after
+    the first began; None: ask no more, the origin serves the blob. The pauses double from
+    :data:`JOIN_FIRST_PAUSE` to :data:`JOIN_LONGEST_PAUSE`, each drawn from its upper half
+    (``draw`` in [0, 1)): a fleet that failed together does not ask again together. The
+    asking stops after :data:`JOIN_PATIENCE` and at least :data:`JOIN_ATTEMPTS` joins."""
+    if waited >= JOIN_PATIENCE and failures >= JOIN_ATTEMPTS:
+        return None
+    step: float = min(JOIN_LONGEST_PAUSE, JOIN_FIRST_PAUSE * 2.0 ** max(0, failures - 1))
+    pause = step * (0.5 + draw / 2)
+    return pause if waited >= JOIN_PATIENCE else min(pause, JOIN_PATIENCE - waited)
 
 
 class SwarmGaveUpError(Exception):
@@ -355,19 +376,24 @@ class SwarmDownload:
             self._observe_partial()
 
     async def _join(self) -> TaskView:
-        """Join the task; a scheduler that is slow to answer (a rollout's first second sends
-        it every node's joins at once) is asked again before the blob goes to the origin."""
+        """Join the task. A scheduler that cannot be reached is asked again, with jittered
+        backoff, for :data:`JOIN_PATIENCE` (a rollout's first seconds send it every node's
+        joins at once); one that answers no (4xx) is not."""
         join = JoinRequest(self.cfg.peer_id, self.cfg.address, self.geometry.size, self.geometry.piece_size)
-        for attempt, pause in enumerate(JOIN_RETRY_PAUSES, start=1):
+        started = self.clock()
+        failures = 0
+        while True:
             try:
                 return await self.scheduler.join(str(self.digest), join)
+            except SchedulerRejected as exc:
+                raise SwarmGaveUpError(f"scheduler: {exc}") from None
             except SchedulerUnavailable as exc:
-                log.warning("join for %s failed (%d): %s", self.digest, attempt, exc)
+                failures += 1
+                pause = join_pause(failures, self.clock() - started, random.random())
+                if pause is None:
+                    raise SwarmGaveUpError(f"scheduler: {exc}") from None
+                log.warning("join for %s failed (%d, asking again in %.1fs): %s", self.digest, failures, pause, exc)
                 await asyncio.sleep(pause)
-        try:
-            return await self.scheduler.join(str(self.digest), join)
-        except SchedulerUnavailable as exc:
-            raise SwarmGaveUpError(f"scheduler: {exc}") from None
 
     @staticmethod
     def _answer(view: TaskView) -> ds.SchedulerAnswer:
