@@ -10,7 +10,9 @@ moved: the sender's and the receiver's cost per MiB, per wire, in alternating ro
 
 A fleet agent both receives and sends about one MiB per MiB delivered, so "send + receive"
 is the figure to hold against ``bench.fleet``'s data-plane CPU (which also counts the
-agent's event loop, HTTP client side and disk writes).
+agent's event loop, HTTP client side and disk writes). ``--busy`` adds a Python thread busy
+half the time to each end (an agent's loop: the link's threads then wait for the GIL);
+``--perf-dir`` runs ``perf record`` on each end while linked. Results: docs/fleet-benchmark.md.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,9 +46,25 @@ SECRET = peer_secret("bench")
 PORT = 7700
 
 
+_busy_cpu = 0.0
+"""CPU seconds the ``--busy`` thread has used (left out of the link's figure)"""
+
+
 def _cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+    return usage.ru_utime + usage.ru_stime - _busy_cpu
+
+
+def _keep_busy() -> None:
+    """Python work on another thread half the time, as an agent's event loop has: the link's
+    threads then hand the GIL over at every release instead of finding it free."""
+    global _busy_cpu
+    while True:
+        until = time.monotonic() + 0.001
+        while time.monotonic() < until:
+            sum(range(100))
+        _busy_cpu = time.thread_time()
+        time.sleep(0.001)
 
 
 @contextlib.contextmanager
@@ -158,6 +177,8 @@ async def _fetch(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _one_end(args: argparse.Namespace) -> None:
+    if args.busy:
+        threading.Thread(target=_keep_busy, daemon=True).start()
     run = _serve if args.role == "serve" else _fetch
     print(json.dumps(asyncio.run(run(args))), flush=True)
 
@@ -167,10 +188,12 @@ def _result(stdout: str) -> dict[str, Any]:
     return json.loads(next(line for line in reversed(stdout.splitlines()) if line.startswith("{")))  # type: ignore[no-any-return]
 
 
-def _round(lab: Lab, work: Path, wire_kind: str, size: int, window: int, perf_dir: Path | None) -> dict[str, float]:
+def _round(
+    lab: Lab, work: Path, wire_kind: str, size: int, window: int, busy: bool, perf_dir: Path | None
+) -> dict[str, float]:
     server, client = lab.plan.nodes
     me = [sys.executable, *(["-X", "perf"] if perf_dir else []), "-m", "bench.peer_wire"]
-    common = ["--blob", str(work / "blob"), "--size", str(size), "--window", str(window)]
+    common = ["--blob", str(work / "blob"), "--size", str(size), "--window", str(window), *(["--busy"] if busy else [])]
     if perf_dir is not None:
         common += ["--perf", str(perf_dir / f"{wire_kind}-{time.strftime('%H%M%S')}")]
 
@@ -201,6 +224,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--window", type=int, default=4, help="requests in flight")
     parser.add_argument("--wires", default="clear,tls")
+    parser.add_argument("--busy", action="store_true", help="a Python thread busy half the time in each end")
     parser.add_argument("--perf-dir", type=Path, help="`perf record` both ends (while linked) into this directory")
     parser.add_argument("--role", choices=["serve", "fetch"], help=argparse.SUPPRESS)
     parser.add_argument("--ip", help=argparse.SUPPRESS)
@@ -227,7 +251,7 @@ def main(argv: list[str] | None = None) -> None:
         results: dict[str, list[dict[str, float]]] = {w: [] for w in wires}
         for r in range(args.rounds):
             for w in wires if r % 2 == 0 else wires[::-1]:
-                one = _round(lab, work, w, size, args.window, args.perf_dir)
+                one = _round(lab, work, w, size, args.window, args.busy, args.perf_dir)
                 results[w].append(one)
                 print(f"round {r + 1} {w:5}: {json.dumps({k: round(v, 2) for k, v in one.items()})}", flush=True)
     print(f"{size >> 20} MiB at {args.bandwidth}, {args.rounds} rounds, medians:")
