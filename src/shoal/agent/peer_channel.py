@@ -28,6 +28,9 @@ SEND_SLICE = 256 << 10
 """bytes encrypted per step: the TLS writer's memory, and how long it holds the lock"""
 RAW_READ = 256 << 10
 """encrypted bytes taken from the socket per read"""
+MAX_RECORD = 5 + (16 << 10) + 256
+"""the longest TLS 1.3 record on the wire (RFC 8446 5.2): at most this much ciphertext can sit
+inside OpenSSL, read from the memory buffer but not yet decrypted (one partial record)"""
 
 
 class TlsHandshakeError(Exception):
@@ -141,17 +144,37 @@ class TlsChannel:
         return got or None
 
     def recv_exactly(self, view: memoryview) -> int:
+        """Fill ``view`` with bytes the peer is bound to send (a piece body): fewer only at
+        the end of the stream.
+
+        Waits in the kernel for as much ciphertext as the plaintext still missing proves is
+        coming (``MSG_WAITALL``), as the clear channel does: a plain read returns whatever
+        arrived, a few KiB on a shaped link, and each such wake-up costs a trip through
+        Python and the lock. The bound never exceeds what the peer must still send: every
+        missing plaintext byte needs a ciphertext byte not yet received, except what is
+        buffered here already (decrypted, in the memory buffer, or one partial record).
+        """
         got = 0
         while got < len(view):
-            n = self.recv_into(view[got:])
+            n = self._decrypt_into(view[got:])
             if n == 0:
                 break
-            got += n
+            if n is not None:
+                got += n
+                continue
+            with self._lock:
+                buffered = self._tls.pending() + self._incoming.pending
+            if not self._fill(len(view) - got - buffered - MAX_RECORD):
+                break
         return got
 
-    def _fill(self) -> bool:
-        """More encrypted bytes from the socket; False at its end."""
-        n = self.sock.recv_into(self._raw)
+    def _fill(self, at_least: int = 0) -> bool:
+        """More encrypted bytes from the socket, waiting for ``at_least`` of them (at most
+        ``RAW_READ``) when positive, else any; False at its end."""
+        if at_least > 0:
+            n = self.sock.recv_into(self._raw, min(at_least, RAW_READ), socket.MSG_WAITALL)
+        else:
+            n = self.sock.recv_into(self._raw)
         if n == 0:
             return False
         with self._lock:
