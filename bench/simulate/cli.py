@@ -15,6 +15,7 @@ from bench.simulate.fleet import FleetSpec, build_fleet
 from bench.simulate.result import RolloutResult
 from bench.simulate.rollout import POLICIES, run_rollout
 from shoal.core.units import parse_size
+from shoal.p2p import pieces
 from shoal.p2p.download_state import DownloadRules
 from shoal.scheduler.config import SchedulerConfig
 
@@ -40,6 +41,12 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         metavar="FRACTION",
         help="the first replica dies after this share of the bound (e.g. 0.3); default: none dies",
+    )
+    p.add_argument(
+        "--target-pieces",
+        type=int,
+        default=None,
+        help="try another piece size rule: pieces per blob aimed at (shoal.p2p.pieces.TARGET_PIECES)",
     )
     p.add_argument("--policy", choices=sorted(POLICIES), default="shoal")
     p.add_argument("--seed", type=int, default=1)
@@ -136,6 +143,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"bench.simulate: {exc}", file=sys.stderr)
         return 2
+    if args.target_pieces is not None:
+        # the agents' and the scheduler's one rule, changed for this process
+        pieces.TARGET_PIECES = args.target_pieces
     started = time.monotonic()
     result = run_rollout(
         build_fleet(spec),

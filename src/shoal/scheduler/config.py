@@ -42,7 +42,7 @@ class SchedulerConfig:
     """the origin fetcher loses its lease when its ``contiguous`` has not grown for this long."""
     peer_ttl: float = 30.0
     """peers not heard from (join or report) for this long are dropped from their tasks."""
-    max_parents: int = 12
+    max_parents: int = 4
     """parents handed to one downloader."""
     fallback_leases: int = 2
     """downloaders of one blob that may fetch from the origin on their own at a time, after

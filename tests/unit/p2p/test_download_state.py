@@ -111,7 +111,7 @@ class TestOriginOnce:
 
     def test_a_lease_moved_elsewhere_stops_ours(self) -> None:
         """test_fetcher_that_lost_its_lease_stops_fetching"""
-        s = new()
+        s = new(lanes_per_parent=2)
         s.apply(SchedulerAnswer(fetcher=ME))
         s.apply(PrefixAdvanced(250))
         out = s.apply(SchedulerAnswer(fetcher="p2", parents=(parent(2),)))
@@ -158,7 +158,7 @@ class TestPipelining:
     """Pieces are asked for as soon as a parent announces them (test_child_gets_bytes_before_the_fetcher_is_done)."""
 
     def test_each_have_is_requested_at_once(self) -> None:
-        s = new()
+        s = new(lanes_per_parent=2)
         assert with_parents(s, 1) == [AddParent(parent(1))]
         assert requests(s.apply(ParentHas("p1", frozenset({0})))) == [("p1", 0)]
         assert requests(s.apply(ParentHas("p1", frozenset({1})))) == [("p1", 1)]
@@ -300,7 +300,7 @@ class TestFailingParents:
         assert DropParent("p1", "3 failed requests in a row: reset") in out
 
     def test_a_lost_parent_s_requests_go_to_another_at_once(self) -> None:
-        s = new()
+        s = new(lanes_per_parent=2)
         with_parents(s, 1, 2)
         s.apply(ParentHas("p1", frozenset({0, 1})))
         s.apply(ParentHas("p2", frozenset({0, 1})))

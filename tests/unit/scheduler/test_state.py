@@ -189,6 +189,25 @@ class TestLease:
             report(s, "b", t, pieces=1)
         assert report(s, "b", 7.5, pieces=1).role == "fetcher"
 
+    def test_a_holder_named_by_a_child_and_silent_loses_it_before_lease_ttl(self) -> None:
+        s = state(lease_ttl=15.0)
+        assert join(s, "a", 0).role == "fetcher"
+        join(s, "b", 0)
+        report(s, "a", 1, pieces=1)  # a's last word: it died here
+        report(s, "b", 6, failed=["a"])  # its child lost the link
+        assert report(s, "b", 6.5).fetcher == "a"  # named, but silent for 5.5 s only
+        assert report(s, "b", 7.5).role == "fetcher"  # 6.5 s: not 15 s (the fleet waits on it)
+
+    def test_a_named_holder_that_reports_keeps_it(self) -> None:
+        s = state(lease_ttl=15.0)
+        join(s, "a", 0)
+        join(s, "b", 0)
+        report(s, "b", 1, failed=["a"])  # a merely timed out for b: busy, not dead
+        for t in (2, 4, 6, 8, 10):
+            report(s, "a", t, pieces=t)
+        assert report(s, "b", 10.5).fetcher == "a"
+        assert report(s, "b", 17.5).role == "fetcher"  # a silent 7.5 s since its last report
+
     def test_leave_frees_it_for_the_next_peer(self) -> None:
         s = state()
         join(s, "a", 0)

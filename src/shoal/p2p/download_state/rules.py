@@ -16,8 +16,8 @@ parents by how much they hold"""
 class DownloadRules:
     """The swarm's knobs for one download."""
 
-    max_parents: int = 12
-    lanes_per_parent: int = 2
+    max_parents: int = 4
+    lanes_per_parent: int = 1
     max_requests: int = 12
     """requests in flight for one download, over all its parents: each arriving piece has a
     buffer of its own until it is written, so this bounds the download's memory"""
