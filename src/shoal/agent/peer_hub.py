@@ -13,6 +13,9 @@ more (REJECT): they take it from those children, and the fetcher's upload carrie
 pieces instead of the same ones again. Every other node serves what it holds to whoever
 asks: limiting them too starved a 40-node swarm until nodes completed. When the fetch ends
 (the blob is complete, or the lease moved), every refused piece is announced again.
+
+Those rules are the pure :class:`~shoal.p2p.serving.ServingBook`'s (the simulator runs the
+same book); the hub finds what is held, and sends the bitfields, HAVEs and REJECTs it says.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import socket
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
 
 from shoal.agent.metrics import AgentMetrics
 from shoal.agent.peer_checks import first_message_size, foreign_identity, foreign_peer_id, own_host, wrong_protocol
@@ -40,8 +43,9 @@ from shoal.agent.peer_link import (
 from shoal.core.digest import Digest, DigestError
 from shoal.core.ratelog import RateLimitedLog
 from shoal.p2p import wire
-from shoal.p2p.pieces import choose_piece_size, piece_count, piece_span
+from shoal.p2p.pieces import PieceGeometry
 from shoal.p2p.ratelimit import TokenBucket
+from shoal.p2p.serving import Haves, ServingBook
 from shoal.p2p.tls import PeerIdentity, TlsContexts
 from shoal.p2p.wire.admission import Admission, AdmissionLimits
 from shoal.store.blobstore import BlobStore
@@ -138,12 +142,8 @@ class PeerHub:
         """digest -> the download taking pieces of it"""
         self._via: dict[tuple[str, str], PeerLink] = {}
         """(peer id, digest) -> the link we said INTERESTED on"""
-        self._told: dict[PeerLink, dict[str, set[int] | None]] = {}
-        """per child link and blob: the pieces we announced (None: we cannot serve its blob)"""
-        self._interested: dict[str, set[PeerLink]] = {}
-        self._copies: dict[str, dict[int, int]] = {}
-        """blobs still downloading here -> how often each piece went to a child"""
-        self._refused: dict[tuple[PeerLink, str], set[int]] = {}
+        self._book = ServingBook(superseed_copies=config.superseed_copies)
+        """what each child link was told, refused and sent: the serving rules"""
         self._delayed: dict[PeerLink, dict[tuple[str, int], asyncio.TimerHandle]] = {}
         """pieces a link's child may have once the upload rate allows (not yet queued)"""
         self._liveness: asyncio.Task[None] | None = None
@@ -362,7 +362,7 @@ class PeerHub:
                 case wire.Interested():
                     self._on_interested(link, event)
                 case wire.NotInterested():
-                    self._forget_child(link, event.digest)
+                    self._book.not_interested(link, event.digest)
                 case wire.Request():
                     self._on_request(link, event)
                 case wire.Cancel():
@@ -389,9 +389,7 @@ class PeerHub:
     def link_piece_dropped(self, link: PeerLink, digest: str, index: int, aborted: bool) -> None:
         if aborted:
             self._metrics.peer_uploads_aborted.inc()
-        copies = self._copies.get(digest)
-        if copies is not None and copies.get(index, 0) > 0:
-            copies[index] -= 1  # no child got this copy: another may have it
+        self._book.dropped(digest, index)  # no child got this copy: another may have it
 
     def link_closed(self, link: PeerLink, reason: str) -> None:
         if link not in self._all:
@@ -411,9 +409,7 @@ class PeerHub:
             sink = self._sinks.get(key[1])
             if sink is not None:
                 sink.parent_lost(link.peer_id, f"link closed: {reason}")
-        for digest in list(self._told.get(link, {})):
-            self._forget_child(link, digest)
-        self._told.pop(link, None)
+        self._book.gone(link)
         for handle in self._delayed.pop(link, {}).values():
             handle.cancel()
 
@@ -423,117 +419,77 @@ class PeerHub:
         return self._sinks.get(digest)
 
     # -- serving (the child side of a link) ----------------------------------------------------
-    def _held(self, digest: str, pieces: int) -> tuple[list[int], bool] | None:
-        """The pieces of ``digest`` we may serve, and whether the blob is complete here; None
-        if we do not know the blob at that piece count."""
+    def _held(self, digest: str, pieces: int) -> list[int] | None:
+        """The pieces of ``digest`` we may serve; None if we do not know the blob at that
+        piece count."""
         try:
             key = Digest.parse(digest)
         except DigestError:
             return None
         size = self._store.blob_size(key)
         if size is not None:
-            count = piece_count(size, choose_piece_size(size))
-            return (list(range(count)), True) if count == pieces else None
+            geometry = PieceGeometry.of(size)
+            return list(range(geometry.count)) if geometry.count == pieces else None
         partial = self._downloading(key)
         if partial is None or partial.size is None:
-            return [], False  # perhaps later: HAVEs follow when a download starts here
-        piece_size = choose_piece_size(partial.size)
-        if piece_count(partial.size, piece_size) != pieces:
+            return []  # perhaps later: HAVEs follow when a download starts here
+        geometry = PieceGeometry.of(partial.size)
+        if geometry.count != pieces:
             return None
-        return [i for i in range(pieces) if partial.has(*piece_span(i, partial.size, piece_size))], False
+        return [i for i in range(pieces) if partial.has(*geometry.span(i))]
 
     def _on_interested(self, link: PeerLink, event: wire.Interested) -> None:
         held = self._held(event.digest, event.pieces)
-        told = self._told.setdefault(link, {})
         if held is None:
-            told[event.digest] = None
+            self._book.not_interested(link, event.digest)
             link.send(wire.Bitfield.of(event.digest, event.pieces, ()))
             return
-        pieces, _ = held
-        told[event.digest] = set(pieces)
-        self._interested.setdefault(event.digest, set()).add(link)
-        link.send(wire.Bitfield.of(event.digest, event.pieces, pieces))
+        told = self._book.interested(link, event.digest, held)
+        link.send(wire.Bitfield.of(event.digest, event.pieces, told))
 
-    def _forget_child(self, link: PeerLink, digest: str) -> None:
-        self._told.get(link, {}).pop(digest, None)
-        self._refused.pop((link, digest), None)
-        links = self._interested.get(digest)
-        if links is not None:
-            links.discard(link)
-            if not links:
-                del self._interested[digest]
+    def _send_haves(self, digest: str, haves: Haves) -> None:
+        for child, indices in haves:
+            link = cast(PeerLink, child)
+            for index in indices:
+                link.send(wire.Have(digest, index))
 
     def announce(self, digest: Digest, indices: Iterable[int]) -> None:
         """Pieces of a download here were verified: one HAVE each to every interested child."""
         key = str(digest)
-        links = self._interested.get(key)
-        if not links:
-            return
-        fresh = list(indices)
-        for link in links:
-            told = self._told.get(link, {}).get(key)
-            if told is None:
-                continue
-            for index in fresh:
-                if index not in told:
-                    told.add(index)
-                    link.send(wire.Have(key, index))
+        self._send_haves(key, self._book.announce(key, indices))
 
     def superseed(self, digest: Digest) -> None:
         """This node fetches ``digest`` from the origin: limit the copies of each new piece."""
-        self._copies.setdefault(str(digest), {})
+        self._book.superseed(str(digest))
 
     def stop_superseeding(self, digest: Digest) -> None:
         """The origin fetch ended without the blob (the lease moved): what children were
         refused is theirs to ask for again."""
         key = str(digest)
-        if self._copies.pop(key, None) is None:
-            return
-        for (link, refused_of), refused in list(self._refused.items()):
-            if refused_of != key:
-                continue
-            del self._refused[(link, key)]
-            told = self._told.get(link, {}).get(key)
-            if told is None:
-                continue
-            for index in sorted(refused):
-                if self._piece_source(key, index) is not None and index not in told:
-                    told.add(index)
-                    link.send(wire.Have(key, index))
+        haves = self._book.stop_superseeding(key, lambda index: self._piece_source(key, index) is not None)
+        self._send_haves(key, haves)
 
     def blob_complete(self, digest: Digest, size: int) -> None:
         """Every piece is here: announce what children were refused or not yet told."""
         key = str(digest)
-        self._copies.pop(key, None)
-        count = piece_count(size, choose_piece_size(size))
-        for link in list(self._interested.get(key, ())):
-            told = self._told.get(link, {}).get(key)
-            if told is None:
-                continue
-            refused = self._refused.pop((link, key), set())
-            for index in range(count):
-                if index not in told or index in refused:
-                    told.add(index)
-                    link.send(wire.Have(key, index))
+        self._send_haves(key, self._book.blob_complete(key, PieceGeometry.of(size).count))
 
     def _on_request(self, link: PeerLink, event: wire.Request) -> None:
         source = self._piece_source(event.digest, event.index)
-        if source is None:
-            self._refuse(link, event)
-            return
-        file, offset, length, complete = source
-        copies = None if complete else self._copies.get(event.digest)
-        if copies is not None and copies.get(event.index, 0) >= self.config.superseed_copies:
-            self._refuse(link, event)
-            return
         delayed = self._delayed.setdefault(link, {})
-        if link.queued_pieces + len(delayed) >= MAX_QUEUED_PIECES:
-            self._refuse(link, event)  # a peer that does not read what it asked for
+        if source is None:
+            accepted = self._book.accept(link, event.digest, event.index, held=False)
+        elif link.queued_pieces + len(delayed) >= MAX_QUEUED_PIECES:
+            self._book.refuse(link, event.digest, event.index)  # a peer that does not read what it asked for
+            accepted = False
+        else:
+            accepted = self._book.accept(link, event.digest, event.index, held=True, complete=source[3])
+        if not accepted:
+            self._metrics.pieces_refused.inc()
+            link.send(wire.Reject(event.digest, event.index))
             return
-        if copies is not None:
-            # counted when accepted, not when sent: a piece takes a while to leave on a slow
-            # link, and every child asks for the newest piece at once
-            copies[event.index] = copies.get(event.index, 0) + 1
+        assert source is not None
+        file, offset, length, _ = source
         delay = 0.0 if self._bucket.rate <= 0 else self._bucket.delay_for(length)
         if delay <= 0:
             link.send_piece(event.digest, event.index, file, offset, length)
@@ -556,14 +512,6 @@ class PeerHub:
             return  # on its way already, or answered
         self.link_piece_dropped(link, event.digest, event.index, False)
 
-    def _refuse(self, link: PeerLink, event: wire.Request) -> None:
-        self._refused.setdefault((link, event.digest), set()).add(event.index)
-        told = self._told.get(link, {}).get(event.digest)
-        if told is not None:
-            told.discard(event.index)
-        self._metrics.pieces_refused.inc()
-        link.send(wire.Reject(event.digest, event.index))
-
     def _piece_source(self, digest: str, index: int) -> tuple[PieceFile, int, int, bool] | None:
         """(where its file is, offset, length, blob complete) of a piece we hold verified, or None."""
         key = Digest.parse(digest)
@@ -576,7 +524,7 @@ class PeerHub:
                 return None
             size = partial.size
         try:
-            offset, length = piece_span(index, size, choose_piece_size(size))
+            offset, length = PieceGeometry.of(size).span(index)
         except ValueError:
             return None
         if partial is not None:

@@ -6,7 +6,8 @@ pieces are sent. While this node fetches a blob from the origin (superseeding), 
 already accepted for ``superseed_copies`` children is refused to more: they take it from
 those children, and the fetcher's upload carries new pieces instead of the same ones again.
 When the fetch ends (the blob is complete, or the lease moved), every refused piece is
-announced again. A copy cancelled before it left frees its place.
+announced again. A copy cancelled before it left frees its place. A blob whole here (the
+owner's store says so) is served to whoever asks, whatever the book heard.
 
 The book holds no I/O: its methods return the HAVEs to send, as ``(child, pieces)`` pairs,
 and the owner (``PeerHub`` in the agent, the simulator's agent) sends them. Children are
@@ -29,7 +30,10 @@ class _Blob:
     refused: dict[Hashable, set[int]] = field(default_factory=dict)
     copies: dict[int, int] | None = None
     """superseeding: piece -> children it was accepted for"""
-    complete: bool = False
+
+    def idle(self) -> bool:
+        """Nothing to remember: no child told or refused, not superseeding."""
+        return not self.told and not self.refused and self.copies is None
 
 
 class ServingBook:
@@ -51,6 +55,14 @@ class ServingBook:
         if blob is not None:
             blob.told.pop(child, None)
             blob.refused.pop(child, None)
+            self._prune(digest, blob)
+
+    def gone(self, child: Hashable) -> None:
+        """The child's link closed: forget it for every blob."""
+        for digest, blob in list(self.blobs.items()):
+            blob.told.pop(child, None)
+            blob.refused.pop(child, None)
+            self._prune(digest, blob)
 
     def announce(self, digest: str, indices: Iterable[int]) -> Haves:
         """Pieces verified here: one HAVE each to every interested child not told yet."""
@@ -89,12 +101,14 @@ class ServingBook:
                 told.update(fresh)
                 out.append((child, fresh))
         blob.refused.clear()
+        self._prune(digest, blob)
         return out
 
     def blob_complete(self, digest: str, count: int) -> Haves:
         """Every piece is here: announce what children were refused or not yet told."""
-        blob = self.blobs.setdefault(digest, _Blob())
-        blob.complete = True
+        blob = self.blobs.get(digest)
+        if blob is None:
+            return []
         blob.copies = None
         out: Haves = []
         for child, told in blob.told.items():
@@ -103,16 +117,18 @@ class ServingBook:
             if fresh:
                 told.update(fresh)
                 out.append((child, fresh))
+        self._prune(digest, blob)
         return out
 
-    def accept(self, child: Hashable, digest: str, index: int, *, held: bool) -> bool:
-        """A child's REQUEST of a piece (``held``: verified here): whether to send it; False:
-        refuse it (REJECT), and the child hears of it again when superseeding ends."""
-        blob = self.blobs.setdefault(digest, _Blob())
+    def accept(self, child: Hashable, digest: str, index: int, *, held: bool, complete: bool = False) -> bool:
+        """A child's REQUEST of a piece (``held``: verified here; ``complete``: the whole blob
+        is here, as the owner's store says): whether to send it; False: refuse it (REJECT),
+        and the child hears of it again when superseeding ends."""
         if not held:
             self.refuse(child, digest, index)
             return False
-        copies = None if blob.complete else blob.copies
+        blob = self.blobs.get(digest)
+        copies = None if blob is None or complete else blob.copies
         if copies is not None:
             if copies.get(index, 0) >= self.superseed_copies:
                 self.refuse(child, digest, index)
@@ -135,3 +151,7 @@ class ServingBook:
         blob = self.blobs.get(digest)
         if blob is not None and blob.copies is not None and blob.copies.get(index, 0) > 0:
             blob.copies[index] -= 1
+
+    def _prune(self, digest: str, blob: _Blob) -> None:
+        if blob.idle():
+            del self.blobs[digest]

@@ -164,6 +164,38 @@ class TestServing:
         h.link_events(as_link(late), [wire.Request(str(digest), 0)])
         assert late.pieces == [(str(digest), 0, 0, MiB)]
 
+    async def test_a_blob_committed_while_superseeding_is_served_to_all_at_once(self, store: BlobStore) -> None:
+        """The store's word wins: a blob whole here is not limited while its completion is
+        still on the way to the hub."""
+        data = os.urandom(2 * MiB)
+        digest = Digest.of(data)
+        partial = store.begin(digest, len(data))
+        await partial.write(0, data)
+        h = hub(store, {digest: partial}, copies=1)
+        h.superseed(digest)
+        first, second = FakeLink("127.0.0.2:1"), FakeLink("127.0.0.3:1")
+        h.link_events(as_link(first), [wire.Interested(str(digest), 2), wire.Request(str(digest), 0)])
+        h.link_events(as_link(second), [wire.Interested(str(digest), 2), wire.Request(str(digest), 0)])
+        assert second.sent[-1] == wire.Reject(str(digest), 0)
+        partial.finish()
+        await store.commit(partial)
+        h.link_events(as_link(second), [wire.Request(str(digest), 0)])
+        assert second.pieces == [(str(digest), 0, 0, MiB)]
+
+    async def test_a_copy_dropped_before_it_left_frees_its_place(self, store: BlobStore) -> None:
+        data = os.urandom(2 * MiB)
+        digest = Digest.of(data)
+        partial = store.begin(digest, len(data))
+        await partial.write(0, data[:MiB])
+        h = hub(store, {digest: partial}, copies=1)
+        h.superseed(digest)
+        first, second = FakeLink("127.0.0.2:1"), FakeLink("127.0.0.3:1")
+        h.link_events(as_link(first), [wire.Interested(str(digest), 2), wire.Request(str(digest), 0)])
+        h.link_piece_dropped(as_link(first), str(digest), 0, True)  # its link broke first
+        h.link_events(as_link(second), [wire.Interested(str(digest), 2), wire.Request(str(digest), 0)])
+        assert second.pieces == [(str(digest), 0, 0, MiB)]
+        partial.fail(RuntimeError("test over"))
+
     async def test_only_the_origin_fetcher_superseeds(self, store: BlobStore) -> None:
         """A node that is not fetching from the origin serves every piece it holds to every
         child that asks: limiting relays too starved a 40-node swarm until nodes completed."""

@@ -73,3 +73,52 @@ class TestSuperseeding:
         assert b.stop_superseeding(D, holds=lambda i: i == 1) == [("b", [1])]
         assert b.accept("b", D, 0, held=True)
         assert b.stop_superseeding(D, holds=lambda i: True) == []  # not superseeding any more
+
+    def test_a_blob_whole_here_is_served_to_all_while_the_book_still_limits(self) -> None:
+        b = book(copies=1)
+        b.superseed(D)
+        assert b.accept("a", D, 0, held=True)
+        assert not b.accept("b", D, 0, held=True)
+        assert b.accept("b", D, 0, held=True, complete=True)  # committed, not yet announced
+
+    def test_a_blob_fetched_again_is_limited_again(self) -> None:
+        b = book(copies=1)
+        b.interested("a", D, [])
+        b.superseed(D)
+        b.blob_complete(D, 2)
+        b.superseed(D)  # evicted, and this node fetches it again
+        assert b.accept("a", D, 0, held=True)
+        assert not b.accept("b", D, 0, held=True)
+
+
+class TestForgetting:
+    def test_a_child_gone_hears_nothing_more_of_any_blob(self) -> None:
+        b, other = book(), "sha256:" + "cd" * 32
+        b.interested("a", D, [])
+        b.interested("a", other, [])
+        b.interested("b", D, [])
+        b.gone("a")
+        assert b.announce(D, [0]) == [("b", [0])]
+        assert b.announce(other, [0]) == []
+
+    def test_a_gone_child_is_not_announced_its_refused_pieces(self) -> None:
+        b = book(copies=1)
+        b.interested("a", D, [0])
+        b.interested("b", D, [0])
+        b.superseed(D)
+        assert b.accept("a", D, 0, held=True)
+        assert not b.accept("b", D, 0, held=True)
+        b.gone("b")
+        assert b.stop_superseeding(D, holds=lambda i: True) == []
+
+    def test_nothing_is_kept_of_a_blob_nobody_asks_for(self) -> None:
+        b = book(copies=1)
+        b.interested("a", D, [0])
+        b.superseed(D)
+        assert b.accept("a", D, 0, held=True)
+        assert not b.accept("b", D, 0, held=True)
+        assert b.accept("c", "sha256:" + "cd" * 32, 0, held=True)
+        b.blob_complete(D, 1)
+        b.not_interested("a", D)
+        b.gone("b")
+        assert b.blobs == {}
