@@ -76,6 +76,13 @@ MAX_PUBLISHERS = 64
 """per task: the most recent lease holders whose hashes were accepted (who a ``bad_hashes`` report can blame)."""
 BEST_CACHE_SECONDS = 0.5
 """how long the "who should take the open lease" answer is reused (it scans the whole task)."""
+SHARED_VIEWS = 8
+"""per task: answers of ``hashes`` kept by their start and handed to every caller asking from
+it until the hashes change (a rollout's long-polls all ask from the same few starts: one
+answer per arrival of a hash rather than one per waiting peer)."""
+SHARED_RUN = 64
+"""hashes in a kept answer at most (a late joiner's long run is built for it alone: a kept
+answer of every run would hold ``piece_count`` squared references)."""
 LEASE_SPREAD_WAIT = 1.0
 """seconds a new task's lease waits for a peer that holds no other lease: the first node of a
 rollout joins every layer's task first, and holding them all put every layer's origin fetch
@@ -241,6 +248,8 @@ class Task:
     hashes_known: int = 0
     hash_run: int = 0
     """hashes known from piece 0 on without a gap (what most long-polls ask for)"""
+    views: dict[int, HashesView] = field(default_factory=dict)
+    """start -> the answer of ``hashes`` from it, shared until the hashes change (``SHARED_VIEWS``)"""
     suspects: dict[str, float] = field(default_factory=dict)
     """peer id -> until when it is not handed out."""
     publishers: dict[str, None] = field(default_factory=dict)
@@ -357,20 +366,32 @@ class SchedulerState:
         return False
 
     def hashes(self, digest: str, start: int) -> HashesView:
-        """Known piece hashes from ``start`` on, up to the first unknown one."""
+        """Known piece hashes from ``start`` on, up to the first unknown one.
+
+        The answer may be shared with other callers (and earlier ones): read it, never change it.
+        """
         if start < 0:
             raise StateError(f"from={start}: want >= 0")
         task = self.tasks.get(digest)
         if task is None:
             return HashesView(start, [], 0)
+        views = task.views
+        view = views.get(start)
+        if view is not None:
+            return view
         if start <= task.hash_run:
-            return HashesView(start, cast("list[str]", task.hashes[start : task.hash_run]), task.total)
-        run: list[str] = []
-        for value in task.hashes[start:]:
-            if value is None:
-                break
-            run.append(value)
-        return HashesView(start, run, task.total)
+            view = HashesView(start, cast("list[str]", task.hashes[start : task.hash_run]), task.total)
+        else:
+            known = task.hashes
+            end = start
+            while end < len(known) and known[end] is not None:
+                end += 1
+            view = HashesView(start, cast("list[str]", known[start:end]), task.total)
+        if len(view.hashes) <= SHARED_RUN:
+            if len(views) >= SHARED_VIEWS:
+                views.clear()
+            views[start] = view
+        return view
 
     def leave(self, digest: str, peer_id: str) -> None:
         task = self.tasks.get(digest)
@@ -496,6 +517,7 @@ class SchedulerState:
             if known is None:
                 task.hashes[index] = value
                 task.hashes_known += 1
+                task.views.clear()
             elif known != value:
                 self.hash_conflicts += 1
         while task.hash_run < task.total and task.hashes[task.hash_run] is not None:
@@ -507,6 +529,7 @@ class SchedulerState:
         if not blamed or not task.hashes_known or now - task.hashes_reset_at < self.config.lease_ttl:
             return
         task.hashes, task.hashes_known, task.hashes_reset_at, task.hash_run = [], 0, now, 0
+        task.views.clear()
         task.publishers.clear()
         if task.holder in blamed:
             self._set_holder(task, None)
