@@ -343,8 +343,9 @@ class SchedulerState:
     def _fallback(self, task: Task, rep: Report, now: float) -> bool:
         """Whether ``rep``'s peer holds (or now gets) one of the task's fallback leases."""
         peer_id = rep.peer_id
-        for holder in [p for p, until in task.fallbacks.items() if until <= now]:
-            del task.fallbacks[holder]
+        if task.fallbacks:
+            for holder in [p for p, until in task.fallbacks.items() if until <= now]:
+                del task.fallbacks[holder]
         if rep.complete:
             task.fallbacks.pop(peer_id, None)
             return False
@@ -433,13 +434,18 @@ class SchedulerState:
     # -- bookkeeping -------------------------------------------------------------------------
     def _task(self, digest: str, size: int, piece_size: int, now: float, pieces: int, contiguous: int) -> Task:
         """The task of ``digest``, started if new; every check comes first, so a refused call leaves no task."""
+        task = self.tasks.get(digest)
+        if task is not None and size == task.size and piece_size == task.piece_size:
+            # sizes checked when the task started: only the progress is new (every report says the size)
+            self._check_progress(size, task.total, pieces, contiguous)
+            task.last_active = now
+            return task
         if not 0 <= size <= self.config.max_blob_size:
             raise StateError(f"size {size}: want 0..{self.config.max_blob_size} bytes")
         if piece_size != choose_piece_size(size):
             raise StateError(f"piece_size {piece_size}: a blob of {size} bytes has pieces of {choose_piece_size(size)}")
         total = piece_count(size, piece_size)
         self._check_progress(size, total, pieces, contiguous)
-        task = self.tasks.get(digest)
         if task is None:
             if len(self.tasks) >= self.config.max_tasks:
                 raise FullError(f"scheduler full: {len(self.tasks)} tasks; fetch {digest} from the origin")
@@ -562,7 +568,12 @@ class SchedulerState:
         if task.hashes_known < task.total:
             return True
         cutoff = now - self.config.peer_ttl
-        return not any(task.members[peer_id].last_seen >= cutoff for peer_id in task.seeders.items)
+        members = task.members
+        # a loop, not any() over a generator: asked on every call once the hashes are known
+        for peer_id in task.seeders.items:  # noqa: SIM110
+            if members[peer_id].last_seen >= cutoff:
+                return False
+        return True
 
     def _settle_lease(self, task: Task, requester: Member, now: float, may_take: bool) -> None:
         if not self._lease_needed(task, now):
@@ -662,9 +673,13 @@ class SchedulerState:
         limit = self.config.max_parents
         me = member.peer.peer_id
         chosen: dict[str, Member] = {}
+        # _usable_parent inlined: every report of a download walks its parents here
+        members, ttl, suspects = task.members, self.config.peer_ttl, task.suspects
         for peer_id in member.handed:
-            parent = self._usable_parent(task, peer_id, now)
-            if parent is not None and len(chosen) < limit:
+            parent = members.get(peer_id)
+            if parent is None or now - parent.last_seen > ttl or (suspects and self._suspect(task, peer_id, now)):
+                continue
+            if len(chosen) < limit:
                 chosen[peer_id] = parent
         if len(chosen) < limit:
             # a sample per bag sized by the places to fill: a report that needs one more parent

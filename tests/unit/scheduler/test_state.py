@@ -552,6 +552,28 @@ class TestLifecycle:
         with pytest.raises(ConflictError):
             s.join(D, JoinRequest("b", "b:1", SIZE + 1, MiB), 1)
 
+    @pytest.mark.parametrize(
+        ("size", "piece_size", "pieces", "contiguous", "error"),
+        [
+            (SIZE, MiB, 11, 0, StateError),  # more pieces than the blob has
+            (SIZE, MiB, 1, SIZE + 1, StateError),
+            (SIZE + 1, MiB, 1, 0, ConflictError),  # the task's checks are not skipped for a new size
+            (SIZE, 2 * MiB, 1, 0, StateError),
+        ],
+    )
+    def test_a_known_tasks_reports_are_still_checked(
+        self, size: int, piece_size: int, pieces: int, contiguous: int, error: type[Exception]
+    ) -> None:
+        s = state()
+        join(s, "a", 0)
+        rep = Report("a", "a:1", pieces, contiguous, size=size, piece_size=piece_size)
+        with pytest.raises(error):
+            s.report(D, rep, 1)
+        task = s.tasks[D]
+        assert (task.size, task.piece_size, task.total, task.last_active) == (SIZE, MiB, 10, 0)
+        assert s.report(D, Report("a", "a:1", 2, 2 * MiB, size=SIZE, piece_size=MiB), 2).size == SIZE
+        assert (task.members["a"].pieces, task.last_active) == (2, 2)
+
     def test_stats_count_calls(self) -> None:
         s = state()
         join(s, "a", 0)
