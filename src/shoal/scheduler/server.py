@@ -23,8 +23,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from shoal import __version__
 from shoal.core.digest import Digest, DigestError
+from shoal.p2p import protocol
 from shoal.p2p.presence import AGENT_TTL
-from shoal.p2p.protocol import HashesView, dumps, loads
+from shoal.p2p.protocol import dumps, loads
 from shoal.p2p.tls import PeerIdentity
 from shoal.scheduler.agents import AgentDirectory
 from shoal.scheduler.ca import CaSource
@@ -46,11 +47,11 @@ from shoal.scheduler.state import (
 from shoal.scheduler.tls import ServerTls, refuse_if_foreign, request_identity
 
 log = logging.getLogger(__name__)
+RENDERED = 256
+"""hashes answers kept rendered (each at most ``SHARED_RUN`` hashes: about 5 KiB of JSON)."""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Clock = Callable[[], float]
-RENDERED = 256
-"""hashes answers kept rendered (each at most ``SHARED_RUN`` hashes: about 5 KiB of JSON)."""
 
 
 class _Waiters:
@@ -125,7 +126,7 @@ class Scheduler:
         self.agents = AgentDirectory(clock=clock, node_certificates=self.tls is not None, peer_ids=self.peer_ids)
         self.agents.add_metrics(self.metrics.registry)
         self._waiters = _Waiters()
-        self._rendered: dict[tuple[str, int], tuple[HashesView, bytes]] = {}
+        self._rendered: dict[tuple[str, int], tuple[protocol.HashesView, bytes]] = {}
         self._bearer = f"Bearer {config.peer_token}".encode() if config.peer_token is not None else None
         self._runner: web.AppRunner | None = None
         self._janitor: asyncio.Task[None] | None = None
@@ -340,7 +341,7 @@ class Scheduler:
             view = self.state.hashes(digest, start)
         return _json(self.render_hashes(digest, view))
 
-    def render_hashes(self, digest: str, view: HashesView) -> bytes:
+    def render_hashes(self, digest: str, view: protocol.HashesView) -> bytes:
         """The JSON of ``view``, rendered once for every long-poll the state hands the same answer
         (a new hash wakes every peer waiting on the blob, nearly all asking from one start)."""
         key = (digest, view.start)
