@@ -11,6 +11,10 @@ The measurements, printed side by side:
   encode the answer: the report handler's whole work but HTTP), CPU time per call.
 * State: the same mix applied to ``SchedulerState`` directly, no HTTP: the ceiling of the
   state machine itself.
+* Hashes wake-up: a blob's 128 hashes published one report at a time with 1,000 long-polls
+  waiting on it; after each, every waiter's answer is taken and rendered (``state.hashes``
+  and ``Scheduler.render_hashes``, as each woken ``GET .../hashes`` does) and it polls again
+  from its new start: CPU per waiter and hash, HTTP aside.
 * RSS: a fresh process that fills one ``SchedulerState`` with 10,000 peers in each of 100
   tasks (1,000,000 memberships: every peer joins holding 1..128 pieces and is handed its
   parents; each task's lease holder publishes all 128 piece hashes), then reads its VmRSS.
@@ -115,6 +119,28 @@ def bench_state(seconds: float) -> float:
         done += 1000
         if time.perf_counter() - start > seconds:
             return done / (time.perf_counter() - start)
+
+
+# -- the hashes long-poll ----------------------------------------------------------------------
+def bench_hashes_wake(waiters: int = 1000) -> float:
+    """CPU microseconds per waiter and published hash: its woken answer, rendered, and its next poll."""
+    from shoal.scheduler.server import Scheduler
+
+    node = Scheduler(SchedulerConfig(listen="127.0.0.1:0", peer_token="bench"))
+    task = digest(0)
+    holder, address = peer(0)
+    node.state.join(task, JoinRequest(holder, address, SIZE, PIECE), 0.0)
+    clock = time.process_time
+    spent = 0.0
+    for index in range(PIECES):
+        rep = Report(holder, address, index + 1, (index + 1) * PIECE, hashes={index: f"{index:064x}"})
+        node.state.report(task, rep, 1.0 + index)
+        started = clock()
+        for _ in range(waiters):
+            node.render_hashes(task, node.state.hashes(task, index))
+            node.state.hashes(task, index + 1)
+        spent += clock() - started
+    return spent / (waiters * PIECES) * 1e6
 
 
 # -- HTTP --------------------------------------------------------------------------------------
@@ -331,6 +357,7 @@ def main() -> None:
     reports, reports_cpu, report_errors = bench_http(args.seconds, args.concurrency, args.pin, args.client, joins=False)
     handler, handled = bench_handler(args.seconds)
     state = bench_state(args.seconds)
+    wake = bench_hashes_wake()
     mem = bench_rss(args.peers, args.tasks)
     used = (mem["after_kib"] - mem["before_kib"]) * 1024
     rows = [
@@ -351,6 +378,11 @@ def main() -> None:
             f"Scheduler.answer_report (parse, state, encode), {handled:,} calls",
         ),
         ("SchedulerState joins+reports /s", f"{state:,.0f}", f"HTTP reaches {http / state:.0%} of it"),
+        (
+            "hashes wake-up: CPU per waiter and hash",
+            f"{wake:,.2f} us",
+            "woken answer (state + render) and the next poll, 1,000 waiters, 128 hashes",
+        ),
         (
             f"RSS, {mem['peers']:,} peers x {mem['tasks']} tasks",
             f"{mem['after_kib'] / 1024:,.0f} MiB",

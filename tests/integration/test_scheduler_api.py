@@ -82,6 +82,18 @@ class TestCalls:
         assert view.hashes == ["a" * 64]
         assert time.monotonic() - started < 3
 
+    async def test_one_report_wakes_every_long_poll_with_its_own_start(self, client: SchedulerClient) -> None:
+        """Waiting peers from one start share an answer; one from another start gets its own."""
+        await client.join(D, join_req("a"))
+        await client.report(D, Report("a", "127.0.0.1:1001", 1, MiB, hashes={0: "a" * 64}))
+        polls = [asyncio.create_task(client.hashes(D, start, wait=10)) for start in (1, 1, 1, 2)]
+        await asyncio.sleep(0.2)
+        assert not any(p.done() for p in polls)
+        await client.report(D, Report("a", "127.0.0.1:1001", 3, 3 * MiB, hashes={1: "b" * 64, 2: "c" * 64}))
+        views = await asyncio.wait_for(asyncio.gather(*polls), 3)
+        assert [(v.start, v.hashes) for v in views] == [(1, ["b" * 64, "c" * 64])] * 3 + [(2, ["c" * 64])]
+        assert (await client.hashes(D, 0)).hashes == ["a" * 64, "b" * 64, "c" * 64]
+
     async def test_hashes_long_poll_times_out_empty(self, client: SchedulerClient) -> None:
         started = time.monotonic()
         view = await client.hashes(D, 0, wait=0.3)

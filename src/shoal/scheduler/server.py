@@ -2,7 +2,8 @@
 
 Handlers parse, call one synchronous state method, and render: the event loop is the single
 owner of the state (no state method awaits, so each call is atomic). The hashes long-poll
-waits on one ``asyncio.Event`` per task, set when new hashes arrive.
+waits on one ``asyncio.Event`` per task, set when new hashes arrive; the long-polls it wakes
+get the state's shared answer, rendered once for all of them.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from shoal import __version__
 from shoal.core.digest import Digest, DigestError
+from shoal.p2p import protocol
 from shoal.p2p.presence import AGENT_TTL
 from shoal.p2p.protocol import JoinRequest, Report, dumps, loads
 from shoal.p2p.tls import PeerIdentity
@@ -35,10 +37,19 @@ from shoal.scheduler.kube import ClusterFacts
 from shoal.scheduler.metrics import SchedulerMetrics
 from shoal.scheduler.peer_ids import PeerIds
 from shoal.scheduler.requests import BadRequest, parse_hashes_query, parse_join, parse_leave, parse_report
-from shoal.scheduler.state import ConflictError, FullError, SchedulerState, StateError, UnknownTaskError
+from shoal.scheduler.state import (
+    SHARED_RUN,
+    ConflictError,
+    FullError,
+    SchedulerState,
+    StateError,
+    UnknownTaskError,
+)
 from shoal.scheduler.tls import ServerTls, refuse_if_foreign, request_identity
 
 log = logging.getLogger(__name__)
+RENDERED = 256
+"""hashes answers kept rendered (each at most ``SHARED_RUN`` hashes: about 5 KiB of JSON)."""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Clock = Callable[[], float]
@@ -117,6 +128,7 @@ class Scheduler:
         self.agents = AgentDirectory(clock=clock, node_certificates=self.tls is not None, peer_ids=self.peer_ids)
         self.agents.add_metrics(self.metrics.registry)
         self._waiters = _Waiters()
+        self._rendered: dict[tuple[str, int], tuple[protocol.HashesView, bytes]] = {}
         self._bearer = f"Bearer {config.peer_token}".encode() if config.peer_token is not None else None
         self._runner: web.AppRunner | None = None
         self._janitor: asyncio.Task[None] | None = None
@@ -339,7 +351,21 @@ class Scheduler:
             with self._waiters.watch(digest) as event, contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(event.wait(), remaining)
             view = self.state.hashes(digest, start)
-        return _json(dumps(view))
+        return _json(self.render_hashes(digest, view))
+
+    def render_hashes(self, digest: str, view: protocol.HashesView) -> bytes:
+        """The JSON of ``view``, rendered once for every long-poll the state hands the same answer
+        (a new hash wakes every peer waiting on the blob, nearly all asking from one start)."""
+        key = (digest, view.start)
+        kept = self._rendered.get(key)
+        if kept is not None and kept[0] is view:
+            return kept[1]
+        body = dumps(view)
+        if len(view.hashes) <= SHARED_RUN:
+            if len(self._rendered) >= RENDERED:
+                self._rendered.clear()
+            self._rendered[key] = (view, body)
+        return body
 
     async def _leave(self, request: web.Request) -> web.Response:
         digest = self._digest(request.match_info["digest"])

@@ -77,6 +77,13 @@ MAX_PUBLISHERS = 64
 """per task: the most recent lease holders whose hashes were accepted (who a ``bad_hashes`` report can blame)."""
 BEST_CACHE_SECONDS = 0.5
 """how long the "who should take the open lease" answer is reused (it scans the whole task)."""
+SHARED_VIEWS = 8
+"""per task: answers of ``hashes`` kept by their start and handed to every caller asking from
+it until the hashes change (a rollout's long-polls all ask from the same few starts: one
+answer per arrival of a hash rather than one per waiting peer)."""
+SHARED_RUN = 64
+"""hashes in a kept answer at most (a late joiner's long run is built for it alone: a kept
+answer of every run would hold ``piece_count`` squared references)."""
 LEASE_SPREAD_WAIT = 1.0
 """seconds a new task's lease waits for a peer that holds no other lease: the first node of a
 rollout joins every layer's task first, and holding them all put every layer's origin fetch
@@ -248,6 +255,8 @@ class Task:
     hashes_known: int = 0
     hash_run: int = 0
     """hashes known from piece 0 on without a gap (what most long-polls ask for)"""
+    views: dict[int, HashesView] = field(default_factory=dict)
+    """start -> the answer of ``hashes`` from it, shared until the hashes change (``SHARED_VIEWS``)"""
     suspects: dict[str, float] = field(default_factory=dict)
     """peer id -> until when it is not handed out."""
     publishers: dict[str, None] = field(default_factory=dict)
@@ -341,8 +350,9 @@ class SchedulerState:
     def _fallback(self, task: Task, rep: Report, now: float) -> bool:
         """Whether ``rep``'s peer holds (or now gets) one of the task's fallback leases."""
         peer_id = rep.peer_id
-        for holder in [p for p, until in task.fallbacks.items() if until <= now]:
-            del task.fallbacks[holder]
+        if task.fallbacks:
+            for holder in [p for p, until in task.fallbacks.items() if until <= now]:
+                del task.fallbacks[holder]
         if rep.complete:
             task.fallbacks.pop(peer_id, None)
             return False
@@ -364,20 +374,32 @@ class SchedulerState:
         return False
 
     def hashes(self, digest: str, start: int) -> HashesView:
-        """Known piece hashes from ``start`` on, up to the first unknown one."""
+        """Known piece hashes from ``start`` on, up to the first unknown one.
+
+        The answer may be shared with other callers (and earlier ones): read it, never change it.
+        """
         if start < 0:
             raise StateError(f"from={start}: want >= 0")
         task = self.tasks.get(digest)
         if task is None:
             return HashesView(start, [], 0)
+        views = task.views
+        view = views.get(start)
+        if view is not None:
+            return view
         if start <= task.hash_run:
-            return HashesView(start, cast("list[str]", task.hashes[start : task.hash_run]), task.total)
-        run: list[str] = []
-        for value in task.hashes[start:]:
-            if value is None:
-                break
-            run.append(value)
-        return HashesView(start, run, task.total)
+            view = HashesView(start, cast("list[str]", task.hashes[start : task.hash_run]), task.total)
+        else:
+            known = task.hashes
+            end = start
+            while end < len(known) and known[end] is not None:
+                end += 1
+            view = HashesView(start, cast("list[str]", known[start:end]), task.total)
+        if len(view.hashes) <= SHARED_RUN:
+            if len(views) >= SHARED_VIEWS:
+                views.clear()
+            views[start] = view
+        return view
 
     def leave(self, digest: str, peer_id: str) -> None:
         task = self.tasks.get(digest)
@@ -419,13 +441,18 @@ class SchedulerState:
     # -- bookkeeping -------------------------------------------------------------------------
     def _task(self, digest: str, size: int, piece_size: int, now: float, pieces: int, contiguous: int) -> Task:
         """The task of ``digest``, started if new; every check comes first, so a refused call leaves no task."""
+        task = self.tasks.get(digest)
+        if task is not None and size == task.size and piece_size == task.piece_size:
+            # sizes checked when the task started: only the progress is new (every report says the size)
+            self._check_progress(size, task.total, pieces, contiguous)
+            task.last_active = now
+            return task
         if not 0 <= size <= self.config.max_blob_size:
             raise StateError(f"size {size}: want 0..{self.config.max_blob_size} bytes")
         if piece_size != choose_piece_size(size):
             raise StateError(f"piece_size {piece_size}: a blob of {size} bytes has pieces of {choose_piece_size(size)}")
         total = piece_count(size, piece_size)
         self._check_progress(size, total, pieces, contiguous)
-        task = self.tasks.get(digest)
         if task is None:
             if len(self.tasks) >= self.config.max_tasks:
                 raise FullError(f"scheduler full: {len(self.tasks)} tasks; fetch {digest} from the origin")
@@ -503,6 +530,7 @@ class SchedulerState:
             if known is None:
                 task.hashes[index] = value
                 task.hashes_known += 1
+                task.views.clear()
             elif known != value:
                 self.hash_conflicts += 1
         while task.hash_run < task.total and task.hashes[task.hash_run] is not None:
@@ -514,6 +542,7 @@ class SchedulerState:
         if not blamed or not task.hashes_known or now - task.hashes_reset_at < self.config.lease_ttl:
             return
         task.hashes, task.hashes_known, task.hashes_reset_at, task.hash_run = [], 0, now, 0
+        task.views.clear()
         task.publishers.clear()
         if task.holder in blamed:
             self._set_holder(task, None)
@@ -546,7 +575,12 @@ class SchedulerState:
         if task.hashes_known < task.total:
             return True
         cutoff = now - self.config.peer_ttl
-        return not any(task.members[peer_id].last_seen >= cutoff for peer_id in task.seeders.items)
+        members = task.members
+        # a loop, not any() over a generator: asked on every call once the hashes are known
+        for peer_id in task.seeders.items:  # noqa: SIM110
+            if members[peer_id].last_seen >= cutoff:
+                return False
+        return True
 
     def _settle_lease(self, task: Task, requester: Member, now: float, may_take: bool) -> None:
         if not self._lease_needed(task, now):
@@ -649,9 +683,13 @@ class SchedulerState:
         limit = self.config.max_parents
         me = member.peer.peer_id
         chosen: dict[str, Member] = {}
+        # _usable_parent inlined: every report of a download walks its parents here
+        members, ttl, suspects = task.members, self.config.peer_ttl, task.suspects
         for peer_id in member.handed:
-            parent = self._usable_parent(task, peer_id, now)
-            if parent is not None and len(chosen) < limit:
+            parent = members.get(peer_id)
+            if parent is None or now - parent.last_seen > ttl or (suspects and self._suspect(task, peer_id, now)):
+                continue
+            if len(chosen) < limit:
                 chosen[peer_id] = parent
         if len(chosen) < limit:
             # a sample per bag sized by the places to fill: a report that needs one more parent

@@ -373,6 +373,40 @@ class TestHashes:
     def test_unknown_task_is_empty(self) -> None:
         assert state().hashes(E, 0).total == 0
 
+    def test_long_polls_from_one_start_share_one_answer_until_a_hash_arrives(self) -> None:
+        """A rollout's waiting peers all ask from the same start: one answer is built for them
+        all, and a new hash (or a reset) builds the next one."""
+        s = state()
+        join(s, "a", 0)
+        report(s, "a", 1, pieces=1, hashes={0: h(0)})
+        first = s.hashes(D, 0)
+        assert s.hashes(D, 0) is first
+        empty = s.hashes(D, 1)
+        assert (empty.hashes, s.hashes(D, 1)) == ([], empty)
+        report(s, "a", 2, pieces=2, hashes={1: h(1)})
+        assert s.hashes(D, 0).hashes == [h(0), h(1)]
+        assert s.hashes(D, 1).hashes == [h(1)]
+        assert first.hashes == [h(0)]  # an answer already handed out is never changed
+        report(s, "a", 3, pieces=3, hashes={1: h(1), 3: h(3)})  # a repeat and a gap
+        assert s.hashes(D, 2).hashes == []
+        assert s.hashes(D, 3).hashes == [h(3)]
+        report(s, "a", 4, pieces=4, hashes={2: h(2)})
+        assert s.hashes(D, 2).hashes == [h(2), h(3)]
+
+    def test_a_late_joiners_long_run_is_built_for_it_alone(self) -> None:
+        """Kept answers are short: keeping every start's run of a 65,536-piece blob would hold
+        billions of references."""
+        s = state()
+        size, piece = 2048 * MiB, 16 * MiB  # 128 pieces
+        s.join(D, JoinRequest("a", "a:1", size, piece), 0)
+        s.report(D, Report("a", "a:1", 128, size, hashes={i: h(i) for i in range(128)}), 1)
+        assert s.hashes(D, 0).hashes == [h(i) for i in range(128)]
+        assert s.hashes(D, 0) is not s.hashes(D, 0)
+        assert s.hashes(D, 100) is s.hashes(D, 100)
+        for start in range(130):
+            assert s.hashes(D, start).hashes == [h(i) for i in range(start, 128)]
+        assert len(s.tasks[D].views) <= 8
+
     @pytest.mark.parametrize("hashes", [{10: h(10)}, {-1: h(0)}, {0: "xyz"}, {0: h(0xABC).upper()}])
     def test_bad_hashes_are_errors(self, hashes: dict[int, str]) -> None:
         s = state()
@@ -536,6 +570,28 @@ class TestLifecycle:
         join(s, "a", 0)
         with pytest.raises(ConflictError):
             s.join(D, JoinRequest("b", "b:1", SIZE + 1, MiB), 1)
+
+    @pytest.mark.parametrize(
+        ("size", "piece_size", "pieces", "contiguous", "error"),
+        [
+            (SIZE, MiB, 11, 0, StateError),  # more pieces than the blob has
+            (SIZE, MiB, 1, SIZE + 1, StateError),
+            (SIZE + 1, MiB, 1, 0, ConflictError),  # the task's checks are not skipped for a new size
+            (SIZE, 2 * MiB, 1, 0, StateError),
+        ],
+    )
+    def test_a_known_tasks_reports_are_still_checked(
+        self, size: int, piece_size: int, pieces: int, contiguous: int, error: type[Exception]
+    ) -> None:
+        s = state()
+        join(s, "a", 0)
+        rep = Report("a", "a:1", pieces, contiguous, size=size, piece_size=piece_size)
+        with pytest.raises(error):
+            s.report(D, rep, 1)
+        task = s.tasks[D]
+        assert (task.size, task.piece_size, task.total, task.last_active) == (SIZE, MiB, 10, 0)
+        assert s.report(D, Report("a", "a:1", 2, 2 * MiB, size=SIZE, piece_size=MiB), 2).size == SIZE
+        assert (task.members["a"].pieces, task.last_active) == (2, 2)
 
     def test_stats_count_calls(self) -> None:
         s = state()
