@@ -232,7 +232,10 @@ def node_enrollment(config: AgentConfig, session: aiohttp.ClientSession) -> Node
     host = split_hostport(config.advertise_address, "advertise")[0]
     name = os.environ.get(NODE_NAME_ENV) or host
     ips = [host] if is_ip_literal(host) else []
-    return NodeEnrollment(config.tls_dir, schedulers, tls, token, name, ips, session, zone=config.zone)
+    # with a ServiceAccount token the scheduler reads the zone from the Node itself; asking for
+    # another (a hand-set --zone) would only get the certificate refused
+    zone = "" if token_file is not None else config.zone
+    return NodeEnrollment(config.tls_dir, schedulers, tls, token, name, ips, session, zone=zone)
 
 
 def tls_problem(config: AgentConfig) -> str | None:

@@ -42,13 +42,13 @@ ZONE_URI_PREFIX = "urn:shoal:zone:"
 """a node certificate names its topology zone as a URI subject alternative name with this
 prefix: the scheduler read it from the Node's ``topology.kubernetes.io/zone`` label, so the
 zone a caller's certificate names is one that caller cannot choose"""
-_ZONE_RE = re.compile(r"^(?:[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)$")
+_ZONE_RE = re.compile(r"[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
 
 
 def is_zone(text: str) -> bool:
     """True for a valid zone: a Kubernetes label value (at most 63 characters of letters,
     digits, ``-_.``, alphanumeric at both ends), never empty."""
-    return bool(_ZONE_RE.match(text))
+    return _ZONE_RE.fullmatch(text) is not None
 
 
 def zone_uri(zone: str) -> str:

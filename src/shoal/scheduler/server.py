@@ -287,9 +287,10 @@ class Scheduler:
 
     @staticmethod
     def _certified_zone(request: _Zoned, identity: PeerIdentity | None) -> _Zoned:
-        """The zone a caller's certificate names outranks the one it announces: the scheduler
-        read it from the caller's Node, so a node cannot pose as another zone's gateway."""
-        if identity is None or not identity.zone or identity.zone == request.zone:
+        """A caller with a node certificate is in the zone the certificate names, whatever it
+        announces ("" when it names none: in every zone, never another zone's gateway): the
+        scheduler read it from the caller's Node, so a node cannot pose as another zone's."""
+        if identity is None or identity.zone == request.zone:
             return request
         return dataclasses.replace(request, zone=identity.zone)
 

@@ -105,6 +105,7 @@ class TestLoadConfig:
             ({"registries": 5}, "registries"),
             ({"registries": ["r.test"], "zone": "eu west"}, "zone: 'eu west' is not a zone name"),
             ({"registries": ["r.test"], "zone": "x" * 64}, "zone"),
+            ({"registries": ["r.test"], "zone": "us-east-1a\n"}, "zone"),
         ],
     )
     def test_refused(self, values: dict[str, Any], match: str) -> None:

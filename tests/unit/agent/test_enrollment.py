@@ -90,6 +90,21 @@ class TestTlsProblem:
             found = node_enrollment(config(tmp_path, *schedulers, tls_dir=tmp_path / "tls"), session)
         assert (found is not None) is enrolls
 
+    @pytest.mark.parametrize(("with_token", "asked"), [(True, ""), (False, "rack-3")])
+    async def test_a_pods_token_leaves_the_zone_to_the_node(self, tmp_path: Path, with_token: bool, asked: str) -> None:
+        """With a ServiceAccount token the scheduler takes the zone from the Node: a hand-set
+        --zone is not asked for (it would get the certificate refused if it differed)."""
+        import aiohttp
+
+        token = tmp_path / "sa-token"
+        token.write_text("jwt")
+        extra = {"enroll_token_file": token} if with_token else {}
+        cfg = config(tmp_path, "https://s:8002", tls_dir=tmp_path / "tls", zone="rack-3", **extra)
+        async with aiohttp.ClientSession() as session:
+            found = node_enrollment(cfg, session)
+        assert found is not None
+        assert found.zone == asked
+
 
 class FlakyEnrollment(NodeEnrollment):
     """Fails once, then gets a certificate due in 50 ms, then one due in an hour."""

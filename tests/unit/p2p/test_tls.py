@@ -61,7 +61,7 @@ class TestTlsDirectory:
         assert server_id is not None
         assert server_id.zone == ""
 
-    @pytest.mark.parametrize("zone", ["", "a b", "-edge", "x" * 64, "zone/1", "ü"])
+    @pytest.mark.parametrize("zone", ["", "a b", "-edge", "x" * 64, "zone/1", "ü", "us-east-1a\n"])
     def test_a_zone_is_a_label_value(self, zone: str) -> None:
         assert not is_zone(zone)
         with pytest.raises(ValueError, match="not a label value"):

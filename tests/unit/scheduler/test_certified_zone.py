@@ -47,10 +47,14 @@ class TestCertifiedZone:
         s.answer_join(DIGEST, join("10.0.0.2:65001"), identity("10.0.0.2", "zone-a"))
         assert s.state.peers["10.0.0.2:65001"].zone == "zone-a"
 
-    def test_without_a_zone_in_the_certificate_the_announced_one_stands(self) -> None:
+    def test_a_certificate_without_a_zone_claims_none(self) -> None:
+        """An unlabelled Node's (or an older) certificate: in every zone, never a zone's gateway."""
         s = scheduler()
         s.answer_join(DIGEST, join("10.0.0.3:65001", zone="zone-b"), identity("10.0.0.3", ""))
-        assert s.state.peers["10.0.0.3:65001"].zone == "zone-b"
+        assert s.state.peers["10.0.0.3:65001"].zone == ""
+
+    def test_without_a_certificate_the_announced_zone_stands(self) -> None:
+        s = scheduler()
         s.answer_join(DIGEST, join("10.0.0.4:65001", zone="zone-c"))
         assert s.state.peers["10.0.0.4:65001"].zone == "zone-c"
 
