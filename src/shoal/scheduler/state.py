@@ -89,12 +89,13 @@ LEASE_SPREAD_WAIT = 1.0
 rollout joins every layer's task first, and holding them all put every layer's origin fetch
 and first uploads on one node's links and CPU."""
 
-SUSPECT_HOLDER_SILENCE = 6.0
+SUSPECT_HOLDER_SILENCE = 10.0
 """seconds without a report after which a lease holder that a child named in
 ``failed_parents`` loses the lease, before ``lease_ttl``: an agent reports at least every
-5 s (its heartbeat) while it holds a lease, so a named holder this silent is most likely
-dead, and its blob's stream to the whole fleet waits for the lease to move (the simulator
-with 5% of 150 nodes dying: a fetcher dead at 1 s held the lease until 16 s)."""
+5 s (its heartbeat) while it holds a lease, so a named holder that missed two is most likely
+dead (one late heartbeat is not enough: any child may name the holder, truly or not), and
+its blob's stream to the whole fleet waits for the lease to move (the simulator with 5% of
+150 nodes dying: a fetcher dead at 1 s held the lease until 16 s)."""
 
 ZONE_GATEWAYS = 1
 """members of a zone that are handed parents in other zones, per blob; every other member of

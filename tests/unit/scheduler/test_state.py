@@ -195,8 +195,8 @@ class TestLease:
         join(s, "b", 0)
         report(s, "a", 1, pieces=1)  # a's last word: it died here
         report(s, "b", 6, failed=["a"])  # its child lost the link
-        assert report(s, "b", 6.5).fetcher == "a"  # named, but silent for 5.5 s only
-        assert report(s, "b", 7.5).role == "fetcher"  # 6.5 s: not 15 s (the fleet waits on it)
+        assert report(s, "b", 10.5).fetcher == "a"  # named, but silent for 9.5 s only
+        assert report(s, "b", 11.5).role == "fetcher"  # 10.5 s: not 15 s (the fleet waits on it)
 
     def test_a_named_holder_that_reports_keeps_it(self) -> None:
         s = state(lease_ttl=15.0)
@@ -206,7 +206,19 @@ class TestLease:
         for t in (2, 4, 6, 8, 10):
             report(s, "a", t, pieces=t)
         assert report(s, "b", 10.5).fetcher == "a"
-        assert report(s, "b", 17.5).role == "fetcher"  # a silent 7.5 s since its last report
+        assert report(s, "b", 20.5).role == "fetcher"  # a silent 10.5 s since its last report
+
+    def test_one_late_heartbeat_of_a_named_holder_keeps_it(self) -> None:
+        """A child may name the holder falsely: a heartbeat that arrives a second late (every
+        5 s, on a loaded scheduler) must not hand that child the lease."""
+        s = state(lease_ttl=15.0)
+        join(s, "a", 0)
+        join(s, "b", 0)
+        report(s, "a", 0.5, pieces=1)
+        report(s, "b", 0.6, failed=["a"])
+        report(s, "a", 5.5, pieces=2)
+        assert report(s, "b", 11.6, failed=["a"]).fetcher == "a"  # a's next report is 1.1 s late
+        assert report(s, "a", 11.7, pieces=3).role == "fetcher"
 
     def test_leave_frees_it_for_the_next_peer(self) -> None:
         s = state()
