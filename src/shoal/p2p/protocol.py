@@ -47,6 +47,9 @@ import orjson
 Role = Literal["fetcher", "peer"]
 
 PEER_TOKEN_HEADER = "Authorization"
+FULL_HEADER = "Shoal-Scheduler-Full"
+"""set on a 503 that means "this scheduler tracks as many tasks as it may: take the blob from
+the origin", so an agent does not wait for it as for a scheduler that is down"""
 
 
 def bearer(token: str | None) -> dict[str, str]:

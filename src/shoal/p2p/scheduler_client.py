@@ -23,7 +23,7 @@ import aiohttp
 
 from shoal.p2p.enrollment import SchedulerTls
 from shoal.p2p.presence import AgentAnnouncement, AgentView, agents_from_json
-from shoal.p2p.protocol import HashesView, JoinRequest, Report, TaskView, bearer, from_json, to_json
+from shoal.p2p.protocol import FULL_HEADER, HashesView, JoinRequest, Report, TaskView, bearer, from_json, to_json
 from shoal.p2p.rendezvous import rank_schedulers
 
 log = logging.getLogger(__name__)
@@ -55,8 +55,16 @@ class SchedulerUnavailable(Exception):
     """No scheduler answered the call (or one refused it: see :class:`SchedulerRejected`)."""
 
 
+class CallsQueued(SchedulerUnavailable):
+    """This agent's own short calls to a scheduler held every slot for :data:`TOTAL_TIMEOUT`:
+    the call was never sent, so the scheduler is neither marked down nor failed over from
+    (another replica does not own the digest, and would start a second task)."""
+
+
 class SchedulerRejected(SchedulerUnavailable):
-    """A scheduler answered 4xx: the request (or the peer token) is wrong; other schedulers are not tried."""
+    """A scheduler answered 4xx (the request or the peer token is wrong), or 503 with
+    ``FULL_HEADER`` (it tracks all the tasks it may): other schedulers are not tried, and the
+    blob comes from the origin at once."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(f"scheduler answered {status}: {message}")
@@ -159,7 +167,7 @@ class SchedulerClient:
 
     @contextlib.asynccontextmanager
     async def _slot(self, base: str, own: bool = False) -> AsyncIterator[None]:
-        """Hold one of the short calls' slots towards ``base`` (``TimeoutError`` after
+        """Hold one of the short calls' slots towards ``base`` (:class:`CallsQueued` after
         :data:`TOTAL_TIMEOUT`); a long-poll or a report with piece hashes (``own``) passes
         straight through, on a connection of its own when the shared ones are busy."""
         if own:
@@ -169,8 +177,13 @@ class SchedulerClient:
         slot = slots.get(base)
         if slot is None:
             slot = slots[base] = asyncio.Semaphore(CALLS_IN_FLIGHT)
-        async with asyncio.timeout(TOTAL_TIMEOUT):
-            await slot.acquire()
+        try:
+            async with asyncio.timeout(TOTAL_TIMEOUT):
+                await slot.acquire()
+        except TimeoutError:
+            raise CallsQueued(
+                f"{base}: this agent's {CALLS_IN_FLIGHT} calls in flight for {TOTAL_TIMEOUT:g}s; not sent"
+            ) from None
         try:
             yield
         finally:
@@ -190,7 +203,7 @@ class SchedulerClient:
                 ):
                     if resp.status >= 400:
                         return f"HTTP {resp.status}: {(await resp.text()).strip()[:200]}"
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            except (aiohttp.ClientError, TimeoutError, OSError, CallsQueued) as exc:
                 return f"{type(exc).__name__}: {exc}"
             return None
 
@@ -211,7 +224,7 @@ class SchedulerClient:
                         errors.append(f"{base}: HTTP {resp.status}")
                         continue
                     return agents_from_json(await resp.json())
-            except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
+            except (aiohttp.ClientError, TimeoutError, OSError, ValueError, CallsQueued) as exc:
                 errors.append(f"{base}: {type(exc).__name__}: {exc}")
         raise SchedulerUnavailable("; ".join(errors) or "no scheduler")
 
@@ -238,6 +251,8 @@ class SchedulerClient:
                         method, url, json=json, params=params, timeout=timeout, **self._transport(base)
                     ) as resp,
                 ):
+                    if resp.status == 503 and resp.headers.get(FULL_HEADER):
+                        raise SchedulerRejected(resp.status, (await resp.text()).strip()[:500])
                     if resp.status >= 500:
                         raise aiohttp.ClientResponseError(
                             resp.request_info, resp.history, status=resp.status, message=resp.reason or ""

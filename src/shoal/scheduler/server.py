@@ -225,7 +225,7 @@ class Scheduler:
             except ConflictError as exc:
                 raise web.HTTPConflict(text=f"{exc}\n") from None
             except FullError as exc:
-                raise web.HTTPServiceUnavailable(text=f"{exc}\n") from None
+                raise web.HTTPServiceUnavailable(text=f"{exc}\n", headers={protocol.FULL_HEADER: "1"}) from None
             except StateError as exc:
                 raise web.HTTPBadRequest(text=f"{exc}\n") from None
             if request.method == "POST":
