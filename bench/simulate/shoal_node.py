@@ -31,6 +31,7 @@ from shoal.agent.swarm.download import TICK, join_pause
 from shoal.agent.swarm.seeds import Announcement, SeedBook
 from shoal.core.digest import Digest
 from shoal.p2p import download_state as ds
+from shoal.p2p.download_state.scheduler_messages import answer_event, report_message
 from shoal.p2p.pieces import PieceGeometry
 from shoal.p2p.protocol import HashesView, JoinRequest, Report, TaskView
 from shoal.p2p.serving import Haves, ServingBook
@@ -241,7 +242,7 @@ class SimDownload:
         self.agent.services.scheduler.join(self.agent.node, self.digest, join, answered)
 
     def _joined(self, view: TaskView) -> None:
-        self.apply(self._answer(view))
+        self.apply(answer_event(view))
         self._tick()
         self._poll_hashes()
 
@@ -293,11 +294,6 @@ class SimDownload:
                 self._end_swarm()
                 self._complete()
 
-    @staticmethod
-    def _answer(view: TaskView) -> ds.SchedulerAnswer:
-        parents = tuple(ds.ParentInfo(p.peer_id, p.address) for p in view.parents)
-        return ds.SchedulerAnswer(view.fetcher, parents, view.hashes_known)
-
     def _schedule_wake(self) -> None:
         """Have ``ReportDue`` applied when the state asks for it."""
         at = self.state.wake_at()
@@ -322,18 +318,7 @@ class SimDownload:
     def _send_report(self, action: ds.SendReport) -> None:
         """Carry out a ``SendReport``; its answer (or failure) goes back to the state."""
         self.reports_sent += 1
-        geometry = self.blob.geometry
-        report = Report(
-            self.agent.peer_id,
-            self.agent.address,
-            pieces=action.pieces,
-            contiguous=action.contiguous,
-            hashes=dict(action.hashes),
-            failed_parents=list(action.failed_parents),
-            size=geometry.size,
-            piece_size=geometry.piece_size,
-            wants_fallback=action.wants_fallback,
-        )
+        report = report_message(action, self.agent.peer_id, self.agent.address, self.blob.geometry)
         if action.final:
             self.agent.report(self.digest, report, lambda _: None)  # its answer is not applied
             return
@@ -341,7 +326,7 @@ class SimDownload:
         def answered(view: TaskView | None) -> None:
             events: list[ds.Event] = [ds.SchedulerFailed()]
             if view is not None:
-                events = [self._answer(view)]
+                events = [answer_event(view)]
                 if action.wants_fallback:
                     events.append(ds.FallbackAnswer(granted=view.fallback))
             for event in events:

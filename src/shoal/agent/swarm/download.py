@@ -24,6 +24,7 @@ from shoal.agent.swarm.ports import AvoidList, OriginFill, PeerPort, SchedulerPo
 from shoal.oci.auth import Credentials
 from shoal.oci.distribution import DistributionPath
 from shoal.p2p import download_state as ds
+from shoal.p2p.download_state.scheduler_messages import answer_event, report_message
 from shoal.p2p.pieces import PieceGeometry
 from shoal.p2p.protocol import JoinRequest, Report, TaskView
 from shoal.p2p.ratelimit import TokenBucket
@@ -170,7 +171,7 @@ class SwarmDownload:
         view = await self._join()
         self.peers.register(self.digest, self)
         try:
-            self._apply(self._answer(view))
+            self._apply(answer_event(view))
             self._spawn(self._hash_loop(), "hashes")
             self._spawn(self._tick_loop(), "ticks")
             self._spawn(self._prefix_loop(), "prefix")
@@ -395,23 +396,8 @@ class SwarmDownload:
                 log.warning("join for %s failed (%d, asking again in %.1fs): %s", self.digest, failures, pause, exc)
                 await asyncio.sleep(pause)
 
-    @staticmethod
-    def _answer(view: TaskView) -> ds.SchedulerAnswer:
-        parents = tuple(ds.ParentInfo(p.peer_id, p.address) for p in view.parents)
-        return ds.SchedulerAnswer(view.fetcher, parents, view.hashes_known)
-
     def _report(self, action: ds.SendReport) -> Report:
-        return Report(
-            self.cfg.peer_id,
-            self.cfg.address,
-            pieces=action.pieces,
-            contiguous=action.contiguous,
-            hashes=dict(action.hashes),
-            failed_parents=list(action.failed_parents),
-            size=self.geometry.size,
-            piece_size=self.geometry.piece_size,
-            wants_fallback=action.wants_fallback,
-        )
+        return report_message(action, self.cfg.peer_id, self.cfg.address, self.geometry)
 
     async def _send_report(self, action: ds.SendReport) -> None:
         for event in await self._exchange(action):
@@ -428,7 +414,7 @@ class SwarmDownload:
             # the state waits for this report's answer: a bug here must not silence it for good
             log.exception("report for %s crashed", self.digest)
             return [ds.SchedulerFailed()]
-        events: list[ds.Event] = [self._answer(view)]
+        events: list[ds.Event] = [answer_event(view)]
         if action.wants_fallback:
             if not view.fallback and not self.state.finished:
                 self.metrics.fallbacks_refused.inc()
