@@ -9,7 +9,13 @@
    agent (fresh cache each round); ratio of median times.
    2b. The same as a whole image pull with a real client: skopeo pulls a 512 MiB, 4-layer
    image directly vs through a cold agent.
+   2c. The same GET with the origin in a network namespace behind a 1 Gbit/s HTB cap (the
+   lab's ``bench.fleet`` namespaces and shaping), direct vs through a cold agent in a node
+   namespace: what a real link leaves of the agent's cost.
 3. Peak RSS (VmHWM) of the ``shoal agent`` process serving a 2 GiB blob cold, then warm.
+
+For the misses it also prints the time to the first byte and the CPU seconds of each process
+(registry, agent, curl): on a 2-core machine the sum decides the wall time.
 
 The registry's storage and the agent's cache sit on tmpfs when we may mount one (root), so
 both servers read from memory and the disk does not decide the comparison.
@@ -21,6 +27,7 @@ import argparse
 import asyncio
 import hashlib
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -28,13 +35,17 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 
+from bench.fleet.netns import Lab, plan_lab
+from bench.fleet.origin import Origin
+from bench.fleet.procs import ProcessSet
+from bench.fleet.shaping import apply_shaping, format_rate, parse_rate
 from shoal.demo.imagegen import generate_image
 from shoal.testing.procs import ManagedProcess, free_port, wait_until
 from shoal.testing.registry import DistributionRegistry
@@ -96,17 +107,22 @@ async def upload_blob(registry_url: str, size: int, seed: int) -> Blob:
 
 
 class AgentProcess:
-    """``shoal agent`` as a subprocess, on asyncio's loop (the default) or on uvloop."""
+    """``shoal agent`` as a subprocess, on asyncio's loop (the default) or on uvloop; in the
+    network namespace ``netns`` if given (then reached only from inside it)."""
 
-    def __init__(self, workdir: Path, registry_url: str, cache_dir: Path, *, loop: str = "uvloop") -> None:
+    def __init__(
+        self, workdir: Path, registry_url: str, cache_dir: Path, *, loop: str = "uvloop", netns: str | None = None
+    ) -> None:
         cache_dir.mkdir(parents=True, exist_ok=True)
         for child in cache_dir.iterdir():  # a cold cache (the directory may be a mount point)
             shutil.rmtree(child, ignore_errors=True)
+        self.netns = netns
         self.port = free_port()
         args = ["agent", "--listen", f"127.0.0.1:{self.port}", "--registry", f"{REG}={registry_url}"]
         args += ["--cache-dir", str(cache_dir), "--download-pattern", "source", "--ratelimit", "0"]
+        prefix = ["ip", "netns", "exec", netns] if netns else []
         self.process = ManagedProcess(
-            [sys.executable, "-m", "shoal", *args],
+            [*prefix, sys.executable, "-m", "shoal", *args],  # ``ip netns exec`` execs: the PID is the agent's
             stdout=workdir / f"agent-{self.port}.log",
             env={"SHOAL_EVENT_LOOP": loop},
         )
@@ -114,11 +130,21 @@ class AgentProcess:
         wait_until(self._ready, what="shoal agent", timeout=30, process=self.process)
 
     def _ready(self) -> bool:
+        if self.netns is not None:
+            check = subprocess.run(
+                ["ip", "netns", "exec", self.netns, "curl", "-sf", "-o", "/dev/null", f"{self.url}/healthz"],
+                check=False,
+                timeout=10,
+            )
+            return check.returncode == 0
         try:
             with urllib.request.urlopen(f"{self.url}/healthz", timeout=1) as resp:
                 return bool(resp.status == 200)
         except OSError:
             return False
+
+    def cpu(self) -> float:
+        return cpu_seconds(self.process.pid)
 
     def status(self, key: str) -> int:
         """A /proc/PID/status value in bytes (VmHWM, VmRSS)."""
@@ -131,16 +157,42 @@ class AgentProcess:
         self.process.stop()
 
 
-def curl(url: str) -> tuple[int, float]:
-    """(bytes, seconds) for one GET, body discarded."""
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a running process (all its threads, live and ended)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True, slots=True)
+class Get:
+    """One GET by curl: bytes, seconds to the first byte and to the last, curl's own CPU."""
+
+    size: int
+    first_byte: float
+    seconds: float
+    cpu: float
+
+
+def curl_get(url: str, netns: str | None = None) -> Get:
+    """One GET, body discarded (curl inside ``netns`` if given)."""
+    prefix = ["ip", "netns", "exec", netns] if netns else []
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(
-        ["curl", "-sf", "-o", "/dev/null", "-w", "%{size_download} %{time_total}", url],
+        [*prefix, "curl", "-sf", "-o", "/dev/null", "-w", "%{size_download} %{time_starttransfer} %{time_total}", url],
         check=True,
         capture_output=True,
         text=True,
         timeout=600,
     ).stdout.split()
-    return int(out[0]), float(out[1])
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    spent = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return Get(int(out[0]), float(out[1]), float(out[2]), spent)
+
+
+def curl(url: str) -> tuple[int, float]:
+    """(bytes, seconds) for one GET, body discarded."""
+    got = curl_get(url)
+    return got.size, got.seconds
 
 
 def blob_url(base: str, blob: Blob, via_agent: bool) -> str:
@@ -173,23 +225,91 @@ def cache_hit(work: Path, registry: DistributionRegistry, cache: Path, blob: Blo
         print(f"    {name:<18} {speed:8.0f} MB/s   {speed / base:5.2f}x the registry")
 
 
-def cache_miss(work: Path, registry: DistributionRegistry, cache: Path, blob: Blob, rounds: int) -> None:
+@dataclass(frozen=True, slots=True)
+class MissRound:
+    """One cold GET and the CPU seconds each process spent on it."""
+
+    get: Get
+    registry_cpu: float
+    agent_cpu: float
+
+
+def miss_round(
+    blob: Blob, registry_url: str, registry_pid: int, agent: AgentProcess | None, netns: str | None = None
+) -> MissRound:
+    """One GET of ``blob``, straight from the registry or through ``agent`` (fresh, cold)."""
+    registry_before = cpu_seconds(registry_pid)
+    agent_before = agent.cpu() if agent is not None else 0.0
+    url = blob_url(agent.url, blob, True) if agent is not None else blob_url(registry_url, blob, False)
+    got = curl_get(url, netns)
+    assert got.size == blob.size, (got.size, blob.size)
+    time.sleep(0.05)  # the agent's commit and the registry's log line are past the last byte
+    agent_cpu = agent.cpu() - agent_before if agent is not None else 0.0
+    return MissRound(got, cpu_seconds(registry_pid) - registry_before, agent_cpu)
+
+
+def print_misses(rounds: dict[str, list[MissRound]], size: int) -> None:
+    base = statistics.median(r.get.seconds for r in rounds["direct"])
+    for name, values in rounds.items():
+        t = statistics.median(r.get.seconds for r in values)
+        first = statistics.median(r.get.first_byte for r in values)
+        cpus = [statistics.median(getattr(r, f) for r in values) for f in ("registry_cpu", "agent_cpu")]
+        curl_cpu = statistics.median(r.get.cpu for r in values)
+        print(
+            f"    {name:<18} {t:6.2f} s  ({size / t / 1e6:5.0f} MB/s)   {t / base:5.2f}x the direct time"
+            f"   first byte {first * 1000:5.1f} ms   CPU s: registry {cpus[0]:.2f} agent {cpus[1]:.2f}"
+            f" curl {curl_cpu:.2f}   (all: {' '.join(f'{r.get.seconds:.2f}' for r in values)})"
+        )
+    print(f"    load average {os.getloadavg()[0]:.2f} at the end")
+
+
+def cache_miss(
+    work: Path, registry: DistributionRegistry, cache: Path, blob: Blob, rounds: int, loops: Sequence[str]
+) -> None:
     print(f"\n(2) cache miss, {blob.size // MiB} MiB blob: direct GET vs through a cold agent, median of {rounds}")
-    times: dict[str, list[float]] = {"direct": [], "agent (uvloop)": [], "agent (asyncio)": []}
+    assert registry.pid is not None
+    results: dict[str, list[MissRound]] = {"direct": [], **{f"agent ({loop})": [] for loop in loops}}
     for _ in range(rounds):
-        times["direct"].append(curl(blob_url(registry.url, blob, False))[1])
-        for loop in ("uvloop", "asyncio"):
+        results["direct"].append(miss_round(blob, registry.url, registry.pid, None))
+        for loop in loops:
             agent = AgentProcess(work, registry.url, cache, loop=loop)
             try:
-                got, seconds = curl(blob_url(agent.url, blob, True))
-                assert got == blob.size
-                times[f"agent ({loop})"].append(seconds)
+                results[f"agent ({loop})"].append(miss_round(blob, registry.url, registry.pid, agent))
             finally:
                 agent.stop()
-    base = statistics.median(times["direct"])
-    for name, values in times.items():
-        t = statistics.median(values)
-        print(f"    {name:<18} {t:6.2f} s  ({blob.size / t / 1e6:5.0f} MB/s)   {t / base:5.2f}x the direct time")
+    print_misses(results, blob.size)
+
+
+def shaped_miss(work: Path, storage: Path, cache: Path, blob: Blob, rounds: int, rate: str) -> None:
+    """(2c): the origin in a namespace behind an HTB cap; curl and the agent in a node's."""
+    plan = plan_lab(1, node_bps=0, origin_bps=parse_rate(rate))
+    print(
+        f"\n(2c) cache miss, {blob.size // MiB} MiB blob, origin shaped to {format_rate(plan.origin.upload_bps)}:"
+        f" direct GET vs through a cold agent, median of {rounds}"
+    )
+    procs = ProcessSet()
+    node = plan.nodes[0].netns
+    with Lab(plan):
+        try:
+            apply_shaping(plan)
+            origin_dir = work / "shaped-origin"
+            origin_dir.mkdir()
+            (origin_dir / "storage").symlink_to(storage)  # the blob uploaded before, on tmpfs
+            origin = Origin(plan.origin, origin_dir, procs)
+            origin.start()
+            assert origin.proc is not None
+            url = f"http://{origin.address}"
+            results: dict[str, list[MissRound]] = {"direct": [], "agent (asyncio)": []}
+            for _ in range(rounds):
+                results["direct"].append(miss_round(blob, url, origin.proc.pid, None, node))
+                agent = AgentProcess(work, url, cache, loop="asyncio", netns=node)
+                try:
+                    results["agent (asyncio)"].append(miss_round(blob, url, origin.proc.pid, agent, node))
+                finally:
+                    agent.stop()
+            print_misses(results, blob.size)
+        finally:
+            procs.stop_all()
 
 
 def image_pull(work: Path, registry: DistributionRegistry, cache: Path, size_mib: int, rounds: int) -> None:
@@ -245,38 +365,59 @@ def main() -> None:
     parser.add_argument("--hit-size", type=int, default=1024, help="MiB, cache-hit blob")
     parser.add_argument("--miss-size", type=int, default=512, help="MiB, cache-miss blob")
     parser.add_argument("--rss-size", type=int, default=2048, help="MiB, RSS blob")
+    parser.add_argument("--shape-rate", default="1gbit", help="the origin's cap in (2c), e.g. 1gbit, 500mbit")
+    parser.add_argument(
+        "--miss-loops",
+        default="uvloop,asyncio",
+        help="comma-separated event loops of the agent in (2): uvloop, asyncio",
+    )
     parser.add_argument(
         "--only",
-        default="hit,miss,pull,rss",
-        help="comma-separated sections to run: hit (1), miss (2), pull (2b), rss (3)",
+        default="hit,miss,pull,shaped,rss",
+        help="comma-separated sections to run: hit (1), miss (2), pull (2b), shaped (2c, root only), rss (3)",
     )
     opts = parser.parse_args()
     only = set(opts.only.split(","))
-    if unknown := only - {"hit", "miss", "pull", "rss"}:
+    if unknown := only - {"hit", "miss", "pull", "shaped", "rss"}:
         parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
+    if "shaped" in only and os.geteuid() != 0:
+        parser.error("the shaped section (2c) creates network namespaces: run it as root")
     started = time.monotonic()
+    sizes = {
+        "hit": opts.hit_size if "hit" in only else 0,
+        "miss": opts.miss_size if only & {"miss", "shaped"} else 0,
+        "rss": opts.rss_size if "rss" in only else 0,
+    }
     with tempfile.TemporaryDirectory(prefix="shoal-bench-agent-") as tmp, ExitStack() as stack:
         work = Path(tmp)
-        total = opts.hit_size + opts.miss_size + opts.rss_size
-        on_tmpfs = stack.enter_context(tmpfs(work / "registry" / "storage", f"{total + opts.miss_size + 256}m"))
-        stack.enter_context(tmpfs(work / "cache", f"{max(opts.hit_size, opts.miss_size, opts.rss_size) + 256}m"))
+        total = sum(sizes.values())
+        storage = work / "registry" / "storage"
+        on_tmpfs = stack.enter_context(tmpfs(storage, f"{total + opts.miss_size + 256}m"))
+        stack.enter_context(tmpfs(work / "cache", f"{max(sizes.values()) + 256}m"))
         print(f"registry storage and agent cache on {'tmpfs' if on_tmpfs else 'disk'}; {os.cpu_count()} CPUs")
         registry = stack.enter_context(DistributionRegistry(work / "registry"))
-        hit, miss, rss = asyncio.run(_upload_all(registry.url, opts.hit_size, opts.miss_size, opts.rss_size))
+        blobs = asyncio.run(_upload_all(registry.url, sizes))
         print(f"uploaded {total} MiB in {time.monotonic() - started:.0f} s")
         if "hit" in only:
-            cache_hit(work, registry, work / "cache", hit, opts.rounds)
+            cache_hit(work, registry, work / "cache", blobs["hit"], opts.rounds)
         if "miss" in only:
-            cache_miss(work, registry, work / "cache", miss, opts.rounds)
+            cache_miss(work, registry, work / "cache", blobs["miss"], opts.rounds, opts.miss_loops.split(","))
         if "pull" in only:
             image_pull(work, registry, work / "cache", opts.miss_size, opts.rounds)
+        if "shaped" in only:
+            shaped_miss(work, storage, work / "cache", blobs["miss"], opts.rounds, opts.shape_rate)
         if "rss" in only:
-            peak_rss(work, registry, work / "cache", rss)
+            peak_rss(work, registry, work / "cache", blobs["rss"])
     print(f"\ntotal {time.monotonic() - started:.0f} s")
 
 
-async def _upload_all(url: str, *sizes_mib: int) -> list[Blob]:
-    return [await upload_blob(url, size * MiB, seed) for seed, size in enumerate(sizes_mib, start=1)]
+async def _upload_all(url: str, sizes_mib: dict[str, int]) -> dict[str, Blob]:
+    """Each blob asked for (size > 0), with its own seed so no two are alike."""
+    return {
+        name: await upload_blob(url, size * MiB, seed)
+        for seed, (name, size) in enumerate(sizes_mib.items(), start=1)
+        if size > 0
+    }
 
 
 if __name__ == "__main__":
