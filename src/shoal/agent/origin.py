@@ -13,6 +13,7 @@ import concurrent.futures
 import functools
 import http.client
 import logging
+import mmap
 import queue
 import threading
 import time
@@ -80,7 +81,10 @@ class OriginSource:
         overlaps with the hashing, the slowest step. Both are done when this returns."""
         free: queue.SimpleQueue[memoryview] = queue.SimpleQueue()
         for _ in range(BUFFERS):
-            free.put(memoryview(bytearray(BUFFER)))
+            # anonymous maps, not bytearrays: those are zeroed by Python holding the GIL
+            # (12 MiB stalled the loop, and the first response, by milliseconds); these are
+            # zeroed by the kernel page by page as ``recv`` first fills them
+            free.put(memoryview(mmap.mmap(-1, BUFFER)))
         claimed: queue.SimpleQueue[tuple[int, memoryview, int] | None] = queue.SimpleQueue()
         failed: list[BaseException] = []
 
