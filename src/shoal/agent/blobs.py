@@ -64,6 +64,16 @@ class BlobSource(Protocol):
         have it right (the swarm's pieces were bad), so fetch it again from there."""
 
 
+def _hash_file(hasher: hashlib._Hash, fd: int, start: int, stop: int) -> None:
+    """Feed ``[start, stop)`` of the file into ``hasher``."""
+    while start < stop:
+        chunk = os.pread(fd, min(COPY_CHUNK, stop - start), start)
+        if not chunk:
+            raise OSError(f"short read at {start} of {stop}")
+        hasher.update(chunk)
+        start += len(chunk)
+
+
 def blob_headers(digest: Digest, size: int, rng: ByteRange | None) -> dict[str, str]:
     headers = {
         "Docker-Content-Digest": str(digest),
@@ -338,15 +348,20 @@ class BlobService:
         size: int,
     ) -> None:
         """Send the rest of a failed download: what was on file from our own fd, then the rest
-        from the registry, the digest checked over all of it (the failed blob's prefix state)."""
+        from the registry, the digest checked over all of it (the failed blob's prefix state,
+        carried over any bytes we sent past it: written, not hashed yet, when it failed)."""
         if partial.failed_prefix is None:
             raise ConnectionError(f"cannot finish {partial.digest}: no prefix state")
-        on_file, hasher = partial.failed_prefix
+        on_file, prefix = partial.failed_prefix
+        hasher = prefix.copy()
         if pos < on_file:
             await self._copy_file(request, response, fobj, pos, on_file)
             self.metrics.bytes_served.labels("stream").inc(on_file - pos)
-        if on_file < size:
-            await self._pipe_upstream(response, dist, creds, on_file, size, hasher.copy())
+        elif pos > on_file:
+            await asyncio.to_thread(_hash_file, hasher, fobj.fileno(), on_file, pos)
+        start = max(pos, on_file)
+        if start < size:
+            await self._pipe_upstream(response, dist, creds, start, size, hasher)
         elif hasher.hexdigest() != dist.digest.hex:  # type: ignore[union-attr]
             raise DigestMismatchError(f"blob {dist.digest} on file has wrong content")
 

@@ -5,7 +5,9 @@ wait for the contiguous prefix to cover what they need. The blob's last byte is 
 until the whole digest checks out, so a client can never finish reading a wrong blob: on a
 digest mismatch it sees a truncated body and an aborted connection instead. Bytes before
 that are not verified yet, so they go only to a reader of the whole blob (never as the
-answer to a ``Range`` request, which could end before the last byte).
+answer to a ``Range`` request, which could end before the last byte). For the same reason
+such a reader need not wait for the hashing: it may read the in-order writer's bytes as soon
+as they are on file (``claim_in_thread``), since nothing else can change them there.
 
 When the blob fails for the cache's sake (a full disk), ``failed_prefix`` keeps the digest
 state of the prefix written so far: a reader can finish the blob from the registry and still
@@ -57,6 +59,8 @@ class PartialBlob:
         self.contiguous = 0
         self._claimed = 0
         """end of the bytes an in-order writer put on file past ``contiguous``, unhashed yet"""
+        self._on_file = 0
+        """end of the claimed bytes whose write has returned: what readers may stream"""
         self._extents: dict[int, int] = {}
         self._hasher = digest.hasher()
         self.piece_size = 0
@@ -133,6 +137,10 @@ class PartialBlob:
             self._pwrite(fd, view, floor)
         finally:
             os.close(fd)
+        with self._lock:
+            self._on_file = max(self._on_file, floor + len(view))
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is reading any more
+            self._loop.call_soon_threadsafe(functools.partial(self._notify, pieces=False))
 
     def advance_in_thread(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         """Second half: hash claimed bytes (``data``, as given to ``claim_in_thread``) into
@@ -307,13 +315,15 @@ class PartialBlob:
 
     # -- reader side -------------------------------------------------------------------------
     def readable_limit(self) -> int:
-        """How far readers may read now: the last byte waits for verification."""
+        """How far readers of the whole blob may read now: the last byte waits for
+        verification; claimed bytes count once on file (hashed or not, they are the bytes
+        the digest will see)."""
         if self.state is PartialState.VERIFIED:
             return self.contiguous
         if self.state is PartialState.FAILED:
             assert self.error is not None
             raise self.error
-        return max(0, self.contiguous - 1)
+        return max(0, max(self.contiguous, self._on_file) - 1)
 
     async def wait_readable(self, pos: int) -> int:
         """Block until bytes beyond ``pos`` may be read; returns the limit (== pos at the end)."""

@@ -20,10 +20,13 @@ from shoal.agent.metrics import AgentMetrics
 from shoal.agent.swarm import SwarmConfig, SwarmSource
 from shoal.agent.upstreams import Upstreams
 from shoal.core.digest import Digest
+from shoal.oci.auth import Credentials
 from shoal.oci.client import new_session
 from shoal.oci.distribution import DistributionPath, PathKind
 from shoal.p2p.download_state import DownloadRules
 from shoal.p2p.ratelimit import TokenBucket
+from shoal.store.blobstore import StoreError
+from shoal.store.partial import PartialBlob
 from shoal.store.testing import MemoryStore, put_blob
 
 from .swarm_fakes import FakePeers, FakeScheduler, MemoryOrigin, piece_hashes_of
@@ -164,6 +167,52 @@ class TestMisses:
         await plain.settled()
         assert plain.store.blob_size(DIGEST) == len(DATA)  # the whole blob went into the cache meanwhile
         assert plain.origin.fills == [(DIGEST, 0)]
+
+
+class ClaimsThenFails:
+    """The origin fetch's way of writing (claim on file, hash later), failing for the cache's
+    sake (a full disk) after the client was sent bytes written but not hashed yet."""
+
+    def __init__(self, metrics: AgentMetrics) -> None:
+        self.metrics = metrics
+
+    def streamed(self) -> float:
+        value = self.metrics.registry.get_sample_value("shoal_agent_blob_bytes_served_total", {"source": "stream"})
+        return value or 0.0
+
+    async def fill(self, partial: PartialBlob, dist: DistributionPath, creds: Credentials | None) -> None:
+        partial.set_size(len(DATA))
+        hashed, on_file = MiB, MiB + 300_000
+        await asyncio.to_thread(partial.claim_in_thread, 0, DATA[:hashed])
+        await asyncio.to_thread(partial.advance_in_thread, 0, DATA[:hashed])
+        await asyncio.to_thread(partial.claim_in_thread, hashed, DATA[hashed:on_file])
+        while self.streamed() < on_file - 1:  # the reader went past the hashed prefix
+            await asyncio.sleep(0.01)
+        raise StoreError("disk full")
+
+    async def cached(self, digest: Digest, size: int) -> None:
+        pass
+
+    def rejected(self, digest: Digest) -> bool:
+        return False
+
+
+class TestFailureUnderAReader:
+    async def test_the_rest_comes_from_the_registry_after_unhashed_bytes(self, store: MemoryStore) -> None:
+        """The cache fails while the client has bytes past the hashed prefix (streamed once
+        on file): the rest comes from the registry from where the client stands, and the
+        digest is still checked over all it was sent."""
+        source: list[ClaimsThenFails] = []
+
+        def make(store: MemoryStore, upstreams: Upstreams, origin: MemoryOrigin) -> BlobSource:
+            source.append(ClaimsThenFails(upstreams.metrics))
+            return source[0]
+
+        async for r in rig(store, make):
+            assert (await r.get())[:2] == (200, DATA)
+            assert ("GET", f"bytes={MiB + 300_000 - 1}-{len(DATA) - 1}") in r.registry.seen
+            await r.settled()
+            assert r.store.blob_size(DIGEST) is None
 
 
 def swarm_source(scheduler: FakeScheduler, peers: FakePeers) -> MakeSource:

@@ -215,18 +215,22 @@ class TestLateWrites:
 
 class TestClaimedWrites:
     """An in-order writer in its own thread (the origin fetch) puts bytes on file first and
-    hashes them later: until then its range is its own, and readers do not see it."""
+    hashes them later: until then its range is its own. Readers of the whole blob stream it
+    as soon as it is on file (the last byte still waits for the digest); peers, who are
+    served verified pieces only, do not see it."""
 
     async def test_claim_then_advance(self, tmp_path: Path) -> None:
         partial = new_partial(tmp_path, size=len(DATA))
         changed = partial.changed()
         await asyncio.to_thread(partial.claim_in_thread, 0, DATA[:4000])
+        await asyncio.wait_for(changed.wait(), 1)  # the loop was told, from the thread
         assert partial.contiguous == 0
-        assert partial.readable_limit() == 0
-        assert not partial.has(0, 4000)
+        assert partial.readable_limit() == 3999  # on file: streamed before it is hashed
+        assert not partial.has(0, 4000)  # but not a verified range for peers
+        changed = partial.changed()
         await asyncio.to_thread(partial.advance_in_thread, 0, DATA[:4000])
         assert partial.contiguous == 4000
-        await asyncio.wait_for(changed.wait(), 1)  # the loop was told, from the thread
+        await asyncio.wait_for(changed.wait(), 1)
         assert partial.readable_limit() == 3999
         await asyncio.to_thread(partial.claim_in_thread, 4000, DATA[4000:])
         await asyncio.to_thread(partial.advance_in_thread, 4000, DATA[4000:])
@@ -248,6 +252,36 @@ class TestClaimedWrites:
         await partial.write(7000, DATA[7000:])
         with pytest.raises(DigestMismatchError):
             partial.finish()
+
+    async def test_whole_claim_on_file_still_holds_back_the_last_byte(self, tmp_path: Path) -> None:
+        partial = new_partial(tmp_path, size=len(DATA))
+        got = bytearray()
+        reader = asyncio.create_task(read_all(partial, 0, len(DATA), got))
+        await asyncio.to_thread(partial.claim_in_thread, 0, DATA)
+        await settle()
+        assert bytes(got) == DATA[:-1]
+        assert not reader.done()
+        await asyncio.to_thread(partial.advance_in_thread, 0, DATA)
+        partial.finish()
+        await asyncio.wait_for(reader, 5)
+        assert bytes(got) == DATA
+        partial.close()
+
+    async def test_a_claim_is_readable_only_once_written(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """The claim is taken before its write: a reader must not see the range until the
+        write has returned (it would read a hole of zeros)."""
+        partial = new_partial(tmp_path, size=len(DATA))
+        seen: list[int] = []
+        original = PartialBlob._pwrite
+
+        def observing(fd: int, view: memoryview, offset: int) -> None:
+            seen.append(partial.readable_limit())
+            original(fd, view, offset)
+
+        monkeypatch.setattr(PartialBlob, "_pwrite", staticmethod(observing))
+        await asyncio.to_thread(partial.claim_in_thread, 0, DATA[:4000])
+        assert seen == [0]
+        assert partial.readable_limit() == 3999
 
     async def test_claim_after_a_failure_is_refused(self, tmp_path: Path) -> None:
         partial = new_partial(tmp_path, size=len(DATA))
