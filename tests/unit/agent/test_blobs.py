@@ -186,7 +186,9 @@ class ClaimsThenFails:
         await asyncio.to_thread(partial.claim_in_thread, 0, DATA[:hashed])
         await asyncio.to_thread(partial.advance_in_thread, 0, DATA[:hashed])
         await asyncio.to_thread(partial.claim_in_thread, hashed, DATA[hashed:on_file])
-        while self.streamed() < on_file - 1:  # the reader went past the hashed prefix
+        for _ in range(500):  # until the reader went past the hashed prefix (5 s at most)
+            if self.streamed() >= on_file - 1:
+                break
             await asyncio.sleep(0.01)
         raise StoreError("disk full")
 
