@@ -144,16 +144,25 @@ class PartialBlob:
 
     def advance_in_thread(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         """Second half: hash claimed bytes (``data``, as given to ``claim_in_thread``) into
-        the prefix, then tell the event loop, without waiting for it, that they landed."""
+        the prefix, then tell the event loop, without waiting for it, that they landed.
+
+        The hashing holds only the prefix lock, not the writers' one: the claimant puts its
+        next bytes on file meanwhile (under the writers' lock, the two took turns). Nobody
+        else feeds the digest while claimed bytes wait: other writes stop at the claim."""
         with self._lock:
             if self.state is not PartialState.RUNNING:
                 raise RuntimeError(f"write to a {self.state.value} blob")
+        with self._prefix_lock:
             before = self.contiguous
             if before < offset:
                 raise RuntimeError(f"advance at {offset} beyond the prefix of {self.digest} ({before})")
             end = min(offset + len(data), self._claimed)
             if before < end:
-                self._feed(memoryview(data)[before - offset : end - offset])
+                self._feed_locked(memoryview(data)[before - offset : end - offset])
+        with self._lock:
+            if self.state is not PartialState.RUNNING:  # failed while we hashed
+                raise RuntimeError(f"write to a {self.state.value} blob")
+            if before < end:
                 self._absorb_extents()
             pieces = self._piece_done(before, offset)
         with contextlib.suppress(RuntimeError):  # a closed loop: nobody is reading any more
@@ -232,21 +241,25 @@ class PartialBlob:
     def _feed(self, data: bytes | memoryview) -> None:
         """Advance the prefix over ``data`` (the bytes at ``contiguous``)."""
         with self._prefix_lock:
-            self._hasher.update(data)
-            if not self.piece_size:
-                self.contiguous += len(data)
-                return
-            view = memoryview(data)
-            while view:
-                room = self.piece_size - (self.contiguous % self.piece_size)
-                part, view = view[:room], view[room:]
-                self._piece_hasher.update(part)
-                end = self.contiguous + len(part)
-                if end % self.piece_size == 0 or end == self.size:
-                    # the hash first: whoever sees the prefix cover a piece finds its hash
-                    self.piece_hashes[(end - 1) // self.piece_size] = self._piece_hasher.hexdigest()
-                    self._piece_hasher = hashlib.sha256()
-                self.contiguous = end
+            self._feed_locked(data)
+
+    def _feed_locked(self, data: bytes | memoryview) -> None:
+        """``_feed`` with the prefix lock held by the caller."""
+        self._hasher.update(data)
+        if not self.piece_size:
+            self.contiguous += len(data)
+            return
+        view = memoryview(data)
+        while view:
+            room = self.piece_size - (self.contiguous % self.piece_size)
+            part, view = view[:room], view[room:]
+            self._piece_hasher.update(part)
+            end = self.contiguous + len(part)
+            if end % self.piece_size == 0 or end == self.size:
+                # the hash first: whoever sees the prefix cover a piece finds its hash
+                self.piece_hashes[(end - 1) // self.piece_size] = self._piece_hasher.hexdigest()
+                self._piece_hasher = hashlib.sha256()
+            self.contiguous = end
 
     def _absorb_extents(self) -> None:
         """Extend the prefix over extents written earlier out of order (re-reading them)."""

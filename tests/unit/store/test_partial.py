@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -282,6 +283,42 @@ class TestClaimedWrites:
         await asyncio.to_thread(partial.claim_in_thread, 0, DATA[:4000])
         assert seen == [0]
         assert partial.readable_limit() == 3999
+
+    async def test_a_claim_goes_on_file_while_the_previous_one_is_hashed(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Receiving and writing the next buffer overlap with hashing the last one: the
+        hashing must not hold the lock a claim takes (the two used to take turns)."""
+        partial = new_partial(tmp_path, size=len(DATA))
+        hashing, release = threading.Event(), threading.Event()
+        real = partial._hasher
+
+        class SlowHash:
+            def update(self, data: bytes | memoryview) -> None:
+                hashing.set()
+                release.wait(5)
+                real.update(data)
+
+            def hexdigest(self) -> str:
+                return real.hexdigest()
+
+            def copy(self) -> object:
+                return real.copy()
+
+        monkeypatch.setattr(partial, "_hasher", SlowHash())
+        await asyncio.to_thread(partial.claim_in_thread, 0, DATA[:4000])
+        advancing = asyncio.ensure_future(asyncio.to_thread(partial.advance_in_thread, 0, DATA[:4000]))
+        assert await asyncio.to_thread(hashing.wait, 5)
+        claim = asyncio.ensure_future(asyncio.to_thread(partial.claim_in_thread, 4000, DATA[4000:]))
+        done, _ = await asyncio.wait({claim}, timeout=2)
+        release.set()
+        assert claim in done
+        await advancing
+        assert partial.readable_limit() == len(DATA) - 1
+        await asyncio.to_thread(partial.advance_in_thread, 4000, DATA[4000:])
+        partial.finish()
+        assert partial.path.read_bytes() == DATA
+        partial.close()
 
     async def test_claim_after_a_failure_is_refused(self, tmp_path: Path) -> None:
         partial = new_partial(tmp_path, size=len(DATA))
