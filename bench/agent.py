@@ -111,7 +111,14 @@ class AgentProcess:
     network namespace ``netns`` if given (then reached only from inside it)."""
 
     def __init__(
-        self, workdir: Path, registry_url: str, cache_dir: Path, *, loop: str = "uvloop", netns: str | None = None
+        self,
+        workdir: Path,
+        registry_url: str,
+        cache_dir: Path,
+        *,
+        loop: str = "uvloop",
+        netns: str | None = None,
+        python: str = sys.executable,
     ) -> None:
         cache_dir.mkdir(parents=True, exist_ok=True)
         for child in cache_dir.iterdir():  # a cold cache (the directory may be a mount point)
@@ -122,7 +129,7 @@ class AgentProcess:
         args += ["--cache-dir", str(cache_dir), "--download-pattern", "source", "--ratelimit", "0"]
         prefix = ["ip", "netns", "exec", netns] if netns else []
         self.process = ManagedProcess(
-            [*prefix, sys.executable, "-m", "shoal", *args],  # ``ip netns exec`` execs: the PID is the agent's
+            [*prefix, python, "-m", "shoal", *args],  # ``ip netns exec`` execs: the PID is the agent's
             stdout=workdir / f"agent-{self.port}.log",
             env={"SHOAL_EVENT_LOOP": loop},
         )
@@ -263,24 +270,44 @@ def print_misses(rounds: dict[str, list[MissRound]], size: int) -> None:
     print(f"    load average {os.getloadavg()[0]:.2f} at the end")
 
 
+def parse_agents(text: str) -> dict[str, str]:
+    """``--agents``: ``NAME=PYTHON,...`` (the interpreter decides which tree's agent runs)."""
+    agents = {}
+    for item in text.split(","):
+        name, sep, python = item.partition("=")
+        if not sep or not name or not python:
+            raise ValueError(f"--agents wants NAME=PYTHON, not {item!r}")
+        agents[name] = python
+    return agents
+
+
 def cache_miss(
-    work: Path, registry: DistributionRegistry, cache: Path, blob: Blob, rounds: int, loops: Sequence[str]
+    work: Path,
+    registry: DistributionRegistry,
+    cache: Path,
+    blob: Blob,
+    rounds: int,
+    loops: Sequence[str],
+    agents: dict[str, str],
 ) -> None:
     print(f"\n(2) cache miss, {blob.size // MiB} MiB blob: direct GET vs through a cold agent, median of {rounds}")
     assert registry.pid is not None
-    results: dict[str, list[MissRound]] = {"direct": [], **{f"agent ({loop})": [] for loop in loops}}
-    for _ in range(rounds):
+    kinds = [(name, python, loop) for name, python in agents.items() for loop in loops]
+    results: dict[str, list[MissRound]] = {"direct": [], **{f"{name} ({loop})": [] for name, _, loop in kinds}}
+    for i in range(rounds):
         results["direct"].append(miss_round(blob, registry.url, registry.pid, None))
-        for loop in loops:
-            agent = AgentProcess(work, registry.url, cache, loop=loop)
+        for name, python, loop in kinds[i % len(kinds) :] + kinds[: i % len(kinds)]:  # each goes first in turn
+            agent = AgentProcess(work, registry.url, cache, loop=loop, python=python)
             try:
-                results[f"agent ({loop})"].append(miss_round(blob, registry.url, registry.pid, agent))
+                results[f"{name} ({loop})"].append(miss_round(blob, registry.url, registry.pid, agent))
             finally:
                 agent.stop()
     print_misses(results, blob.size)
 
 
-def shaped_miss(work: Path, storage: Path, cache: Path, blob: Blob, rounds: int, rate: str) -> None:
+def shaped_miss(
+    work: Path, storage: Path, cache: Path, blob: Blob, rounds: int, rate: str, agents: dict[str, str]
+) -> None:
     """(2c): the origin in a namespace behind an HTB cap; curl and the agent in a node's."""
     plan = plan_lab(1, node_bps=0, origin_bps=parse_rate(rate))
     print(
@@ -299,14 +326,15 @@ def shaped_miss(work: Path, storage: Path, cache: Path, blob: Blob, rounds: int,
             origin.start()
             assert origin.proc is not None
             url = f"http://{origin.address}"
-            results: dict[str, list[MissRound]] = {"direct": [], "agent (asyncio)": []}
+            results: dict[str, list[MissRound]] = {"direct": [], **{f"{name} (asyncio)": [] for name in agents}}
             for _ in range(rounds):
                 results["direct"].append(miss_round(blob, url, origin.proc.pid, None, node))
-                agent = AgentProcess(work, url, cache, loop="asyncio", netns=node)
-                try:
-                    results["agent (asyncio)"].append(miss_round(blob, url, origin.proc.pid, agent, node))
-                finally:
-                    agent.stop()
+                for name, python in agents.items():
+                    agent = AgentProcess(work, url, cache, loop="asyncio", netns=node, python=python)
+                    try:
+                        results[f"{name} (asyncio)"].append(miss_round(blob, url, origin.proc.pid, agent, node))
+                    finally:
+                        agent.stop()
             print_misses(results, blob.size)
         finally:
             procs.stop_all()
@@ -367,6 +395,12 @@ def main() -> None:
     parser.add_argument("--rss-size", type=int, default=2048, help="MiB, RSS blob")
     parser.add_argument("--shape-rate", default="1gbit", help="the origin's cap in (2c), e.g. 1gbit, 500mbit")
     parser.add_argument(
+        "--agents",
+        default=f"agent={sys.executable}",
+        help="agents compared side by side in (2) and (2c), NAME=PYTHON,...; e.g. "
+        "main=/work/main/.venv/bin/python,new=.venv/bin/python (each interpreter runs its own tree's agent)",
+    )
+    parser.add_argument(
         "--miss-loops",
         default="uvloop,asyncio",
         help="comma-separated event loops of the agent in (2): uvloop, asyncio",
@@ -377,6 +411,10 @@ def main() -> None:
         help="comma-separated sections to run: hit (1), miss (2), pull (2b), shaped (2c, root only), rss (3)",
     )
     opts = parser.parse_args()
+    try:
+        agents = parse_agents(opts.agents)
+    except ValueError as exc:
+        parser.error(str(exc))
     only = set(opts.only.split(","))
     if unknown := only - {"hit", "miss", "pull", "shaped", "rss"}:
         parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
@@ -401,11 +439,12 @@ def main() -> None:
         if "hit" in only:
             cache_hit(work, registry, work / "cache", blobs["hit"], opts.rounds)
         if "miss" in only:
-            cache_miss(work, registry, work / "cache", blobs["miss"], opts.rounds, opts.miss_loops.split(","))
+            loops = opts.miss_loops.split(",")
+            cache_miss(work, registry, work / "cache", blobs["miss"], opts.rounds, loops, agents)
         if "pull" in only:
             image_pull(work, registry, work / "cache", opts.miss_size, opts.rounds)
         if "shaped" in only:
-            shaped_miss(work, storage, work / "cache", blobs["miss"], opts.rounds, opts.shape_rate)
+            shaped_miss(work, storage, work / "cache", blobs["miss"], opts.rounds, opts.shape_rate, agents)
         if "rss" in only:
             peak_rss(work, registry, work / "cache", blobs["rss"])
     print(f"\ntotal {time.monotonic() - started:.0f} s")
