@@ -119,6 +119,7 @@ class AgentProcess:
         loop: str = "uvloop",
         netns: str | None = None,
         python: str = sys.executable,
+        scheduler: SchedulerProcess | None = None,
     ) -> None:
         cache_dir.mkdir(parents=True, exist_ok=True)
         for child in cache_dir.iterdir():  # a cold cache (the directory may be a mount point)
@@ -126,7 +127,18 @@ class AgentProcess:
         self.netns = netns
         self.port = free_port()
         args = ["agent", "--listen", f"127.0.0.1:{self.port}", "--registry", f"{REG}={registry_url}"]
-        args += ["--cache-dir", str(cache_dir), "--download-pattern", "source", "--ratelimit", "0"]
+        args += ["--cache-dir", str(cache_dir), "--ratelimit", "0"]
+        if scheduler is None:
+            args += ["--download-pattern", "source"]
+        else:  # p2p, a swarm of one: what a single node pays for the scheduler's company
+            args += [
+                "--download-pattern",
+                "p2p",
+                "--scheduler",
+                scheduler.url,
+                "--peer-token-file",
+                str(scheduler.token),
+            ]
         prefix = ["ip", "netns", "exec", netns] if netns else []
         self.process = ManagedProcess(
             [*prefix, python, "-m", "shoal", *args],  # ``ip netns exec`` execs: the PID is the agent's
@@ -159,6 +171,40 @@ class AgentProcess:
             if line.startswith(f"{key}:"):
                 return int(line.split()[1]) * 1024
         raise KeyError(key)
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
+class SchedulerProcess:
+    """``shoal scheduler`` on loopback, with a peer token of its own."""
+
+    def __init__(self, workdir: Path, python: str = sys.executable) -> None:
+        self.token = workdir / "peer-token"
+        self.token.write_text("bench-agent-peer-token\n")
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = ManagedProcess(
+            [
+                python,
+                "-m",
+                "shoal",
+                "scheduler",
+                "--listen",
+                f"127.0.0.1:{self.port}",
+                "--peer-token-file",
+                str(self.token),
+            ],
+            stdout=workdir / f"scheduler-{self.port}.log",
+        )
+        wait_until(self._ready, what="shoal scheduler", timeout=30, process=self.process)
+
+    def _ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/healthz", timeout=1) as resp:
+                return bool(resp.status == 200)
+        except OSError:
+            return False
 
     def stop(self) -> None:
         self.process.stop()
@@ -289,19 +335,29 @@ def cache_miss(
     rounds: int,
     loops: Sequence[str],
     agents: dict[str, str],
+    modes: Sequence[str] = ("source",),
 ) -> None:
+    """``modes``: ``source`` (a plain mirror) and/or ``p2p`` (a swarm of one: the agent and a
+    fresh scheduler of the same tree each round)."""
     print(f"\n(2) cache miss, {blob.size // MiB} MiB blob: direct GET vs through a cold agent, median of {rounds}")
     assert registry.pid is not None
-    kinds = [(name, python, loop) for name, python in agents.items() for loop in loops]
-    results: dict[str, list[MissRound]] = {"direct": [], **{f"{name} ({loop})": [] for name, _, loop in kinds}}
+    kinds = [(name, python, loop, mode) for name, python in agents.items() for loop in loops for mode in modes]
+
+    def label(name: str, loop: str, mode: str) -> str:
+        return f"{name} ({loop}{', p2p' if mode == 'p2p' else ''})"
+
+    results: dict[str, list[MissRound]] = {"direct": [], **{label(n, lo, m): [] for n, _, lo, m in kinds}}
     for i in range(rounds):
         results["direct"].append(miss_round(blob, registry.url, registry.pid, None))
-        for name, python, loop in kinds[i % len(kinds) :] + kinds[: i % len(kinds)]:  # each goes first in turn
-            agent = AgentProcess(work, registry.url, cache, loop=loop, python=python)
-            try:
-                results[f"{name} ({loop})"].append(miss_round(blob, registry.url, registry.pid, agent))
-            finally:
-                agent.stop()
+        for name, python, loop, mode in kinds[i % len(kinds) :] + kinds[: i % len(kinds)]:  # each first in turn
+            with ExitStack() as stack:
+                scheduler = None
+                if mode == "p2p":
+                    scheduler = SchedulerProcess(work, python)
+                    stack.callback(scheduler.stop)
+                agent = AgentProcess(work, registry.url, cache, loop=loop, python=python, scheduler=scheduler)
+                stack.callback(agent.stop)
+                results[label(name, loop, mode)].append(miss_round(blob, registry.url, registry.pid, agent))
     print_misses(results, blob.size)
 
 
@@ -406,6 +462,11 @@ def main() -> None:
         help="comma-separated event loops of the agent in (2): uvloop, asyncio",
     )
     parser.add_argument(
+        "--miss-modes",
+        default="source",
+        help="comma-separated download patterns in (2): source (plain mirror), p2p (with a scheduler, no peers)",
+    )
+    parser.add_argument(
         "--only",
         default="hit,miss,pull,shaped,rss",
         help="comma-separated sections to run: hit (1), miss (2), pull (2b), shaped (2c, root only), rss (3)",
@@ -440,7 +501,10 @@ def main() -> None:
             cache_hit(work, registry, work / "cache", blobs["hit"], opts.rounds)
         if "miss" in only:
             loops = opts.miss_loops.split(",")
-            cache_miss(work, registry, work / "cache", blobs["miss"], opts.rounds, loops, agents)
+            modes = opts.miss_modes.split(",")
+            if unknown_modes := set(modes) - {"source", "p2p"}:
+                parser.error(f"unknown --miss-modes: {', '.join(sorted(unknown_modes))}")
+            cache_miss(work, registry, work / "cache", blobs["miss"], opts.rounds, loops, agents, modes)
         if "pull" in only:
             image_pull(work, registry, work / "cache", opts.miss_size, opts.rounds)
         if "shaped" in only:
