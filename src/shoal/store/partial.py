@@ -60,7 +60,10 @@ class PartialBlob:
         self._claimed = 0
         """end of the bytes an in-order writer put on file past ``contiguous``, unhashed yet"""
         self._on_file = 0
-        """end of the claimed bytes whose write has returned: what readers may stream"""
+        """end of the claimed bytes on file with no gap (every write below it returned):
+        what readers may stream"""
+        self._writing: dict[int, int] = {}
+        """claims whose write has not returned yet: start -> end"""
         self._extents: dict[int, int] = {}
         self._hasher = digest.hasher()
         self.piece_size = 0
@@ -129,7 +132,10 @@ class PartialBlob:
             if offset > floor:
                 raise RuntimeError(f"claim at {offset} beyond the prefix of {self.digest} ({floor})")
             view = memoryview(data)[floor - offset :]
+            if not view:
+                return
             self._claimed = floor + len(view)
+            self._writing[floor] = self._claimed  # a write failed leaves its claim unreadable
             # written outside the lock (the hashing of the previous claim goes on meanwhile),
             # through a fd of our own: closing the blob's cannot pull it from under us
             fd = os.dup(self._fd)
@@ -138,7 +144,8 @@ class PartialBlob:
         finally:
             os.close(fd)
         with self._lock:
-            self._on_file = max(self._on_file, floor + len(view))
+            del self._writing[floor]
+            self._on_file = min(self._writing, default=self._claimed)
         with contextlib.suppress(RuntimeError):  # a closed loop: nobody is reading any more
             self._loop.call_soon_threadsafe(functools.partial(self._notify, pieces=False))
 

@@ -284,6 +284,43 @@ class TestClaimedWrites:
         assert seen == [0]
         assert partial.readable_limit() == 3999
 
+    async def test_readers_never_pass_a_claim_still_being_written(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Two claims whose writes return out of order: the later one on file does not make
+        the earlier one, still a hole, readable."""
+        partial = new_partial(tmp_path, size=len(DATA))
+        first_writing, release = threading.Event(), threading.Event()
+        original = PartialBlob._pwrite
+
+        def slow_first(fd: int, view: memoryview, offset: int) -> None:
+            if offset == 0:
+                first_writing.set()
+                release.wait(5)
+            original(fd, view, offset)
+
+        monkeypatch.setattr(PartialBlob, "_pwrite", staticmethod(slow_first))
+        first = asyncio.ensure_future(asyncio.to_thread(partial.claim_in_thread, 0, DATA[:4000]))
+        assert await asyncio.to_thread(first_writing.wait, 5)
+        await asyncio.to_thread(partial.claim_in_thread, 4000, DATA[4000:8000])
+        assert partial.readable_limit() == 0
+        release.set()
+        await first
+        assert partial.readable_limit() == 7999
+
+    async def test_a_failed_write_leaves_its_claim_unreadable(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        partial = new_partial(tmp_path, size=len(DATA))
+
+        def failing(fd: int, view: memoryview, offset: int) -> None:
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(PartialBlob, "_pwrite", staticmethod(failing))
+        with pytest.raises(OSError, match="No space left"):
+            await asyncio.to_thread(partial.claim_in_thread, 0, DATA[:4000])
+        assert partial.readable_limit() == 0
+
     async def test_a_claim_goes_on_file_while_the_previous_one_is_hashed(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
