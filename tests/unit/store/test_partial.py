@@ -362,3 +362,51 @@ class TestClaimedWrites:
         partial.fail(OSError("disk full"))
         with pytest.raises(RuntimeError):
             await asyncio.to_thread(partial.claim_in_thread, 0, DATA[:100])
+
+
+class TestReviewClaimRaces:
+    """Review h-review1: the digest must see exactly the bytes the file (and its readers) hold."""
+
+    async def test_absorbing_an_extent_does_not_hash_through_a_claim_still_being_written(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The swarm gave up with a verified piece beyond the prefix (an extent); the origin
+        fallback claims [0, 4000) and then [4000, 8000), where the registry corrupts a byte.
+        Hashing the first claim absorbs the extent by re-reading the file, straight through
+        the second claim whose write has not landed yet: the digest sees the piece's good
+        bytes, the file (and every reader) gets the registry's bad ones, and the blob is
+        VERIFIED with content that does not match its digest."""
+        bad = bytearray(DATA)
+        bad[5000] ^= 0xFF
+        partial = new_partial(tmp_path, size=len(DATA))
+        got = bytearray()
+        reader = asyncio.create_task(read_all(partial, 0, len(DATA), got))
+        await partial.write(4000, DATA[4000:8000])  # a verified piece beyond the prefix
+        second_writing, release = threading.Event(), threading.Event()
+        original = PartialBlob._pwrite
+
+        def slow_second(fd: int, view: memoryview, offset: int) -> None:
+            if offset == 4000 and bytes(view[1000:1001]) == bytes(bad[5000:5001]):
+                second_writing.set()
+                release.wait(5)
+            original(fd, view, offset)
+
+        monkeypatch.setattr(PartialBlob, "_pwrite", staticmethod(slow_second))
+        await asyncio.to_thread(partial.claim_in_thread, 0, DATA[:4000])
+        second = asyncio.ensure_future(asyncio.to_thread(partial.claim_in_thread, 4000, bytes(bad[4000:8000])))
+        assert await asyncio.to_thread(second_writing.wait, 5)
+        # the hasher thread gets to the first claim while the receiver still writes the second
+        await asyncio.to_thread(partial.advance_in_thread, 0, DATA[:4000])
+        release.set()
+        await second
+        await asyncio.to_thread(partial.advance_in_thread, 4000, bytes(bad[4000:8000]))
+        await partial.write(8000, DATA[8000:])
+        try:
+            partial.finish()
+        except DigestMismatchError:
+            return  # fine: the wrong byte was caught
+        await asyncio.wait_for(reader, 5)
+        on_file = partial.path.read_bytes()
+        partial.close()
+        assert on_file == DATA, "VERIFIED, but the file holds bytes the digest never saw"
+        assert bytes(got) == DATA, "a reader finished a wrong blob"
