@@ -410,3 +410,16 @@ class TestReviewClaimRaces:
         partial.close()
         assert on_file == DATA, "VERIFIED, but the file holds bytes the digest never saw"
         assert bytes(got) == DATA, "a reader finished a wrong blob"
+
+    async def test_a_piece_overwritten_by_a_claim_is_not_offered_to_peers(self, tmp_path: Path) -> None:
+        """A verified piece beyond the prefix (an extent) that an origin claim then covers
+        holds the claim's unhashed bytes on file; ``has`` still offers it to peers."""
+        bad = bytearray(DATA)
+        bad[5000] ^= 0xFF
+        partial = new_partial(tmp_path, size=len(DATA))
+        await partial.write(4000, DATA[4000:8000])  # a verified piece, offered to peers
+        assert partial.has(4000, 4000)
+        await asyncio.to_thread(partial.claim_in_thread, 0, bytes(bad[:8000]))  # not hashed yet
+        on_file = partial.path.read_bytes()[4000:8000]
+        assert not partial.has(4000, 4000) or on_file == DATA[4000:8000], "peers get unhashed bytes"
+        partial.close()
