@@ -251,3 +251,56 @@ class TestThroughTheSwarm:
             assert (await r.get())[:2] == (200, DATA)
             bad = [rep for rep in scheduler.reports if rep.bad_hashes]
             assert [rep.failed_parents for rep in bad] == [["liar"]]
+
+
+class HashedThenFails:
+    """Hashes the first MiB, then fails for the cache's sake once the reader's copy is under way."""
+
+    def __init__(self) -> None:
+        self.copying = asyncio.Event()
+
+    async def fill(self, partial: PartialBlob, dist: DistributionPath, creds: Credentials | None) -> None:
+        partial.set_size(len(DATA))
+        await asyncio.to_thread(partial.claim_in_thread, 0, DATA[:MiB])
+        await asyncio.to_thread(partial.advance_in_thread, 0, DATA[:MiB])
+        await asyncio.wait_for(self.copying.wait(), 5)
+        raise StoreError("disk full")
+
+    async def cached(self, digest: Digest, size: int) -> None:
+        pass
+
+    def rejected(self, digest: Digest) -> bool:
+        return False
+
+
+class TestReviewResumeAfterAnInterruptedCopy:
+    async def test_a_copy_cut_short_is_not_sent_again(self, store: MemoryStore) -> None:
+        """Review h-review1: the client's copy stops part-way (the send timeout of a slow
+        client: ``sendfile`` is cancelled after sending some of the range) just as the
+        download fails: ``_finish_from_upstream`` starts again at the ``pos`` before that
+        copy, so the client gets part of the blob twice, and a 200 with the wrong bytes."""
+        source = HashedThenFails()
+        from shoal.store.partial import PartialState
+
+        async for r in rig(store, lambda s, u, o: source):
+            original = r.blobs._copy_file
+            cut: list[bool] = []
+
+            async def copy_cut_short(request: web.Request, response: web.StreamResponse, fobj, start: int, stop: int) -> None:  # type: ignore[no-untyped-def]
+                if cut or stop - start < 1000:
+                    return await original(request, response, fobj, start, stop)
+                cut.append(True)
+                await original(request, response, fobj, start, start + (stop - start) // 2)
+                source.copying.set()
+                partial = next(iter(r.blobs.partials.values()), None)
+                while partial is not None and partial.state is not PartialState.FAILED:
+                    await asyncio.sleep(0.01)
+                raise ConnectionError("client read nothing for 30s")
+
+            r.blobs._copy_file = copy_cut_short  # type: ignore[method-assign]
+            try:
+                status, body, _ = await r.get()
+            except aiohttp.ClientError:
+                return  # a cut connection: fine
+            assert cut
+            assert (status, body == DATA) == (200, True), "a 200 whose body is not the blob"
