@@ -7,7 +7,8 @@ digest mismatch it sees a truncated body and an aborted connection instead. Byte
 that are not verified yet, so they go only to a reader of the whole blob (never as the
 answer to a ``Range`` request, which could end before the last byte). For the same reason
 such a reader need not wait for the hashing: it may read the in-order writer's bytes as soon
-as they are on file (``claim_in_thread``), since nothing else can change them there.
+as they are on file (``claim_in_thread``), since nothing else can change them there, and
+they are hashed from there if the writer stops before hashing them (``settle_claims_in_thread``).
 
 When the blob fails for the cache's sake (a full disk), ``failed_prefix`` keeps the digest
 state of the prefix written so far: a reader can finish the blob from the registry and still
@@ -134,11 +135,12 @@ class PartialBlob:
             view = memoryview(data)[floor - offset :]
             if not view:
                 return
+            # through a fd of our own, written outside the lock (the hashing of the previous
+            # claim goes on meanwhile): closing the blob's cannot pull it from under us
+            fd = os.dup(self._fd)
             self._claimed = floor + len(view)
             self._writing[floor] = self._claimed  # a write failed leaves its claim unreadable
-            # written outside the lock (the hashing of the previous claim goes on meanwhile),
-            # through a fd of our own: closing the blob's cannot pull it from under us
-            fd = os.dup(self._fd)
+            self._drop_extents(floor, self._claimed)
         try:
             self._pwrite(fd, view, floor)
         finally:
@@ -172,6 +174,25 @@ class PartialBlob:
             if before < end:
                 self._absorb_extents()
             pieces = self._piece_done(before, offset)
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is reading any more
+            self._loop.call_soon_threadsafe(functools.partial(self._notify, pieces=pieces))
+
+    def settle_claims_in_thread(self) -> None:
+        """The claimant is done, perhaps before hashing all it claimed (its hashing failed, or
+        its fetch was stopped while the hashing waited for the rate limit). Readers may have
+        streamed the claimed bytes on file already, so those are the ones the digest must see:
+        hash them from the file, where they stay. A claim whose write never returned is
+        given up (nobody read it), so the next writer starts at the prefix, not past it."""
+        with self._lock:
+            if self.state is not PartialState.RUNNING or self._fd < 0 or self._claimed <= self.contiguous:
+                return
+            before = self.contiguous
+            # hashed first: should that fail, the claim still keeps other writers out
+            self._hash_file_locked(min(self._writing, default=self._claimed))
+            self._writing.clear()
+            self._claimed = self._on_file = 0
+            self._absorb_extents()
+            pieces = self._piece_done(before, before)
         with contextlib.suppress(RuntimeError):  # a closed loop: nobody is reading any more
             self._loop.call_soon_threadsafe(functools.partial(self._notify, pieces=pieces))
 
@@ -239,7 +260,8 @@ class PartialBlob:
         return self.contiguous // ps != before // ps or self.contiguous == self.size
 
     def has(self, offset: int, length: int) -> bool:
-        """Whether ``[offset, offset+length)`` is written (the swarm serves such ranges)."""
+        """Whether ``[offset, offset+length)`` is written (the swarm serves such ranges): in
+        the hashed prefix, or in a piece written beyond it that no claim has overwritten."""
         if offset + length <= self.contiguous:
             return True
         end = self._extents.get(offset)
@@ -274,13 +296,29 @@ class PartialBlob:
             end = max((e for s, e in self._extents.items() if s <= self.contiguous < e), default=None)
             if end is None:
                 break
-            while self.contiguous < end:
-                chunk = os.pread(self._fd, min(READ_CHUNK, end - self.contiguous), self.contiguous)
-                if not chunk:
-                    raise OSError(f"short read from {self.path}")
-                self._feed(chunk)
+            self._hash_file_locked(end)
         for start in [s for s, e in self._extents.items() if e <= self.contiguous]:
             del self._extents[start]
+
+    def _hash_file_locked(self, end: int) -> None:
+        """Advance the prefix to ``end`` over the bytes on file (the writers' lock held: no
+        write can change them meanwhile, and none may after: they are below the prefix)."""
+        while self.contiguous < end:
+            chunk = os.pread(self._fd, min(READ_CHUNK, end - self.contiguous), self.contiguous)
+            if not chunk:
+                raise OSError(f"short read from {self.path}")
+            self._feed(chunk)
+
+    def _drop_extents(self, start: int, end: int) -> None:
+        """A claim takes ``[start, end)``: the pieces written there are overwritten with bytes
+        not hashed yet, so they are no pieces any more (not to be offered to peers, nor
+        absorbed into the prefix by re-reading the file while the claim's write goes on).
+        What an extent holds past the claim is still its piece's bytes."""
+        for s, e in list(self._extents.items()):
+            if s < end and e > start:
+                del self._extents[s]
+                if e > end:
+                    self._extents[end] = max(self._extents.get(end, 0), e)
 
     def finish(self) -> None:
         """All bytes are written: check the digest. Raises DigestMismatchError and fails."""

@@ -364,8 +364,9 @@ class TestClaimedWrites:
             await asyncio.to_thread(partial.claim_in_thread, 0, DATA[:100])
 
 
-class TestReviewClaimRaces:
-    """Review h-review1: the digest must see exactly the bytes the file (and its readers) hold."""
+class TestClaimsOverPiecesWrittenAhead:
+    """The digest must see exactly the bytes the file (and its readers) hold, and peers get
+    only pieces whose bytes are still on file."""
 
     async def test_absorbing_an_extent_does_not_hash_through_a_claim_still_being_written(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
