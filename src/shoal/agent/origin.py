@@ -1,8 +1,8 @@
 """Fill a partial blob from the upstream registry, resuming with ``Range`` after a broken read.
 
 The body is read by a thread of the fetch's own, blocking, into one large buffer that is
-written and hashed whole (``PartialBlob.write_in_thread``); the event loop hears of it once
-per buffer and streams the new bytes to clients with ``sendfile``. The request (the auth
+put on file whole (``PartialBlob.claim_in_thread``) and hashed by a second thread; the event
+loop hears of it once per buffer and streams the new bytes to clients with ``sendfile``. The request (the auth
 flow, redirects, errors) is ``RegistryClient.open_in_thread``'s.
 """
 
@@ -100,12 +100,24 @@ class OriginSource:
 
         hasher = threading.Thread(target=hash_claimed, name=f"shoal-hash {partial.digest}", daemon=True)
         hasher.start()
+
+        def finish_hashing() -> None:
+            """Join the hashing thread and hash from the file whatever it left (it failed,
+            or was stopped): no claim outlives this fetch, so the next one (or the swarm)
+            starts from a prefix that holds what readers were sent."""
+            claimed.put(None)
+            hasher.join()
+            try:
+                partial.settle_claims_in_thread()
+            except (OSError, RuntimeError, ValueError) as exc:
+                failed.append(_WriteFailed(exc))
+
         try:
             buffer = free.get()
             while skip:
                 n = resp.readinto(buffer[: min(skip, BUFFER)])
                 if not n:
-                    return
+                    break  # the body ended in what we have: nothing to write
                 counter.inc(n)
                 skip -= n
             filled = 0
@@ -125,7 +137,7 @@ class OriginSource:
                 buffer, filled, flushed = free.get(), 0, time.monotonic()
 
             try:
-                while n := resp.readinto(buffer[filled:]):
+                while not skip and (n := resp.readinto(buffer[filled:])):
                     filled += n
                     if filled == BUFFER or time.monotonic() - flushed >= FLUSH_INTERVAL:
                         flush()
@@ -135,9 +147,12 @@ class OriginSource:
                 raise
             if filled:
                 flush()
-        finally:
-            claimed.put(None)
-            hasher.join()
+        except BaseException:
+            finish_hashing()
+            if failed:  # the hashing's failure, not the broken connection's: no resuming
+                raise failed[0]  # noqa: B904 (the receiving thread's error is its context)
+            raise
+        finish_hashing()
         if failed:
             raise failed[0]
 
