@@ -312,25 +312,28 @@ class BlobService:
         with os.fdopen(reader, "rb") as fobj:
             await response.prepare(request)
             try:
-                try:
-                    while pos < size:
+                while pos < size:
+                    try:
                         limit = await partial.wait_readable(pos)
                         if limit <= pos:
                             raise EOFError(f"blob {partial.digest} ended at {pos}, wanted {size}")
-                        await self._copy_file(request, response, fobj, pos, limit)
-                        counter.inc(limit - pos)
-                        pos = limit
-                except Exception as exc:
-                    if partial.state is not PartialState.FAILED or isinstance(exc, DigestMismatchError):
-                        raise
-                    # the cache failed (a full disk), or the download another client started did
-                    log.warning(
-                        "download of %s failed under a reader at %d (%s): the rest from the origin",
-                        partial.digest,
-                        pos,
-                        exc,
-                    )
-                    await self._finish_from_upstream(request, response, dist, creds, partial, fobj, pos, size)
+                    except Exception as exc:
+                        if partial.state is not PartialState.FAILED or isinstance(exc, DigestMismatchError):
+                            raise
+                        # the cache failed (a full disk), or the download another client started did
+                        log.warning(
+                            "download of %s failed under a reader at %d (%s): the rest from the origin",
+                            partial.digest,
+                            pos,
+                            exc,
+                        )
+                        await self._finish_from_upstream(request, response, dist, creds, partial, fobj, pos, size)
+                        break
+                    # a copy cut short (a client too slow) sent an unknown part of its range:
+                    # its error cuts the connection, never resumes at ``pos`` (bytes twice)
+                    await self._copy_file(request, response, fobj, pos, limit)
+                    counter.inc(limit - pos)
+                    pos = limit
             except Exception as exc:  # the response has started: a cut connection is the only error left
                 return self._cut(request, response, f"streaming {partial.digest} at {pos}: {exc!r}")
         await response.write_eof()
