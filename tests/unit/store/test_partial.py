@@ -424,3 +424,35 @@ class TestClaimsOverPiecesWrittenAhead:
         on_file = partial.path.read_bytes()[4000:8000]
         assert not partial.has(4000, 4000) or on_file == DATA[4000:8000], "peers get unhashed bytes"
         partial.close()
+
+
+class TestSettlingClaims:
+    """A claimant that stops before hashing all it claimed leaves no claim behind."""
+
+    async def test_what_landed_is_hashed_from_the_file_and_the_rest_given_back(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        bad = bytearray(DATA)
+        bad[1500] ^= 0xFF
+        partial = new_partial(tmp_path, size=len(DATA))
+        await asyncio.to_thread(partial.claim_in_thread, 0, DATA[:1000])
+        await asyncio.to_thread(partial.claim_in_thread, 1000, bytes(bad[1000:2000]))  # read, never hashed
+        original = PartialBlob._pwrite
+
+        def failing_at_2000(fd: int, view: memoryview, offset: int) -> None:
+            if offset == 2000:
+                raise OSError(5, "Input/output error")
+            original(fd, view, offset)
+
+        monkeypatch.setattr(PartialBlob, "_pwrite", staticmethod(failing_at_2000))
+        with pytest.raises(OSError, match="Input/output"):
+            await asyncio.to_thread(partial.claim_in_thread, 2000, DATA[2000:3000])
+        assert partial.readable_limit() == 1999
+        await asyncio.to_thread(partial.settle_claims_in_thread)
+        assert partial.contiguous == 2000  # the landed claims, from the file: what readers got
+        monkeypatch.setattr(PartialBlob, "_pwrite", staticmethod(original))
+        await partial.write(0, DATA)  # the next writer: its bytes from 2000 on count
+        assert partial.contiguous == len(DATA)
+        assert partial.path.read_bytes() == bad
+        with pytest.raises(DigestMismatchError):
+            partial.finish()
