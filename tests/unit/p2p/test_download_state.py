@@ -218,11 +218,18 @@ class TestMovedParents:
         assert with_parents(s, 3, 1, 2) == []
         assert set(s.parents) == {"p1", "p2"}
 
+    def test_an_answer_naming_none_of_ours_swaps_nothing(self) -> None:
+        """Another replica after a failover does not know our parents: they keep working."""
+        s = new(max_parents=2)
+        with_parents(s, 1, 2)
+        assert with_parents(s, 3, 4) == []
+        assert set(s.parents) == {"p1", "p2"}
+
     def test_the_moved_parents_request_goes_to_the_new_one(self) -> None:
-        s = new(max_parents=1)
-        with_parents(s, 1)
+        s = new(max_parents=2)
+        with_parents(s, 1, 3)
         assert requests(s.apply(ParentHas("p1", frozenset({5})))) == [("p1", 5)]
-        with_parents(s, 2)
+        with_parents(s, 3, 2)
         assert s.in_flight == {}
         assert requests(s.apply(ParentHas("p2", frozenset({5})))) == [("p2", 5)]
 

@@ -282,6 +282,9 @@ class DownloadState:
             out.append(StopOriginFetch(view.fetcher))
         now = self.clock()
         named = {p.peer_id for p in view.parents}
+        # a move names some of ours still; an answer naming none of them is a scheduler that
+        # does not know them (a failover): ours keep working, nothing is swapped
+        moved = not named.isdisjoint(self.parents)
         for parent in view.parents:
             pid = parent.peer_id
             if pid in self.parents or pid in self.banned or pid == self.peer_id:
@@ -291,7 +294,7 @@ class DownloadState:
                 continue
             if len(self.parents) >= self.rules.max_parents:
                 # the scheduler moved us: one of ours it no longer names makes room
-                stale = next((p for p in self.parents if p not in named), None)
+                stale = next((p for p in self.parents if p not in named), None) if moved else None
                 if stale is None:
                     break
                 self._drop(stale, MOVED, out, ban=False)
