@@ -50,11 +50,13 @@ class ShoalFleet:
             self.world.timers.at(self.rng.uniform(0, START_SPREAD), partial(agent.pull, self.blobs))
 
     def kill(self, node: int) -> None:
-        """``node`` died (the network dropped its transfers): its children notice the broken link."""
+        """``node`` died (the network dropped its transfers): its links close at once on the
+        serving side (``PeerHub`` forgets the child), and its children notice the broken link."""
         peer_id = f"n{node}"
         for agent in self.services.agents.values():
             if agent.node in self.world.dead:
                 continue
+            agent.serving.gone(node)
             for download in agent.downloads.values():
                 if peer_id in download.state.parents:
                     lost = ds.ParentLost(peer_id, "link closed")

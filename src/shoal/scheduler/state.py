@@ -51,7 +51,13 @@ uploads went unused; the simulator at 100 nodes: 20 of 101 Gbit/s used); never t
 downloader itself, never a peer some downloader reported in ``failed_parents`` within
 ``suspect_ttl``. Parents handed out before are handed again while they stay usable; only
 the missing places are filled by the parent policy, which sees a random sample of the
-candidates when there are many (bounded work per call however large the task).
+candidates when there are many (bounded work per call however large the task). Parents are
+kept once handed, so a peer that joined late in a wave is a parent of few and its upload
+idles: at most every ``REBALANCE_EVERY`` per downloader, a handed parent with more links
+than ``REBALANCE_LOAD`` times the average (downloaders naming it, over all tasks) gives way
+to a piece holder of its zone with under 70% of its links, from a small sample; never a
+lease holder (the blob's source) nor a complete peer. The downloader takes the new parent
+in place of the one no longer named.
 
 Zones: peers say their topology zone when they join. Parents in the downloader's zone come
 first; while ``ZONE_GATEWAYS`` live members of a zone already take the blob from other
@@ -97,6 +103,18 @@ dead (one late heartbeat is not enough: any child may name the holder, truly or 
 its blob's stream to the whole fleet waits for the lease to move (the simulator with 5% of
 150 nodes dying: a fetcher dead at 1 s held the lease until 16 s)."""
 
+REBALANCE_LOAD = 1.1
+"""a handed parent with more links (downloaders naming it, over all tasks) than this many
+times the average peer's may give way to a lighter one: parents are kept once handed, so a
+peer that joined late in a wave was a parent of few (the simulator at 150 nodes: a tenth
+of the nodes had at most 8 child links where the median had 37, their uploads idle while
+others queued 8 links deep)"""
+REBALANCE_EVERY = 3.0
+"""seconds between two looks for a lighter parent for one downloader (each look costs a
+small sample; every report looking took the scheduler's CPU up by about 40%)"""
+REBALANCE_SAMPLE = 3
+"""piece holders looked at for a lighter parent"""
+
 ZONE_GATEWAYS = 1
 """members of a zone that are handed parents in other zones, per blob; every other member of
 the zone gets parents in its own zone only, so the blob crosses into each zone about once
@@ -122,7 +140,18 @@ class FullError(StateError):
 class PeerRecord:
     """One agent, shared by all its tasks."""
 
-    __slots__ = ("address", "bucket_start", "current", "gateway_of", "leases", "peer_id", "previous", "tasks", "zone")
+    __slots__ = (
+        "address",
+        "bucket_start",
+        "current",
+        "gateway_of",
+        "leases",
+        "links",
+        "peer_id",
+        "previous",
+        "tasks",
+        "zone",
+    )
 
     def __init__(self, peer_id: str, address: str, zone: str = "") -> None:
         self.peer_id = peer_id
@@ -134,6 +163,8 @@ class PeerRecord:
         self.tasks = 0
         self.leases = 0
         """origin leases this peer holds, over all tasks"""
+        self.links = 0
+        """downloaders (over all tasks) whose handed parents name this peer now"""
         # Children handed this peer (its upload load) in a sliding window approximated by two
         # fixed buckets: O(1) memory however many children a popular parent gets.
         self.bucket_start = 0.0
@@ -164,7 +195,7 @@ NONE, PARTIAL, SEEDER = 0, 1, 2
 class Member:
     """One peer in one task."""
 
-    __slots__ = ("complete", "contiguous", "handed", "info", "kind", "last_seen", "peer", "pieces")
+    __slots__ = ("complete", "contiguous", "handed", "info", "kind", "last_seen", "moved_at", "peer", "pieces")
 
     def __init__(self, peer: PeerRecord, now: float) -> None:
         self.peer = peer
@@ -173,6 +204,8 @@ class Member:
         self.complete = False
         self.last_seen = now
         self.handed: tuple[str, ...] = ()
+        self.moved_at = now
+        """when one of its handed parents last gave way to a lighter one (or it joined)"""
         self.kind = NONE
         self.info: PeerInfo | None = None
         """this member as a parent in answers (built on first use, dropped on every update)."""
@@ -279,6 +312,8 @@ class SchedulerState:
         self.rng = rng or random.Random()
         self.tasks: dict[str, Task] = {}
         self.peers: dict[str, PeerRecord] = {}
+        self.links = 0
+        """parent links handed out now, over all tasks (the sum of every peer's ``links``)"""
         self.sample_size = max(16, 2 * config.max_parents)
         """candidates drawn from each of a task's seeders and partial holders when it has more."""
         self.joins = 0
@@ -509,6 +544,7 @@ class SchedulerState:
 
     def _remove(self, task: Task, peer_id: str) -> None:
         member = task.members.pop(peer_id)
+        self._hand(member, ())
         task.seeders.discard(peer_id)
         task.partials.discard(peer_id)
         task.joiners.discard(peer_id)
@@ -555,6 +591,8 @@ class SchedulerState:
     def _answer(self, task: Task, member: Member, now: float, may_take: bool = True) -> TaskView:
         self._settle_lease(task, member, now, may_take)
         peer_id = member.peer.peer_id
+        if member.complete and member.handed:
+            self._hand(member, ())
         parents = [] if member.complete else self._parents(task, member, now)
         return TaskView(
             role="fetcher" if task.holder == peer_id else "peer",
@@ -686,10 +724,22 @@ class SchedulerState:
         chosen: dict[str, Member] = {}
         # _usable_parent inlined: every report of a download walks its parents here
         members, ttl, suspects = task.members, self.config.peer_ttl, task.suspects
+        heavy = float("inf")
+        if member.handed and now - member.moved_at >= REBALANCE_EVERY and self.peers:
+            heavy = REBALANCE_LOAD * self.links / len(self.peers)
         for peer_id in member.handed:
             parent = members.get(peer_id)
             if parent is None or now - parent.last_seen > ttl or (suspects and self._suspect(task, peer_id, now)):
                 continue
+            if parent.peer.links > heavy and not parent.complete and not parent.peer.leases:
+                # one heavy parent at a time gives way (the downloader drops the parent no
+                # longer named and takes the new one); one look per REBALANCE_EVERY
+                heavy = float("inf")
+                member.moved_at = now
+                lighter = self._lighter(task, member, parent, chosen, now)
+                if lighter is not None:
+                    parent = lighter
+                    peer_id = lighter.peer.peer_id
             if len(chosen) < limit:
                 chosen[peer_id] = parent
         if len(chosen) < limit:
@@ -736,5 +786,37 @@ class SchedulerState:
                 if zone and found[peer_id].peer.zone not in ("", zone) and me not in task.gateways.get(zone, ()):
                     task.gateways.setdefault(zone, {})[me] = None
                     member.peer.gateway_of += 1
-        member.handed = tuple(chosen)
+        self._hand(member, tuple(chosen))
         return [p.as_parent() for p in chosen.values()]
+
+    def _lighter(
+        self, task: Task, member: Member, heavy: Member, chosen: dict[str, Member], now: float
+    ) -> Member | None:
+        """A piece holder of the heavy parent's zone with far fewer links, from a small sample."""
+        best: Member | None = None
+        me = member.peer.peer_id
+        for peer_id in task.partials.sample(REBALANCE_SAMPLE, self.rng):
+            if peer_id == me or peer_id in chosen or peer_id in member.handed:
+                continue
+            other = self._usable_parent(task, peer_id, now)
+            if other is None or other.peer.zone != heavy.peer.zone:
+                continue
+            if other.peer.links * 10 < heavy.peer.links * 7 and (best is None or other.peer.links < best.peer.links):
+                best = other
+        return best
+
+    def _hand(self, member: Member, parents: tuple[str, ...]) -> None:
+        """Make ``parents`` the member's handed parents, counting each parent's links."""
+        old = member.handed
+        if old == parents:
+            return
+        peers = self.peers
+        for peer_id in old:
+            if peer_id not in parents and (peer := peers.get(peer_id)) is not None:
+                peer.links -= 1
+                self.links -= 1
+        for peer_id in parents:
+            if peer_id not in old and (peer := peers.get(peer_id)) is not None:
+                peer.links += 1
+                self.links += 1
+        member.handed = parents

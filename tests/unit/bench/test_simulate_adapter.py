@@ -156,3 +156,23 @@ class TestFallback:
         gave_up = [s for s in states if not s.fetching and s.asking is not None]
         assert gave_up, "nobody asked for a fallback"
         assert all(not s.fallback_lease for s in gave_up)
+
+
+class TestDeath:
+    def test_a_dead_node_leaves_every_serving_book(self) -> None:
+        """As ``PeerHub`` does when a link closes: a dead child is no longer told of pieces."""
+        spec = FleetSpec(nodes=6, size=8 * MIB, layers=1, bandwidth=12.5e6, origin_bandwidth=12.5e6, seed=1)
+        world = World(build_fleet(spec))
+        fleet = ShoalFleet(world, seed=1)
+        fleet.start()
+        world.run(0.3)
+
+        def children(node: int) -> set[object]:
+            books = [a.serving for a in fleet.services.agents.values() if a.node != node]
+            return {child for book in books for blob in book.blobs.values() for child in blob.told}
+
+        victim = next(n for n in world.nodes if n in children(n))
+        world.dead.add(victim)
+        world.net.kill(victim)
+        fleet.kill(victim)
+        assert victim not in children(victim)

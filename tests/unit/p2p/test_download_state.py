@@ -8,6 +8,7 @@ import hashlib
 import pytest
 
 from shoal.p2p.download_state import (
+    MOVED,
     Action,
     AddParent,
     AnnouncePieces,
@@ -190,6 +191,47 @@ class TestBoundedAsking:
         assert len(second) == 3
         assert not {i for _, i in first} & {i for _, i in second}
         assert s.in_flight == {i: p for p, i in first + second}
+
+
+class TestMovedParents:
+    """A full download takes a parent the scheduler newly names in place of one it no longer
+    names (the scheduler moves children off overloaded parents)."""
+
+    def test_the_parent_no_longer_named_gives_way_unbanned(self) -> None:
+        s = new(max_parents=2)
+        with_parents(s, 1, 2)
+        out = with_parents(s, 1, 3)
+        assert [a for a in out if isinstance(a, DropParent | AddParent)] == [
+            DropParent("p2", MOVED),
+            AddParent(parent(3)),
+        ]
+        assert set(s.parents) == {"p1", "p3"}
+        assert s.unreported_failures == set()  # not a failure: nothing to tell the scheduler
+        assert [a for a in with_parents(s, 2, 3) if isinstance(a, DropParent | AddParent)] == [
+            DropParent("p1", MOVED),
+            AddParent(parent(2)),
+        ]  # p2 was not banned: it may come back
+
+    def test_a_full_download_keeps_parents_the_answer_still_names(self) -> None:
+        s = new(max_parents=2)
+        with_parents(s, 1, 2)
+        assert with_parents(s, 3, 1, 2) == []
+        assert set(s.parents) == {"p1", "p2"}
+
+    def test_an_answer_naming_none_of_ours_swaps_nothing(self) -> None:
+        """Another replica after a failover does not know our parents: they keep working."""
+        s = new(max_parents=2)
+        with_parents(s, 1, 2)
+        assert with_parents(s, 3, 4) == []
+        assert set(s.parents) == {"p1", "p2"}
+
+    def test_the_moved_parents_request_goes_to_the_new_one(self) -> None:
+        s = new(max_parents=2)
+        with_parents(s, 1, 3)
+        assert requests(s.apply(ParentHas("p1", frozenset({5})))) == [("p1", 5)]
+        with_parents(s, 3, 2)
+        assert s.in_flight == {}
+        assert requests(s.apply(ParentHas("p2", frozenset({5})))) == [("p2", 5)]
 
 
 class TestVerifyThenWrite:

@@ -227,7 +227,8 @@ class SwarmDownload:
                 self.peers.forget_parent(peer_id, self.digest)
                 if avoid_until is not None:
                     self.avoid.avoid(peer_id, avoid_until)
-                log.warning("dropping parent %s for %s: %s", peer_id, self.digest, reason)
+                level = logging.INFO if reason == ds.MOVED else logging.WARNING
+                log.log(level, "dropping parent %s for %s: %s", peer_id, self.digest, reason)
             case ds.AnnouncePieces(indices):
                 self.peers.announce(self.digest, indices)
             case ds.SendReport() if action.final:

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 ASK_RETRY_PAUSES = (0.5, 1.0, 2.0)
 """seconds between asks for a fallback lease that did not reach the scheduler; after the last
 one an ask that cannot get through is taken as a yes (nobody is left to coordinate with)"""
+MOVED = "the scheduler named another parent"
+"""the reason of a ``DropParent`` that is no failure: the scheduler moved us to another parent"""
 REPORT_SHARE = 8
 """a child reports after every 1/REPORT_SHARE of the blob it wrote: the scheduler ranks
 parents by how much they hold"""

@@ -43,7 +43,7 @@ from shoal.p2p.download_state.events import (
     Tick,
 )
 from shoal.p2p.download_state.reports import ReportBook
-from shoal.p2p.download_state.rules import ASK_RETRY_PAUSES, DownloadRules
+from shoal.p2p.download_state.rules import ASK_RETRY_PAUSES, MOVED, DownloadRules
 from shoal.p2p.pieces import PieceGeometry
 from shoal.p2p.policy.piece_selection import next_piece
 
@@ -281,15 +281,23 @@ class DownloadState:
             self.fetching = False
             out.append(StopOriginFetch(view.fetcher))
         now = self.clock()
+        named = {p.peer_id for p in view.parents}
+        # a move names some of ours still; an answer naming none of them is a scheduler that
+        # does not know them (a failover): ours keep working, nothing is swapped
+        moved = not named.isdisjoint(self.parents)
         for parent in view.parents:
-            if len(self.parents) >= self.rules.max_parents:
-                break
             pid = parent.peer_id
             if pid in self.parents or pid in self.banned or pid == self.peer_id:
                 continue
             if self.avoided.get(pid, 0.0) > now:
                 self.banned.add(pid)
                 continue
+            if len(self.parents) >= self.rules.max_parents:
+                # the scheduler moved us: one of ours it no longer names makes room
+                stale = next((p for p in self.parents if p not in named), None) if moved else None
+                if stale is None:
+                    break
+                self._drop(stale, MOVED, out, ban=False)
             self.parents[pid] = _Parent(parent, [False] * self.count)
             out.append(AddParent(parent))
 
