@@ -32,6 +32,9 @@ RAW_READ = 256 << 10
 WAKE_AT = 256 << 10
 """a read that waits for bytes the peer is bound to send asks the kernel to wake it only
 once this many (or all it waits for, if fewer) are queued (``SO_RCVLOWAT``)"""
+MAX_RECORD = 5 + (16 << 10) + 256
+"""the longest TLS 1.3 record on the wire (RFC 8446 5.2): at most this much ciphertext can sit
+inside OpenSSL, read from the memory buffer but not yet decrypted (one partial record)"""
 
 
 class TlsHandshakeError(Exception):
@@ -117,68 +120,13 @@ class PlainChannel:
             sent += n
 
 
-class RecordBounds:
-    """Where the TLS records of one direction of a connection begin and end, from their
-    5-byte headers (RFC 8446 5.1: type, version, 16-bit length), fed every byte the peer
-    sent from the first (handshake records have the same headers).
-
-    A reader that knows the last record is cut short knows the peer owes its rest: it can
-    wait for exactly that in the kernel instead of taking the tail a segment at a time.
-    """
-
-    HEADER = 5
-    TAG = 16
-    """AEAD tag of a protected record: no record carrying plaintext is shorter than this + 1"""
-
-    def __init__(self) -> None:
-        self.fed = 0
-        """bytes seen so far"""
-        self.record_end = 0
-        """where the last record whose header was seen ends (the next header starts there)"""
-        self.record_length = 0
-        self._head = bytearray()
-        """the next header's bytes seen so far, when the stream was cut inside it"""
-
-    def feed(self, data: bytes | bytearray | memoryview) -> None:
-        start, stop = self.fed, self.fed + len(data)
-        while self.record_end < stop:
-            at = self.record_end + len(self._head) - start
-            self._head += data[at : at + self.HEADER - len(self._head)]
-            if len(self._head) < self.HEADER:
-                break
-            self.record_length = int.from_bytes(self._head[3:5])
-            self.record_end += self.HEADER + self.record_length
-            self._head.clear()
-        self.fed = stop
-
-    def owed(self, plaintext: int) -> int:
-        """Bytes the peer must still send for ``plaintext`` more bytes of data, when every
-        whole record received is decrypted and read: the rest of a record cut short, and if
-        that record cannot hold them all, at least a header and a byte per byte beyond."""
-        if self._head:  # cut inside a header: its rest, then a body with the plaintext
-            return self.HEADER - len(self._head) + plaintext
-        if self.fed < self.record_end:
-            beyond = plaintext - max(self.record_length - self.TAG - 1, 0)
-            return self.record_end - self.fed + (self.HEADER + beyond if beyond > 0 else 0)
-        return self.HEADER + plaintext
-
-
 class TlsChannel:
     """TLS 1.3 on a blocking socket, one reader and one writer thread (see the module)."""
 
     encrypted = True
 
-    def __init__(
-        self,
-        sock: socket.socket,
-        tls: ssl.SSLObject,
-        incoming: ssl.MemoryBIO,
-        outgoing: ssl.MemoryBIO,
-        records: RecordBounds,
-    ) -> None:
+    def __init__(self, sock: socket.socket, tls: ssl.SSLObject, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO):
         self.sock = sock
-        self._records = records
-        """the records of every byte written to ``incoming`` (the reader's)"""
         self._tls = tls
         self._incoming = incoming
         self._outgoing = outgoing
@@ -252,11 +200,11 @@ class TlsChannel:
         the end of the stream.
 
         Waits in the kernel for as much ciphertext as the plaintext still missing proves is
-        coming, as the clear channel does: a plain read returns whatever arrived, a few KiB
-        on a shaped link, and each such wake-up costs a trip through Python and the lock.
-        Once every whole record here is decrypted, the peer owes the rest of the record cut
-        short and a byte per missing byte beyond what it can hold (:class:`RecordBounds`):
-        the wait is never for more.
+        coming (``MSG_WAITALL``), as the clear channel does: a plain read returns whatever
+        arrived, a few KiB on a shaped link, and each such wake-up costs a trip through
+        Python and the lock. The bound never exceeds what the peer must still send: every
+        missing plaintext byte needs a ciphertext byte not yet received, except what is
+        buffered here already (decrypted, in the memory buffer, or one partial record).
         """
         got = 0
         while got < len(view):
@@ -266,7 +214,9 @@ class TlsChannel:
             if n is not None:
                 got += n
                 continue
-            if not self._fill(self._records.owed(len(view) - got)):
+            with self._lock:
+                buffered = self._tls.pending() + self._incoming.pending
+            if not self._fill(len(view) - got - buffered - MAX_RECORD):
                 break
         return got
 
@@ -279,10 +229,8 @@ class TlsChannel:
             n = self._in.read_some(self._raw)
         if n == 0:
             return False
-        data = memoryview(self._raw)[:n]
-        self._records.feed(data)
         with self._lock:
-            self._incoming.write(data)
+            self._incoming.write(memoryview(self._raw)[:n])
         return True
 
 
@@ -294,10 +242,8 @@ def tls_handshake(
     ``first``: bytes the server already read off the socket (the start of the ClientHello).
     """
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    records = RecordBounds()
     tls = context.wrap_bio(incoming, outgoing, server_side=server)
     if first:
-        records.feed(first)
         incoming.write(first)
     try:
         while True:
@@ -315,7 +261,6 @@ def tls_handshake(
             data = sock.recv(RAW_READ)
             if not data:
                 raise TlsHandshakeError("closed during the TLS handshake")
-            records.feed(data)
             incoming.write(data)
         if outgoing.pending:
             sock.sendall(outgoing.read())
@@ -324,4 +269,4 @@ def tls_handshake(
         raise TlsHandshakeError(f"TLS handshake failed: {reason}") from None
     except TimeoutError:
         raise TlsHandshakeError("TLS handshake not complete in time") from None
-    return TlsChannel(sock, tls, incoming, outgoing, records)
+    return TlsChannel(sock, tls, incoming, outgoing)
