@@ -32,6 +32,10 @@ RAW_READ = 256 << 10
 WAKE_AT = 256 << 10
 """a read that waits for bytes the peer is bound to send asks the kernel to wake it only
 once this many (or all it waits for, if fewer) are queued (``SO_RCVLOWAT``)"""
+CLOSE_CHECK = 1.0
+"""seconds a TLS body read waits for its batch before it decrypts what has come: a peer that
+says close_notify mid-body, its connection left open, fails the piece then, not at the
+link's liveness bound"""
 MAX_RECORD = 5 + (16 << 10) + 256
 """the longest TLS 1.3 record on the wire (RFC 8446 5.2): at most this much ciphertext can sit
 inside OpenSSL, read from the memory buffer but not yet decrypted (one partial record)"""
@@ -71,19 +75,25 @@ class _Receiver:
         self._set_low(1)
         return self.sock.recv_into(view)
 
-    def read_exactly(self, view: memoryview, n: int) -> int:
-        """``n`` bytes the peer is bound to send into ``view`` (fewer only at its end)."""
+    def read_exactly(self, view: memoryview, n: int, patience: float | None = None) -> int:
+        """``n`` bytes the peer is bound to send into ``view``: fewer only at its end or,
+        given ``patience`` (seconds), when some came but the batch did not within it."""
         got = 0
+        timeout = None if patience is None else int(patience * 1000)
         while got < n:
             self._set_low(min(n - got, WAKE_AT))
-            self._poll.poll()
+            impatient = not self._poll.poll(timeout)
             try:
                 k = self.sock.recv_into(view[got:n], n - got, socket.MSG_DONTWAIT)
             except BlockingIOError:  # woken with nothing to read (a signal, a spurious wake-up)
+                if impatient and got:
+                    break
                 continue
             if k == 0:
                 break
             got += k
+            if impatient:
+                break
         return got
 
 
@@ -134,6 +144,7 @@ class TlsChannel:
         """held only around SSLObject and BIO calls, never around a socket call"""
         self._raw = bytearray(RAW_READ)  # the reader's
         self._in = _Receiver(sock)
+        self._peer_closed = False
         self.identity = peer_identity(tls.getpeercert())
 
     # -- the writer ------------------------------------------------------------------------
@@ -183,6 +194,8 @@ class TlsChannel:
 
     def _decrypt_into(self, view: memoryview) -> int | None:
         """Every whole record already received, into ``view`` (None: none yet; 0: closed)."""
+        if self._peer_closed:
+            return 0
         got = 0
         with self._lock:
             while got < len(view):
@@ -191,6 +204,9 @@ class TlsChannel:
                 except ssl.SSLWantReadError:
                     break
                 except ssl.SSLZeroReturnError:
+                    n = 0
+                if n == 0:  # close_notify (``read`` answers 0 once it came): nothing follows it
+                    self._peer_closed = True
                     return got
                 got += n
         return got or None
@@ -224,7 +240,7 @@ class TlsChannel:
         """More encrypted bytes from the socket, waiting for ``at_least`` of them (at most
         ``RAW_READ``) when positive, else any; False at its end."""
         if at_least > 0:
-            n = self._in.read_exactly(memoryview(self._raw), min(at_least, RAW_READ))
+            n = self._in.read_exactly(memoryview(self._raw), min(at_least, RAW_READ), CLOSE_CHECK)
         else:
             n = self._in.read_some(self._raw)
         if n == 0:

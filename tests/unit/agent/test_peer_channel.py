@@ -3,8 +3,10 @@ socket reads, and waiting for it never waits for bytes the peer does not send.""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -211,3 +213,48 @@ def test_a_clear_body_is_read_whole_without_waiting_for_more(body: int) -> None:
         buf = bytearray(16)
         b.settimeout(5)
         assert channel.recv_into(memoryview(buf)) == 2
+
+
+def test_a_close_notify_inside_a_body_ends_its_read_at_once(
+    pair: tuple[TlsChannel, TlsChannel, CountingSocket],
+) -> None:
+    """A peer that sends part of a body, then TLS close_notify, and leaves its connection
+    open: the body's read returns what came within a second or so (the piece then fails),
+    instead of waiting for the rest until the link's liveness bound (issue 16, F7)."""
+    sender, receiver, _ = pair
+    part = os.urandom(100_000)
+    sender.sendall(part)
+    with sender._lock:
+        with contextlib.suppress(ssl.SSLWantReadError):
+            sender._tls.unwrap()
+        alert = sender._outgoing.read()
+    assert alert
+    sender.sock.sendall(alert)
+    out: list[int] = []
+    buf = bytearray(1 << 20)
+    thread = threading.Thread(target=lambda: out.append(receiver.recv_exactly(memoryview(buf))), daemon=True)
+    thread.start()
+    thread.join(5)
+    if thread.is_alive():
+        receiver.sock.shutdown(socket.SHUT_RDWR)
+        thread.join(5)
+        pytest.fail("the body's read waited past the close_notify")
+    assert out == [len(part)]
+    assert bytes(buf[: len(part)]) == part
+
+
+def test_a_close_notify_between_frames_ends_the_stream(pair: tuple[TlsChannel, TlsChannel, CountingSocket]) -> None:
+    """close_notify while the reader waits for control frames, the connection left open: the
+    read says the stream ended (0). ``SSLObject.read`` answers 0, not an error, once a
+    close_notify came; the reader used to loop on it for ever, holding the channel's lock."""
+    sender, receiver, _ = pair
+    with sender._lock:
+        with contextlib.suppress(ssl.SSLWantReadError):
+            sender._tls.unwrap()
+        alert = sender._outgoing.read()
+    sender.sock.sendall(alert)
+    out: list[int] = []
+    thread = threading.Thread(target=lambda: out.append(receiver.recv_into(memoryview(bytearray(4096)))), daemon=True)
+    thread.start()
+    thread.join(5)
+    assert out == [0], "the read did not end at the close_notify"
