@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import select
 import socket
 import ssl
 import threading
@@ -28,6 +29,13 @@ SEND_SLICE = 256 << 10
 """bytes encrypted per step: the TLS writer's memory, and how long it holds the lock"""
 RAW_READ = 256 << 10
 """encrypted bytes taken from the socket per read"""
+WAKE_AT = 256 << 10
+"""a read that waits for bytes the peer is bound to send asks the kernel to wake it only
+once this many (or all it waits for, if fewer) are queued (``SO_RCVLOWAT``)"""
+CLOSE_CHECK = 1.0
+"""seconds a TLS body read waits for its batch before it decrypts what has come: a peer that
+says close_notify mid-body, its connection left open, fails the piece then, not at the
+link's liveness bound"""
 MAX_RECORD = 5 + (16 << 10) + 256
 """the longest TLS 1.3 record on the wire (RFC 8446 5.2): at most this much ciphertext can sit
 inside OpenSSL, read from the memory buffer but not yet decrypted (one partial record)"""
@@ -35,6 +43,58 @@ inside OpenSSL, read from the memory buffer but not yet decrypted (one partial r
 
 class TlsHandshakeError(Exception):
     """The TLS handshake failed: no certificate, one our CA did not issue, or a broken peer."""
+
+
+class _Receiver:
+    """Reads off a blocking TCP socket, waking the reader once per batch rather than per packet.
+
+    A blocking read wakes its thread each time a segment arrives, even with ``MSG_WAITALL``
+    (the kernel copies what is there and sleeps again): on a link shaped to a few MiB/s that
+    is hundreds of wake-ups per MiB, most of a receiver's CPU. A read that waits for bytes
+    the peer is bound to send sets ``SO_RCVLOWAT`` to what it waits for (at most
+    ``WAKE_AT``) and polls: the kernel wakes it once that much is queued (or sooner, when its
+    receive window closes), and the read then takes what is there without waiting. Never
+    above what is still owed and unread: ``SO_RCVLOWAT`` counts unread bytes, so a mark
+    above them would hold the reader until the link's liveness bound. Other reads put it
+    back to one byte. Only the link's reader thread reads, so the mark is plain state.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._low = 1
+        self._poll = select.poll()
+        self._poll.register(sock.fileno(), select.POLLIN)  # not POLLPRI: urgent data would spin it
+
+    def _set_low(self, low: int) -> None:
+        if low != self._low:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, low)
+            self._low = low
+
+    def read_some(self, view: memoryview | bytearray) -> int:
+        """What has arrived, at least one byte (0: the peer closed)."""
+        self._set_low(1)
+        return self.sock.recv_into(view)
+
+    def read_exactly(self, view: memoryview, n: int, patience: float | None = None) -> int:
+        """``n`` bytes the peer is bound to send into ``view``: fewer only at its end or,
+        given ``patience`` (seconds), when some came but the batch did not within it."""
+        got = 0
+        timeout = None if patience is None else int(patience * 1000)
+        while got < n:
+            self._set_low(min(n - got, WAKE_AT))
+            impatient = not self._poll.poll(timeout)
+            try:
+                k = self.sock.recv_into(view[got:n], n - got, socket.MSG_DONTWAIT)
+            except BlockingIOError:  # woken with nothing to read (a signal, a spurious wake-up)
+                if impatient and got:
+                    break
+                continue
+            if k == 0:
+                break
+            got += k
+            if impatient:
+                break
+        return got
 
 
 class PlainChannel:
@@ -45,6 +105,7 @@ class PlainChannel:
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
+        self._in = _Receiver(sock)
 
     def sendall(self, data: bytes | bytearray | memoryview) -> None:
         self.sock.sendall(data)
@@ -53,11 +114,11 @@ class PlainChannel:
         return self.sock.recv(n)
 
     def recv_into(self, view: memoryview) -> int:
-        return self.sock.recv_into(view)
+        return self._in.read_some(view)
 
     def recv_exactly(self, view: memoryview) -> int:
         """Fill ``view`` (fewer bytes only at the end of the stream)."""
-        return self.sock.recv_into(view, len(view), socket.MSG_WAITALL)
+        return self._in.read_exactly(view, len(view))
 
     def send_file(self, fd: int, offset: int, length: int) -> None:
         sent = 0
@@ -82,6 +143,8 @@ class TlsChannel:
         self._lock = threading.Lock()
         """held only around SSLObject and BIO calls, never around a socket call"""
         self._raw = bytearray(RAW_READ)  # the reader's
+        self._in = _Receiver(sock)
+        self._peer_closed = False
         self.identity = peer_identity(tls.getpeercert())
 
     # -- the writer ------------------------------------------------------------------------
@@ -131,6 +194,8 @@ class TlsChannel:
 
     def _decrypt_into(self, view: memoryview) -> int | None:
         """Every whole record already received, into ``view`` (None: none yet; 0: closed)."""
+        if self._peer_closed:
+            return 0
         got = 0
         with self._lock:
             while got < len(view):
@@ -139,6 +204,9 @@ class TlsChannel:
                 except ssl.SSLWantReadError:
                     break
                 except ssl.SSLZeroReturnError:
+                    n = 0
+                if n == 0:  # close_notify (``read`` answers 0 once it came): nothing follows it
+                    self._peer_closed = True
                     return got
                 got += n
         return got or None
@@ -172,9 +240,9 @@ class TlsChannel:
         """More encrypted bytes from the socket, waiting for ``at_least`` of them (at most
         ``RAW_READ``) when positive, else any; False at its end."""
         if at_least > 0:
-            n = self.sock.recv_into(self._raw, min(at_least, RAW_READ), socket.MSG_WAITALL)
+            n = self._in.read_exactly(memoryview(self._raw), min(at_least, RAW_READ), CLOSE_CHECK)
         else:
-            n = self.sock.recv_into(self._raw)
+            n = self._in.read_some(self._raw)
         if n == 0:
             return False
         with self._lock:
