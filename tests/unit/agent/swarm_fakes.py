@@ -5,6 +5,7 @@ and an origin that writes a blob from memory. No sockets, no processes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 from collections.abc import Iterable
 
@@ -54,6 +55,9 @@ class FakeScheduler:
         self.reports: list[Report] = []
         self.crashes = 0
         """reports that raise an unexpected error (a bug) before they are recorded"""
+        self.hash_asks = 0
+        """calls of ``hashes``"""
+        self._news = asyncio.Event()
 
     def _view(self, peer_id: str, *, fallback: bool = False) -> TaskView:
         return TaskView(
@@ -85,18 +89,30 @@ class FakeScheduler:
         self.reports.append(report)
         if report.peer_id == self.fetcher or report.complete:
             for index, sha in report.hashes.items():
-                self.published.setdefault(index, sha)
+                self.publish(index, sha)
         return self._view(report.peer_id, fallback=report.wants_fallback and self.grant_fallback)
 
-    async def hashes(self, digest: str, start: int, wait: float = 0.0) -> HashesView:
-        if self.down:
-            raise SchedulerUnavailable("scheduler down (fake)")
+    def publish(self, index: int, sha: str) -> None:
+        """The lease holder's hash of a piece: wakes the long-polls (the first word stands)."""
+        self.published.setdefault(index, sha)
+        self._news.set()
+        self._news = asyncio.Event()
+
+    def _run_from(self, start: int) -> list[str]:
         run: list[str] = []
         while start + len(run) in self.published:
             run.append(self.published[start + len(run)])
-        if not run:
-            await asyncio.sleep(min(wait, 0.02))
-        return HashesView(start, run, self.geometry.count)
+        return run
+
+    async def hashes(self, digest: str, start: int, wait: float = 0.0) -> HashesView:
+        """A long-poll: answers when there are hashes from ``start`` on, or after ``wait``."""
+        self.hash_asks += 1
+        if self.down:
+            raise SchedulerUnavailable("scheduler down (fake)")
+        if not self._run_from(start) and wait > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._news.wait(), wait)
+        return HashesView(start, self._run_from(start), self.geometry.count)
 
 
 class FakePeers:

@@ -16,7 +16,9 @@ from shoal.agent.swarm import AvoidList, SwarmConfig, SwarmDownload, SwarmGaveUp
 from shoal.core.digest import Digest
 from shoal.oci.distribution import DistributionPath, PathKind
 from shoal.p2p.download_state import DownloadRules
+from shoal.p2p.download_state import rules as ds_rules
 from shoal.p2p.pieces import PieceGeometry
+from shoal.p2p.protocol import PeerInfo
 from shoal.p2p.ratelimit import TokenBucket
 from shoal.store.partial import PartialBlob
 from shoal.store.testing import MemoryStore
@@ -146,6 +148,60 @@ class TestOriginFetcher:
         await asyncio.wait_for(d.run(), 10)
         assert [scheduler.published[i] for i in range(4)] == piece_hashes_of(DATA)
         assert len(scheduler.reports) >= 2  # not only the final one
+
+
+class TestAskingForHashes:
+    """A child lets the holder's piece hashes gather at the scheduler instead of asking after
+    each new one, unless a piece it received waits for its hash."""
+
+    async def test_hashes_published_one_by_one_are_asked_for_in_a_few_calls(
+        self, store: MemoryStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(ds_rules, "HASH_ASK_PAUSE", 0.25)
+        data = os.urandom(16 * MiB)
+        digest = Digest.of(data)
+        hashes = piece_hashes_of(data)
+        scheduler = FakeScheduler(len(data), fetcher="f")
+        partial = store.begin(digest, len(data))
+        d = SwarmDownload(
+            config=config(),
+            partial=partial,
+            dist=DistributionPath(PathKind.BLOB, "reg", "team/app", str(digest), digest),
+            creds=None,
+            geometry=PieceGeometry.of(len(data)),
+            scheduler=scheduler,
+            peers=FakePeers({"p1": data}),
+            origin=MemoryOrigin({digest: data}),
+            bucket=TokenBucket(0),
+            avoid=AvoidList(),
+            metrics=AgentMetrics(),
+        )
+        run = asyncio.create_task(d.run())
+        for index, sha in enumerate(hashes):  # the holder's fetch: a piece every 40 ms
+            await asyncio.sleep(0.04)
+            scheduler.publish(index, sha)
+        asks = scheduler.hash_asks
+        scheduler.parents = [PeerInfo("p1", "p1:65001", complete=True)]
+        await asyncio.wait_for(run, 10)
+        partial.finish()
+        # one ask per new hash would be 16; a pause of 0.25 s over 0.64 s leaves a few
+        assert asks <= 5, asks
+
+    async def test_a_piece_that_waits_for_its_hash_asks_at_once(
+        self, store: MemoryStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(ds_rules, "HASH_ASK_PAUSE", 60.0)
+        hashes = piece_hashes_of(DATA)
+        # piece 0's hash is known at once: the first ask answers, and the child pauses
+        scheduler = FakeScheduler(len(DATA), fetcher="f", parents=["p1"], hashes=hashes[:1])
+        d, partial = download(store, scheduler, FakePeers({"p1": DATA}), MemoryOrigin({DIGEST: DATA}), AvoidList())
+        run = asyncio.create_task(d.run())
+        await asyncio.sleep(0.3)  # pieces 1-3 came in and wait for their hashes
+        assert not run.done()
+        for index in (1, 2, 3):
+            scheduler.publish(index, hashes[index])
+        await asyncio.wait_for(run, 5)  # not after the 60 s pause
+        partial.finish()
 
 
 class TestFallback:

@@ -126,6 +126,8 @@ class SwarmDownload:
         self.events: asyncio.Queue[ds.Event | _Wake] = asyncio.Queue()
         self.bodies: dict[tuple[str, int], PieceBody] = {}
         """pieces received and hashed, waiting for the state's word (write or discard)"""
+        self._hash_wanted = asyncio.Event()
+        """set while a received piece waits for its hash: the hash loop asks at once"""
         self.tasks: set[asyncio.Task[None]] = set()
         self.fetching: asyncio.Task[None] | None = None
         self.error: BaseException | None = None
@@ -205,6 +207,8 @@ class SwarmDownload:
             event = ds.Tick()
         for action in self.state.apply(event):
             self._do(action)
+        if self.state.awaiting_hash:
+            self._hash_wanted.set()
 
     def _do(self, action: ds.Action) -> None:
         match action:
@@ -447,3 +451,9 @@ class SwarmDownload:
             if view.hashes:
                 self.events.put_nowait(ds.HashesKnown({view.start + i: h for i, h in enumerate(view.hashes)}))
                 known = max(known, view.start + len(view.hashes))
+            pause = ds.hash_ask_pause(len(self.state.awaiting_hash))
+            if known < self.geometry.count and pause > 0:
+                # let hashes gather; a piece that comes in before its hash cuts this short
+                self._hash_wanted.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._hash_wanted.wait(), pause)

@@ -18,7 +18,9 @@ How to drive it (the whole public API)::
     s.finished    # True after Complete or GiveUp
 
 Read-only attributes a driver may look at: ``missing``, ``parents``, ``in_flight``, ``extra``,
-``hashes``, ``contiguous``, ``fetching``, ``suppliers``, ``fallback_lease``, ``reports``.
+``hashes``, ``contiguous``, ``fetching``, ``suppliers``, ``fallback_lease``, ``reports``,
+``awaiting_hash``. How long to let piece hashes gather before asking the scheduler again:
+``hash_ask_pause(len(state.awaiting_hash))``.
 
 Events (``shoal.p2p.download_state.events``):
 
@@ -134,11 +136,19 @@ from shoal.p2p.download_state.events import (
     SchedulerFailed,
     Tick,
 )
-from shoal.p2p.download_state.rules import ASK_RETRY_PAUSES, MOVED, REPORT_SHARE, DownloadRules
+from shoal.p2p.download_state.rules import (
+    ASK_RETRY_PAUSES,
+    HASH_ASK_PAUSE,
+    MOVED,
+    REPORT_SHARE,
+    DownloadRules,
+    hash_ask_pause,
+)
 from shoal.p2p.download_state.state import DownloadState
 
 __all__ = [
     "ASK_RETRY_PAUSES",
+    "HASH_ASK_PAUSE",
     "MOVED",
     "REPORT_SHARE",
     "Action",
@@ -175,4 +185,5 @@ __all__ = [
     "StopOriginFetch",
     "Tick",
     "WritePiece",
+    "hash_ask_pause",
 ]

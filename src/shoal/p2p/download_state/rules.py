@@ -9,6 +9,10 @@ ASK_RETRY_PAUSES = (0.5, 1.0, 2.0)
 one an ask that cannot get through is taken as a yes (nobody is left to coordinate with)"""
 MOVED = "the scheduler named another parent"
 """the reason of a ``DropParent`` that is no failure: the scheduler moved us to another parent"""
+HASH_ASK_PAUSE = 0.5
+"""seconds a download lets piece hashes gather at the scheduler before it asks again, while no
+received piece waits for one: a child that asked after every new hash made one call per
+piece, most of them before it needed the hash; a piece waiting for its hash asks at once"""
 REPORT_SHARE = 8
 """a child reports after every 1/REPORT_SHARE of the blob it wrote: the scheduler ranks
 parents by how much they hold"""
@@ -46,3 +50,9 @@ class DownloadRules:
     heartbeat: float = 5.0
     """seconds after which a download reports even with nothing new: keeps its membership and
     the fetcher's lease alive (the scheduler's lease lasts 15 s), and brings lease changes"""
+
+
+def hash_ask_pause(pieces_waiting: int) -> float:
+    """Seconds before the next ask for piece hashes, given how many received pieces wait for
+    theirs (``HASH_ASK_PAUSE``): none now if a piece waits, as the ask may answer at once."""
+    return 0.0 if pieces_waiting else HASH_ASK_PAUSE
