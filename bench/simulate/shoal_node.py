@@ -206,6 +206,8 @@ class SimDownload:
         self.hash_known = 0
         self.bytes_seen = 0.0
         """bytes of pieces received from parents"""
+        self.wasted = 0.0
+        """bytes received from a parent dropped meanwhile (thrown away, as the agent does)"""
         self.reports_sent = 0
         """``SendReport`` actions carried out (the final one included)"""
         self.done = False
@@ -366,6 +368,10 @@ class SimDownload:
         def arrived() -> None:
             def deliver() -> None:
                 self.bytes_seen += self.blob.geometry.length(index)
+                if peer_id not in self.state.parents:
+                    # the agent forgot this parent's connection: what it still sent is lost
+                    self.wasted += self.blob.geometry.length(index)
+                    return
                 self.apply(ds.PieceArrived(peer_id, index, self.blob.hashes[index]))
 
             world.message(node, me, deliver)

@@ -55,9 +55,10 @@ candidates when there are many (bounded work per call however large the task). P
 kept once handed, so a peer that joined late in a wave is a parent of few and its upload
 idles: at most every ``REBALANCE_EVERY`` per downloader, a handed parent with more links
 than ``REBALANCE_LOAD`` times the average (downloaders naming it, over all tasks) gives way
-to a piece holder of its zone with under 70% of its links, from a small sample; never a
-lease holder (the blob's source) nor a complete peer. The downloader takes the new parent
-in place of the one no longer named.
+to a piece holder of its zone with under 70% of its links and no fewer pieces than the
+child (or the heavy parent) has, from a small sample; never the blob's lease holder (its
+source) nor a complete peer. The downloader takes the new parent in place of the one no
+longer named.
 
 Zones: peers say their topology zone when they join. Parents in the downloader's zone come
 first; while ``ZONE_GATEWAYS`` live members of a zone already take the blob from other
@@ -195,7 +196,18 @@ NONE, PARTIAL, SEEDER = 0, 1, 2
 class Member:
     """One peer in one task."""
 
-    __slots__ = ("complete", "contiguous", "handed", "info", "kind", "last_seen", "moved_at", "peer", "pieces")
+    __slots__ = (
+        "children",
+        "complete",
+        "contiguous",
+        "handed",
+        "info",
+        "kind",
+        "last_seen",
+        "moved_at",
+        "peer",
+        "pieces",
+    )
 
     def __init__(self, peer: PeerRecord, now: float) -> None:
         self.peer = peer
@@ -204,6 +216,9 @@ class Member:
         self.complete = False
         self.last_seen = now
         self.handed: tuple[str, ...] = ()
+        self.children: set[str] = set()
+        """members of this task whose ``handed`` names this one (each is one of ``peer.links``):
+        a member that goes is struck from their ``handed``, so no count outlives it"""
         self.moved_at = now
         """when one of its handed parents last gave way to a lighter one (or it joined)"""
         self.kind = NONE
@@ -544,7 +559,16 @@ class SchedulerState:
 
     def _remove(self, task: Task, peer_id: str) -> None:
         member = task.members.pop(peer_id)
-        self._hand(member, ())
+        self._hand(task, member, ())
+        if member.children:
+            # its children name it no more: their next answer fills the place
+            members = task.members
+            for child_id in member.children:
+                child = members[child_id]
+                child.handed = tuple(p for p in child.handed if p != peer_id)
+            member.peer.links -= len(member.children)
+            self.links -= len(member.children)
+            member.children.clear()
         task.seeders.discard(peer_id)
         task.partials.discard(peer_id)
         task.joiners.discard(peer_id)
@@ -592,7 +616,7 @@ class SchedulerState:
         self._settle_lease(task, member, now, may_take)
         peer_id = member.peer.peer_id
         if member.complete and member.handed:
-            self._hand(member, ())
+            self._hand(task, member, ())
         parents = [] if member.complete else self._parents(task, member, now)
         return TaskView(
             role="fetcher" if task.holder == peer_id else "peer",
@@ -731,7 +755,7 @@ class SchedulerState:
             parent = members.get(peer_id)
             if parent is None or now - parent.last_seen > ttl or (suspects and self._suspect(task, peer_id, now)):
                 continue
-            if parent.peer.links > heavy and not parent.complete and not parent.peer.leases:
+            if parent.peer.links > heavy and not parent.complete and task.holder != peer_id:
                 # one heavy parent at a time gives way (the downloader drops the parent no
                 # longer named and takes the new one); one look per REBALANCE_EVERY
                 heavy = float("inf")
@@ -740,6 +764,7 @@ class SchedulerState:
                 if lighter is not None:
                     parent = lighter
                     peer_id = lighter.peer.peer_id
+                    lighter.peer.assign(now, self.config.child_window)
             if len(chosen) < limit:
                 chosen[peer_id] = parent
         if len(chosen) < limit:
@@ -786,7 +811,7 @@ class SchedulerState:
                 if zone and found[peer_id].peer.zone not in ("", zone) and me not in task.gateways.get(zone, ()):
                     task.gateways.setdefault(zone, {})[me] = None
                     member.peer.gateway_of += 1
-        self._hand(member, tuple(chosen))
+        self._hand(task, member, tuple(chosen))
         return [p.as_parent() for p in chosen.values()]
 
     def _lighter(
@@ -801,22 +826,28 @@ class SchedulerState:
             other = self._usable_parent(task, peer_id, now)
             if other is None or other.peer.zone != heavy.peer.zone:
                 continue
+            if other.pieces <= member.pieces and other.pieces < heavy.pieces:
+                continue  # nothing new for the child, or less than the heavy parent offers
             if other.peer.links * 10 < heavy.peer.links * 7 and (best is None or other.peer.links < best.peer.links):
                 best = other
         return best
 
-    def _hand(self, member: Member, parents: tuple[str, ...]) -> None:
-        """Make ``parents`` the member's handed parents, counting each parent's links."""
+    def _hand(self, task: Task, member: Member, parents: tuple[str, ...]) -> None:
+        """Make ``parents`` (members of ``task``) the member's handed parents, counting each
+        parent's links."""
         old = member.handed
         if old == parents:
             return
-        peers = self.peers
+        members = task.members
+        me = member.peer.peer_id
         for peer_id in old:
-            if peer_id not in parents and (peer := peers.get(peer_id)) is not None:
-                peer.links -= 1
+            if peer_id not in parents and (parent := members.get(peer_id)) is not None and me in parent.children:
+                parent.children.discard(me)
+                parent.peer.links -= 1
                 self.links -= 1
         for peer_id in parents:
-            if peer_id not in old and (peer := peers.get(peer_id)) is not None:
-                peer.links += 1
+            if peer_id not in old and (parent := members.get(peer_id)) is not None and me not in parent.children:
+                parent.children.add(me)
+                parent.peer.links += 1
                 self.links += 1
         member.handed = parents

@@ -233,6 +233,45 @@ class TestMovedParents:
         assert s.in_flight == {}
         assert requests(s.apply(ParentHas("p2", frozenset({5})))) == [("p2", 5)]
 
+    def test_a_moved_parents_piece_in_flight_is_cancelled(self) -> None:
+        """The moved-from parent is healthy and the heaviest: its queued piece must not be sent
+        for nothing (NOT_INTERESTED does not empty its queue)."""
+        s = new(max_parents=2)
+        with_parents(s, 1, 3)
+        assert requests(s.apply(ParentHas("p1", frozenset({5})))) == [("p1", 5)]
+        out = with_parents(s, 3, 2)
+        assert DropParent("p1", MOVED) in out
+        assert CancelRequest("p1", 5) in out
+        assert out.index(CancelRequest("p1", 5)) < out.index(DropParent("p1", MOVED))
+
+    def test_an_answer_naming_one_of_ours_swaps_one_parent_at_most(self) -> None:
+        """A new replica after a failover hands fresh parents; naming one of ours by chance (a
+        popular seeder) must not drop every working parent it does not know at once."""
+        s = new(max_parents=3)
+        with_parents(s, 1, 2, 3)
+        out = with_parents(s, 1, 4, 5)
+        dropped = [a for a in out if isinstance(a, DropParent)]
+        added = [a for a in out if isinstance(a, AddParent)]
+        assert len(dropped) <= 1, dropped
+        assert len(added) <= 1, added
+        assert len(s.parents) == 3
+
+    def test_a_move_replaces_the_old_parent_below_max_parents(self) -> None:
+        """The scheduler stops counting the link to the old parent the moment it stops naming
+        it: a download with fewer than max_parents must leave it too, not keep both."""
+        s = new(max_parents=3)
+        with_parents(s, 1, 2)
+        out = with_parents(s, 1, 3)  # the scheduler moved us from p2 to p3
+        assert DropParent("p2", MOVED) in out
+        assert set(s.parents) == {"p1", "p3"}
+
+    def test_a_download_below_max_parents_still_grows_by_newly_named_ones(self) -> None:
+        s = new(max_parents=3)
+        with_parents(s, 1)
+        out = with_parents(s, 1, 2, 3)
+        assert not [a for a in out if isinstance(a, DropParent)]
+        assert set(s.parents) == {"p1", "p2", "p3"}
+
 
 class TestVerifyThenWrite:
     """A piece is written only when it matches the lease holder's hash."""

@@ -83,3 +83,121 @@ def test_a_parent_is_light_again_once_its_children_are_done() -> None:
     late = parents(join(s, "z", 0.6)) + parents(join(s, "y", 0.6))
     assert s.links == len(late) == 4
     assert sum(peer.links for peer in s.peers.values()) == 4
+
+
+def links_exact(s: SchedulerState) -> None:
+    """Every peer's links is the number of downloaders naming it; the total is their sum."""
+    counted: dict[str, int] = {}
+    for task in s.tasks.values():
+        for member in task.members.values():
+            for p in member.handed:
+                counted[p] = counted.get(p, 0) + 1
+    for peer_id, peer in s.peers.items():
+        assert peer.links >= 0, (peer_id, peer.links)
+        assert peer.links == counted.get(peer_id, 0), (peer_id, peer.links, counted.get(peer_id, 0))
+    assert s.links == sum(p.links for p in s.peers.values())
+
+
+def test_a_parent_that_leaves_its_last_task_leaves_no_links_counted() -> None:
+    # a leaves its only task: its PeerRecord is dropped while 10 children still name it
+    s = state(max_parents=2, max_children=100)
+    handed = wave(s, 10)
+    s.leave("sha256:" + "a" * 64, "a")
+    for c in handed:
+        report(s, c, 0.5)  # each child's answer stops naming a
+    links_exact(s)  # s.links still counts a's 10 links, forever
+
+
+def test_a_parent_that_rejoins_before_its_children_report_is_not_counted_below_zero() -> None:
+    s = state(max_parents=2, max_children=100)
+    handed = wave(s, 10)
+    digest = "sha256:" + "a" * 64
+    s.leave(digest, "a")
+    join(s, "a", 0.2)  # a fresh PeerRecord: links 0, yet 10 children still name a
+    report(s, "a", 0.2, pieces=1)
+    for c in handed:
+        report(s, c, 0.5, pieces=10, complete=True)  # done: they name nobody
+    links_exact(s)  # a.links == -10
+
+
+def test_no_links_are_counted_once_everyone_left() -> None:
+    # b named a (a joined before b with nothing, then both reported): a's record went first,
+    # so b's link to a stays in s.links for good; on a long-lived scheduler every churned
+    # parent adds its links, the average rises, and heavy parents stop counting as heavy
+    s = state(max_parents=2, max_children=100)
+    handed = wave(s, 10)
+    digest = "sha256:" + "a" * 64
+    for c in handed:
+        s.leave(digest, c)
+    s.leave(digest, "a")
+    s.leave(digest, "b")
+    assert s.links == 0  # nobody names anyone now
+
+
+def test_a_child_is_not_moved_to_a_holder_of_fewer_pieces_than_it_has() -> None:
+    """_lighter looks at links only: a child that holds 9 of 10 pieces gives up a parent
+    holding 9 for one holding 1 (and keeps it: a light parent is never moved off again)."""
+    s = state(max_parents=2, max_children=100)
+    handed = wave(s, 10)
+    now = REBALANCE_EVERY + 0.5
+    report(s, "h", now)
+    for p in ("a", "b"):
+        report(s, p, now, pieces=9)
+    join(s, "z", now)
+    report(s, "z", now, pieces=1)
+    child = "c0"
+    moved = parents(report(s, child, now, pieces=8))
+    assert "z" not in moved, (handed[child], moved)
+
+
+def test_a_moved_child_counts_in_its_new_parents_recent_children() -> None:
+    """The fill's least-loaded policy ranks by children handed in child_window; a child moved
+    by _lighter is not counted there, so the new parent keeps looking idle to the fill too."""
+    s = state(max_parents=2, max_children=100)
+    wave(s, 10)
+    join(s, "z", 0.2)
+    now = REBALANCE_EVERY + 0.5
+    report(s, "h", now)
+    for p in ("a", "b", "z"):
+        report(s, p, now, pieces=1)
+    before = s.peers["z"].children(now, s.config.child_window)
+    assert "z" in parents(report(s, "c0", now))
+    assert s.peers["z"].children(now, s.config.child_window) == before + 1
+
+
+def test_a_parent_expired_and_restarted_is_not_counted_below_zero() -> None:
+    """The realistic path: a dies (no reports), expire() drops it and its PeerRecord, the
+    agent restarts under the same peer id and joins again before its children report."""
+    s = state(max_parents=2, max_children=100)
+    handed = wave(s, 10)
+    ttl = s.config.peer_ttl
+    later = ttl + 1.0
+    for p in ("h", "b", *handed):  # a still counts as live here: the children keep it
+        report(s, p, ttl - 1.0, pieces=1 if p == "b" else 0)
+    s.expire(later)  # a was last seen at 0.0
+    assert "a" not in s.peers
+    join(s, "a", later)
+    report(s, "a", later, pieces=1)
+    for c in handed:
+        report(s, c, later + 0.1)
+    links_exact(s)
+
+
+def test_a_lease_in_another_task_does_not_exempt_a_heavy_parent() -> None:
+    """Only the blob's own lease holder is kept: a lease of any other blob says nothing of
+    this one (and a node could hold one to keep its children everywhere)."""
+    s = state(max_parents=2, max_children=100)
+    other = "sha256:" + "b" * 64
+    s.join(other, JoinRequest("a", "a:1", SIZE, MiB), 0.0)
+    assert s.tasks[other].holder == "a"
+    handed = wave(s, 10)
+    assert s.tasks[D].holder == "h"
+    join(s, "z", 0.2)
+    now = REBALANCE_EVERY + 0.5
+    s.report(other, Report("a", "a:1", pieces=1, contiguous=0, complete=False, size=SIZE, piece_size=MiB), now)
+    report(s, "h", now)
+    report(s, "b", now, pieces=10, complete=True)  # a seed: kept, so only a may give way
+    for p in ("a", "z"):
+        report(s, p, now, pieces=1)
+    moved = [parents(report(s, c, now)) for c in handed]
+    assert any("a" not in ps for ps in moved), moved

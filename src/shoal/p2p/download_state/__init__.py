@@ -65,10 +65,11 @@ Rules (each is one that ``tests/integration/test_swarm.py`` proves with real pro
   second parent for the oldest request (one extra copy at most, after ``endgame_after``);
   the first copy to arrive wins and the other request is cancelled. The last pieces of a
   blob otherwise wait on whichever parent's queue they landed in.
-- **Moved parents.** A download with ``max_parents`` parents takes a parent the scheduler
-  newly names in place of one of ours it no longer names (dropped, not banned): the
-  scheduler moves children off overloaded parents, and stops naming dead ones. An answer
-  that names none of ours (another scheduler replica, after a failover) swaps nothing.
+- **Moved parents.** A download takes a parent the scheduler newly names in place of one of
+  ours it no longer names (dropped, not banned; its requests in flight cancelled), whatever
+  its count of parents: the scheduler moves children off overloaded parents, and stops
+  naming dead ones. One swap per answer at most; an answer that names none of ours (another
+  scheduler replica, after a failover) swaps nothing.
 - **Bounded asking.** At most ``max_parents`` parents and ``lanes_per_parent`` requests in
   flight to each; which piece comes from :func:`shoal.p2p.policy.piece_selection.next_piece`.
 - **Verify, then write.** A piece is written only if its sha256 matches the hash the lease

@@ -282,9 +282,11 @@ class DownloadState:
             out.append(StopOriginFetch(view.fetcher))
         now = self.clock()
         named = {p.peer_id for p in view.parents}
-        # a move names some of ours still; an answer naming none of them is a scheduler that
-        # does not know them (a failover): ours keep working, nothing is swapped
-        moved = not named.isdisjoint(self.parents)
+        # a move names some of ours still and moves one: the first new parent takes the place
+        # of one of ours no longer named, whatever our count (the scheduler stopped counting
+        # that link). An answer naming none of ours is a scheduler that does not know them (a
+        # failover): ours keep working, nothing is swapped; nor more than one per answer.
+        swap = not named.isdisjoint(self.parents)
         for parent in view.parents:
             pid = parent.peer_id
             if pid in self.parents or pid in self.banned or pid == self.peer_id:
@@ -292,12 +294,12 @@ class DownloadState:
             if self.avoided.get(pid, 0.0) > now:
                 self.banned.add(pid)
                 continue
-            if len(self.parents) >= self.rules.max_parents:
-                # the scheduler moved us: one of ours it no longer names makes room
-                stale = next((p for p in self.parents if p not in named), None) if moved else None
-                if stale is None:
-                    break
+            stale = next((p for p in self.parents if p not in named), None) if swap else None
+            swap = False
+            if stale is not None:
                 self._drop(stale, MOVED, out, ban=False)
+            elif len(self.parents) >= self.rules.max_parents:
+                break
             self.parents[pid] = _Parent(parent, [False] * self.count)
             out.append(AddParent(parent))
 
@@ -401,6 +403,9 @@ class DownloadState:
                     self.availability[i] -= 1
             for i in list(p.in_flight):
                 self._release_from(i, peer)
+                if not ban:
+                    # a healthy parent we leave: it need not send what we no longer await
+                    out.append(CancelRequest(peer, i))
         out.append(DropParent(peer, reason, avoid_until))
 
     def _progress(self) -> tuple[int, int, int, int]:
