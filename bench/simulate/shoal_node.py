@@ -6,8 +6,9 @@ and applies ``ReportDue`` at ``state.wake_at()``. Every swarm rule (report timin
 content, announcements, hash publication, the fallback ask and its retries, holding a
 fallback lease) comes from the state's actions; the adapter sends what they say and feeds
 back what happened. Like ``SwarmDownload``, it also runs the I/O loops around the state:
-the hashes long-poll (``HashesKnown``), a tick a second (``Tick`` or ``BytesArrived``), and
-the partial file's watch (``PiecesHashed`` then ``PrefixAdvanced``).
+the hashes long-poll (``HashesKnown``, pausing as ``hash_ask_pause`` says), a tick a second
+(``Tick`` or ``BytesArrived``), and the partial file's watch (``PiecesHashed`` then
+``PrefixAdvanced``).
 
 :class:`SimAgent` plays ``SwarmSource``: the join retries, the origin fill after ``GiveUp``
 (holding a granted fallback lease meanwhile, as ``keep_fallback`` does), and the seeding
@@ -204,6 +205,8 @@ class SimDownload:
         self.piece_hashes: dict[int, str] = {}
         """hashes of the prefix (``PartialBlob.piece_hashes``)"""
         self.hash_known = 0
+        self._hash_pause: int | None = None
+        """the timer of a pause between two asks for hashes (``ds.hash_ask_pause``)"""
         self.bytes_seen = 0.0
         """bytes of pieces received from parents"""
         self.wasted = 0.0
@@ -255,6 +258,11 @@ class SimDownload:
         for action in self.state.apply(event):
             self._do(action)
         self._schedule_wake()
+        if self._hash_pause is not None and self.state.awaiting_hash:
+            # a piece waits for its hash: the pause ends (SwarmDownload._hash_wanted)
+            self.world.timers.cancel(self._hash_pause)
+            self._hash_pause = None
+            self.world.timers.after(0.0, self._poll_hashes)
 
     def _do(self, action: ds.Action) -> None:
         match action:
@@ -517,9 +525,17 @@ class SimDownload:
             if view.hashes:
                 self.apply(ds.HashesKnown({view.start + i: h for i, h in enumerate(view.hashes)}))
                 self.hash_known = max(self.hash_known, view.start + len(view.hashes))
-            self._poll_hashes()
+            pause = ds.hash_ask_pause(len(self.state.awaiting_hash))
+            if pause > 0 and self.hash_known < self.blob.count:
+                self._hash_pause = self.world.timers.after(pause, self._resume_hashes)
+            else:
+                self._poll_hashes()
 
         self.agent.services.scheduler.hashes(self.agent.node, self.digest, self.hash_known, answered)
+
+    def _resume_hashes(self) -> None:
+        self._hash_pause = None
+        self._poll_hashes()
 
     def _tick(self) -> None:
         """The clock, and bytes still arriving on parents' links (slow is not stalled)."""

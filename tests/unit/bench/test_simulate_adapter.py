@@ -225,3 +225,27 @@ class TestDroppedParents:
         assert len(world.done_at) == 6
         assert (peer_id, index) not in arrived
         assert download.wasted > 0
+
+
+class TestAskingForHashes:
+    def test_hash_asks_pause_as_the_core_says(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """The adapter asks the scheduler for hashes as ``SwarmDownload`` does: a long pause
+        between asks leaves far fewer of them, and the rollout still completes (a piece
+        waiting for its hash ends the pause)."""
+        asks = Counter[str]()
+        hashes = Replicas.hashes
+
+        def counting_hashes(self: Replicas, node: int, digest: str, start: int, answer: Callable[..., None]) -> None:
+            asks[digest] += 1
+            hashes(self, node, digest, start, answer)
+
+        monkeypatch.setattr(Replicas, "hashes", counting_hashes)
+        monkeypatch.setattr(ds.rules, "HASH_ASK_PAUSE", 0.0)
+        fleet = rollout(SPEC)
+        assert len(fleet.world.done_at) == 8
+        without = sum(asks.values())
+        asks.clear()
+        monkeypatch.setattr(ds.rules, "HASH_ASK_PAUSE", 30.0)
+        fleet = rollout(SPEC)
+        assert len(fleet.world.done_at) == 8
+        assert sum(asks.values()) < without / 2, (sum(asks.values()), without)
