@@ -204,6 +204,45 @@ class TestAskingForHashes:
         partial.finish()
 
 
+class SomePieces(FakePeers):
+    """Parents that hold only ``holds`` (they announce nothing else)."""
+
+    def __init__(self, blobs: dict[str, bytes], holds: list[int]) -> None:
+        super().__init__(blobs)
+        self.holds = holds
+
+    async def add_parent(self, digest: Digest, pieces: int, peer_id: str, address: str) -> None:
+        sink = self.sinks[digest]
+        asyncio.get_running_loop().call_soon(sink.parent_has, peer_id, self.holds)
+
+
+class TestPauseAfterAnAnswer:
+    async def test_an_answer_that_checks_every_waiting_piece_is_followed_by_the_pause(
+        self, store: MemoryStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Pieces 0 and 1 wait for their hashes; the answer brings both. No piece waits any
+        more, though the answer's hashes are not applied yet when the pause is reckoned."""
+        monkeypatch.setattr(ds_rules, "HASH_ASK_PAUSE", 60.0)
+        hashes = piece_hashes_of(DATA)
+        scheduler = FakeScheduler(len(DATA), fetcher="f", parents=["p1"])
+        peers = SomePieces({"p1": DATA}, [0, 1])
+        d, _ = download(store, scheduler, peers, MemoryOrigin({DIGEST: DATA}), AvoidList())
+        run = asyncio.create_task(d.run())
+        try:
+            await asyncio.sleep(0.25)
+            assert set(d.state.awaiting_hash) == {0, 1}
+            asks = scheduler.hash_asks  # the long-poll in flight is counted
+            scheduler.publish(0, hashes[0])
+            scheduler.publish(1, hashes[1])
+            await asyncio.sleep(0.05)
+            assert not d.state.awaiting_hash  # both checked
+            assert scheduler.hash_asks == asks, "asked again at once though no piece waits"
+        finally:
+            run.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await run
+
+
 class TestFallback:
     """Whatever goes wrong in the swarm ends with the rest of the blob from the origin."""
 

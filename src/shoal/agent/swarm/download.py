@@ -451,7 +451,8 @@ class SwarmDownload:
             if view.hashes:
                 self.events.put_nowait(ds.HashesKnown({view.start + i: h for i, h in enumerate(view.hashes)}))
                 known = max(known, view.start + len(view.hashes))
-            pause = ds.hash_ask_pause(len(self.state.awaiting_hash))
+            # the answer's hashes are queued, not applied yet: pieces below ``known`` have theirs
+            pause = ds.hash_ask_pause(sum(i >= known for i in self.state.awaiting_hash))
             if known < self.geometry.count and pause > 0:
                 # let hashes gather; a piece that comes in before its hash cuts this short
                 self._hash_wanted.clear()
