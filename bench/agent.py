@@ -34,7 +34,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -47,6 +46,7 @@ from bench.fleet.origin import Origin
 from bench.fleet.procs import ProcessSet
 from bench.fleet.shaping import apply_shaping, format_rate, parse_rate
 from shoal.demo.imagegen import generate_image
+from shoal.nodeconfig.ready import agent_ready
 from shoal.testing.procs import ManagedProcess, free_port, wait_until
 from shoal.testing.registry import DistributionRegistry
 from shoal.testing.skopeo import skopeo_pull
@@ -156,11 +156,7 @@ class AgentProcess:
                 timeout=10,
             )
             return check.returncode == 0
-        try:
-            with urllib.request.urlopen(f"{self.url}/healthz", timeout=1) as resp:
-                return bool(resp.status == 200)
-        except OSError:
-            return False
+        return agent_ready(f"127.0.0.1:{self.port}", timeout=1)
 
     def cpu(self) -> float:
         return cpu_seconds(self.process.pid)
@@ -200,11 +196,7 @@ class SchedulerProcess:
         wait_until(self._ready, what="shoal scheduler", timeout=30, process=self.process)
 
     def _ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.url}/healthz", timeout=1) as resp:
-                return bool(resp.status == 200)
-        except OSError:
-            return False
+        return agent_ready(f"127.0.0.1:{self.port}", timeout=1)
 
     def stop(self) -> None:
         self.process.stop()

@@ -28,6 +28,7 @@ from capture import Tcpdump, tcp_streams
 from shoal.demo.fleet import LocalFleet, scrape, shoal_argv
 from shoal.demo.imagegen import GeneratedImage, generate_image
 from shoal.demo.procs import ManagedProcess
+from shoal.nodeconfig.ready import agent_ready
 from shoal.testing.procs import free_port, wait_until
 from shoal.testing.registry import DistributionRegistry
 from shoal.testing.skopeo import layout_digests, skopeo_pull
@@ -205,20 +206,12 @@ class Cluster:
         argv = fleet_node.process.argv
         self.fleet.kill(node)
         fleet_node.process = ManagedProcess([*argv], stdout=self.workdir / f"node-{node}-restarted.log")
-        wait_until(lambda: _healthy(fleet_node.url), timeout=20, what="restarted agent healthy")
+        wait_until(lambda: agent_ready(fleet_node.address, timeout=1), timeout=20, what="restarted agent healthy")
         wait_until(lambda: _listed(self.fleet) == 3, timeout=30, what="restarted agent announced")
 
     def registry_back(self) -> DistributionRegistry:
         self.registry = DistributionRegistry(self.workdir / "registry", users=USERS, addr=self.host).start()
         return self.registry
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/healthz", timeout=1) as resp:
-            return bool(resp.status == 200)
-    except OSError:
-        return False
 
 
 def _listed(fleet: LocalFleet) -> int:
@@ -611,7 +604,7 @@ class TestContainerdContentStore:
                         if blob.is_file() and bad.digest.removeprefix("sha256:") not in blob.name:
                             blob.unlink()
                     node.process = ManagedProcess([*argv], stdout=tmp_path / "restarted.log")
-                    wait_until(lambda: _healthy(node.url), timeout=20, what="restarted agent healthy")
+                    wait_until(lambda: agent_ready(node.address, timeout=1), timeout=20, what="restarted agent healthy")
                     started = time.monotonic()
                     stale = await asyncio.to_thread(skopeo_pull, ref, tmp_path / "stale", creds=CREDS)
                     report("stale pull from containerd's content store (registry refused)", time.monotonic() - started)

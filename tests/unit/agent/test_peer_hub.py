@@ -97,6 +97,14 @@ async def cached_blob(store: BlobStore, data: bytes) -> Digest:
     return digest
 
 
+async def first_piece_written(store: BlobStore, data: bytes) -> tuple[Digest, PartialBlob]:
+    """A download of ``data`` (two pieces) that holds its first piece only."""
+    digest = Digest.of(data)
+    partial = store.begin(digest, len(data))
+    await partial.write(0, data[:MiB])
+    return digest, partial
+
+
 def hub(store: BlobStore, partials: dict[Digest, PartialBlob] | None = None, copies: int = 2) -> PeerHub:
     config = HubConfig(peer_id="127.0.0.1:1", secret=peer_secret("t"), superseed_copies=copies)
     return PeerHub(config, store, partials or {}, AgentMetrics(), TokenBucket(0))
@@ -141,9 +149,7 @@ class TestServing:
 
     async def test_superseeding_refuses_a_third_copy_until_the_blob_is_complete(self, store: BlobStore) -> None:
         data = os.urandom(2 * MiB)
-        digest = Digest.of(data)
-        partial = store.begin(digest, len(data))
-        await partial.write(0, data[:MiB])
+        digest, partial = await first_piece_written(store, data)
         h = hub(store, {digest: partial}, copies=2)
         h.superseed(digest)  # we fetch it from the origin
         children = [FakeLink(f"127.0.0.{i}:1") for i in range(2, 5)]
@@ -184,9 +190,7 @@ class TestServing:
 
     async def test_a_copy_dropped_before_it_left_frees_its_place(self, store: BlobStore) -> None:
         data = os.urandom(2 * MiB)
-        digest = Digest.of(data)
-        partial = store.begin(digest, len(data))
-        await partial.write(0, data[:MiB])
+        digest, partial = await first_piece_written(store, data)
         h = hub(store, {digest: partial}, copies=1)
         h.superseed(digest)
         first, second = FakeLink("127.0.0.2:1"), FakeLink("127.0.0.3:1")
@@ -200,9 +204,7 @@ class TestServing:
         """A node that is not fetching from the origin serves every piece it holds to every
         child that asks: limiting relays too starved a 40-node swarm until nodes completed."""
         data = os.urandom(2 * MiB)
-        digest = Digest.of(data)
-        partial = store.begin(digest, len(data))
-        await partial.write(0, data[:MiB])
+        digest, partial = await first_piece_written(store, data)
         h = hub(store, {digest: partial}, copies=1)
         children = [FakeLink(f"127.0.0.{i}:1") for i in range(2, 6)]
         for child in children:
@@ -212,9 +214,7 @@ class TestServing:
 
     async def test_a_lease_that_moves_ends_superseeding(self, store: BlobStore) -> None:
         data = os.urandom(2 * MiB)
-        digest = Digest.of(data)
-        partial = store.begin(digest, len(data))
-        await partial.write(0, data[:MiB])
+        digest, partial = await first_piece_written(store, data)
         h = hub(store, {digest: partial}, copies=1)
         h.superseed(digest)
         first, second = FakeLink("127.0.0.2:1"), FakeLink("127.0.0.3:1")

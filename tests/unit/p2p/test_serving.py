@@ -12,6 +12,17 @@ def book(copies: int = 2) -> ServingBook:
     return ServingBook(superseed_copies=copies)
 
 
+def one_copy_to_a_refused_to_b() -> ServingBook:
+    """Superseeding with one copy: child a was given piece 0, child b was refused it."""
+    b = book(copies=1)
+    b.interested("a", D, [0])
+    b.interested("b", D, [0])
+    b.superseed(D)
+    assert b.accept("a", D, 0, held=True)
+    assert not b.accept("b", D, 0, held=True)
+    return b
+
+
 class TestTelling:
     def test_the_bitfield_is_what_is_held_and_a_have_goes_once(self) -> None:
         b = book()
@@ -52,12 +63,7 @@ class TestSuperseeding:
         assert all(b.accept(child, D, 0, held=True) for child in "abcd")
 
     def test_the_blob_complete_announces_the_refused_and_untold(self) -> None:
-        b = book(copies=1)
-        b.interested("a", D, [0])
-        b.interested("b", D, [0])
-        b.superseed(D)
-        assert b.accept("a", D, 0, held=True)
-        assert not b.accept("b", D, 0, held=True)
+        b = one_copy_to_a_refused_to_b()
         assert b.blob_complete(D, 3) == [("a", [1, 2]), ("b", [0, 1, 2])]
         assert b.accept("c", D, 0, held=True)  # complete: no limit any more
 
@@ -102,12 +108,7 @@ class TestForgetting:
         assert b.announce(other, [0]) == []
 
     def test_a_gone_child_is_not_announced_its_refused_pieces(self) -> None:
-        b = book(copies=1)
-        b.interested("a", D, [0])
-        b.interested("b", D, [0])
-        b.superseed(D)
-        assert b.accept("a", D, 0, held=True)
-        assert not b.accept("b", D, 0, held=True)
+        b = one_copy_to_a_refused_to_b()
         b.gone("b")
         assert b.stop_superseeding(D, holds=lambda i: True) == []
 
