@@ -41,6 +41,7 @@ from shoal.oci.errors import DistributionError, ErrorCode
 from shoal.oci.ranges import ByteRange, parse_range
 from shoal.store.blobstore import StoreError
 from shoal.store.contract import CacheStore
+from shoal.store.file_range import file_chunks
 from shoal.store.partial import DigestMismatchError, PartialBlob, PartialState
 
 log = logging.getLogger(__name__)
@@ -66,12 +67,8 @@ class BlobSource(Protocol):
 
 def _hash_file(hasher: hashlib._Hash, fd: int, start: int, stop: int) -> None:
     """Feed ``[start, stop)`` of the file into ``hasher``."""
-    while start < stop:
-        chunk = os.pread(fd, min(COPY_CHUNK, stop - start), start)
-        if not chunk:
-            raise OSError(f"short read at {start} of {stop}")
+    for chunk in file_chunks(fd, start, stop, COPY_CHUNK):
         hasher.update(chunk)
-        start += len(chunk)
 
 
 def blob_headers(digest: Digest, size: int, rng: ByteRange | None) -> dict[str, str]:
@@ -287,13 +284,8 @@ class BlobService:
 
     @staticmethod
     async def _copy_through_python(response: web.StreamResponse, fobj: BinaryIO, pos: int, count: int) -> None:
-        stop = pos + count
-        while pos < stop:
-            chunk = os.pread(fobj.fileno(), min(COPY_CHUNK, stop - pos), pos)
-            if not chunk:
-                raise OSError(f"short read at {pos} of {stop}")
+        for chunk in file_chunks(fobj.fileno(), pos, pos + count, COPY_CHUNK):
             await response.write(chunk)
-            pos += len(chunk)
 
     async def _stream_partial(
         self,

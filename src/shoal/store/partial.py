@@ -28,6 +28,7 @@ from enum import Enum
 from pathlib import Path
 
 from shoal.core.digest import Digest
+from shoal.store.file_range import file_chunks
 
 READ_CHUNK = 1 << 20
 
@@ -303,10 +304,7 @@ class PartialBlob:
     def _hash_file_locked(self, end: int) -> None:
         """Advance the prefix to ``end`` over the bytes on file (the writers' lock held: no
         write can change them meanwhile, and none may after: they are below the prefix)."""
-        while self.contiguous < end:
-            chunk = os.pread(self._fd, min(READ_CHUNK, end - self.contiguous), self.contiguous)
-            if not chunk:
-                raise OSError(f"short read from {self.path}")
+        for chunk in file_chunks(self._fd, self.contiguous, end, READ_CHUNK):
             self._feed(chunk)
 
     def _drop_extents(self, start: int, end: int) -> None:
@@ -405,11 +403,7 @@ class PartialBlob:
                 limit = await self.wait_readable(pos)
                 if limit <= pos:
                     raise EOFError(f"blob {self.digest} ended at {pos}, wanted {end}")
-                stop = min(limit, end)
-                while pos < stop:
-                    chunk = os.pread(fd, min(READ_CHUNK, stop - pos), pos)
-                    if not chunk:
-                        raise OSError(f"short read from partial blob {self.digest}")
+                for chunk in file_chunks(fd, pos, min(limit, end), READ_CHUNK):
                     pos += len(chunk)
                     yield chunk
         finally:
