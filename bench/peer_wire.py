@@ -37,6 +37,7 @@ from typing import Any
 from bench.fleet.netns import Host, Lab, plan_lab
 from bench.fleet.shaping import apply_shaping, parse_rate
 from shoal.agent.peer_link import PeerLink, PieceBody, answer, dial, peer_secret
+from shoal.agent.piece_buffers import PieceBuffers
 from shoal.p2p import wire
 from shoal.p2p.pieces import choose_piece_size, piece_count, piece_span
 from shoal.p2p.tls import TlsDirectory
@@ -113,6 +114,7 @@ class _Handler:
     def link_piece(self, link: PeerLink, piece: PieceBody) -> None:
         self.got += 1
         self.bytes += len(piece.data)
+        piece.release()  # as an agent does once the piece is on file
         if self.got == self.pieces:
             self.done.set()
         else:
@@ -163,7 +165,7 @@ async def _fetch(args: argparse.Namespace) -> dict[str, Any]:
                 raise
             await asyncio.sleep(0.05)
     handler = _Handler(Path(args.blob), args.size, args.window)
-    link = PeerLink(channel, conn, asyncio.get_running_loop(), handler, outbound=True)
+    link = PeerLink(channel, conn, asyncio.get_running_loop(), handler, outbound=True, buffers=PieceBuffers())
     with _perf(args.perf, "recv"):
         cpu, start = _cpu(), time.monotonic()
         link.start()

@@ -40,6 +40,7 @@ from shoal.agent.peer_link import (
     answer,
     dial,
 )
+from shoal.agent.piece_buffers import PieceBuffers
 from shoal.core.digest import Digest, DigestError
 from shoal.core.ratelog import RateLimitedLog
 from shoal.p2p import wire
@@ -142,6 +143,8 @@ class PeerHub:
         """digest -> the download taking pieces of it"""
         self._via: dict[tuple[str, str], PeerLink] = {}
         """(peer id, digest) -> the link we said INTERESTED on"""
+        self.buffers = PieceBuffers()
+        """piece bodies are read into these, and given back once written (see the module)"""
         self._book = ServingBook(superseed_copies=config.superseed_copies)
         """what each child link was told, refused and sent: the serving rules"""
         self._delayed: dict[PeerLink, dict[tuple[str, int], asyncio.TimerHandle]] = {}
@@ -227,7 +230,7 @@ class PeerHub:
         if refusal is not None:
             self._refuse_connection(sock, f"peer link from {source} ({conn.peer_id}): {refusal}")
             return
-        link = PeerLink(channel, conn, self._loop, self, outbound=False)
+        link = PeerLink(channel, conn, self._loop, self, outbound=False, buffers=self.buffers)
         self._inbound[link] = (source, identity)
         self._add(link)
 
@@ -262,7 +265,7 @@ class PeerHub:
                     own_host(self.config.peer_id),
                     tls,
                 )
-                link = PeerLink(channel, conn, self._loop, self, outbound=True)
+                link = PeerLink(channel, conn, self._loop, self, outbound=True, buffers=self.buffers)
                 self._add(link)
                 dialing.set_result(link)
             except BaseException as exc:
@@ -381,6 +384,8 @@ class PeerHub:
         sink = self._sink_for(link, body.digest)
         if sink is not None:
             sink.piece_arrived(link.peer_id, body)
+        else:
+            body.release()
 
     def link_piece_sent(self, link: PeerLink, digest: str, index: int, length: int) -> None:
         self._metrics.peer_bytes.labels("upload").inc(length)

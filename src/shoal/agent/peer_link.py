@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Protocol
 
 from shoal.agent.peer_channel import PlainChannel, TlsChannel, TlsHandshakeError, tls_handshake
+from shoal.agent.piece_buffers import PieceBuffers
 from shoal.p2p import wire
 from shoal.p2p.tls import PeerIdentity
 
@@ -59,7 +60,7 @@ class LinkError(Exception):
     """The peer could not be reached, failed the handshake, or is not who we dialled."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, eq=False)
 class PieceBody:
     """A whole piece received, hashed in the reader thread."""
 
@@ -67,6 +68,17 @@ class PieceBody:
     index: int
     data: bytearray
     sha256: str
+    pool: PieceBuffers | None = None
+    """where :meth:`release` gives the buffer back (None: nowhere, or already given)"""
+
+    def release(self) -> None:
+        """The bytes are on file or dropped: the buffer may carry another piece. Once only
+        (later calls do nothing), by the body's one owner; ``data`` is empty from then on, so
+        a late reader finds no bytes rather than another piece's."""
+        pool, self.pool = self.pool, None
+        if pool is not None:
+            pool.give(self.data)
+            self.data = bytearray()
 
 
 class LinkHandler(Protocol):
@@ -298,7 +310,9 @@ class PeerLink:
         handler: LinkHandler,
         *,
         outbound: bool,
+        buffers: PieceBuffers | None = None,
     ) -> None:
+        """``buffers``: where piece bodies are read into (None: a new buffer each)."""
         assert conn.peer_id is not None
         self.peer_id: str = conn.peer_id
         self.outbound = outbound
@@ -314,6 +328,7 @@ class PeerLink:
         self._lock = threading.Lock()
         self._loop = loop
         self._handler = handler
+        self._buffers = buffers
         self._out: queue.SimpleQueue[_Item] = queue.SimpleQueue()
         """control frames, in order; the writer sends all that are queued before each piece"""
         self._pieces: collections.deque[_PieceOut] = collections.deque()
@@ -456,7 +471,9 @@ class PeerLink:
         return True
 
     def _read_body(self, piece: wire.Piece) -> PieceBody:
-        data = bytearray(piece.length)
+        """Read a body whole into a buffer (one cut short is an error: the buffer, part old
+        bytes, is dropped with it) and hash it."""
+        data = bytearray(piece.length) if self._buffers is None else self._buffers.take(piece.length)
         view = memoryview(data)
         with self._lock:
             early = self._conn.take_body()
@@ -471,7 +488,7 @@ class PeerLink:
             self.bytes_in += n
             with self._lock:
                 self._conn.body_received(n)
-        return PieceBody(piece.digest, piece.index, data, hashlib.sha256(view).hexdigest())
+        return PieceBody(piece.digest, piece.index, data, hashlib.sha256(view).hexdigest(), self._buffers)
 
     def _write_forever(self) -> None:
         """Control frames jump the queue of pieces: a HAVE, a REQUEST or a CANCEL waits for

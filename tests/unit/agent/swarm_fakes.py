@@ -11,6 +11,7 @@ from collections.abc import Iterable
 
 from shoal.agent.peer_hub import PieceSink
 from shoal.agent.peer_link import LinkError, PieceBody
+from shoal.agent.piece_buffers import PieceBuffers
 from shoal.core.digest import Digest
 from shoal.oci.auth import Credentials
 from shoal.oci.distribution import DistributionPath
@@ -129,6 +130,9 @@ class FakePeers:
         self.superseeding: set[Digest] = set()
         self.completed: list[tuple[Digest, int]] = []
         self.started = self.closed = False
+        self.buffers = PieceBuffers()
+        self.bodies: list[PieceBody] = []
+        """every body handed to a download, in its pooled buffer, as a link's reader does"""
 
     def start(self) -> None:
         self.started = True
@@ -158,10 +162,12 @@ class FakePeers:
         self.requests.append((peer_id, index))
         data = self.blobs[peer_id]
         offset, length = PieceGeometry.of(len(data)).span(index)
-        body = bytearray(data[offset : offset + length])
+        body = self.buffers.take(length)
+        body[:] = data[offset : offset + length]
         if peer_id in self.liars:
             body[0] ^= 0xFF
-        piece = PieceBody(str(digest), index, body, hashlib.sha256(body).hexdigest())
+        piece = PieceBody(str(digest), index, body, hashlib.sha256(body).hexdigest(), self.buffers)
+        self.bodies.append(piece)
         sink = self.sinks.get(digest)
         if sink is not None:
             asyncio.get_running_loop().call_soon(sink.piece_arrived, peer_id, piece)

@@ -16,6 +16,7 @@ import pytest
 
 from shoal.agent.peer_channel import PlainChannel
 from shoal.agent.peer_link import Channel, LinkError, PeerLink, PieceBody, answer, dial, peer_secret
+from shoal.agent.piece_buffers import PieceBuffers
 from shoal.p2p import wire
 from shoal.p2p.tls import PeerIdentity, TlsDirectory
 from shoal.testing.pki import TestCA
@@ -218,9 +219,10 @@ def wire_tls(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[ssl.SSLCon
 
 
 async def linked(
-    tls: tuple[ssl.SSLContext, ssl.SSLContext] | None = None,
+    tls: tuple[ssl.SSLContext, ssl.SSLContext] | None = None, buffers: PieceBuffers | None = None
 ) -> tuple[PeerLink, Recorder, PeerLink, Recorder]:
-    """A client link and a server link joined over loopback, both started."""
+    """A client link (reading bodies into ``buffers``) and a server link joined over
+    loopback, both started."""
     listener = Listener(tls=None if tls is None else tls[0])
     client_channel, client_conn = await asyncio.to_thread(
         dial,
@@ -235,7 +237,7 @@ async def linked(
     server_channel, server_conn = await asyncio.to_thread(listener.server)
     loop = asyncio.get_running_loop()
     client, server = Recorder(), Recorder()
-    a = PeerLink(client_channel, client_conn, loop, client, outbound=True)
+    a = PeerLink(client_channel, client_conn, loop, client, outbound=True, buffers=buffers)
     b = PeerLink(server_channel, server_conn, loop, server, outbound=False)
     a.start()
     b.start()
@@ -269,6 +271,32 @@ class TestLink:
         await server.until(lambda: server.closed)
         await client.until(lambda: client.closed)
         assert "done" in server.closed[0]
+
+    async def test_a_body_fills_a_buffer_given_back_with_another_pieces_bytes(
+        self, tmp_path: Path, wire_tls: tuple[ssl.SSLContext, ssl.SSLContext] | None
+    ) -> None:
+        blob = tmp_path / "blob"
+        data = os.urandom(2 << 20)
+        blob.write_bytes(data)
+        buffers = PieceBuffers()
+        a, client, b, server = await linked(wire_tls, buffers)
+        a.send(wire.Interested(DIGEST, 2))
+        a.send(wire.Request(DIGEST, 0))
+        a.send(wire.Request(DIGEST, 1))
+        await server.until(lambda: len(server.events) == 3)
+        b.send_piece(DIGEST, 0, lambda: blob, 0, 1 << 20)
+        await client.until(lambda: client.pieces)
+        first = client.pieces[0].data
+        client.pieces[0].release()
+        b.send_piece(DIGEST, 1, lambda: blob, 1 << 20, 1 << 20)
+        await client.until(lambda: len(client.pieces) == 2)
+        second = client.pieces[1]
+        assert second.data is first  # the same buffer, its old bytes all overwritten
+        assert bytes(second.data) == data[1 << 20 :]
+        assert second.sha256 == hashlib.sha256(data[1 << 20 :]).hexdigest()
+        assert buffers.reused == 1
+        a.close("done")
+        await client.until(lambda: client.closed)
 
     async def test_a_cancelled_piece_is_not_sent(
         self, tmp_path: Path, wire_tls: tuple[ssl.SSLContext, ssl.SSLContext] | None

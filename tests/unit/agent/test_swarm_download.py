@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -120,6 +121,53 @@ class TestFromParents:
         await asyncio.wait_for(d.run(), 10)
         partial.finish()
         assert "gone" not in d.state.banned
+
+
+class TestPieceBuffers:
+    """A body's buffer goes back to the links' pool once its bytes are on file or dropped."""
+
+    async def test_every_body_is_given_back_written_or_discarded(self, store: MemoryStore) -> None:
+        scheduler = FakeScheduler(len(DATA), fetcher="f", parents=["liar", "p2"], hashes=piece_hashes_of(DATA))
+        peers = FakePeers({"liar": DATA, "p2": DATA}, liars=["liar"])
+        d, partial = download(store, scheduler, peers, MemoryOrigin({DIGEST: DATA}), AvoidList())
+        await asyncio.wait_for(d.run(), 10)
+        partial.finish()  # every byte written matches the digest
+        liars = [b for b in peers.bodies if peers.requests[peers.bodies.index(b)][0] == "liar"]
+        assert liars, "the liar's pieces were asked for and discarded"
+        assert [b.pool for b in peers.bodies] == [None] * len(peers.bodies)  # each given back
+        assert all(len(b.data) == 0 for b in peers.bodies)
+
+    async def test_a_body_is_given_back_only_after_its_write(
+        self, store: MemoryStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The pool must not hand a buffer to the next piece while a write thread reads it."""
+        scheduler = FakeScheduler(len(DATA), fetcher="f", parents=["p1"], hashes=piece_hashes_of(DATA))
+        peers = FakePeers({"p1": DATA})
+        d, partial = download(store, scheduler, peers, MemoryOrigin({DIGEST: DATA}), AvoidList())
+        being_written: set[int] = set()
+        given_while_written: list[int] = []
+        real_write, real_give = partial._write_sync, peers.buffers.give
+
+        def write_sync(offset: int, data: bytes | bytearray | memoryview) -> bool:
+            being_written.add(id(data))
+            time.sleep(0.02)  # the loop runs on meanwhile
+            try:
+                return real_write(offset, data)
+            finally:
+                being_written.discard(id(data))
+
+        def give(buffer: bytearray) -> None:
+            if id(buffer) in being_written:
+                given_while_written.append(id(buffer))
+            real_give(buffer)
+
+        monkeypatch.setattr(partial, "_write_sync", write_sync)
+        monkeypatch.setattr(peers.buffers, "give", give)
+        await asyncio.wait_for(d.run(), 10)
+        partial.finish()
+        assert len(peers.bodies) == 4
+        assert all(b.pool is None for b in peers.bodies)
+        assert given_while_written == []
 
 
 class TestOriginFetcher:

@@ -158,6 +158,7 @@ class SwarmDownload:
 
     def piece_arrived(self, peer_id: str, body: PieceBody) -> None:
         if (peer_id, body.index) in self.bodies:
+            body.release()
             return  # a second copy from the same parent while the first awaits its hash
         self.bodies[(peer_id, body.index)] = body
         self.events.put_nowait(ds.PieceArrived(peer_id, body.index, body.sha256))
@@ -222,7 +223,8 @@ class SwarmDownload:
             case ds.WritePiece(index, peer_id):
                 self._write(peer_id, index)
             case ds.DiscardPiece(index, reason, peer_id, corrupt):
-                self.bodies.pop((peer_id, index), None)
+                if (dropped := self.bodies.pop((peer_id, index), None)) is not None:
+                    dropped.release()
                 if corrupt:
                     self.metrics.digest_mismatches.labels("peer").inc()
                     log.warning("piece %d of %s from %s: %s", index, self.digest, peer_id, reason)
@@ -292,6 +294,8 @@ class SwarmDownload:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self.metrics.parents.dec(len(self.state.parents))
+        for body in self.bodies.values():
+            body.release()
         self.bodies.clear()
 
     def _fail(self, exc: BaseException) -> None:
@@ -335,6 +339,8 @@ class SwarmDownload:
         except OSError as exc:
             self._fail(StoreFullError(str(exc)) if is_disk_full(exc) else StoreError(str(exc)))
             return
+        finally:  # the write's thread is done with the bytes, even when we were cancelled
+            body.release()
         self.metrics.pieces_received.inc()
         self._observe_partial()  # a fetcher's prefix may have grown over it (and hashed it)
         self.events.put_nowait(ds.PieceWritten(index))
