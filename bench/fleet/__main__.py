@@ -72,6 +72,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--timeout", type=float, default=3600.0, help="per scenario, seconds")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--agent-arg",
+        action="append",
+        default=[],
+        metavar="FLAG",
+        help="one more flag for every Shoal agent, in the = form: --agent-arg=--max-parents=8 (repeatable; "
+        "recorded in the JSON): swarm settings tried in the lab",
+    )
     p.add_argument("--json", type=Path, default=None, help="JSON path (default bench/results/)")
     p.add_argument("--png", type=Path, default=None, help="PNG path (default bench/results/)")
     p.add_argument("--workdir", type=Path, default=Path("/var/tmp/shoal-fleet"))
@@ -128,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         workdir=args.workdir / f"run-{stamp}-{os.getpid()}",
         keep=args.keep,
         client=args.client,
+        agent_args=tuple(args.agent_arg),
     )
     sizes = [int(x) for x in args.sweep.split(",")] if args.sweep else [nodes]
     budget = parse_rate(args.aggregate_budget)
@@ -188,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         "heterogeneous": args.heterogeneous,
         "client": args.client,
         "kill_fraction": args.kill_fraction,
+        "agent_args": args.agent_arg,
         "notes": notes,
         "problems": problems,
     }

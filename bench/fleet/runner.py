@@ -40,6 +40,8 @@ class RunConfig:
     keep: bool = False
     client: str = "skopeo"
     """Client on the nodes (direct, source, p2p): ``skopeo``, ``ctr`` or ``light``."""
+    agent_args: tuple[str, ...] = ()
+    """More flags for every Shoal agent (swarm settings tried in the lab)."""
 
     def at(self, nodes: int, node_bps: int, origin_bps: int) -> RunConfig:
         return replace(self, nodes=nodes, node_bps=node_bps, origin_bps=origin_bps)
@@ -92,6 +94,7 @@ def run_fleet(
                 kill_after=cfg.kill_after,
                 seed=cfg.seed,
                 client=cfg.client,
+                agent_args=cfg.agent_args,
             )
             for name in cfg.scenarios:
                 progress(f"N={cfg.nodes} {name}: running (estimate {estimate_seconds(cfg, name):.0f} s)")

@@ -49,6 +49,8 @@ class Fleet:
     """The registry name Shoal's agents know the origin by (image refs use it as host)."""
     client: str = "skopeo"
     """The client every node pulls with: ``skopeo``, ``ctr`` or ``light`` (see ``clients.py``)."""
+    agent_args: tuple[str, ...] = ()
+    """More flags for every Shoal agent (``--agent-arg``)."""
 
     @property
     def image_bytes(self) -> int:

@@ -140,6 +140,7 @@ def _run_shoal(fleet: Fleet, name: str, pattern: str, *, tls: bool = False) -> S
                     *p2p_args,
                     *(["--tls-dir", str(work / host.role / "tls")] if pattern == "p2p" else []),
                     *wire_args,
+                    *fleet.agent_args,
                 ],
                 log=work / host.role / "agent.log",
             )

@@ -105,3 +105,11 @@ class TestRegistryLog:
             "not json http.response.written",
         ]
         assert blob_bytes_served(lines) == 123
+
+
+def test_agent_flags_pass_through_the_command_line() -> None:
+    from bench.fleet.__main__ import _parser
+
+    args = _parser().parse_args(["--agent-arg=--max-parents=8", "--agent-arg=--piece-timeout=10s"])
+    assert args.agent_arg == ["--max-parents=8", "--piece-timeout=10s"]
+    assert _parser().parse_args([]).agent_arg == []
