@@ -31,7 +31,7 @@ def test_last_pieces_of_pulled_blobs_do_not_crowd_out_the_piece_size_in_use() ->
     size): given back once written, nobody takes that length again. Forty layers later the
     pieces every blob shares must still find buffers to reuse, not a pool full of last
     pieces that refuses every buffer given back."""
-    pool = PieceBuffers(max_bytes=BOUND)
+    pool = PieceBuffers(max_bytes=BOUND, min_length=1)
     for blob in range(40):
         tail = 1 + (blob * 1543 + 777) % PIECE
         pull(pool, 24, tail, tail_at=blob * 7 % 24)
@@ -42,6 +42,6 @@ def test_a_blob_of_another_piece_size_does_not_strand_the_pool() -> None:
     """The piece size goes from 1 to 16 MiB with the blob's size: an image with one large
     layer and smaller ones reads pieces of two sizes. Once the large layer is written, its
     idle buffers must not keep the later layers' pieces from being reused."""
-    pool = PieceBuffers(max_bytes=BOUND)
+    pool = PieceBuffers(max_bytes=BOUND, min_length=1)
     pull(pool, 24, 3 * PIECE + 5, tail_at=10, piece=4 * PIECE)  # 16 MiB pieces, scaled
     assert pull(pool, 24, PIECE // 2, tail_at=12) >= 20

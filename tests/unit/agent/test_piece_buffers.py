@@ -13,7 +13,7 @@ def body(pool: PieceBuffers, length: int = 8) -> PieceBody:
 
 
 def test_a_buffer_given_back_is_taken_again_for_the_same_length() -> None:
-    pool = PieceBuffers()
+    pool = PieceBuffers(min_length=1)
     first = pool.take(8)
     pool.give(first)
     assert pool.take(4) is not first  # another length: a new buffer
@@ -22,18 +22,36 @@ def test_a_buffer_given_back_is_taken_again_for_the_same_length() -> None:
     assert pool.take(8) is not first  # taken already: never handed out twice
 
 
-def test_idle_buffers_stay_under_the_bound() -> None:
-    pool = PieceBuffers(max_bytes=16)
+def test_idle_buffers_stay_under_the_bound_the_oldest_making_room() -> None:
+    pool = PieceBuffers(max_bytes=16, min_length=1)
     a, b, c = pool.take(8), pool.take(8), pool.take(8)
     for buffer in (a, b, c):
         pool.give(buffer)
     assert pool.idle_bytes == 16
-    assert {id(pool.take(8)), id(pool.take(8))} == {id(a), id(b)}
-    assert pool.take(8) is not c
+    assert {id(pool.take(8)), id(pool.take(8))} == {id(b), id(c)}
+    assert pool.take(8) is not a
+    assert pool.idle_bytes == 0
+
+
+def test_a_length_not_asked_for_again_gives_way() -> None:
+    pool = PieceBuffers(max_bytes=16, min_length=1)
+    last_piece, a, b = pool.take(5), pool.take(8), pool.take(8)
+    pool.give(last_piece)
+    pool.give(a)
+    pool.give(b)  # no room beside the 5 and the first 8: the oldest, the 5, goes
+    assert pool.idle_bytes == 16
+    assert pool.take(5) is not last_piece
+
+
+def test_short_bodies_and_buffers_over_the_bound_are_not_kept() -> None:
+    pool = PieceBuffers(max_bytes=1 << 20, min_length=64 << 10)
+    pool.give(pool.take(4 << 10))
+    pool.give(pool.take(2 << 20))
+    assert pool.idle_bytes == 0
 
 
 def test_a_body_gives_its_buffer_back_once() -> None:
-    pool = PieceBuffers()
+    pool = PieceBuffers(min_length=1)
     piece = body(pool)
     buffer = piece.data
     piece.release()

@@ -337,10 +337,12 @@ class SwarmDownload:
         try:
             await self.partial.write(self.geometry.offset(index), body.data)
         except OSError as exc:
+            body.release()  # the write's thread is done with the bytes
             self._fail(StoreFullError(str(exc)) if is_disk_full(exc) else StoreError(str(exc)))
             return
-        finally:  # the write's thread is done with the bytes, even when we were cancelled
-            body.release()
+        # not released when cancelled: a teardown that cancels the write's own thread task
+        # returns before that thread is done with the bytes (the collector takes them)
+        body.release()
         self.metrics.pieces_received.inc()
         self._observe_partial()  # a fetcher's prefix may have grown over it (and hashed it)
         self.events.put_nowait(ds.PieceWritten(index))
