@@ -34,6 +34,7 @@ from shoal.agent.peer_checks import first_message_size, foreign_identity, foreig
 from shoal.agent.peer_link import (
     MAX_QUEUED_PIECES,
     LinkError,
+    LinkRefused,
     PeerLink,
     PieceBody,
     PieceFile,
@@ -47,7 +48,7 @@ from shoal.p2p import wire
 from shoal.p2p.pieces import PieceGeometry
 from shoal.p2p.ratelimit import TokenBucket
 from shoal.p2p.serving import Haves, ServingBook
-from shoal.p2p.tls import PeerIdentity, TlsContexts
+from shoal.p2p.tls import PeerIdentity, TlsContexts, TlsMaterialError
 from shoal.p2p.wire.admission import Admission, AdmissionLimits
 from shoal.store.blobstore import BlobStore
 from shoal.store.partial import PartialBlob, PartialState
@@ -253,7 +254,10 @@ class PeerHub:
             self._dialing[peer_id] = dialing
             self._admission.dialling += 1
             try:
-                tls = None if self.config.tls is None else self.config.tls.client_context()
+                try:
+                    tls = None if self.config.tls is None else self.config.tls.client_context()
+                except TlsMaterialError as exc:  # every dial would fail alike: our side's fault
+                    raise LinkRefused(f"not dialling {peer_id}: {exc}") from None
                 channel, conn = await self._loop.run_in_executor(
                     self._dials,
                     dial,

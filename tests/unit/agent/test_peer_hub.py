@@ -14,11 +14,11 @@ import pytest
 from shoal.agent.metrics import AgentMetrics
 from shoal.agent.peer_checks import foreign_identity, foreign_peer_id, wrong_protocol
 from shoal.agent.peer_hub import HubConfig, PeerHub
-from shoal.agent.peer_link import PeerLink, PieceBody, peer_secret
+from shoal.agent.peer_link import LinkRefused, PeerLink, PieceBody, peer_secret
 from shoal.core.digest import Digest
 from shoal.p2p import wire
 from shoal.p2p.ratelimit import TokenBucket
-from shoal.p2p.tls import PeerIdentity
+from shoal.p2p.tls import PeerIdentity, TlsDirectory
 from shoal.store.blobstore import BlobStore
 from shoal.store.partial import PartialBlob
 
@@ -348,3 +348,17 @@ class TestHaveBatches:
         )
         assert sink.has == [(parent.peer_id, []), (parent.peer_id, [1, 2, 3]), (parent.peer_id, [4])]
         assert sink.rejected == [(parent.peer_id, 3)]
+
+
+class TestOwnTlsMaterial:
+    async def test_an_incomplete_tls_directory_refuses_every_dial_for_good(
+        self, store: BlobStore, tmp_path: Path
+    ) -> None:
+        """Our own certificate missing (enrollment not done, a rotation half written): every
+        dial would fail alike, so the download hears of a lasting refusal, not of a busy
+        parent (it used to get an exception no one caught)."""
+        config = HubConfig(peer_id="127.0.0.1:1", secret=peer_secret("t"), tls=TlsDirectory(tmp_path / "empty"))
+        h = PeerHub(config, store, {}, AgentMetrics(), TokenBucket(0))
+        with pytest.raises(LinkRefused, match="missing"):
+            await h.link_to("127.0.0.2:1", "127.0.0.2:1")
+        await h.close()

@@ -442,6 +442,69 @@ class TestStalls:
         assert s.apply(PrefixAdvanced(PIECES * PIECE)) == [AnnouncePieces((3, 4, 5, 6, 7)), Complete()]
 
 
+class TestNoParentReachable:
+    """Parents that cannot be reached, one after another with none heard from, send the
+    download to ask for the registry at once: a node whose certificate its peers refuse
+    waited ``stall_timeout`` for every blob."""
+
+    def test_three_in_a_row_ask_for_the_registry_at_once(self) -> None:
+        clock = Clock()
+        s = new(clock)
+        with_parents(s, 1, 2, 3)
+        clock.now += 1
+        assert s.apply(ParentLost("p1", "TLS handshake failed", unreachable=True, refused=True))[-1:] != [
+            AskFallback("no parent reachable: 1 in a row")
+        ]
+        s.apply(ParentLost("p2", "TLS handshake failed", unreachable=True, refused=True))
+        out = s.apply(ParentLost("p3", "TLS handshake failed", unreachable=True, refused=True))
+        assert out[-1] == AskFallback("no parent reachable: 3 in a row")
+        assert not s.banned  # not their fault
+        assert s.apply(FallbackAnswer(granted=True))[-1] == GiveUp(
+            "no parent reachable: 3 in a row", fallback_lease=True
+        )
+
+    def test_a_parent_heard_from_between_them_starts_the_count_again(self) -> None:
+        s = new()
+        with_parents(s, 1, 2, 3, 4)
+        s.apply(ParentLost("p1", "refused", unreachable=True, refused=True))
+        s.apply(ParentLost("p2", "refused", unreachable=True, refused=True))
+        s.apply(ParentHas("p4", frozenset({0})))
+        out = s.apply(ParentLost("p3", "refused", unreachable=True, refused=True))
+        assert not [a for a in out if isinstance(a, AskFallback)]
+        assert s.asking is None
+
+    @pytest.mark.parametrize(
+        ("reason", "unreachable"), [("closed by the peer", False), ("cannot connect: timed out", True)]
+    )
+    def test_lost_links_and_busy_parents_do_not_count(self, reason: str, unreachable: bool) -> None:
+        s = new()
+        with_parents(s, 1, 2, 3)
+        for n in (1, 2, 3):
+            out = s.apply(ParentLost(f"p{n}", reason, unreachable=unreachable))
+        assert not [a for a in out if isinstance(a, AskFallback)]
+
+    def test_refused_it_takes_as_many_again_before_the_next_ask(self) -> None:
+        s = new()
+        with_parents(s, 1, 2, 3)
+        for n in (1, 2, 3):
+            s.apply(ParentLost(f"p{n}", "refused", unreachable=True, refused=True))
+        assert s.asking is not None
+        s.apply(FallbackAnswer(granted=False))
+        with_parents(s, 4, 5, 6)
+        s.apply(ParentLost("p4", "refused", unreachable=True, refused=True))
+        out = s.apply(ParentLost("p5", "refused", unreachable=True, refused=True))
+        assert not [a for a in out if isinstance(a, AskFallback)]
+        out = s.apply(ParentLost("p6", "refused", unreachable=True, refused=True))
+        assert out[-1] == AskFallback("no parent reachable: 3 in a row")
+
+    def test_the_fetcher_never_asks(self) -> None:
+        s = new()
+        s.apply(SchedulerAnswer(fetcher=ME, parents=(parent(1), parent(2), parent(3))))
+        for n in (1, 2, 3):
+            out = s.apply(ParentLost(f"p{n}", "refused", unreachable=True, refused=True))
+        assert not [a for a in out if isinstance(a, AskFallback)]
+
+
 class TestFallbackLeases:
     """Overload without stampede: a stalled download goes to the origin only with one of the
     blob's few fallback leases; refused, it waits in the swarm for another stall_timeout."""

@@ -116,6 +116,8 @@ class DownloadState:
         self.sched_failures = 0
         self.finished = False
         self.asking: str | None = None
+        self.unreachable_in_a_row = 0
+        """parents that refused us (or we them) since we last heard from any (``unreachable_parents``)"""
         """why we asked for a fallback lease, while the answer is out"""
         self._ask_sent = False
         self._ask_failures = 0
@@ -144,12 +146,14 @@ class DownloadState:
             case SchedulerFailed():
                 self._on_scheduler_failed(out)
             case ParentHas():
+                self.unreachable_in_a_row = 0
                 self._on_has(event)
             case HashesKnown():
                 self._on_hashes(event, out)
             case PiecesHashed():
                 self.reports.hashed(event.hashes)
             case PieceArrived():
+                self.unreachable_in_a_row = 0
                 self._on_arrived(event, out)
             case PieceWritten():
                 self.writing.discard(event.index)
@@ -165,6 +169,8 @@ class DownloadState:
                     p.have[event.index] = False
                     self.availability[event.index] -= 1
             case ParentLost():
+                if event.refused and event.peer_id in self.parents:
+                    self.unreachable_in_a_row += 1
                 self._drop(event.peer_id, event.reason, out, ban=not event.unreachable)
             case BytesArrived():
                 self.bytes_received += event.n
@@ -437,6 +443,8 @@ class DownloadState:
             self._ask(GiveUp("scheduler: lost"), out)
         elif idle > self.rules.stall_timeout:
             self._ask(GiveUp(f"stalled: no progress for {self.rules.stall_timeout:.0f}s"), out)
+        elif self.unreachable_in_a_row >= self.rules.unreachable_parents:
+            self._ask(GiveUp(f"no parent reachable: {self.unreachable_in_a_row} in a row"), out)
 
     def _ask(self, give_up: GiveUp, out: list[Action]) -> None:
         self.asking = give_up.reason
@@ -457,6 +465,7 @@ class DownloadState:
         self.asking = None
         self._ask_sent = False
         self._last_progress = self.clock()
+        self.unreachable_in_a_row = 0  # as many again before the next ask
         for peer in [peer for peer, p in self.parents.items() if not any(p.have)]:
             self._drop(peer, "told of no piece while we stalled", out, ban=False)
 
