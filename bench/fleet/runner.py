@@ -42,6 +42,8 @@ class RunConfig:
     """Client on the nodes (direct, source, p2p): ``skopeo``, ``ctr`` or ``light``."""
     agent_args: tuple[str, ...] = ()
     """More flags for every Shoal agent (swarm settings tried in the lab)."""
+    capture: Path | None = None
+    """Capture each Shoal scenario's rollout on the node network into this directory."""
 
     def at(self, nodes: int, node_bps: int, origin_bps: int) -> RunConfig:
         return replace(self, nodes=nodes, node_bps=node_bps, origin_bps=origin_bps)
@@ -95,6 +97,7 @@ def run_fleet(
                 seed=cfg.seed,
                 client=cfg.client,
                 agent_args=cfg.agent_args,
+                capture=cfg.capture,
             )
             for name in cfg.scenarios:
                 progress(f"N={cfg.nodes} {name}: running (estimate {estimate_seconds(cfg, name):.0f} s)")

@@ -23,12 +23,12 @@ from typing import Any
 
 import aiohttp
 import pytest
-from capture import Tcpdump, tcp_streams
 
 from shoal.demo.fleet import LocalFleet, scrape, shoal_argv
 from shoal.demo.imagegen import GeneratedImage, generate_image
 from shoal.demo.procs import ManagedProcess
 from shoal.nodeconfig.ready import agent_ready
+from shoal.testing.capture import Tcpdump, tcp_streams
 from shoal.testing.procs import free_port, wait_until
 from shoal.testing.registry import DistributionRegistry
 from shoal.testing.skopeo import layout_digests, skopeo_pull

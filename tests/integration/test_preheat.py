@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from capture import Flow, Tcpdump, tcp_streams
 from wire_peer import bitfield_of
 
 from shoal.agent.peer_link import peer_secret
@@ -26,6 +25,7 @@ from shoal.demo.fleet import LocalFleet, shoal_argv
 from shoal.demo.imagegen import GeneratedImage, generate_image
 from shoal.p2p.pieces import choose_piece_size, piece_count
 from shoal.p2p.tls import TlsDirectory
+from shoal.testing.capture import Flow, Tcpdump, tcp_streams
 from shoal.testing.registry import DistributionRegistry
 from shoal.testing.skopeo import layout_digests, skopeo_pull
 

@@ -20,7 +20,6 @@ from pathlib import Path
 import aiohttp
 import pytest
 from agent_helpers import REG, basic, cache_files, fill_disk, largest_layer, pull, settled
-from capture import Tcpdump, tcp_streams
 from gateway import Gateway, Rules
 from wire_peer import bitfield_of
 
@@ -32,6 +31,7 @@ from shoal.demo.imagegen import GeneratedImage
 from shoal.demo.puller import pull_image
 from shoal.oci.mediatypes import DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, MANIFEST_TYPES, OCI_INDEX, OCI_MANIFEST
 from shoal.p2p.pieces import choose_piece_size, piece_count
+from shoal.testing.capture import Tcpdump, tcp_streams
 from shoal.testing.procs import free_port, wait_until
 from shoal.testing.registry import DistributionRegistry
 from shoal.testing.skopeo import layout_digests, skopeo_pull

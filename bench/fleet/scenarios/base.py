@@ -51,6 +51,9 @@ class Fleet:
     """The client every node pulls with: ``skopeo``, ``ctr`` or ``light`` (see ``clients.py``)."""
     agent_args: tuple[str, ...] = ()
     """More flags for every Shoal agent (``--agent-arg``)."""
+    capture: Path | None = None
+    """A directory: each Shoal scenario's rollout is captured on the lab's bridge, the node
+    network without the origin's link, into ``<scenario>.pcap`` (what a listener sees)."""
 
     @property
     def image_bytes(self) -> int:

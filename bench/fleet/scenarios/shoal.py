@@ -20,6 +20,7 @@ With ``Fleet.kill_fraction`` > 0, that share of agents is SIGKILLed (by PID) at
 
 from __future__ import annotations
 
+import contextlib
 import random
 import secrets
 import signal
@@ -41,6 +42,7 @@ from bench.fleet.scenarios.base import (
 )
 from bench.fleet.scenarios.clients import make_client
 from shoal.scheduler.ca import write_new_ca
+from shoal.testing.capture import Tcpdump
 
 __all__ = ["run_p2p", "run_p2p_tls", "run_source"]
 
@@ -73,6 +75,16 @@ def _wait_healthy(hosts: list[tuple[Host, int]], procs: dict[str, Proc], scheme:
     if pending:
         return f"not healthy after {_HEALTH_TIMEOUT:.0f} s: {', '.join(h.role for h, _ in pending)}"
     return None
+
+
+def _node_network_capture(fleet: Fleet, name: str) -> contextlib.AbstractContextManager[object]:
+    """``tcpdump`` on the lab's bridge while the rollout runs, when asked (``Fleet.capture``):
+    every frame between nodes and to the scheduler; the origin's link is left out (in the
+    lab it is plain HTTP, the registry's own transport, not Shoal's)."""
+    if fleet.capture is None:
+        return contextlib.nullcontext()
+    fleet.capture.mkdir(parents=True, exist_ok=True)
+    return Tcpdump(fleet.plan.bridge, f"not host {fleet.plan.origin.ip}", fleet.capture / f"{name}.pcap")
 
 
 def _run_shoal(fleet: Fleet, name: str, pattern: str, *, tls: bool = False) -> ScenarioResult:
@@ -177,16 +189,19 @@ def _run_shoal(fleet: Fleet, name: str, pattern: str, *, tls: bool = False) -> S
         control_pids = {plan.svc.role: daemons[plan.svc.role].pid} if plan.svc.role in daemons else {}
         meter.start(agents)
         control.start(control_pids)
-        t0 = rollout.start()
-        for host in plan.nodes:
-            logs[host.role] = work / host.role / "client.log"
-            clients[host.role] = fleet.procs.spawn(
-                host.netns,
-                client.pull_argv(host, f"127.0.0.1:{AGENT_PORT}"),
-                log=logs[host.role],
-            )
-        finished = wait_for_nodes(clients, t0, fleet.timeout, on_tick=ticks)
-        rollout.finish()
+        with _node_network_capture(fleet, name) as capture:
+            t0 = rollout.start()
+            for host in plan.nodes:
+                logs[host.role] = work / host.role / "client.log"
+                clients[host.role] = fleet.procs.spawn(
+                    host.netns,
+                    client.pull_argv(host, f"127.0.0.1:{AGENT_PORT}"),
+                    log=logs[host.role],
+                )
+            finished = wait_for_nodes(clients, t0, fleet.timeout, on_tick=ticks)
+            rollout.finish()
+        if isinstance(capture, Tcpdump):
+            result.notes.append(f"node network captured: {capture.dropped} packets dropped")
         result.data_plane = meter.finish(agents)
         if control_pids:
             result.notes.append(f"scheduler CPU during the rollout: {control.finish(control_pids).seconds:.2f} s")
