@@ -16,6 +16,7 @@ one line on stderr otherwise.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import sys
 import urllib.error
@@ -54,8 +55,12 @@ def blob_path(dest: Path, digest: str) -> Path:
     return dest / "blobs" / algorithm / hexpart
 
 
+_AUTH: dict[str, str] = {}
+"""the Authorization header of every request (``--user``), or none"""
+
+
 def _get(url: str, accept: str | None = None) -> Any:
-    request = urllib.request.Request(url, headers={"Accept": accept} if accept else {})
+    request = urllib.request.Request(url, headers={**_AUTH, **({"Accept": accept} if accept else {})})
     try:
         return urllib.request.urlopen(request, timeout=TIMEOUT)
     except urllib.error.HTTPError as exc:
@@ -117,7 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("name", help="repository path, e.g. registry.bench/bench/app")
     p.add_argument("reference", help="tag or digest")
     p.add_argument("dest", type=Path)
+    p.add_argument("--user", help="user:password for the registry (basic auth), for a private image")
     args = p.parse_args(argv)
+    if args.user:
+        _AUTH["Authorization"] = "Basic " + base64.b64encode(args.user.encode()).decode()
     try:
         pull(args.base.rstrip("/"), args.name, args.reference, args.dest)
     except (PullError, OSError) as exc:  # OSError: a connection broken mid-body

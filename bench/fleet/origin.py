@@ -12,13 +12,14 @@ import json
 import subprocess
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from bench.fleet.netns import Host
 from bench.fleet.procs import Proc, ProcessSet
+from shoal.testing.registry import htpasswd_line
 
 __all__ = ["Origin", "blob_bytes_served", "netns_run"]
 
@@ -62,6 +63,8 @@ class Origin:
     workdir: Path
     procs: ProcessSet
     proc: Proc | None = None
+    users: dict[str, str] = field(default_factory=dict)
+    """user -> password: when given, the registry requires basic auth (a private image)"""
 
     @property
     def address(self) -> str:
@@ -84,6 +87,10 @@ class Origin:
             "storage": {"filesystem": {"rootdirectory": str(self.workdir / "storage")}, "delete": {"enabled": True}},
             "http": {"addr": self.address},
         }
+        if self.users:
+            htpasswd = self.workdir / "htpasswd"
+            htpasswd.write_text("".join(htpasswd_line(u, p) + "\n" for u, p in self.users.items()))
+            config["auth"] = {"htpasswd": {"realm": "shoal-fleet", "path": str(htpasswd)}}
         cfg = self.workdir / "config.yml"
         cfg.write_text(yaml.safe_dump(config))
         self.proc = self.procs.spawn(self.host.netns, ["docker-registry", "serve", str(cfg)], log=self.log_path)
@@ -93,7 +100,9 @@ class Origin:
                 raise RuntimeError(f"docker-registry exited: {self.log_path.read_text()[-2000:]}")
             if (
                 netns_run(
-                    self.host.netns, ["curl", "-sf", "-o", "/dev/null", f"http://{self.address}/v2/"], timeout=10
+                    self.host.netns,
+                    ["curl", "-sf", *self._curl_user(), "-o", "/dev/null", f"http://{self.address}/v2/"],
+                    timeout=10,
                 ).returncode
                 == 0
             ):
@@ -106,11 +115,32 @@ class Origin:
         dest = f"docker://{self.address}/{REPOSITORY}:{tag}"
         proc = netns_run(
             self.host.netns,
-            ["skopeo", "copy", "--quiet", "--preserve-digests", "--dest-tls-verify=false", layout_ref, dest],
+            [
+                "skopeo",
+                "copy",
+                "--quiet",
+                "--preserve-digests",
+                "--dest-tls-verify=false",
+                *self._dest_creds(),
+                layout_ref,
+                dest,
+            ],
         )
         if proc.returncode != 0:
             raise RuntimeError(f"skopeo push failed: {proc.stderr.strip()[-2000:]}")
         return dest
+
+    def credentials(self) -> str | None:
+        """``user:password`` of the registry's first user (None: it needs none)."""
+        return next((f"{u}:{p}" for u, p in self.users.items()), None)
+
+    def _curl_user(self) -> list[str]:
+        creds = self.credentials()
+        return [] if creds is None else ["-u", creds]
+
+    def _dest_creds(self) -> list[str]:
+        creds = self.credentials()
+        return [] if creds is None else [f"--dest-creds={creds}"]
 
     def mark(self) -> int:
         """Byte offset of the log after every earlier request's line was written."""

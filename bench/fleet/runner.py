@@ -44,6 +44,8 @@ class RunConfig:
     """More flags for every Shoal agent (swarm settings tried in the lab)."""
     capture: Path | None = None
     """Capture each Shoal scenario's rollout on the node network into this directory."""
+    origin_user: tuple[str, str] | None = None
+    """(user, password): a private image, the registry asks for them (light client only)."""
 
     def at(self, nodes: int, node_bps: int, origin_bps: int) -> RunConfig:
         return replace(self, nodes=nodes, node_bps=node_bps, origin_bps=origin_bps)
@@ -81,7 +83,8 @@ def run_fleet(
         try:
             apply_shaping(plan)
             progress(f"lab {plan.run_id}: {cfg.nodes} nodes shaped in {time.monotonic() - started:.1f} s")
-            origin = Origin(plan.origin, work / "origin", procs)
+            users = dict([cfg.origin_user]) if cfg.origin_user else {}
+            origin = Origin(plan.origin, work / "origin", procs, users=users)
             origin.start()
             origin.push(image.layout_ref, image.tag)
             fleet = Fleet(

@@ -3,17 +3,21 @@ processes in network namespaces, holds none of the layers' bytes and no secret.
 
 The fleet harness's lab (``bench.fleet``: one namespace per node on a bridge, the scheduler in
 its own, the registry in another, links shaped with ``tc``) rolls a two-layer image out to
-three nodes through their agents, once with the peer wire in clear and once in TLS, while
+three nodes through their agents (a private image: the registry asks for a password the
+clients send), once with the peer wire in clear and once in TLS, while
 ``tcpdump`` records the bridge: every frame between nodes and to the scheduler (the
 registry's own link is left out: in the lab it is plain HTTP, the registry's transport, not
 Shoal's). In clear the capture holds every window of the layers, so the test can fail; in
-TLS none, and neither run's peer token appears."""
+TLS none, and neither the peer token nor the registry password appears."""
 
 from __future__ import annotations
 
+import base64
+import secrets
 from pathlib import Path
 
 import pytest
+import yaml
 from bench.fleet.runner import RunConfig, make_image, run_fleet
 from bench.fleet.shaping import parse_rate
 
@@ -22,6 +26,8 @@ from shoal.p2p.pieces import choose_piece_size
 from shoal.testing.capture import tcp_streams
 
 MiB = 1 << 20
+USER = ("puller", secrets.token_hex(12))
+"""the private image's registry user: the clients' credentials must not cross the node network"""
 
 
 def _windows(image: GeneratedImage) -> list[bytes]:
@@ -53,9 +59,12 @@ def rollout(tmp_path_factory: pytest.TempPathFactory) -> tuple[GeneratedImage, P
         keep=True,
         client="light",
         capture=work / "capture",
+        origin_user=USER,
     )
     image = make_image(cfg)
     results = run_fleet(cfg, image, progress=lambda _line: None)
+    (config,) = (work / "fleet").glob("lab-*/origin/config.yml")
+    assert yaml.safe_load(config.read_text())["auth"]["htpasswd"], "the image is not private"
     for result in results:
         assert result.error is None, result.error
         assert "node network captured: 0 packets dropped" in result.notes
@@ -76,6 +85,10 @@ def test_a_capture_of_the_node_network_during_a_rollout(
     assert len(wire) >= layers, "the layers did not cross the node network"
     (token_file,) = fleet.glob(f"lab-*/{scenario}/peer-token")
     token = token_file.read_text().strip().encode()
+    # the clients' registry password crosses no node link in either run (only their own
+    # agent, on the node, and the registry's link see it)
+    assert USER[1].encode() not in wire
+    assert base64.b64encode(f"{USER[0]}:{USER[1]}".encode()) not in wire
     windows = _windows(image)
     found = sum(1 for window in windows if window in wire)
     if scenario == "p2p-tls":

@@ -246,7 +246,9 @@ class LightClient(PullClient):
             base, name = f"http://{self.fleet.origin.address}", REPOSITORY
         else:
             base, name = f"http://{mirror}", f"{self.fleet.upstream_name}/{REPOSITORY}"
-        return [sys.executable, str(LIGHTPULL), base, name, self.fleet.tag, str(self.node_dir(host) / "pull")]
+        creds = self.fleet.origin.credentials()
+        user = [] if creds is None else ["--user", creds]
+        return [sys.executable, str(LIGHTPULL), *user, base, name, self.fleet.tag, str(self.node_dir(host) / "pull")]
 
     def files(self, host: Host) -> dict[str, Path]:
         return layout_files(self.node_dir(host) / "pull", self.fleet.blobs)
@@ -271,6 +273,8 @@ def _unpack_seconds(log: str) -> float | None:
 
 
 def make_client(fleet: Fleet, work: Path) -> PullClient:
+    if fleet.origin.credentials() is not None and fleet.client != "light":
+        raise ValueError(f"a private origin is pulled with --client light only, not {fleet.client}")
     if fleet.client == "ctr":
         return CtrClient(fleet, work)
     if fleet.client == "skopeo":
