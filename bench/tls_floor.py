@@ -75,16 +75,22 @@ def _receive_all(read: Callable[[memoryview], int], size: int) -> None:
         got += n
 
 
-def _clear(blob: Path, size: int, _tls: tuple[TlsDirectory, TlsDirectory]) -> Ends:
-    out, into = _pair()
-    sender, receiver = PlainChannel(out), PlainChannel(into)
+def _channel_ends(
+    sender: PlainChannel | TlsChannel, receiver: PlainChannel | TlsChannel, blob: Path, size: int
+) -> Ends:
+    """The file sent as a link's writer sends a piece, and read as its reader reads a body."""
     fd = os.open(blob, os.O_RDONLY)
 
     def send() -> None:
         sender.send_file(fd, 0, size)
         os.close(fd)
 
-    return _closing(send, out), _closing(lambda: _receive_all(receiver.recv_exactly, size), into)
+    return _closing(send, sender.sock), _closing(lambda: _receive_all(receiver.recv_exactly, size), receiver.sock)
+
+
+def _clear(blob: Path, size: int, _tls: tuple[TlsDirectory, TlsDirectory]) -> Ends:
+    out, into = _pair()
+    return _channel_ends(PlainChannel(out), PlainChannel(into), blob, size)
 
 
 def _channel(blob: Path, size: int, tls: tuple[TlsDirectory, TlsDirectory]) -> Ends:
@@ -102,13 +108,7 @@ def _channel(blob: Path, size: int, tls: tuple[TlsDirectory, TlsDirectory]) -> E
     (sender,) = done
     for sock in (out, into):
         sock.settimeout(None)
-    fd = os.open(blob, os.O_RDONLY)
-
-    def send() -> None:
-        sender.send_file(fd, 0, size)
-        os.close(fd)
-
-    return _closing(send, out), _closing(lambda: _receive_all(receiver.recv_exactly, size), into)
+    return _channel_ends(sender, receiver, blob, size)
 
 
 def _sslsocket(blob: Path, size: int, tls: tuple[TlsDirectory, TlsDirectory]) -> Ends:
