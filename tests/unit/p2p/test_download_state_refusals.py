@@ -4,19 +4,31 @@ one more copy of the blob out of the registry)."""
 
 from __future__ import annotations
 
+import random
+
 from shoal.p2p.download_state import (
     Action,
     AddParent,
     AskFallback,
     DownloadRules,
     DownloadState,
+    Event,
+    FallbackAnswer,
+    GiveUp,
     ParentHas,
     ParentInfo,
     ParentLost,
+    ReportDue,
     SchedulerAnswer,
+    SendReport,
     StartOriginFetch,
     StopOriginFetch,
 )
+from shoal.p2p.download_state.scheduler_messages import answer_event, report_message
+from shoal.p2p.pieces import PieceGeometry
+from shoal.p2p.protocol import JoinRequest, Report
+from shoal.scheduler.config import SchedulerConfig
+from shoal.scheduler.state import SchedulerState
 
 PIECE = 100
 PIECES = 8
@@ -102,3 +114,47 @@ def test_refusals_counted_while_fetching_do_not_ask_after_the_lease_moves() -> N
     assert StopOriginFetch("another") in out
     assert asks(out) == []
     assert s.asking is None
+
+
+def test_a_node_every_peer_refuses_reaches_the_registry_when_the_blob_is_seeded() -> None:
+    """F6 end to end, with the real scheduler: the node's certificate is refused by every
+    peer, and the blob is already seeded (the usual case outside a rollout: a pod scheduled
+    onto this node pulls an image the fleet holds). The scheduler refuses every fallback lease
+    ("a complete copy is in the swarm ... no registry needed"), since nothing in the reports
+    says this node cannot reach that copy (refused parents are dropped without being
+    reported). The download never reaches the registry, where a direct pull would have
+    succeeded; since b93d877 it asks every ~1.75 s (68 asks in two minutes, 4 before)."""
+    clock = Clock()
+    clock.now = 0.0
+    mib = 1 << 20
+    size = 10 * mib
+    digest = "sha256:" + "a" * 64
+    sched = SchedulerState(SchedulerConfig(), rng=random.Random(7))
+    sched.join(digest, JoinRequest("seed", "seed:1", size, mib), 0.0)
+    every = {i: f"{i:064x}" for i in range(10)}
+    seed_report = Report("seed", "seed:1", 10, size, complete=True, hashes=every, size=size, piece_size=mib)
+    sched.report(digest, seed_report, 0.1)
+    clock.now = 1.0
+    s = DownloadState(peer_id=ME, size=size, piece_size=mib, rules=DownloadRules(), clock=clock, salt="x")
+    geometry = PieceGeometry(size, mib)
+    pending: list[Event] = [answer_event(sched.join(digest, JoinRequest(ME, "me:1", size, mib), clock.now))]
+    asked = 0
+    while clock.now < 120.0:
+        pending.append(ReportDue())
+        while pending:
+            for action in s.apply(pending.pop(0)):
+                if isinstance(action, GiveUp):
+                    return  # to the registry: what a direct pull does
+                if isinstance(action, AskFallback):
+                    asked += 1
+                if isinstance(action, AddParent):  # every peer refuses our certificate
+                    pending.append(refused(action.parent.peer_id))
+                if isinstance(action, SendReport):
+                    view = sched.report(digest, report_message(action, ME, "me:1", geometry), clock.now)
+                    pending.append(answer_event(view))
+                    if action.wants_fallback:
+                        pending.append(FallbackAnswer(granted=view.fallback))
+        clock.now += 0.25
+        if clock.now % 5 == 0:
+            sched.report(digest, seed_report, clock.now)  # the seed's heartbeat
+    raise AssertionError(f"no registry after {clock.now:.0f}s and {asked} refused fallback asks")
