@@ -158,3 +158,42 @@ def test_a_node_every_peer_refuses_reaches_the_registry_when_the_blob_is_seeded(
         if clock.now % 5 == 0:
             sched.report(digest, seed_report, clock.now)  # the seed's heartbeat
     raise AssertionError(f"no registry after {clock.now:.0f}s and {asked} refused fallback asks")
+
+
+def test_one_node_answering_with_alerts_costs_the_registry_no_copy_at_a_rollout_start() -> None:
+    """The first test with the real scheduler: the holder is reading the registry (no piece
+    yet, 1 s heartbeats), one member answers every ClientHello with a TLS alert (7 bytes, no
+    certificate needed), and a child pulls. The scheduler names that member again in every
+    answer; 1.7 s in, the child asks and is granted one of the blob's fallback leases: a
+    second copy from the registry in what should be a 1.00x rollout."""
+    clock = Clock()
+    clock.now = 0.0
+    mib = 1 << 20
+    size = 10 * mib
+    digest = "sha256:" + "b" * 64
+    sched = SchedulerState(SchedulerConfig(), rng=random.Random(7))
+    assert sched.join(digest, JoinRequest("holder", "holder:1", size, mib), 0.0).role == "fetcher"
+    sched.join(digest, JoinRequest("bad", "bad:1", size, mib), 0.05)
+    clock.now = 0.1
+    s = DownloadState(peer_id=ME, size=size, piece_size=mib, rules=DownloadRules(), clock=clock, salt="x")
+    geometry = PieceGeometry(size, mib)
+    pending: list[Event] = [answer_event(sched.join(digest, JoinRequest(ME, "me:1", size, mib), clock.now))]
+    ticks = 0
+    while ticks < 100:  # ten seconds
+        pending.append(ReportDue())
+        while pending:
+            for action in s.apply(pending.pop(0)):
+                assert not isinstance(action, GiveUp), f"{clock.now:.1f}s: {action}"
+                if isinstance(action, AddParent):
+                    pid = action.parent.peer_id
+                    pending.append(refused(pid) if pid == "bad" else ParentHas(pid, frozenset()))
+                if isinstance(action, SendReport):
+                    view = sched.report(digest, report_message(action, ME, "me:1", geometry), clock.now)
+                    pending.append(answer_event(view))
+                    if action.wants_fallback:
+                        pending.append(FallbackAnswer(granted=view.fallback))
+        ticks += 1
+        clock.now = 0.1 + ticks / 10
+        if ticks % 10 == 0:  # the holder's heartbeat: still on its first piece
+            sched.report(digest, Report("holder", "holder:1", 0, 0, size=size, piece_size=mib), clock.now)
+    assert sched.fallbacks_granted == 0
