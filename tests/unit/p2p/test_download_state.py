@@ -32,9 +32,11 @@ from shoal.p2p.download_state import (
     PieceRejected,
     PieceWritten,
     PrefixAdvanced,
+    ReportDue,
     RequestPiece,
     SchedulerAnswer,
     SchedulerFailed,
+    SendReport,
     StartOriginFetch,
     StopOriginFetch,
     Tick,
@@ -443,35 +445,36 @@ class TestStalls:
 
 
 class TestNoParentReachable:
-    """Parents that cannot be reached, one after another with none heard from, send the
-    download to ask for the registry at once: a node whose certificate its peers refuse
-    waited ``stall_timeout`` for every blob."""
+    """Parents that refuse our certificate, with none taking it, send the download to ask for
+    a fallback lease at once, saying how many refused it: a node whose certificate its peers
+    refuse waited ``stall_timeout`` for every blob."""
 
-    def test_three_in_a_row_ask_for_the_registry_at_once(self) -> None:
+    def test_three_refusing_parents_ask_at_once_with_the_evidence(self) -> None:
         clock = Clock()
         s = new(clock)
         with_parents(s, 1, 2, 3)
         clock.now += 1
-        assert s.apply(ParentLost("p1", "TLS handshake failed", unreachable=True, refused=True))[-1:] != [
-            AskFallback("no parent reachable: 1 in a row")
-        ]
-        s.apply(ParentLost("p2", "TLS handshake failed", unreachable=True, refused=True))
+        for n in (1, 2):
+            out = s.apply(ParentLost(f"p{n}", "TLS handshake failed", unreachable=True, refused=True))
+            assert not [a for a in out if isinstance(a, AskFallback)]
         out = s.apply(ParentLost("p3", "TLS handshake failed", unreachable=True, refused=True))
-        assert out[-1] == AskFallback("no parent reachable: 3 in a row")
-        assert not s.banned  # not their fault
-        assert s.apply(FallbackAnswer(granted=True))[-1] == GiveUp(
-            "no parent reachable: 3 in a row", fallback_lease=True
-        )
+        assert out[-1] == AskFallback("refused by 3 parents, none took our certificate")
+        assert not s.banned  # not necessarily their fault
+        (ask,) = [a for a in s.apply(ReportDue()) if isinstance(a, SendReport)]
+        assert (ask.wants_fallback, ask.refused_by) == (True, 3)
+        out = s.apply(FallbackAnswer(granted=True))
+        assert out[-1] == GiveUp("refused by 3 parents, none took our certificate", fallback_lease=True)
 
-    def test_a_parent_heard_from_between_them_starts_the_count_again(self) -> None:
+    def test_a_parent_heard_from_means_our_certificate_is_taken(self) -> None:
         s = new()
         with_parents(s, 1, 2, 3, 4)
         s.apply(ParentLost("p1", "refused", unreachable=True, refused=True))
-        s.apply(ParentLost("p2", "refused", unreachable=True, refused=True))
         s.apply(ParentHas("p4", frozenset({0})))
-        out = s.apply(ParentLost("p3", "refused", unreachable=True, refused=True))
+        for n in (2, 3):
+            out = s.apply(ParentLost(f"p{n}", "refused", unreachable=True, refused=True))
         assert not [a for a in out if isinstance(a, AskFallback)]
         assert s.asking is None
+        assert not s.refused_by
 
     @pytest.mark.parametrize(
         ("reason", "unreachable"), [("closed by the peer", False), ("cannot connect: timed out", True)]
@@ -483,19 +486,23 @@ class TestNoParentReachable:
             out = s.apply(ParentLost(f"p{n}", reason, unreachable=unreachable))
         assert not [a for a in out if isinstance(a, AskFallback)]
 
-    def test_refused_it_takes_as_many_again_before_the_next_ask(self) -> None:
-        s = new()
+    def test_refused_the_next_ask_is_the_stalls_and_still_says_why(self) -> None:
+        clock = Clock()
+        s = new(clock)
         with_parents(s, 1, 2, 3)
         for n in (1, 2, 3):
             s.apply(ParentLost(f"p{n}", "refused", unreachable=True, refused=True))
         assert s.asking is not None
+        s.apply(ReportDue())
         s.apply(FallbackAnswer(granted=False))
         with_parents(s, 4, 5, 6)
-        s.apply(ParentLost("p4", "refused", unreachable=True, refused=True))
-        out = s.apply(ParentLost("p5", "refused", unreachable=True, refused=True))
-        assert not [a for a in out if isinstance(a, AskFallback)]
-        out = s.apply(ParentLost("p6", "refused", unreachable=True, refused=True))
-        assert out[-1] == AskFallback("no parent reachable: 3 in a row")
+        for n in (4, 5, 6):
+            out = s.apply(ParentLost(f"p{n}", "refused", unreachable=True, refused=True))
+            assert not [a for a in out if isinstance(a, AskFallback)]  # no ask after every answer
+        clock.now += 25.1
+        assert s.apply(Tick())[-1] == AskFallback("stalled: no progress for 25s")
+        (ask,) = [a for a in s.apply(ReportDue()) if isinstance(a, SendReport)]
+        assert ask.refused_by == 6
 
     def test_the_fetcher_never_asks(self) -> None:
         s = new()

@@ -32,11 +32,11 @@ class DownloadRules:
     hash_wait: float = 25.0
     """how long a received piece waits for its published hash before it is discarded"""
     parent_errors: int = 3
-    unreachable_parents: int = 3
-    """parents in a row whose certificate we refused or that refused ours, none heard from in
-    between, before the download asks to fetch from the registry instead of waiting out
-    ``stall_timeout``: a node whose certificate its peers refuse waited that long for every
-    blob. Parents slow to accept (busy under a rollout) do not count."""
+    refused_parents: int = 3
+    """distinct parents whose TLS handshake refused our certificate (or whose we refused),
+    while no parent has taken ours, before the download asks for a fallback lease instead of
+    waiting out ``stall_timeout``: a node whose certificate its peers refuse waited that long
+    for every blob. Parents slow to accept (busy under a rollout) do not count."""
     avoid_corrupt_for: float = 600.0
     scheduler_failures: int = 3
     scheduler_lost_grace: float = 10.0

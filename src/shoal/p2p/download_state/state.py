@@ -116,8 +116,13 @@ class DownloadState:
         self.sched_failures = 0
         self.finished = False
         self.asking: str | None = None
-        self.unreachable_in_a_row = 0
-        """parents that refused us (or we them) since we last heard from any (``unreachable_parents``)"""
+        self.refused_by: set[str] = set()
+        """parents whose TLS handshake and ours refused each other while none has taken our
+        certificate: a fallback ask carries how many, the scheduler's evidence that the
+        swarm's copies are out of our reach (``refused_parents``)"""
+        self.certificate_taken = False
+        """a parent's bitfield or piece came over a live link: ours is not the refused one"""
+        self._asked_as_refused = False
         """why we asked for a fallback lease, while the answer is out"""
         self._ask_sent = False
         self._ask_failures = 0
@@ -146,14 +151,14 @@ class DownloadState:
             case SchedulerFailed():
                 self._on_scheduler_failed(out)
             case ParentHas():
-                self.unreachable_in_a_row = 0
+                self._certificate_taken()
                 self._on_has(event)
             case HashesKnown():
                 self._on_hashes(event, out)
             case PiecesHashed():
                 self.reports.hashed(event.hashes)
             case PieceArrived():
-                self.unreachable_in_a_row = 0
+                self._certificate_taken()
                 self._on_arrived(event, out)
             case PieceWritten():
                 self.writing.discard(event.index)
@@ -170,7 +175,7 @@ class DownloadState:
                     self.availability[event.index] -= 1
             case ParentLost():
                 if event.refused and event.peer_id in self.parents:
-                    self.unreachable_in_a_row += 1
+                    self._refused(event.peer_id)
                 self._drop(event.peer_id, event.reason, out, ban=not event.unreachable)
             case BytesArrived():
                 self.bytes_received += event.n
@@ -220,6 +225,7 @@ class DownloadState:
             hashes=self.reports.unpublished(),
             failed_parents=tuple(sorted(self.unreported_failures)),
             wants_fallback=wants_fallback,
+            refused_by=len(self.refused_by) if wants_fallback else 0,
             final=final,
         )
         if not final:
@@ -281,6 +287,7 @@ class DownloadState:
             self.suppliers.add(view.fetcher)
         if view.fetcher == self.peer_id and not self.fetching:
             self.fetching = True
+            self.refused_by.clear()
             out.append(StartOriginFetch(self.contiguous))
         elif view.fetcher not in (None, self.peer_id) and self.fetching:
             # two origin fetches of one blob would double the registry's bytes
@@ -443,8 +450,19 @@ class DownloadState:
             self._ask(GiveUp("scheduler: lost"), out)
         elif idle > self.rules.stall_timeout:
             self._ask(GiveUp(f"stalled: no progress for {self.rules.stall_timeout:.0f}s"), out)
-        elif self.unreachable_in_a_row >= self.rules.unreachable_parents:
-            self._ask(GiveUp(f"no parent reachable: {self.unreachable_in_a_row} in a row"), out)
+        elif len(self.refused_by) >= self.rules.refused_parents and not self._asked_as_refused:
+            self._asked_as_refused = True  # later asks come from the stall rule, with the evidence
+            self._ask(GiveUp(f"refused by {len(self.refused_by)} parents, none took our certificate"), out)
+
+    def _certificate_taken(self) -> None:
+        self.certificate_taken = True
+        self.refused_by.clear()
+
+    def _refused(self, peer: str) -> None:
+        """A parent and we refused each other's certificates: evidence against ours only while
+        no parent has taken it, and none that matters while we read the registry ourselves."""
+        if not self.certificate_taken and not self.fetching:
+            self.refused_by.add(peer)
 
     def _ask(self, give_up: GiveUp, out: list[Action]) -> None:
         self.asking = give_up.reason
@@ -465,7 +483,6 @@ class DownloadState:
         self.asking = None
         self._ask_sent = False
         self._last_progress = self.clock()
-        self.unreachable_in_a_row = 0  # as many again before the next ask
         for peer in [peer for peer, p in self.parents.items() if not any(p.have)]:
             self._drop(peer, "told of no piece while we stalled", out, ban=False)
 
