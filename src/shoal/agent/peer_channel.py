@@ -24,7 +24,7 @@ import time
 
 from shoal.p2p.tls import PeerIdentity, peer_identity
 
-__all__ = ["PlainChannel", "TlsChannel", "TlsHandshakeError", "TlsRefused", "refused_by_tls", "tls_handshake"]
+__all__ = ["PlainChannel", "TlsChannel", "TlsHandshakeError", "tls_handshake"]
 
 SEND_SLICE = 256 << 10
 """bytes encrypted per step: the TLS writer's memory, and how long it holds the lock"""
@@ -44,11 +44,6 @@ inside OpenSSL, read from the memory buffer but not yet decrypted (one partial r
 
 class TlsHandshakeError(Exception):
     """The TLS handshake failed: no certificate, one our CA did not issue, or a broken peer."""
-
-
-class TlsRefused(TlsHandshakeError):
-    """OpenSSL ended the handshake (a certificate refused either way, no common version):
-    not a slow peer, and it lasts until one side's TLS material changes."""
 
 
 class _Receiver:
@@ -256,14 +251,6 @@ class TlsChannel:
         return True
 
 
-def refused_by_tls(exc: BaseException) -> bool:
-    """OpenSSL refused the other side (an alert, a certificate that does not verify), rather
-    than the connection ending under it (EOF, a reset: a busy or dying peer)."""
-    return isinstance(exc, ssl.SSLError) and not isinstance(
-        exc, ssl.SSLEOFError | ssl.SSLSyscallError | ssl.SSLZeroReturnError
-    )
-
-
 def tls_handshake(
     sock: socket.socket, context: ssl.SSLContext, *, server: bool, first: bytes, deadline: float
 ) -> TlsChannel:
@@ -299,8 +286,6 @@ def tls_handshake(
         if outgoing.pending:  # OpenSSL's alert: the peer learns it was refused, not just cut off
             with contextlib.suppress(OSError):
                 sock.sendall(outgoing.read())
-        if refused_by_tls(exc):
-            raise TlsRefused(f"TLS handshake failed: {reason}") from None
         raise TlsHandshakeError(f"TLS handshake failed: {reason}") from None
     except TimeoutError:
         raise TlsHandshakeError("TLS handshake not complete in time") from None

@@ -34,7 +34,6 @@ from shoal.agent.peer_checks import first_message_size, foreign_identity, foreig
 from shoal.agent.peer_link import (
     MAX_QUEUED_PIECES,
     LinkError,
-    LinkRefused,
     PeerLink,
     PieceBody,
     PieceFile,
@@ -256,8 +255,8 @@ class PeerHub:
             try:
                 try:
                     tls = None if self.config.tls is None else self.config.tls.client_context()
-                except TlsMaterialError as exc:  # every dial would fail alike: our side's fault
-                    raise LinkRefused(f"not dialling {peer_id}: {exc}") from None
+                except TlsMaterialError as exc:  # not enrolled yet, a rotation half written
+                    raise LinkError(f"not dialling {peer_id}: {exc}") from None
                 channel, conn = await self._loop.run_in_executor(
                     self._dials,
                     dial,

@@ -31,14 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from shoal.agent.peer_channel import (
-    PlainChannel,
-    TlsChannel,
-    TlsHandshakeError,
-    TlsRefused,
-    refused_by_tls,
-    tls_handshake,
-)
+from shoal.agent.peer_channel import PlainChannel, TlsChannel, TlsHandshakeError, tls_handshake
 from shoal.agent.piece_buffers import PieceBuffers
 from shoal.p2p import wire
 from shoal.p2p.tls import PeerIdentity
@@ -65,12 +58,6 @@ rename and the new path being set, for a moment neither name is what ``file`` sa
 
 class LinkError(Exception):
     """The peer could not be reached, failed the handshake, or is not who we dialled."""
-
-
-class LinkRefused(LinkError):
-    """The peer and we cannot agree on who is who: a certificate refused either way, or the
-    dialled address answered as another node. Unlike a peer too busy to answer in time,
-    this lasts until one side's TLS material (or the scheduler's view) changes."""
 
 
 @dataclass(slots=True, eq=False)
@@ -229,13 +216,10 @@ def dial(
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         channel: Channel = PlainChannel(sock)
         if tls is not None:
-            try:
-                channel = tls_handshake(sock, tls, server=False, first=b"", deadline=deadline)
-            except TlsRefused as exc:
-                raise LinkRefused(f"handshake with {address} failed: {exc}") from None
+            channel = tls_handshake(sock, tls, server=False, first=b"", deadline=deadline)
             wrong = not_the_node_dialled(channel.identity, host)
             if wrong is not None:
-                raise LinkRefused(f"{address} is not the node we dialled: {wrong}")
+                raise LinkError(f"{address} is not the node we dialled: {wrong}")
         conn = wire.Connection(wire.Role.CLIENT, secret=secret)
         lock = threading.Lock()
         _send_all(channel, conn, lock, wire.Hello(own_id))
@@ -253,8 +237,6 @@ def dial(
         sock.close()
         if isinstance(exc, LinkError):
             raise
-        if refused_by_tls(exc):  # TLS 1.3: the server's verdict on our certificate comes after
-            raise LinkRefused(f"{address} refused our certificate: {exc}") from None
         raise LinkError(f"handshake with {address} failed: {exc}") from None
     except BaseException:
         sock.close()

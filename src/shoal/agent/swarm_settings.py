@@ -51,10 +51,9 @@ class SwarmSettings:
     """seconds a received piece waits for its published hash before it is discarded."""
     parent_errors: int = _RULES.parent_errors
     """failed requests in a row that drop a parent."""
-    refused_parents: int = _RULES.refused_parents
-    """distinct parents whose TLS handshake refused this node's certificate (or whose this node
-    refused), while none took it, before a download asks for a fallback lease instead of
-    waiting out ``stall_timeout``; parents too busy to answer do not count."""
+    refused_asks: int = _RULES.refused_asks
+    """fallback asks refused in a row without progress, every piece hash known, before a
+    download reads the registry without a lease (it cannot reach the swarm's complete copy)."""
     avoid_corrupt_for: float = _RULES.avoid_corrupt_for
     """seconds a peer that sent a corrupt piece is not used again."""
     scheduler_failures: int = _RULES.scheduler_failures
@@ -158,7 +157,7 @@ def swarm_configs(
         stall_timeout=settings.stall_timeout,
         hash_wait=settings.hash_wait,
         parent_errors=settings.parent_errors,
-        refused_parents=settings.refused_parents,
+        refused_asks=settings.refused_asks,
         avoid_corrupt_for=settings.avoid_corrupt_for,
         scheduler_failures=settings.scheduler_failures,
         scheduler_lost_grace=settings.scheduler_lost_grace,

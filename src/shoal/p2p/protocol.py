@@ -101,11 +101,6 @@ class Report:
     hashes are wrong. The scheduler drops them if a peer in ``failed_parents`` published them."""
     zone: str = ""
     """as in :class:`JoinRequest` (a report may be the first a new scheduler hears of a peer)."""
-    refused_by: int = 0
-    """with ``wants_fallback``: parents whose TLS handshake refused this peer's certificate (or
-    whose it refused) while none took it. The swarm's copies are out of its reach: a seeder
-    does not make the scheduler refuse the ask (the fallback leases still bound how many
-    read the registry at once)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -143,8 +143,6 @@ class SchedulerClient:
         if self.zone and not report.zone:
             body["zone"] = self.zone
         body["hashes"] = {str(k): v for k, v in report.hashes.items()}
-        if not report.refused_by:
-            del body["refused_by"]  # what schedulers before it knew is all they are sent
         # piece hashes are on every child's critical path: they do not queue behind this
         # agent's other short calls (only a lease holder, or a seed announcing, sends them)
         return await self._call("POST", digest, "report", _task_view, json=body, own_slot=bool(report.hashes))

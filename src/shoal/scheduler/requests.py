@@ -160,7 +160,6 @@ def parse_report(data: Any) -> Report:
         bad_hashes=_bool("bad_hashes", get("bad_hashes", False)),
         wants_fallback=_bool("wants_fallback", get("wants_fallback", False)),
         zone=_zone(get("zone", "")),
-        refused_by=_int("refused_by", get("refused_by", 0)),
     )
 
 

@@ -412,10 +412,9 @@ class SchedulerState:
             task.fallbacks[peer_id] = now + self.config.lease_ttl
         if not rep.wants_fallback:
             return held
-        if not held and len(task.seeders) and task.hashes_known == task.total and not rep.refused_by:
+        if not held and len(task.seeders) and task.hashes_known == task.total:
             # a complete copy is in the swarm (a fallback holder that finished, a seed) and its
-            # pieces can be checked: the answer's parents include it, no registry needed (unless
-            # the asker's certificate is refused by the parents it was given: then it cannot)
+            # pieces can be checked: the answer's parents include it, no registry needed
             self.fallbacks_refused += 1
             return False
         if held or len(task.fallbacks) < self.config.fallback_leases:

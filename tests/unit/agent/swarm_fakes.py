@@ -10,7 +10,7 @@ import hashlib
 from collections.abc import Iterable
 
 from shoal.agent.peer_hub import PieceSink
-from shoal.agent.peer_link import LinkError, LinkRefused, PieceBody
+from shoal.agent.peer_link import LinkError, PieceBody
 from shoal.agent.piece_buffers import PieceBuffers
 from shoal.core.digest import Digest
 from shoal.oci.auth import Credentials
@@ -120,11 +120,9 @@ class FakePeers:
     """Links to parents that hold ``blobs[peer_id]`` whole; ``liars`` send each piece with
     its first byte flipped. Pieces come on the next turn of the loop, as from a link."""
 
-    def __init__(self, blobs: dict[str, bytes], liars: Iterable[str] = (), refusing: Iterable[str] = ()) -> None:
+    def __init__(self, blobs: dict[str, bytes], liars: Iterable[str] = ()) -> None:
         self.blobs = blobs
         self.liars = set(liars)
-        self.refusing = set(refusing)
-        """parents whose certificate and ours cannot agree (the dial fails with LinkRefused)"""
         self.sinks: dict[Digest, PieceSink] = {}
         self.announced: list[int] = []
         self.requests: list[tuple[str, int]] = []
@@ -152,8 +150,6 @@ class FakePeers:
         self.sinks.pop(digest, None)
 
     async def add_parent(self, digest: Digest, pieces: int, peer_id: str, address: str) -> None:
-        if peer_id in self.refusing:
-            raise LinkRefused(f"{peer_id} refused our certificate (fake)")
         if peer_id not in self.blobs:
             raise LinkError(f"cannot reach {peer_id} (fake)")
         sink = self.sinks[digest]

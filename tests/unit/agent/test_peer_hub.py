@@ -14,7 +14,7 @@ import pytest
 from shoal.agent.metrics import AgentMetrics
 from shoal.agent.peer_checks import foreign_identity, foreign_peer_id, wrong_protocol
 from shoal.agent.peer_hub import HubConfig, PeerHub
-from shoal.agent.peer_link import LinkRefused, PeerLink, PieceBody, peer_secret
+from shoal.agent.peer_link import LinkError, PeerLink, PieceBody, peer_secret
 from shoal.core.digest import Digest
 from shoal.p2p import wire
 from shoal.p2p.ratelimit import TokenBucket
@@ -351,14 +351,14 @@ class TestHaveBatches:
 
 
 class TestOwnTlsMaterial:
-    async def test_an_incomplete_tls_directory_refuses_every_dial_for_good(
+    async def test_an_incomplete_tls_directory_fails_the_dial_as_a_link_error(
         self, store: BlobStore, tmp_path: Path
     ) -> None:
-        """Our own certificate missing (enrollment not done, a rotation half written): every
-        dial would fail alike, so the download hears of a lasting refusal, not of a busy
-        parent (it used to get an exception no one caught)."""
+        """Our own certificate missing (enrollment not done, a rotation half written): the
+        download hears of a parent it cannot reach (it used to get an exception no task took,
+        the parent held for ever without a link)."""
         config = HubConfig(peer_id="127.0.0.1:1", secret=peer_secret("t"), tls=TlsDirectory(tmp_path / "empty"))
         h = PeerHub(config, store, {}, AgentMetrics(), TokenBucket(0))
-        with pytest.raises(LinkRefused, match="missing"):
+        with pytest.raises(LinkError, match="missing"):
             await h.link_to("127.0.0.2:1", "127.0.0.2:1")
         await h.close()

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from shoal.agent.peer_channel import PlainChannel
-from shoal.agent.peer_link import Channel, LinkError, LinkRefused, PeerLink, PieceBody, answer, dial, peer_secret
+from shoal.agent.peer_link import Channel, LinkError, PeerLink, PieceBody, answer, dial, peer_secret
 from shoal.agent.piece_buffers import PieceBuffers
 from shoal.p2p import wire
 from shoal.p2p.tls import PeerIdentity, TlsDirectory
@@ -185,14 +185,13 @@ class TestTlsHandshake:
         elsewhere = TlsDirectory(ca.issue(tmp_path / "a", "node-x", ips=("10.0.0.9",)))
         client = TlsDirectory(ca.issue(tmp_path / "b", "node-b", ips=("127.0.0.1",)))
         listener = Listener(tls=elsewhere.server_context())
-        with pytest.raises(
-            LinkRefused, match=r"not the node we dialled: its certificate is for node-x \(10\.0\.0\.9\)"
-        ):
+        with pytest.raises(LinkError, match=r"not the node we dialled: its certificate is for node-x \(10\.0\.0\.9\)"):
             dial(listener.address, "127.0.0.1:7000", "127.0.0.1:7001", SECRET, 5.0, tls=client.client_context())
         listener.dispose()
 
     @pytest.mark.parametrize("client_kind", ["another CA", "no certificate"])
     def test_a_client_without_a_certificate_of_our_ca_is_refused(self, tmp_path: Path, client_kind: str) -> None:
+        """The client hears OpenSSL's alert (why), not just a closed connection."""
         server = TlsDirectory(TestCA.create().issue(tmp_path / "a", "node-a", ips=("127.0.0.1",)))
         if client_kind == "another CA":  # it trusts ours, so it goes on to present its own
             other = TestCA.create("another CA").issue(tmp_path / "b", "node-b", ips=("127.0.0.1",))
@@ -202,38 +201,11 @@ class TestTlsHandshake:
             context.check_hostname = False
         context.load_verify_locations(cafile=tmp_path / "a" / "ca.pem")
         listener = Listener(tls=server.server_context())
-        with pytest.raises(LinkRefused):  # lasting: not to be taken for a busy peer
+        with pytest.raises(LinkError, match="ALERT"):
             dial(listener.address, "127.0.0.1:7000", "127.0.0.1:7001", SECRET, 5.0, tls=context)
         with pytest.raises(LinkError, match="TLS handshake failed"):
             listener.server()
         listener.dispose()
-
-    def test_a_server_of_another_ca_is_refused_for_good(self, tmp_path: Path) -> None:
-        stranger = TlsDirectory(TestCA.create("another CA").issue(tmp_path / "a", "node-a", ips=("127.0.0.1",)))
-        client = TlsDirectory(TestCA.create().issue(tmp_path / "b", "node-b", ips=("127.0.0.1",)))
-        listener = Listener(tls=stranger.server_context())
-        with pytest.raises(LinkRefused, match="TLS handshake failed"):
-            dial(listener.address, "127.0.0.1:7000", "127.0.0.1:7001", SECRET, 5.0, tls=client.client_context())
-        listener.dispose()
-
-    def test_a_peer_that_closes_mid_handshake_is_not_a_refusal(self, tmp_path: Path) -> None:
-        """A busy peer that drops the connection may take us later: no lasting verdict."""
-        client = TlsDirectory(TestCA.create().issue(tmp_path / "b", "node-b", ips=("127.0.0.1",)))
-        closer = socket.create_server(("127.0.0.1", 0))
-        address = f"127.0.0.1:{closer.getsockname()[1]}"
-
-        def close_at_once() -> None:
-            conn, _ = closer.accept()
-            conn.recv(1)
-            conn.close()
-
-        thread = threading.Thread(target=close_at_once, daemon=True)
-        thread.start()
-        with pytest.raises(LinkError) as caught:
-            dial(address, "127.0.0.1:7000", "127.0.0.1:7001", SECRET, 5.0, tls=client.client_context())
-        assert not isinstance(caught.value, LinkRefused)
-        thread.join(5)
-        closer.close()
 
 
 @pytest.fixture(params=["clear", "tls"])

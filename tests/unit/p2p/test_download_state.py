@@ -32,11 +32,9 @@ from shoal.p2p.download_state import (
     PieceRejected,
     PieceWritten,
     PrefixAdvanced,
-    ReportDue,
     RequestPiece,
     SchedulerAnswer,
     SchedulerFailed,
-    SendReport,
     StartOriginFetch,
     StopOriginFetch,
     Tick,
@@ -444,72 +442,46 @@ class TestStalls:
         assert s.apply(PrefixAdvanced(PIECES * PIECE)) == [AnnouncePieces((3, 4, 5, 6, 7)), Complete()]
 
 
-class TestNoParentReachable:
-    """Parents that refuse our certificate, with none taking it, send the download to ask for
-    a fallback lease at once, saying how many refused it: a node whose certificate its peers
-    refuse waited ``stall_timeout`` for every blob."""
+class TestRefusedAsks:
+    """A complete copy in the swarm makes the scheduler refuse every fallback ask; a node that
+    cannot reach that copy (every peer refuses its certificate) must still reach the
+    registry, as a direct pull would: after ``refused_asks`` refusals without progress."""
 
-    def test_three_refusing_parents_ask_at_once_with_the_evidence(self) -> None:
-        clock = Clock()
-        s = new(clock)
-        with_parents(s, 1, 2, 3)
-        clock.now += 1
-        for n in (1, 2):
-            out = s.apply(ParentLost(f"p{n}", "TLS handshake failed", unreachable=True, refused=True))
-            assert not [a for a in out if isinstance(a, AskFallback)]
-        out = s.apply(ParentLost("p3", "TLS handshake failed", unreachable=True, refused=True))
-        assert out[-1] == AskFallback("refused by 3 parents, none took our certificate")
-        assert not s.banned  # not necessarily their fault
-        (ask,) = [a for a in s.apply(ReportDue()) if isinstance(a, SendReport)]
-        assert (ask.wants_fallback, ask.refused_by) == (True, 3)
-        out = s.apply(FallbackAnswer(granted=True))
-        assert out[-1] == GiveUp("refused by 3 parents, none took our certificate", fallback_lease=True)
-
-    def test_a_parent_heard_from_means_our_certificate_is_taken(self) -> None:
-        s = new()
-        with_parents(s, 1, 2, 3, 4)
-        s.apply(ParentLost("p1", "refused", unreachable=True, refused=True))
-        s.apply(ParentHas("p4", frozenset({0})))
-        for n in (2, 3):
-            out = s.apply(ParentLost(f"p{n}", "refused", unreachable=True, refused=True))
-        assert not [a for a in out if isinstance(a, AskFallback)]
-        assert s.asking is None
-        assert not s.refused_by
-
-    @pytest.mark.parametrize(
-        ("reason", "unreachable"), [("closed by the peer", False), ("cannot connect: timed out", True)]
-    )
-    def test_lost_links_and_busy_parents_do_not_count(self, reason: str, unreachable: bool) -> None:
-        s = new()
-        with_parents(s, 1, 2, 3)
-        for n in (1, 2, 3):
-            out = s.apply(ParentLost(f"p{n}", reason, unreachable=unreachable))
-        assert not [a for a in out if isinstance(a, AskFallback)]
-
-    def test_refused_the_next_ask_is_the_stalls_and_still_says_why(self) -> None:
-        clock = Clock()
-        s = new(clock)
-        with_parents(s, 1, 2, 3)
-        for n in (1, 2, 3):
-            s.apply(ParentLost(f"p{n}", "refused", unreachable=True, refused=True))
-        assert s.asking is not None
-        s.apply(ReportDue())
-        s.apply(FallbackAnswer(granted=False))
-        with_parents(s, 4, 5, 6)
-        for n in (4, 5, 6):
-            out = s.apply(ParentLost(f"p{n}", "refused", unreachable=True, refused=True))
-            assert not [a for a in out if isinstance(a, AskFallback)]  # no ask after every answer
+    def stall_and_be_refused(self, s: DownloadState, clock: Clock) -> list[Action]:
         clock.now += 25.1
-        assert s.apply(Tick())[-1] == AskFallback("stalled: no progress for 25s")
-        (ask,) = [a for a in s.apply(ReportDue()) if isinstance(a, SendReport)]
-        assert ask.refused_by == 6
+        assert isinstance(s.apply(Tick())[-1], AskFallback)
+        return s.apply(FallbackAnswer(granted=False))
 
-    def test_the_fetcher_never_asks(self) -> None:
-        s = new()
-        s.apply(SchedulerAnswer(fetcher=ME, parents=(parent(1), parent(2), parent(3))))
-        for n in (1, 2, 3):
-            out = s.apply(ParentLost(f"p{n}", "refused", unreachable=True, refused=True))
-        assert not [a for a in out if isinstance(a, AskFallback)]
+    def test_three_refusals_with_every_hash_known_go_to_the_registry(self) -> None:
+        clock = Clock()
+        s = new(clock)
+        s.apply(SchedulerAnswer(fetcher=None, parents=(parent(1),), hashes_known=PIECES))
+        for _ in range(2):
+            assert not any(isinstance(a, GiveUp) for a in self.stall_and_be_refused(s, clock))
+            s.apply(SchedulerAnswer(fetcher=None, parents=(parent(1),), hashes_known=PIECES))
+        out = self.stall_and_be_refused(s, clock)
+        assert out[-1] == GiveUp("3 fallback asks refused without progress")
+        assert not s.fallback_lease
+
+    def test_while_the_holder_still_reads_the_registry_the_download_waits(self) -> None:
+        clock = Clock()
+        s = new(clock)
+        s.apply(SchedulerAnswer(fetcher="origin-holder", parents=(parent(1),), hashes_known=3))
+        for _ in range(5):
+            assert not any(isinstance(a, GiveUp) for a in self.stall_and_be_refused(s, clock))
+        assert not s.finished
+
+    def test_progress_between_refusals_starts_the_count_again(self) -> None:
+        clock = Clock()
+        s = new(clock)
+        s.apply(SchedulerAnswer(fetcher=None, parents=(parent(1),), hashes_known=PIECES))
+        self.stall_and_be_refused(s, clock)
+        self.stall_and_be_refused(s, clock)
+        s.apply(BytesArrived(100))
+        s.apply(Tick())
+        for _ in range(2):
+            assert not any(isinstance(a, GiveUp) for a in self.stall_and_be_refused(s, clock))
+        assert not s.finished
 
 
 class TestFallbackLeases:

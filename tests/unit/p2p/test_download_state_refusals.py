@@ -1,6 +1,7 @@
-"""Review of the refused-parents rule (``unreachable_parents``): refusals that say nothing of
-our own certificate must not send a download to the registry (each ask that is granted is
-one more copy of the blob out of the registry)."""
+"""Parents that refuse a node's certificate (issue 16, F6), from a review: refusals must not
+send a download to the registry early (each fallback lease granted is one more copy out of
+the registry, and one node can refuse at no cost), and a node every peer refuses must still
+reach the registry, as a direct pull would."""
 
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ def asks(actions: list[Action]) -> list[AskFallback]:
 
 
 def refused(peer_id: str) -> ParentLost:
-    return ParentLost(peer_id, "TLS handshake failed: TLSV1_ALERT_UNKNOWN_CA", unreachable=True, refused=True)
+    return ParentLost(peer_id, "TLS handshake failed: TLSV1_ALERT_UNKNOWN_CA", unreachable=True)
 
 
 def test_one_refusing_parent_named_again_counts_once() -> None:
@@ -122,8 +123,8 @@ def test_a_node_every_peer_refuses_reaches_the_registry_when_the_blob_is_seeded(
     onto this node pulls an image the fleet holds). The scheduler refuses every fallback lease
     ("a complete copy is in the swarm ... no registry needed"), since nothing in the reports
     says this node cannot reach that copy (refused parents are dropped without being
-    reported). The download never reaches the registry, where a direct pull would have
-    succeeded; since b93d877 it asks every ~1.75 s (68 asks in two minutes, 4 before)."""
+    reported). The download never reached the registry, where a direct pull would have
+    succeeded; now, after ``refused_asks`` refused asks with every hash known, it goes."""
     clock = Clock()
     clock.now = 0.0
     mib = 1 << 20

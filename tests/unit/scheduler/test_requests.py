@@ -84,10 +84,6 @@ class TestReport:
         rep = parse_report(with_(REPORT, hashes={"0": "0" * 64, "12": "1" * 64}, failed_parents=["b"]))
         assert (rep.hashes, rep.failed_parents) == ({0: "0" * 64, 12: "1" * 64}, ["b"])
 
-    def test_how_many_parents_refused_the_asker(self) -> None:
-        assert parse_report(with_(REPORT, wants_fallback=True, refused_by=3)).refused_by == 3
-        assert parse_report(REPORT).refused_by == 0  # what agents before it send
-
     @pytest.mark.parametrize(
         ("field", "value", "message"),
         [
@@ -111,8 +107,6 @@ class TestReport:
             ("failed_parents", ["x" * 1000], "at most"),
             ("failed_parents", ["x\r\n"], "printable"),
             ("failed_parents", ["p"] * (MAX_FAILED_PARENTS + 1), "at most"),
-            ("refused_by", -1, "refused_by"),
-            ("refused_by", True, "refused_by"),
         ],
     )
     def test_absurd_values(self, field: str, value: Any, message: str) -> None:

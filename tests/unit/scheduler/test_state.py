@@ -735,18 +735,8 @@ class TestWrongHashes:
         assert len(s.hashes(D, 0).hashes) == 10
 
 
-def ask_fallback(s: SchedulerState, peer: str, now: float, *, complete: bool = False, refused_by: int = 0) -> TaskView:
-    rep = Report(
-        peer,
-        f"{peer}:1",
-        0,
-        0,
-        complete=complete,
-        size=SIZE,
-        piece_size=MiB,
-        wants_fallback=True,
-        refused_by=refused_by,
-    )
+def ask_fallback(s: SchedulerState, peer: str, now: float, *, complete: bool = False) -> TaskView:
+    rep = Report(peer, f"{peer}:1", 0, 0, complete=complete, size=SIZE, piece_size=MiB, wants_fallback=True)
     return s.report(D, rep, now)
 
 
@@ -782,20 +772,6 @@ class TestFallbackLeases:
         assert "b" in [p.peer_id for p in view.parents]
         s.leave(D, "b")
         assert ask_fallback(s, "c", 29.0).fallback  # the copy left: the registry it is
-
-    def test_a_peer_refused_by_its_parents_gets_a_lease_beside_a_complete_copy(self) -> None:
-        """Issue 16, F6: a node whose certificate its parents refused cannot take the swarm's
-        complete copy; refused its ask for that copy's sake, it never reached the registry.
-        Within the blob's fallback leases still: a peer that says so falsely costs no more
-        than the leases allow."""
-        s = state(fallback_leases=1)
-        join(s, "seed", 0.0)
-        report(s, "seed", 0.5, complete=True, pieces=10, hashes=all_hashes())
-        for peer in ("a", "b"):
-            join(s, peer, 1.0)
-        assert not ask_fallback(s, "a", 2.0).fallback  # the seed's copy: take it from there
-        assert ask_fallback(s, "a", 3.0, refused_by=3).fallback
-        assert not ask_fallback(s, "b", 3.5, refused_by=3).fallback  # the one lease is a's
 
     def test_the_answer_reaches_the_wire(self) -> None:
         from shoal.p2p.protocol import dumps, loads

@@ -18,7 +18,7 @@ from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 from shoal.agent.metrics import AgentMetrics
-from shoal.agent.peer_link import LinkError, LinkRefused, PieceBody
+from shoal.agent.peer_link import LinkError, PieceBody
 from shoal.agent.swarm.config import SwarmConfig
 from shoal.agent.swarm.ports import AvoidList, OriginFill, PeerPort, SchedulerPort
 from shoal.oci.auth import Credentials
@@ -309,8 +309,7 @@ class SwarmDownload:
         try:
             await self.peers.add_parent(self.digest, self.geometry.count, parent.peer_id, parent.address)
         except (LinkError, OSError) as exc:
-            refused = isinstance(exc, LinkRefused)
-            self.events.put_nowait(ds.ParentLost(parent.peer_id, str(exc), unreachable=True, refused=refused))
+            self.events.put_nowait(ds.ParentLost(parent.peer_id, str(exc), unreachable=True))
 
     def _request(self, peer_id: str, index: int) -> None:
         delay = 0.0 if self.bucket.rate <= 0 else self.bucket.delay_for(self.geometry.length(index))

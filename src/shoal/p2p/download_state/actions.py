@@ -80,8 +80,6 @@ class SendReport:
     failed_parents: tuple[str, ...] = ()
     """parents dropped for cause since the last report that got through"""
     wants_fallback: bool = False
-    refused_by: int = 0
-    """with ``wants_fallback``: parents that refused our certificate, none taking it"""
     final: bool = False
 
 

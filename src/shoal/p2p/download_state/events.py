@@ -91,9 +91,6 @@ class ParentLost:
     peer_id: str
     reason: str
     unreachable: bool = False
-    refused: bool = False
-    """(with ``unreachable``) the parent answered, but one side refused the other's
-    certificate: that lasts until the TLS material changes, unlike a busy node's silence"""
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,11 +32,13 @@ class DownloadRules:
     hash_wait: float = 25.0
     """how long a received piece waits for its published hash before it is discarded"""
     parent_errors: int = 3
-    refused_parents: int = 3
-    """distinct parents whose TLS handshake refused our certificate (or whose we refused),
-    while no parent has taken ours, before the download asks for a fallback lease instead of
-    waiting out ``stall_timeout``: a node whose certificate its peers refuse waited that long
-    for every blob. Parents slow to accept (busy under a rollout) do not count."""
+    refused_asks: int = 3
+    """fallback asks refused in a row, without progress in between, while every piece's hash
+    is known, after which the download reads the registry without a lease, as a direct pull
+    would. The scheduler refuses the ask while a complete copy is in the swarm; a node that
+    cannot reach that copy (its certificate refused by every peer, a network that lets it
+    reach the scheduler but no node) waited for ever. While hashes are still missing the
+    holder is still reading the registry: waiting for it spares the registry."""
     avoid_corrupt_for: float = 600.0
     scheduler_failures: int = 3
     scheduler_lost_grace: float = 10.0

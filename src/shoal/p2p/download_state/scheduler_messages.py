@@ -27,7 +27,6 @@ def report_message(action: SendReport, peer_id: str, address: str, geometry: Pie
         size=geometry.size,
         piece_size=geometry.piece_size,
         wants_fallback=action.wants_fallback,
-        refused_by=action.refused_by,
     )
 
 

@@ -116,13 +116,10 @@ class DownloadState:
         self.sched_failures = 0
         self.finished = False
         self.asking: str | None = None
-        self.refused_by: set[str] = set()
-        """parents whose TLS handshake and ours refused each other while none has taken our
-        certificate: a fallback ask carries how many, the scheduler's evidence that the
-        swarm's copies are out of our reach (``refused_parents``)"""
-        self.certificate_taken = False
-        """a parent's bitfield or piece came over a live link: ours is not the refused one"""
-        self._asked_as_refused = False
+        self._asks_refused = 0
+        """fallback asks refused since the last progress (``refused_asks``)"""
+        self._all_hashes_known = False
+        """the scheduler's last answer: every piece's hash is known (a complete copy exists)"""
         """why we asked for a fallback lease, while the answer is out"""
         self._ask_sent = False
         self._ask_failures = 0
@@ -151,14 +148,12 @@ class DownloadState:
             case SchedulerFailed():
                 self._on_scheduler_failed(out)
             case ParentHas():
-                self._certificate_taken()
                 self._on_has(event)
             case HashesKnown():
                 self._on_hashes(event, out)
             case PiecesHashed():
                 self.reports.hashed(event.hashes)
             case PieceArrived():
-                self._certificate_taken()
                 self._on_arrived(event, out)
             case PieceWritten():
                 self.writing.discard(event.index)
@@ -174,8 +169,6 @@ class DownloadState:
                     p.have[event.index] = False
                     self.availability[event.index] -= 1
             case ParentLost():
-                if event.refused and event.peer_id in self.parents:
-                    self._refused(event.peer_id)
                 self._drop(event.peer_id, event.reason, out, ban=not event.unreachable)
             case BytesArrived():
                 self.bytes_received += event.n
@@ -225,7 +218,6 @@ class DownloadState:
             hashes=self.reports.unpublished(),
             failed_parents=tuple(sorted(self.unreported_failures)),
             wants_fallback=wants_fallback,
-            refused_by=len(self.refused_by) if wants_fallback else 0,
             final=final,
         )
         if not final:
@@ -285,9 +277,9 @@ class DownloadState:
         self._on_report_answered()
         if view.fetcher is not None and view.hashes_known:
             self.suppliers.add(view.fetcher)
+        self._all_hashes_known = view.hashes_known >= self.count
         if view.fetcher == self.peer_id and not self.fetching:
             self.fetching = True
-            self.refused_by.clear()
             out.append(StartOriginFetch(self.contiguous))
         elif view.fetcher not in (None, self.peer_id) and self.fetching:
             # two origin fetches of one blob would double the registry's bytes
@@ -441,6 +433,7 @@ class DownloadState:
         state = self._progress()
         if state != self._last_state:
             self._last_state, self._last_progress = state, now
+            self._asks_refused = 0
         if self.fetching:
             return
         idle = now - self._last_progress
@@ -450,19 +443,6 @@ class DownloadState:
             self._ask(GiveUp("scheduler: lost"), out)
         elif idle > self.rules.stall_timeout:
             self._ask(GiveUp(f"stalled: no progress for {self.rules.stall_timeout:.0f}s"), out)
-        elif len(self.refused_by) >= self.rules.refused_parents and not self._asked_as_refused:
-            self._asked_as_refused = True  # later asks come from the stall rule, with the evidence
-            self._ask(GiveUp(f"refused by {len(self.refused_by)} parents, none took our certificate"), out)
-
-    def _certificate_taken(self) -> None:
-        self.certificate_taken = True
-        self.refused_by.clear()
-
-    def _refused(self, peer: str) -> None:
-        """A parent and we refused each other's certificates: evidence against ours only while
-        no parent has taken it, and none that matters while we read the registry ourselves."""
-        if not self.certificate_taken and not self.fetching:
-            self.refused_by.add(peer)
 
     def _ask(self, give_up: GiveUp, out: list[Action]) -> None:
         self.asking = give_up.reason
@@ -475,6 +455,11 @@ class DownloadState:
         if event.granted:
             self.fallback_lease = True
             self._finish(GiveUp(self.asking, fallback_lease=True), out)
+            return
+        self._asks_refused += 1
+        if self._asks_refused >= self.rules.refused_asks and self._all_hashes_known:
+            # a complete copy is in the swarm, out of our reach for three stalls running
+            self._finish(GiveUp(f"{self._asks_refused} fallback asks refused without progress"), out)
             return
         # refused: the registry is serving others; wait in the swarm for another while. A
         # parent that told us of no piece in all that time is asked afresh: dropped, not banned,
