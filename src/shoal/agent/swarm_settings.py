@@ -52,8 +52,9 @@ class SwarmSettings:
     parent_errors: int = _RULES.parent_errors
     """failed requests in a row that drop a parent."""
     refused_asks: int = _RULES.refused_asks
-    """fallback asks refused in a row without progress, every piece hash known, before a
-    download reads the registry without a lease (it cannot reach the swarm's complete copy)."""
+    """fallback asks refused in a row without progress, each beside a complete copy the
+    scheduler named, before a download reads the registry without a lease (it cannot reach
+    that copy)."""
     avoid_corrupt_for: float = _RULES.avoid_corrupt_for
     """seconds a peer that sent a corrupt piece is not used again."""
     scheduler_failures: int = _RULES.scheduler_failures

@@ -455,10 +455,10 @@ class TestRefusedAsks:
     def test_three_refusals_with_every_hash_known_go_to_the_registry(self) -> None:
         clock = Clock()
         s = new(clock)
-        s.apply(SchedulerAnswer(fetcher=None, parents=(parent(1),), hashes_known=PIECES))
+        s.apply(SchedulerAnswer(fetcher=None, parents=(parent(1),), hashes_known=PIECES, complete_named=True))
         for _ in range(2):
             assert not any(isinstance(a, GiveUp) for a in self.stall_and_be_refused(s, clock))
-            s.apply(SchedulerAnswer(fetcher=None, parents=(parent(1),), hashes_known=PIECES))
+            s.apply(SchedulerAnswer(fetcher=None, parents=(parent(1),), hashes_known=PIECES, complete_named=True))
         out = self.stall_and_be_refused(s, clock)
         assert out[-1] == GiveUp("3 fallback asks refused without progress")
         assert not s.fallback_lease
@@ -471,10 +471,20 @@ class TestRefusedAsks:
             assert not any(isinstance(a, GiveUp) for a in self.stall_and_be_refused(s, clock))
         assert not s.finished
 
-    def test_progress_between_refusals_starts_the_count_again(self) -> None:
+    def test_refused_for_taken_leases_the_download_waits(self) -> None:
+        """Every hash known but no complete copy named (the seed left): the scheduler refuses
+        because the blob's fallback leases are taken, and those holders read the registry."""
         clock = Clock()
         s = new(clock)
         s.apply(SchedulerAnswer(fetcher=None, parents=(parent(1),), hashes_known=PIECES))
+        for _ in range(5):
+            assert not any(isinstance(a, GiveUp) for a in self.stall_and_be_refused(s, clock))
+        assert not s.finished
+
+    def test_progress_between_refusals_starts_the_count_again(self) -> None:
+        clock = Clock()
+        s = new(clock)
+        s.apply(SchedulerAnswer(fetcher=None, parents=(parent(1),), hashes_known=PIECES, complete_named=True))
         self.stall_and_be_refused(s, clock)
         self.stall_and_be_refused(s, clock)
         s.apply(BytesArrived(100))

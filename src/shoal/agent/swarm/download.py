@@ -372,16 +372,19 @@ class SwarmDownload:
 
     # -- watchers ------------------------------------------------------------------------
     async def _tick_loop(self) -> None:
-        """The clock, and bytes still arriving on parents' links (slow is not stalled)."""
-        seen = 0
+        """The clock, and bytes still arriving on parents' links (slow is not stalled): each
+        parent's count against its own last one, so a parent that had sent more and left
+        does not hide the bytes of those still sending."""
+        seen: dict[str, int] = {}
         while True:
             await asyncio.sleep(TICK)
-            arrived = sum(self.peers.bytes_from(pid, self.digest) for pid in self.state.parents)
-            if arrived > seen:
-                self.events.put_nowait(ds.BytesArrived(arrived - seen))
-            else:
-                self.events.put_nowait(ds.Tick())
-            seen = max(seen, arrived)
+            arrived = 0
+            now: dict[str, int] = {}
+            for pid in self.state.parents:
+                count = now[pid] = self.peers.bytes_from(pid, self.digest)
+                arrived += max(0, count - seen.get(pid, count))  # a new link starts from where it is
+            seen = now
+            self.events.put_nowait(ds.BytesArrived(arrived) if arrived else ds.Tick())
 
     async def _prefix_loop(self) -> None:
         """The verified prefix grows (our origin fetch, or pieces absorbed in order)."""

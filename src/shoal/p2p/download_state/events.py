@@ -21,6 +21,8 @@ class SchedulerAnswer:
     fetcher: str | None
     parents: tuple[ParentInfo, ...] = ()
     hashes_known: int = 0
+    complete_named: bool = False
+    """one of ``parents`` holds the whole blob (a seed, a holder that finished)"""
 
 
 @dataclass(frozen=True, slots=True)

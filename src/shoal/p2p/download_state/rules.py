@@ -33,12 +33,13 @@ class DownloadRules:
     """how long a received piece waits for its published hash before it is discarded"""
     parent_errors: int = 3
     refused_asks: int = 3
-    """fallback asks refused in a row, without progress in between, while every piece's hash
-    is known, after which the download reads the registry without a lease, as a direct pull
-    would. The scheduler refuses the ask while a complete copy is in the swarm; a node that
-    cannot reach that copy (its certificate refused by every peer, a network that lets it
-    reach the scheduler but no node) waited for ever. While hashes are still missing the
-    holder is still reading the registry: waiting for it spares the registry."""
+    """fallback asks refused in a row, without progress in between, each while the
+    scheduler named a parent holding the whole blob and knew every piece's hash, after which
+    the download reads the registry without a lease, as a direct pull would. The scheduler
+    refuses the ask for that copy's sake; a node that cannot reach it (its certificate
+    refused by every peer, a network that lets it reach the scheduler but no node) waited
+    for ever. Refused otherwise (hashes missing, the fallback leases taken), others are
+    reading the registry already, and waiting for them spares it."""
     avoid_corrupt_for: float = 600.0
     scheduler_failures: int = 3
     scheduler_lost_grace: float = 10.0

@@ -33,4 +33,4 @@ def report_message(action: SendReport, peer_id: str, address: str, geometry: Pie
 def answer_event(view: TaskView) -> SchedulerAnswer:
     """The scheduler's answer to a join or report, as the core's event."""
     parents = tuple(ParentInfo(p.peer_id, p.address) for p in view.parents)
-    return SchedulerAnswer(view.fetcher, parents, view.hashes_known)
+    return SchedulerAnswer(view.fetcher, parents, view.hashes_known, any(p.complete for p in view.parents))

@@ -118,8 +118,9 @@ class DownloadState:
         self.asking: str | None = None
         self._asks_refused = 0
         """fallback asks refused since the last progress (``refused_asks``)"""
-        self._all_hashes_known = False
-        """the scheduler's last answer: every piece's hash is known (a complete copy exists)"""
+        self._copy_named = False
+        """the scheduler's last answer named a parent that holds the whole blob, and every
+        piece's hash is known: a fallback ask refused then is refused for that copy's sake"""
         """why we asked for a fallback lease, while the answer is out"""
         self._ask_sent = False
         self._ask_failures = 0
@@ -277,7 +278,7 @@ class DownloadState:
         self._on_report_answered()
         if view.fetcher is not None and view.hashes_known:
             self.suppliers.add(view.fetcher)
-        self._all_hashes_known = view.hashes_known >= self.count
+        self._copy_named = view.complete_named and view.hashes_known >= self.count
         if view.fetcher == self.peer_id and not self.fetching:
             self.fetching = True
             out.append(StartOriginFetch(self.contiguous))
@@ -456,8 +457,10 @@ class DownloadState:
             self.fallback_lease = True
             self._finish(GiveUp(self.asking, fallback_lease=True), out)
             return
-        self._asks_refused += 1
-        if self._asks_refused >= self.rules.refused_asks and self._all_hashes_known:
+        # counted only when refused for a complete copy's sake: refused because the blob's
+        # fallback leases are taken, the registry is being read for us already
+        self._asks_refused = self._asks_refused + 1 if self._copy_named else 0
+        if self._asks_refused >= self.rules.refused_asks:
             # a complete copy is in the swarm, out of our reach for three stalls running
             self._finish(GiveUp(f"{self._asks_refused} fallback asks refused without progress"), out)
             return
