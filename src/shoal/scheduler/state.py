@@ -58,12 +58,7 @@ than ``REBALANCE_LOAD`` times the average (downloaders naming it, over all tasks
 to a piece holder of its zone with under 70% of its links and no fewer pieces than the
 child (or the heavy parent) has, from a small sample; never the blob's lease holder (its
 source) nor a complete peer. The downloader takes the new parent in place of the one no
-longer named. Parents also fall behind their child: a downloader whose parents all hold no
-more pieces than it does (nothing to ask them for, while the fetch is ahead) idles, and so
-do its children; in the simulator a tenth to a third of the downloads were in that state
-at any time. At most every ``AHEAD_EVERY`` per downloader, the parent with the fewest
-pieces of such a downloader gives way to a piece holder of its zone that has more pieces
-than the downloader, the lightest of a small sample.
+longer named.
 
 Zones: peers say their topology zone when they join. Parents in the downloader's zone come
 first; while ``ZONE_GATEWAYS`` live members of a zone already take the blob from other
@@ -120,11 +115,6 @@ REBALANCE_EVERY = 3.0
 small sample; every report looking took the scheduler's CPU up by about 40%)"""
 REBALANCE_SAMPLE = 3
 """piece holders looked at for a lighter parent"""
-AHEAD_EVERY = 1.0
-"""seconds between two looks for a parent ahead of a downloader whose parents all hold no
-more pieces than it does (a starved download reports every second: see ``DownloadState``)"""
-AHEAD_SAMPLE = 5
-"""piece holders looked at for a parent ahead"""
 
 ZONE_GATEWAYS = 1
 """members of a zone that are handed parents in other zones, per blob; every other member of
@@ -765,8 +755,6 @@ class SchedulerState:
             parent = members.get(peer_id)
             if parent is None or now - parent.last_seen > ttl or (suspects and self._suspect(task, peer_id, now)):
                 continue
-            if parent.peer.leases and task.holder != peer_id and not parent.complete:
-                continue  # it fetches another blob: replaced from the pool if someone else can be
             if parent.peer.links > heavy and not parent.complete and task.holder != peer_id:
                 # one heavy parent at a time gives way (the downloader drops the parent no
                 # longer named and takes the new one); one look per REBALANCE_EVERY
@@ -810,14 +798,7 @@ class SchedulerState:
                     continue
                 found[peer_id] = parent
                 candidates.append(
-                    Candidate(
-                        peer_id,
-                        parent.pieces,
-                        parent.complete,
-                        parent.peer.children(now, window),
-                        same_zone,
-                        fetching=parent.peer.leases > 0 and task.holder != peer_id,
-                    )
+                    Candidate(peer_id, parent.pieces, parent.complete, parent.peer.children(now, window), same_zone)
                 )
             picked = (
                 self.policy(candidates, limit=limit - len(chosen), max_children=self.config.max_children, rng=self.rng)
@@ -830,41 +811,8 @@ class SchedulerState:
                 if zone and found[peer_id].peer.zone not in ("", zone) and me not in task.gateways.get(zone, ()):
                     task.gateways.setdefault(zone, {})[me] = None
                     member.peer.gateway_of += 1
-        if chosen and not member.complete and now - member.moved_at >= AHEAD_EVERY:
-            self._parent_ahead(task, member, chosen, now)
         self._hand(task, member, tuple(chosen))
         return [p.as_parent() for p in chosen.values()]
-
-    def _parent_ahead(self, task: Task, member: Member, chosen: dict[str, Member], now: float) -> None:
-        """Replace the parent with the fewest pieces when none holds more than ``member``."""
-        mine = member.pieces
-        if mine >= task.hashes_known:
-            return  # level with the fetch: nobody can be ahead
-        behind: Member | None = None
-        for peer_id, parent in chosen.items():
-            if parent.complete or parent.pieces > mine or peer_id == task.holder:
-                return  # one parent has something for it (or is its source)
-            if behind is None or parent.pieces < behind.pieces:
-                behind = parent
-        if behind is None:
-            return
-        member.moved_at = now
-        me = member.peer.peer_id
-        zone = behind.peer.zone
-        best: Member | None = None
-        for peer_id in task.partials.sample(AHEAD_SAMPLE, self.rng):
-            if peer_id == me or peer_id in chosen or peer_id == task.holder:
-                continue  # the holder sends each new piece to a few children only
-            other = self._usable_parent(task, peer_id, now)
-            if other is None or other.pieces <= mine or other.peer.zone != zone:
-                continue
-            if best is None or other.peer.links < best.peer.links:
-                best = other
-        if best is None:
-            return
-        del chosen[behind.peer.peer_id]
-        chosen[best.peer.peer_id] = best
-        best.peer.assign(now, self.config.child_window)
 
     def _lighter(
         self, task: Task, member: Member, heavy: Member, chosen: dict[str, Member], now: float

@@ -298,28 +298,3 @@ class TestFallbackLease:
         s.apply(SchedulerAnswer("f"))
         assert s.wake_at() == clock.now + 5.0
         assert [a for a in s.apply(ParentLost("p1", "x")) if isinstance(a, DropParent)] == []  # over
-
-
-class TestStarved:
-    """A download whose parents hold nothing it misses reports as one short of parents: the
-    scheduler can name a parent ahead of it only when it hears from it."""
-
-    def test_parents_with_nothing_new_make_it_report_at_twice_the_interval(self) -> None:
-        clock = Clock()
-        s = new(clock, max_parents=2, report_interval=0.5, heartbeat=5.0)
-        s.apply(SchedulerAnswer("f", (parent(1), parent(2))))
-        s.apply(ParentHas("p1", frozenset()))
-        assert not s.starved  # nothing exists yet that we could ask for
-        assert s.wake_at() == clock.now + 5.0
-        s.apply(HashesKnown({0: HASHES[0]}))  # the fetch has piece 0; our parents do not
-        assert s.starved
-        assert s.wake_at() == clock.now + 1.0
-
-    def test_a_parent_with_a_piece_for_it_leaves_it_at_the_heartbeat(self) -> None:
-        clock = Clock()
-        s = new(clock, max_parents=2, report_interval=0.5, heartbeat=5.0)
-        s.apply(SchedulerAnswer("f", (parent(1), parent(2))))
-        s.apply(HashesKnown({i: HASHES[i] for i in range(4)}))
-        s.apply(ParentHas("p2", frozenset({3})))
-        assert not s.starved  # piece 3 is asked of p2
-        assert s.wake_at() == clock.now + 5.0

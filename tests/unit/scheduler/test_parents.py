@@ -37,14 +37,6 @@ class TestLeastLoaded:
     def test_order(self, candidates: list[Candidate], limit: int, want: list[str]) -> None:
         assert choose_parents(candidates, limit=limit, max_children=8, rng=random.Random(1)) == want
 
-    def test_a_peer_fetching_another_blob_comes_after_every_other(self) -> None:
-        fetcher = Candidate("f", 9, False, 0, fetching=True)
-        loaded = c("busy", 1, children=20)
-        empty = c("empty")
-        got = choose_parents([fetcher, loaded, empty], limit=3, max_children=8, rng=random.Random(1))
-        assert got == ["empty", "busy", "f"]
-        assert choose_parents([fetcher], limit=1, max_children=8, rng=random.Random(1)) == ["f"]  # if alone
-
     def test_ties_are_spread_at_random(self) -> None:
         same = [c(f"p{i}", 4) for i in range(5)]
         firsts = Counter(

@@ -127,10 +127,6 @@ class DownloadState:
         self.announced: set[int] = set()
         """pieces told to our children"""
         self._prefix_announced = 0
-        self.starved = False
-        """parents, nothing asked of them, none holds a piece we miss, and the fetch is ahead
-        of us (more hashes known than pieces held): we idle until the scheduler names a
-        parent ahead of us, so we report as one short of parents does"""
         self.reports = ReportBook(self.rules, self.count, clock())
         self._last_progress = clock()
         self._last_state = self._progress()
@@ -201,9 +197,7 @@ class DownloadState:
         urgent = (self.asking is not None and not self._ask_sent) or (
             self.fetching and bool(self.reports.unpublished())
         )
-        wanting = (
-            (len(self.parents) < self.rules.max_parents or self.starved) and not self.fetching and not self.finished
-        )
+        wanting = len(self.parents) < self.rules.max_parents and not self.fetching and not self.finished
         return self.reports.due_at(urgent=urgent, wanting_parents=wanting)
 
     # -- reports -----------------------------------------------------------------------------
@@ -474,7 +468,6 @@ class DownloadState:
 
     def _plan(self, out: list[Action], only: str | None = None) -> None:
         """Fill every parent's free lanes (parents in the order they came), or ``only``'s."""
-        self.starved = False
         if (len(self.awaiting_hash) + len(self.in_flight)) * self.piece_size >= max(
             self.rules.max_unverified, 2 * self.piece_size
         ) and self.awaiting_hash:
@@ -506,12 +499,6 @@ class DownloadState:
                 requestable.discard(index)
                 out.append(RequestPiece(pid, index))
         self._plan_endgame(out)
-        self.starved = (
-            bool(self.parents)
-            and not self.in_flight
-            and not self.awaiting_hash
-            and len(self.hashes) > self.count - len(self.missing)
-        )
 
     def _plan_endgame(self, out: list[Action]) -> None:
         """Nothing is left to ask for but what is in flight: free lanes ask again, oldest first."""

@@ -22,8 +22,6 @@ class Candidate(NamedTuple):
     """children assigned to it (any blob) within the scheduler's child window: its upload load."""
     same_zone: bool = True
     """in the downloader's topology zone (or either zone unknown)."""
-    fetching: bool = False
-    """holds the origin lease of another blob: its upload is that blob's only source."""
 
 
 class ParentPolicy(Protocol):

@@ -1,10 +1,6 @@
 """The default parent policy, ``least-loaded``: lightly loaded parents first, children spread.
 
-Parents in the downloader's zone come before any other, and a peer fetching another blob from
-the origin comes after every other: its upload must carry that blob's new pieces to their
-first children, and every downloader of every blob handed the first members of the tasks
-(the simulator at 300 nodes: each fetcher sent 20-36 links at once, so each new piece of
-its own blob left at a few MB/s, slower than the origin gave it). Below the child cap, those holding
+Parents in the downloader's zone come before any other; below the child cap, those holding
 pieces come before those that hold none yet (a joiner is a parent for later: it pushes what it
 gets). A parent's load is the number of children the scheduler handed it recently (over all blobs:
 upload bandwidth belongs to the node, not the blob). Among equally loaded parents, complete
@@ -30,7 +26,6 @@ def choose_parents(candidates: Sequence[Candidate], *, limit: int, max_children:
         candidates,
         key=lambda c: (
             not c.same_zone,
-            c.fetching,
             c.children >= max_children,
             c.pieces == 0 and not c.complete,
             c.children,
