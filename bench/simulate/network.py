@@ -96,7 +96,9 @@ class Network:
         self.free: list[int] = list(range(size - 1, -1, -1))
         self.used = np.zeros(len(caps))
         self.links: dict[tuple[int, int], Link] = {}
-        self.node_links: list[set[Link]] = [set() for _ in range(n)]
+        self.node_links: list[dict[Link, None]] = [{} for _ in range(n)]
+        """each node's links in the order they were opened (a set would order them by address,
+        and a killed node's links would free their slots in another order in every process)"""
         self.t_last = 0.0
         self.dirty = False
         self.last_recompute = -float("inf")
@@ -111,8 +113,8 @@ class Network:
         link = self.links.get((src, dst))
         if link is None:
             link = self.links[(src, dst)] = Link(src, dst)
-            self.node_links[src].add(link)
-            self.node_links[dst].add(link)
+            self.node_links[src][link] = None
+            self.node_links[dst][link] = None
         transfer = Transfer(link, nbytes, on_done)
         link.queue.append(transfer)
         if link.slot < 0 and len(link.queue) == 1:

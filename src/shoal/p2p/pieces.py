@@ -12,18 +12,23 @@ from dataclasses import dataclass, field
 
 MIN_PIECE = 1 << 20
 MAX_PIECE = 16 << 20
-TARGET_PIECES = 32
+TARGET_PIECES = 64
 
 
 def choose_piece_size(size: int) -> int:
-    """A power of two near ``size / 32``, clamped to 1..16 MiB.
+    """A power of two near ``size / 64``, clamped to 1..16 MiB.
 
     Small pieces pipeline better (a child can start on piece 0 as soon as the fetcher has
     it); large pieces cost fewer requests, piece-map updates and hash reports. Dragonfly uses
     next_pow2(size/500) in 4..64 MiB, Kraken a flat 4 MB. On the 20-node shaped fleet
     (``bench/fleet``, 128 MiB layers) 1 MiB pieces (size/128) spent the agents' CPU on
     per-piece work; the move to 4 MiB came with the threaded piece client, and the two
-    together took that rollout from 195 s to 144 s (not measured apart).
+    together took that rollout from 195 s to 144 s (not measured apart). Each hop of the
+    swarm stores and forwards a whole piece over uploads shared by many links, so a piece's
+    way through a large fleet is several piece times long: ``bench.simulate`` at 1,000
+    nodes with 128 MiB layers took 2 MiB pieces (size/64) sooner than 4 MiB or 1 MiB
+    (``docs/fleet-benchmark.md``). Every agent and the scheduler must share this rule: the
+    scheduler refuses, and peers reject, another piece size.
     """
     if size <= MIN_PIECE:
         return MIN_PIECE

@@ -53,9 +53,9 @@ downloader itself, never a peer some downloader reported in ``failed_parents`` w
 the missing places are filled by the parent policy, which sees a random sample of the
 candidates when there are many (bounded work per call however large the task). Parents are
 kept once handed, so a peer that joined late in a wave is a parent of few and its upload
-idles: at most every ``REBALANCE_EVERY`` per downloader, a handed parent with more links
-than ``REBALANCE_LOAD`` times the average (downloaders naming it, over all tasks) gives way
-to a piece holder of its zone with under 70% of its links and no fewer pieces than the
+idles: at most every ``REBALANCE_EVERY`` per downloader, each handed parent (all but one)
+with more links than ``REBALANCE_LOAD`` times the average (downloaders naming it, over all
+tasks) gives way to a piece holder of its zone with under 70% of its links and no fewer pieces than the
 child (or the heavy parent) has, from a small sample; never the blob's lease holder (its
 source) nor a complete peer. The downloader takes the new parent in place of the one no
 longer named.
@@ -751,14 +751,19 @@ class SchedulerState:
         heavy = float("inf")
         if member.handed and now - member.moved_at >= REBALANCE_EVERY and self.peers:
             heavy = REBALANCE_LOAD * self.links / len(self.peers)
+        moves = max(1, len(member.handed) - 1)
         for peer_id in member.handed:
             parent = members.get(peer_id)
             if parent is None or now - parent.last_seen > ttl or (suspects and self._suspect(task, peer_id, now)):
                 continue
-            if parent.peer.links > heavy and not parent.complete and task.holder != peer_id:
-                # one heavy parent at a time gives way (the downloader drops the parent no
-                # longer named and takes the new one); one look per REBALANCE_EVERY
-                heavy = float("inf")
+            if parent.peer.links > heavy and not parent.complete and task.holder != peer_id and moves > 0:
+                # every heavy parent but one gives way in one look (one look per
+                # REBALANCE_EVERY): the first to join a rollout are each other's parents and
+                # every later joiner's, and one move per look left them on busy parents for
+                # the whole rollout. The answer still names one of the downloader's parents,
+                # so it swaps one per answer and reports again (an answer naming none of its
+                # parents is taken for a failover's and swaps nothing)
+                moves -= 1
                 member.moved_at = now
                 lighter = self._lighter(task, member, parent, chosen, now)
                 if lighter is not None:

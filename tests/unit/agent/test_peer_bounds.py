@@ -207,13 +207,13 @@ class TestALongerPieceThanAskedFor:
     child allocated the full length first (6 such parents: RSS 45 -> 432 MiB)."""
 
     async def test_closes_the_link_before_anything_is_allocated(self, hub: PeerHub) -> None:
-        size = 64 * MiB  # 32 pieces of 2 MiB
+        size = 128 * MiB  # 64 pieces of 2 MiB
         parent = LyingParent(64 * MiB)
-        digest = Digest.of(b"a blob of 64 MiB")
+        digest = Digest.of(b"a blob of 128 MiB")
         download = Download(size)
         hub.register(digest, download)
         try:
-            await hub.add_parent(digest, 32, parent.address, parent.address)
+            await hub.add_parent(digest, 64, parent.address, parent.address)
             await until(lambda: download.has)
             tracemalloc.start()
             assert hub.request(parent.address, digest, 0)

@@ -107,6 +107,19 @@ class TestNetwork:
         assert done == []
         assert net.sent_by[0] == pytest.approx(10.0)  # 5 B/s each for one second
 
+    def test_kill_frees_links_in_the_order_they_were_opened(self) -> None:
+        # the slot a later flow takes, and so the order finished pieces are delivered in,
+        # must not hang on where links sit in memory: else a churn run is not reproducible
+        clock = Clock()
+        n = 80
+        net = Network(clock, up=[10.0] * n, down=[10.0] * n, rate_interval=0.0, batch=0.0)
+        opened = []
+        for dst in range(1, n):
+            net.send(0, dst, 100, lambda: None)
+            opened.append(net.links[(0, dst)].slot)
+        net.kill(0)
+        assert net.free[-len(opened) :] == opened
+
     def test_cross_zone_cap_and_bytes(self) -> None:
         clock = Clock()
         net = Network(

@@ -100,6 +100,14 @@ class TestFailures:
         assert result.finished == result.survivors == 16
         assert result.origin_egress_ratio >= 1.0
 
+    def test_a_churn_run_is_the_same_every_time(self) -> None:
+        spec = FleetSpec(nodes=40, size=32 * MIB, layers=2, bandwidth=12.5e6, origin_bandwidth=12.5e6, churn=0.2)
+        runs = {
+            (r.slowest_s, r.p50_s, r.origin_egress_ratio, r.events)
+            for r in (run_rollout(build_fleet(spec), policy="shoal") for _ in range(4))
+        }
+        assert len(runs) == 1
+
     def test_bittorrent_survives_churn_too(self) -> None:
         spec = FleetSpec(nodes=20, size=16 * MIB, layers=2, bandwidth=12.5e6, origin_bandwidth=12.5e6, churn=0.2)
         result = run_rollout(build_fleet(spec), policy="bittorrent")

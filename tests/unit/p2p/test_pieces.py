@@ -11,7 +11,7 @@ MiB = 1 << 20
 
 
 class TestPieceSize:
-    """Powers of two near size/32, between 1 and 16 MiB."""
+    """Powers of two near size/64, between 1 and 16 MiB."""
 
     @pytest.mark.parametrize(
         ("size", "expected"),
@@ -20,9 +20,11 @@ class TestPieceSize:
             (1, MIN_PIECE),
             (10 * MiB, MIN_PIECE),
             (32 * MiB, MIN_PIECE),
-            (33 * MiB, 2 * MiB),
-            (128 * MiB, 4 * MiB),
-            (512 * MiB, MAX_PIECE),
+            (64 * MiB, MIN_PIECE),
+            (65 * MiB, 2 * MiB),
+            (128 * MiB, 2 * MiB),
+            (512 * MiB, 8 * MiB),
+            (1024 * MiB, MAX_PIECE),
             (100 * 1024 * MiB, MAX_PIECE),
         ],
     )

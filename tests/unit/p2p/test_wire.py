@@ -646,14 +646,14 @@ class TestRules:
             server.send(Piece(D1, 0, 1001))
 
     @pytest.mark.parametrize(
-        ("index", "length"), [(0, 64 << 20), (0, (2 << 20) - 1), (31, 2 << 20), (31, (1 << 20) - 1)]
+        ("index", "length"), [(0, 64 << 20), (0, (2 << 20) - 1), (62, 2 << 20), (62, (1 << 20) - 1)]
     )
     def test_a_piece_that_is_not_the_length_asked_for(self, index: int, length: int) -> None:
         """Defect 4 (issue 16): the PIECE header is refused before a body byte is read or a
-        buffer allocated, when we said the blob's size (63 MiB: 32 pieces of 2 MiB, the last
+        buffer allocated, when we said the blob's size (125 MiB: 63 pieces of 2 MiB, the last
         one 1 MiB)."""
         client, server = established()
-        deliver(client.send(Interested(D1, 32, size=63 << 20)), server)
+        deliver(client.send(Interested(D1, 63, size=125 << 20)), server)
         deliver(client.send(Request(D1, index)), server)
         client.receive_data(frame(0x21, raw_digest() + struct.pack(">II", index, length)))
         with pytest.raises(RemoteProtocolError, match=f"PIECE {index} of {length} bytes, the piece is"):
@@ -661,9 +661,9 @@ class TestRules:
 
     def test_a_piece_of_the_right_length(self) -> None:
         client, server = established()
-        deliver(client.send(Interested(D1, 32, size=63 << 20)), server)
-        deliver(client.send(Request(D1, 31)), server)
-        assert deliver(server.send(Piece(D1, 31, 1 << 20)), client) == [Piece(D1, 31, 1 << 20), BODY]
+        deliver(client.send(Interested(D1, 63, size=125 << 20)), server)
+        deliver(client.send(Request(D1, 62)), server)
+        assert deliver(server.send(Piece(D1, 62, 1 << 20)), client) == [Piece(D1, 62, 1 << 20), BODY]
 
     def test_a_size_that_does_not_match_the_piece_count(self) -> None:
         client, _server = established()

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from shoal.p2p.protocol import JoinRequest, Report, TaskView
+from shoal.scheduler import state as state_module
 from shoal.scheduler.config import SchedulerConfig
 from shoal.scheduler.state import REBALANCE_EVERY, SchedulerState
 
@@ -58,6 +61,31 @@ def test_a_heavy_parent_gives_way_to_a_late_light_holder() -> None:
     assert len(set(moved) & set(handed[child])) == 1  # one parent at a time gives way
     # and not again before REBALANCE_EVERY: the answer stays
     assert parents(report(s, child, now + 0.1)) == moved
+
+
+def test_every_heavy_parent_but_one_gives_way_in_one_look(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first joiners are each other's parents and everyone's: one move per look left
+    them on busy parents for the whole rollout."""
+    monkeypatch.setattr(state_module, "REBALANCE_SAMPLE", 16)  # every holder is looked at
+    s = state(max_parents=3, max_children=100)
+    join(s, "h", 0.0)
+    for p in ("a", "b", "c"):
+        join(s, p, 0.0)
+        report(s, p, 0.0, pieces=1)
+    handed = {f"c{i}": parents(join(s, f"c{i}", 0.1)) for i in range(12)}
+    assert all(set(ps) == {"a", "b", "c"} for ps in handed.values())
+    for late in ("x", "y", "z", "w"):
+        join(s, late, 0.2)
+    now = REBALANCE_EVERY + 0.5
+    report(s, "h", now)
+    for p in ("a", "b", "c", "x", "y", "z", "w"):
+        report(s, p, now, pieces=1)
+    moved = parents(report(s, "c0", now))
+    assert len(moved) == 3
+    assert len(set(moved) & {"a", "b", "c"}) == 1  # two gave way; one is kept, so the
+    # downloader sees an answer naming one of its parents and swaps (not a failover's)
+    assert parents(report(s, "c0", now + 0.5)) == moved  # handed again until the next look
+    links_exact(s)
 
 
 def test_the_lease_holder_and_seeds_are_not_moved_away_from() -> None:

@@ -620,9 +620,9 @@ class TestBounds:
     def test_piece_size_must_be_the_agents_rule(self) -> None:
         s = state()
         with pytest.raises(StateError, match="pieces of 2097152"):
-            s.join(D, JoinRequest("a", "a:1", 50_000_000, 1), 0)
+            s.join(D, JoinRequest("a", "a:1", 100_000_000, 1), 0)
         assert s.tasks == {}
-        view = s.join(D, JoinRequest("a", "a:1", 50_000_000, choose_piece_size(50_000_000)), 0)
+        view = s.join(D, JoinRequest("a", "a:1", 100_000_000, choose_piece_size(100_000_000)), 0)
         assert view.piece_size == 2 * MiB
 
     def test_size_is_bounded_by_max_blob_size(self) -> None:
