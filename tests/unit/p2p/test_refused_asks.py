@@ -1,13 +1,14 @@
-"""``refused_asks`` (F6, from a review of f3d55b4): a download reads the registry without a
-lease after three refused fallback asks, on the premise that "every hash known" means "a
-complete copy is in the swarm, out of our reach". Refusals that say something else (the
-registry already serves the blob's fallback leases, the holder was still reading) must not
-send a node to the registry: each such node is one more copy the leases were there to
-spare."""
+"""``refused_asks`` (issue 16, F6; from two reviews), with the real scheduler: a download
+reads the registry without a lease after three fallback asks refused beside a complete
+copy it cannot reach. A certificate refused in the middle of a pull still ends there; but
+refusals that say something else (the blob's fallback leases taken, the holder still
+reading) must not send a node to the registry: each such node is one more copy the leases
+were there to spare."""
 
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 from shoal.p2p.download_state import (
     Action,
@@ -21,6 +22,7 @@ from shoal.p2p.download_state import (
     HashesKnown,
     ParentHas,
     ParentInfo,
+    ParentLost,
     ReportDue,
     SchedulerAnswer,
     SendReport,
@@ -44,6 +46,20 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+def refused(peer_id: str) -> ParentLost:
+    return ParentLost(peer_id, "TLS handshake failed: CERTIFICATE_VERIFY_FAILED", unreachable=True)
+
+
+def seeded(digest: str, *seeds: str) -> SchedulerState:
+    """A scheduler whose task for ``digest`` has ``seeds`` complete, with every piece hash."""
+    sched = SchedulerState(SchedulerConfig(), rng=random.Random(7))
+    for seed in seeds:
+        sched.join(digest, JoinRequest(seed, f"{seed}:1", SIZE, MIB), 0.0)
+        report = Report(seed, f"{seed}:1", PIECES, SIZE, complete=True, hashes=EVERY, size=SIZE, piece_size=MIB)
+        sched.report(digest, report, 0.1)
+    return sched
 
 
 def test_refusals_for_taken_fallback_leases_do_not_send_a_node_to_the_registry() -> None:
@@ -129,3 +145,46 @@ def test_refusals_while_hashes_were_missing_do_not_count() -> None:
     # the burst's hashes reach us by the long poll, a moment after the answer that counted them
     s.apply(HashesKnown({i: EVERY[i] for i in range(3, PIECES)}))
     assert not s.finished
+
+
+def test_a_certificate_refused_after_a_parent_took_it_still_reaches_the_registry() -> None:
+    """F6 arriving mid-pull: the node's certificate expires (its renewal failed) or the
+    fleet's CA bundle rotates past it while a layer downloads. Its link to p1, made before,
+    keeps working and brings a bitfield; then p1 goes away (it restarted, the link idled
+    out). From then on every peer refuses the certificate, p1 included. The
+    scheduler refuses every stall ask beside the seed's complete copy; the pull must still
+    end at the registry, as a direct pull would."""
+    clock = Clock()
+    digest = "sha256:" + "e" * 64
+    sched = seeded(digest, "seed", "p1")
+    seed_beat = Report("seed", "seed:1", PIECES, SIZE, complete=True, size=SIZE, piece_size=MIB)
+    geometry = PieceGeometry(SIZE, MIB)
+    clock.now = 1.0
+    s = DownloadState(peer_id="me", geometry=geometry, rules=DownloadRules(), clock=clock, salt="x")
+    s.apply(answer_event(sched.join(digest, JoinRequest("me", "me:1", SIZE, MIB), clock.now)))
+    s.apply(SchedulerAnswer(fetcher="seed", parents=(ParentInfo("p1", "p1:1"),), hashes_known=PIECES))
+    s.apply(ParentHas("p1", frozenset(range(PIECES))))  # the link from before: it took our certificate
+    clock.now = 2.0
+    s.apply(ParentLost("p1", "link closed"))  # p1 restarted: what the hub says of a link lost
+    pending: list[Event] = []
+    asked = 0
+    while clock.now < 600.0:
+        pending.append(ReportDue())
+        while pending:
+            for action in s.apply(pending.pop(0)):
+                if isinstance(action, GiveUp):
+                    return  # to the registry: what a direct pull does
+                if isinstance(action, AskFallback):
+                    asked += 1
+                if isinstance(action, AddParent):  # from now on every peer refuses our certificate
+                    pending.append(refused(action.parent.peer_id))
+                if isinstance(action, SendReport):
+                    view = sched.report(digest, report_message(action, "me", "me:1", geometry), clock.now)
+                    pending.append(answer_event(view))
+                    if action.wants_fallback:
+                        pending.append(FallbackAnswer(granted=view.fallback))
+        clock.now += 0.25
+        if clock.now % 5 == 0:
+            sched.report(digest, seed_beat, clock.now)
+            sched.report(digest, replace(seed_beat, peer_id="p1", address="p1:1"), clock.now)
+    raise AssertionError(f"no registry after {clock.now:.0f}s and {asked} refused fallback asks")
