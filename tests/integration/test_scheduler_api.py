@@ -250,7 +250,7 @@ class TestAbsurdValues:
     @pytest.mark.parametrize(
         ("body", "message"),
         [
-            ('{"peer_id": "a", "address": "h:1", "size": 50000000, "piece_size": 1}', "pieces of 2097152"),
+            ('{"peer_id": "a", "address": "h:1", "size": 50000000, "piece_size": 1}', "pieces of 1048576"),
             ('{"peer_id": "a", "address": "h:1", "size": 1e20, "piece_size": 1048576}', "integer"),
             ('{"peer_id": "a", "address": "h:1", "size": 100000000000000000000, "piece_size": 16777216}', "size"),
             ('{"peer_id": "a", "address": "h:1", "size": 1099511627777, "piece_size": 16777216}', "size"),
