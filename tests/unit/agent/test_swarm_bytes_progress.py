@@ -1,5 +1,5 @@
 """Bytes still arriving are progress ("slow is not stalled", ``BytesArrived``), also after a
-parent that sent more left: from a review of f3d55b4, where a stall the download cannot see
+parent that sent more left: from a review of the refused_asks rule, where a stall the download cannot see
 past ends, after ``refused_asks`` refused asks beside a seed, at the registry."""
 
 from __future__ import annotations
