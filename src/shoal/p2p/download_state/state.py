@@ -116,12 +116,12 @@ class DownloadState:
         self.sched_failures = 0
         self.finished = False
         self.asking: str | None = None
+        """why we asked for a fallback lease, while the answer is out"""
         self._asks_refused = 0
         """fallback asks refused since the last progress (``refused_asks``)"""
         self._copy_named = False
         """the scheduler's last answer named a parent that holds the whole blob, and every
         piece's hash is known: a fallback ask refused then is refused for that copy's sake"""
-        """why we asked for a fallback lease, while the answer is out"""
         self._ask_sent = False
         self._ask_failures = 0
         self.fallback_lease = False
