@@ -17,7 +17,6 @@ from shoal.p2p.download_state import (
     FallbackAnswer,
     GiveUp,
     ParentHas,
-    ParentInfo,
     ParentLost,
     ReportDue,
     SchedulerAnswer,
@@ -31,22 +30,12 @@ from shoal.p2p.protocol import JoinRequest, Report
 from shoal.scheduler.config import SchedulerConfig
 from shoal.scheduler.state import SchedulerState
 
+from .test_download_state import Clock, parent
+
 PIECE = 100
 PIECES = 8
 ME = "me"
 HOLDER = "origin-holder"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 500.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def parent(n: int) -> ParentInfo:
-    return ParentInfo(f"p{n}", f"10.0.0.{n}:65001")
 
 
 def new(clock: Clock) -> DownloadState:

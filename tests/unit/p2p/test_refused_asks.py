@@ -34,22 +34,13 @@ from shoal.p2p.protocol import JoinRequest, Report
 from shoal.scheduler.config import SchedulerConfig
 from shoal.scheduler.state import SchedulerState
 
+from .test_download_state import Clock
+from .test_download_state_refusals import refused
+
 MIB = 1 << 20
 PIECES = 10
 SIZE = PIECES * MIB
 EVERY = {i: f"{i:064x}" for i in range(PIECES)}
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def refused(peer_id: str) -> ParentLost:
-    return ParentLost(peer_id, "TLS handshake failed: CERTIFICATE_VERIFY_FAILED", unreachable=True)
 
 
 def seeded(digest: str, *seeds: str) -> SchedulerState:
@@ -71,6 +62,7 @@ def test_refusals_for_taken_fallback_leases_do_not_send_a_node_to_the_registry()
     registry without a lease, a third reader beside the two the scheduler allows, and so
     does every other node stalled alike."""
     clock = Clock()
+    clock.now = 0.0
     digest = "sha256:" + "c" * 64
     sched = SchedulerState(SchedulerConfig(), rng=random.Random(7))
     # we hold the origin lease of another layer of the image (a rollout spreads them): the
@@ -135,6 +127,7 @@ def test_refusals_while_hashes_were_missing_do_not_count() -> None:
     download to the registry beside the copy just completed: the count kept the refusals
     made while hashes were missing, which the rule says are no evidence."""
     clock = Clock()
+    clock.now = 0.0
     s = DownloadState(peer_id="me", size=SIZE, piece_size=MIB, rules=DownloadRules(), clock=clock, salt="x")
     s.apply(SchedulerAnswer(fetcher="holder", parents=(ParentInfo("p1", "p1:1"),), hashes_known=3))
     s.apply(HashesKnown({i: EVERY[i] for i in range(3)}))
@@ -155,6 +148,7 @@ def test_a_certificate_refused_after_a_parent_took_it_still_reaches_the_registry
     scheduler refuses every stall ask beside the seed's complete copy; the pull must still
     end at the registry, as a direct pull would."""
     clock = Clock()
+    clock.now = 0.0
     digest = "sha256:" + "e" * 64
     sched = seeded(digest, "seed", "p1")
     seed_beat = Report("seed", "seed:1", PIECES, SIZE, complete=True, size=SIZE, piece_size=MIB)
