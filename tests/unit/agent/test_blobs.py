@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -79,13 +79,6 @@ class Rig:
         """Until every download the service started is over."""
         while self.blobs.partials:
             await asyncio.sleep(0.01)
-
-
-@pytest.fixture
-def store() -> Iterator[MemoryStore]:
-    s = MemoryStore()
-    yield s
-    s.close()
 
 
 @pytest.fixture(autouse=True)

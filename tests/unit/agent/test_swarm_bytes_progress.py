@@ -5,7 +5,6 @@ past ends, after ``refused_asks`` refused asks beside a seed, at the registry.""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import pytest
 
@@ -22,13 +21,6 @@ from .swarm_fakes import FakePeers, FakeScheduler, MemoryOrigin, piece_hashes_of
 from .test_swarm_download import DATA, DIGEST, DIST, FAST, ME
 
 KiB = 1 << 10
-
-
-@pytest.fixture
-def store() -> Iterator[MemoryStore]:
-    s = MemoryStore()
-    yield s
-    s.close()
 
 
 @pytest.fixture(autouse=True)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -32,13 +31,6 @@ DATA = os.urandom(3 * MiB + 5)  # four pieces of 1 MiB, the last one short
 DIGEST = Digest.of(DATA)
 DIST = DistributionPath(PathKind.BLOB, "reg", "team/app", str(DIGEST), DIGEST)
 FAST = DownloadRules(report_interval=0.05, heartbeat=0.2, stall_timeout=0.6, scheduler_lost_grace=0.3)
-
-
-@pytest.fixture
-def store() -> Iterator[MemoryStore]:
-    s = MemoryStore()
-    yield s
-    s.close()
 
 
 @pytest.fixture(autouse=True)
