@@ -327,7 +327,7 @@ class PeerHub:
     def bytes_from(self, peer_id: str, digest: Digest) -> int:
         """Piece bytes received so far on the link a download asks ``peer_id`` on."""
         link = self._via.get((peer_id, str(digest)))
-        return 0 if link is None else link.bytes_in
+        return 0 if link is None else link.bytes_in(str(digest))
 
     def request(self, peer_id: str, digest: Digest, index: int) -> bool:
         link = self._via.get((peer_id, str(digest)))
@@ -344,6 +344,7 @@ class PeerHub:
     def forget_parent(self, peer_id: str, digest: Digest) -> None:
         link = self._via.pop((peer_id, str(digest)), None)
         if link is not None:
+            link.forget_bytes(str(digest))
             link.send(wire.NotInterested(str(digest)))
 
     # -- link events ---------------------------------------------------------------------------

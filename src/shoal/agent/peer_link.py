@@ -316,8 +316,8 @@ class PeerLink:
         assert conn.peer_id is not None
         self.peer_id: str = conn.peer_id
         self.outbound = outbound
-        self.bytes_in = 0
-        """piece body bytes received (a plain counter the reader thread bumps)"""
+        self._bytes_in: dict[str, int] = {}
+        """piece body bytes received per blob (plain counters the reader thread bumps)"""
         self.closed = False
         self.reason = ""
         self._channel = channel
@@ -470,6 +470,14 @@ class PeerLink:
             self._post(self._handler.link_events, events)
         return True
 
+    def bytes_in(self, digest: str) -> int:
+        """Piece body bytes of ``digest`` received so far: one blob's progress, not the link's."""
+        return self._bytes_in.get(digest, 0)
+
+    def forget_bytes(self, digest: str) -> None:
+        """Stop remembering ``digest``'s count (its download no longer asks on this link)."""
+        self._bytes_in.pop(digest, None)
+
     def _read_body(self, piece: wire.Piece) -> PieceBody:
         """Read a body whole into a buffer (one cut short is an error: the buffer, part old
         bytes, is dropped with it) and hash it."""
@@ -479,13 +487,14 @@ class PeerLink:
             early = self._conn.take_body()
         got = len(early)
         view[:got] = early
-        self.bytes_in += got
+        counts = self._bytes_in
+        counts[piece.digest] = counts.get(piece.digest, 0) + got
         while got < piece.length:
             n = self._channel.recv_exactly(view[got : got + min(BODY_SLICE, piece.length - got)])
             if n == 0:
                 raise wire.RemoteProtocolError(f"connection closed inside piece {piece.index}")
             got += n
-            self.bytes_in += n
+            counts[piece.digest] = counts.get(piece.digest, 0) + n  # forget_bytes may run meanwhile
             with self._lock:
                 self._conn.body_received(n)
         return PieceBody(piece.digest, piece.index, data, hashlib.sha256(view).hexdigest(), self._buffers)

@@ -31,13 +31,19 @@ class FakeLink:
     def __init__(self, peer_id: str) -> None:
         self.peer_id = peer_id
         self.closed = False
-        self.bytes_in = 0
+        self.received: dict[str, int] = {}
         self.sent: list[wire.Event] = []
         self.pieces: list[tuple[str, int, int, int]] = []
         self.reason = ""
 
     def send(self, event: wire.Event) -> None:
         self.sent.append(event)
+
+    def bytes_in(self, digest: str) -> int:
+        return self.received.get(digest, 0)
+
+    def forget_bytes(self, digest: str) -> None:
+        self.received.pop(digest, None)
 
     queued_pieces = 0
 
@@ -267,6 +273,19 @@ class TestRouting:
         h.link_closed(as_link(parent), "gone")
         assert sink.lost == [parent.peer_id]
         assert not h.request(parent.peer_id, digest, 1)
+
+    async def test_a_downloads_progress_is_its_own_blobs_bytes(self, store: BlobStore) -> None:
+        h, parent = hub(store), FakeLink("127.0.0.9:1")
+        digest, other = Digest.of(b"x"), Digest.of(b"y")
+        h.register(digest, Sink())
+        h.links[parent.peer_id] = as_link(parent)
+        h._all.add(as_link(parent))
+        await h.add_parent(digest, 3, parent.peer_id, "unused")
+        parent.received = {str(other): 5 * MiB, str(digest): MiB}
+        assert h.bytes_from(parent.peer_id, digest) == MiB
+        h.forget_parent(parent.peer_id, digest)
+        assert h.bytes_from(parent.peer_id, digest) == 0
+        assert parent.received == {str(other): 5 * MiB}
 
 
 class TestPeerIds:

@@ -265,13 +265,38 @@ class TestLink:
         assert (piece.digest, piece.index) == (DIGEST, 1)
         assert bytes(piece.data) == data[2 << 20 :]
         assert piece.sha256 == hashlib.sha256(data[2 << 20 :]).hexdigest()
-        assert a.bytes_in == 1 << 20
+        assert a.bytes_in(DIGEST) == 1 << 20
         await server.until(lambda: server.sent)
         assert server.sent == [(DIGEST, 1, 1 << 20)]
         a.close("done")
         await server.until(lambda: server.closed)
         await client.until(lambda: client.closed)
         assert "done" in server.closed[0]
+
+    async def test_bytes_received_count_for_their_own_blob_only(self, tmp_path: Path) -> None:
+        """A download's stall rule reads the bytes its parent sent of *its* blob: another
+        layer's pieces on the same link are not its progress."""
+        blob = tmp_path / "blob"
+        blob.write_bytes(os.urandom(2 << 20))
+        other = "sha256:" + "cd" * 32
+        a, client, b, server = await linked(None)
+        for digest in (DIGEST, other):
+            a.send(wire.Interested(digest, 2))
+        await server.until(lambda: len(server.events) == 2)
+        for digest in (DIGEST, other):
+            b.send(wire.Bitfield.of(digest, 2, [0, 1]))
+        a.send(wire.Request(other, 0))
+        a.send(wire.Request(other, 1))
+        await server.until(lambda: len(server.events) == 4)
+        b.send_piece(other, 0, lambda: blob, 0, 1 << 20)
+        b.send_piece(other, 1, lambda: blob, 1 << 20, 1 << 20)
+        await client.until(lambda: len(client.pieces) == 2)
+        assert a.bytes_in(other) == 2 << 20
+        assert a.bytes_in(DIGEST) == 0
+        a.forget_bytes(other)
+        assert a.bytes_in(other) == 0
+        a.close("done")
+        await client.until(lambda: client.closed)
 
     async def test_a_body_fills_a_buffer_given_back_with_another_pieces_bytes(
         self, tmp_path: Path, wire_tls: tuple[ssl.SSLContext, ssl.SSLContext] | None
