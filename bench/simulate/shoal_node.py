@@ -403,7 +403,7 @@ class SimDownload:
             return
         if self.world.net.progress(transfer) == 0:
             node = self.agent.services.peer_ids[peer_id]
-            self.agent.services.agents[node].serving.dropped(self.digest, index)
+            self.agent.services.agents[node].serving.dropped(self.agent.node, self.digest, index)
         self.world.net.cancel(transfer)
 
     def _write(self, index: int) -> None:

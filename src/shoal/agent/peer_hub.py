@@ -398,7 +398,7 @@ class PeerHub:
     def link_piece_dropped(self, link: PeerLink, digest: str, index: int, aborted: bool) -> None:
         if aborted:
             self._metrics.peer_uploads_aborted.inc()
-        self._book.dropped(digest, index)  # no child got this copy: another may have it
+        self._book.dropped(link, digest, index)  # no child got this copy: another may have it
 
     def link_closed(self, link: PeerLink, reason: str) -> None:
         if link not in self._all:

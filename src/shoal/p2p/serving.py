@@ -6,7 +6,9 @@ pieces are sent. While this node fetches a blob from the origin (superseeding), 
 already accepted for ``superseed_copies`` children is refused to more: they take it from
 those children, and the fetcher's upload carries new pieces instead of the same ones again.
 When the fetch ends (the blob is complete, or the lease moved), every refused piece is
-announced again. A copy cancelled before it left frees its place. A blob whole here (the
+announced again. A copy cancelled before it left frees its place, and so do the copies of a
+child whose link closed (a node that died must not hold a piece's places until the fetch
+ends); a refused child hears of a freed place only when it asks again. A blob whole here (the
 owner's store says so) is served to whoever asks, whatever the book heard.
 
 The book holds no I/O: its methods return the HAVEs to send, as ``(child, pieces)`` pairs,
@@ -28,8 +30,8 @@ class _Blob:
     told: dict[Hashable, set[int]] = field(default_factory=dict)
     """child -> pieces it heard of"""
     refused: dict[Hashable, set[int]] = field(default_factory=dict)
-    copies: dict[int, int] | None = None
-    """superseeding: piece -> children it was accepted for"""
+    copies: dict[int, set[Hashable]] | None = None
+    """superseeding: piece -> the children it was accepted for"""
 
     def idle(self) -> bool:
         """Nothing to remember: no child told or refused, not superseeding."""
@@ -58,10 +60,13 @@ class ServingBook:
             self._prune(digest, blob)
 
     def gone(self, child: Hashable) -> None:
-        """The child's link closed: forget it for every blob."""
+        """The child's link closed: forget it for every blob, and free the places its
+        copies held."""
         for digest, blob in list(self.blobs.items()):
             blob.told.pop(child, None)
             blob.refused.pop(child, None)
+            for holders in (blob.copies or {}).values():
+                holders.discard(child)
             self._prune(digest, blob)
 
     def announce(self, digest: str, indices: Iterable[int]) -> Haves:
@@ -130,12 +135,13 @@ class ServingBook:
         blob = self.blobs.get(digest)
         copies = None if blob is None or complete else blob.copies
         if copies is not None:
-            if copies.get(index, 0) >= self.superseed_copies:
+            holders = copies.setdefault(index, set())
+            if child not in holders and len(holders) >= self.superseed_copies:
                 self.refuse(child, digest, index)
                 return False
             # counted when accepted, not when sent: a piece takes a while to leave on a slow
             # link, and every child asks for the newest piece at once
-            copies[index] = copies.get(index, 0) + 1
+            holders.add(child)
         return True
 
     def refuse(self, child: Hashable, digest: str, index: int) -> None:
@@ -146,11 +152,11 @@ class ServingBook:
         if told is not None:
             told.discard(index)
 
-    def dropped(self, digest: str, index: int) -> None:
-        """A copy accepted for a child was cancelled before it left: another child may have it."""
+    def dropped(self, child: Hashable, digest: str, index: int) -> None:
+        """A copy accepted for ``child`` was cancelled before it left: another child may have it."""
         blob = self.blobs.get(digest)
-        if blob is not None and blob.copies is not None and blob.copies.get(index, 0) > 0:
-            blob.copies[index] -= 1
+        if blob is not None and blob.copies is not None and index in blob.copies:
+            blob.copies[index].discard(child)
 
     def _prune(self, digest: str, blob: _Blob) -> None:
         if blob.idle():

@@ -55,7 +55,7 @@ class TestSuperseeding:
         assert b.accept("a", D, 0, held=True)
         assert b.accept("b", D, 0, held=True)
         assert not b.accept("c", D, 0, held=True)
-        b.dropped(D, 0)  # a's copy was cancelled before it left
+        b.dropped("a", D, 0)  # a's copy was cancelled before it left
         assert b.accept("c", D, 0, held=True)
 
     def test_without_superseeding_every_child_gets_it(self) -> None:
@@ -95,6 +95,31 @@ class TestSuperseeding:
         b.superseed(D)  # evicted, and this node fetches it again
         assert b.accept("a", D, 0, held=True)
         assert not b.accept("b", D, 0, held=True)
+
+    def test_a_copy_asked_for_again_by_the_same_child_is_one_copy(self) -> None:
+        b = book(copies=2)
+        b.superseed(D)
+        assert b.accept("a", D, 0, held=True)
+        assert b.accept("a", D, 0, held=True)  # its first copy failed verification
+        assert b.accept("b", D, 0, held=True)
+
+    def test_a_child_gone_gives_back_the_copies_it_was_given(self) -> None:
+        """A node that died with the only copies of a piece must not leave the piece refused
+        to everyone else until the fetch ends."""
+        b = book(copies=1)
+        b.superseed(D)
+        assert b.accept("a", D, 0, held=True)
+        assert not b.accept("b", D, 0, held=True)
+        b.gone("a")
+        assert b.accept("b", D, 0, held=True)
+        assert not b.accept("c", D, 0, held=True)
+
+    def test_a_cancel_gives_back_only_that_childs_copy(self) -> None:
+        b = book(copies=1)
+        b.superseed(D)
+        assert b.accept("a", D, 0, held=True)
+        b.dropped("b", D, 0)  # b never had it: nothing to give back
+        assert not b.accept("c", D, 0, held=True)
 
 
 class TestForgetting:
