@@ -770,13 +770,24 @@ class SchedulerState:
 
     def _parents(self, task: Task, member: Member, now: float) -> list[PeerInfo]:
         limit = self.config.max_parents
-        me = member.peer.peer_id
         handed = member.handed
-        chosen: dict[str, Member] = {}
-        kept = True
-        """whether ``chosen`` is still ``handed`` (nearly every report: then nothing to re-hand)"""
         # _usable_parent inlined: every report of a download walks its parents here
         members, ttl, suspects = task.members, self.config.peer_ttl, task.suspects
+        if len(handed) == limit and now - member.moved_at < REBALANCE_EVERY:
+            # most reports: every place filled and no look for lighter parents due; the answer
+            # is the handed parents if they are all still usable (else the full walk below)
+            infos: list[PeerInfo] = []
+            for peer_id in handed:
+                parent = members.get(peer_id)
+                if parent is None or now - parent.last_seen > ttl or (suspects and self._suspect(task, peer_id, now)):
+                    break
+                infos.append(info if (info := parent.info) is not None else parent.as_parent())
+            else:
+                return infos
+        me = member.peer.peer_id
+        chosen: dict[str, Member] = {}
+        kept = True
+        """whether ``chosen`` is still ``handed`` (then nothing to re-hand)"""
         heavy = INF
         if handed and now - member.moved_at >= REBALANCE_EVERY and self.peers:
             heavy = REBALANCE_LOAD * self.links / len(self.peers)
