@@ -362,12 +362,17 @@ class SchedulerState:
     # -- calls -------------------------------------------------------------------------------
     def join(self, digest: str, req: JoinRequest, now: float) -> TaskView:
         task = self._task(digest, req.size, req.piece_size, now, req.pieces, 0)
-        member = self._touch(task, req.peer_id, req.address, now, req.zone)
-        member.pieces = task.total if req.complete else req.pieces
-        member.complete = req.complete
-        if req.complete:
-            member.contiguous = task.size
-        self._after_update(task, member, now)
+        complete = req.complete
+        member = self._heard(
+            task,
+            req.peer_id,
+            req.address,
+            req.zone,
+            now,
+            task.total if complete else req.pieces,
+            task.size if complete else None,
+            complete,
+        )
         self.joins += 1
         return self._answer(task, member, now)
 
@@ -389,10 +394,17 @@ class SchedulerState:
             for index, value in rep.hashes.items():
                 if not 0 <= index < task.total or not HASH_RE.fullmatch(value):
                     raise StateError(f"hash of piece {index}: want 0 <= index < {task.total} and 64 lowercase hex")
-        member = self._touch(task, rep.peer_id, rep.address, now, rep.zone)
-        member.pieces = task.total if rep.complete else rep.pieces
-        member.contiguous = task.size if rep.complete else rep.contiguous
-        member.complete = rep.complete
+        complete = rep.complete
+        member = self._heard(
+            task,
+            rep.peer_id,
+            rep.address,
+            rep.zone,
+            now,
+            task.total if complete else rep.pieces,
+            task.size if complete else rep.contiguous,
+            complete,
+        )
         if rep.hashes:
             # only the holder as the report arrives: a complete seed that finds a scheduler
             # without hashes takes the open lease in this answer and sends them in its next.
@@ -409,7 +421,6 @@ class SchedulerState:
         for suspect in rep.failed_parents:
             if suspect != rep.peer_id and (suspect in task.suspects or len(task.suspects) < MAX_SUSPECTS):
                 task.suspects[suspect] = now + self.config.suspect_ttl
-        self._after_update(task, member, now)
         self.reports += 1
         fallback = self._fallback(task, rep, now) if task.fallbacks or rep.wants_fallback else False
         # a peer reporting bad hashes refetches from the origin on its own: not as holder
@@ -540,7 +551,20 @@ class SchedulerState:
                 f"pieces {pieces} / contiguous {contiguous} outside a blob of {size} bytes ({total} pieces)"
             )
 
-    def _touch(self, task: Task, peer_id: str, address: str, now: float, zone: str = "") -> Member:
+    def _heard(
+        self,
+        task: Task,
+        peer_id: str,
+        address: str,
+        zone: str,
+        now: float,
+        pieces: int,
+        contiguous: int | None,
+        complete: bool,
+    ) -> Member:
+        """The member that joined or reported, with its new progress (``contiguous`` None: as
+        it was), moved to the end of the task's members, in the right bag, the lease holder's
+        progress noted. One call for all of it: every join and report starts here."""
         member = task.members.pop(peer_id, None)
         if member is None:
             peer = self.peers.get(peer_id)
@@ -559,20 +583,21 @@ class SchedulerState:
         member.last_seen = now
         member.info = None
         task.members[peer_id] = member
-        return member
-
-    def _after_update(self, task: Task, member: Member, now: float) -> None:
-        kind = SEEDER if member.complete else PARTIAL if member.pieces > 0 else NONE
+        member.pieces = pieces
+        if contiguous is not None:
+            member.contiguous = contiguous
+        member.complete = complete
+        kind = SEEDER if complete else PARTIAL if pieces > 0 else NONE
         if kind != member.kind:
-            peer_id = member.peer.peer_id
             task.bag(member.kind).discard(peer_id)
             task.bag(kind).add(peer_id)
             member.kind = kind
-        if task.holder == member.peer.peer_id:
+        if task.holder == peer_id:
             task.holder_seen = now
             if member.contiguous > task.holder_contiguous:
                 task.holder_contiguous = member.contiguous
                 task.holder_progress_at = now
+        return member
 
     def _remove(self, task: Task, peer_id: str) -> None:
         member = task.members.pop(peer_id)
@@ -632,7 +657,17 @@ class SchedulerState:
     def _answer(
         self, task: Task, member: Member, now: float, may_take: bool = True, fallback: bool = False
     ) -> TaskView:
-        self._settle_lease(task, member, now, may_take)
+        held = now - task.holder_seen
+        if (
+            task.holder is None
+            or task.hashes_known >= task.total
+            or held > self.config.lease_ttl
+            or held > SUSPECT_HOLDER_SILENCE
+            or now - task.holder_progress_at > self.config.stall_timeout
+        ):
+            # else the lease is surely where it stays (a holder heard from lately, still
+            # making progress, hashes still wanted): most calls of a rollout, spared the call
+            self._settle_lease(task, member, now, may_take)
         if member.complete:
             if member.handed:
                 self._hand(task, member, ())
