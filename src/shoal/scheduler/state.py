@@ -209,7 +209,6 @@ class Member:
         "kind",
         "last_seen",
         "moved_at",
-        "parents",
         "peer",
         "pieces",
     )
@@ -221,8 +220,6 @@ class Member:
         self.complete = False
         self.last_seen = now
         self.handed: tuple[str, ...] = ()
-        self.parents: tuple[Member, ...] = ()
-        """the members ``handed`` names, in its order: most reports read them without a lookup"""
         self.children: set[str] = set()
         """members of this task whose ``handed`` names this one (each is one of ``peer.links``):
         a member that goes is struck from their ``handed``, so no count outlives it"""
@@ -611,7 +608,6 @@ class SchedulerState:
             for child_id in member.children:
                 child = members[child_id]
                 child.handed = tuple(p for p in child.handed if p != peer_id)
-                child.parents = tuple(p for p in child.parents if p is not member)
             member.peer.links -= len(member.children)
             self.links -= len(member.children)
             member.children.clear()
@@ -812,14 +808,15 @@ class SchedulerState:
         handed = member.handed
         # _usable_parent inlined: every report of a download walks its parents here
         members, ttl, suspects = task.members, self.config.peer_ttl, task.suspects
-        if len(member.parents) == limit and now - member.moved_at < REBALANCE_EVERY:
+        if len(handed) == limit and now - member.moved_at < REBALANCE_EVERY:
             # most reports: every place filled and no look for lighter parents due; the answer
             # is the handed parents if they are all still usable (else the full walk below)
             infos: list[PeerInfo] = []
-            for held in member.parents:
-                if now - held.last_seen > ttl or (suspects and self._suspect(task, held.peer.peer_id, now)):
+            for peer_id in handed:
+                parent = members.get(peer_id)
+                if parent is None or now - parent.last_seen > ttl or (suspects and self._suspect(task, peer_id, now)):
                     break
-                infos.append(info if (info := held.info) is not None else held.as_parent())
+                infos.append(info if (info := parent.info) is not None else parent.as_parent())
             else:
                 return infos
         me = member.peer.peer_id
@@ -940,4 +937,3 @@ class SchedulerState:
                 parent.peer.links += 1
                 self.links += 1
         member.handed = parents
-        member.parents = tuple(parent for peer_id in parents if (parent := members.get(peer_id)) is not None)
