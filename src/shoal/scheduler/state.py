@@ -69,7 +69,7 @@ from __future__ import annotations
 
 import random
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import cast
 
 from shoal.p2p.pieces import choose_piece_size, piece_count
@@ -120,6 +120,9 @@ ZONE_GATEWAYS = 1
 """members of a zone that are handed parents in other zones, per blob; every other member of
 the zone gets parents in its own zone only, so the blob crosses into each zone about once
 (the simulator: ``python -m bench.simulate --zones 3``)."""
+
+
+INF = float("inf")
 
 
 class StateError(ValueError):
@@ -181,7 +184,8 @@ class PeerRecord:
 
     def children(self, now: float, window: float) -> int:
         """About how many children were handed this peer in the last ``window`` seconds."""
-        self._roll(now, window)
+        if now - self.bucket_start >= window:  # _roll's test inlined: asked of every candidate
+            self._roll(now, window)
         left = 1.0 - (now - self.bucket_start) / window
         return self.current + int(self.previous * left + 0.5)
 
@@ -259,8 +263,16 @@ class Bag:
         return len(self.items)
 
     def sample(self, k: int, rng: random.Random) -> list[str]:
-        """Up to ``k`` items (all of them when there are no more than ``k``; else drawn with replacement)."""
-        return list(self.items) if len(self.items) <= k else rng.choices(self.items, k=k)
+        """Up to ``k`` items (all of them when there are no more than ``k``; else drawn with replacement).
+
+        The draws are ``rng.choices(items, k=k)``'s own, without its call overhead (asked on
+        most reports)."""
+        items = self.items
+        n = len(items)
+        if n <= k:
+            return list(items)
+        draw = rng.random
+        return [items[int(draw() * n)] for _ in range(k)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,31 +362,49 @@ class SchedulerState:
     # -- calls -------------------------------------------------------------------------------
     def join(self, digest: str, req: JoinRequest, now: float) -> TaskView:
         task = self._task(digest, req.size, req.piece_size, now, req.pieces, 0)
-        member = self._touch(task, req.peer_id, req.address, now, req.zone)
-        member.pieces = task.total if req.complete else req.pieces
-        member.complete = req.complete
-        if req.complete:
-            member.contiguous = task.size
-        self._after_update(task, member, now)
+        complete = req.complete
+        member = self._heard(
+            task,
+            req.peer_id,
+            req.address,
+            req.zone,
+            now,
+            task.total if complete else req.pieces,
+            task.size if complete else None,
+            complete,
+        )
         self.joins += 1
         return self._answer(task, member, now)
 
     def report(self, digest: str, rep: Report, now: float) -> TaskView:
         task = self.tasks.get(digest)
-        if task is None and (rep.size <= 0 or rep.piece_size <= 0):
+        if task is not None and rep.size and rep.size == task.size and rep.piece_size == task.piece_size:
+            # _task's first case, inlined: nearly every call is a report of a known task
+            if not 0 <= rep.pieces <= task.total or not 0 <= rep.contiguous <= task.size:
+                self._check_progress(task.size, task.total, rep.pieces, rep.contiguous)
+            task.last_active = now
+        elif task is None and (rep.size <= 0 or rep.piece_size <= 0):
             raise UnknownTaskError(f"unknown task {digest}: report its size and piece_size, or join it")
-        if rep.size:
+        elif rep.size:
             task = self._task(digest, rep.size, rep.piece_size, now, rep.pieces, rep.contiguous)
         else:
             assert task is not None
             self._check_progress(task.size, task.total, rep.pieces, rep.contiguous)
-        for index, value in rep.hashes.items():
-            if not 0 <= index < task.total or not HASH_RE.fullmatch(value):
-                raise StateError(f"hash of piece {index}: want 0 <= index < {task.total} and 64 lowercase hex")
-        member = self._touch(task, rep.peer_id, rep.address, now, rep.zone)
-        member.pieces = task.total if rep.complete else rep.pieces
-        member.contiguous = task.size if rep.complete else rep.contiguous
-        member.complete = rep.complete
+        if rep.hashes:
+            for index, value in rep.hashes.items():
+                if not 0 <= index < task.total or not HASH_RE.fullmatch(value):
+                    raise StateError(f"hash of piece {index}: want 0 <= index < {task.total} and 64 lowercase hex")
+        complete = rep.complete
+        member = self._heard(
+            task,
+            rep.peer_id,
+            rep.address,
+            rep.zone,
+            now,
+            task.total if complete else rep.pieces,
+            task.size if complete else rep.contiguous,
+            complete,
+        )
         if rep.hashes:
             # only the holder as the report arrives: a complete seed that finds a scheduler
             # without hashes takes the open lease in this answer and sends them in its next.
@@ -391,12 +421,10 @@ class SchedulerState:
         for suspect in rep.failed_parents:
             if suspect != rep.peer_id and (suspect in task.suspects or len(task.suspects) < MAX_SUSPECTS):
                 task.suspects[suspect] = now + self.config.suspect_ttl
-        self._after_update(task, member, now)
         self.reports += 1
-        fallback = self._fallback(task, rep, now)
+        fallback = self._fallback(task, rep, now) if task.fallbacks or rep.wants_fallback else False
         # a peer reporting bad hashes refetches from the origin on its own: not as holder
-        view = self._answer(task, member, now, may_take=not rep.bad_hashes)
-        return replace(view, fallback=True) if fallback else view
+        return self._answer(task, member, now, may_take=not rep.bad_hashes, fallback=fallback)
 
     def _fallback(self, task: Task, rep: Report, now: float) -> bool:
         """Whether ``rep``'s peer holds (or now gets) one of the task's fallback leases."""
@@ -523,7 +551,20 @@ class SchedulerState:
                 f"pieces {pieces} / contiguous {contiguous} outside a blob of {size} bytes ({total} pieces)"
             )
 
-    def _touch(self, task: Task, peer_id: str, address: str, now: float, zone: str = "") -> Member:
+    def _heard(
+        self,
+        task: Task,
+        peer_id: str,
+        address: str,
+        zone: str,
+        now: float,
+        pieces: int,
+        contiguous: int | None,
+        complete: bool,
+    ) -> Member:
+        """The member that joined or reported, with its new progress (``contiguous`` None: as
+        it was), moved to the end of the task's members, in the right bag, the lease holder's
+        progress noted. One call for all of it: every join and report starts here."""
         member = task.members.pop(peer_id, None)
         if member is None:
             peer = self.peers.get(peer_id)
@@ -542,20 +583,21 @@ class SchedulerState:
         member.last_seen = now
         member.info = None
         task.members[peer_id] = member
-        return member
-
-    def _after_update(self, task: Task, member: Member, now: float) -> None:
-        kind = SEEDER if member.complete else PARTIAL if member.pieces > 0 else NONE
+        member.pieces = pieces
+        if contiguous is not None:
+            member.contiguous = contiguous
+        member.complete = complete
+        kind = SEEDER if complete else PARTIAL if pieces > 0 else NONE
         if kind != member.kind:
-            peer_id = member.peer.peer_id
             task.bag(member.kind).discard(peer_id)
             task.bag(kind).add(peer_id)
             member.kind = kind
-        if task.holder == member.peer.peer_id:
+        if task.holder == peer_id:
             task.holder_seen = now
             if member.contiguous > task.holder_contiguous:
                 task.holder_contiguous = member.contiguous
                 task.holder_progress_at = now
+        return member
 
     def _remove(self, task: Task, peer_id: str) -> None:
         member = task.members.pop(peer_id)
@@ -612,20 +654,38 @@ class SchedulerState:
         self.resets.append(HashReset(task.digest, reporter, blamed))
 
     # -- answers -----------------------------------------------------------------------------
-    def _answer(self, task: Task, member: Member, now: float, may_take: bool = True) -> TaskView:
-        self._settle_lease(task, member, now, may_take)
-        peer_id = member.peer.peer_id
-        if member.complete and member.handed:
-            self._hand(task, member, ())
-        parents = [] if member.complete else self._parents(task, member, now)
+    def _answer(
+        self, task: Task, member: Member, now: float, may_take: bool = True, fallback: bool = False
+    ) -> TaskView:
+        held = now - task.holder_seen
+        if (
+            task.holder is None
+            or task.hashes_known >= task.total
+            or held > self.config.lease_ttl
+            or held > SUSPECT_HOLDER_SILENCE
+            or now - task.holder_progress_at > self.config.stall_timeout
+        ):
+            # else the lease is surely where it stays (a holder heard from lately, still
+            # making progress, hashes still wanted): most calls of a rollout, spared the call
+            self._settle_lease(task, member, now, may_take)
+        if member.complete:
+            if member.handed:
+                self._hand(task, member, ())
+            parents = []
+        else:
+            parents = self._parents(task, member, now)
+        holder = task.holder
+        # positional: the view is built for every call (its fields, in order: role, parents,
+        # size, piece_size, lease_ttl, fetcher, hashes_known, fallback)
         return TaskView(
-            role="fetcher" if task.holder == peer_id else "peer",
-            parents=parents,
-            size=task.size,
-            piece_size=task.piece_size,
-            lease_ttl=self.config.lease_ttl,
-            fetcher=task.holder,
-            hashes_known=task.hashes_known,
+            "fetcher" if holder == member.peer.peer_id else "peer",
+            parents,
+            task.size,
+            task.piece_size,
+            self.config.lease_ttl,
+            holder,
+            task.hashes_known,
+            fallback,
         )
 
     def _suspect(self, task: Task, peer_id: str, now: float) -> bool:
@@ -646,8 +706,9 @@ class SchedulerState:
         return True
 
     def _settle_lease(self, task: Task, requester: Member, now: float, may_take: bool) -> None:
-        if not self._lease_needed(task, now):
-            self._set_holder(task, None)
+        if task.hashes_known >= task.total and not self._lease_needed(task, now):
+            if task.holder is not None:
+                self._set_holder(task, None)
             return
         stale: str | None = None
         why = ""
@@ -744,17 +805,32 @@ class SchedulerState:
 
     def _parents(self, task: Task, member: Member, now: float) -> list[PeerInfo]:
         limit = self.config.max_parents
-        me = member.peer.peer_id
-        chosen: dict[str, Member] = {}
+        handed = member.handed
         # _usable_parent inlined: every report of a download walks its parents here
         members, ttl, suspects = task.members, self.config.peer_ttl, task.suspects
-        heavy = float("inf")
-        if member.handed and now - member.moved_at >= REBALANCE_EVERY and self.peers:
+        if len(handed) == limit and now - member.moved_at < REBALANCE_EVERY:
+            # most reports: every place filled and no look for lighter parents due; the answer
+            # is the handed parents if they are all still usable (else the full walk below)
+            infos: list[PeerInfo] = []
+            for peer_id in handed:
+                parent = members.get(peer_id)
+                if parent is None or now - parent.last_seen > ttl or (suspects and self._suspect(task, peer_id, now)):
+                    break
+                infos.append(info if (info := parent.info) is not None else parent.as_parent())
+            else:
+                return infos
+        me = member.peer.peer_id
+        chosen: dict[str, Member] = {}
+        kept = True
+        """whether ``chosen`` is still ``handed`` (then nothing to re-hand)"""
+        heavy = INF
+        if handed and now - member.moved_at >= REBALANCE_EVERY and self.peers:
             heavy = REBALANCE_LOAD * self.links / len(self.peers)
-        moves = max(1, len(member.handed) - 1)
-        for peer_id in member.handed:
+        moves = len(handed) - 1 if len(handed) > 1 else 1
+        for peer_id in handed:
             parent = members.get(peer_id)
             if parent is None or now - parent.last_seen > ttl or (suspects and self._suspect(task, peer_id, now)):
+                kept = False
                 continue
             if parent.peer.links > heavy and not parent.complete and task.holder != peer_id and moves > 0:
                 # every heavy parent but one gives way in one look (one look per
@@ -767,12 +843,13 @@ class SchedulerState:
                 member.moved_at = now
                 lighter = self._lighter(task, member, parent, chosen, now)
                 if lighter is not None:
+                    kept = False
                     parent = lighter
                     peer_id = lighter.peer.peer_id
                     lighter.peer.assign(now, self.config.child_window)
-            if len(chosen) < limit:
-                chosen[peer_id] = parent
+            chosen[peer_id] = parent  # no more than ``limit``: ``handed`` was a ``chosen``
         if len(chosen) < limit:
+            kept = False
             # a sample per bag sized by the places to fill: a report that needs one more parent
             # need not look at dozens (the rollout's reports are most of the scheduler's work)
             k = min(self.sample_size, 4 + 2 * (limit - len(chosen)))
@@ -795,8 +872,8 @@ class SchedulerState:
             for peer_id in pool:
                 if peer_id == me or peer_id in chosen or peer_id in found:
                     continue
-                parent = self._usable_parent(task, peer_id, now)
-                if parent is None:
+                parent = members.get(peer_id)
+                if parent is None or now - parent.last_seen > ttl or (suspects and self._suspect(task, peer_id, now)):
                     continue
                 same_zone = not zone or parent.peer.zone in ("", zone)
                 if local_only and not same_zone:
@@ -816,8 +893,9 @@ class SchedulerState:
                 if zone and found[peer_id].peer.zone not in ("", zone) and me not in task.gateways.get(zone, ()):
                     task.gateways.setdefault(zone, {})[me] = None
                     member.peer.gateway_of += 1
-        self._hand(task, member, tuple(chosen))
-        return [p.as_parent() for p in chosen.values()]
+        if not kept:
+            self._hand(task, member, tuple(chosen))
+        return [info if (info := p.info) is not None else p.as_parent() for p in chosen.values()]
 
     def _lighter(
         self, task: Task, member: Member, heavy: Member, chosen: dict[str, Member], now: float
@@ -825,11 +903,14 @@ class SchedulerState:
         """A piece holder of the heavy parent's zone with far fewer links, from a small sample."""
         best: Member | None = None
         me = member.peer.peer_id
+        members, ttl, suspects = task.members, self.config.peer_ttl, task.suspects
         for peer_id in task.partials.sample(REBALANCE_SAMPLE, self.rng):
             if peer_id == me or peer_id in chosen or peer_id in member.handed:
                 continue
-            other = self._usable_parent(task, peer_id, now)
-            if other is None or other.peer.zone != heavy.peer.zone:
+            other = members.get(peer_id)  # _usable_parent inlined
+            if other is None or now - other.last_seen > ttl or (suspects and self._suspect(task, peer_id, now)):
+                continue
+            if other.peer.zone != heavy.peer.zone:
                 continue
             if other.pieces <= member.pieces and other.pieces < heavy.pieces:
                 continue  # nothing new for the child, or less than the heavy parent offers

@@ -6,6 +6,8 @@ import random
 from collections import Counter
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from shoal.scheduler.config import ConfigError, SchedulerConfig
 from shoal.scheduler.policy import PARENT_POLICIES, Candidate
@@ -44,6 +46,54 @@ class TestLeastLoaded:
         )
         assert set(firsts) == {f"p{i}" for i in range(5)}
         assert min(firsts.values()) > 60
+
+
+def key_sorted(candidates: list[Candidate], limit: int, max_children: int, rng: random.Random) -> list[str]:
+    """The policy's rule written as a stable sort by a key function (the plain statement of it)."""
+    tiebreak = {c.peer_id: rng.random() for c in candidates}
+    ranked = sorted(
+        candidates,
+        key=lambda c: (
+            not c.same_zone,
+            c.children >= max_children,
+            c.pieces == 0 and not c.complete,
+            c.children,
+            not c.complete,
+            -c.pieces,
+            tiebreak[c.peer_id],
+        ),
+    )
+    return [c.peer_id for c in ranked[:limit]]
+
+
+class TestLeastLoadedEqualsKeySort:
+    """The policy builds its sort keys without a key function (it runs on every join): the
+    same picks, in the same order, with the same draws from ``rng`` as the plain key sort."""
+
+    @settings(max_examples=300, deadline=None)
+    @given(
+        table=st.lists(st.tuples(st.integers(0, 3), st.booleans(), st.integers(0, 10), st.booleans()), max_size=40),
+        limit=st.integers(1, 6),
+        seed=st.integers(0, 1000),
+    )
+    def test_same_picks(self, table: list[tuple[int, bool, int, bool]], limit: int, seed: int) -> None:
+        candidates = [
+            Candidate(f"p{i}", pieces, complete, children, same_zone)
+            for i, (pieces, complete, children, same_zone) in enumerate(table)
+        ]
+        mine, theirs = random.Random(seed), random.Random(seed)
+        assert choose_parents(candidates, limit=limit, max_children=8, rng=mine) == key_sorted(
+            candidates, limit, 8, theirs
+        )
+        assert mine.random() == theirs.random()
+
+    def test_equal_keys_keep_their_order(self) -> None:
+        class Constant(random.Random):
+            def random(self) -> float:
+                return 0.5
+
+        same = [c(f"p{5 - i}", 4) for i in range(6)]  # not in the order of their names
+        assert choose_parents(same, limit=6, max_children=8, rng=Constant()) == [f"p{5 - i}" for i in range(6)]
 
 
 class TestRandom:

@@ -21,17 +21,25 @@ from shoal.scheduler.policy.base import Candidate
 def choose_parents(candidates: Sequence[Candidate], *, limit: int, max_children: int, rng: random.Random) -> list[str]:
     if limit <= 0:
         return []
-    tiebreak = {c.peer_id: rng.random() for c in candidates}
+    draw = rng.random
+    tiebreak = {c.peer_id: draw() for c in candidates}
+    # sort keys built by unpacking each candidate (no key function, no attribute lookups:
+    # this runs for every join); the position keeps equal keys in their order, as a stable
+    # sort by the key alone would
     ranked = sorted(
-        candidates,
-        key=lambda c: (
-            not c.same_zone,
-            c.children >= max_children,
-            c.pieces == 0 and not c.complete,
-            c.children,
-            not c.complete,
-            -c.pieces,
-            tiebreak[c.peer_id],
-        ),
+        [
+            (
+                not same_zone,
+                children >= max_children,
+                pieces == 0 and not complete,
+                children,
+                not complete,
+                -pieces,
+                tiebreak[peer_id],
+                position,
+                peer_id,
+            )
+            for position, (peer_id, pieces, complete, children, same_zone) in enumerate(candidates)
+        ]
     )
-    return [c.peer_id for c in ranked[:limit]]
+    return [key[-1] for key in ranked[:limit]]
