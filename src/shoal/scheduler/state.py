@@ -13,8 +13,9 @@ The origin lease:
       report's hashes count when its sender holds the lease as the report arrives: a peer
       that claims ``complete`` gets no say over hashes while someone else holds it);
     * given to a joiner (or reporter) when nobody holds it;
-    * lost when the holder sends no report for ``lease_ttl`` (``SUSPECT_HOLDER_SILENCE``
-      once a child named it in ``failed_parents``), when its ``contiguous`` has not
+    * lost when the holder sends no report for ``lease_ttl`` (``SUSPECT_HOLDER_SILENCE``,
+      or ``FETCHER_SUSPECT_SILENCE`` for a fetcher reporting at its pieces' pace, once a
+      child named it in ``failed_parents``), when its ``contiguous`` has not
       grown for ``stall_timeout``, when it leaves or expires, or when it is complete and every
       piece hash is known;
     * an open lease goes to the live (heard from within ``lease_ttl``), non-suspect peer with
@@ -103,6 +104,12 @@ SUSPECT_HOLDER_SILENCE = 10.0
 dead (one late heartbeat is not enough: any child may name the holder, truly or not), and
 its blob's stream to the whole fleet waits for the lease to move (the simulator with 5% of
 150 nodes dying: a fetcher dead at 1 s held the lease until 16 s)."""
+
+FETCHER_SUSPECT_SILENCE = 5.0
+"""the same, for a holder still fetching whose last two reports came at most half this apart:
+such a fetcher reports every new piece hash at once, so this silence is several missed
+reports, not one late heartbeat; the whole fleet waits on its blob meanwhile. A holder
+reporting at the heartbeat's pace (a slow origin, large pieces) keeps the longer silence."""
 
 REBALANCE_LOAD = 1.1
 """a handed parent with more links (downloaders naming it, over all tasks) than this many
@@ -308,6 +315,8 @@ class Task:
     """zone -> its members that were handed parents in other zones (ordered sets)"""
     holder: str | None = None
     holder_seen: float = 0.0
+    holder_gap: float = SUSPECT_HOLDER_SILENCE
+    """seconds between the holder's last two reports (its pace; unknown: the longer silence)"""
     holder_progress_at: float = 0.0
     holder_contiguous: int = 0
     best: tuple[float, str | None] | None = None
@@ -593,6 +602,7 @@ class SchedulerState:
             task.bag(kind).add(peer_id)
             member.kind = kind
         if task.holder == peer_id:
+            task.holder_gap = now - task.holder_seen
             task.holder_seen = now
             if member.contiguous > task.holder_contiguous:
                 task.holder_contiguous = member.contiguous
@@ -662,7 +672,7 @@ class SchedulerState:
             task.holder is None
             or task.hashes_known >= task.total
             or held > self.config.lease_ttl
-            or held > SUSPECT_HOLDER_SILENCE
+            or held > self._suspect_silence(task)
             or now - task.holder_progress_at > self.config.stall_timeout
         ):
             # else the lease is surely where it stays (a holder heard from lately, still
@@ -687,6 +697,13 @@ class SchedulerState:
             task.hashes_known,
             fallback,
         )
+
+    @staticmethod
+    def _suspect_silence(task: Task) -> float:
+        """How long a lease holder named in ``failed_parents`` may go without a report."""
+        if task.hashes_known < task.total and task.holder_gap <= FETCHER_SUSPECT_SILENCE / 2:
+            return FETCHER_SUSPECT_SILENCE
+        return SUSPECT_HOLDER_SILENCE
 
     def _suspect(self, task: Task, peer_id: str, now: float) -> bool:
         if not task.suspects:
@@ -719,14 +736,14 @@ class SchedulerState:
             elif (
                 now - task.holder_seen <= self.config.lease_ttl
                 and now - task.holder_progress_at <= self.config.stall_timeout
-                and not (now - task.holder_seen > SUSPECT_HOLDER_SILENCE and self._suspect(task, task.holder, now))
+                and not (now - task.holder_seen > self._suspect_silence(task) and self._suspect(task, task.holder, now))
             ):
                 return
             else:
                 stale = task.holder
                 if now - task.holder_seen > self.config.lease_ttl:
                     why = f"no report for {now - task.holder_seen:.1f}s"
-                elif now - task.holder_seen > SUSPECT_HOLDER_SILENCE and self._suspect(task, task.holder, now):
+                elif now - task.holder_seen > self._suspect_silence(task) and self._suspect(task, task.holder, now):
                     why = f"named in failed_parents and no report for {now - task.holder_seen:.1f}s"
                 else:
                     why = f"no progress for {now - task.holder_progress_at:.1f}s"
@@ -742,6 +759,7 @@ class SchedulerState:
             self.lease_moves.append(LeaseMove(task.digest, stale, peer_id, why))
         self._set_holder(task, peer_id)
         task.holder_seen = task.holder_progress_at = now
+        task.holder_gap = SUSPECT_HOLDER_SILENCE  # its pace is not known yet
         task.holder_contiguous = requester.contiguous
         task.best = None
         self.lease_changes += 1

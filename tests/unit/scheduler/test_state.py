@@ -193,10 +193,32 @@ class TestLease:
         s = state(lease_ttl=15.0)
         assert join(s, "a", 0).role == "fetcher"
         join(s, "b", 0)
-        report(s, "a", 1, pieces=1)  # a's last word: it died here
-        report(s, "b", 6, failed=["a"])  # its child lost the link
-        assert report(s, "b", 10.5).fetcher == "a"  # named, but silent for 9.5 s only
-        assert report(s, "b", 11.5).role == "fetcher"  # 10.5 s: not 15 s (the fleet waits on it)
+        report(s, "a", 5, pieces=1)  # a's last word, at its heartbeat's pace: it died here
+        report(s, "b", 10, failed=["a"])  # its child lost the link
+        assert report(s, "b", 14.5).fetcher == "a"  # named, but silent for 9.5 s only
+        assert report(s, "b", 15.5).role == "fetcher"  # 10.5 s: not 15 s (the fleet waits on it)
+
+    def test_a_fetcher_named_and_silent_at_its_pieces_pace_loses_it_sooner(self) -> None:
+        """A fetcher reports each new piece hash at once: five silent seconds are many
+        missed reports, and the whole fleet waits on its blob meanwhile."""
+        s = state(lease_ttl=15.0)
+        assert join(s, "a", 0).role == "fetcher"
+        join(s, "b", 0)
+        for i, t in enumerate((0.5, 1.0, 1.5), start=1):
+            report(s, "a", t, pieces=i, hashes={i - 1: h(i - 1)})  # then it died
+        report(s, "b", 6.4, failed=["a"])  # its child noticed the dead link
+        assert report(s, "b", 6.45).fetcher == "a"  # silent 4.95 s
+        assert report(s, "b", 6.6).role == "fetcher"  # 5.1 s, not 10
+
+    def test_a_fetcher_that_slowed_to_its_heartbeat_keeps_the_longer_silence(self) -> None:
+        s = state(lease_ttl=15.0)
+        join(s, "a", 0)
+        join(s, "b", 0)
+        report(s, "a", 0.5, pieces=1, hashes={0: h(0)})
+        report(s, "a", 5.5, pieces=2, hashes={1: h(1)})  # a slow origin: one piece per 5 s
+        report(s, "b", 6, failed=["a"])
+        assert report(s, "b", 12.5).fetcher == "a"  # silent 7 s at a 5 s pace: not dead yet
+        assert report(s, "b", 15.6).role == "fetcher"
 
     def test_a_named_holder_that_reports_keeps_it(self) -> None:
         s = state(lease_ttl=15.0)
