@@ -298,6 +298,24 @@ class TestLink:
         a.close("done")
         await client.until(lambda: client.closed)
 
+    async def test_a_forgotten_blobs_late_bytes_are_not_remembered(self, tmp_path: Path) -> None:
+        """A body on its way when its download let the parent go (or finished) must not
+        leave a count behind: a link lives across many blobs, and nothing forgets it again."""
+        blob = tmp_path / "blob"
+        blob.write_bytes(os.urandom(1 << 20))
+        a, client, b, server = await linked(None)
+        a.send(wire.Interested(DIGEST, 1))
+        await server.until(lambda: server.events)
+        b.send(wire.Bitfield.of(DIGEST, 1, [0]))
+        a.send(wire.Request(DIGEST, 0))
+        await server.until(lambda: len(server.events) == 2)
+        a.forget_bytes(DIGEST)  # the download let this parent go; its piece is still coming
+        b.send_piece(DIGEST, 0, lambda: blob, 0, 1 << 20)
+        await client.until(lambda: client.pieces)
+        assert a.bytes_in(DIGEST) == 0
+        a.close("done")
+        await client.until(lambda: client.closed)
+
     async def test_a_body_fills_a_buffer_given_back_with_another_pieces_bytes(
         self, tmp_path: Path, wire_tls: tuple[ssl.SSLContext, ssl.SSLContext] | None
     ) -> None:
