@@ -322,6 +322,7 @@ class PeerHub:
         if key in self._via or sink is None:
             return
         self._via[key] = link
+        link.watch_bytes(str(digest))
         link.send(wire.Interested(str(digest), pieces, size=sink.size))
 
     def bytes_from(self, peer_id: str, digest: Digest) -> int:

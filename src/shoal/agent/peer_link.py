@@ -317,7 +317,7 @@ class PeerLink:
         self.peer_id: str = conn.peer_id
         self.outbound = outbound
         self._bytes_in: dict[str, int] = {}
-        """piece body bytes received per blob (plain counters the reader thread bumps)"""
+        """piece body bytes received per watched blob (the reader bumps them under ``_lock``)"""
         self.closed = False
         self.reason = ""
         self._channel = channel
@@ -474,29 +474,38 @@ class PeerLink:
         """Piece body bytes of ``digest`` received so far: one blob's progress, not the link's."""
         return self._bytes_in.get(digest, 0)
 
+    def watch_bytes(self, digest: str) -> None:
+        """Count ``digest``'s body bytes from now on (a download asks on this link)."""
+        with self._lock:
+            self._bytes_in.setdefault(digest, 0)
+
     def forget_bytes(self, digest: str) -> None:
-        """Stop remembering ``digest``'s count (its download no longer asks on this link)."""
-        self._bytes_in.pop(digest, None)
+        """Stop counting ``digest``'s bytes (its download no longer asks on this link): a body
+        still on its way leaves no count behind (the reader counts under the same lock)."""
+        with self._lock:
+            self._bytes_in.pop(digest, None)
 
     def _read_body(self, piece: wire.Piece) -> PieceBody:
         """Read a body whole into a buffer (one cut short is an error: the buffer, part old
         bytes, is dropped with it) and hash it."""
         data = bytearray(piece.length) if self._buffers is None else self._buffers.take(piece.length)
         view = memoryview(data)
+        counts, digest = self._bytes_in, piece.digest
         with self._lock:
             early = self._conn.take_body()
+            if digest in counts:  # watched, and not forgotten meanwhile
+                counts[digest] += len(early)
         got = len(early)
         view[:got] = early
-        counts = self._bytes_in
-        counts[piece.digest] = counts.get(piece.digest, 0) + got
         while got < piece.length:
             n = self._channel.recv_exactly(view[got : got + min(BODY_SLICE, piece.length - got)])
             if n == 0:
                 raise wire.RemoteProtocolError(f"connection closed inside piece {piece.index}")
             got += n
-            counts[piece.digest] = counts.get(piece.digest, 0) + n  # forget_bytes may run meanwhile
             with self._lock:
                 self._conn.body_received(n)
+                if digest in counts:
+                    counts[digest] += n
         return PieceBody(piece.digest, piece.index, data, hashlib.sha256(view).hexdigest(), self._buffers)
 
     def _write_forever(self) -> None:

@@ -42,6 +42,9 @@ class FakeLink:
     def bytes_in(self, digest: str) -> int:
         return self.received.get(digest, 0)
 
+    def watch_bytes(self, digest: str) -> None:
+        self.received.setdefault(digest, 0)
+
     def forget_bytes(self, digest: str) -> None:
         self.received.pop(digest, None)
 
@@ -286,6 +289,19 @@ class TestRouting:
         h.forget_parent(parent.peer_id, digest)
         assert h.bytes_from(parent.peer_id, digest) == 0
         assert parent.received == {str(other): 5 * MiB}
+
+    async def test_a_parent_added_counts_its_blobs_bytes(self, store: BlobStore) -> None:
+        """The link counts only the blobs a download asks on it (so nothing is left behind
+        for the bodies that arrive after the download let the parent go)."""
+        h, parent = hub(store), FakeLink("127.0.0.9:1")
+        digest = Digest.of(b"x")
+        h.register(digest, Sink())
+        h.links[parent.peer_id] = as_link(parent)
+        h._all.add(as_link(parent))
+        await h.add_parent(digest, 3, parent.peer_id, "unused")
+        assert parent.received == {str(digest): 0}
+        h.unregister(digest)
+        assert parent.received == {}
 
 
 class TestPeerIds:

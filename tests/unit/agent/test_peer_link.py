@@ -253,6 +253,7 @@ class TestLink:
         data = os.urandom(3 << 20)
         blob.write_bytes(data)
         a, client, b, server = await linked(wire_tls)
+        a.watch_bytes(DIGEST)
         a.send(wire.Interested(DIGEST, 2))
         await server.until(lambda: server.events)
         assert server.events == [wire.Interested(DIGEST, 2)]
@@ -281,6 +282,7 @@ class TestLink:
         other = "sha256:" + "cd" * 32
         a, client, b, server = await linked(None)
         for digest in (DIGEST, other):
+            a.watch_bytes(digest)
             a.send(wire.Interested(digest, 2))
         await server.until(lambda: len(server.events) == 2)
         for digest in (DIGEST, other):
@@ -304,6 +306,7 @@ class TestLink:
         blob = tmp_path / "blob"
         blob.write_bytes(os.urandom(1 << 20))
         a, client, b, server = await linked(None)
+        a.watch_bytes(DIGEST)
         a.send(wire.Interested(DIGEST, 1))
         await server.until(lambda: server.events)
         b.send(wire.Bitfield.of(DIGEST, 1, [0]))
