@@ -106,10 +106,11 @@ its blob's stream to the whole fleet waits for the lease to move (the simulator 
 150 nodes dying: a fetcher dead at 1 s held the lease until 16 s)."""
 
 FETCHER_SUSPECT_SILENCE = 5.0
-"""the same, for a holder still fetching whose last two reports came at most half this apart:
-such a fetcher reports every new piece hash at once, so this silence is several missed
-reports, not one late heartbeat; the whole fleet waits on its blob meanwhile. A holder
-reporting at the heartbeat's pace (a slow origin, large pieces) keeps the longer silence."""
+"""the same, for a holder still fetching that has reported at least every half of this since
+it took the lease: an agent reports each new piece hash at once and, while it fetches, at
+least every 2 s (``FETCHER_HEARTBEAT``), so this silence is two missed reports or more; the
+whole fleet waits on its blob meanwhile. A holder once slower than that (an agent of an
+older version, whose heartbeat is 5 s, or one starved of CPU) keeps the longer silence."""
 
 REBALANCE_LOAD = 1.1
 """a handed parent with more links (downloaders naming it, over all tasks) than this many
@@ -315,8 +316,8 @@ class Task:
     """zone -> its members that were handed parents in other zones (ordered sets)"""
     holder: str | None = None
     holder_seen: float = 0.0
-    holder_gap: float = SUSPECT_HOLDER_SILENCE
-    """seconds between the holder's last two reports (its pace; unknown: the longer silence)"""
+    holder_gap: float = 0.0
+    """the longest silence between two calls of the holder since it took the lease (its pace)"""
     holder_progress_at: float = 0.0
     holder_contiguous: int = 0
     best: tuple[float, str | None] | None = None
@@ -602,7 +603,7 @@ class SchedulerState:
             task.bag(kind).add(peer_id)
             member.kind = kind
         if task.holder == peer_id:
-            task.holder_gap = now - task.holder_seen
+            task.holder_gap = max(task.holder_gap, now - task.holder_seen)
             task.holder_seen = now
             if member.contiguous > task.holder_contiguous:
                 task.holder_contiguous = member.contiguous
@@ -759,7 +760,7 @@ class SchedulerState:
             self.lease_moves.append(LeaseMove(task.digest, stale, peer_id, why))
         self._set_holder(task, peer_id)
         task.holder_seen = task.holder_progress_at = now
-        task.holder_gap = SUSPECT_HOLDER_SILENCE  # its pace is not known yet
+        task.holder_gap = 0.0
         task.holder_contiguous = requester.contiguous
         task.best = None
         self.lease_changes += 1

@@ -34,6 +34,7 @@ from shoal.p2p.download_state import (
     Tick,
     WritePiece,
 )
+from shoal.p2p.download_state.rules import FETCHER_HEARTBEAT
 from shoal.p2p.pieces import PieceGeometry
 
 PIECE = 100
@@ -97,11 +98,16 @@ class TestReportTiming:
         s.apply(SchedulerAnswer("f", (parent(1),)))
         assert s.wake_at() == clock.now + 1.0
 
-    def test_the_fetcher_reports_with_nothing_new_only_at_the_heartbeat(self) -> None:
+    def test_the_fetcher_reports_with_nothing_new_at_its_own_heartbeat(self) -> None:
+        """The scheduler takes a named fetcher silent for 5 s as dead: a live one whose next
+        piece is slow reports before that."""
         clock = Clock()
         s = new(clock, max_parents=3, heartbeat=5.0)
         s.apply(SchedulerAnswer(ME))
-        assert s.wake_at() == clock.now + 5.0
+        assert s.wake_at() == clock.now + FETCHER_HEARTBEAT
+        s = new(clock, max_parents=3, heartbeat=1.0)
+        s.apply(SchedulerAnswer(ME))
+        assert s.wake_at() == clock.now + 1.0  # a shorter heartbeat still wins
 
     def test_ticks_never_send_reports(self) -> None:
         """Only ReportDue (and the fetcher's new hashes) send: a driver's clock ticks do not."""

@@ -7,7 +7,7 @@ import tracemalloc
 
 import pytest
 
-from shoal.p2p.download_state.rules import DownloadRules
+from shoal.p2p.download_state.rules import FETCHER_HEARTBEAT, DownloadRules
 from shoal.p2p.pieces import choose_piece_size, piece_count
 from shoal.p2p.protocol import JoinRequest, Report, TaskView
 from shoal.scheduler.config import SchedulerConfig
@@ -221,28 +221,39 @@ class TestLease:
         assert report(s, "b", 12.5).fetcher == "a"  # silent 7 s at a 5 s pace: not dead yet
         assert report(s, "b", 15.6).role == "fetcher"
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="review: FETCHER_SUSPECT_SILENCE (5 s) is the agent's heartbeat, with no margin: "
-        "a live fetcher whose next piece takes over 5 s is silent 5 s + the heartbeat's delay",
-    )
     @pytest.mark.parametrize("first", ["join", "report"])
-    def test_a_live_fetcher_whose_next_piece_is_slow_keeps_it_till_its_heartbeat(self, first: str) -> None:
-        """Two reports close together (a join and its first report, a report while short of
-        parents, a retry) say nothing of the next piece's pace: a fetcher whose origin slows
-        reports again only at its heartbeat, which reaches the scheduler a little after 5 s;
-        its children, waiting on that piece, name it meanwhile."""
-        heartbeat = DownloadRules().heartbeat
+    def test_a_live_fetcher_whose_next_piece_is_slow_keeps_it_at_its_heartbeat(self, first: str) -> None:
+        """Two calls close together (a join and its first report, a retry) say nothing of the
+        next piece's pace: a fetcher whose origin slows reports at its fetching heartbeat,
+        late by the timer, the network and the scheduler's queue; its children, waiting on
+        that piece, name it meanwhile (the review's case)."""
+        heartbeat = min(DownloadRules().heartbeat, FETCHER_HEARTBEAT)
+        late = 0.4
         s = state(lease_ttl=15.0)
         assert join(s, "a", 0).role == "fetcher"
         join(s, "b", 0)
         if first == "report":
             report(s, "a", 0.5, pieces=1, hashes={0: h(0)})
-        last = 1.0
-        report(s, "a", last, pieces=2 if first == "report" else 1, hashes={1: h(1)})
+        t = 1.0
+        report(s, "a", t, pieces=2 if first == "report" else 1, hashes={1: h(1)})
         report(s, "b", 3.0, failed=["a"])  # a child waiting on a's next piece gave up on it
-        late = 0.02  # the heartbeat's timer, the network, the scheduler's queue
-        assert report(s, "b", last + heartbeat + late / 2).fetcher == "a"  # its heartbeat is on the way
+        for _ in range(5):
+            assert report(s, "b", t + heartbeat + late - 0.01).fetcher == "a"
+            t += heartbeat + late
+            report(s, "a", t, pieces=2)  # nothing new: its heartbeat
+        assert report(s, "b", t + 5.1).role == "fetcher"  # then it died
+
+    def test_a_fetcher_of_an_older_agent_keeps_the_longer_silence(self) -> None:
+        """An agent before the fetching heartbeat reports every 5 s with nothing new: once
+        seen that slow, its holder gets the 10 s."""
+        s = state(lease_ttl=15.0)
+        join(s, "a", 0)
+        join(s, "b", 0)
+        report(s, "a", 0.2, pieces=1, hashes={0: h(0)})
+        report(s, "a", 5.3, pieces=1)  # its 5 s heartbeat, a little late
+        report(s, "b", 6, failed=["a"])
+        assert report(s, "b", 13).fetcher == "a"  # silent 7.7 s
+        assert report(s, "b", 15.4).role == "fetcher"  # 10.1 s
 
     def test_a_named_holder_that_reports_keeps_it(self) -> None:
         s = state(lease_ttl=15.0)

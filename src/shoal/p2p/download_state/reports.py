@@ -4,8 +4,8 @@ A child reports when something happened (a dropped parent, another share of the 
 hashes of ours), never more often than ``report_interval``; while it has fewer parents than
 it could use, every ``2 * report_interval``; otherwise every ``heartbeat``, which keeps its
 membership and the fetcher's lease alive. The origin fetcher reports each new piece hash at
-once (children wait for it). One report is out at a time; what a failed one carried goes
-with the next, ``report_interval`` later.
+once (children wait for it), and with nothing new every ``FETCHER_HEARTBEAT``. One report is
+out at a time; what a failed one carried goes with the next, ``report_interval`` later.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from shoal.p2p.download_state.actions import SendReport
-from shoal.p2p.download_state.rules import REPORT_SHARE, DownloadRules
+from shoal.p2p.download_state.rules import FETCHER_HEARTBEAT, REPORT_SHARE, DownloadRules
 
 
 class ReportBook:
@@ -46,9 +46,9 @@ class ReportBook:
         for i, h in hashes.items():
             self.own_hashes.setdefault(i, h)
 
-    def due_at(self, *, urgent: bool, wanting_parents: bool) -> float | None:
+    def due_at(self, *, urgent: bool, wanting_parents: bool, fetching: bool = False) -> float | None:
         """When the next report is due (None: one is out). ``urgent``: a fallback ask, or
-        the fetcher's new hashes."""
+        the fetcher's new hashes; ``fetching``: we hold the origin lease and fetch."""
         if self.out is not None:
             return None
         if urgent:
@@ -58,6 +58,8 @@ class ReportBook:
             pause = self.rules.report_interval
         elif wanting_parents:
             pause = 2 * self.rules.report_interval
+        elif fetching:
+            pause = min(self.rules.heartbeat, FETCHER_HEARTBEAT)
         else:
             pause = self.rules.heartbeat
         return max(self.last_at + pause, self.retry_at)

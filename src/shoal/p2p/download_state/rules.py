@@ -13,6 +13,10 @@ HASH_ASK_PAUSE = 0.5
 """seconds a download lets piece hashes gather at the scheduler before it asks again, while no
 received piece waits for one: a child that asked after every new hash made one call per
 piece, most of them before it needed the hash; a piece waiting for its hash asks at once"""
+FETCHER_HEARTBEAT = 2.0
+"""seconds after which the origin fetcher reports with nothing new (at most; ``heartbeat``
+if shorter): the scheduler takes a named fetcher silent for 5 s at this pace as dead
+(``FETCHER_SUSPECT_SILENCE``), and a live one whose next piece is slow must not look so"""
 REPORT_SHARE = 8
 """a child reports after every 1/REPORT_SHARE of the blob it wrote: the scheduler ranks
 parents by how much they hold"""

@@ -203,7 +203,8 @@ class DownloadState:
             self.fetching and bool(self.reports.unpublished())
         )
         wanting = len(self.parents) < self.rules.max_parents and not self.fetching and not self.finished
-        return self.reports.due_at(urgent=urgent, wanting_parents=wanting)
+        fetching = self.fetching and not self.finished
+        return self.reports.due_at(urgent=urgent, wanting_parents=wanting, fetching=fetching)
 
     # -- reports -----------------------------------------------------------------------------
 
