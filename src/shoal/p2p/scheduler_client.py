@@ -44,7 +44,8 @@ CALLS_IN_FLIGHT = 2
 scheduler, at most; the others wait for one of these connections. Every call beyond the open
 connections would open one more, and a TLS handshake costs the scheduler as much CPU as ~15
 calls on a kept-alive connection. Hashes long-polls hold a connection each and do not count,
-nor do reports carrying piece hashes (children wait for those)."""
+nor do reports carrying piece hashes (children wait for those), nor the reports of a lease
+holder (the scheduler moves a named fetcher's lease after 5 s without one)."""
 
 _SLOTS: weakref.WeakKeyDictionary[aiohttp.ClientSession, dict[str, asyncio.Semaphore]] = weakref.WeakKeyDictionary()
 """per session (its connection pool), per scheduler: the short calls' slots; shared by every
@@ -125,6 +126,8 @@ class SchedulerClient:
         self.tls = tls
         self.zone = zone
         self._down_until: dict[str, float] = {}
+        self._fetching: set[str] = set()
+        """digests whose last answer named this agent the lease holder"""
 
     def ranked(self, digest: str) -> list[str]:
         """The schedulers to try for ``digest``, in order (recently failed ones last)."""
@@ -136,16 +139,26 @@ class SchedulerClient:
         body = to_json(request)
         if self.zone and not request.zone:
             body["zone"] = self.zone
-        return await self._call("POST", digest, "join", _task_view, json=body)
+        return self._holder(digest, request.peer_id, await self._call("POST", digest, "join", _task_view, json=body))
 
     async def report(self, digest: str, report: Report) -> TaskView:
         body = to_json(report)
         if self.zone and not report.zone:
             body["zone"] = self.zone
         body["hashes"] = {str(k): v for k, v in report.hashes.items()}
-        # piece hashes are on every child's critical path: they do not queue behind this
-        # agent's other short calls (only a lease holder, or a seed announcing, sends them)
-        return await self._call("POST", digest, "report", _task_view, json=body, own_slot=bool(report.hashes))
+        # piece hashes are on every child's critical path, and a lease holder's silence moves
+        # its lease: they do not queue behind this agent's other short calls
+        own = bool(report.hashes) or digest in self._fetching
+        view = await self._call("POST", digest, "report", _task_view, json=body, own_slot=own)
+        return self._holder(digest, report.peer_id, view)
+
+    def _holder(self, digest: str, peer_id: str, view: TaskView) -> TaskView:
+        """Note whether ``view`` names us the lease holder of ``digest``; returns it."""
+        if view.fetcher == peer_id:
+            self._fetching.add(digest)
+        else:
+            self._fetching.discard(digest)
+        return view
 
     async def hashes(self, digest: str, start: int, wait: float = 0.0) -> HashesView:
         params = {"from": str(start), "wait": str(wait)}
@@ -155,6 +168,7 @@ class SchedulerClient:
         )
 
     async def leave(self, digest: str, peer_id: str) -> None:
+        self._fetching.discard(digest)
         await self._call("POST", digest, "leave", lambda data: None, json={"peer_id": peer_id})
 
     def _transport(self, base: str) -> dict[str, Any]:

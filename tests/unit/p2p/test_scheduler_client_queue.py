@@ -11,7 +11,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from shoal.p2p import scheduler_client
-from shoal.p2p.protocol import JoinRequest
+from shoal.p2p.protocol import JoinRequest, Report
 from shoal.p2p.scheduler_client import CallsQueued, SchedulerClient, SchedulerRejected, SchedulerUnavailable
 from shoal.scheduler.config import SchedulerConfig
 from shoal.scheduler.server import Scheduler
@@ -80,3 +80,47 @@ class TestFullScheduler:
                 assert isinstance(refused.value, SchedulerUnavailable)
         finally:
             await scheduler.stop()
+
+
+class TestLeaseHolderReports:
+    async def test_a_fetchers_report_does_not_queue_behind_the_agents_other_calls(self) -> None:
+        """The scheduler moves a named fetcher's lease after 5 s without a report, and a
+        fetcher reports every 2 s: its report with nothing new must not wait for a slot behind
+        this agent's calls to a busy scheduler (up to ``TOTAL_TIMEOUT``), silent all that
+        time while it fetches. A child's report still waits."""
+        held, other = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+        events: list[str] = []
+
+        async def join(request: web.Request) -> web.Response:
+            digest = request.match_info["digest"]
+            if digest == held:
+                return web.json_response(VIEW | {"fetcher": JOIN.peer_id})
+            events.append("slow join")
+            await asyncio.sleep(1.0)  # a busy scheduler
+            events.append("slow join answered")
+            return web.json_response(VIEW | {"role": "peer", "fetcher": "someone else"})
+
+        async def report(request: web.Request) -> web.Response:
+            events.append(f"report {request.match_info['digest'][7]}")
+            fetcher = JOIN.peer_id if request.match_info["digest"] == held else "someone else"
+            return web.json_response(VIEW | {"fetcher": fetcher})
+
+        application = web.Application()
+        application.router.add_post("/v1/tasks/{digest}/join", join)
+        application.router.add_post("/v1/tasks/{digest}/report", report)
+        heartbeat = Report(JOIN.peer_id, JOIN.peer_id, 1, MiB, size=4 * MiB, piece_size=MiB)
+        async with TestServer(application, host="127.0.0.1") as server, aiohttp.ClientSession() as session:
+            client = SchedulerClient(session, [str(server.make_url("")).rstrip("/")], "t0ken")
+            assert (await client.join(held, JOIN)).fetcher == JOIN.peer_id
+            assert (await client.report(other, heartbeat)).fetcher != JOIN.peer_id
+            slow = [asyncio.create_task(client.join(other, JOIN)) for _ in range(scheduler_client.CALLS_IN_FLIGHT)]
+            while len(events) < 1 + scheduler_client.CALLS_IN_FLIGHT:
+                await asyncio.sleep(0.01)
+            await asyncio.gather(client.report(held, heartbeat), client.report(other, heartbeat), *slow)
+        busy = ["slow join"] * scheduler_client.CALLS_IN_FLIGHT
+        assert events[: 2 + scheduler_client.CALLS_IN_FLIGHT] == [
+            "report b",
+            *busy,
+            "report a",
+        ]  # the fetcher's, at once
+        assert events[-1] == "report b"  # a child's waits for a slot
