@@ -16,6 +16,7 @@ from shoal.agent.swarm import AvoidList, SwarmConfig, SwarmDownload, SwarmGaveUp
 from shoal.core.digest import Digest
 from shoal.oci.distribution import DistributionPath, PathKind
 from shoal.p2p.download_state import DownloadRules
+from shoal.p2p.download_state import reports as ds_reports
 from shoal.p2p.download_state import rules as ds_rules
 from shoal.p2p.pieces import PieceGeometry
 from shoal.p2p.protocol import PeerInfo
@@ -188,6 +189,34 @@ class TestOriginFetcher:
         await asyncio.wait_for(d.run(), 10)
         assert [scheduler.published[i] for i in range(4)] == piece_hashes_of(DATA)
         assert len(scheduler.reports) >= 2  # not only the final one
+
+    async def test_a_fetcher_whose_origin_is_slow_reports_at_its_fetching_heartbeat(
+        self, store: MemoryStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The scheduler moves a named fetcher's lease after a short silence: between two
+        slow pieces the owner's timer sends reports with nothing new, well before the
+        download's own (long) heartbeat."""
+        monkeypatch.setattr(ds_reports, "FETCHER_HEARTBEAT", 0.05)
+        scheduler = FakeScheduler(len(DATA), fetcher=ME)
+        origin = MemoryOrigin({DIGEST: DATA}, delay=0.4, chunk=MiB)  # a piece every 0.4 s
+        partial = begin(store)
+        d = SwarmDownload(
+            config=config(DownloadRules(report_interval=0.01, heartbeat=5.0)),
+            partial=partial,
+            dist=DIST,
+            creds=None,
+            geometry=PieceGeometry.of(len(DATA)),
+            scheduler=scheduler,
+            peers=FakePeers({}),
+            origin=origin,
+            bucket=TokenBucket(0),
+            avoid=AvoidList(),
+            metrics=AgentMetrics(),
+        )
+        await asyncio.wait_for(d.run(), 10)
+        assert [scheduler.published[i] for i in range(4)] == piece_hashes_of(DATA)
+        # 1.6 s of fetching: about 30 reports with nothing new (none at the 5 s heartbeat)
+        assert sum(not r.hashes for r in scheduler.reports) >= 10
 
 
 class TestAskingForHashes:
