@@ -68,6 +68,7 @@ zones, the zone's other members get parents in their own zone only.
 
 from __future__ import annotations
 
+import math
 import random
 import re
 from dataclasses import dataclass, field
@@ -111,6 +112,13 @@ it took the lease: an agent reports each new piece hash at once and, while it fe
 least every 2 s (``FETCHER_HEARTBEAT``), so this silence is two missed reports or more; the
 whole fleet waits on its blob meanwhile. A holder once slower than that (an agent of an
 older version, whose heartbeat is 5 s, or one starved of CPU) keeps the longer silence."""
+
+SCHEDULER_PAUSE = 2.0
+"""seconds without a join or report after which this scheduler takes itself as paused (its
+CPU starved, a burst of handshakes) or idle: a holder's silence for the suspect rules above
+counts from the next call, so the holder's call queued behind a child's is not missed. A
+rollout keeps the clock running: a fetcher reports every 2 s, and a dead one's children,
+short of a parent, every second."""
 
 REBALANCE_LOAD = 1.1
 """a handed parent with more links (downloaders naming it, over all tasks) than this many
@@ -368,9 +376,18 @@ class SchedulerState:
         """hash resets since the caller last cleared this (to log)."""
         self.fallbacks_granted = 0
         self.fallbacks_refused = 0
+        self._last_call_at = -math.inf
+        self._resumed_at = -math.inf
+        """the first join or report after ``SCHEDULER_PAUSE`` without one"""
 
     # -- calls -------------------------------------------------------------------------------
+    def _called(self, now: float) -> None:
+        if now - self._last_call_at > SCHEDULER_PAUSE:
+            self._resumed_at = now
+        self._last_call_at = now
+
     def join(self, digest: str, req: JoinRequest, now: float) -> TaskView:
+        self._called(now)
         task = self._task(digest, req.size, req.piece_size, now, req.pieces, 0)
         complete = req.complete
         member = self._heard(
@@ -387,6 +404,7 @@ class SchedulerState:
         return self._answer(task, member, now)
 
     def report(self, digest: str, rep: Report, now: float) -> TaskView:
+        self._called(now)
         task = self.tasks.get(digest)
         if task is not None and rep.size and rep.size == task.size and rep.piece_size == task.piece_size:
             # _task's first case, inlined: nearly every call is a report of a known task
@@ -603,7 +621,8 @@ class SchedulerState:
             task.bag(kind).add(peer_id)
             member.kind = kind
         if task.holder == peer_id:
-            task.holder_gap = max(task.holder_gap, now - task.holder_seen)
+            # (time this scheduler answered nobody is not the holder's silence)
+            task.holder_gap = max(task.holder_gap, now - max(task.holder_seen, self._resumed_at))
             task.holder_seen = now
             if member.contiguous > task.holder_contiguous:
                 task.holder_contiguous = member.contiguous
@@ -699,6 +718,12 @@ class SchedulerState:
             fallback,
         )
 
+    def _silent_suspect(self, task: Task, now: float) -> bool:
+        """Whether the holder, if named in ``failed_parents``, has been silent too long: time
+        this scheduler itself answered nobody does not count (the calls queued meanwhile come
+        in together, a child's before the holder's)."""
+        return now - max(task.holder_seen, self._resumed_at) > self._suspect_silence(task)
+
     @staticmethod
     def _suspect_silence(task: Task) -> float:
         """How long a lease holder named in ``failed_parents`` may go without a report."""
@@ -737,14 +762,14 @@ class SchedulerState:
             elif (
                 now - task.holder_seen <= self.config.lease_ttl
                 and now - task.holder_progress_at <= self.config.stall_timeout
-                and not (now - task.holder_seen > self._suspect_silence(task) and self._suspect(task, task.holder, now))
+                and not (self._silent_suspect(task, now) and self._suspect(task, task.holder, now))
             ):
                 return
             else:
                 stale = task.holder
                 if now - task.holder_seen > self.config.lease_ttl:
                     why = f"no report for {now - task.holder_seen:.1f}s"
-                elif now - task.holder_seen > self._suspect_silence(task) and self._suspect(task, task.holder, now):
+                elif self._silent_suspect(task, now) and self._suspect(task, task.holder, now):
                     why = f"named in failed_parents and no report for {now - task.holder_seen:.1f}s"
                 else:
                     why = f"no progress for {now - task.holder_progress_at:.1f}s"
