@@ -621,8 +621,9 @@ class SchedulerState:
             task.bag(kind).add(peer_id)
             member.kind = kind
         if task.holder == peer_id:
-            # (time this scheduler answered nobody is not the holder's silence)
-            task.holder_gap = max(task.holder_gap, now - max(task.holder_seen, self._resumed_at))
+            # on the plain clock: a pause of the scheduler may make a live holder look slow
+            # (the longer silence: safe), and an idle scheduler must not erase a slow pace
+            task.holder_gap = max(task.holder_gap, now - task.holder_seen)
             task.holder_seen = now
             if member.contiguous > task.holder_contiguous:
                 task.holder_contiguous = member.contiguous
