@@ -152,9 +152,12 @@ class Replicas:
     def _wake_hashes(self, replica: int, digest: str) -> None:
         task = self.states[replica].tasks.get(digest)
         known = task.hashes_known if task is not None else 0
-        if known <= self.seen_hashes[replica].get(digest, 0):
+        seen = self.seen_hashes[replica].get(digest, 0)
+        if known == seen:
             return
         self.seen_hashes[replica][digest] = known
+        if known < seen:
+            return  # the hashes were reset: the next ones published wake the waiters
         dead = self.world.dead
         waiters = [w for w in self.hash_waiters[replica].pop(digest, []) if w[0] not in dead]
         state = self.states[replica]

@@ -15,8 +15,9 @@ from bench.simulate.shoal_node import SimDownload
 from bench.simulate.world import World
 
 from shoal.p2p import download_state as ds
-from shoal.p2p.protocol import Report, TaskView
+from shoal.p2p.protocol import HashesView, JoinRequest, Report, TaskView
 from shoal.p2p.serving import Haves, ServingBook
+from shoal.scheduler.config import SchedulerConfig
 
 MIB = 1 << 20
 
@@ -249,3 +250,48 @@ class TestAskingForHashes:
         fleet = rollout(SPEC)
         assert len(fleet.world.done_at) == 8
         assert sum(asks.values()) < without / 2, (sum(asks.values()), without)
+
+
+class TestHashWaitersAfterAReset:
+    def test_a_waiter_hears_of_hashes_published_again_after_a_reset(self) -> None:
+        """A blob that failed its digest drops its hashes; the next holder publishes them
+        again from piece 0, and a long-poll waiting meanwhile must hear of them (the replica
+        compared the count with the one before the reset and stayed silent)."""
+        world = World(
+            build_fleet(FleetSpec(nodes=3, size=4 * MIB, layers=1, bandwidth=12.5e6, origin_bandwidth=12.5e6, seed=1))
+        )
+        reps = Replicas(world, 1, SchedulerConfig(insecure_no_peer_auth=True), seed=1)
+        digest, size = "sha256:" + "ab" * 32, 4 * MIB
+        hashes = {i: f"{i:064x}" for i in range(4)}
+
+        def call(send: Callable[[], None]) -> None:
+            send()
+            world.run(world.clock.now + 0.1)
+
+        def report(node: int, **kw: object) -> Report:
+            return Report(f"n{node}", f"a{node}", size=size, piece_size=MIB, **kw)  # type: ignore[arg-type]
+
+        def ignore(view: object) -> None:
+            pass
+
+        call(lambda: reps.join(1, digest, JoinRequest("n1", "a1", size, MIB), ignore))
+        call(lambda: reps.join(2, digest, JoinRequest("n2", "a2", size, MIB), ignore))
+        call(
+            lambda: reps.report(
+                1, digest, report(1, pieces=2, contiguous=2 * MIB, hashes={0: hashes[0], 1: hashes[1]}), ignore
+            )
+        )
+        # n2 built the blob from those pieces and it failed its digest: n1's hashes are dropped
+        call(
+            lambda: reps.report(
+                2, digest, report(2, pieces=0, contiguous=0, failed_parents=["n1"], bad_hashes=True), ignore
+            )
+        )
+        assert reps.states[0].tasks[digest].hashes_known == 0
+        heard: list[HashesView | None] = []
+        call(lambda: reps.hashes(2, digest, 0, heard.append))
+        assert heard == []  # nothing known: the long-poll waits
+        call(lambda: reps.join(3, digest, JoinRequest("n3", "a3", size, MIB, pieces=1), ignore))
+        assert reps.states[0].tasks[digest].holder == "n3"
+        call(lambda: reps.report(3, digest, report(3, pieces=1, contiguous=MIB, hashes={0: hashes[0]}), ignore))
+        assert [v.hashes for v in heard if v is not None] == [[hashes[0]]]
