@@ -68,7 +68,6 @@ zones, the zone's other members get parents in their own zone only.
 
 from __future__ import annotations
 
-import math
 import random
 import re
 from dataclasses import dataclass, field
@@ -376,8 +375,8 @@ class SchedulerState:
         """hash resets since the caller last cleared this (to log)."""
         self.fallbacks_granted = 0
         self.fallbacks_refused = 0
-        self._last_call_at = -math.inf
-        self._resumed_at = -math.inf
+        self._last_call_at = -INF
+        self._resumed_at = -INF
         """the first join or report after ``SCHEDULER_PAUSE`` without one"""
 
     # -- calls -------------------------------------------------------------------------------
@@ -760,20 +759,17 @@ class SchedulerState:
             holder = task.members.get(task.holder)
             if holder is None or (holder.complete and task.hashes_known >= task.total):
                 self._set_holder(task, None)
-            elif (
-                now - task.holder_seen <= self.config.lease_ttl
-                and now - task.holder_progress_at <= self.config.stall_timeout
-                and not (self._silent_suspect(task, now) and self._suspect(task, task.holder, now))
-            ):
-                return
             else:
-                stale = task.holder
+                # each rule asked once: the first that holds says why the lease moves
                 if now - task.holder_seen > self.config.lease_ttl:
                     why = f"no report for {now - task.holder_seen:.1f}s"
                 elif self._silent_suspect(task, now) and self._suspect(task, task.holder, now):
                     why = f"named in failed_parents and no report for {now - task.holder_seen:.1f}s"
-                else:
+                elif now - task.holder_progress_at > self.config.stall_timeout:
                     why = f"no progress for {now - task.holder_progress_at:.1f}s"
+                else:
+                    return
+                stale = task.holder
         peer_id = requester.peer.peer_id
         if not may_take or not self._may_fetch(task, requester, now) or peer_id == stale:
             return
