@@ -449,12 +449,17 @@ class SchedulerState:
             if suspect != rep.peer_id and (suspect in task.suspects or len(task.suspects) < MAX_SUSPECTS):
                 task.suspects[suspect] = now + self.config.suspect_ttl
         self.reports += 1
-        fallback = self._fallback(task, rep, now) if task.fallbacks or rep.wants_fallback else False
+        fallback = self._fallback(task, member, rep, now) if task.fallbacks or rep.wants_fallback else False
         # a peer reporting bad hashes refetches from the origin on its own: not as holder
         return self._answer(task, member, now, may_take=not rep.bad_hashes, fallback=fallback)
 
-    def _fallback(self, task: Task, rep: Report, now: float) -> bool:
-        """Whether ``rep``'s peer holds (or now gets) one of the task's fallback leases."""
+    def _fallback(self, task: Task, member: Member, rep: Report, now: float) -> bool:
+        """Whether ``rep``'s peer holds (or now gets) one of the task's fallback leases.
+
+        An ask is refused for a complete copy's sake only if the answer can name that copy: a
+        live seeder no report has named failed. It becomes one of the asker's parents (its
+        places may all be taken by peers stalled on the same missing pieces), and the agent
+        that is refused so three times running reads the registry itself."""
         peer_id = rep.peer_id
         if task.fallbacks:
             for holder in [p for p, until in task.fallbacks.items() if until <= now]:
@@ -468,16 +473,40 @@ class SchedulerState:
         if not rep.wants_fallback:
             return held
         if not held and len(task.seeders) and task.hashes_known == task.total:
-            # a complete copy is in the swarm (a fallback holder that finished, a seed) and its
-            # pieces can be checked: the answer's parents include it, no registry needed
-            self.fallbacks_refused += 1
-            return False
+            copy = self._reachable_copy(task, peer_id, now)
+            if copy is not None:
+                # a complete copy is in the swarm (a fallback holder that finished, a seed) and
+                # its pieces can be checked: the answer names it, no registry needed
+                self._name_parent(task, member, copy, now)
+                self.fallbacks_refused += 1
+                return False
         if held or len(task.fallbacks) < self.config.fallback_leases:
             task.fallbacks[peer_id] = now + self.config.lease_ttl
             self.fallbacks_granted += 1
             return True
         self.fallbacks_refused += 1
         return False
+
+    def _reachable_copy(self, task: Task, asker: str, now: float) -> str | None:
+        """A live seeder of ``task`` that no report named failed, other than ``asker``."""
+        for peer_id in task.seeders.items:
+            if peer_id != asker and self._usable_parent(task, peer_id, now) is not None:
+                return peer_id
+        return None
+
+    def _name_parent(self, task: Task, member: Member, parent_id: str, now: float) -> None:
+        """Make ``parent_id`` one of ``member``'s handed parents, in place of the one holding
+        the fewest pieces (never the lease holder) when every place is taken."""
+        handed = member.handed
+        if parent_id in handed:
+            return
+        members = task.members
+        kept = list(handed)
+        if len(kept) >= self.config.max_parents:
+            droppable = [p for p in kept if p != task.holder] or kept
+            kept.remove(min(droppable, key=lambda p: m.pieces if (m := members.get(p)) is not None else -1))
+        members[parent_id].peer.assign(now, self.config.child_window)
+        self._hand(task, member, (parent_id, *kept))
 
     def hashes(self, digest: str, start: int) -> HashesView:
         """Known piece hashes from ``start`` on, up to the first unknown one.

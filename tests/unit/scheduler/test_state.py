@@ -907,6 +907,43 @@ class TestFallbackLeases:
         s.leave(D, "b")
         assert ask_fallback(s, "c", 29.0).fallback  # the copy left: the registry it is
 
+    def test_a_refused_ask_names_the_complete_copy_it_was_refused_for(self) -> None:
+        # The lab's stuck rollout: the fetcher was named in failed_parents (a crossed dial),
+        # so every child's answer left it out and their four places filled with each other;
+        # it finished while still suspect. Every child then stalled on the pieces only the
+        # fetcher had, and each ask was refused "for the complete copy's sake" by an answer
+        # that named four partial parents: the child neither took the copy nor gave up.
+        s = state(max_parents=4, fallback_leases=2)
+        join(s, "fetcher", 0.0)
+        children = [f"c{i}" for i in range(6)]
+        for peer in children:
+            join(s, peer, 0.1)
+        report(s, "c0", 0.2, pieces=1, failed=["fetcher"])
+        for peer in children:
+            report(s, peer, 0.3, pieces=1)
+            assert "fetcher" not in [p.peer_id for p in report(s, peer, 0.4, pieces=1).parents]
+        report(s, "fetcher", 1.0, pieces=10, complete=True, hashes=all_hashes())
+        now = 1.0
+        while now < 70.0:  # past suspect_ttl: everyone keeps reporting, nothing new
+            now += 10.0
+            report(s, "fetcher", now, pieces=10, complete=True)
+            for peer in children:
+                report(s, peer, now, pieces=1)
+        view = ask_fallback(s, "c3", now + 1)
+        assert not view.fallback
+        assert "fetcher" in [p.peer_id for p in view.parents]  # the copy the ask was refused for
+        assert len(view.parents) <= 4
+
+    def test_a_copy_the_answer_cannot_name_does_not_refuse_the_ask(self) -> None:
+        s = state(fallback_leases=1)
+        join(s, "fetcher", 0.0)
+        join(s, "a", 0.1)
+        report(s, "fetcher", 1.0, pieces=10, complete=True, hashes=all_hashes())
+        report(s, "a", 2.0, failed=["fetcher"])  # the only copy is suspect: no parent of anyone's
+        view = ask_fallback(s, "a", 3.0)
+        assert "fetcher" not in [p.peer_id for p in view.parents]
+        assert view.fallback  # refused, it would wait for a copy nobody may name for suspect_ttl
+
     def test_the_answer_reaches_the_wire(self) -> None:
         from shoal.p2p.protocol import dumps, loads
 
