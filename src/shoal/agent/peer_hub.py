@@ -138,7 +138,7 @@ class PeerHub:
         """inbound links -> (source address, identity) they were admitted under"""
         self._handshakes: set[asyncio.Task[None]] = set()
         self._refusals = RateLimitedLog(log, "refusing peer connections")
-        self._dialing: dict[str, asyncio.Future[PeerLink]] = {}
+        self._dialing: dict[str, asyncio.Task[PeerLink]] = {}
         self._sinks: dict[str, PieceSink] = {}
         """digest -> the download taking pieces of it"""
         self._via: dict[tuple[str, str], PeerLink] = {}
@@ -165,7 +165,7 @@ class PeerHub:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._liveness
         self.closed = True
-        for task in list(self._handshakes):
+        for task in [*self._handshakes, *self._dialing.values()]:
             task.cancel()
         for link in list(self._all):
             link.close("agent stopping")
@@ -240,7 +240,12 @@ class PeerHub:
         sock.close()
 
     async def link_to(self, peer_id: str, address: str) -> PeerLink:
-        """The link to ``peer_id`` (dialling ``address`` if there is none yet)."""
+        """The link to ``peer_id`` (dialling ``address`` if there is none yet).
+
+        The dial is a task of the hub's: a caller cancelled mid-dial (its download ended)
+        leaves it running, and the link joins the hub. The peer that answered has added the
+        link already and may route its own downloads over it; dropping the finished handshake
+        closed the socket under them, and the peer named this node a failed parent."""
         link = self.links.get(peer_id)
         if link is not None and not link.closed:
             return link
@@ -249,36 +254,35 @@ class PeerHub:
             refusal = "agent stopping" if self.closed else self._admission.may_dial()
             if refusal is not None:
                 raise LinkError(f"not dialling {peer_id}: {refusal}")
-            dialing = self._loop.create_future()
-            self._dialing[peer_id] = dialing
             self._admission.dialling += 1
-            try:
-                try:
-                    tls = None if self.config.tls is None else self.config.tls.client_context()
-                except TlsMaterialError as exc:  # not enrolled yet, a rotation half written
-                    raise LinkError(f"not dialling {peer_id}: {exc}") from None
-                channel, conn = await self._loop.run_in_executor(
-                    self._dials,
-                    dial,
-                    address,
-                    peer_id,
-                    self.config.peer_id,
-                    self.config.secret,
-                    self.config.connect_timeout,
-                    own_host(self.config.peer_id),
-                    tls,
-                )
-                link = PeerLink(channel, conn, self._loop, self, outbound=True, buffers=self.buffers)
-                self._add(link)
-                dialing.set_result(link)
-            except BaseException as exc:
-                dialing.set_exception(exc)
-                dialing.exception()  # retrieved: nobody else may be waiting
-                raise
-            finally:
-                del self._dialing[peer_id]
-                self._admission.dialling -= 1
+            task = asyncio.create_task(self._dial(peer_id, address), name=f"peer dial {peer_id}")
+            task.add_done_callback(_retrieve)
+            self._dialing[peer_id] = dialing = task
         return await asyncio.shield(dialing)
+
+    async def _dial(self, peer_id: str, address: str) -> PeerLink:
+        try:
+            try:
+                tls = None if self.config.tls is None else self.config.tls.client_context()
+            except TlsMaterialError as exc:  # not enrolled yet, a rotation half written
+                raise LinkError(f"not dialling {peer_id}: {exc}") from None
+            channel, conn = await self._loop.run_in_executor(
+                self._dials,
+                dial,
+                address,
+                peer_id,
+                self.config.peer_id,
+                self.config.secret,
+                self.config.connect_timeout,
+                own_host(self.config.peer_id),
+                tls,
+            )
+            link = PeerLink(channel, conn, self._loop, self, outbound=True, buffers=self.buffers)
+            self._add(link)
+            return link
+        finally:
+            del self._dialing[peer_id]
+            self._admission.dialling -= 1
 
     def _add(self, link: PeerLink) -> None:
         if self.closed:
@@ -552,3 +556,10 @@ class PeerHub:
         if partial is None or partial.size is None or partial.state is PartialState.FAILED:
             return None
         return partial
+
+
+def _retrieve(task: asyncio.Task[PeerLink]) -> None:
+    """Take a dial's outcome, so that one no caller waits for any more is not logged as an
+    exception never retrieved (its callers, if any, got it through their shield)."""
+    if not task.cancelled():
+        task.exception()

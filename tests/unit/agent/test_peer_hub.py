@@ -4,13 +4,16 @@ blob's piece at most ``superseed_copies`` times), and the routing of a parent's 
 
 from __future__ import annotations
 
+import asyncio
 import os
+import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import cast
 
 import pytest
 
+from shoal.agent import peer_hub
 from shoal.agent.metrics import AgentMetrics
 from shoal.agent.peer_checks import foreign_identity, foreign_peer_id, wrong_protocol
 from shoal.agent.peer_hub import HubConfig, PeerHub
@@ -396,4 +399,56 @@ class TestOwnTlsMaterial:
         h = PeerHub(config, store, {}, AgentMetrics(), TokenBucket(0))
         with pytest.raises(LinkError, match="missing"):
             await h.link_to("127.0.0.2:1", "127.0.0.2:1")
+        await h.close()
+
+
+class TestDialsOutliveTheirCaller:
+    """A dial is the hub's, not the caller's: the peer that answered it has added the link
+    and may route its own downloads over it. A download that ends mid-dial (a one-piece blob
+    that another parent served first) used to cancel the dial's future: the finished
+    handshake was dropped, the socket closed unannounced, and the peer lost every parent it
+    had routed over that link and named this node in ``failed_parents``. One such close made
+    a lab rollout's fetcher a suspect, left out of every child's parents for a minute."""
+
+    async def test_a_dial_whose_caller_was_cancelled_still_joins_the_hub(
+        self, store: BlobStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        release = threading.Event()
+        dials: list[str] = []
+        made: list[FakeLink] = []
+
+        def slow_dial(address: str, *args: object) -> tuple[str, str]:
+            dials.append(address)
+            release.wait(5.0)
+            return "channel", "conn"
+
+        class Link(FakeLink):
+            outbound = True
+
+            def __init__(self, channel: object, conn: object, *args: object, **kw: object) -> None:
+                super().__init__("127.0.0.2:1")
+                made.append(self)
+
+            def start(self) -> None:
+                pass
+
+        monkeypatch.setattr(peer_hub, "dial", slow_dial)
+        monkeypatch.setattr(peer_hub, "PeerLink", Link)
+        h = hub(store)
+        caller = asyncio.create_task(h.link_to("127.0.0.2:1", "127.0.0.2:1"))
+        while not dials:
+            await asyncio.sleep(0.01)
+        caller.cancel()
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+        for _ in range(200):
+            if made:
+                break
+            await asyncio.sleep(0.01)
+        assert made, "the handshake that completed was dropped"
+        assert h.links["127.0.0.2:1"] is as_link(made[0])
+        assert not made[0].closed
+        assert await h.link_to("127.0.0.2:1", "127.0.0.2:1") is as_link(made[0])  # no second dial
+        assert dials == ["127.0.0.2:1"]
         await h.close()
