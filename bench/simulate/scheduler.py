@@ -3,8 +3,11 @@
 Each blob's calls go to the replicas in rendezvous order (``rank_schedulers``, the agent's own
 function); a dead replica costs a caller one failed attempt (``CONNECT_TIMEOUT``) and is
 then tried last for ``DOWN_FOR`` seconds, as ``SchedulerClient`` does. Every call into a
-``SchedulerState`` is timed in process CPU seconds: that is the scheduler's cost of the
-rollout's decisions (HTTP and JSON are not in it).
+``SchedulerState`` is timed: that is the scheduler's cost of the rollout's decisions (HTTP
+and JSON are not in it). The timer is ``perf_counter``: the simulator is one thread, so the
+time inside a call is its CPU time, or more if the process is descheduled mid-call. A CPU
+clock (``process_time``) is a system call, a tenth of a short call's cost, and each bracket
+counted about one read of it (``docs/fleet-benchmark.md``, "Scheduler CPU").
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from shoal.scheduler.config import SchedulerConfig
 from shoal.scheduler.state import SchedulerState, StateError
 
 T = TypeVar("T")
+_timer = time.perf_counter
 SCHEDULER_LATENCY = 0.0005
 """one-way seconds between an agent and a scheduler replica"""
 
@@ -127,12 +131,12 @@ class Replicas:
                 )
                 return
             state = self.states[chosen]
-            t0 = time.process_time()
+            t0 = _timer()
             try:
                 result: T | None = fn(state)
             except StateError:
                 result = None
-            self.cpu_seconds += time.process_time() - t0
+            self.cpu_seconds += _timer() - t0
             self.calls += 1
             if after is not None:
                 after(chosen)
@@ -163,9 +167,9 @@ class Replicas:
         state = self.states[replica]
         # each waiter's call, as each woken long-poll of the server makes it; timed as one
         # (a clock read costs about as much as a call that finds its answer already built)
-        t0 = time.process_time()
+        t0 = _timer()
         views = [state.hashes(digest, start) for _, start, _ in waiters]
-        self.cpu_seconds += time.process_time() - t0
+        self.cpu_seconds += _timer() - t0
         self.calls += len(views)
         still: list[tuple[int, int, Callable[[HashesView | None], None]]] = []
         for (node, start, answer), view in zip(waiters, views, strict=True):
@@ -179,7 +183,7 @@ class Replicas:
     def _expire_loop(self, replica: int) -> None:
         if not self.alive[replica]:
             return
-        t0 = time.process_time()
+        t0 = _timer()
         self.states[replica].expire(self.world.clock.now)
-        self.cpu_seconds += time.process_time() - t0
+        self.cpu_seconds += _timer() - t0
         self.world.timers.after(self.config.expire_interval, lambda: self._expire_loop(replica))
