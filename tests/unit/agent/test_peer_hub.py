@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -452,3 +453,53 @@ class TestDialsOutliveTheirCaller:
         assert await h.link_to("127.0.0.2:1", "127.0.0.2:1") is as_link(made[0])  # no second dial
         assert dials == ["127.0.0.2:1"]
         await h.close()
+
+    async def test_a_dial_the_closing_hub_cancels_before_it_ran_leaves_nothing_behind(self, store: BlobStore) -> None:
+        # a task cancelled before its first step never enters its body: bookkeeping kept in
+        # the dial's ``finally`` stayed (the dial in ``_dialing``, the ``dialling`` count)
+        h = hub(store)
+        caller = asyncio.create_task(h.link_to("127.0.0.2:1", "127.0.0.2:1"))
+        await asyncio.sleep(0)  # the caller started its dial, which has not run yet
+        await h.close()
+        with pytest.raises(LinkError, match="agent stopping"):
+            await caller  # not a CancelledError: the caller itself was not cancelled
+        await asyncio.sleep(0)
+        assert not h._dialing
+        assert h._admission.dialling == 0
+        with pytest.raises(LinkError, match="agent stopping"):
+            await h.link_to("127.0.0.2:1", "127.0.0.2:1")
+
+    async def test_a_handshake_that_ends_after_the_hub_closed_closes_its_socket(
+        self, store: BlobStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        release = threading.Event()
+        dials: list[str] = []
+        ours, theirs = socket.socketpair()
+
+        class Channel:
+            def __init__(self, sock: socket.socket) -> None:
+                self.sock = sock
+
+        def slow_dial(address: str, *args: object) -> tuple[Channel, str]:
+            dials.append(address)
+            release.wait(5.0)
+            return Channel(ours), "conn"
+
+        monkeypatch.setattr(peer_hub, "dial", slow_dial)
+        h = hub(store)
+        try:
+            caller = asyncio.create_task(h.link_to("127.0.0.2:1", "127.0.0.2:1"))
+            while not dials:
+                await asyncio.sleep(0.01)
+            await h.close()  # the agent stops mid-handshake
+            release.set()
+            with pytest.raises(LinkError, match="agent stopping"):
+                await caller
+            for _ in range(200):
+                if ours.fileno() == -1:
+                    break
+                await asyncio.sleep(0.01)
+            assert ours.fileno() == -1, "the finished handshake's socket was left open"
+        finally:
+            ours.close()
+            theirs.close()
