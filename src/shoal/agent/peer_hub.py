@@ -145,6 +145,8 @@ class PeerHub:
         """digest -> the download taking pieces of it"""
         self._via: dict[tuple[str, str], PeerLink] = {}
         """(peer id, digest) -> the link we said INTERESTED on"""
+        self._adding: dict[tuple[str, str], object] = {}
+        """(peer id, digest) -> the add_parent waiting for its link (forget_parent drops it)"""
         self.buffers = PieceBuffers()
         """piece bodies are read into these, and given back once written (see the module)"""
         self._book = ServingBook(superseed_copies=config.superseed_copies)
@@ -339,10 +341,17 @@ class PeerHub:
 
     async def add_parent(self, digest: Digest, pieces: int, peer_id: str, address: str) -> None:
         """Connect to the parent (or reuse the link) and ask what it holds of the blob."""
-        link = await self.link_to(peer_id, address)
         key = (peer_id, str(digest))
+        self._adding[key] = token = object()
+        try:
+            link = await self.link_to(peer_id, address)
+        finally:
+            # forgotten while we dialled (the download dropped it): not its parent any more
+            forgotten = self._adding.get(key) is not token
+            if not forgotten:
+                del self._adding[key]
         sink = self._sinks.get(str(digest))
-        if key in self._via or sink is None:
+        if forgotten or key in self._via or sink is None:
             return
         self._via[key] = link
         link.watch_bytes(str(digest))
@@ -366,6 +375,7 @@ class PeerHub:
             link.send(wire.Cancel(str(digest), index))
 
     def forget_parent(self, peer_id: str, digest: Digest) -> None:
+        self._adding.pop((peer_id, str(digest)), None)
         link = self._via.pop((peer_id, str(digest)), None)
         if link is not None:
             link.forget_bytes(str(digest))

@@ -503,3 +503,45 @@ class TestDialsOutliveTheirCaller:
         finally:
             ours.close()
             theirs.close()
+
+    async def test_a_parent_forgotten_while_its_link_is_dialled_is_not_asked(
+        self, store: BlobStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # the download dropped the parent while the dial ran (a refusal, a move): the late
+        # add_parent routed it and sent INTERESTED anyway, and the download's next add of it
+        # found the route and sent nothing, so the parent's pieces were never heard of
+        release = threading.Event()
+        dials: list[str] = []
+        made: list[FakeLink] = []
+
+        def slow_dial(address: str, *args: object) -> tuple[str, str]:
+            dials.append(address)
+            release.wait(5.0)
+            return "channel", "conn"
+
+        class Link(FakeLink):
+            outbound = True
+
+            def __init__(self, channel: object, conn: object, *args: object, **kw: object) -> None:
+                super().__init__("127.0.0.2:1")
+                made.append(self)
+
+            def start(self) -> None:
+                pass
+
+        monkeypatch.setattr(peer_hub, "dial", slow_dial)
+        monkeypatch.setattr(peer_hub, "PeerLink", Link)
+        h = hub(store)
+        digest = Digest.of(b"x")
+        h.register(digest, Sink())
+        adding = asyncio.create_task(h.add_parent(digest, 3, "127.0.0.2:1", "127.0.0.2:1"))
+        while not dials:
+            await asyncio.sleep(0.01)
+        h.forget_parent("127.0.0.2:1", digest)
+        release.set()
+        await adding
+        assert made
+        assert made[0].sent == []
+        await h.add_parent(digest, 3, "127.0.0.2:1", "127.0.0.2:1")  # named again
+        assert made[0].sent == [wire.Interested(str(digest), 3)]
+        await h.close()
