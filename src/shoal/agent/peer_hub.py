@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import socket
 from collections.abc import Iterable, Mapping
@@ -33,6 +34,7 @@ from shoal.agent.metrics import AgentMetrics
 from shoal.agent.peer_checks import first_message_size, foreign_identity, foreign_peer_id, own_host, wrong_protocol
 from shoal.agent.peer_link import (
     MAX_QUEUED_PIECES,
+    Channel,
     LinkError,
     PeerLink,
     PieceBody,
@@ -143,6 +145,8 @@ class PeerHub:
         """digest -> the download taking pieces of it"""
         self._via: dict[tuple[str, str], PeerLink] = {}
         """(peer id, digest) -> the link we said INTERESTED on"""
+        self._adding: dict[tuple[str, str], object] = {}
+        """(peer id, digest) -> the add_parent waiting for its link (forget_parent drops it)"""
         self.buffers = PieceBuffers()
         """piece bodies are read into these, and given back once written (see the module)"""
         self._book = ServingBook(superseed_copies=config.superseed_copies)
@@ -256,33 +260,50 @@ class PeerHub:
                 raise LinkError(f"not dialling {peer_id}: {refusal}")
             self._admission.dialling += 1
             task = asyncio.create_task(self._dial(peer_id, address), name=f"peer dial {peer_id}")
-            task.add_done_callback(_retrieve)
+            # not the dial's ``finally``: a task that ``close()`` cancels before its first step
+            # never enters its body, and its entry and count would stay
+            task.add_done_callback(functools.partial(self._dialled, peer_id))
             self._dialing[peer_id] = dialing = task
-        return await asyncio.shield(dialing)
+        try:
+            return await asyncio.shield(dialing)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if dialing.cancelled() and (current is None or not current.cancelling()):
+                # the hub closed under a caller that was not cancelled itself
+                raise LinkError(f"not dialling {peer_id}: agent stopping") from None
+            raise
+
+    def _dialled(self, peer_id: str, task: asyncio.Task[PeerLink]) -> None:
+        if self._dialing.get(peer_id) is task:
+            del self._dialing[peer_id]
+        self._admission.dialling -= 1
+        _retrieve(task)
 
     async def _dial(self, peer_id: str, address: str) -> PeerLink:
         try:
-            try:
-                tls = None if self.config.tls is None else self.config.tls.client_context()
-            except TlsMaterialError as exc:  # not enrolled yet, a rotation half written
-                raise LinkError(f"not dialling {peer_id}: {exc}") from None
-            channel, conn = await self._loop.run_in_executor(
-                self._dials,
-                dial,
-                address,
-                peer_id,
-                self.config.peer_id,
-                self.config.secret,
-                self.config.connect_timeout,
-                own_host(self.config.peer_id),
-                tls,
-            )
-            link = PeerLink(channel, conn, self._loop, self, outbound=True, buffers=self.buffers)
-            self._add(link)
-            return link
-        finally:
-            del self._dialing[peer_id]
-            self._admission.dialling -= 1
+            tls = None if self.config.tls is None else self.config.tls.client_context()
+        except TlsMaterialError as exc:  # not enrolled yet, a rotation half written
+            raise LinkError(f"not dialling {peer_id}: {exc}") from None
+        handshake = self._loop.run_in_executor(
+            self._dials,
+            dial,
+            address,
+            peer_id,
+            self.config.peer_id,
+            self.config.secret,
+            self.config.connect_timeout,
+            own_host(self.config.peer_id),
+            tls,
+        )
+        try:
+            channel, conn = await asyncio.shield(handshake)
+        except asyncio.CancelledError:
+            # the hub closed mid-handshake: the thread goes on, and its socket must not leak
+            handshake.add_done_callback(_close_dialled)
+            raise
+        link = PeerLink(channel, conn, self._loop, self, outbound=True, buffers=self.buffers)
+        self._add(link)
+        return link
 
     def _add(self, link: PeerLink) -> None:
         if self.closed:
@@ -320,10 +341,17 @@ class PeerHub:
 
     async def add_parent(self, digest: Digest, pieces: int, peer_id: str, address: str) -> None:
         """Connect to the parent (or reuse the link) and ask what it holds of the blob."""
-        link = await self.link_to(peer_id, address)
         key = (peer_id, str(digest))
+        self._adding[key] = token = object()
+        try:
+            link = await self.link_to(peer_id, address)
+        finally:
+            # forgotten while we dialled (the download dropped it): not its parent any more
+            forgotten = self._adding.get(key) is not token
+            if not forgotten:
+                del self._adding[key]
         sink = self._sinks.get(str(digest))
-        if key in self._via or sink is None:
+        if forgotten or key in self._via or sink is None:
             return
         self._via[key] = link
         link.watch_bytes(str(digest))
@@ -347,6 +375,7 @@ class PeerHub:
             link.send(wire.Cancel(str(digest), index))
 
     def forget_parent(self, peer_id: str, digest: Digest) -> None:
+        self._adding.pop((peer_id, str(digest)), None)
         link = self._via.pop((peer_id, str(digest)), None)
         if link is not None:
             link.forget_bytes(str(digest))
@@ -556,6 +585,12 @@ class PeerHub:
         if partial is None or partial.size is None or partial.state is PartialState.FAILED:
             return None
         return partial
+
+
+def _close_dialled(handshake: asyncio.Future[tuple[Channel, wire.Connection]]) -> None:
+    """Close the socket of a handshake that finished after its dial was cancelled."""
+    if not handshake.cancelled() and handshake.exception() is None:
+        handshake.result()[0].sock.close()
 
 
 def _retrieve(task: asyncio.Task[PeerLink]) -> None:

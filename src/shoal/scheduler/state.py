@@ -473,7 +473,7 @@ class SchedulerState:
         if not rep.wants_fallback:
             return held
         if not held and len(task.seeders) and task.hashes_known == task.total:
-            copy = self._reachable_copy(task, peer_id, now)
+            copy = self._reachable_copy(task, member, now)
             if copy is not None:
                 # a complete copy is in the swarm (a fallback holder that finished, a seed) and
                 # its pieces can be checked: the answer names it, no registry needed
@@ -487,12 +487,21 @@ class SchedulerState:
         self.fallbacks_refused += 1
         return False
 
-    def _reachable_copy(self, task: Task, asker: str, now: float) -> str | None:
-        """A live seeder of ``task`` that no report named failed, other than ``asker``."""
-        for peer_id in task.seeders.items:
-            if peer_id != asker and self._usable_parent(task, peer_id, now) is not None:
+    def _reachable_copy(self, task: Task, asker: Member, now: float) -> str | None:
+        """A live seeder of ``task`` that no report named failed, other than ``asker``: one of
+        its parents already if there is one, else one of its zone if there is one (naming the
+        first found took a zone fed by its gateway into another zone beside its own copy)."""
+        me, zone = asker.peer.peer_id, asker.peer.zone
+        for peer_id in asker.handed:
+            if (parent := self._usable_parent(task, peer_id, now)) is not None and parent.complete:
                 return peer_id
-        return None
+        elsewhere: str | None = None
+        for peer_id in task.seeders.items:
+            if peer_id != me and (copy := self._usable_parent(task, peer_id, now)) is not None:
+                if not zone or copy.peer.zone in ("", zone):
+                    return peer_id
+                elsewhere = elsewhere or peer_id
+        return elsewhere
 
     def _name_parent(self, task: Task, member: Member, parent_id: str, now: float) -> None:
         """Make ``parent_id`` one of ``member``'s handed parents, in place of the one holding

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -451,4 +452,96 @@ class TestDialsOutliveTheirCaller:
         assert not made[0].closed
         assert await h.link_to("127.0.0.2:1", "127.0.0.2:1") is as_link(made[0])  # no second dial
         assert dials == ["127.0.0.2:1"]
+        await h.close()
+
+    async def test_a_dial_the_closing_hub_cancels_before_it_ran_leaves_nothing_behind(self, store: BlobStore) -> None:
+        # a task cancelled before its first step never enters its body: bookkeeping kept in
+        # the dial's ``finally`` stayed (the dial in ``_dialing``, the ``dialling`` count)
+        h = hub(store)
+        caller = asyncio.create_task(h.link_to("127.0.0.2:1", "127.0.0.2:1"))
+        await asyncio.sleep(0)  # the caller started its dial, which has not run yet
+        await h.close()
+        with pytest.raises(LinkError, match="agent stopping"):
+            await caller  # not a CancelledError: the caller itself was not cancelled
+        await asyncio.sleep(0)
+        assert not h._dialing
+        assert h._admission.dialling == 0
+        with pytest.raises(LinkError, match="agent stopping"):
+            await h.link_to("127.0.0.2:1", "127.0.0.2:1")
+
+    async def test_a_handshake_that_ends_after_the_hub_closed_closes_its_socket(
+        self, store: BlobStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        release = threading.Event()
+        dials: list[str] = []
+        ours, theirs = socket.socketpair()
+
+        class Channel:
+            def __init__(self, sock: socket.socket) -> None:
+                self.sock = sock
+
+        def slow_dial(address: str, *args: object) -> tuple[Channel, str]:
+            dials.append(address)
+            release.wait(5.0)
+            return Channel(ours), "conn"
+
+        monkeypatch.setattr(peer_hub, "dial", slow_dial)
+        h = hub(store)
+        try:
+            caller = asyncio.create_task(h.link_to("127.0.0.2:1", "127.0.0.2:1"))
+            while not dials:
+                await asyncio.sleep(0.01)
+            await h.close()  # the agent stops mid-handshake
+            release.set()
+            with pytest.raises(LinkError, match="agent stopping"):
+                await caller
+            for _ in range(200):
+                if ours.fileno() == -1:
+                    break
+                await asyncio.sleep(0.01)
+            assert ours.fileno() == -1, "the finished handshake's socket was left open"
+        finally:
+            ours.close()
+            theirs.close()
+
+    async def test_a_parent_forgotten_while_its_link_is_dialled_is_not_asked(
+        self, store: BlobStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # the download dropped the parent while the dial ran (a refusal, a move): the late
+        # add_parent routed it and sent INTERESTED anyway, and the download's next add of it
+        # found the route and sent nothing, so the parent's pieces were never heard of
+        release = threading.Event()
+        dials: list[str] = []
+        made: list[FakeLink] = []
+
+        def slow_dial(address: str, *args: object) -> tuple[str, str]:
+            dials.append(address)
+            release.wait(5.0)
+            return "channel", "conn"
+
+        class Link(FakeLink):
+            outbound = True
+
+            def __init__(self, channel: object, conn: object, *args: object, **kw: object) -> None:
+                super().__init__("127.0.0.2:1")
+                made.append(self)
+
+            def start(self) -> None:
+                pass
+
+        monkeypatch.setattr(peer_hub, "dial", slow_dial)
+        monkeypatch.setattr(peer_hub, "PeerLink", Link)
+        h = hub(store)
+        digest = Digest.of(b"x")
+        h.register(digest, Sink())
+        adding = asyncio.create_task(h.add_parent(digest, 3, "127.0.0.2:1", "127.0.0.2:1"))
+        while not dials:
+            await asyncio.sleep(0.01)
+        h.forget_parent("127.0.0.2:1", digest)
+        release.set()
+        await adding
+        assert made
+        assert made[0].sent == []
+        await h.add_parent(digest, 3, "127.0.0.2:1", "127.0.0.2:1")  # named again
+        assert made[0].sent == [wire.Interested(str(digest), 3)]
         await h.close()

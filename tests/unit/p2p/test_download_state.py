@@ -528,6 +528,23 @@ class TestFallbackLeases:
         again = with_parents(s, 1, 2)
         assert AddParent(parent(1)) in again
 
+    def test_the_copy_a_refusing_answer_names_is_kept(self) -> None:
+        """The scheduler's answer to the ask names the complete copy it refuses for, and the
+        refusal that follows it dropped every parent that had told of no piece: the copy
+        added a moment before among them, so the refused download never asked it."""
+        clock = Clock()
+        s = new(clock)
+        with_parents(s, 1)
+        s.apply(ParentHas("p1", frozenset({0})))
+        clock.now += 25.1
+        assert s.apply(Tick()) == [AskFallback("stalled: no progress for 25s")]
+        copy = ParentInfo("seed", "10.0.0.9:65001")
+        answer = SchedulerAnswer(fetcher=None, parents=(copy, parent(1)), hashes_known=PIECES, complete_named=True)
+        assert AddParent(copy) in s.apply(answer)
+        dropped = s.apply(FallbackAnswer(granted=False))
+        assert not any(isinstance(a, DropParent) for a in dropped)
+        assert "seed" in s.parents
+
     def test_progress_while_asking_does_not_cancel_the_ask_but_a_late_answer_is_ignored_after(self) -> None:
         clock = Clock()
         s = new(clock)

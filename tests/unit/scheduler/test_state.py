@@ -944,6 +944,19 @@ class TestFallbackLeases:
         assert "fetcher" not in [p.peer_id for p in view.parents]
         assert view.fallback  # refused, it would wait for a copy nobody may name for suspect_ttl
 
+    def test_a_refused_ask_names_a_copy_of_the_askers_zone_when_there_is_one(self) -> None:
+        # the first seeder found was named whatever its zone: a zone fed by a gateway got a
+        # second link into another zone, though a copy of its own zone was a parent already
+        s = state(fallback_leases=1)
+        s.join(D, JoinRequest("far", "far:1", SIZE, MiB, zone="b"), 0.0)
+        report(s, "far", 1.0, pieces=10, complete=True, hashes=all_hashes())
+        s.join(D, JoinRequest("near", "near:1", SIZE, MiB, zone="a"), 1.1)
+        report(s, "near", 2.0, pieces=10, complete=True)
+        s.join(D, JoinRequest("x", "x:1", SIZE, MiB, zone="a"), 2.1)
+        view = ask_fallback(s, "x", 3.0)
+        assert not view.fallback
+        assert [p.peer_id for p in view.parents] == ["near"]
+
     def test_the_answer_reaches_the_wire(self) -> None:
         from shoal.p2p.protocol import dumps, loads
 

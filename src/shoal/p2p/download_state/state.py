@@ -55,6 +55,7 @@ class _Parent:
     in_flight: set[int] = field(default_factory=set)
     errors: int = 0
     received: int = 0
+    added_at: float = 0.0
 
 
 class DownloadState:
@@ -123,6 +124,7 @@ class DownloadState:
         """the scheduler's last answer named a parent that holds the whole blob, and every
         piece's hash is known: a fallback ask refused then is refused for that copy's sake"""
         self._ask_sent = False
+        self._asked_at = 0.0
         self._ask_failures = 0
         self.fallback_lease = False
         """the scheduler granted us a fallback lease (we report to hold it while we fetch)"""
@@ -307,7 +309,7 @@ class DownloadState:
                 self._drop(stale, MOVED, out, ban=False)
             elif len(self.parents) >= self.rules.max_parents:
                 break
-            self.parents[pid] = _Parent(parent, [False] * self.count)
+            self.parents[pid] = _Parent(parent, [False] * self.count, added_at=now)
             out.append(AddParent(parent))
 
     def _on_has(self, event: ParentHas) -> None:
@@ -448,6 +450,7 @@ class DownloadState:
 
     def _ask(self, give_up: GiveUp, out: list[Action]) -> None:
         self.asking = give_up.reason
+        self._asked_at = self.clock()
         out.append(AskFallback(give_up.reason))
 
     def _on_fallback(self, event: FallbackAnswer, out: list[Action]) -> None:
@@ -472,7 +475,9 @@ class DownloadState:
         self.asking = None
         self._ask_sent = False
         self._last_progress = self.clock()
-        for peer in [peer for peer, p in self.parents.items() if not any(p.have)]:
+        # Not one added since we asked: the refusing answer names the complete copy it was
+        # refused for, and dropping it with the silent ones threw that copy away unasked.
+        for peer in [peer for peer, p in self.parents.items() if p.added_at < self._asked_at and not any(p.have)]:
             self._drop(peer, "told of no piece while we stalled", out, ban=False)
 
     def _finish(self, action: GiveUp | Complete, out: list[Action]) -> None:
