@@ -265,13 +265,19 @@ class PeerHub:
             task.add_done_callback(functools.partial(self._dialled, peer_id))
             self._dialing[peer_id] = dialing = task
         try:
-            return await asyncio.shield(dialing)
+            link = await asyncio.shield(dialing)
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if dialing.cancelled() and (current is None or not current.cancelling()):
                 # the hub closed under a caller that was not cancelled itself
                 raise LinkError(f"not dialling {peer_id}: agent stopping") from None
             raise
+        if link.closed:
+            # closed in the loop steps since the dial (a peer that refused it after the
+            # handshake): its link_closed may have run already, and a parent routed over it
+            # would never be reported lost
+            raise LinkError(f"link to {peer_id} closed as it opened: {link.reason or 'by the peer'}")
+        return link
 
     def _dialled(self, peer_id: str, task: asyncio.Task[PeerLink]) -> None:
         if self._dialing.get(peer_id) is task:

@@ -504,17 +504,23 @@ class SchedulerState:
         return elsewhere
 
     def _name_parent(self, task: Task, member: Member, parent_id: str, now: float) -> None:
-        """Make ``parent_id`` one of ``member``'s handed parents, in place of the one holding
-        the fewest pieces (never the lease holder) when every place is taken."""
+        """Make ``parent_id`` one of ``member``'s handed parents, in place of one no longer
+        usable (gone, silent, suspect: the answer leaves it out anyway), else of the one
+        holding the fewest pieces (the lease holder last) when every place is taken."""
         handed = member.handed
         if parent_id in handed:
             return
-        members = task.members
         kept = list(handed)
         if len(kept) >= self.config.max_parents:
-            droppable = [p for p in kept if p != task.holder] or kept
-            kept.remove(min(droppable, key=lambda p: m.pieces if (m := members.get(p)) is not None else -1))
-        members[parent_id].peer.assign(now, self.config.child_window)
+
+            def worth(peer_id: str) -> tuple[bool, bool, int]:
+                parent = self._usable_parent(task, peer_id, now)
+                if parent is None:
+                    return False, False, -1
+                return True, peer_id == task.holder, parent.pieces
+
+            kept.remove(min(kept, key=worth))
+        task.members[parent_id].peer.assign(now, self.config.child_window)
         self._hand(task, member, (parent_id, *kept))
 
     def hashes(self, digest: str, start: int) -> HashesView:

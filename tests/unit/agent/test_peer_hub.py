@@ -545,3 +545,39 @@ class TestDialsOutliveTheirCaller:
         await h.add_parent(digest, 3, "127.0.0.2:1", "127.0.0.2:1")  # named again
         assert made[0].sent == [wire.Interested(str(digest), 3)]
         await h.close()
+
+    async def test_a_link_that_closed_as_it_opened_is_not_taken_for_the_parents(
+        self, store: BlobStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # A peer that admits the handshake and then refuses the link (its limits) closes it at
+        # once: the link's reader ends and posts link_closed before the caller, a loop step or
+        # two after the dial, routes the parent. The route went to the closed link, so the
+        # download never heard the parent was lost and kept it, silent, until it stalled.
+        made: list[FakeLink] = []
+        h = hub(store)
+
+        def quick_dial(address: str, *args: object) -> tuple[str, str]:
+            return "channel", "conn"
+
+        class Link(FakeLink):
+            outbound = True
+
+            def __init__(self, channel: object, conn: object, *args: object, **kw: object) -> None:
+                super().__init__("127.0.0.2:1")
+                made.append(self)
+
+            def start(self) -> None:  # the reader finds the peer's close in the handshake's bytes
+                self.closed = True
+                asyncio.get_running_loop().call_soon(h.link_closed, as_link(self), "closed by the peer")
+
+        monkeypatch.setattr(peer_hub, "dial", quick_dial)
+        monkeypatch.setattr(peer_hub, "PeerLink", Link)
+        digest = Digest.of(b"x")
+        sink = Sink()
+        h.register(digest, sink)
+        with pytest.raises(LinkError, match="closed"):
+            await h.add_parent(digest, 3, "127.0.0.2:1", "127.0.0.2:1")
+        assert made
+        assert made[0].sent == []  # no INTERESTED on a closed link
+        assert not h.request("127.0.0.2:1", digest, 0)
+        await h.close()

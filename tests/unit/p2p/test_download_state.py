@@ -729,3 +729,42 @@ class TestRequestBound:
             asked += requests(s.apply(ParentHas(f"p{n}", frozenset(range(PIECES)))))
         assert len(asked) == 5
         assert len(s.in_flight) == 5
+
+
+class TestSilentParentsOfAStall:
+    """The refusal drops, to ask afresh, only parents that told of no piece through a whole
+    stall: one named a moment before the ask had no time to."""
+
+    class Ticking(Clock):
+        """The agent's clock: every reading a little later than the one before."""
+
+        def __call__(self) -> float:
+            self.now += 1e-6
+            return self.now
+
+    def test_a_parent_named_by_the_answer_that_asked_is_kept(self) -> None:
+        # a periodic answer that names a new parent is the event whose apply finds the stall:
+        # its parent was added a microsecond before the ask, and the refusal dropped it before
+        # its bitfield could come (a frozen clock, the simulator's, kept it)
+        clock = self.Ticking()
+        s = new(clock)
+        with_parents(s, 1)
+        s.apply(ParentHas("p1", frozenset({0})))
+        clock.now += 25.1
+        out = with_parents(s, 1, 2)
+        assert out == [AddParent(parent(2)), AskFallback("stalled: no progress for 25s")]
+        assert s.apply(FallbackAnswer(granted=False)) == []
+        assert "p2" in s.parents
+
+    def test_a_young_silent_parent_is_asked_afresh_by_the_next_refusal(self) -> None:
+        clock = self.Ticking()
+        s = new(clock)
+        with_parents(s, 1)
+        clock.now += 20.0
+        with_parents(s, 1, 2)  # named mid-stall; both bitfields are lost
+        clock.now += 5.1
+        assert s.apply(Tick()) == [AskFallback("stalled: no progress for 25s")]
+        assert s.apply(FallbackAnswer(granted=False)) == [DropParent("p1", "told of no piece while we stalled")]
+        clock.now += 25.1
+        assert s.apply(Tick()) == [AskFallback("stalled: no progress for 25s")]
+        assert s.apply(FallbackAnswer(granted=False)) == [DropParent("p2", "told of no piece while we stalled")]

@@ -1047,3 +1047,30 @@ class TestZones:
         self.zjoin(s, "x", "", 0)
         assert self.zjoin(s, "y", "b", 0) == ["x"]
         assert sorted(self.zjoin(s, "z", "", 0)) == ["x", "y"]
+
+
+class TestRefusalsNameTheCopyInPlaceOfALostParent:
+    def test_the_copy_takes_the_place_of_a_parent_the_ask_names_failed(self) -> None:
+        # The copy took the place of the live parent with the fewest pieces though the ask
+        # named another of the asker's parents failed: that one left the answer anyway, so the
+        # asker lost two parents (one healthy) for the copy and a random newcomer.
+        s = state(max_parents=4, fallback_leases=1)
+        join(s, "fetcher", 0.0)
+        for i, peer in enumerate(("p1", "p2", "p3", "p4", "p5")):
+            join(s, peer, 0.1)
+            report(s, peer, 0.2, pieces=2 + i)
+        join(s, "a", 0.3)
+        report(s, "fetcher", 0.4, pieces=9, hashes=all_hashes())  # every hash known
+        join(s, "x", 0.5, pieces=10, complete=True)  # a complete copy, not a's parent
+        handed = s.tasks[D].members["a"].handed
+        assert len(handed) == 4
+        assert "x" not in handed
+        partial = sorted((p for p in handed if p != "fetcher"), key=lambda p: s.tasks[D].members[p].pieces)
+        fewest, failed = partial[0], partial[-1]
+        rep = Report("a", "a:1", 0, 0, failed_parents=[failed], size=SIZE, piece_size=MiB, wants_fallback=True)
+        view = s.report(D, rep, 1.0)
+        parents = [p.peer_id for p in view.parents]
+        assert not view.fallback
+        assert "x" in parents
+        assert failed not in parents
+        assert fewest in parents, (handed, parents)

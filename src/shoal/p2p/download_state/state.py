@@ -475,9 +475,12 @@ class DownloadState:
         self.asking = None
         self._ask_sent = False
         self._last_progress = self.clock()
-        # Not one added since we asked: the refusing answer names the complete copy it was
-        # refused for, and dropping it with the silent ones threw that copy away unasked.
-        for peer in [peer for peer, p in self.parents.items() if p.added_at < self._asked_at and not any(p.have)]:
+        # Only one that was our parent through the whole stall: the refusing answer names the
+        # complete copy it was refused for, and an answer just before the ask (in the agent,
+        # the very event whose apply asked) may name others; dropped at once, they were thrown
+        # away before their bitfield could come. A young one is dropped by the next refusal.
+        since = self._asked_at - self.rules.stall_timeout
+        for peer in [peer for peer, p in self.parents.items() if p.added_at <= since and not any(p.have)]:
             self._drop(peer, "told of no piece while we stalled", out, ban=False)
 
     def _finish(self, action: GiveUp | Complete, out: list[Action]) -> None:
