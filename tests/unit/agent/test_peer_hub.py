@@ -403,6 +403,38 @@ class TestOwnTlsMaterial:
         await h.close()
 
 
+class DialledLink(FakeLink):
+    outbound = True
+
+    def start(self) -> None:
+        pass
+
+
+class SlowDials:
+    """The hub's ``dial`` and ``PeerLink`` patched: each dial waits for ``release``, then
+    makes a fake link (kept in ``made``)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.release = threading.Event()
+        self.dials: list[str] = []
+        self.made: list[FakeLink] = []
+        monkeypatch.setattr(peer_hub, "dial", self.dial)
+        monkeypatch.setattr(peer_hub, "PeerLink", self.link)
+
+    def dial(self, address: str, *args: object) -> tuple[str, str]:
+        self.dials.append(address)
+        self.release.wait(5.0)
+        return "channel", "conn"
+
+    def link(self, channel: object, conn: object, *args: object, **kw: object) -> FakeLink:
+        self.made.append(link := DialledLink("127.0.0.2:1"))
+        return link
+
+    async def started(self) -> None:
+        while not self.dials:
+            await asyncio.sleep(0.01)
+
+
 class TestDialsOutliveTheirCaller:
     """A dial is the hub's, not the caller's: the peer that answered it has added the link
     and may route its own downloads over it. A download that ends mid-dial (a one-piece blob
@@ -414,33 +446,13 @@ class TestDialsOutliveTheirCaller:
     async def test_a_dial_whose_caller_was_cancelled_still_joins_the_hub(
         self, store: BlobStore, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        release = threading.Event()
-        dials: list[str] = []
-        made: list[FakeLink] = []
-
-        def slow_dial(address: str, *args: object) -> tuple[str, str]:
-            dials.append(address)
-            release.wait(5.0)
-            return "channel", "conn"
-
-        class Link(FakeLink):
-            outbound = True
-
-            def __init__(self, channel: object, conn: object, *args: object, **kw: object) -> None:
-                super().__init__("127.0.0.2:1")
-                made.append(self)
-
-            def start(self) -> None:
-                pass
-
-        monkeypatch.setattr(peer_hub, "dial", slow_dial)
-        monkeypatch.setattr(peer_hub, "PeerLink", Link)
+        dials = SlowDials(monkeypatch)
+        made = dials.made
         h = hub(store)
         caller = asyncio.create_task(h.link_to("127.0.0.2:1", "127.0.0.2:1"))
-        while not dials:
-            await asyncio.sleep(0.01)
+        await dials.started()
         caller.cancel()
-        release.set()
+        dials.release.set()
         with pytest.raises(asyncio.CancelledError):
             await caller
         for _ in range(200):
@@ -451,7 +463,7 @@ class TestDialsOutliveTheirCaller:
         assert h.links["127.0.0.2:1"] is as_link(made[0])
         assert not made[0].closed
         assert await h.link_to("127.0.0.2:1", "127.0.0.2:1") is as_link(made[0])  # no second dial
-        assert dials == ["127.0.0.2:1"]
+        assert dials.dials == ["127.0.0.2:1"]
         await h.close()
 
     async def test_a_dial_the_closing_hub_cancels_before_it_ran_leaves_nothing_behind(self, store: BlobStore) -> None:
@@ -510,35 +522,15 @@ class TestDialsOutliveTheirCaller:
         # the download dropped the parent while the dial ran (a refusal, a move): the late
         # add_parent routed it and sent INTERESTED anyway, and the download's next add of it
         # found the route and sent nothing, so the parent's pieces were never heard of
-        release = threading.Event()
-        dials: list[str] = []
-        made: list[FakeLink] = []
-
-        def slow_dial(address: str, *args: object) -> tuple[str, str]:
-            dials.append(address)
-            release.wait(5.0)
-            return "channel", "conn"
-
-        class Link(FakeLink):
-            outbound = True
-
-            def __init__(self, channel: object, conn: object, *args: object, **kw: object) -> None:
-                super().__init__("127.0.0.2:1")
-                made.append(self)
-
-            def start(self) -> None:
-                pass
-
-        monkeypatch.setattr(peer_hub, "dial", slow_dial)
-        monkeypatch.setattr(peer_hub, "PeerLink", Link)
+        dials = SlowDials(monkeypatch)
+        made = dials.made
         h = hub(store)
         digest = Digest.of(b"x")
         h.register(digest, Sink())
         adding = asyncio.create_task(h.add_parent(digest, 3, "127.0.0.2:1", "127.0.0.2:1"))
-        while not dials:
-            await asyncio.sleep(0.01)
+        await dials.started()
         h.forget_parent("127.0.0.2:1", digest)
-        release.set()
+        dials.release.set()
         await adding
         assert made
         assert made[0].sent == []
