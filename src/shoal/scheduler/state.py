@@ -781,19 +781,19 @@ class SchedulerState:
         until = task.suspects.get(peer_id)
         return until is not None and until > now
 
-    def _lease_needed(self, task: Task, now: float) -> bool:
-        if task.hashes_known < task.total:
-            return True
+    def _live_seeder(self, task: Task, now: float) -> bool:
+        """Whether a complete peer of ``task`` was heard from within ``peer_ttl``."""
         cutoff = now - self.config.peer_ttl
         members = task.members
         # a loop, not any() over a generator: asked on every call once the hashes are known
         for peer_id in task.seeders.items:  # noqa: SIM110
             if members[peer_id].last_seen >= cutoff:
-                return False
-        return True
+                return True
+        return False
 
     def _settle_lease(self, task: Task, requester: Member, now: float, may_take: bool) -> None:
-        if task.hashes_known >= task.total and not self._lease_needed(task, now):
+        if task.hashes_known >= task.total and self._live_seeder(task, now):
+            # the lease is not needed: every hash known, and a live peer holds the whole blob
             if task.holder is not None:
                 self._set_holder(task, None)
             return
@@ -988,14 +988,11 @@ class SchedulerState:
         """A piece holder of the heavy parent's zone with far fewer links, from a small sample."""
         best: Member | None = None
         me = member.peer.peer_id
-        members, ttl, suspects = task.members, self.config.peer_ttl, task.suspects
         for peer_id in task.partials.sample(REBALANCE_SAMPLE, self.rng):
             if peer_id == me or peer_id in chosen or peer_id in member.handed:
                 continue
-            other = members.get(peer_id)  # _usable_parent inlined
-            if other is None or now - other.last_seen > ttl or (suspects and self._suspect(task, peer_id, now)):
-                continue
-            if other.peer.zone != heavy.peer.zone:
+            other = self._usable_parent(task, peer_id, now)
+            if other is None or other.peer.zone != heavy.peer.zone:
                 continue
             if other.pieces <= member.pieces and other.pieces < heavy.pieces:
                 continue  # nothing new for the child, or less than the heavy parent offers
