@@ -29,11 +29,14 @@ The origin lease:
       does not take the lease of a task younger than ``LEASE_SPREAD_WAIT`` (a lease-free peer
       is likely to join it within that time);
     * not needed while some live peer is complete *and* every piece hash is known; needed
-      again when that stops being true. A suspect complete peer counts: ``failed_parents``
-      names parents that merely timed out too (a seed busy serving a whole swarm), every
-      piece a child takes from it is checked against the known hashes, and a child that
-      stalls has the fallback leases; re-opening the lease would read the whole blob from
-      the registry again (the simulator showed it at 40 nodes: 1.33x origin egress).
+      again when that stops being true. A suspect complete peer counts while it is heard
+      from within ``lease_ttl``: ``failed_parents`` names parents that merely timed out too
+      (a seed busy serving a whole swarm), every piece a child takes from it is checked
+      against the known hashes, and re-opening the lease would read the whole blob from the
+      registry again (the simulator showed it at 40 nodes: 1.33x origin egress). A seed
+      announces itself every 10 s, so one named and silent longer is taken for dead: a
+      fetcher that finished and died with the last pieces on it alone left every child
+      stalled until the fallback leases (``stall_timeout``).
 
 Wrong hashes: a report with ``bad_hashes`` (a downloader's blob matched every published
 hash but not its digest) that names in ``failed_parents`` a peer whose hashes were accepted
@@ -782,14 +785,23 @@ class SchedulerState:
         return until is not None and until > now
 
     def _live_seeder(self, task: Task, now: float) -> bool:
-        """Whether a complete peer of ``task`` was heard from within ``peer_ttl``."""
+        """Whether a complete peer of ``task`` was heard from within ``peer_ttl`` (within
+        ``lease_ttl`` if a child named it failed: a live seed announces itself every 10 s)."""
         cutoff = now - self.config.peer_ttl
         members = task.members
+        suspects = task.suspects
         # a loop, not any() over a generator: asked on every call once the hashes are known
-        for peer_id in task.seeders.items:  # noqa: SIM110
-            if members[peer_id].last_seen >= cutoff:
+        for peer_id in task.seeders.items:
+            seen = members[peer_id].last_seen
+            if seen >= cutoff and not (suspects and self._silent_copy(task, peer_id, seen, now)):
                 return True
         return False
+
+    def _silent_copy(self, task: Task, peer_id: str, seen: float, now: float) -> bool:
+        """Whether a complete peer named in ``failed_parents`` has been silent for ``lease_ttl``
+        (counted as a holder's ``lease_ttl`` is, not from a pause of this scheduler: stalled
+        children report in step every 5 s, and each gap looked like one)."""
+        return now - seen > self.config.lease_ttl and self._suspect(task, peer_id, now)
 
     def _settle_lease(self, task: Task, requester: Member, now: float, may_take: bool) -> None:
         if task.hashes_known >= task.total and self._live_seeder(task, now):

@@ -389,6 +389,31 @@ class TestLease:
         assert (view.role, view.fetcher) == ("peer", None)
         assert report(s, "c", 4).role == "peer"
 
+    def test_a_suspect_copy_that_also_went_silent_opens_it_again(self) -> None:
+        """The fetcher finished, served a few pieces and died: the last pieces were only on
+        it. A live seed announces itself every 10 s; one named failed and silent for
+        ``lease_ttl`` is not a copy, and a child fetches the rest (its stall would have
+        waited ``stall_timeout`` for the fallback leases)."""
+        s = busy(lease_ttl=15.0, peer_ttl=30.0)
+        join(s, "a", 0)
+        join(s, "b", 0)
+        report(s, "a", 1, pieces=10, complete=True, hashes=all_hashes())  # then it died
+        for t in (6, 11, 15.9):
+            view = report(s, "b", t, pieces=7, failed=["a"] if t == 6 else None)
+            assert (view.role, view.fetcher) == ("peer", None)
+        assert report(s, "b", 16.1, pieces=7).role == "fetcher"  # silent 15.1 s and suspect
+
+    def test_a_suspect_seed_that_still_announces_stays_a_copy(self) -> None:
+        s = busy(lease_ttl=15.0, peer_ttl=30.0)
+        join(s, "a", 0)
+        join(s, "b", 0)
+        report(s, "a", 1, pieces=10, complete=True, hashes=all_hashes())
+        report(s, "b", 6, pieces=7, failed=["a"])  # it timed out for b, busy serving others
+        report(s, "a", 11, pieces=10, complete=True)  # its seed announcement
+        for t in (16.1, 20, 25.9):
+            view = report(s, "b", t, pieces=7)
+            assert (view.role, view.fetcher) == ("peer", None)
+
     def test_needed_when_hashes_are_missing_despite_a_complete_peer(self) -> None:
         # e.g. after failing over to this scheduler: seeders re-announce, hashes are gone. The
         # seed takes the lease (to publish them); if it never does, it stalls and loses it.
