@@ -33,6 +33,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -270,27 +271,74 @@ def cache_hit(work: Path, registry: DistributionRegistry, cache: Path, blob: Blo
         print(f"    {name:<18} {speed:8.0f} MB/s   {speed / base:5.2f}x the registry")
 
 
+def thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds of each live thread of ``pid`` (schedstat: exact, where the tick counts of
+    ``/proc/*/task/*/stat`` lose a part here)."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            out[int(tid)] = int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0]) / 1e9
+        except (OSError, ValueError, IndexError):
+            continue  # it ended meanwhile
+    return out
+
+
+class ThreadSampler:
+    """Each thread's CPU seconds in a process over a span, sampled every ``interval`` from
+    another thread: a thread that ends during the span counts up to its last sample. The
+    busiest thread is a cold miss's critical path where a core is free for each thread."""
+
+    def __init__(self, pid: int, interval: float = 0.01) -> None:
+        self.pid = pid
+        self.interval = interval
+        self.before = thread_cpu(pid)
+        self.last: dict[int, float] = dict(self.before)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="thread sampler", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.last.update(thread_cpu(self.pid))
+
+    def stop(self) -> float:
+        """Stop sampling; returns the CPU seconds of the busiest thread over the span."""
+        self._stop.set()
+        self._thread.join()
+        self.last.update(thread_cpu(self.pid))
+        return max((cpu - self.before.get(tid, 0.0) for tid, cpu in self.last.items()), default=0.0)
+
+
 @dataclass(frozen=True, slots=True)
 class MissRound:
-    """One cold GET and the CPU seconds each process spent on it."""
+    """One cold GET and the CPU seconds each process spent on it (and the agent's busiest
+    thread, when sampled)."""
 
     get: Get
     registry_cpu: float
     agent_cpu: float
+    agent_busiest: float | None = None
 
 
 def miss_round(
-    blob: Blob, registry_url: str, registry_pid: int, agent: AgentProcess | None, netns: str | None = None
+    blob: Blob,
+    registry_url: str,
+    registry_pid: int,
+    agent: AgentProcess | None,
+    netns: str | None = None,
+    sample_threads: bool = False,
 ) -> MissRound:
     """One GET of ``blob``, straight from the registry or through ``agent`` (fresh, cold)."""
     registry_before = cpu_seconds(registry_pid)
     agent_before = agent.cpu() if agent is not None else 0.0
+    sampler = ThreadSampler(agent.process.pid) if agent is not None and sample_threads else None
     url = blob_url(agent.url, blob, True) if agent is not None else blob_url(registry_url, blob, False)
     got = curl_get(url, netns)
     assert got.size == blob.size, (got.size, blob.size)
     time.sleep(0.05)  # the agent's commit and the registry's log line are past the last byte
+    busiest = sampler.stop() if sampler is not None else None
     agent_cpu = agent.cpu() - agent_before if agent is not None else 0.0
-    return MissRound(got, cpu_seconds(registry_pid) - registry_before, agent_cpu)
+    return MissRound(got, cpu_seconds(registry_pid) - registry_before, agent_cpu, busiest)
 
 
 def print_misses(rounds: dict[str, list[MissRound]], size: int) -> None:
@@ -300,9 +348,11 @@ def print_misses(rounds: dict[str, list[MissRound]], size: int) -> None:
         first = statistics.median(r.get.first_byte for r in values)
         cpus = [statistics.median(getattr(r, f) for r in values) for f in ("registry_cpu", "agent_cpu")]
         curl_cpu = statistics.median(r.get.cpu for r in values)
+        sampled = [r.agent_busiest for r in values if r.agent_busiest is not None]
+        busiest = f" (busiest thread {statistics.median(sampled):.2f})" if sampled else ""
         print(
             f"    {name:<18} {t:6.2f} s  ({size / t / 1e6:5.0f} MB/s)   {t / base:5.2f}x the direct time"
-            f"   first byte {first * 1000:5.1f} ms   CPU s: registry {cpus[0]:.2f} agent {cpus[1]:.2f}"
+            f"   first byte {first * 1000:5.1f} ms   CPU s: registry {cpus[0]:.2f} agent {cpus[1]:.2f}{busiest}"
             f" curl {curl_cpu:.2f}   (all: {' '.join(f'{r.get.seconds:.2f}' for r in values)})"
         )
     print(f"    load average {os.getloadavg()[0]:.2f} at the end")
@@ -328,6 +378,7 @@ def cache_miss(
     loops: Sequence[str],
     agents: dict[str, str],
     modes: Sequence[str] = ("source",),
+    sample_threads: bool = False,
 ) -> None:
     """``modes``: ``source`` (a plain mirror) and/or ``p2p`` (a swarm of one: the agent and a
     fresh scheduler of the same tree each round)."""
@@ -349,7 +400,9 @@ def cache_miss(
                     stack.callback(scheduler.stop)
                 agent = AgentProcess(work, registry.url, cache, loop=loop, python=python, scheduler=scheduler)
                 stack.callback(agent.stop)
-                results[label(name, loop, mode)].append(miss_round(blob, registry.url, registry.pid, agent))
+                results[label(name, loop, mode)].append(
+                    miss_round(blob, registry.url, registry.pid, agent, sample_threads=sample_threads)
+                )
     print_misses(results, blob.size)
 
 
@@ -459,6 +512,11 @@ def main() -> None:
         help="comma-separated download patterns in (2): source (plain mirror), p2p (with a scheduler, no peers)",
     )
     parser.add_argument(
+        "--threads",
+        action="store_true",
+        help="in (2), sample the agent's threads' CPU every 10 ms and print its busiest thread's",
+    )
+    parser.add_argument(
         "--only",
         default="hit,miss,pull,shaped,rss",
         help="comma-separated sections to run: hit (1), miss (2), pull (2b), shaped (2c, root only), rss (3)",
@@ -496,7 +554,7 @@ def main() -> None:
             modes = opts.miss_modes.split(",")
             if unknown_modes := set(modes) - {"source", "p2p"}:
                 parser.error(f"unknown --miss-modes: {', '.join(sorted(unknown_modes))}")
-            cache_miss(work, registry, work / "cache", blobs["miss"], opts.rounds, loops, agents, modes)
+            cache_miss(work, registry, work / "cache", blobs["miss"], opts.rounds, loops, agents, modes, opts.threads)
         if "pull" in only:
             image_pull(work, registry, work / "cache", opts.miss_size, opts.rounds)
         if "shaped" in only:

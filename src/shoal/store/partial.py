@@ -18,6 +18,7 @@ check the whole of what it sent against the digest.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import hashlib
@@ -31,6 +32,22 @@ from shoal.core.digest import Digest
 from shoal.store.file_range import file_chunks
 
 READ_CHUNK = 1 << 20
+PARALLEL_DIGEST_MIN = 256 << 10
+"""bytes fed at once from which the blob digest and the piece hashes run in two threads:
+below it a handoff to the helper costs more than it saves"""
+
+_DIGEST_POOL: concurrent.futures.ThreadPoolExecutor | None = None
+_DIGEST_POOL_LOCK = threading.Lock()
+
+
+def _digest_pool() -> concurrent.futures.ThreadPoolExecutor:
+    """The helper threads that hash blob digests beside the piece hashes (made on first use,
+    shared by every blob: each task hashes one run and waits for nothing)."""
+    global _DIGEST_POOL
+    with _DIGEST_POOL_LOCK:
+        if _DIGEST_POOL is None:
+            _DIGEST_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="shoal-digest")
+        return _DIGEST_POOL
 
 
 class PartialState(Enum):
@@ -274,22 +291,44 @@ class PartialBlob:
             self._feed_locked(data)
 
     def _feed_locked(self, data: bytes | memoryview) -> None:
-        """``_feed`` with the prefix lock held by the caller."""
-        self._hasher.update(data)
+        """``_feed`` with the prefix lock held by the caller.
+
+        With pieces to hash too, the blob's digest of a large run goes to a helper thread
+        while this one hashes the pieces: two SHA-256 passes over the same bytes, one after
+        the other, were the critical path of an origin fetch (hashlib drops the GIL for large
+        buffers, so the two run on two cores). ``contiguous`` moves only once both are done:
+        whoever sees the prefix grow (``finish``, ``fail``) finds the digest over all of it."""
         if not self.piece_size:
+            self._hasher.update(data)
             self.contiguous += len(data)
             return
-        view = memoryview(data)
+        digest: concurrent.futures.Future[None] | None = None
+        if len(data) >= PARALLEL_DIGEST_MIN:
+            with contextlib.suppress(RuntimeError):  # the interpreter is shutting down: inline
+                digest = _digest_pool().submit(self._hasher.update, data)
+        try:
+            end = self._hash_pieces(memoryview(data))
+        finally:
+            if digest is not None:
+                digest.result()  # no helper touches the digest once the lock goes
+        if digest is None:
+            self._hasher.update(data)
+        self.contiguous = end
+
+    def _hash_pieces(self, view: memoryview) -> int:
+        """Hash the pieces of ``view`` (the bytes at ``contiguous``); returns where it ends.
+        A piece's hash is stored before the prefix covers it: whoever sees the prefix cover
+        a piece finds its hash."""
+        pos = self.contiguous
         while view:
-            room = self.piece_size - (self.contiguous % self.piece_size)
+            room = self.piece_size - (pos % self.piece_size)
             part, view = view[:room], view[room:]
             self._piece_hasher.update(part)
-            end = self.contiguous + len(part)
-            if end % self.piece_size == 0 or end == self.size:
-                # the hash first: whoever sees the prefix cover a piece finds its hash
-                self.piece_hashes[(end - 1) // self.piece_size] = self._piece_hasher.hexdigest()
+            pos += len(part)
+            if pos % self.piece_size == 0 or pos == self.size:
+                self.piece_hashes[(pos - 1) // self.piece_size] = self._piece_hasher.hexdigest()
                 self._piece_hasher = hashlib.sha256()
-            self.contiguous = end
+        return pos
 
     def _absorb_extents(self) -> None:
         """Extend the prefix over extents written earlier out of order (re-reading them)."""

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hashlib
+import itertools
 import os
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -456,3 +460,87 @@ class TestSettlingClaims:
         assert partial.path.read_bytes() == bad
         with pytest.raises(DigestMismatchError):
             partial.finish()
+
+
+class TestPieceHashesBesideTheDigest:
+    """With pieces to hash, a large run's blob digest is hashed by a helper thread while the
+    writer's thread hashes the pieces; the prefix moves only once both are done."""
+
+    PIECE = 96 << 10
+    BIG = bytes(hashlib.shake_256(b"pieces").digest(5 * PIECE + 12345))
+
+    async def test_claimed_runs_across_pieces_give_every_hash_and_the_digest(self, tmp_path: Path) -> None:
+        data = self.BIG
+        partial = new_partial(tmp_path, data, size=len(data))
+        partial.set_piece_size(self.PIECE)
+        cuts = [0, 200 << 10, 201 << 10, 450 << 10, len(data)]  # runs large and small, off piece boundaries
+        for start, stop in itertools.pairwise(cuts):
+            await asyncio.to_thread(partial.claim_in_thread, start, data[start:stop])
+            await asyncio.to_thread(partial.advance_in_thread, start, data[start:stop])
+        expected = {
+            i: hashlib.sha256(data[i * self.PIECE : (i + 1) * self.PIECE]).hexdigest()
+            for i in range(-(-len(data) // self.PIECE))
+        }
+        assert partial.piece_hashes == expected
+        partial.finish()
+        assert partial.state is PartialState.VERIFIED
+        partial.close()
+
+    async def test_a_wrong_byte_in_a_large_run_still_fails_the_blob(self, tmp_path: Path) -> None:
+        bad = bytearray(self.BIG)
+        bad[400 << 10] ^= 0x01
+        partial = new_partial(tmp_path, self.BIG, size=len(bad))
+        partial.set_piece_size(self.PIECE)
+        await partial.write(0, bytes(bad))
+        with pytest.raises(DigestMismatchError):
+            partial.finish()
+        assert partial.state is PartialState.FAILED
+
+    async def test_the_prefix_never_runs_ahead_of_the_digest(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Whoever sees the whole prefix (the download's owner, then ``finish``) must find
+        the digest over all of it, however late the helper thread hashes."""
+        import shoal.store.partial as partial_mod
+
+        data = self.BIG
+        partial = new_partial(tmp_path, data, size=len(data))
+        partial.set_piece_size(self.PIECE)
+        started = threading.Event()
+        seen: list[tuple[int, str]] = []
+        done = threading.Event()
+
+        class SlowPool:
+            def submit(self, fn: Callable[[memoryview], None], arg: memoryview) -> concurrent.futures.Future[None]:
+                future: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+                def late() -> None:
+                    started.set()
+                    time.sleep(0.3)
+                    fn(arg)
+                    future.set_result(None)
+
+                threading.Thread(target=late).start()
+                return future
+
+        def watch() -> None:
+            started.wait(5)
+            while True:
+                finished = done.is_set()
+                at = partial.contiguous
+                if at:  # what the digest holds when the prefix is first seen to have moved
+                    seen.append((at, partial._hasher.copy().hexdigest()))
+                    return
+                if finished:
+                    return
+                time.sleep(0.001)
+
+        monkeypatch.setattr(partial_mod, "_digest_pool", SlowPool)
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        await partial.write(0, data)
+        done.set()
+        watcher.join()
+        assert seen == [(len(data), hashlib.sha256(data).hexdigest())]
+        partial.finish()
+        partial.close()
