@@ -163,4 +163,4 @@ def test_start_spread_spreads_the_pulls() -> None:
 
     assert max(first_downloads(START_SPREAD)) <= START_SPREAD
     spread = first_downloads(3.0)
-    assert max(spread) > 1.0 and max(spread) <= 3.0
+    assert 1.0 < max(spread) <= 3.0
