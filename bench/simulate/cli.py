@@ -74,6 +74,13 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         help="links a node sends on at once, one piece per turn (default: every link with a request)",
     )
+    p.add_argument(
+        "--start-spread",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="Shoal's pulls start at uniform times over this many seconds (default 0.2; the lab's: 0.5-0.7)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object on the last line")
     return p
 
@@ -158,6 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rules=rules,
         config=config,
         upload_slots=args.upload_slots,
+        start_spread=args.start_spread,
     )
     print(render(result))
     if args.json:

@@ -28,6 +28,7 @@ def run_rollout(
     rules: DownloadRules | None = None,
     config: SchedulerConfig | None = None,
     upload_slots: int | None = None,
+    start_spread: float | None = None,
 ) -> RolloutResult:
     """Simulate ``policy`` on ``fleet`` until every survivor holds the image (or ``time_limit``)."""
     started = time.monotonic() if started is None else started
@@ -45,9 +46,10 @@ def run_rollout(
         swarm.start()
         world.run(limit)
     elif policy == "shoal":
-        from bench.simulate.shoal_fleet import ShoalFleet
+        from bench.simulate.shoal_fleet import START_SPREAD, ShoalFleet
 
-        shoal = ShoalFleet(world, replicas=replicas, seed=spec.seed, config=config, rules=rules)
+        spread = START_SPREAD if start_spread is None else start_spread
+        shoal = ShoalFleet(world, replicas=replicas, seed=spec.seed, config=config, rules=rules, start_spread=spread)
         schedule_deaths(world, spec.churn, bound.seconds, spec.seed, shoal.kill)
         if scheduler_death is not None:
             world.timers.at(scheduler_death * bound.seconds, lambda: shoal.schedulers.kill(0))

@@ -12,7 +12,8 @@ from shoal.p2p import download_state as ds
 from shoal.scheduler.config import SchedulerConfig
 
 START_SPREAD = 0.2
-"""seconds over which the nodes' pulls start (a rollout's pods do not start in one instant)"""
+"""seconds over which the nodes' pulls start (a rollout's pods do not start in one instant);
+``--start-spread`` sets another (the lab's layer downloads start over 0.5-0.7 s)"""
 
 
 class ShoalFleet:
@@ -24,8 +25,10 @@ class ShoalFleet:
         seed: int = 0,
         config: SchedulerConfig | None = None,
         rules: ds.DownloadRules | None = None,
+        start_spread: float = START_SPREAD,
     ) -> None:
         self.world = world
+        self.start_spread = start_spread
         self.rng = random.Random(f"shoal/{seed}")
         config = config or SchedulerConfig(insecure_no_peer_auth=True)
         self.schedulers = Replicas(world, replicas, config, seed)
@@ -47,7 +50,7 @@ class ShoalFleet:
     def start(self) -> None:
         self.schedulers.start()
         for agent in self.services.agents.values():
-            self.world.timers.at(self.rng.uniform(0, START_SPREAD), partial(agent.pull, self.blobs))
+            self.world.timers.at(self.rng.uniform(0, self.start_spread), partial(agent.pull, self.blobs))
 
     def kill(self, node: int) -> None:
         """``node`` died (the network dropped its transfers): its links close at once on the

@@ -29,6 +29,7 @@ from bench.simulate.scheduler import Replicas
 from bench.simulate.world import ORIGIN, World
 from shoal.agent.swarm.config import SwarmConfig
 from shoal.agent.swarm.download import TICK, join_pause
+from shoal.agent.swarm.fetches import NodeFetches
 from shoal.agent.swarm.seeds import Announcement, SeedBook
 from shoal.core.digest import Digest
 from shoal.p2p import download_state as ds
@@ -90,6 +91,8 @@ class SimAgent:
         self.complete: set[str] = set()
         self.serving = ServingBook(superseed_copies=AGENT.superseed_copies)
         self.seeds = SeedBook(me=self.peer_id, max_seeding=AGENT.max_seeding, avoid_for=rules.avoid_corrupt_for)
+        self.fetches = NodeFetches()
+        """``SwarmSource.fetches``: which downloads fetch from the origin"""
         self._blobs: dict[str, Blob] = {}
         self._on_done = on_done
         self._wanted = 0
@@ -247,11 +250,16 @@ class SimDownload:
         self.agent.services.scheduler.join(self.agent.node, self.digest, join, answered)
 
     def _joined(self, view: TaskView) -> None:
+        self.agent.fetches.join(self, self._post)
         self.apply(answer_event(view))
         self._tick()
         self._poll_hashes()
 
     # -- the owner -------------------------------------------------------------------------
+    def _post(self, event: ds.Event) -> None:
+        """An event from outside the download (the agent's queue): applied after this step."""
+        self.world.timers.after(0.0, partial(self.apply, event))
+
     def apply(self, event: ds.Event) -> None:
         if self.swarm_over or self.dead:
             return
@@ -290,6 +298,7 @@ class SimDownload:
             case ds.StartOriginFetch(offset):
                 self.hashing = self.hashing or offset % self.blob.geometry.piece_size == 0
                 self._fetch_origin(self.blob.geometry.pieces_within(offset))
+                self.agent.fetches.started(self)
                 self.agent.serving.superseed(self.digest)
             case ds.StopOriginFetch():
                 self._stop_origin()
@@ -448,11 +457,14 @@ class SimDownload:
         for t in self.origin_transfers:
             self.world.net.cancel(t)
         self.origin_transfers = []
+        self.agent.fetches.ended(self)
 
     def _from_origin(self, index: int) -> None:
         if self.dead:
             return
         self.held.add(index)
+        if index == self.blob.count - 1:
+            self.agent.fetches.ended(self)  # the fetch reads in order: this was its last piece
         if self.swarm_over:
             self._absorb()
             if self.prefix >= self.blob.count:
@@ -469,6 +481,7 @@ class SimDownload:
                 self.world.net.cancel(t)
         self.requests.clear()
         self._stop_origin()
+        self.agent.fetches.leave(self)
         if self._wake is not None:
             self.world.timers.cancel(self._wake)
             self._wake, self._wake_at = None, None

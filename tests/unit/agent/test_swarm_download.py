@@ -179,6 +179,16 @@ class TestOriginFetcher:
         assert sorted(sent) == [0, 1, 2, 3]  # each hash published once
         assert sorted(peers.announced) == [0, 1, 2, 3]
 
+    async def test_the_node_s_other_downloads_hear_of_the_fetch_and_its_end(self, store: MemoryStore) -> None:
+        scheduler = FakeScheduler(len(DATA), fetcher=ME)
+        peers, origin = FakePeers({}), MemoryOrigin({DIGEST: DATA})
+        d, partial = download(store, scheduler, peers, origin, AvoidList())
+        heard: list[bool] = []
+        d.fetches.join("another blob", lambda event: heard.append(event.active))
+        await asyncio.wait_for(d.run(), 10)
+        partial.finish()
+        assert heard == [True, False]
+
     async def test_a_report_that_crashes_is_sent_again(self, store: MemoryStore) -> None:
         """The state waits for a report's answer: a bug in sending it must not stop every
         later report (the fetcher's hashes, which its children wait for)."""

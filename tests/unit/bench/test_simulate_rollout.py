@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import pytest
 from bench.simulate.bounds import fleet_bound
@@ -134,3 +135,32 @@ def test_rules_and_scheduler_options_reach_the_cores(capsys: pytest.CaptureFixtu
     assert changed["finished"] == 8
     assert changed["slowest_s"] != base["slowest_s"]
     assert main([*SMALL, "--rule", "nope=1"]) == 2
+
+
+def test_start_spread_spreads_the_pulls() -> None:
+    """``--start-spread``: the lab's pulls start over 0.5-0.7 s, the default over 0.2 s."""
+    from bench.simulate.shoal_fleet import START_SPREAD, ShoalFleet
+    from bench.simulate.shoal_node import Blob
+    from bench.simulate.world import World
+
+    def first_downloads(spread: float) -> list[float]:
+        spec = FleetSpec(nodes=8, size=MIB, layers=1, bandwidth=12.5e6, origin_bandwidth=12.5e6, seed=1)
+        world = World(build_fleet(spec))
+        fleet = ShoalFleet(world, seed=1, start_spread=spread)
+        starts: list[float] = []
+        for agent in fleet.services.agents.values():
+            pull = agent.pull
+
+            def timed(blobs: list[Blob], pull: Callable[[list[Blob]], None] = pull) -> None:
+                starts.append(world.clock.now)
+                pull(blobs)
+
+            agent.pull = timed  # type: ignore[method-assign]
+        fleet.start()
+        world.run(60.0)
+        assert len(world.done_at) == 8
+        return starts
+
+    assert max(first_downloads(START_SPREAD)) <= START_SPREAD
+    spread = first_downloads(3.0)
+    assert 1.0 < max(spread) <= 3.0

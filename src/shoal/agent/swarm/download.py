@@ -20,6 +20,7 @@ from typing import Any
 from shoal.agent.metrics import AgentMetrics
 from shoal.agent.peer_link import LinkError, PieceBody
 from shoal.agent.swarm.config import SwarmConfig
+from shoal.agent.swarm.fetches import NodeFetches
 from shoal.agent.swarm.ports import AvoidList, OriginFill, PeerPort, SchedulerPort
 from shoal.oci.auth import Credentials
 from shoal.oci.distribution import DistributionPath
@@ -81,6 +82,8 @@ class SwarmDownload:
         avoid: peers that sent corrupt data (read by the state, added to on a drop).
         metrics: the agent's counters.
         clock: monotonic seconds (the state's clock too).
+        fetches: the node's downloads that fetch from the origin (shared by its downloads;
+            None: this one hears of no other).
     """
 
     def __init__(
@@ -98,6 +101,7 @@ class SwarmDownload:
         avoid: AvoidList,
         metrics: AgentMetrics,
         clock: Callable[[], float] = time.monotonic,
+        fetches: NodeFetches | None = None,
     ) -> None:
         assert dist.digest is not None
         if partial.size != geometry.size:
@@ -115,6 +119,7 @@ class SwarmDownload:
         self.avoid = avoid
         self.metrics = metrics
         self.clock = clock
+        self.fetches = fetches if fetches is not None else NodeFetches()
         self.state = ds.DownloadState(
             peer_id=config.peer_id,
             geometry=geometry,
@@ -173,6 +178,7 @@ class SwarmDownload:
     async def run(self) -> None:
         view = await self._join()
         self.peers.register(self.digest, self)
+        self.fetches.join(self, self.events.put_nowait)
         try:
             self._apply(answer_event(view))
             self._spawn(self._hash_loop(), "hashes")
@@ -245,6 +251,8 @@ class SwarmDownload:
                 self.metrics.lease_acquired.inc()
                 log.info("origin fetcher for %s", self.digest)
                 self.fetching = self._spawn(self._fetch_origin(), "origin fetch")
+                self.fetches.started(self)
+                self.fetching.add_done_callback(self._fetch_ended)
                 self.peers.superseed(self.digest)
             case ds.StopOriginFetch(holder):
                 # two origin fetches of one blob would double the registry's bytes
@@ -257,6 +265,7 @@ class SwarmDownload:
                 if self.fetching is not None:
                     self.fetching.cancel()
                     self.fetching = None
+                self.fetches.ended(self)
                 self.peers.stop_superseeding(self.digest)
             case ds.AskFallback(reason):
                 log.warning("swarm download of %s stuck (%s): asking for a fallback lease", self.digest, reason)
@@ -264,6 +273,10 @@ class SwarmDownload:
                 raise SwarmGaveUpError(reason)
             case ds.Complete():
                 pass
+
+    def _fetch_ended(self, task: asyncio.Task[None]) -> None:
+        if self.fetching is task or self.fetching is None:
+            self.fetches.ended(self)
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         task = asyncio.create_task(coro, name=f"{name} {self.digest}")
@@ -288,6 +301,7 @@ class SwarmDownload:
         self.events.put_nowait(ds.ReportDue())
 
     async def _stop_all(self) -> None:
+        self.fetches.leave(self)
         self.peers.unregister(self.digest)
         tasks = list(self.tasks)
         for task in tasks:

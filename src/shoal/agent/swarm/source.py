@@ -25,6 +25,7 @@ from typing import Any
 from shoal.agent.metrics import AgentMetrics
 from shoal.agent.swarm.config import SwarmConfig
 from shoal.agent.swarm.download import SwarmDownload, SwarmGaveUpError
+from shoal.agent.swarm.fetches import NodeFetches
 from shoal.agent.swarm.ports import AvoidList, HubPort, OriginFill, SchedulerPort, SeedStore, SizeLookup
 from shoal.agent.swarm.seeds import Announcement, SeedBook
 from shoal.core.digest import Digest
@@ -88,6 +89,8 @@ class SwarmSource[Hub: HubPort]:
         )
         self.avoid = AvoidList()
         """peers not used for a while, after they sent corrupt data"""
+        self.fetches = NodeFetches()
+        """which downloads fetch from the origin (each spares the others' fetchers meanwhile)"""
         self._announcer: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
 
@@ -125,6 +128,7 @@ class SwarmSource[Hub: HubPort]:
             bucket=self.bucket,
             avoid=self.avoid,
             metrics=self.metrics,
+            fetches=self.fetches,
         )
         try:
             await download.run()

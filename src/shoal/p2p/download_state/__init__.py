@@ -36,6 +36,7 @@ Events (``shoal.p2p.download_state.events``):
 - ``HashesKnown(hashes)``: published by the lease holder (long-poll of the scheduler).
 - ``PiecesHashed(hashes)``: hashes of our own origin fetch's verified prefix, to publish.
 - ``PrefixAdvanced(contiguous)``, ``OriginFetchFailed(reason)``.
+- ``NodeFetching(active)``: whether another download of this node fetches from the origin.
 - ``Tick()``: about once a second (stall, piece-timeout, hash-wait and endgame clocks).
 - ``ReportDue()``: at :meth:`DownloadState.wake_at` (reports go out only then, or at once on
   ``PiecesHashed`` for the fetcher).
@@ -70,6 +71,12 @@ Rules (each is one that ``tests/integration/test_swarm.py`` proves with real pro
   its count of parents: the scheduler moves children off overloaded parents, and stops
   naming dead ones. One swap per answer at most; an answer that names none of ours (another
   scheduler replica, after a failover) swaps nothing.
+- **A fetching node spares the other fetchers.** While another download of this node fetches
+  its blob from the origin, this one asks nothing of its own blob's fetcher (the lease holder
+  the scheduler named) until every piece hash is published, so long as pieces come from
+  elsewhere (a request in flight, or a piece arrived within ``SPARE_FETCHER_FOR``). The
+  fetcher's few superseeding copies of each new piece then go to nodes whose upload is free
+  to pass them on, not to another fetcher's, which is full with its own blob's copies.
 - **Bounded asking.** At most ``max_parents`` parents and ``lanes_per_parent`` requests in
   flight to each; which piece comes from :func:`shoal.p2p.policy.piece_selection.next_piece`.
 - **Verify, then write.** A piece is written only if its sha256 matches the hash the lease
@@ -122,6 +129,7 @@ from shoal.p2p.download_state.events import (
     Event,
     FallbackAnswer,
     HashesKnown,
+    NodeFetching,
     OriginFetchFailed,
     ParentHas,
     ParentInfo,
@@ -142,6 +150,7 @@ from shoal.p2p.download_state.rules import (
     HASH_ASK_PAUSE,
     MOVED,
     REPORT_SHARE,
+    SPARE_FETCHER_FOR,
     DownloadRules,
     hash_ask_pause,
 )
@@ -152,6 +161,7 @@ __all__ = [
     "HASH_ASK_PAUSE",
     "MOVED",
     "REPORT_SHARE",
+    "SPARE_FETCHER_FOR",
     "Action",
     "AddParent",
     "AnnouncePieces",
@@ -167,6 +177,7 @@ __all__ = [
     "FallbackAnswer",
     "GiveUp",
     "HashesKnown",
+    "NodeFetching",
     "OriginFetchFailed",
     "ParentHas",
     "ParentInfo",

@@ -123,6 +123,15 @@ class FallbackAnswer:
 
 
 @dataclass(frozen=True, slots=True)
+class NodeFetching:
+    """Whether another download of this node fetches its blob from the origin now (the
+    owner tells each download when that changes): while one does, this download asks its
+    own blob's fetcher last (``SPARE_FETCHER_FOR``)."""
+
+    active: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Tick:
     """Time passed (the owner wakes about once a second to let the stall rules look)."""
 
@@ -147,6 +156,7 @@ Event = (
     | PrefixAdvanced
     | OriginFetchFailed
     | FallbackAnswer
+    | NodeFetching
     | Tick
     | ReportDue
 )

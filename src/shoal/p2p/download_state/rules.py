@@ -17,6 +17,10 @@ FETCHER_HEARTBEAT = 2.0
 """seconds after which the origin fetcher reports with nothing new (at most; ``heartbeat``
 if shorter): the scheduler takes a named fetcher silent for 5 s at this pace as dead
 (``FETCHER_SUSPECT_SILENCE``), and a live one whose next piece is slow must not look so"""
+SPARE_FETCHER_FOR = 2.0
+"""seconds without a piece after which a download beside its node's own origin fetch asks its
+blob's fetcher after all (``NodeFetching``): the fetcher is its last resort, not a parent it
+waits for while no other has anything"""
 REPORT_SHARE = 8
 """a child reports after every 1/REPORT_SHARE of the blob it wrote: the scheduler ranks
 parents by how much they hold"""

@@ -27,6 +27,7 @@ from shoal.p2p.download_state.events import (
     Event,
     FallbackAnswer,
     HashesKnown,
+    NodeFetching,
     OriginFetchFailed,
     ParentHas,
     ParentInfo,
@@ -43,7 +44,7 @@ from shoal.p2p.download_state.events import (
     Tick,
 )
 from shoal.p2p.download_state.reports import ReportBook
-from shoal.p2p.download_state.rules import ASK_RETRY_PAUSES, MOVED, DownloadRules
+from shoal.p2p.download_state.rules import ASK_RETRY_PAUSES, MOVED, SPARE_FETCHER_FOR, DownloadRules
 from shoal.p2p.pieces import PieceGeometry
 from shoal.p2p.policy.piece_selection import next_piece
 
@@ -131,6 +132,11 @@ class DownloadState:
         self.suppliers: set[str] = set()
         """lease holders whose published hashes we checked pieces by: a parent whose piece
         matched only relayed what the holder hashed, so a wrong blob is the holder's"""
+        self.holder: str | None = None
+        """the blob's origin fetcher, as the scheduler last named it"""
+        self.node_fetching = False
+        """another download of this node fetches its blob from the origin (``NodeFetching``)"""
+        self._last_arrival = clock()
         self.announced: set[int] = set()
         """pieces told to our children"""
         self._prefix_announced = 0
@@ -182,6 +188,8 @@ class DownloadState:
                 self._finish(GiveUp(f"origin: {event.reason}"), out)
             case FallbackAnswer():
                 self._on_fallback(event, out)
+            case NodeFetching():
+                self.node_fetching = event.active
             case Tick() | ReportDue():
                 pass
         if not self.finished:
@@ -279,6 +287,7 @@ class DownloadState:
     def _on_answer(self, view: SchedulerAnswer, out: list[Action]) -> None:
         self.sched_failures = 0
         self._on_report_answered()
+        self.holder = view.fetcher
         if view.fetcher is not None and view.hashes_known:
             self.suppliers.add(view.fetcher)
         self._copy_named = view.complete_named and view.hashes_known >= self.count
@@ -330,6 +339,7 @@ class DownloadState:
             self._verify(peer, i, sha, out)
 
     def _on_arrived(self, event: PieceArrived, out: list[Action]) -> None:
+        self._last_arrival = self.clock()
         for other in self._release(event.index):
             if other != event.peer_id:
                 out.append(CancelRequest(other, event.index))  # endgame: the other copy
@@ -497,8 +507,9 @@ class DownloadState:
             return  # the hashes are late: what arrives would only wait in memory
         read_piece = self.contiguous // self.piece_size
         requestable = self._requestable() - self.in_flight.keys()
+        spared = self._spared()
         for pid, p in self.parents.items():
-            if only is not None and pid != only:
+            if (only is not None and pid != only) or pid == spared:
                 continue
             while (
                 requestable
@@ -531,16 +542,30 @@ class DownloadState:
         oldest = sorted(
             (t, i) for i, t in self.asked_at.items() if i not in self.extra and now - t >= self.rules.endgame_after
         )
+        spared = self._spared() if oldest else None
         for _, index in oldest:
             holder = self.in_flight.get(index)
             if len(self.in_flight) + len(self.extra) >= self.rules.max_requests:
                 return
             for pid, p in self.parents.items():
-                if pid != holder and p.have[index] and len(p.in_flight) < self.rules.lanes_per_parent:
+                if pid != holder and pid != spared and p.have[index] and len(p.in_flight) < self.rules.lanes_per_parent:
                     self.extra[index] = pid
                     p.in_flight.add(index)
                     out.append(RequestPiece(pid, index))
                     break
+
+    def _spared(self) -> str | None:
+        """The parent not to ask now: our blob's origin fetcher while another download of this
+        node fetches too, its hashes still coming (the fetch is on), and pieces come from
+        elsewhere. A fetching node's upload is full with its own blob's copies; a new piece
+        it takes from another fetcher is one it must pass on too, while the nodes that fetch
+        nothing could."""
+        holder = self.holder
+        if not self.node_fetching or holder is None or self.fetching or len(self.hashes) >= self.count:
+            return None
+        if not self.in_flight and self.clock() - self._last_arrival >= SPARE_FETCHER_FOR:
+            return None  # nothing comes from elsewhere: the fetcher is our last resort
+        return holder
 
     def _requestable(self) -> set[int]:
         return self.missing - self.writing - self.awaiting_hash.keys()

@@ -1,0 +1,117 @@
+"""A node that fetches one blob from the origin asks its other blobs' fetchers last."""
+
+from __future__ import annotations
+
+import hashlib
+
+from shoal.p2p.download_state import (
+    SPARE_FETCHER_FOR,
+    Action,
+    DownloadRules,
+    DownloadState,
+    HashesKnown,
+    NodeFetching,
+    ParentHas,
+    ParentInfo,
+    PieceArrived,
+    PieceRejected,
+    RequestPiece,
+    SchedulerAnswer,
+    Tick,
+)
+
+PIECE = 100
+PIECES = 8
+HASHES = {i: hashlib.sha256(f"piece {i}".encode()).hexdigest() for i in range(PIECES)}
+FETCHER = "fetcher"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def info(peer: str) -> ParentInfo:
+    return ParentInfo(peer, f"{peer}:65001")
+
+
+def child(clock: Clock) -> DownloadState:
+    """A download whose parents are its blob's fetcher (first) and one relay."""
+    s = DownloadState(peer_id="me", size=PIECES * PIECE, piece_size=PIECE, rules=DownloadRules(), clock=clock)
+    s.apply(SchedulerAnswer(fetcher=FETCHER, parents=(info(FETCHER), info("relay"))))
+    return s
+
+
+def asked(actions: list[Action]) -> list[tuple[str, int]]:
+    return [(a.peer_id, a.index) for a in actions if isinstance(a, RequestPiece)]
+
+
+def test_a_download_beside_no_fetch_asks_the_fetcher() -> None:
+    s = child(Clock())
+    assert asked(s.apply(ParentHas(FETCHER, frozenset({0})))) == [(FETCHER, 0)]
+
+
+def test_beside_a_fetch_the_fetcher_is_left_while_the_relay_serves() -> None:
+    clock = Clock()
+    s = child(clock)
+    s.apply(NodeFetching(True))
+    s.apply(ParentHas(FETCHER, frozenset({0, 1, 2})))
+    assert asked(s.apply(ParentHas("relay", frozenset({0})))) == [("relay", 0)]
+    # a new piece of the fetcher's is not asked of it while the relay's request is out
+    assert asked(s.apply(ParentHas(FETCHER, frozenset({3})))) == []
+    # nor right after a piece came from the relay
+    s.apply(HashesKnown({0: HASHES[0]}))
+    clock.now += 0.5
+    assert asked(s.apply(PieceArrived("relay", 0, HASHES[0]))) == []
+
+
+def test_the_fetcher_is_the_last_resort_when_nothing_comes_from_elsewhere() -> None:
+    clock = Clock()
+    s = child(clock)
+    s.apply(NodeFetching(True))
+    assert asked(s.apply(ParentHas(FETCHER, frozenset({0, 1})))) == []
+    clock.now += SPARE_FETCHER_FOR
+    assert [peer for peer, _ in asked(s.apply(Tick()))] == [FETCHER]
+
+
+def test_the_node_s_fetch_ending_frees_the_fetcher_at_once() -> None:
+    s = child(Clock())
+    s.apply(NodeFetching(True))
+    assert asked(s.apply(ParentHas(FETCHER, frozenset({0})))) == []
+    assert asked(s.apply(NodeFetching(False))) == [(FETCHER, 0)]
+
+
+def test_once_every_hash_is_published_the_fetcher_is_asked_again() -> None:
+    clock = Clock()
+    s = child(clock)
+    s.apply(NodeFetching(True))
+    s.apply(ParentHas("relay", frozenset({7})))  # the relay's request is out: the fetcher is spared
+    assert asked(s.apply(ParentHas(FETCHER, frozenset({0})))) == []
+    # the fetch is done: every hash published; the fetcher is a seed like any other
+    assert asked(s.apply(HashesKnown(HASHES))) == [(FETCHER, 0)]
+
+
+def test_a_moved_lease_spares_the_new_holder_and_frees_the_old() -> None:
+    s = child(Clock())
+    s.apply(NodeFetching(True))
+    s.apply(ParentHas("relay", frozenset({7})))
+    assert asked(s.apply(ParentHas(FETCHER, frozenset({0})))) == []
+    assert asked(s.apply(SchedulerAnswer(fetcher="relay", parents=(info(FETCHER), info("relay"))))) == [(FETCHER, 0)]
+
+
+def test_endgame_does_not_ask_the_spared_fetcher_for_a_second_copy() -> None:
+    clock = Clock()
+    s = DownloadState(peer_id="me", size=PIECE, piece_size=PIECE, rules=DownloadRules(), clock=clock)
+    s.apply(SchedulerAnswer(fetcher=FETCHER, parents=(info(FETCHER), info("relay"))))
+    s.apply(NodeFetching(True))
+    assert asked(s.apply(ParentHas("relay", frozenset({0})))) == [("relay", 0)]
+    clock.now += 1.0  # past endgame_after: a free lane would ask for a second copy
+    assert asked(s.apply(ParentHas(FETCHER, frozenset({0})))) == []
+    # the relay refuses after all: with no request out and no piece for SPARE_FETCHER_FOR,
+    # the fetcher is asked
+    s.apply(PieceRejected("relay", 0))
+    clock.now += SPARE_FETCHER_FOR
+    assert asked(s.apply(Tick())) == [(FETCHER, 0)]
