@@ -70,6 +70,7 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -138,6 +139,8 @@ the zone gets parents in its own zone only, so the blob crosses into each zone a
 
 
 INF = float("inf")
+new_candidate = cast("Callable[[type[Candidate], tuple[str, int, bool, int, bool]], Candidate]", tuple.__new__)
+"""``Candidate``'s constructor without its Python-level ``__new__`` (the same tuple)"""
 
 
 class StateError(ValueError):
@@ -403,7 +406,9 @@ class SchedulerState:
         return self._answer(task, member, now)
 
     def report(self, digest: str, rep: Report, now: float) -> TaskView:
-        self._called(now)
+        if now - self._last_call_at > SCHEDULER_PAUSE:  # _called inlined: most calls are reports
+            self._resumed_at = now
+        self._last_call_at = now
         task = self.tasks.get(digest)
         if task is not None and rep.size and rep.size == task.size and rep.piece_size == task.piece_size:
             # _task's first case, inlined: nearly every call is a report of a known task
@@ -451,7 +456,7 @@ class SchedulerState:
         self.reports += 1
         fallback = self._fallback(task, member, rep, now) if task.fallbacks or rep.wants_fallback else False
         # a peer reporting bad hashes refetches from the origin on its own: not as holder
-        return self._answer(task, member, now, may_take=not rep.bad_hashes, fallback=fallback)
+        return self._answer(task, member, now, not rep.bad_hashes, fallback)
 
     def _fallback(self, task: Task, member: Member, rep: Report, now: float) -> bool:
         """Whether ``rep``'s peer holds (or now gets) one of the task's fallback leases.
@@ -964,8 +969,14 @@ class SchedulerState:
                 if local_only and not same_zone:
                     continue
                 found[peer_id] = parent
+                # PeerRecord.children and Candidate's constructor inlined (the same figures):
+                # a join builds about a dozen of these, and their calls were a fifth of its time
+                peer = parent.peer
+                if now - peer.bucket_start >= window:
+                    peer._roll(now, window)
+                children = peer.current + int(peer.previous * (1.0 - (now - peer.bucket_start) / window) + 0.5)
                 candidates.append(
-                    Candidate(peer_id, parent.pieces, parent.complete, parent.peer.children(now, window), same_zone)
+                    new_candidate(Candidate, (peer_id, parent.pieces, parent.complete, children, same_zone))
                 )
             picked = (
                 self.policy(candidates, limit=limit - len(chosen), max_children=self.config.max_children, rng=self.rng)
@@ -988,11 +999,15 @@ class SchedulerState:
         """A piece holder of the heavy parent's zone with far fewer links, from a small sample."""
         best: Member | None = None
         me = member.peer.peer_id
+        members, ttl, suspects = task.members, self.config.peer_ttl, task.suspects
         for peer_id in task.partials.sample(REBALANCE_SAMPLE, self.rng):
             if peer_id == me or peer_id in chosen or peer_id in member.handed:
                 continue
-            other = self._usable_parent(task, peer_id, now)
-            if other is None or other.peer.zone != heavy.peer.zone:
+            # _usable_parent inlined (a look asks it of every sampled holder)
+            other = members.get(peer_id)
+            if other is None or now - other.last_seen > ttl or (suspects and self._suspect(task, peer_id, now)):
+                continue
+            if other.peer.zone != heavy.peer.zone:
                 continue
             if other.pieces <= member.pieces and other.pieces < heavy.pieces:
                 continue  # nothing new for the child, or less than the heavy parent offers
