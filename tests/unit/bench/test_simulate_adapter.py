@@ -18,6 +18,7 @@ from shoal.p2p import download_state as ds
 from shoal.p2p.protocol import HashesView, JoinRequest, Report, TaskView
 from shoal.p2p.serving import Haves, ServingBook
 from shoal.scheduler.config import SchedulerConfig
+from shoal.scheduler.state import SchedulerState
 
 MIB = 1 << 20
 
@@ -295,3 +296,68 @@ class TestHashWaitersAfterAReset:
         assert reps.states[0].tasks[digest].holder == "n3"
         call(lambda: reps.report(3, digest, report(3, pieces=1, contiguous=MIB, hashes={0: hashes[0]}), ignore))
         assert [v.hashes for v in heard if v is not None] == [[hashes[0]]]
+
+
+class TestWokenWaiters:
+    def test_waiters_of_one_start_share_one_call_and_each_hears_its_start(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A new hash wakes every long-poll of the blob: the replica asks the state once per
+        start the waiters ask from (the state shares that answer anyway) and hands each
+        waiter the answer of its own start; the calls it made are the ones counted."""
+        world = World(
+            build_fleet(FleetSpec(nodes=5, size=4 * MIB, layers=1, bandwidth=12.5e6, origin_bandwidth=12.5e6, seed=1))
+        )
+        reps = Replicas(world, 1, SchedulerConfig(insecure_no_peer_auth=True), seed=1)
+        digest, size = "sha256:" + "cd" * 32, 4 * MIB
+        hashes = {i: f"{i:064x}" for i in range(4)}
+        asked: list[int] = []
+        state_hashes = SchedulerState.hashes
+
+        def counting_hashes(self: SchedulerState, digest: str, start: int) -> HashesView:
+            asked.append(start)
+            return state_hashes(self, digest, start)
+
+        monkeypatch.setattr(SchedulerState, "hashes", counting_hashes)
+
+        def call(send: Callable[[], None]) -> None:
+            send()
+            world.run(world.clock.now + 0.1)
+
+        def ignore(view: object) -> None:
+            pass
+
+        call(lambda: reps.join(1, digest, JoinRequest("n1", "a1", size, MIB), ignore))
+        call(
+            lambda: reps.report(
+                1,
+                digest,
+                Report("n1", "a1", size=size, piece_size=MIB, pieces=1, contiguous=MIB, hashes={0: hashes[0]}),
+                ignore,
+            )
+        )
+        heard: dict[int, list[HashesView | None]] = {node: [] for node in (2, 3, 4, 5)}
+        starts = {2: 1, 3: 1, 4: 1, 5: 2}
+        for node, start in starts.items():
+            call(lambda node=node, start=start: reps.hashes(node, digest, start, heard[node].append))  # type: ignore[misc]
+        assert all(views == [] for views in heard.values())  # nothing from 1 or 2 known: they wait
+        asked.clear()
+        calls_before = reps.calls
+        published = {1: hashes[1], 2: hashes[2]}
+        call(
+            lambda: reps.report(
+                1,
+                digest,
+                Report("n1", "a1", size=size, piece_size=MIB, pieces=3, contiguous=3 * MIB, hashes=published),
+                ignore,
+            )
+        )
+        assert sorted(asked) == [1, 2]  # one call per start, not one per waiter
+        assert reps.calls == calls_before + 1 + 2  # the report and the two calls
+        assert reps.by_method["hashes, woken"][0] == 2
+        for node, start in starts.items():
+            views = heard[node]
+            assert len(views) == 1
+            assert views[0] is not None
+            assert views[0].start == start
+            assert views[0].hashes == [hashes[i] for i in range(start, 3)]
