@@ -115,3 +115,19 @@ def test_endgame_does_not_ask_the_spared_fetcher_for_a_second_copy() -> None:
     s.apply(PieceRejected("relay", 0))
     clock.now += SPARE_FETCHER_FOR
     assert asked(s.apply(Tick())) == [(FETCHER, 0)]
+
+
+def test_a_fetcher_that_serves_as_last_resort_is_not_spared_again_by_its_own_pieces() -> None:
+    """Once nothing came from elsewhere, a piece from the fetcher itself must not count as
+    "pieces come from elsewhere": else each burst waits another SPARE_FETCHER_FOR."""
+    clock = Clock()
+    s = child(clock)
+    s.apply(NodeFetching(True))
+    s.apply(HashesKnown({i: HASHES[i] for i in range(PIECES - 1)}))  # the fetch is on
+    s.apply(ParentHas(FETCHER, frozenset(range(4))))
+    clock.now += SPARE_FETCHER_FOR
+    first = asked(s.apply(Tick()))
+    assert [peer for peer, _ in first] == [FETCHER]
+    # its piece comes: the fetcher is still the only source, so the next is asked at once
+    index = first[0][1]
+    assert [peer for peer, _ in asked(s.apply(PieceArrived(FETCHER, index, HASHES[index])))] == [FETCHER]

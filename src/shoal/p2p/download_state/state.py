@@ -339,7 +339,8 @@ class DownloadState:
             self._verify(peer, i, sha, out)
 
     def _on_arrived(self, event: PieceArrived, out: list[Action]) -> None:
-        self._last_arrival = self.clock()
+        if event.peer_id != self.holder:
+            self._last_arrival = self.clock()  # the fetcher's own pieces are not "from elsewhere"
         for other in self._release(event.index):
             if other != event.peer_id:
                 out.append(CancelRequest(other, event.index))  # endgame: the other copy
@@ -563,7 +564,8 @@ class DownloadState:
         holder = self.holder
         if not self.node_fetching or holder is None or self.fetching or len(self.hashes) >= self.count:
             return None
-        if not self.in_flight and self.clock() - self._last_arrival >= SPARE_FETCHER_FOR:
+        elsewhere = any(peer != holder for peer in self.in_flight.values())
+        if not elsewhere and self.clock() - self._last_arrival >= SPARE_FETCHER_FOR:
             return None  # nothing comes from elsewhere: the fetcher is our last resort
         return holder
 
