@@ -131,3 +131,15 @@ def test_a_fetcher_that_serves_as_last_resort_is_not_spared_again_by_its_own_pie
     # its piece comes: the fetcher is still the only source, so the next is asked at once
     index = first[0][1]
     assert [peer for peer, _ in asked(s.apply(PieceArrived(FETCHER, index, HASHES[index])))] == [FETCHER]
+
+
+def test_a_request_hung_at_another_parent_does_not_keep_the_fetcher_spared() -> None:
+    """A relay that took a request and sends nothing would keep the fetcher spared until the
+    piece times out (``piece_timeout``, 30 s): only pieces that come count as "elsewhere"."""
+    clock = Clock()
+    s = child(clock)
+    s.apply(NodeFetching(True))
+    assert asked(s.apply(ParentHas("relay", frozenset({0})))) == [("relay", 0)]
+    assert asked(s.apply(ParentHas(FETCHER, frozenset({1})))) == []
+    clock.now += SPARE_FETCHER_FOR  # the relay sent nothing since
+    assert asked(s.apply(Tick())) == [(FETCHER, 1)]

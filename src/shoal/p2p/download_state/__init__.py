@@ -74,7 +74,7 @@ Rules (each is one that ``tests/integration/test_swarm.py`` proves with real pro
 - **A fetching node spares the other fetchers.** While another download of this node fetches
   its blob from the origin, this one asks nothing of its own blob's fetcher (the lease holder
   the scheduler named) until every piece hash is published, so long as pieces come from
-  elsewhere (a request in flight, or a piece arrived within ``SPARE_FETCHER_FOR``). The
+  elsewhere (a piece from another parent within ``SPARE_FETCHER_FOR``). The
   fetcher's few superseeding copies of each new piece then go to nodes whose upload is free
   to pass them on, not to another fetcher's, which is full with its own blob's copies.
 - **Bounded asking.** At most ``max_parents`` parents and ``lanes_per_parent`` requests in

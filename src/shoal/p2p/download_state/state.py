@@ -564,9 +564,10 @@ class DownloadState:
         holder = self.holder
         if not self.node_fetching or holder is None or self.fetching or len(self.hashes) >= self.count:
             return None
-        elsewhere = any(peer != holder for peer in self.in_flight.values())
-        if not elsewhere and self.clock() - self._last_arrival >= SPARE_FETCHER_FOR:
-            return None  # nothing comes from elsewhere: the fetcher is our last resort
+        if self.clock() - self._last_arrival >= SPARE_FETCHER_FOR:
+            # nothing came from elsewhere (a request out to a parent that sends nothing does
+            # not count: it would spare the fetcher until the piece timed out)
+            return None
         return holder
 
     def _requestable(self) -> set[int]:
