@@ -153,6 +153,9 @@ def _fast_builder[T](cls: type[T], names: tuple[str, ...]) -> Callable[..., T]:
     new = object.__new__
     if [f.name for f in fields(cast("Any", cls))] != list(names):
         raise TypeError(f"{cls.__name__}: fields are not {names}")
+    if hasattr(cls, "__post_init__"):
+        # its checks would be skipped: a built object could hold what the constructor refuses
+        raise TypeError(f"{cls.__name__}: has a __post_init__ the builder would not run")
 
     if len(names) == 4:
         s0, s1, s2, s3 = setters

@@ -37,3 +37,22 @@ def test_a_builder_refuses_fields_out_of_order() -> None:
         _fast_builder(PeerInfo, ("address", "peer_id", "complete", "pieces"))
     with pytest.raises(TypeError):
         _fast_builder(PeerInfo, ("peer_id", "address", "complete"))
+
+
+def test_a_builder_refuses_a_class_whose_constructor_checks() -> None:
+    """A ``__post_init__`` added in ``protocol.py`` would be skipped by the builder: refused
+    at import rather than answers the constructor would have refused."""
+
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Checked:
+        peer_id: str
+        address: str
+        complete: bool = False
+        pieces: int = 0
+
+        def __post_init__(self) -> None:
+            if self.pieces < 0:
+                raise ValueError("pieces < 0")
+
+    with pytest.raises(TypeError):
+        _fast_builder(Checked, ("peer_id", "address", "complete", "pieces"))
