@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -136,7 +137,8 @@ class DownloadState:
         """the blob's origin fetcher, as the scheduler last named it"""
         self.node_fetching = False
         """another download of this node fetches its blob from the origin (``NodeFetching``)"""
-        self._last_arrival = clock()
+        self._last_arrival = -math.inf
+        """when a piece last came from a parent other than the fetcher (never: nothing yet)"""
         self.announced: set[int] = set()
         """pieces told to our children"""
         self._prefix_announced = 0
