@@ -1033,12 +1033,8 @@ class SchedulerState:
                 if local_only and not same_zone:
                     continue
                 found[peer_id] = parent
-                # PeerRecord.children and Candidate's constructor inlined (the same figures):
-                # a join builds about a dozen of these, and their calls were a fifth of its time
-                peer = parent.peer
-                if now - peer.bucket_start >= window:
-                    peer._roll(now, window)
-                children = peer.current + int(peer.previous * (1.0 - (now - peer.bucket_start) / window) + 0.5)
+                # Candidate's constructor bypassed (the same tuple): a join builds about a dozen
+                children = parent.peer.children(now, window)
                 candidates.append(
                     new_candidate(Candidate, (peer_id, parent.pieces, parent.complete, children, same_zone))
                 )
