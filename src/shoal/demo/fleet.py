@@ -133,7 +133,7 @@ class LocalFleet:
             for i in range(self.scheduler_count):
                 port = free_port()
                 self.schedulers.append((f"{scheme}://127.0.0.1:{port}", self._scheduler_process(i, port)))
-            port = free_port()
+            port = free_port(*(self._agent_host(i) for i in range(self.count)))
             for i in range(self.count):
                 self._start_agent(i, port)
             for url, proc in self.schedulers:
@@ -168,8 +168,12 @@ class LocalFleet:
         self.schedulers[index] = (url, fresh)
         wait_healthy(url, fresh, context=self.scheduler_context())
 
+    @staticmethod
+    def _agent_host(i: int) -> str:
+        return f"127.0.0.{i + 2}"
+
     def _start_agent(self, i: int, port: int) -> None:
-        address = f"127.0.0.{i + 2}:{port}"
+        address = f"{self._agent_host(i)}:{port}"
         cache = self.workdir / f"node-{i}" / "cache"
         argv = shoal_argv(
             "agent",

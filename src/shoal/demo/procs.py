@@ -6,6 +6,7 @@ Only processes started here are ever signalled, and only by their own PID.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -56,11 +57,50 @@ def require(program: str) -> str:
     return path
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago (the caller should retry on a lost race)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
+def free_port(*hosts: str) -> int:
+    """A TCP port free on every one of ``hosts`` (default 127.0.0.1) a moment ago.
+
+    The port is drawn below the kernel's ephemeral range: a client socket's automatic port
+    comes from that range, so no outgoing connection can take the port between this probe
+    and the listener's bind (a port from ``bind(0)`` is in it, and was once taken so by a
+    connection from a fleet's agent address). Another listener picking the same port in
+    that moment is still possible; callers that can retry should.
+    """
+    targets = hosts or ("127.0.0.1",)
+    low, high = _EPHEMERAL_FLOOR, _ephemeral_range()[0]
+    if high - low < 1000:  # an unusual ephemeral range: let the kernel choose
+        low, high = 0, 0
+    for _ in range(200):
+        port = _RANDOM.randrange(low, high) if high else 0
+        chosen = _bind_all(targets, port)
+        if chosen:
+            return chosen
+    raise OSError(f"no TCP port free on all of {', '.join(targets)}")
+
+
+_EPHEMERAL_FLOOR = 10000
+"""the lowest port :func:`free_port` draws (well clear of the system services' ports)"""
+_RANDOM = random.Random()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def _bind_all(hosts: Sequence[str], port: int) -> int:
+    """``port`` (or, for 0, the kernel's pick on the first host) if it binds on every host, else 0."""
+    with ExitStack() as stack:
+        for host in hosts:
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            try:
+                sock.bind((host, port))
+            except OSError:
+                return 0
+            port = sock.getsockname()[1]
         return port
 
 
