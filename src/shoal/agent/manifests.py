@@ -99,8 +99,6 @@ class ManifestService:
                     return manifest_response(None if head else data, digest, media_type, len(data))
                 self.metrics.cache_hits.labels("manifest").inc()
                 data, media_type = cached
-                if not head:
-                    self.upstreams.listed.note(creds, dist.registry, dist.repository, data)
                 return manifest_response(None if head else data, dist.digest, media_type, len(data))
         self.metrics.cache_misses.labels("manifest").inc()
         try:
@@ -217,7 +215,6 @@ class ManifestService:
             )
         self.upstreams.record_allowed(creds, dist, digest)
         self.store.put_manifest(digest, data, media_type)
-        self.upstreams.listed.note(creds, dist.registry, dist.repository, data)
         stale = self.upstreams.stale
         if stale is not None:
             stale.manifest(dist.registry, dist.repository, data)

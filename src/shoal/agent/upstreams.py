@@ -9,7 +9,6 @@ from typing import Any
 import aiohttp
 
 from shoal.agent.access import AccessCache, AccessKey
-from shoal.agent.listed_sizes import ListedSizes
 from shoal.agent.metrics import AgentMetrics
 from shoal.agent.stale_access import StaleAccess
 from shoal.core.digest import Digest
@@ -110,8 +109,6 @@ class Upstreams:
         self.metrics = metrics
         self.access = access
         self.stale = stale
-        self.listed = ListedSizes()
-        """blob sizes the manifests served through this agent listed (a guess, never a proof)"""
         self.clients = {
             name: RegistryClient(
                 name,
@@ -156,12 +153,6 @@ class Upstreams:
         resp.release()
         self.record_allowed(creds, dist)
         return resp.content_length
-
-    def listed_size(self, creds: Credentials | None, dist: DistributionPath) -> int | None:
-        """The blob's size as a manifest these credentials just read in this repository listed
-        it, or None. A guess to start a download with: :meth:`blob_size` (or the blob's own
-        ``GET``) confirms it before any byte goes to the client."""
-        return self.listed.size(creds, dist)
 
     async def authorize(
         self, creds: Credentials | None, dist: DistributionPath, fallback: Fallback | None = None

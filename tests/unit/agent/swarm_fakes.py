@@ -58,8 +58,6 @@ class FakeScheduler:
         """reports that raise an unexpected error (a bug) before they are recorded"""
         self.hash_asks = 0
         """calls of ``hashes``"""
-        self.left: list[tuple[str, str]] = []
-        """(digest, peer id) of every ``leave``"""
         self._news = asyncio.Event()
 
     def _view(self, peer_id: str, *, fallback: bool = False) -> TaskView:
@@ -106,11 +104,6 @@ class FakeScheduler:
         while start + len(run) in self.published:
             run.append(self.published[start + len(run)])
         return run
-
-    async def leave(self, digest: str, peer_id: str) -> None:
-        if self.down:
-            raise SchedulerUnavailable("scheduler down (fake)")
-        self.left.append((digest, peer_id))
 
     async def hashes(self, digest: str, start: int, wait: float = 0.0) -> HashesView:
         """A long-poll: answers when there are hashes from ``start`` on, or after ``wait``."""

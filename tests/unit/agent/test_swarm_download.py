@@ -14,7 +14,6 @@ from shoal.agent import swarm
 from shoal.agent.metrics import AgentMetrics
 from shoal.agent.swarm import AvoidList, SwarmConfig, SwarmDownload, SwarmGaveUpError, SwarmSource
 from shoal.core.digest import Digest
-from shoal.oci.client import UpstreamUnauthorized
 from shoal.oci.distribution import DistributionPath, PathKind
 from shoal.p2p.download_state import DownloadRules
 from shoal.p2p.download_state import reports as ds_reports
@@ -22,7 +21,6 @@ from shoal.p2p.download_state import rules as ds_rules
 from shoal.p2p.pieces import PieceGeometry
 from shoal.p2p.protocol import PeerInfo
 from shoal.p2p.ratelimit import TokenBucket
-from shoal.store.blobstore import StoreError
 from shoal.store.partial import PartialBlob
 from shoal.store.testing import MemoryStore
 
@@ -81,37 +79,6 @@ def source(
 class FixedSize:
     async def blob_size(self, creds: object, dist: DistributionPath) -> int | None:
         return len(DATA)
-
-    def listed_size(self, creds: object, dist: DistributionPath) -> int | None:
-        return None
-
-
-class ListedSize:
-    """A manifest listed the blob at ``listed`` bytes; the registry's HEAD answers once
-    ``answer`` is set, with ``size`` (or raises ``refuse``)."""
-
-    def __init__(self, listed: int, size: int | None = None, refuse: Exception | None = None) -> None:
-        self.listed = listed
-        self.size = listed if size is None else size
-        self.refuse = refuse
-        self.answer = asyncio.Event()
-        self.asked = 0
-
-    async def blob_size(self, creds: object, dist: DistributionPath) -> int | None:
-        self.asked += 1
-        await self.answer.wait()
-        if self.refuse is not None:
-            raise self.refuse
-        return self.size
-
-    def listed_size(self, creds: object, dist: DistributionPath) -> int | None:
-        return self.listed
-
-
-def listed_source(
-    store: MemoryStore, scheduler: FakeScheduler, peers: FakePeers, origin: MemoryOrigin, sizes: ListedSize
-) -> SwarmSource[FakePeers]:
-    return SwarmSource(config(), origin, scheduler, sizes, store, peers, TokenBucket(0), AgentMetrics())
 
 
 class TestFromParents:
@@ -431,51 +398,3 @@ class TestFallback:
         await src.cached(DIGEST, len(DATA))
         assert scheduler.reports[-1].complete
         assert scheduler.reports[-1].hashes == dict(enumerate(piece_hashes_of(DATA)))
-
-
-class TestListedSize:
-    """Issue 19: a download whose size a manifest listed joins while the registry's HEAD
-    runs; the client's response (``size_known``) waits for the registry's word."""
-
-    async def test_the_join_does_not_wait_for_the_head(self, store: MemoryStore) -> None:
-        scheduler = FakeScheduler(len(DATA), fetcher="f", parents=["p1"], hashes=piece_hashes_of(DATA))
-        sizes = ListedSize(len(DATA))
-        src = listed_source(store, scheduler, FakePeers({"p1": DATA}), MemoryOrigin({DIGEST: DATA}), sizes)
-        partial = store.begin(DIGEST, None)
-        fill = asyncio.create_task(src.fill(partial, DIST, None))
-        for _ in range(200):
-            if scheduler.joins:
-                break
-            await asyncio.sleep(0.005)
-        assert scheduler.joins, "joined while the HEAD is unanswered"
-        assert scheduler.joins[0].size == len(DATA)
-        assert sizes.asked == 1
-        assert not partial.size_known.done(), "nothing goes to the client before the registry confirmed"
-        sizes.answer.set()
-        await asyncio.wait_for(fill, 10)
-        assert partial.size_known.result() == len(DATA)
-        partial.finish()
-
-    async def test_a_refused_head_stops_the_download_and_leaves(self, store: MemoryStore) -> None:
-        scheduler = FakeScheduler(len(DATA), fetcher=ME, parents=[])
-        origin = MemoryOrigin({DIGEST: DATA}, delay=0.05)
-        sizes = ListedSize(len(DATA), refuse=UpstreamUnauthorized("reg: 401 (fake)"))
-        src = listed_source(store, scheduler, FakePeers({}), origin, sizes)
-        partial = store.begin(DIGEST, None)
-        fill = asyncio.create_task(src.fill(partial, DIST, None))
-        await asyncio.sleep(0.1)
-        sizes.answer.set()
-        with pytest.raises(UpstreamUnauthorized):
-            await asyncio.wait_for(fill, 10)
-        await asyncio.sleep(0.05)  # the leave runs in the background
-        assert scheduler.left == [(str(DIGEST), ME)]  # the lease is not held for its TTL
-
-    async def test_a_size_other_than_the_listed_one_is_not_used(self, store: MemoryStore) -> None:
-        scheduler = FakeScheduler(len(DATA) + 1, parents=["p1"], hashes=piece_hashes_of(DATA))
-        sizes = ListedSize(len(DATA) + 1, size=len(DATA))
-        sizes.answer.set()
-        src = listed_source(store, scheduler, FakePeers({"p1": DATA}), MemoryOrigin({DIGEST: DATA}), sizes)
-        partial = store.begin(DIGEST, None)
-        with pytest.raises(StoreError, match="manifest"):
-            await asyncio.wait_for(src.fill(partial, DIST, None), 10)
-        assert not partial.size_known.done()

@@ -74,8 +74,7 @@ class SwarmDownload:
 
     Parameters:
         config: the agent's swarm settings (identity, rules, timeouts).
-        partial: the blob's file being written; its size is known, or (a size a manifest
-            listed, still being confirmed by the registry) will be ``geometry.size``.
+        partial: the blob's file being written; its size is known.
         dist, creds: what the client asked for, and with which credentials (origin fetches).
         geometry: how the blob is cut (``PieceGeometry.of(partial.size)``).
         scheduler, peers, origin: the narrow interfaces of :mod:`shoal.agent.swarm.ports`.
@@ -105,7 +104,7 @@ class SwarmDownload:
         fetches: NodeFetches | None = None,
     ) -> None:
         assert dist.digest is not None
-        if partial.size is not None and partial.size != geometry.size:
+        if partial.size != geometry.size:
             raise ValueError(f"blob {dist.digest}: geometry of {geometry.size} bytes for a blob of {partial.size}")
         self.cfg = config
         self.partial = partial

@@ -28,8 +28,6 @@ class SchedulerPort(Protocol):
 
     async def hashes(self, digest: str, start: int, wait: float = 0.0) -> HashesView: ...
 
-    async def leave(self, digest: str, peer_id: str) -> None: ...
-
 
 class PeerPort(Protocol):
     """The peer links as one download uses them (:class:`~shoal.agent.peer_hub.PeerHub`)."""
@@ -88,11 +86,6 @@ class SizeLookup(Protocol):
     (:meth:`~shoal.agent.upstreams.Upstreams.blob_size`)."""
 
     async def blob_size(self, creds: Credentials | None, dist: DistributionPath) -> int | None: ...
-
-    def listed_size(self, creds: Credentials | None, dist: DistributionPath) -> int | None:
-        """The size a manifest these credentials just read listed for the blob (a guess,
-        :meth:`~shoal.agent.upstreams.Upstreams.listed_size`), or None."""
-        ...
 
 
 class SeedStore(Protocol):

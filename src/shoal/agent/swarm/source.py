@@ -109,66 +109,13 @@ class SwarmSource[Hub: HubPort]:
         await self.hub.close()
 
     async def fill(self, partial: PartialBlob, dist: DistributionPath, creds: Credentials | None) -> None:
-        """Fill ``partial`` from the swarm (the origin when the swarm cannot).
-
-        The download needs the blob's size to join. When a manifest these credentials just
-        read listed it (``SizeLookup.listed_size``), the download starts with that size at
-        once and the registry's ``HEAD`` runs alongside: the size becomes known to the
-        client (and its response may start) only when the registry confirmed it, by that
-        ``HEAD`` or by the origin fetch's own ``GET``. A refusal, or a size other than the
-        listed one, stops the download before any byte went to the client."""
-        assert dist.digest is not None
-        confirm: asyncio.Task[None] | None = None
-        size = partial.size
-        if size is None:
-            size = self.upstreams.listed_size(creds, dist)
-            if size is None:
-                size = await self._head_size(dist, creds)
-                self.store.reserve(partial, size)
-                partial.set_size(size)
-            else:
-                self.store.reserve(partial, size)  # room first, as for a size from the registry
-                confirm = asyncio.create_task(self._confirm_size(partial, dist, creds, size))
-        if confirm is None:
-            await self._fill(partial, dist, creds, size)
-            return
-        filling = asyncio.create_task(self._fill(partial, dist, creds, size))
-        try:
-            await asyncio.wait({confirm, filling}, return_when=asyncio.FIRST_EXCEPTION)
-        except asyncio.CancelledError:
-            filling.cancel()
-            confirm.cancel()
-            await asyncio.gather(filling, confirm, return_exceptions=True)
-            raise
-        if confirm.done() and confirm.exception() is not None:
-            # refused, or another size: the download stops before any byte reached the client,
-            # and a lease it may hold goes to the next node at once, not after its TTL
-            filling.cancel()
-            await asyncio.gather(filling, return_exceptions=True)
-            self.background(self._leave_quietly(str(dist.digest)), f"leave {dist.digest}")
-            await confirm  # raises the registry's answer (or the size mismatch)
-        if filling.done() and filling.exception() is not None:
-            confirm.cancel()
-            await asyncio.gather(confirm, return_exceptions=True)
-            await filling  # raises
-        await confirm
-        await filling
-
-    async def _confirm_size(
-        self, partial: PartialBlob, dist: DistributionPath, creds: Credentials | None, listed: int
-    ) -> None:
-        """The registry's ``HEAD`` for a download started with a listed size: proves the
-        credentials and the size, then lets the client's response start (``set_size``),
-        unless the origin fetch's ``GET`` did so first."""
-        size = await self._head_size(dist, creds)
-        if size != listed:
-            raise StoreError(f"{dist.registry} says {dist.digest} has {size} bytes, its manifest {listed}")
         if partial.size is None:
+            size = await self._head_size(dist, creds)
+            self.store.reserve(partial, size)
             partial.set_size(size)
-
-    async def _fill(self, partial: PartialBlob, dist: DistributionPath, creds: Credentials | None, size: int) -> None:
+        assert partial.size is not None
         assert dist.digest is not None
-        geometry = PieceGeometry.of(size)
+        geometry = PieceGeometry.of(partial.size)
         download = SwarmDownload(
             config=self.config,
             partial=partial,
@@ -245,10 +192,6 @@ class SwarmSource[Hub: HubPort]:
         task = asyncio.create_task(coro, name=name)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
-
-    async def _leave_quietly(self, digest: str) -> None:
-        with contextlib.suppress(SchedulerUnavailable):
-            await self.scheduler.leave(digest, self.config.peer_id)
 
     async def _report_quietly(self, digest: str, report: Report) -> None:
         with contextlib.suppress(SchedulerUnavailable):
