@@ -11,6 +11,12 @@ every node's files after the clock stops).
 Standard library only, run as a script by path (``python lightpull.py BASE NAME REF DEST``),
 so a node starts it without importing the project. Exit 0 when every blob is on disk, 1 with
 one line on stderr otherwise.
+
+With ``--ready FILE`` it starts as a client daemon would be running already: the interpreter
+up, its modules imported, its HTTP opener built (which loads the system's CA certificates
+even for plain HTTP), then it creates FILE and waits for SIGUSR1 before its first request.
+The harness starts these before the rollout's clock and signals them when it starts (a
+container runtime's pull does not start a process, import a library or load its CA roots).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import signal
 import sys
 import urllib.error
 import urllib.request
@@ -25,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ACCEPT", "PullError", "blob_path", "main", "pull"]
+__all__ = ["ACCEPT", "PullError", "blob_path", "main", "pull", "wait_for_go"]
 
 ACCEPT = ", ".join(
     [
@@ -116,6 +123,15 @@ def pull(base: str, name: str, reference: str, dest: Path) -> int:
         return sum(pool.map(lambda d: _fetch(base, name, d, dest), blobs))
 
 
+def wait_for_go(ready: Path) -> None:
+    """Set up what the first request needs, say so (``ready``), and wait for SIGUSR1."""
+    urllib.request.install_opener(urllib.request.build_opener())
+    "localhost".encode("idna")  # http.client's first request imports this codec (about 1 ms)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})  # before the file: no signal is lost
+    ready.touch()
+    signal.sigwait({signal.SIGUSR1})
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0] if __doc__ else None)
     p.add_argument("base", help="registry or mirror, e.g. http://127.0.0.1:65001")
@@ -123,9 +139,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("reference", help="tag or digest")
     p.add_argument("dest", type=Path)
     p.add_argument("--user", help="user:password for the registry (basic auth), for a private image")
+    p.add_argument("--ready", type=Path, help="create this file when set up, then wait for SIGUSR1 to pull")
     args = p.parse_args(argv)
     if args.user:
         _AUTH["Authorization"] = "Basic " + base64.b64encode(args.user.encode()).decode()
+    if args.ready is not None:
+        wait_for_go(args.ready)
     try:
         pull(args.base.rstrip("/"), args.name, args.reference, args.dest)
     except (PullError, OSError) as exc:  # OSError: a connection broken mid-body

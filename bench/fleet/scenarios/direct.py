@@ -30,12 +30,15 @@ def run_direct(fleet: Fleet) -> ScenarioResult:
         if problem:
             result.error = f"{client.name}: {problem}"
             return result
+        logs = {h.role: work / f"{h.role}.log" for h in fleet.plan.nodes}
+        problem = client.prestart(None, logs)
+        if problem:
+            result.error = f"{client.name}: {problem}"
+            return result
         offset = fleet.origin.mark()
         rollout = Rollout(fleet, result)
         t0 = rollout.start()
-        for host in fleet.plan.nodes:
-            logs[host.role] = work / f"{host.role}.log"
-            clients[host.role] = fleet.procs.spawn(host.netns, client.pull_argv(host, None), log=logs[host.role])
+        clients.update(client.start_pulls(None, logs))
         finished = wait_for_nodes(clients, t0, fleet.timeout)
         rollout.finish()
         fleet.procs.stop(list(clients.values()))

@@ -180,9 +180,14 @@ def _run_shoal(fleet: Fleet, name: str, pattern: str, *, tls: bool = False) -> S
                 fleet.procs.signal(daemons[role], signal.SIGKILL)
 
         ticks: list[tuple[float, object]] = [(kill_at, kill_victims)] if victims else []
+        mirror = f"127.0.0.1:{AGENT_PORT}"
+        logs: dict[str, Path] = {h.role: work / h.role / "client.log" for h in plan.nodes}
+        problem = client.prestart(mirror, logs)
+        if problem:
+            result.error = f"{client.name}: {problem}"
+            return result
         offset = fleet.origin.mark()
         rollout = Rollout(fleet, result)
-        logs: dict[str, Path] = {}
         agents = {h.role: daemons[h.role].pid for h in plan.nodes}
         meter = CpuMeter("agents")
         control = CpuMeter("scheduler")
@@ -191,13 +196,7 @@ def _run_shoal(fleet: Fleet, name: str, pattern: str, *, tls: bool = False) -> S
         control.start(control_pids)
         with _node_network_capture(fleet, name) as capture:
             t0 = rollout.start()
-            for host in plan.nodes:
-                logs[host.role] = work / host.role / "client.log"
-                clients[host.role] = fleet.procs.spawn(
-                    host.netns,
-                    client.pull_argv(host, f"127.0.0.1:{AGENT_PORT}"),
-                    log=logs[host.role],
-                )
+            clients.update(client.start_pulls(mirror, logs))
             finished = wait_for_nodes(clients, t0, fleet.timeout, on_tick=ticks)
             rollout.finish()
         if isinstance(capture, Tcpdump):

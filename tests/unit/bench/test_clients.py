@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from bench.fleet.netns import plan_lab
 from bench.fleet.origin import Origin
-from bench.fleet.procs import ProcessSet
+from bench.fleet.procs import Proc, ProcessSet
 from bench.fleet.report import result_dict
 from bench.fleet.scenarios.base import Fleet, new_result
 from bench.fleet.scenarios.clients import LIGHTPULL, CtrClient, LightClient, PullClient, make_client, parse_go_duration
@@ -106,6 +109,43 @@ class TestLight:
         assert c.pull_argv(node, "127.0.0.1:65001")[2:4] == ["http://127.0.0.1:65001", "registry.bench/bench/app"]
         assert c.files(node) == {DIGEST: Path(dest) / "blobs" / "sha256" / ("ab" * 32)}
         assert c.agent_registry_names() == []
+
+
+class LocalProcs(ProcessSet):
+    """Spawns on this host, not in a lab namespace (none exists in unit tests)."""
+
+    def spawn(self, netns: str | None, argv: Sequence[str], **kwargs: Any) -> Proc:
+        return super().spawn(None, argv, **kwargs)
+
+
+class TestLightPrestart:
+    """Issue 19: the light client's start-up is not in the rollout's clock, in every scenario."""
+
+    def test_pulls_start_before_the_clock_and_go_on_the_signal(self, tmp_path: Path) -> None:
+        f = fleet(tmp_path, "light")
+        f.procs = LocalProcs()
+        c = make_client(f, tmp_path / "p2p")
+        assert c.start() is None
+        logs = {h.role: tmp_path / f"{h.role}.log" for h in f.plan.nodes}
+        mirror = "127.0.0.1:1"  # nothing listens: a pull that goes fails at once
+        try:
+            assert c.prestart(mirror, logs) is None
+            waiting = dict(c.waiting)  # type: ignore[attr-defined]
+            assert sorted(waiting) == ["n0", "n1"]
+            time.sleep(0.2)
+            assert all(p.poll() is None for p in waiting.values())  # set up, waiting for their go
+            assert all((tmp_path / "p2p" / r / "pull-ready").exists() for r in waiting)
+            started = c.start_pulls(mirror, logs)
+            assert started == waiting
+            assert [p.wait(30) for p in started.values()] == [1, 1]  # went, and found no agent
+            assert "lightpull: GET http://127.0.0.1:1/" in logs["n0"].read_text()
+        finally:
+            c.stop()
+            f.procs.stop_all()
+
+    def test_other_clients_start_at_the_clock(self, tmp_path: Path) -> None:
+        c = make_client(fleet(tmp_path, "skopeo"), tmp_path / "direct")
+        assert c.prestart(None, {}) is None
 
 
 @pytest.mark.parametrize(

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -68,6 +70,28 @@ class TestAgainstDistribution:
         proc = run_lightpull(registry.url, "bench/app", "v1", str(tmp_path / "out"))
         assert proc.returncode == 0, proc.stderr
         assert_pulled(tmp_path / "out", image)
+
+    def test_a_ready_pull_waits_for_its_go(self, tmp_path: Path, registry: DistributionRegistry) -> None:
+        """``--ready``: set up before the clock, not one request before SIGUSR1."""
+        image = generate_image(tmp_path / "img", size=MIB, layers=1, tag="v1")
+        registry.push(image, "bench/app")
+        ready, out = tmp_path / "ready", tmp_path / "out"
+        argv = [sys.executable, str(LIGHTPULL), registry.url, "bench/app", "v1", str(out), "--ready", str(ready)]
+        with subprocess.Popen(argv) as proc:
+            try:
+                deadline = time.monotonic() + 30
+                while not ready.exists() and proc.poll() is None and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                assert ready.exists()
+                time.sleep(0.2)
+                assert proc.poll() is None  # waiting for its go
+                assert not out.exists()
+                proc.send_signal(signal.SIGUSR1)
+                assert proc.wait(30) == 0
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+        assert_pulled(out, image)
 
     def test_an_unknown_tag_fails_with_one_line(self, tmp_path: Path, registry: DistributionRegistry) -> None:
         proc = run_lightpull(registry.url, "bench/app", "nope", str(tmp_path / "out"))
