@@ -5,6 +5,7 @@ Only processes started here are ever signalled, and only by their own PID.
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import shutil
@@ -92,14 +93,17 @@ def _ephemeral_range() -> tuple[int, int]:
 
 
 def _bind_all(hosts: Sequence[str], port: int) -> int:
-    """``port`` (or, for 0, the kernel's pick on the first host) if it binds on every host, else 0."""
+    """``port`` (or, for 0, the kernel's pick on the first host) if it binds on every host, else 0
+    (the port is in use on one); an error of another kind is raised."""
     with ExitStack() as stack:
         for host in hosts:
             sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
             try:
                 sock.bind((host, port))
-            except OSError:
-                return 0
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    return 0
+                raise  # not a port in use (an address not of this host, say): draws cannot help
             port = sock.getsockname()[1]
         return port
 

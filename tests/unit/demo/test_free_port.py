@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -71,3 +72,12 @@ def test_a_fleet_asks_for_a_port_free_on_every_agent_address(monkeypatch: pytest
     with pytest.raises(OSError, match="stop here"):
         fleet.start()
     assert asked == [("127.0.0.2", "127.0.0.3", "127.0.0.4")]
+
+
+def test_an_address_that_cannot_be_bound_is_reported_as_such() -> None:
+    """Only a port in use is passed over: an address no socket can bind (not local, not
+    configured, say 127.0.0.2 without an alias) fails at once with its own error, not after
+    200 draws as 'no TCP port free'."""
+    with pytest.raises(OSError, match="assign requested address") as caught:
+        free_port("127.0.0.2", "192.0.2.1")  # TEST-NET-1: not an address of this host
+    assert caught.value.errno == errno.EADDRNOTAVAIL, caught.value
