@@ -265,6 +265,8 @@ class LightClient(PullClient):
     def __init__(self, fleet: Fleet, work: Path) -> None:
         super().__init__(fleet, work)
         self.waiting: dict[str, Proc] = {}
+        self.prestarted = False
+        """whether this scenario's pulls were started before the clock (said in its notes)"""
 
     def prestart(self, mirror: str | None, logs: Mapping[str, Path]) -> str | None:
         """Start every node's pull with ``--ready``; wait until each is set up (or failed)."""
@@ -291,9 +293,18 @@ class LightClient(PullClient):
         if not self.waiting:
             return super().start_pulls(mirror, logs)
         started, self.waiting = self.waiting, {}
+        self.prestarted = True
         for proc in started.values():
             self.fleet.procs.signal(proc, signal.SIGUSR1)
         return started
+
+    def notes(self, logs: Mapping[str, Path]) -> list[str]:
+        if not self.prestarted:
+            return []
+        return [
+            "lightpull started before the rollout's clock (interpreter, imports, HTTP opener; "
+            "waiting for SIGUSR1 at the clock); skopeo, ctr and aria2c start at the clock"
+        ]
 
     def stop(self) -> None:
         self.fleet.procs.stop(list(self.waiting.values()))

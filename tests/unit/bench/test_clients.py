@@ -143,6 +143,43 @@ class TestLightPrestart:
             c.stop()
             f.procs.stop_all()
 
+    def test_the_report_says_the_pulls_started_before_the_clock(self, tmp_path: Path) -> None:
+        """A result's notes say so: 'light' rows before and after the change (and next to
+        BitTorrent's aria2c, which starts at the clock) are told apart in the table and JSON."""
+        f = fleet(tmp_path, "light")
+        f.procs = LocalProcs()
+        c = make_client(f, tmp_path / "p2p")
+        assert c.start() is None
+        logs = {h.role: tmp_path / f"{h.role}.log" for h in f.plan.nodes}
+        assert c.notes(logs) == []
+        try:
+            assert c.prestart("127.0.0.1:1", logs) is None
+            for proc in c.start_pulls("127.0.0.1:1", logs).values():
+                proc.wait(30)
+        finally:
+            c.stop()
+            f.procs.stop_all()
+        assert any("before the rollout's clock" in note for note in c.notes(logs)), c.notes(logs)
+
+    def test_a_pull_that_dies_before_its_start_is_reported_and_the_rest_stopped(self, tmp_path: Path) -> None:
+        f = fleet(tmp_path, "light")
+        f.procs = LocalProcs()
+        c = make_client(f, tmp_path / "p2p")
+        assert c.start() is None
+        (tmp_path / "p2p" / "n1").rmdir()  # its ready file cannot be made: it exits
+        logs = {h.role: tmp_path / f"{h.role}.log" for h in f.plan.nodes}
+        try:
+            problem = c.prestart("127.0.0.1:1", logs)
+            waiting = dict(c.waiting)  # type: ignore[attr-defined]
+        finally:
+            c.stop()
+            alive = [p for p in waiting.values() if p.poll() is None]
+            f.procs.stop_all()
+        assert problem is not None
+        assert problem.startswith("n1: lightpull exited with 1"), problem
+        assert alive == []  # the scenario's finally (client.stop) stopped the other, waiting one
+        assert c.notes(logs) == []
+
     def test_other_clients_start_at_the_clock(self, tmp_path: Path) -> None:
         c = make_client(fleet(tmp_path, "skopeo"), tmp_path / "direct")
         assert c.prestart(None, {}) is None
