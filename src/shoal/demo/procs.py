@@ -68,7 +68,7 @@ def free_port(*hosts: str) -> int:
     that moment is still possible; callers that can retry should.
     """
     targets = hosts or ("127.0.0.1",)
-    low, high = _EPHEMERAL_FLOOR, _ephemeral_range()[0]
+    low, high = _EPHEMERAL_FLOOR, min(_ephemeral_range()[0], _NODE_PORTS)
     if high - low < 1000:  # an unusual ephemeral range: let the kernel choose
         low, high = 0, 0
     for _ in range(200):
@@ -81,6 +81,9 @@ def free_port(*hosts: str) -> int:
 
 _EPHEMERAL_FLOOR = 10000
 """the lowest port :func:`free_port` draws (well clear of the system services' ports)"""
+_NODE_PORTS = 30000
+"""Kubernetes' NodePort range starts here: on a host that is a node, kube-proxy redirects
+those ports without holding a socket a bind could see, so :func:`free_port` stays below"""
 _RANDOM = random.Random()
 
 

@@ -45,6 +45,11 @@ def test_the_port_is_below_the_ephemeral_range() -> None:
     assert all(port < low for port in ports), sorted(ports)
 
 
+def test_the_port_is_below_the_kubernetes_node_ports() -> None:
+    ports = {free_port() for _ in range(200)}
+    assert all(port < 30000 for port in ports), sorted(ports)
+
+
 def test_the_port_binds_on_every_host() -> None:
     port = free_port("127.0.0.2", "127.0.0.3", "127.0.0.4")
     for host in ("127.0.0.2", "127.0.0.3", "127.0.0.4"):
