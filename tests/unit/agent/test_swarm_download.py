@@ -15,6 +15,7 @@ from shoal.agent.metrics import AgentMetrics
 from shoal.agent.swarm import AvoidList, SwarmConfig, SwarmDownload, SwarmGaveUpError, SwarmSource
 from shoal.core.digest import Digest
 from shoal.oci.distribution import DistributionPath, PathKind
+from shoal.p2p import download_state as ds
 from shoal.p2p.download_state import DownloadRules
 from shoal.p2p.download_state import reports as ds_reports
 from shoal.p2p.download_state import rules as ds_rules
@@ -114,6 +115,25 @@ class TestFromParents:
         await asyncio.wait_for(d.run(), 10)
         partial.finish()
         assert "gone" not in d.state.banned
+
+    async def test_the_state_hears_of_each_verified_prefix_once(self, store: MemoryStore) -> None:
+        """A written piece and the prefix's own wake-up both look at the prefix; each telling
+        is a planning pass of the state on the event loop, so a prefix is told once."""
+        scheduler = FakeScheduler(len(DATA), fetcher="f", parents=["p1"], hashes=piece_hashes_of(DATA))
+        d, partial = download(store, scheduler, FakePeers({"p1": DATA}), MemoryOrigin({DIGEST: DATA}), AvoidList())
+        told: list[int] = []
+        apply = d.state.apply
+
+        def counting(event: ds.Event) -> list[ds.Action]:
+            if isinstance(event, ds.PrefixAdvanced):
+                told.append(event.contiguous)
+            return apply(event)
+
+        d.state.apply = counting  # type: ignore[method-assign]
+        await asyncio.wait_for(d.run(), 10)
+        partial.finish()
+        assert told, "the prefix was never told"
+        assert len(told) == len(set(told)), told
 
 
 class TestPieceBuffers:
@@ -281,6 +301,39 @@ class TestAskingForHashes:
             scheduler.publish(index, hashes[index])
         await asyncio.wait_for(run, 5)  # not after the 60 s pause
         partial.finish()
+
+    async def test_the_fetcher_does_not_ask_for_its_own_hashes(
+        self, store: MemoryStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Its origin fetch makes the hashes the scheduler would answer with: each ask was an
+        HTTPS call to the scheduler for nothing (about two a second per fetch)."""
+        monkeypatch.setattr(ds_rules, "HASH_ASK_PAUSE", 0.05)
+        scheduler = FakeScheduler(len(DATA), fetcher=ME)
+        origin = MemoryOrigin({DIGEST: DATA}, delay=0.05)  # about 0.7 s of fetching
+        d, partial = download(store, scheduler, FakePeers({}), origin, AvoidList())
+        await asyncio.wait_for(d.run(), 10)
+        partial.finish()
+        assert [scheduler.published[i] for i in range(4)] == piece_hashes_of(DATA)
+        assert scheduler.hash_asks == 0
+
+    async def test_a_fetcher_whose_lease_moved_asks_for_the_new_holder_s_hashes(
+        self, store: MemoryStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(ds_rules, "HASH_ASK_PAUSE", 0.05)
+        hashes = piece_hashes_of(DATA)
+        scheduler = FakeScheduler(len(DATA), fetcher=ME)
+        origin = MemoryOrigin({DIGEST: DATA}, delay=10.0)  # never gets far
+        d, partial = download(store, scheduler, FakePeers({"p1": DATA}), origin, AvoidList())
+        run = asyncio.create_task(d.run())
+        await asyncio.sleep(0.2)
+        assert scheduler.hash_asks == 0
+        scheduler.fetcher = "p1"  # the next report's answer moves the lease
+        scheduler.parents = [PeerInfo("p1", "p1:65001", complete=True)]
+        for index, sha in enumerate(hashes):
+            scheduler.publish(index, sha)
+        await asyncio.wait_for(run, 5)
+        partial.finish()
+        assert scheduler.hash_asks >= 1
 
 
 class SomePieces(FakePeers):

@@ -140,6 +140,8 @@ class SwarmDownload:
         self._wake_at: float | None = None
         self._final: ds.SendReport | None = None
         self.from_parents: dict[str, int] = {}
+        self._prefix_told = -1
+        """the verified prefix the state was last told of (each telling is a planning pass)"""
         self.started = clock()
 
     @property
@@ -382,7 +384,10 @@ class SwarmDownload:
         if len(hashes) > len(known):
             # dict() copies in one step: the write thread adds hashes while we look
             self.events.put_nowait(ds.PiecesHashed({i: h for i, h in dict(hashes).items() if i not in known}))
-        self.events.put_nowait(ds.PrefixAdvanced(contiguous))
+        if contiguous != self._prefix_told:
+            # a piece written and the prefix's own wake-up both look: once per new prefix
+            self._prefix_told = contiguous
+            self.events.put_nowait(ds.PrefixAdvanced(contiguous))
 
     # -- watchers ------------------------------------------------------------------------
     async def _tick_loop(self) -> None:
@@ -468,6 +473,12 @@ class SwarmDownload:
         are new ones)."""
         known = 0
         while known < self.geometry.count:
+            if self.state.fetching and not self.state.awaiting_hash:
+                # our own origin fetch makes the hashes the scheduler would answer with: an
+                # ask would only bring them back (about two HTTPS calls a second per fetch).
+                # A piece from a parent waiting for its hash, or the lease moving, asks again
+                await self._hashes_wanted(ds.hash_ask_pause(0))
+                continue
             try:
                 view = await self.scheduler.hashes(str(self.digest), known, self.cfg.status_wait)
             except SchedulerUnavailable:
@@ -480,6 +491,10 @@ class SwarmDownload:
             pause = ds.hash_ask_pause(sum(i >= known for i in self.state.awaiting_hash))
             if known < self.geometry.count and pause > 0:
                 # let hashes gather; a piece that comes in before its hash cuts this short
-                self._hash_wanted.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._hash_wanted.wait(), pause)
+                await self._hashes_wanted(pause)
+
+    async def _hashes_wanted(self, timeout: float) -> None:
+        """Wait until a received piece waits for its hash, at most ``timeout`` seconds."""
+        self._hash_wanted.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._hash_wanted.wait(), timeout)
