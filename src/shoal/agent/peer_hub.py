@@ -432,6 +432,7 @@ class PeerHub:
             body.release()
 
     def link_piece_sent(self, link: PeerLink, digest: str, index: int, length: int) -> None:
+        """In the link's writer thread: counts only (prometheus counters take a lock)."""
         self._metrics.peer_bytes.labels("upload").inc(length)
         self._metrics.pieces_served.inc()
 

@@ -82,7 +82,9 @@ class PieceBody:
 
 
 class LinkHandler(Protocol):
-    """What a link tells its owner, always on the event loop."""
+    """What a link tells its owner, on the event loop, but for ``link_piece_sent``: that one
+    is called in the link's writer thread, and must be thread-safe (a count). It needs no
+    decision of the loop, and each call posted to the loop wakes it: about one a MiB."""
 
     def link_events(self, link: PeerLink, events: list[wire.Event]) -> None: ...
 
@@ -571,7 +573,10 @@ class PeerLink:
                 raise
         finally:
             os.close(fd)
-        self._post(self._handler.link_piece_sent, item.digest, item.index, item.length)
+        try:  # in this thread: see LinkHandler
+            self._handler.link_piece_sent(self, item.digest, item.index, item.length)
+        except Exception:
+            log.exception("counting a piece sent to %s", self.peer_id)
 
     def _encode(self, event: wire.Event) -> bytes | None:
         with self._lock:

@@ -32,6 +32,9 @@ class Recorder:
         self.events: list[wire.Event] = []
         self.pieces: list[PieceBody] = []
         self.sent: list[tuple[str, int, int]] = []
+        self.sent_in: list[int] = []
+        """the threads link_piece_sent was called in"""
+        self._loop = asyncio.get_running_loop()
         self.dropped: list[tuple[str, int, bool]] = []
         self.closed: list[str] = []
         self.changed = asyncio.Event()
@@ -49,8 +52,10 @@ class Recorder:
         self._note()
 
     def link_piece_sent(self, link: PeerLink, digest: str, index: int, length: int) -> None:
+        # in the link's writer thread
+        self.sent_in.append(threading.get_ident())
         self.sent.append((digest, index, length))
-        self._note()
+        self._loop.call_soon_threadsafe(self._note)
 
     def link_piece_dropped(self, link: PeerLink, digest: str, index: int, aborted: bool) -> None:
         self.dropped.append((digest, index, aborted))
@@ -269,6 +274,8 @@ class TestLink:
         assert a.bytes_in(DIGEST) == 1 << 20
         await server.until(lambda: server.sent)
         assert server.sent == [(DIGEST, 1, 1 << 20)]
+        # counted in the writer thread: a piece sent wakes the event loop no more
+        assert server.sent_in[0] != threading.get_ident()
         a.close("done")
         await server.until(lambda: server.closed)
         await client.until(lambda: client.closed)
