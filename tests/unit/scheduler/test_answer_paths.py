@@ -145,3 +145,90 @@ def test_links_and_children_stay_what_a_recount_finds(ops: list[tuple[str, int, 
         for digest, task in s.tasks.items():
             for peer_id, member in task.members.items():
                 assert member.children == children.get((digest, peer_id), set())
+
+
+def snapshot(s: SchedulerState) -> object:
+    """What a state holds that an answer or a later decision may read."""
+    return (
+        s.links,
+        s.reports,
+        s.lease_changes,
+        s._last_call_at,
+        s._resumed_at,
+        {
+            p: (r.address, r.zone, r.links, r.leases, r.tasks, r.current, r.previous, r.bucket_start)
+            for p, r in s.peers.items()
+        },
+        {
+            d: (
+                t.last_active,
+                t.holder,
+                t.holder_seen,
+                t.holder_gap,
+                t.holder_progress_at,
+                t.holder_contiguous,
+                t.seeders.items,
+                t.partials.items,
+                t.joiners.items,
+                [
+                    (p, m.pieces, m.contiguous, m.complete, m.last_seen, m.handed, m.moved_at, m.kind, m.children)
+                    for p, m in t.members.items()
+                ],
+            )
+            for d, t in s.tasks.items()
+        },
+    )
+
+
+REPORTS = st.lists(
+    st.tuples(
+        st.sampled_from(["join", "report", "complete", "moved", "zone", "bad"]),
+        st.integers(0, 7),
+        st.integers(0, 10),
+        st.floats(0.0, 4.0),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(ops=REPORTS, seed=st.integers(0, 100))
+def test_the_common_report_answers_as_the_general_path(ops: list[tuple[str, int, int, float]], seed: int) -> None:
+    """``report`` takes a plain progress report in a short path of its own; every report
+    answered through ``_report`` (every case) instead gives the same answers and state."""
+    config = SchedulerConfig(max_parents=3, peer_ttl=6.0)
+    short = SchedulerState(config, rng=random.Random(seed))
+    general = SchedulerState(config, rng=random.Random(seed))
+    now = 0.0
+    digest = DIGESTS[0]
+    for op, peer_no, pieces, step in ops:
+        now += step
+        peer = f"p{peer_no}"
+        if op == "join":
+            assert join(short, peer, now) == join(general, peer, now)
+            continue
+        address = f"{peer}:2" if op == "moved" else f"{peer}:1"
+        done = op == "complete"
+        held = 10 if done else pieces
+        rep = Report(
+            peer,
+            address,
+            pieces=held,
+            contiguous=SIZE + 1 if op == "bad" else held * MiB,  # "bad": refused, nothing changes
+            complete=done,
+            size=SIZE,
+            piece_size=MiB,
+            zone="z1" if op == "zone" else "",
+        )
+        answers: list[object] = []
+        for s in (short, general):
+            try:
+                if s is short:
+                    answers.append(s.report(digest, rep, now))
+                else:
+                    s._called(now)  # what report does before its short path
+                    answers.append(s._report(s.tasks.get(digest), digest, rep, now))
+            except ValueError as e:
+                answers.append(repr(e))
+        assert answers[0] == answers[1]
+        assert snapshot(short) == snapshot(general)
