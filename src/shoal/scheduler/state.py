@@ -465,61 +465,6 @@ class SchedulerState:
             self._resumed_at = now
         self._last_call_at = now
         task = self.tasks.get(digest)
-        if (
-            task is not None
-            and rep.size == task.size
-            and rep.size
-            and rep.piece_size == task.piece_size
-            and not rep.hashes
-            and not rep.failed_parents
-            and not rep.bad_hashes
-            and not rep.wants_fallback
-            and not task.fallbacks
-        ):
-            # most reports: a member's progress and nothing else. What the general path below
-            # would do, in one frame (the code a call runs is most of its cost in a rollout,
-            # where other work evicts it from the caches between calls; see
-            # docs/fleet-benchmark.md, "sixth session")
-            pieces, contiguous = rep.pieces, rep.contiguous
-            if not 0 <= pieces <= task.total or not 0 <= contiguous <= task.size:
-                self._check_progress(task.size, task.total, pieces, contiguous)
-            task.last_active = now
-            peer_id = rep.peer_id
-            members = task.members
-            member = members.pop(peer_id, None)
-            if member is not None:
-                peer = member.peer
-                if peer.address == rep.address and (not rep.zone or rep.zone == peer.zone):
-                    # _heard's case of a known member whose address and zone stay
-                    member.last_seen = now
-                    member.info = None
-                    members[peer_id] = member
-                    complete = rep.complete
-                    if complete:
-                        pieces, contiguous = task.total, task.size
-                    member.pieces = pieces
-                    member.contiguous = contiguous
-                    member.complete = complete
-                    kind = SEEDER if complete else PARTIAL if pieces > 0 else NONE
-                    if kind != member.kind:
-                        task.bag(member.kind).discard(peer_id)
-                        task.bag(kind).add(peer_id)
-                        member.kind = kind
-                    if task.holder == peer_id:
-                        task.holder_gap = max(task.holder_gap, now - task.holder_seen)
-                        task.holder_seen = now
-                        if contiguous > task.holder_contiguous:
-                            task.holder_contiguous = contiguous
-                            task.holder_progress_at = now
-                    self.reports += 1
-                    return self._answer(task, member, now)
-                # back in its place for _heard (which moves it to the end again)
-                members[peer_id] = member
-            return self._report(task, digest, rep, now)
-        return self._report(task, digest, rep, now)
-
-    def _report(self, task: Task | None, digest: str, rep: Report, now: float) -> TaskView:
-        """A report, every case (``report`` takes the common one itself)."""
         if task is not None and rep.size and rep.size == task.size and rep.piece_size == task.piece_size:
             # _task's first case, inlined: nearly every call is a report of a known task
             if not 0 <= rep.pieces <= task.total or not 0 <= rep.contiguous <= task.size:
@@ -857,35 +802,12 @@ class SchedulerState:
             # else the lease is surely where it stays (a holder heard from lately, still
             # making progress, hashes still wanted): most calls of a rollout, spared the call
             self._settle_lease(task, member, now, may_take)
-        parents: list[PeerInfo] | None = None
         if member.complete:
             if member.handed:
                 self._hand(task, member, ())
             parents = []
         else:
-            handed = member.handed
-            if len(handed) == self.config.max_parents and now - member.moved_at < REBALANCE_EVERY:
-                # most reports: every place filled and no look for lighter parents due; the
-                # answer is the handed parents if they are all still usable (else _parents'
-                # walk). _usable_parent and Member.as_parent inlined
-                members, ttl, suspects = task.members, self.config.peer_ttl, task.suspects
-                parents = []
-                for peer_id in handed:
-                    parent = members.get(peer_id)
-                    if (
-                        parent is None
-                        or now - parent.last_seen > ttl
-                        or (suspects and self._suspect(task, peer_id, now))
-                    ):
-                        parents = None
-                        break
-                    info = parent.info
-                    if info is None:
-                        peer = parent.peer
-                        info = parent.info = new_peer_info(peer.peer_id, peer.address, parent.complete, parent.pieces)
-                    parents.append(info)
-            if parents is None:
-                parents = self._parents(task, member, now)
+            parents = self._parents(task, member, now)
         holder = task.holder
         # positional: the view is built for every call (its fields, in order: role, parents,
         # size, piece_size, lease_ttl, fetcher, hashes_known, fallback)
@@ -1040,8 +962,17 @@ class SchedulerState:
         handed = member.handed
         # _usable_parent inlined: every report of a download walks its parents here
         members, ttl, suspects = task.members, self.config.peer_ttl, task.suspects
-        # the common case (every place filled, handed parents all usable, no look due) is
-        # _answer's: here every other
+        if len(handed) == limit and now - member.moved_at < REBALANCE_EVERY:
+            # most reports: every place filled and no look for lighter parents due; the answer
+            # is the handed parents if they are all still usable (else the full walk below)
+            infos: list[PeerInfo] = []
+            for peer_id in handed:
+                parent = members.get(peer_id)
+                if parent is None or now - parent.last_seen > ttl or (suspects and self._suspect(task, peer_id, now)):
+                    break
+                infos.append(info if (info := parent.info) is not None else parent.as_parent())
+            else:
+                return infos
         me = member.peer.peer_id
         chosen: dict[str, Member] = {}
         kept = True
