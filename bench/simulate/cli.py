@@ -81,6 +81,13 @@ def parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="Shoal's pulls start at uniform times over this many seconds (default 0.2; the lab's: 0.5-0.7)",
     )
+    p.add_argument(
+        "--probe",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="print the network's state (uploads busy, flows per node) to stderr every SECONDS of virtual time",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object on the last line")
     return p
 
@@ -141,6 +148,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         spec = spec_from(args)
         if args.scheduler_replicas < 1:
             raise ValueError("want --scheduler-replicas >= 1")
+        if args.probe is not None and args.probe <= 0:
+            raise ValueError("want --probe > 0")
         if args.scheduler_death is not None and args.scheduler_replicas < 2:
             raise ValueError("--scheduler-death needs --scheduler-replicas >= 2 (one must survive)")
         rules = DownloadRules(**overrides(DownloadRules, args.rule, "--rule"))
@@ -166,6 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config=config,
         upload_slots=args.upload_slots,
         start_spread=args.start_spread,
+        probe=args.probe,
     )
     print(render(result))
     if args.json:

@@ -8,6 +8,7 @@ from bench.simulate.bittorrent import BitTorrentSwarm
 from bench.simulate.bounds import fleet_bound
 from bench.simulate.churn import schedule_deaths
 from bench.simulate.fleet import Fleet
+from bench.simulate.probe import start_probe
 from bench.simulate.result import RolloutResult, summarize
 from bench.simulate.world import ORIGIN, World
 from shoal.p2p.download_state import DownloadRules
@@ -29,10 +30,14 @@ def run_rollout(
     config: SchedulerConfig | None = None,
     upload_slots: int | None = None,
     start_spread: float | None = None,
+    probe: float | None = None,
 ) -> RolloutResult:
-    """Simulate ``policy`` on ``fleet`` until every survivor holds the image (or ``time_limit``)."""
+    """Simulate ``policy`` on ``fleet`` until every survivor holds the image (or ``time_limit``);
+    ``probe``: print the network's state every that many virtual seconds (``bench.simulate.probe``)."""
     started = time.monotonic() if started is None else started
     world = World(fleet, rate_interval=rate_interval, upload_slots=upload_slots)
+    if probe is not None:
+        start_probe(world, probe)
     nodes = list(world.nodes)
     bound = fleet_bound(
         sum(fleet.layers), fleet.up[ORIGIN], [fleet.up[n] for n in nodes], [fleet.down[n] for n in nodes]
