@@ -335,6 +335,33 @@ class TestAskingForHashes:
         partial.finish()
         assert scheduler.hash_asks >= 1
 
+    async def test_a_fetcher_whose_lease_moved_asks_at_once_though_no_piece_waits(
+        self, store: MemoryStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The lease moving wakes the hash loop itself: the new holder's hashes are fetched
+        before its pieces come, not a HASH_ASK_PAUSE later (nor, were the pause's check of
+        the lease lost, only once a piece waits for its hash)."""
+        monkeypatch.setattr(ds_rules, "HASH_ASK_PAUSE", 30.0)
+        scheduler = FakeScheduler(len(DATA), fetcher=ME)
+        origin = MemoryOrigin({DIGEST: DATA}, delay=10.0)  # never gets far
+        d, _ = download(store, scheduler, SomePieces({"p1": DATA}, []), origin, AvoidList())
+        run = asyncio.create_task(d.run())
+        try:
+            await asyncio.sleep(0.2)
+            assert d.state.fetching
+            assert scheduler.hash_asks == 0
+            scheduler.fetcher = "p1"  # the next report's answer moves the lease
+            scheduler.parents = [PeerInfo("p1", "p1:65001", complete=True)]
+            async with asyncio.timeout(5):
+                while d.state.fetching:
+                    await asyncio.sleep(0.01)
+            await asyncio.sleep(0.3)
+            assert not d.state.awaiting_hash  # p1 tells of no piece: none waits
+            assert scheduler.hash_asks >= 1
+        finally:
+            run.cancel()
+            await asyncio.gather(run, return_exceptions=True)
+
 
 class SomePieces(FakePeers):
     """Parents that hold only ``holds`` (they announce nothing else)."""

@@ -132,7 +132,8 @@ class SwarmDownload:
         self.bodies: dict[tuple[str, int], PieceBody] = {}
         """pieces received and hashed, waiting for the state's word (write or discard)"""
         self._hash_wanted = asyncio.Event()
-        """set while a received piece waits for its hash: the hash loop asks at once"""
+        """set while a received piece waits for its hash, or when the lease moved away from
+        us: the hash loop asks at once"""
         self.tasks: set[asyncio.Task[None]] = set()
         self.fetching: asyncio.Task[None] | None = None
         self.error: BaseException | None = None
@@ -269,6 +270,8 @@ class SwarmDownload:
                     self.fetching = None
                 self.fetches.ended(self)
                 self.peers.stop_superseeding(self.digest)
+                # the hash loop only waits while we fetch: the new holder's hashes are wanted now
+                self._hash_wanted.set()
             case ds.AskFallback(reason):
                 log.warning("swarm download of %s stuck (%s): asking for a fallback lease", self.digest, reason)
             case ds.GiveUp(reason):
@@ -477,6 +480,7 @@ class SwarmDownload:
                 # our own origin fetch makes the hashes the scheduler would answer with: an
                 # ask would only bring them back (about two HTTPS calls a second per fetch).
                 # A piece from a parent waiting for its hash, or the lease moving, asks again
+                # (both set _hash_wanted; the pause's own look at the lease is a safety net)
                 await self._hashes_wanted(ds.hash_ask_pause(0))
                 continue
             try:
@@ -494,7 +498,8 @@ class SwarmDownload:
                 await self._hashes_wanted(pause)
 
     async def _hashes_wanted(self, timeout: float) -> None:
-        """Wait until a received piece waits for its hash, at most ``timeout`` seconds."""
+        """Wait until a received piece waits for its hash (or the lease moved away from us),
+        at most ``timeout`` seconds."""
         self._hash_wanted.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._hash_wanted.wait(), timeout)
