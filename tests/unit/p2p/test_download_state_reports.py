@@ -170,10 +170,26 @@ class TestHashPublication:
         (first,) = reports(s.apply(PiecesHashed({0: HASHES[0]})))
         assert first.hashes == {0: HASHES[0]}
         assert reports(s.apply(PiecesHashed({1: HASHES[1]}))) == []  # one out at a time
-        s.apply(SchedulerAnswer(ME))
+        s.apply(SchedulerAnswer(ME, hashes_known=1))
         assert s.wake_at() <= clock.now  # type: ignore[operator]  # piece 1 is due at once
         (second,) = reports(due(s, clock))
         assert second.hashes == {1: HASHES[1]}
+
+    def test_hashes_a_restarted_scheduler_lost_go_again(self) -> None:
+        """A scheduler that restarted (or another replica) answers the holder knowing fewer
+        of its hashes than it took: every hash of ours goes again, or a child joining now
+        could check none of the pieces before them."""
+        clock = Clock()
+        s = new(clock)
+        s.apply(SchedulerAnswer(ME))
+        s.apply(PiecesHashed({0: HASHES[0], 1: HASHES[1]}))
+        s.apply(SchedulerAnswer(ME, hashes_known=2))  # those got through
+        s.apply(PiecesHashed({2: HASHES[2]}))
+        s.apply(SchedulerAnswer(ME, hashes_known=0))  # piece 2's report, to a fresh scheduler
+        (again,) = reports(due(s, clock))
+        assert again.hashes == {0: HASHES[0], 1: HASHES[1], 2: HASHES[2]}
+        s.apply(SchedulerAnswer(ME, hashes_known=3))
+        assert s.reports.unpublished() == {}  # and once it has them all, no more
 
     def test_hashes_of_a_failed_report_go_again(self) -> None:
         clock = Clock()
@@ -190,7 +206,7 @@ class TestHashPublication:
         s = new(clock)
         s.apply(SchedulerAnswer(ME))
         s.apply(PiecesHashed({i: HASHES[i] for i in range(PIECES - 1)}))
-        s.apply(SchedulerAnswer(ME))  # those got through
+        s.apply(SchedulerAnswer(ME, hashes_known=PIECES - 1))  # those got through
         s.apply(PiecesHashed({PIECES - 1: HASHES[PIECES - 1]}))  # the last one is out...
         out = s.apply(PrefixAdvanced(PIECES * PIECE))  # ...and the blob is complete
         assert isinstance(out[0], AnnouncePieces)
