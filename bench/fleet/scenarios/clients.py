@@ -255,10 +255,10 @@ class LightClient(PullClient):
 
     Its processes start before the rollout's clock (:meth:`prestart`), import their modules
     and build their HTTP opener, then wait; the clock starts when they are all told to go
-    (:meth:`start_pulls`). On two loaded cores ten Python processes starting at once took
-    0.65-0.85 s to their first request, the client's own start-up, which a container
-    runtime's pull does not have; the same for every scenario it pulls in (direct, source,
-    p2p)."""
+    (:meth:`start_pulls`). Ten Python processes starting at once on two cores spent most of
+    a second before their first request (measured in docs/fleet-benchmark.md, "The start of
+    a rollout, node by node"), a start-up a container runtime's pull does not have; the
+    same for every scenario it pulls in (direct, source, p2p)."""
 
     name = "light"
 
