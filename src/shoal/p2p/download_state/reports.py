@@ -78,6 +78,13 @@ class ReportBook:
             self._written_reported = self._written_at_send
         return report
 
+    def scheduler_holds(self, hashes_known: int) -> None:
+        """The scheduler, answering us as the lease holder, knows ``hashes_known`` of the
+        blob's hashes: fewer than it took from us means it lost them (it restarted, or another
+        replica answers), and every hash of ours goes again."""
+        if hashes_known < len(self.published):
+            self.published.clear()
+
     def failed(self, now: float, pause: float) -> SendReport | None:
         """The report out did not get through: its news goes with the next, ``pause`` later."""
         report, self.out = self.out, None

@@ -293,10 +293,9 @@ class DownloadState:
         if view.fetcher is not None and view.hashes_known:
             self.suppliers.add(view.fetcher)
         self._copy_named = view.complete_named and view.hashes_known >= self.count
-        if view.fetcher == self.peer_id and view.hashes_known < len(self.reports.published):
-            # the scheduler has fewer of our hashes than it took (it restarted, or another
-            # replica answers): they go again, or a child that joins now could check nothing
-            self.reports.published.clear()
+        if view.fetcher == self.peer_id:
+            # hashes it lost go again, or a child that joins now could check nothing
+            self.reports.scheduler_holds(view.hashes_known)
         if view.fetcher == self.peer_id and not self.fetching:
             self.fetching = True
             out.append(StartOriginFetch(self.contiguous))
