@@ -26,12 +26,8 @@ def run_direct(fleet: Fleet) -> ScenarioResult:
     logs: dict[str, Path] = {}
     checks: dict[str, str | None] = {}
     try:
-        problem = client.start()
-        if problem:
-            result.error = f"{client.name}: {problem}"
-            return result
         logs = {h.role: work / f"{h.role}.log" for h in fleet.plan.nodes}
-        problem = client.prestart(None, logs)
+        problem = client.start() or client.prestart(None, logs)
         if problem:
             result.error = f"{client.name}: {problem}"
             return result
